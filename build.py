@@ -1,0 +1,128 @@
+"""Build the Mastodon stack's CloudFormation template into dist/ and summarize it.
+
+    python build.py [--mastodon-version vX.Y.Z] [--output-dir dist]
+
+Writes dist/mastodon.yaml (for people) and dist/mastodon.json (for tools), then
+prints what the template holds and how its size compares with CloudFormation's
+limits. Bad options end with a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from templates.options import BuildOptions, OptionsError
+from templates.stack import Assets, build_template
+
+ROOT = Path(__file__).resolve().parent
+LAMBDAS = ROOT / "lambdas"
+INSTANCE_SCRIPTS = ROOT / "templates" / "instance"
+TEMPLATE_NAME = "mastodon"
+
+# CloudFormation quotas (Service Quotas, CloudFormation): a template body passed
+# inline may hold 51,200 bytes, one read from S3 1 MB, and a stack 500 resources.
+INLINE_BODY_LIMIT = 51_200
+S3_BODY_LIMIT = 1_000_000
+RESOURCE_LIMIT = 500
+PARAMETER_LIMIT = 200
+OUTPUT_LIMIT = 200
+
+
+def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPTS) -> Assets:
+    """Read each Lambda module and instance script the template embeds."""
+    functions = {
+        path.stem: path.read_text()
+        for path in sorted(lambdas_dir.glob("*.py")) if not path.name.startswith("_")
+    }
+    scripts = {path.name: path.read_text() for path in sorted(scripts_dir.glob("*.sh"))}
+    return Assets(lambdas=functions, instance_scripts=scripts)
+
+
+@dataclass(frozen=True)
+class Summary:
+    resources: int
+    parameters: int
+    outputs: int
+    json_bytes: int
+    yaml_bytes: int
+
+    def lines(self) -> list[str]:
+        smallest = min(self.json_bytes, self.yaml_bytes)
+        if smallest <= INLINE_BODY_LIMIT:
+            deploy = "fits inline (--template-body)"
+        elif smallest <= S3_BODY_LIMIT:
+            deploy = "needs an S3 bucket to deploy (above the inline limit)"
+        else:
+            deploy = "TOO LARGE for CloudFormation"
+        return [
+            f"resources   {self.resources:>7} of {RESOURCE_LIMIT}",
+            f"parameters  {self.parameters:>7} of {PARAMETER_LIMIT}",
+            f"outputs     {self.outputs:>7} of {OUTPUT_LIMIT}",
+            f"JSON        {self.json_bytes:>7} bytes ({self.json_bytes / INLINE_BODY_LIMIT:.0%} of "
+            f"{INLINE_BODY_LIMIT} inline, {self.json_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
+            f"YAML        {self.yaml_bytes:>7} bytes ({self.yaml_bytes / INLINE_BODY_LIMIT:.0%} of "
+            f"{INLINE_BODY_LIMIT} inline, {self.yaml_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
+            f"deploy      {deploy}",
+        ]
+
+
+class BuildError(RuntimeError):
+    """The template breaks one of CloudFormation's limits."""
+
+
+def build(options: BuildOptions, output_dir: Path) -> Summary:
+    template = build_template(options, load_assets())
+    body_json = template.to_json(indent=1)
+    body_yaml = template.to_yaml(clean_up=True, long_form=False)
+    as_dict = json.loads(body_json)
+    summary = Summary(
+        resources=len(as_dict["Resources"]),
+        parameters=len(as_dict.get("Parameters", {})),
+        outputs=len(as_dict.get("Outputs", {})),
+        json_bytes=len(body_json.encode()),
+        yaml_bytes=len(body_yaml.encode()),
+    )
+    if summary.resources > RESOURCE_LIMIT or min(summary.json_bytes, summary.yaml_bytes) > S3_BODY_LIMIT:
+        raise BuildError("\n".join(["the template exceeds CloudFormation's limits:", *summary.lines()]))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{TEMPLATE_NAME}.json").write_text(body_json + "\n")
+    (output_dir / f"{TEMPLATE_NAME}.yaml").write_text(body_yaml)
+    return summary
+
+
+def parse_args(argv: list[str]) -> tuple[BuildOptions, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mastodon-version", default=BuildOptions.mastodon_version,
+                        help="Mastodon release new stacks boot (default: %(default)s)")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "dist",
+                        help="where to write the templates (default: dist/)")
+    args = parser.parse_args(argv)
+    try:
+        return BuildOptions(mastodon_version=args.mastodon_version), args.output_dir
+    except OptionsError as error:
+        parser.error(str(error))  # exits with status 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    options, output_dir = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.perf_counter()
+    try:
+        summary = build(options, output_dir)
+    except (BuildError, OSError) as error:
+        print(f"build.py: error: {error}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - started
+    print(f"Mastodon {options.mastodon_version} stack written to {output_dir}/{TEMPLATE_NAME}.yaml "
+          f"and .json in {elapsed:.2f} s")
+    for line in summary.lines():
+        print(f"  {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Troposphere code for the Mastodon stack: one module per tier, composed in `stack`."""

@@ -1,0 +1,89 @@
+"""Sizes the stack may take, and the database connection budget they share.
+
+Every instance type and database class an operator may choose is listed here with
+the figures the connection budget needs. The template's AllowedValues, the
+`max_connections` the database is configured with, and the numbers handed to the
+instances all come from these tables, so the test that proves the largest fleet
+fits the database reads the same facts the stack is built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """An EC2 instance type the web or worker group may run on."""
+
+    name: str
+    architecture: str  # "arm64" or "x86_64", selects the AMI
+    vcpus: int
+    memory_mib: int
+
+
+# Burstable and general-purpose types with at least 2 GiB: Puma, the streaming
+# server and Sidekiq each need several hundred MiB next to Docker and the OS.
+INSTANCE_TYPES: tuple[InstanceType, ...] = (
+    InstanceType("t4g.small", "arm64", 2, 2048),
+    InstanceType("t4g.medium", "arm64", 2, 4096),
+    InstanceType("t4g.large", "arm64", 2, 8192),
+    InstanceType("t4g.xlarge", "arm64", 4, 16384),
+    InstanceType("m7g.medium", "arm64", 1, 4096),
+    InstanceType("m7g.large", "arm64", 2, 8192),
+    InstanceType("m7g.xlarge", "arm64", 4, 16384),
+    InstanceType("c7g.large", "arm64", 2, 4096),
+    InstanceType("c7g.xlarge", "arm64", 4, 8192),
+    InstanceType("t3.small", "x86_64", 2, 2048),
+    InstanceType("t3.medium", "x86_64", 2, 4096),
+    InstanceType("t3.large", "x86_64", 2, 8192),
+    InstanceType("m7i.large", "x86_64", 2, 8192),
+    InstanceType("m7i.xlarge", "x86_64", 4, 16384),
+    InstanceType("c7i.large", "x86_64", 2, 4096),
+)
+
+INSTANCE_TYPES_BY_NAME = {t.name: t for t in INSTANCE_TYPES}
+
+DEFAULT_WEB_INSTANCE_TYPE = "t4g.small"
+DEFAULT_WORKER_INSTANCE_TYPE = "t4g.small"
+
+
+@dataclass(frozen=True)
+class DatabaseClass:
+    """An RDS PostgreSQL instance class and the max_connections we configure.
+
+    RDS derives the default from memory (LEAST(DBInstanceClassMemory/9531392, 5000));
+    we set a value at or below that default explicitly in the parameter group, so the
+    budget is a fact of the stack rather than an estimate.
+    """
+
+    name: str
+    memory_mib: int
+    max_connections: int
+
+
+DATABASE_CLASSES: tuple[DatabaseClass, ...] = (
+    DatabaseClass("db.t4g.micro", 1024, 80),
+    DatabaseClass("db.t4g.small", 2048, 180),
+    DatabaseClass("db.t4g.medium", 4096, 380),
+    DatabaseClass("db.t4g.large", 8192, 800),
+    DatabaseClass("db.m7g.large", 8192, 800),
+    DatabaseClass("db.m7g.xlarge", 16384, 1600),
+    DatabaseClass("db.r7g.large", 16384, 1600),
+)
+
+DATABASE_CLASSES_BY_NAME = {d.name: d for d in DATABASE_CLASSES}
+
+DEFAULT_DATABASE_CLASS = "db.t4g.micro"
+
+# The web group's size bounds an operator may choose. A rollout may add one
+# instance above the maximum while it replaces a single instance (surge).
+WEB_MIN_SIZE_LIMIT = 1
+WEB_MAX_SIZE_LIMIT = 10
+ROLLOUT_SURGE = 1
+
+# Connections kept free of the fleet's pools: RDS reserves 3 for the superuser
+# (superuser_reserved_connections), and one-off containers (migrations, tootctl,
+# a Rails console) each open a small pool on the worker.
+RESERVED_CONNECTIONS = 3
+ONE_OFF_CONNECTIONS = 7

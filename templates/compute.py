@@ -1,0 +1,276 @@
+"""The servers: a web Auto Scaling group (Puma + streaming) and a single Sidekiq worker.
+
+Amazon Linux 2023 from AWS's public SSM AMI parameter (Graviton unless an x86 type
+is chosen), IMDSv2 only, no SSH (Session Manager and Run Command instead), and a
+role that reads only this stack's secret, version parameter and media bucket.
+
+User data writes the stack's facts to /etc/mastodon/stack.env, unpacks the scripts
+of templates/instance/ and runs bootstrap.sh, which signals CloudFormation: stack
+creation and instance replacement wait for each server to serve, and fail with the
+reason when Mastodon does not come up.
+
+The worker group is exactly one instance and is replaced by terminating first, so
+two Sidekiq processes never run the scheduler queue at once. The web group is
+replaced by a new group that must signal healthy before the old one goes.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from dataclasses import dataclass
+
+from awacs import cloudformation as awacs_cfn
+from awacs import ec2 as awacs_ec2
+from awacs import logs as awacs_logs
+from awacs import s3 as awacs_s3
+from awacs import secretsmanager as awacs_sm
+from awacs import ssm as awacs_ssm
+from awacs.aws import Allow, PolicyDocument, Principal, Statement
+from awacs.sts import AssumeRole
+from troposphere import (
+    Base64, FindInMap, GetAtt, If, Join, Ref, Sub, Tags, Template,
+)
+from troposphere import autoscaling, ec2, iam, logs
+from troposphere.policies import (
+    AutoScalingCreationPolicy, AutoScalingReplacingUpdate, AutoScalingRollingUpdate,
+    CreationPolicy, ResourceSignal, UpdatePolicy,
+)
+
+from templates import capacity, parameters
+from templates.data import DATABASE_NAME, DATABASE_USER, Data
+from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
+from templates.mail import Mail
+from templates.network import VPC_CIDR, Network
+from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
+from templates.parameters import Parameters
+from templates.secrets import Secrets
+from templates.versions import Versions
+
+WEB_GROUP = "WebAutoScalingGroup"
+WORKER_GROUP = "WorkerAutoScalingGroup"
+INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
+AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+ROOT_VOLUME_GIB = 30  # two Mastodon releases' images side by side during an upgrade
+SIGNAL_TIMEOUT = "PT30M"
+# Raw user data may not exceed 16 KB.
+USER_DATA_LIMIT = 16384
+PROCESS_LOGS = ("web", "streaming", "sidekiq", "system")
+
+
+@dataclass(frozen=True)
+class Compute:
+    web_group: autoscaling.AutoScalingGroup
+    worker_group: autoscaling.AutoScalingGroup
+    role: iam.Role
+    log_groups: dict[str, logs.LogGroup]
+
+
+def create_server_security_group(t: Template, network: Network, lb: LoadBalancing) -> ec2.SecurityGroup:
+    """The servers admit Puma and streaming traffic from the load balancer only."""
+    return t.add_resource(ec2.SecurityGroup(
+        INSTANCE_SECURITY_GROUP,
+        GroupDescription="Mastodon servers: Puma and streaming from the load balancer; no SSH",
+        VpcId=Ref(network.vpc),
+        SecurityGroupIngress=[
+            ec2.SecurityGroupRule(Description=f"{name} from the load balancer", IpProtocol="tcp",
+                                  FromPort=port, ToPort=port,
+                                  SourceSecurityGroupId=Ref(lb.security_group))
+            for name, port in (("Puma", WEB_PORT), ("Streaming", STREAMING_PORT))
+        ],
+        # Servers pull images from ghcr.io and federate with the whole fediverse.
+        SecurityGroupEgress=[ec2.SecurityGroupRule(
+            Description="Federation, registry and AWS APIs", IpProtocol="-1", CidrIp="0.0.0.0/0")],
+        Tags=Tags(Name="mastodon-servers"),
+    ))
+
+
+def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalancing, data: Data,
+                   secrets: Secrets, mail: Mail, versions: Versions,
+                   server_security_group: ec2.SecurityGroup, scripts: dict[str, str]) -> Compute:
+    log_groups = {
+        name: t.add_resource(logs.LogGroup(
+            f"{name.capitalize()}Logs",
+            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/{name}"),
+            RetentionInDays=Ref(p.log_retention),
+        ))
+        for name in PROCESS_LOGS
+    }
+    role = _server_role(t, p, data, secrets, versions, log_groups)
+    profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(role)]))
+
+    def stack_env(server_role: str, group: str) -> dict[str, object]:
+        return {
+            "STACK_NAME": Ref("AWS::StackName"),
+            "AWS_REGION": Ref("AWS::Region"),
+            "ROLE": server_role,
+            "SIGNAL_RESOURCE": group,
+            "LOCAL_DOMAIN": Ref(p.domain),
+            "MASTODON_IMAGE": MASTODON_IMAGE,
+            "STREAMING_IMAGE": STREAMING_IMAGE,
+            "DEPLOYED_VERSION_PARAMETER": Ref(versions.deployed),
+            "APP_SECRET_ARN": Ref(secrets.secret),
+            "DB_HOST": GetAtt(data.database, "Endpoint.Address"),
+            "DB_PORT": GetAtt(data.database, "Endpoint.Port"),
+            "DB_NAME": DATABASE_NAME,
+            "DB_USER": DATABASE_USER,
+            "REDIS_HOST": GetAtt(data.cache, "PrimaryEndPoint.Address"),
+            "REDIS_PORT": GetAtt(data.cache, "PrimaryEndPoint.Port"),
+            "S3_BUCKET": Ref(data.bucket),
+            "S3_ALIAS_HOST": Join("", [Ref(p.domain), "/system"]),
+            "SMTP_SERVER": mail.server,
+            "SMTP_PORT": mail.port,
+            "SMTP_FROM_ADDRESS": mail.from_address,
+            "SMTP_LOGIN": mail.login,
+            "SMTP_PASSWORD_SECRET_ARN": Ref(p.smtp_password_secret),
+            **{f"LOG_GROUP_{name.upper()}": Ref(group_) for name, group_ in log_groups.items()},
+            "MAX_CONNECTIONS": FindInMap(parameters.DATABASE_CONNECTIONS_MAP,
+                                         Ref(p.database_class), "MaxConnections"),
+            "WEB_MAX_SIZE": Ref(p.web_max_size),
+            "ROLLOUT_SURGE": str(capacity.ROLLOUT_SURGE),
+            "DB_CONNECTION_RESERVE": str(capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS),
+            "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(lb.cloudfront_prefix_list, "Id"),
+            "VPC_CIDR": VPC_CIDR,
+        }
+
+    web_template = _launch_template(
+        t, "WebLaunchTemplate", Ref(p.web_instance_type), parameters.WEB_IS_ARM, profile,
+        server_security_group, user_data(stack_env("web", WEB_GROUP), scripts))
+    worker_template = _launch_template(
+        t, "WorkerLaunchTemplate", Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, profile,
+        server_security_group, user_data(stack_env("worker", WORKER_GROUP), scripts))
+
+    web = t.add_resource(autoscaling.AutoScalingGroup(
+        WEB_GROUP,
+        MinSize=Ref(p.web_min_size),
+        MaxSize=Ref(p.web_max_size),
+        VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
+        LaunchTemplate=autoscaling.LaunchTemplateSpecification(
+            LaunchTemplateId=Ref(web_template),
+            Version=GetAtt(web_template, "LatestVersionNumber")),
+        TargetGroupARNs=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
+        HealthCheckType="ELB",
+        HealthCheckGracePeriod=900,
+        Tags=[autoscaling.Tag("Name", "mastodon-web", True),
+              autoscaling.Tag("mastodon:role", "web", True)],
+        CreationPolicy=CreationPolicy(
+            ResourceSignal=ResourceSignal(Count=Ref(p.web_min_size), Timeout=SIGNAL_TIMEOUT),
+            AutoScalingCreationPolicy=AutoScalingCreationPolicy(MinSuccessfulInstancesPercent=100),
+        ),
+        # A new group serves before the old one goes: no request finds no target.
+        UpdatePolicy=UpdatePolicy(
+            AutoScalingReplacingUpdate=AutoScalingReplacingUpdate(WillReplace=True)),
+    ))
+    worker = t.add_resource(autoscaling.AutoScalingGroup(
+        WORKER_GROUP,
+        MinSize="1",
+        MaxSize="1",
+        VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
+        LaunchTemplate=autoscaling.LaunchTemplateSpecification(
+            LaunchTemplateId=Ref(worker_template),
+            Version=GetAtt(worker_template, "LatestVersionNumber")),
+        HealthCheckType="EC2",
+        HealthCheckGracePeriod=900,
+        Tags=[autoscaling.Tag("Name", "mastodon-worker", True),
+              autoscaling.Tag("mastodon:role", "worker", True)],
+        CreationPolicy=CreationPolicy(
+            ResourceSignal=ResourceSignal(Count=1, Timeout=SIGNAL_TIMEOUT)),
+        # Terminate, then launch: never two schedulers.
+        UpdatePolicy=UpdatePolicy(AutoScalingRollingUpdate=AutoScalingRollingUpdate(
+            MinInstancesInService=0, MaxBatchSize=1, WaitOnResourceSignals=True,
+            PauseTime=SIGNAL_TIMEOUT)),
+    ))
+    return Compute(web_group=web, worker_group=worker, role=role, log_groups=log_groups)
+
+
+def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: str,
+                     profile: iam.InstanceProfile, security_group: ec2.SecurityGroup,
+                     data: Base64) -> ec2.LaunchTemplate:
+    image = If(arm_condition,
+               "{{resolve:ssm:" + AMI_PARAMETER.format(arch="arm64") + "}}",
+               "{{resolve:ssm:" + AMI_PARAMETER.format(arch="x86_64") + "}}")
+    return t.add_resource(ec2.LaunchTemplate(
+        name,
+        LaunchTemplateData=ec2.LaunchTemplateData(
+            ImageId=image,
+            InstanceType=instance_type,
+            IamInstanceProfile=ec2.IamInstanceProfile(Arn=GetAtt(profile, "Arn")),
+            MetadataOptions=ec2.MetadataOptions(
+                HttpEndpoint="enabled", HttpTokens="required",
+                # Containers run with the host's network, so one hop suffices.
+                HttpPutResponseHopLimit=1, InstanceMetadataTags="disabled"),
+            NetworkInterfaces=[ec2.NetworkInterfaces(
+                DeviceIndex=0, AssociatePublicIpAddress=True, Groups=[Ref(security_group)],
+                DeleteOnTermination=True)],
+            BlockDeviceMappings=[ec2.LaunchTemplateBlockDeviceMapping(
+                DeviceName="/dev/xvda",
+                Ebs=ec2.EBSBlockDevice(VolumeType="gp3", VolumeSize=ROOT_VOLUME_GIB,
+                                       Encrypted=True, DeleteOnTermination=True))],
+            Monitoring=ec2.Monitoring(Enabled=False),
+            UserData=data,
+            TagSpecifications=[ec2.TagSpecifications(
+                ResourceType="volume", Tags=Tags(Name=Sub("${AWS::StackName}-server")))],
+        ),
+        Metadata={"checkov": {"skip": [
+            {"id": "CKV_AWS_88", "comment": "Servers need a public IPv4 address to pull images "
+             "and federate without a NAT gateway; the security group admits only the load "
+             "balancer, and there is no SSH."},
+        ]}},
+    ))
+
+
+def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versions: Versions,
+                 log_groups: dict[str, logs.LogGroup]) -> iam.Role:
+    parameter_arn = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${%s}"
+    statements = [
+        Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue], Resource=[
+            Ref(secrets.secret),
+            If(parameters.HAS_SMTP_PASSWORD_SECRET, Ref(p.smtp_password_secret), Ref("AWS::NoValue")),
+        ]),
+        Statement(Effect=Allow, Action=[awacs_ssm.GetParameter], Resource=[
+            Sub(parameter_arn % versions.deployed.title),
+            Sub(parameter_arn % versions.desired.title),
+        ]),
+        # AWS-managed prefix lists belong to the account "aws".
+        Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries], Resource=[
+            Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:aws:prefix-list/${CloudFrontPrefixList.Id}")]),
+        Statement(Effect=Allow, Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
+                  Resource=[GetAtt(g, "Arn") for g in log_groups.values()]),
+        Statement(Effect=Allow, Action=[awacs_cfn.SignalResource], Resource=[Ref("AWS::StackId")]),
+        Statement(Effect=Allow, Action=[awacs_s3.ListBucket], Resource=[GetAtt(data.bucket, "Arn")]),
+        Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
+                  Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),
+    ]
+    return t.add_resource(iam.Role(
+        "ServerRole",
+        AssumeRolePolicyDocument=PolicyDocument(Statement=[Statement(
+            Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", "ec2.amazonaws.com"))]),
+        # Session Manager and Run Command instead of SSH.
+        ManagedPolicyArns=[Sub("arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")],
+        Policies=[iam.Policy(PolicyName="Mastodon", PolicyDocument=PolicyDocument(
+            Version="2012-10-17", Statement=statements))],
+    ))
+
+
+def _pack(text: str) -> str:
+    """gzip + base64, deterministic (no timestamp), so the template changes only with the text."""
+    return base64.b64encode(gzip.compress(text.encode(), compresslevel=9, mtime=0)).decode()
+
+
+def user_data(env: dict[str, object], scripts: dict[str, str]) -> Base64:
+    """User data: write stack.env, unpack the instance scripts, run the bootstrap."""
+    parts: list[object] = [
+        "#!/bin/bash\n"
+        "set -euo pipefail\n"
+        "install -d -m 0755 /etc/mastodon /opt/mastodon-aws\n"
+        "umask 022\n"
+        "cat > /etc/mastodon/stack.env <<'STACK_ENV'\n"
+    ]
+    for key, value in env.items():
+        parts += [f"{key}='", value, "'\n"]
+    parts.append("STACK_ENV\n")
+    for name in sorted(scripts):
+        parts.append(f"echo '{_pack(scripts[name])}' | base64 -d | gunzip > /opt/mastodon-aws/{name}\n"
+                     f"chmod 0755 /opt/mastodon-aws/{name}\n")
+    parts.append("exec /opt/mastodon-aws/bootstrap.sh\n")
+    return Base64(Join("", parts))

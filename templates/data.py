@@ -1,0 +1,195 @@
+"""Where Mastodon keeps its data: RDS PostgreSQL, ElastiCache (Valkey) and S3 media.
+
+All of it is private and encrypted. The database and the cache sit in subnets with
+no route to the internet and admit only the servers' security group; the media
+bucket blocks every public access and is read only by CloudFront. Deleting the
+stack, or an update that would replace them, keeps the data: the database and cache
+leave a final snapshot, the bucket is retained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from troposphere import FindInMap, If, Ref, Sub, Tags, Template
+from troposphere import ec2, elasticache, rds, s3
+
+from templates import parameters
+from templates.network import Network
+from templates.parameters import Parameters
+from templates.secrets import Secrets
+
+DATABASE = "Database"
+CACHE = "Cache"
+MEDIA_BUCKET = "MediaBucket"
+DATABASE_NAME = "mastodon"
+DATABASE_USER = "mastodon"
+DATABASE_PORT = 5432
+CACHE_PORT = 6379
+# A current major version Mastodon supports (it needs 14 or later).
+POSTGRES_MAJOR_VERSION = "17"
+# A minor release RDS still offers for new instances; minor upgrades then apply by themselves.
+POSTGRES_VERSION = "17.9"
+VALKEY_VERSION = "8.0"
+
+
+@dataclass(frozen=True)
+class Data:
+    database: rds.DBInstance
+    cache: elasticache.ReplicationGroup
+    bucket: s3.Bucket
+
+
+def create_data(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+                secrets: Secrets) -> Data:
+    return Data(
+        database=_database(t, p, network, servers, secrets),
+        cache=_cache(t, p, network, servers, secrets),
+        bucket=_media_bucket(t),
+    )
+
+
+def _data_security_group(t: Template, name: str, network: Network, servers: ec2.SecurityGroup,
+                         port: int) -> ec2.SecurityGroup:
+    return t.add_resource(ec2.SecurityGroup(
+        f"{name}SecurityGroup",
+        GroupDescription=f"{name}: port {port} from the Mastodon servers only",
+        VpcId=Ref(network.vpc),
+        SecurityGroupIngress=[ec2.SecurityGroupRule(
+            Description="Mastodon servers", IpProtocol="tcp", FromPort=port, ToPort=port,
+            SourceSecurityGroupId=Ref(servers),
+        )],
+        # Data stores start no connection of their own.
+        SecurityGroupEgress=[ec2.SecurityGroupRule(
+            Description="No egress", IpProtocol="-1", CidrIp="127.0.0.1/32")],
+        Tags=Tags(Name=f"mastodon-{name.lower()}"),
+    ))
+
+
+def _database(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+              secrets: Secrets) -> rds.DBInstance:
+    security_group = _data_security_group(t, "Database", network, servers, DATABASE_PORT)
+    subnets = t.add_resource(rds.DBSubnetGroup(
+        "DatabaseSubnetGroup",
+        DBSubnetGroupDescription="Isolated subnets of the Mastodon database",
+        SubnetIds=[Ref(s) for s in network.data_subnets],
+    ))
+    settings = t.add_resource(rds.DBParameterGroup(
+        "DatabaseParameterGroup",
+        Description="Mastodon: connection budget and TLS",
+        Family=f"postgres{POSTGRES_MAJOR_VERSION}",
+        Parameters={
+            # The servers size their pools from this very number (see capacity.py).
+            "max_connections": FindInMap(parameters.DATABASE_CONNECTIONS_MAP,
+                                         Ref(p.database_class), "MaxConnections"),
+            "rds.force_ssl": "1",
+            "log_min_duration_statement": "2000",
+        },
+    ))
+    return t.add_resource(rds.DBInstance(
+        DATABASE,
+        Engine="postgres",
+        EngineVersion=POSTGRES_VERSION,
+        AutoMinorVersionUpgrade=True,
+        DBInstanceClass=Ref(p.database_class),
+        DBName=DATABASE_NAME,
+        MasterUsername=DATABASE_USER,
+        MasterUserPassword=secrets.reference("DB_PASS"),
+        DBSubnetGroupName=Ref(subnets),
+        DBParameterGroupName=Ref(settings),
+        VPCSecurityGroups=[Ref(security_group)],
+        PubliclyAccessible=False,
+        StorageType="gp3",
+        AllocatedStorage=Ref(p.database_storage),
+        MaxAllocatedStorage=Ref(p.database_max_storage),
+        StorageEncrypted=True,
+        MultiAZ=If(parameters.IS_MULTI_AZ, True, False),
+        BackupRetentionPeriod=Ref(p.database_backup_days),
+        PreferredBackupWindow="03:00-04:00",
+        PreferredMaintenanceWindow="sun:04:30-sun:05:30",
+        CopyTagsToSnapshot=True,
+        CACertificateIdentifier="rds-ca-rsa2048-g1",
+        EnableCloudwatchLogsExports=["postgresql"],
+        DeletionPolicy="Snapshot",
+        UpdateReplacePolicy="Snapshot",
+        DependsOn=[secrets.values.title],
+        Metadata={"checkov": {"skip": [
+            {"id": "CKV_AWS_161", "comment": "Mastodon authenticates with a password; IAM "
+             "database authentication is not supported by it."},
+            {"id": "CKV_AWS_118", "comment": "Enhanced monitoring costs extra; CloudWatch "
+             "metrics and alarms cover the instance."},
+            {"id": "CKV_AWS_157", "comment": "Multi-AZ is a parameter (off by default for cost)."},
+            {"id": "CKV_AWS_293", "comment": "Deletion leaves a final snapshot (DeletionPolicy "
+             "Snapshot), so the stack can be deleted without losing data."},
+        ]}},
+    ))
+
+
+def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+           secrets: Secrets) -> elasticache.ReplicationGroup:
+    security_group = _data_security_group(t, "Cache", network, servers, CACHE_PORT)
+    subnets = t.add_resource(elasticache.SubnetGroup(
+        "CacheSubnetGroup",
+        Description="Isolated subnets of the Mastodon cache",
+        SubnetIds=[Ref(s) for s in network.data_subnets],
+    ))
+    return t.add_resource(elasticache.ReplicationGroup(
+        CACHE,
+        ReplicationGroupDescription="Mastodon Redis (Valkey)",
+        Engine="valkey",
+        EngineVersion=VALKEY_VERSION,
+        CacheNodeType=Ref(p.cache_node_type),
+        NumCacheClusters=1,
+        AutomaticFailoverEnabled=False,
+        Port=CACHE_PORT,
+        CacheSubnetGroupName=Ref(subnets),
+        SecurityGroupIds=[Ref(security_group)],
+        AtRestEncryptionEnabled=True,
+        TransitEncryptionEnabled=True,
+        AuthToken=secrets.reference("REDIS_PASSWORD"),
+        SnapshotRetentionLimit=1,
+        SnapshotWindow="02:00-03:00",
+        PreferredMaintenanceWindow="sun:05:30-sun:06:30",
+        AutoMinorVersionUpgrade=True,
+        DeletionPolicy="Snapshot",
+        UpdateReplacePolicy="Snapshot",
+        DependsOn=[secrets.values.title],
+        Metadata={"checkov": {"skip": [
+            {"id": "CKV_AWS_191", "comment": "Encrypted at rest with the AWS managed key; a "
+             "customer key adds cost and no control the stack uses."},
+        ]}},
+    ))
+
+
+def _media_bucket(t: Template) -> s3.Bucket:
+    return t.add_resource(s3.Bucket(
+        MEDIA_BUCKET,
+        BucketEncryption=s3.BucketEncryption(ServerSideEncryptionConfiguration=[
+            s3.ServerSideEncryptionRule(
+                ServerSideEncryptionByDefault=s3.ServerSideEncryptionByDefault(SSEAlgorithm="AES256"),
+                BucketKeyEnabled=True,
+            )]),
+        PublicAccessBlockConfiguration=s3.PublicAccessBlockConfiguration(
+            BlockPublicAcls=True, BlockPublicPolicy=True, IgnorePublicAcls=True,
+            RestrictPublicBuckets=True),
+        OwnershipControls=s3.OwnershipControls(Rules=[
+            s3.OwnershipControlsRule(ObjectOwnership="BucketOwnerEnforced")]),
+        VersioningConfiguration=s3.VersioningConfiguration(Status="Enabled"),
+        LifecycleConfiguration=s3.LifecycleConfiguration(Rules=[
+            # Versioning guards against mistakes; old versions need not be kept forever.
+            s3.LifecycleRule(
+                Id="ExpireOldVersions", Status="Enabled",
+                NoncurrentVersionExpiration=s3.NoncurrentVersionExpiration(NoncurrentDays=30),
+                AbortIncompleteMultipartUpload=s3.AbortIncompleteMultipartUpload(DaysAfterInitiation=7),
+            ),
+        ]),
+        Tags=Tags(Name=Sub("${AWS::StackName}-media")),
+        DeletionPolicy="Retain",
+        UpdateReplacePolicy="Retain",
+        Metadata={"checkov": {"skip": [
+            {"id": "CKV_AWS_18", "comment": "Access logging would need a second bucket and costs "
+             "per request; CloudFront fronts every read."},
+            {"id": "CKV_AWS_144", "comment": "Cross-region replication doubles storage cost; "
+             "versioning and retention protect the media."},
+        ]}},
+    ))

@@ -1,0 +1,289 @@
+"""CloudFront on the Mastodon domain, its certificate and the domain's DNS records.
+
+One distribution serves everything:
+- /system/*: media from the private S3 bucket through Origin Access Control, cached;
+  a CloudFront function strips the /system prefix (Mastodon's object keys have none).
+- fingerprinted assets (/packs/*, /assets/*): from the load balancer, cached.
+- /api/v1/streaming*: to the load balancer uncached, WebSocket upgrade passed through.
+- everything else: to the load balancer uncached, with Host, cookies and query string.
+CloudFront always adds the secret header the load balancer checks.
+
+CloudFront takes certificates from us-east-1 only; a custom resource requests and
+validates one there whatever the stack's region. Without a hosted zone the operator
+gives the certificate's ARN and creates the records the outputs list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from awacs import acm as awacs_acm
+from awacs import awslambda as awacs_lambda
+from awacs import route53 as awacs_route53
+from awacs import s3 as awacs_s3
+from awacs.aws import Allow, Condition, Deny, PolicyDocument, Principal, Statement, StringEquals, Bool
+from troposphere import AWSObject, GetAtt, If, Join, Ref, Sub, Template
+from troposphere import awslambda, cloudfront, route53, s3
+
+from templates import functions, parameters
+from templates.load_balancing import ORIGIN_VERIFY_HEADER, LoadBalancing
+from templates.parameters import Parameters
+from templates.secrets import Secrets
+
+DISTRIBUTION = "Distribution"
+CLOUDFRONT_CERTIFICATE = "CloudFrontCertificate"
+MEDIA_PATH = "/system"
+CACHED_ASSET_PATHS = ("/packs/*", "/assets/*")
+STREAMING_PATH = "/api/v1/streaming*"
+# CloudFront's hosted zone for alias records, the same in every partition region.
+CLOUDFRONT_HOSTED_ZONE_ID = "Z2FDTNDATAQYW2"
+
+# AWS-managed policies (IDs are global and documented).
+CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6"
+CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+ALL_VIEWER = "216adef6-5c7f-47e4-b989-5492eafa07d3"
+
+ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"]
+
+STRIP_MEDIA_PREFIX = """function handler(event) {
+  var request = event.request;
+  request.uri = request.uri.substring(%d);
+  return request;
+}
+""" % len(MEDIA_PATH)
+
+
+class CloudFrontCertificate(AWSObject):
+    resource_type = "Custom::CloudFrontCertificate"
+    props = {
+        "ServiceToken": (str, True),
+        "ServiceTimeout": (int, False),
+        "DomainName": (str, True),
+        "HostedZoneId": (str, True),
+    }
+
+
+@dataclass(frozen=True)
+class Edge:
+    distribution: cloudfront.Distribution
+
+
+def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket,
+                secrets: Secrets, certificate_code: str) -> Edge:
+    certificate_arn = If(
+        parameters.HAS_HOSTED_ZONE,
+        GetAtt(_cloudfront_certificate(t, p, certificate_code), "Arn"),
+        Ref(p.cloudfront_certificate),
+    )
+    access_control = t.add_resource(cloudfront.OriginAccessControl(
+        "MediaOriginAccessControl",
+        OriginAccessControlConfig=cloudfront.OriginAccessControlConfig(
+            Name=Sub("${AWS::StackName}-media"),
+            OriginAccessControlOriginType="s3",
+            SigningBehavior="always",
+            SigningProtocol="sigv4",
+        ),
+    ))
+    strip_prefix = t.add_resource(cloudfront.Function(
+        "MediaPathFunction",
+        Name=Sub("${AWS::StackName}-media-path"),
+        AutoPublish=True,
+        FunctionCode=STRIP_MEDIA_PREFIX,
+        FunctionConfig=cloudfront.FunctionConfig(
+            Comment="Strips /system from media paths", Runtime="cloudfront-js-2.0"),
+    ))
+    # Cached assets still need the viewer's Host: the load balancer's certificate is
+    # for the Mastodon domain, and Rails answers only for it.
+    host_only = t.add_resource(cloudfront.OriginRequestPolicy(
+        "AssetOriginRequestPolicy",
+        OriginRequestPolicyConfig=cloudfront.OriginRequestPolicyConfig(
+            Name=Sub("${AWS::StackName}-assets"),
+            Comment="Host header only",
+            HeadersConfig=cloudfront.OriginRequestHeadersConfig(
+                HeaderBehavior="whitelist", Headers=["Host"]),
+            CookiesConfig=cloudfront.OriginRequestCookiesConfig(CookieBehavior="none"),
+            QueryStringsConfig=cloudfront.OriginRequestQueryStringsConfig(QueryStringBehavior="none"),
+        ),
+    ))
+    media_headers = t.add_resource(cloudfront.ResponseHeadersPolicy(
+        "MediaResponseHeadersPolicy",
+        ResponseHeadersPolicyConfig=cloudfront.ResponseHeadersPolicyConfig(
+            Name=Sub("${AWS::StackName}-media"),
+            Comment="Uploaded files never run as a page",
+            SecurityHeadersConfig=cloudfront.SecurityHeadersConfig(
+                ContentSecurityPolicy=cloudfront.ContentSecurityPolicy(
+                    ContentSecurityPolicy="default-src 'none'; form-action 'none'", Override=True),
+                ContentTypeOptions=cloudfront.ContentTypeOptions(Override=True),
+                StrictTransportSecurity=cloudfront.StrictTransportSecurity(
+                    AccessControlMaxAgeSec=63072000, IncludeSubdomains=False, Override=True),
+            ),
+        ),
+    ))
+    load_balancer_origin = cloudfront.Origin(
+        Id="load-balancer",
+        DomainName=GetAtt(lb.load_balancer, "DNSName"),
+        CustomOriginConfig=cloudfront.CustomOriginConfig(
+            OriginProtocolPolicy="https-only",
+            OriginSSLProtocols=["TLSv1.2"],
+            OriginReadTimeout=60,
+            OriginKeepaliveTimeout=5,
+        ),
+        OriginCustomHeaders=[cloudfront.OriginCustomHeader(
+            HeaderName=ORIGIN_VERIFY_HEADER, HeaderValue=secrets.reference("ORIGIN_VERIFY"))],
+    )
+    media_origin = cloudfront.Origin(
+        Id="media",
+        DomainName=GetAtt(bucket, "RegionalDomainName"),
+        OriginAccessControlId=GetAtt(access_control, "Id"),
+        S3OriginConfig=cloudfront.S3OriginConfig(OriginAccessIdentity=""),
+    )
+    uncached = dict(
+        TargetOriginId="load-balancer",
+        ViewerProtocolPolicy="redirect-to-https",
+        AllowedMethods=ALL_METHODS,
+        CachedMethods=["GET", "HEAD"],
+        CachePolicyId=CACHING_DISABLED,
+        OriginRequestPolicyId=ALL_VIEWER,
+        Compress=True,
+    )
+    behaviors = [
+        cloudfront.CacheBehavior(
+            PathPattern=f"{MEDIA_PATH}/*",
+            TargetOriginId="media",
+            ViewerProtocolPolicy="redirect-to-https",
+            AllowedMethods=["GET", "HEAD", "OPTIONS"],
+            CachedMethods=["GET", "HEAD"],
+            CachePolicyId=CACHING_OPTIMIZED,
+            ResponseHeadersPolicyId=Ref(media_headers),
+            FunctionAssociations=[cloudfront.FunctionAssociation(
+                EventType="viewer-request", FunctionARN=GetAtt(strip_prefix, "FunctionARN"))],
+            Compress=True,
+        ),
+        cloudfront.CacheBehavior(PathPattern=STREAMING_PATH, **uncached),
+        *[cloudfront.CacheBehavior(
+            PathPattern=path,
+            TargetOriginId="load-balancer",
+            ViewerProtocolPolicy="redirect-to-https",
+            AllowedMethods=["GET", "HEAD"],
+            CachedMethods=["GET", "HEAD"],
+            CachePolicyId=CACHING_OPTIMIZED,
+            OriginRequestPolicyId=Ref(host_only),
+            Compress=True,
+        ) for path in CACHED_ASSET_PATHS],
+    ]
+    distribution = t.add_resource(cloudfront.Distribution(
+        DISTRIBUTION,
+        DistributionConfig=cloudfront.DistributionConfig(
+            Enabled=True,
+            Comment=Sub("Mastodon ${DomainName}"),
+            Aliases=[Ref(p.domain)],
+            HttpVersion="http2and3",
+            IPV6Enabled=True,
+            PriceClass="PriceClass_100",
+            Origins=[load_balancer_origin, media_origin],
+            DefaultCacheBehavior=cloudfront.DefaultCacheBehavior(**uncached),
+            CacheBehaviors=behaviors,
+            ViewerCertificate=cloudfront.ViewerCertificate(
+                AcmCertificateArn=certificate_arn,
+                SslSupportMethod="sni-only",
+                MinimumProtocolVersion="TLSv1.2_2021",
+            ),
+        ),
+        DependsOn=[secrets.values.title],
+        Metadata={
+            "cfn-lint": {"config": {"ignore_checks": ["W1030"]}},
+            "cfn-lint-reasons": {"W1030": "CloudFrontCertificateArn may be empty, but it is used "
+                                 "only without a hosted zone, where rule CertificatesWithoutHostedZone "
+                                 "requires it."},
+            "checkov": {"skip": [
+            {"id": "CKV_AWS_86", "comment": "Standard logs cost per request and are off by "
+             "default; the load balancer's targets log every request to CloudWatch."},
+            {"id": "CKV_AWS_68", "comment": "WAF is optional (issue: security bar) and off by "
+             "default to keep the stack cheap."},
+            {"id": "CKV_AWS_310", "comment": "One load balancer origin; an origin group needs a "
+             "second origin that does not exist."},
+            {"id": "CKV_AWS_374", "comment": "A public social network: no geo restriction."},
+            ]},
+        },
+    ))
+    _media_bucket_policy(t, bucket, distribution)
+    for record_type in ("A", "AAAA"):
+        t.add_resource(route53.RecordSetType(
+            f"DomainRecord{record_type}",
+            Condition=parameters.HAS_HOSTED_ZONE,
+            HostedZoneId=Ref(p.hosted_zone),
+            Name=Ref(p.domain),
+            Type=record_type,
+            AliasTarget=route53.AliasTarget(
+                DNSName=GetAtt(distribution, "DomainName"), HostedZoneId=CLOUDFRONT_HOSTED_ZONE_ID),
+        ))
+    return Edge(distribution=distribution)
+
+
+def _media_bucket_policy(t: Template, bucket: s3.Bucket, distribution: cloudfront.Distribution) -> None:
+    distribution_arn = Sub("arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${%s}"
+                           % distribution.title)
+    t.add_resource(s3.BucketPolicy(
+        "MediaBucketPolicy",
+        Bucket=Ref(bucket),
+        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[
+            Statement(
+                Sid="CloudFrontReadsMedia",
+                Effect=Allow,
+                Principal=Principal("Service", "cloudfront.amazonaws.com"),
+                Action=[awacs_s3.GetObject],
+                Resource=[Join("", [GetAtt(bucket, "Arn"), "/*"])],
+                Condition=Condition(StringEquals("AWS:SourceArn", distribution_arn)),
+            ),
+            Statement(
+                Sid="TlsOnly",
+                Effect=Deny,
+                Principal=Principal("*"),
+                Action=[awacs_s3.Action("*")],
+                Resource=[GetAtt(bucket, "Arn"), Join("", [GetAtt(bucket, "Arn"), "/*"])],
+                Condition=Condition(Bool("aws:SecureTransport", "false")),
+            ),
+        ]),
+    ))
+
+
+def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFrontCertificate:
+    us_east_1_certificates = "arn:${AWS::Partition}:acm:us-east-1:${AWS::AccountId}:certificate/*"
+    function = functions.inline_function(
+        t, "CertificateFunction", code,
+        [
+            # RequestCertificate and ListCertificates take no resource ARN.
+            Statement(Effect=Allow, Action=[awacs_acm.RequestCertificate, awacs_acm.AddTagsToCertificate],
+                      Resource=["*"]),
+            Statement(Effect=Allow, Action=[awacs_acm.DescribeCertificate, awacs_acm.DeleteCertificate],
+                      Resource=[Sub(us_east_1_certificates)]),
+            Statement(Effect=Allow, Action=[awacs_route53.ChangeResourceRecordSets],
+                      Resource=[Sub("arn:${AWS::Partition}:route53:::hostedzone/${HostedZoneId}")]),
+            Statement(Effect=Allow, Action=[awacs_route53.GetChange],
+                      Resource=[Sub("arn:${AWS::Partition}:route53:::change/*")]),
+        ],
+        Ref(p.log_retention), timeout=900,
+        description="Requests and DNS-validates the CloudFront certificate in us-east-1.",
+    )
+    # The function re-invokes itself to keep waiting past one invocation's 15 minutes;
+    # a resource policy naming its role avoids a role-function dependency cycle.
+    t.add_resource(awslambda.Permission(
+        "CertificateFunctionSelfInvoke",
+        Condition=parameters.HAS_HOSTED_ZONE,
+        Action=awacs_lambda.InvokeFunction.JSONrepr(),
+        FunctionName=Ref(function),
+        Principal=GetAtt(f"{function.title}Role", "Arn"),
+    ))
+    function.Condition = parameters.HAS_HOSTED_ZONE
+    for name in (f"{function.title}Role", f"{function.title}Logs"):
+        t.resources[name].Condition = parameters.HAS_HOSTED_ZONE
+    certificate = t.add_resource(CloudFrontCertificate(
+        CLOUDFRONT_CERTIFICATE,
+        Condition=parameters.HAS_HOSTED_ZONE,
+        ServiceToken=GetAtt(function, "Arn"),
+        ServiceTimeout=3600,
+        DomainName=Ref(p.domain),
+        HostedZoneId=Ref(p.hosted_zone),
+        DependsOn=["CertificateFunctionSelfInvoke"],
+    ))
+    return certificate

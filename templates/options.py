@@ -1,0 +1,45 @@
+"""Build-time options: what shapes the template, as opposed to deploy-time parameters.
+
+One template serves every environment; what an operator tunes per environment is a
+CloudFormation parameter (see `parameters`). What is chosen here is fixed in the
+template the build writes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The one place the Mastodon release is pinned: new stacks boot this version.
+MASTODON_VERSION = "v4.5.2"
+
+MASTODON_IMAGE = "ghcr.io/mastodon/mastodon"
+STREAMING_IMAGE = "ghcr.io/mastodon/mastodon-streaming"
+
+# A Mastodon release tag: v4.3.0, v4.5.2, v4.6.0-rc.1 (no "latest", no branches).
+RELEASE_TAG = re.compile(r"^v4\.(?:[3-9]|\d{2,})\.\d+(?:-(?:alpha|beta|rc)\.\d+)?$")
+
+# The streaming server has its own image since 4.3, which this stack relies on.
+RELEASE_TAG_PATTERN = RELEASE_TAG.pattern
+
+
+class OptionsError(ValueError):
+    """A build option has a value the template cannot be built with."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Choices made when the template is built, validated on construction."""
+
+    mastodon_version: str = MASTODON_VERSION
+    description: str = "Mastodon on AWS: CloudFront, ALB, EC2, RDS PostgreSQL, ElastiCache, S3, SES"
+
+    def __post_init__(self) -> None:
+        if not RELEASE_TAG.match(self.mastodon_version):
+            raise OptionsError(
+                f"mastodon version {self.mastodon_version!r} is not a Mastodon release tag "
+                "of 4.3 or later (expected e.g. v4.5.2: the streaming image this stack "
+                "runs exists from 4.3 on)"
+            )
+        if not 0 < len(self.description) <= 1024:
+            raise OptionsError("description must be 1 to 1024 characters (CloudFormation's limit)")

@@ -1,0 +1,273 @@
+"""The stack's parameters, their console groups and the conditions derived from them.
+
+Only the domain, the hosted zone and the alert e-mail need a value; everything else
+has a default an operator can keep. Each parameter carries a description, a
+constraint and a labelled place in the console (AWS::CloudFormation::Interface), so
+CloudFormation rejects a bad value before it creates anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from troposphere import And, Equals, FindInMap, Not, Parameter, Ref, Template
+
+from templates import capacity
+
+# Console groups, in the order the console shows them.
+GROUP_REQUIRED = "Mastodon instance (required)"
+GROUP_TLS = "TLS without a Route 53 hosted zone"
+GROUP_MAIL = "Outgoing mail"
+GROUP_COMPUTE = "Web and worker servers"
+GROUP_DATA = "Database and cache"
+GROUP_OPERATIONS = "Operations"
+
+GROUPS = (GROUP_REQUIRED, GROUP_TLS, GROUP_MAIL, GROUP_COMPUTE, GROUP_DATA, GROUP_OPERATIONS)
+
+# Condition names used across tiers.
+HAS_HOSTED_ZONE = "HasHostedZone"
+NO_HOSTED_ZONE = "NoHostedZone"
+USE_SES = "UseSes"
+USE_SES_WITH_ZONE = "UseSesWithHostedZone"
+USE_SES_WITHOUT_ZONE = "UseSesWithoutHostedZone"
+HAS_SMTP_PASSWORD_SECRET = "HasSmtpPasswordSecret"
+HAS_MAIL_FROM = "HasMailFromAddress"
+IS_MULTI_AZ = "IsDatabaseMultiAZ"
+WEB_IS_ARM = "WebIsArm64"
+WORKER_IS_ARM = "WorkerIsArm64"
+
+INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
+DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
+
+HOSTNAME_PATTERN = r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+EMAIL_PATTERN = r"^[^@\s]+@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+OPTIONAL_EMAIL_PATTERN = r"^$|" + EMAIL_PATTERN
+HOSTED_ZONE_PATTERN = r"^$|^Z[A-Z0-9]{1,31}$"
+CERTIFICATE_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$"
+SECRET_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+OPTIONAL_HOSTNAME_PATTERN = r"^$|" + HOSTNAME_PATTERN[1:]
+
+LOG_RETENTION_DAYS = ("7", "14", "30", "60", "90", "180", "365")
+CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "cache.m7g.large")
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The parameters other tiers refer to."""
+
+    domain: Parameter
+    hosted_zone: Parameter
+    alert_email: Parameter
+    cloudfront_certificate: Parameter
+    load_balancer_certificate: Parameter
+    mail_from: Parameter
+    smtp_server: Parameter
+    smtp_port: Parameter
+    smtp_login: Parameter
+    smtp_password_secret: Parameter
+    web_instance_type: Parameter
+    web_min_size: Parameter
+    web_max_size: Parameter
+    worker_instance_type: Parameter
+    database_class: Parameter
+    database_storage: Parameter
+    database_max_storage: Parameter
+    database_multi_az: Parameter
+    database_backup_days: Parameter
+    cache_node_type: Parameter
+    log_retention: Parameter
+
+
+def _add(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
+    t.add_parameter(parameter)
+    t.set_parameter_label(parameter, label)
+    t.add_parameter_to_group(parameter, group)
+    return parameter
+
+
+def create_parameters(t: Template) -> Parameters:
+    """Add every parameter with its constraint, label and group."""
+    instance_types = [i.name for i in capacity.INSTANCE_TYPES]
+    p = Parameters(
+        domain=_add(t, GROUP_REQUIRED, "Mastodon domain", Parameter(
+            "DomainName", Type="String",
+            Description="The domain of the instance (LOCAL_DOMAIN), e.g. social.example.com. "
+            "It cannot be changed once people have accounts on it.",
+            AllowedPattern=HOSTNAME_PATTERN,
+            ConstraintDescription="a lower-case DNS name such as social.example.com",
+        )),
+        hosted_zone=_add(t, GROUP_REQUIRED, "Route 53 hosted zone ID", Parameter(
+            "HostedZoneId", Type="String", Default="",
+            Description="ID of the existing public Route 53 hosted zone that holds the domain "
+            "(e.g. Z0123456789ABCDEFGHIJ). With it the stack validates its certificates, "
+            "creates the DNS and DKIM records and needs no manual step. Leave empty to "
+            "bring certificates and add DNS records yourself (see the outputs).",
+            AllowedPattern=HOSTED_ZONE_PATTERN,
+            ConstraintDescription="empty, or a hosted zone ID starting with Z",
+        )),
+        alert_email=_add(t, GROUP_REQUIRED, "Alert e-mail", Parameter(
+            "AlertEmail", Type="String",
+            Description="Address that receives alarms and upgrade notifications.",
+            AllowedPattern=EMAIL_PATTERN,
+            ConstraintDescription="an e-mail address such as admin@example.com",
+        )),
+        cloudfront_certificate=_add(t, GROUP_TLS, "CloudFront certificate ARN (us-east-1)", Parameter(
+            "CloudFrontCertificateArn", Type="String", Default="",
+            Description="Only without a hosted zone: ARN of an issued ACM certificate for the "
+            "domain in us-east-1 (CloudFront requires that region).",
+            AllowedPattern=CERTIFICATE_ARN_PATTERN,
+            ConstraintDescription="empty, or an ACM certificate ARN",
+        )),
+        load_balancer_certificate=_add(t, GROUP_TLS, "Load balancer certificate ARN", Parameter(
+            "LoadBalancerCertificateArn", Type="String", Default="",
+            Description="Only without a hosted zone: ARN of an issued ACM certificate for the "
+            "domain in this stack's region, for the load balancer.",
+            AllowedPattern=CERTIFICATE_ARN_PATTERN,
+            ConstraintDescription="empty, or an ACM certificate ARN",
+        )),
+        mail_from=_add(t, GROUP_MAIL, "Sender address", Parameter(
+            "MailFromAddress", Type="String", Default="",
+            Description="From address of Mastodon's e-mails. Empty: notifications@<domain>.",
+            AllowedPattern=OPTIONAL_EMAIL_PATTERN,
+            ConstraintDescription="empty, or an e-mail address",
+        )),
+        smtp_server=_add(t, GROUP_MAIL, "External SMTP server", Parameter(
+            "SmtpServer", Type="String", Default="",
+            Description="Empty: send with Amazon SES from the domain (identity, DKIM and SMTP "
+            "credentials made by the stack). Otherwise the host name of your SMTP server.",
+            AllowedPattern=OPTIONAL_HOSTNAME_PATTERN,
+            ConstraintDescription="empty, or a lower-case host name",
+        )),
+        smtp_port=_add(t, GROUP_MAIL, "External SMTP port", Parameter(
+            "SmtpPort", Type="Number", Default="587",
+            Description="Port of the external SMTP server (STARTTLS on 587, TLS on 465).",
+            AllowedValues=["25", "465", "587", "2525"],
+        )),
+        smtp_login=_add(t, GROUP_MAIL, "External SMTP login", Parameter(
+            "SmtpLogin", Type="String", Default="",
+            Description="User name on the external SMTP server (not used with SES).",
+            AllowedPattern=r"^[\x21-\x7e]{0,128}$",
+            ConstraintDescription="up to 128 printable characters, no spaces",
+        )),
+        smtp_password_secret=_add(t, GROUP_MAIL, "External SMTP password secret", Parameter(
+            "SmtpPasswordSecretArn", Type="String", Default="",
+            Description="ARN of a Secrets Manager secret whose value is the external SMTP "
+            "password (never a password itself: parameters are not secret storage).",
+            AllowedPattern=SECRET_ARN_PATTERN,
+            ConstraintDescription="empty, or a Secrets Manager secret ARN",
+        )),
+        web_instance_type=_add(t, GROUP_COMPUTE, "Web instance type", Parameter(
+            "WebInstanceType", Type="String", Default=capacity.DEFAULT_WEB_INSTANCE_TYPE,
+            Description="Instance type of the web servers (Puma and the streaming server). "
+            "Graviton (t4g, m7g, c7g) costs less than x86 (t3, m7i, c7i).",
+            AllowedValues=instance_types,
+        )),
+        web_min_size=_add(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
+            "WebMinSize", Type="Number", Default="1",
+            Description="Web servers always running. Upgrades keep this many serving.",
+            MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
+        )),
+        web_max_size=_add(t, GROUP_COMPUTE, "Web servers, maximum", Parameter(
+            "WebMaxSize", Type="Number", Default="2",
+            Description="Most web servers the group may run (at least the minimum). Each "
+            "server's database pools are sized so this many fit the database.",
+            MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
+        )),
+        worker_instance_type=_add(t, GROUP_COMPUTE, "Worker instance type", Parameter(
+            "WorkerInstanceType", Type="String", Default=capacity.DEFAULT_WORKER_INSTANCE_TYPE,
+            Description="Instance type of the single Sidekiq worker.",
+            AllowedValues=instance_types,
+        )),
+        database_class=_add(t, GROUP_DATA, "Database instance class", Parameter(
+            "DatabaseInstanceClass", Type="String", Default=capacity.DEFAULT_DATABASE_CLASS,
+            Description="RDS PostgreSQL instance class. Its max_connections bounds the "
+            "connection pools of every server.",
+            AllowedValues=[d.name for d in capacity.DATABASE_CLASSES],
+        )),
+        database_storage=_add(t, GROUP_DATA, "Database storage (GiB)", Parameter(
+            "DatabaseAllocatedStorage", Type="Number", Default="20",
+            Description="Initial gp3 storage of the database in GiB; it grows by itself.",
+            MinValue=20, MaxValue=16384,
+        )),
+        database_max_storage=_add(t, GROUP_DATA, "Database storage limit (GiB)", Parameter(
+            "DatabaseMaxAllocatedStorage", Type="Number", Default="200",
+            Description="Storage autoscaling limit in GiB (must exceed the initial storage).",
+            MinValue=22, MaxValue=65536,
+        )),
+        database_multi_az=_add(t, GROUP_DATA, "Database Multi-AZ", Parameter(
+            "DatabaseMultiAZ", Type="String", Default="false",
+            Description="Keep a standby database in a second zone (doubles the database cost).",
+            AllowedValues=["true", "false"],
+        )),
+        database_backup_days=_add(t, GROUP_DATA, "Database backup retention (days)", Parameter(
+            "DatabaseBackupRetentionDays", Type="Number", Default="7",
+            Description="Days of automated backups and point-in-time recovery.",
+            MinValue=1, MaxValue=35,
+        )),
+        cache_node_type=_add(t, GROUP_DATA, "Cache node type", Parameter(
+            "CacheNodeType", Type="String", Default=CACHE_NODE_TYPES[0],
+            Description="ElastiCache (Valkey) node type for Mastodon's Redis.",
+            AllowedValues=list(CACHE_NODE_TYPES),
+        )),
+        log_retention=_add(t, GROUP_OPERATIONS, "Log retention (days)", Parameter(
+            "LogRetentionDays", Type="Number", Default="30",
+            Description="Days CloudWatch keeps the logs of every process.",
+            AllowedValues=list(LOG_RETENTION_DAYS),
+        )),
+    )
+    _add_mappings(t)
+    _add_conditions(t, p)
+    _add_rules(t, p)
+    return p
+
+
+def _add_mappings(t: Template) -> None:
+    t.add_mapping(INSTANCE_ARCHITECTURE_MAP, {
+        i.name: {"Architecture": i.architecture} for i in capacity.INSTANCE_TYPES
+    })
+    t.add_mapping(DATABASE_CONNECTIONS_MAP, {
+        d.name: {"MaxConnections": str(d.max_connections)} for d in capacity.DATABASE_CLASSES
+    })
+
+
+def _add_conditions(t: Template, p: Parameters) -> None:
+    t.add_condition(HAS_HOSTED_ZONE, Not(Equals(Ref(p.hosted_zone), "")))
+    t.add_condition(NO_HOSTED_ZONE, Equals(Ref(p.hosted_zone), ""))
+    t.add_condition(USE_SES, Equals(Ref(p.smtp_server), ""))
+    t.add_condition(USE_SES_WITH_ZONE, And(
+        Equals(Ref(p.smtp_server), ""), Not(Equals(Ref(p.hosted_zone), ""))))
+    t.add_condition(USE_SES_WITHOUT_ZONE, And(
+        Equals(Ref(p.smtp_server), ""), Equals(Ref(p.hosted_zone), "")))
+    t.add_condition(HAS_SMTP_PASSWORD_SECRET, Not(Equals(Ref(p.smtp_password_secret), "")))
+    t.add_condition(HAS_MAIL_FROM, Not(Equals(Ref(p.mail_from), "")))
+    t.add_condition(IS_MULTI_AZ, Equals(Ref(p.database_multi_az), "true"))
+    t.add_condition(WEB_IS_ARM, Equals(
+        FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.web_instance_type), "Architecture"), "arm64"))
+    t.add_condition(WORKER_IS_ARM, Equals(
+        FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
+
+
+def _add_rules(t: Template, p: Parameters) -> None:
+    """Reject, before anything is created, combinations a constraint alone cannot."""
+    t.add_rule("CertificatesWithoutHostedZone", {
+        "RuleCondition": {"Fn::Equals": [Ref(p.hosted_zone), ""]},
+        "Assertions": [{
+            "Assert": {"Fn::And": [
+                {"Fn::Not": [{"Fn::Equals": [Ref(p.cloudfront_certificate), ""]}]},
+                {"Fn::Not": [{"Fn::Equals": [Ref(p.load_balancer_certificate), ""]}]},
+            ]},
+            "AssertDescription": "Without a hosted zone, give both certificate ARNs "
+            "(CloudFront's in us-east-1 and the load balancer's in this region).",
+        }],
+    })
+    t.add_rule("ExternalSmtpNeedsLogin", {
+        "RuleCondition": {"Fn::Not": [{"Fn::Equals": [Ref(p.smtp_server), ""]}]},
+        "Assertions": [{
+            "Assert": {"Fn::And": [
+                {"Fn::Not": [{"Fn::Equals": [Ref(p.smtp_login), ""]}]},
+                {"Fn::Not": [{"Fn::Equals": [Ref(p.smtp_password_secret), ""]}]},
+            ]},
+            "AssertDescription": "An external SMTP server needs SmtpLogin and "
+            "SmtpPasswordSecretArn.",
+        }],
+    })

@@ -1,0 +1,87 @@
+"""Every secret of the stack, generated inside it and kept in Secrets Manager.
+
+One secret holds Mastodon's keys (SECRET_KEY_BASE, OTP_SECRET, the Active Record
+encryption keys, the VAPID pair), the database and Redis passwords, the SES SMTP
+credentials and the header CloudFront shows the load balancer. The stack creates it
+empty and a custom resource fills in whatever key is missing, never replacing one:
+these keys encrypt users' data, and a new VAPID pair would break every push
+subscription. The values reach the database and cache through dynamic references,
+the servers through their role at boot; none is in the template, user data, a
+function's environment or an output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from awacs import iam as awacs_iam
+from awacs import secretsmanager as awacs_sm
+from awacs.aws import Allow, Statement
+from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template
+from troposphere import secretsmanager
+
+from templates import functions, parameters
+from templates.parameters import Parameters
+
+APP_SECRET = "AppSecret"
+APP_SECRET_VALUES = "AppSecretValues"
+
+
+class AppSecretValues(AWSObject):
+    resource_type = "Custom::AppSecrets"
+    props = {
+        "ServiceToken": (str, True),
+        "ServiceTimeout": (int, False),
+        "SecretId": (str, True),
+        "SmtpUserName": (str, False),
+        "SmtpRegion": (str, False),
+    }
+
+
+@dataclass(frozen=True)
+class Secrets:
+    secret: secretsmanager.Secret
+    values: AppSecretValues
+
+    def reference(self, key: str) -> Sub:
+        """A dynamic reference CloudFormation resolves when it creates a resource."""
+        return Sub(f"{{{{resolve:secretsmanager:${{{APP_SECRET}}}:SecretString:{key}}}}}")
+
+
+def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None) -> Secrets:
+    secret = t.add_resource(secretsmanager.Secret(
+        APP_SECRET,
+        Description=Sub("Mastodon keys and passwords of stack ${AWS::StackName}"),
+        # Deleting the stack must not destroy the keys that decrypt users' data.
+        DeletionPolicy="Retain",
+        UpdateReplacePolicy="Retain",
+        Metadata={"checkov": {"skip": [
+            {"id": "CKV_AWS_149", "comment": "Encrypted with the AWS managed key "
+             "aws/secretsmanager; a customer key would add $1/month and no control "
+             "that the stack's least-privilege roles do not already give."},
+        ]}},
+    ))
+    statements = [
+        Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue, awacs_sm.PutSecretValue,
+                                        awacs_sm.DescribeSecret], Resource=[Ref(secret)]),
+    ]
+    if smtp_user is not None:
+        statements.append(Statement(
+            Effect=Allow,
+            Action=[awacs_iam.CreateAccessKey, awacs_iam.DeleteAccessKey, awacs_iam.ListAccessKeys],
+            # Only the stack's own SMTP user, by its path (see mail.SMTP_USER_PATH).
+            Resource=[Sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:user/mastodon/${AWS::StackName}/*")],
+        ))
+    function = functions.inline_function(
+        t, "AppSecretsFunction", code, statements, Ref(p.log_retention), timeout=60,
+        description="Fills the stack's secret with Mastodon's keys, once; derives SES SMTP credentials.",
+    )
+    values = t.add_resource(AppSecretValues(
+        APP_SECRET_VALUES,
+        ServiceToken=GetAtt(function, "Arn"),
+        ServiceTimeout=300,
+        SecretId=Ref(secret),
+        SmtpUserName=If(parameters.USE_SES, smtp_user, "") if smtp_user is not None else "",
+        SmtpRegion=Ref("AWS::Region"),
+    ))
+    return Secrets(secret=secret, values=values)

@@ -1,0 +1,74 @@
+"""The whole Mastodon stack, composed tier by tier as the architecture diagram reads.
+
+viewer → CloudFront (edge) → ALB (load_balancing) → web/worker servers (compute)
+→ RDS, ElastiCache, S3 (data); SES (mail); Secrets Manager (secrets); SSM (versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from troposphere import GetAtt, Join, Output, Ref, Sub, Template
+
+from templates import (
+    compute, data, edge, load_balancing, mail, network, operations, parameters, secrets, versions,
+)
+from templates.options import BuildOptions
+
+
+@dataclass(frozen=True)
+class Assets:
+    """What the build reads from disk and embeds: Lambda code and instance scripts."""
+
+    lambdas: dict[str, str]
+    instance_scripts: dict[str, str] = field(default_factory=dict)
+
+
+def build_template(options: BuildOptions, assets: Assets) -> Template:
+    t = Template(Description=options.description)
+    p = parameters.create_parameters(t)
+    net = network.create_network(t)
+    outgoing_mail = mail.create_mail(t, p)
+    stack_secrets = secrets.create_secrets(t, p, assets.lambdas["app_secrets"], Ref(outgoing_mail.smtp_user))
+    version_parameters = versions.create_versions(t, options)
+    lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
+    servers = compute.create_server_security_group(t, net, lb)
+    stores = data.create_data(t, p, net, servers, stack_secrets)
+    cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"])
+    compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
+                           servers, assets.instance_scripts)
+    alerts = operations.create_alert_topic(t, p)
+    _outputs(t, p, cdn, outgoing_mail, version_parameters)
+    t.add_output(Output("AlertTopicArn", Description="Alarms and upgrade notices", Value=Ref(alerts)))
+    return t
+
+
+def _outputs(t: Template, p: parameters.Parameters, cdn: edge.Edge, outgoing_mail: mail.Mail,
+             version_parameters: versions.Versions) -> None:
+    t.add_output(Output("InstanceUrl", Description="Your Mastodon instance",
+                        Value=Join("", ["https://", Ref(p.domain), "/"])))
+    t.add_output(Output("DistributionDomainName", Description="CloudFront's name for the domain",
+                        Value=GetAtt(cdn.distribution, "DomainName")))
+    t.add_output(Output("DistributionId", Description="CloudFront distribution (for invalidations)",
+                        Value=Ref(cdn.distribution)))
+    t.add_output(Output(
+        "DnsRecordsToCreate", Condition=parameters.NO_HOSTED_ZONE,
+        Description="Without a hosted zone, create this record at your DNS provider",
+        Value=Join("", [Ref(p.domain), " CNAME (or ALIAS at the apex) ",
+                        GetAtt(cdn.distribution, "DomainName")]),
+    ))
+    for n in range(1, mail.DKIM_RECORDS + 1):
+        t.add_output(Output(
+            f"DkimRecord{n}ToCreate", Condition=parameters.USE_SES_WITHOUT_ZONE,
+            Description=f"Without a hosted zone, create DKIM record {n} for SES",
+            Value=Join("", [GetAtt(outgoing_mail.identity, f"DkimDNSTokenName{n}"), " CNAME ",
+                            GetAtt(outgoing_mail.identity, f"DkimDNSTokenValue{n}")]),
+        ))
+    t.add_output(Output("DesiredVersionParameter", Value=Ref(version_parameters.desired),
+                        Description="Overwrite this SSM parameter with a release tag to upgrade"))
+    t.add_output(Output("DeployedVersionParameter", Value=Ref(version_parameters.deployed),
+                        Description="The version every process runs; new servers boot it"))
+    t.add_output(Output("MailSetup", Condition=parameters.USE_SES,
+                        Description="SES starts in its sandbox",
+                        Value=Sub("Request SES production access for ${AWS::Region} so Mastodon "
+                                  "can mail every user, not only verified addresses")))
