@@ -252,15 +252,14 @@ def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFront
     function = functions.inline_function(
         t, "CertificateFunction", code,
         [
-            # RequestCertificate and ListCertificates take no resource ARN.
-            Statement(Effect=Allow, Action=[awacs_acm.RequestCertificate, awacs_acm.AddTagsToCertificate],
-                      Resource=["*"]),
-            Statement(Effect=Allow, Action=[awacs_acm.DescribeCertificate, awacs_acm.DeleteCertificate],
+            # RequestCertificate takes no resource ARN.
+            Statement(Effect=Allow, Action=[awacs_acm.RequestCertificate], Resource=["*"]),
+            Statement(Effect=Allow, Action=[awacs_acm.AddTagsToCertificate, awacs_acm.DescribeCertificate,
+                                            awacs_acm.DeleteCertificate],
                       Resource=[Sub(us_east_1_certificates)]),
-            Statement(Effect=Allow, Action=[awacs_route53.ChangeResourceRecordSets],
+            Statement(Effect=Allow,
+                      Action=[awacs_route53.GetHostedZone, awacs_route53.ChangeResourceRecordSets],
                       Resource=[Sub("arn:${AWS::Partition}:route53:::hostedzone/${HostedZoneId}")]),
-            Statement(Effect=Allow, Action=[awacs_route53.GetChange],
-                      Resource=[Sub("arn:${AWS::Partition}:route53:::change/*")]),
         ],
         Ref(p.log_retention), timeout=900,
         description="Requests and DNS-validates the CloudFront certificate in us-east-1.",

@@ -62,8 +62,8 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         ]}},
     ))
     statements = [
-        Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue, awacs_sm.PutSecretValue,
-                                        awacs_sm.DescribeSecret], Resource=[Ref(secret)]),
+        Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue, awacs_sm.PutSecretValue],
+                  Resource=[Ref(secret)]),
     ]
     if smtp_user is not None:
         statements.append(Statement(

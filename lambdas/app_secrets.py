@@ -1,0 +1,310 @@
+"""Custom::AppSecrets: fills the stack's Mastodon secret with generated values.
+
+The secret (an AWS::SecretsManager::Secret created empty and retained by the
+stack) receives every key Mastodon needs that it does not hold yet. A key that
+exists is never changed: SECRET_KEY_BASE, OTP_SECRET and the Active Record keys
+encrypt user data, and a new VAPID pair breaks every push subscription.
+
+VAPID keys are written as Mastodon's `rails mastodon:webpush:generate_vapid_key`
+writes them (webpush gem `VapidKey`): URL-safe base64, with padding, of the
+32-byte private scalar and of the 65-byte uncompressed public point on P-256.
+The Lambda runtime has no `cryptography` package and this file must stay one
+inline module, so the public point is computed here by a small affine P-256
+scalar multiplication. It runs once per stack, so speed and timing side channels
+do not matter; the tests check the pair against `cryptography`.
+
+SES SMTP credentials: an access key of the stack's SMTP IAM user, the password
+derived with AWS's documented SigV4 algorithm (see `smtp_password`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import string
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes import (
+    CloudFormationCustomResourceEvent,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+logger = Logger()
+
+# ---------------------------------------------------------------- P-256 (SEC 2, FIPS 186-4)
+P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+A = P - 3
+N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+G = (
+    0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+    0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5,
+)
+Point = tuple[int, int] | None  # None is the point at infinity
+
+
+def point_add(p1: Point, p2: Point) -> Point:
+    if p1 is None:
+        return p2
+    if p2 is None:
+        return p1
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2 and (y1 + y2) % P == 0:
+        return None
+    if p1 == p2:
+        slope = (3 * x1 * x1 + A) * pow(2 * y1, -1, P) % P
+    else:
+        slope = (y2 - y1) * pow(x2 - x1, -1, P) % P
+    x3 = (slope * slope - x1 - x2) % P
+    return x3, (slope * (x1 - x3) - y1) % P
+
+
+def scalar_mult(k: int, point: Point = G) -> Point:
+    """k * point by double-and-add."""
+    result: Point = None
+    while k:
+        if k & 1:
+            result = point_add(result, point)
+        point = point_add(point, point)
+        k >>= 1
+    return result
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode()  # padded, like Ruby's urlsafe_encode64
+
+
+def vapid_public_key(private_key: str) -> str:
+    scalar = int.from_bytes(base64.urlsafe_b64decode(private_key + "=" * (-len(private_key) % 4)), "big")
+    if not 0 < scalar < N:
+        raise ValueError("VAPID_PRIVATE_KEY is not a valid P-256 private key")
+    point = scalar_mult(scalar)
+    assert point is not None
+    return b64url(b"\x04" + point[0].to_bytes(32, "big") + point[1].to_bytes(32, "big"))
+
+
+def vapid_key_pair() -> tuple[str, str]:
+    """(private, public) as Mastodon expects them."""
+    private_key = b64url((secrets.randbelow(N - 1) + 1).to_bytes(32, "big"))
+    return private_key, vapid_public_key(private_key)
+
+
+# ---------------------------------------------------------------- generated values
+ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def alphanumeric(length: int = 32) -> str:
+    """Like Rails' SecureRandom.alphanumeric(32) in `db:encryption:init`."""
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "SECRET_KEY_BASE": lambda: secrets.token_hex(64),
+    "OTP_SECRET": lambda: secrets.token_hex(64),
+    "ACTIVE_RECORD_ENCRYPTION_DETERMINISTIC_KEY": alphanumeric,
+    "ACTIVE_RECORD_ENCRYPTION_KEY_DERIVATION_SALT": alphanumeric,
+    "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY": alphanumeric,
+    # Hex: safe in URLs, and a valid ElastiCache AUTH token (16-128 chars, no @ " /).
+    "DB_PASS": lambda: secrets.token_hex(16),
+    "REDIS_PASSWORD": lambda: secrets.token_hex(16),
+    "ORIGIN_VERIFY": lambda: secrets.token_hex(24),
+}
+
+
+def missing_values(current: Mapping[str, str]) -> dict[str, str]:
+    """The values to add to `current`; never a replacement of an existing key."""
+    added = {key: generate() for key, generate in GENERATORS.items() if not current.get(key)}
+    private_key, public_key = (
+        current.get("VAPID_PRIVATE_KEY"),
+        current.get("VAPID_PUBLIC_KEY"),
+    )
+    if private_key and not public_key:
+        added["VAPID_PUBLIC_KEY"] = vapid_public_key(private_key)
+    elif public_key and not private_key:
+        raise ValueError("the secret has VAPID_PUBLIC_KEY but no VAPID_PRIVATE_KEY: repair it by hand")
+    elif not private_key:
+        added["VAPID_PRIVATE_KEY"], added["VAPID_PUBLIC_KEY"] = vapid_key_pair()
+    return added
+
+
+def smtp_password(secret_access_key: str, region: str) -> str:
+    """SES SMTP password from an IAM secret access key (AWS SES developer guide,
+    "Obtaining Amazon SES SMTP credentials by converting existing AWS credentials")."""
+    signature = ("AWS4" + secret_access_key).encode()
+    for message in ("11111111", region, "ses", "aws4_request", "SendRawEmail"):
+        signature = hmac.new(signature, message.encode(), hashlib.sha256).digest()
+    return base64.b64encode(b"\x04" + signature).decode()
+
+
+def smtp_key_needed(current: Mapping[str, str], user_key_ids: list[str]) -> bool:
+    return current.get("SMTP_LOGIN") not in user_key_ids or not current.get("SMTP_PASSWORD")
+
+
+REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(secret id, SMTP user name or '', SMTP region); ValueError when invalid."""
+    secret_id = str(properties.get("SecretId") or "")
+    user = str(properties.get("SmtpUserName") or "")
+    region = str(properties.get("SmtpRegion") or "")
+    if not secret_id:
+        raise ValueError("property SecretId is required")
+    if user and not REGION.match(region):
+        raise ValueError("property SmtpRegion must be an AWS region when SmtpUserName is set")
+    return secret_id, user, region
+
+
+# ---------------------------------------------------------------- AWS calls
+def read_secret(client: Any, secret_id: str) -> dict[str, str]:
+    try:
+        text = client.get_secret_value(SecretId=secret_id).get("SecretString") or ""
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ResourceNotFoundException":
+            return {}  # the secret has no value yet
+        raise
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        # Never overwrite a value we cannot read: it may hold the only copy of a key.
+        raise TypeError("the secret's current value is not a JSON object")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def access_key_ids(client: Any, user: str) -> list[str]:
+    try:
+        pages = client.get_paginator("list_access_keys").paginate(UserName=user)
+        return [key["AccessKeyId"] for page in pages for key in page["AccessKeyMetadata"]]
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "NoSuchEntity":
+            return []
+        raise
+
+
+def delete_access_keys(client: Any, user: str, key_ids: list[str]) -> None:
+    for key_id in key_ids:
+        try:
+            client.delete_access_key(UserName=user, AccessKeyId=key_id)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "NoSuchEntity":
+                raise
+    if key_ids:
+        logger.info("Deleted access keys", extra={"user": user, "count": len(key_ids)})
+
+
+def create_access_key(client: Any, user: str) -> tuple[str, str]:
+    key = client.create_access_key(UserName=user)["AccessKey"]
+    logger.info("Created access key", extra={"user": user, "access_key_id": key["AccessKeyId"]})
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def fill_secret(properties: Mapping[str, Any], old_properties: Mapping[str, Any]) -> list[str]:
+    """Create/Update: returns the names of the keys added or replaced (never values)."""
+    secret_id, user, region = parse_properties(properties)
+    old_user = str(old_properties.get("SmtpUserName") or "")
+    secretsmanager, iam = boto3.client("secretsmanager"), boto3.client("iam")
+    current = read_secret(secretsmanager, secret_id)
+    updated = {**current, **missing_values(current)}
+    if user:
+        key_ids = access_key_ids(iam, user)
+        if smtp_key_needed(current, key_ids):
+            # The user exists only for this stack's mail: its other keys are stale
+            # (and IAM allows two keys per user).
+            delete_access_keys(iam, user, key_ids)
+            key_id, secret_key = create_access_key(iam, user)
+            updated["SMTP_LOGIN"], updated["SMTP_PASSWORD"] = (
+                key_id,
+                smtp_password(secret_key, region),
+            )
+    old_keys = access_key_ids(iam, old_user) if old_user and old_user != user else []
+    if not user and updated.get("SMTP_LOGIN") in old_keys:
+        (
+            updated.pop("SMTP_LOGIN"),
+            updated.pop("SMTP_PASSWORD", None),
+        )  # switched to external SMTP
+    changed = sorted(k for k in set(updated) | set(current) if updated.get(k) != current.get(k))
+    if changed:
+        secretsmanager.put_secret_value(SecretId=secret_id, SecretString=json.dumps(updated))
+    delete_access_keys(iam, old_user, old_keys)
+    return changed
+
+
+def remove_smtp_keys(properties: Mapping[str, Any]) -> None:
+    """Delete: CloudFormation cannot delete an IAM user that still has keys."""
+    user = str(properties.get("SmtpUserName") or "")
+    if user:
+        iam = boto3.client("iam")
+        delete_access_keys(iam, user, access_key_ids(iam, user))
+
+
+# ---------------------------------------------------------------- CloudFormation
+def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
+    body = json.dumps(
+        {
+            "Status": status,
+            "Reason": reason[:1000],
+            "PhysicalResourceId": physical_id,
+            "StackId": event.get("StackId", ""),
+            "RequestId": event.get("RequestId", ""),
+            "LogicalResourceId": event.get("LogicalResourceId", ""),
+            "NoEcho": True,
+            "Data": {},
+        }
+    ).encode()
+    url = str(event["ResponseURL"])
+    if not url.startswith("https://"):
+        raise ValueError("ResponseURL is not an https URL")
+    request = urllib.request.Request(  # noqa: S310 - https only, checked above
+        url,
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "", "Content-Length": str(len(body))},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
+        logger.info(
+            "Answered CloudFormation",
+            extra={"status": status, "http_status": response.status},
+        )
+
+
+def safe_reason(error: Exception) -> str:
+    """A reason that names the failure but can never carry a secret value."""
+    if isinstance(error, ClientError):
+        return f"{error.operation_name} failed: {error.response['Error'].get('Code', 'error')}"
+    if isinstance(error, (ValueError, TypeError)):
+        return str(error)  # messages name keys and properties, never values
+    return f"{type(error).__name__} (see the function's log)"
+
+
+@logger.inject_lambda_context
+def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
+    event = CloudFormationCustomResourceEvent(raw_event)
+    # Stable for the resource's life: a new id would make CloudFormation "delete" the
+    # old one, and Delete removes the SMTP user's keys.
+    stack_name = [*str(raw_event.get("StackId", "")).split("/"), "", ""][1] or "stack"
+    physical_id = (
+        event.physical_resource_id or f"{stack_name}-{raw_event.get('LogicalResourceId', 'AppSecrets')}"
+    )
+    try:
+        if event.request_type == "Delete":
+            remove_smtp_keys(event.resource_properties)
+        else:
+            old = event.old_resource_properties if event.request_type == "Update" else {}
+            changed = fill_secret(event.resource_properties, old)
+            logger.info("Secret filled", extra={"changed_keys": changed})
+        send_response(raw_event, "SUCCESS", "", physical_id)
+    except Exception as error:
+        logger.exception("Request failed")
+        send_response(raw_event, "FAILED", safe_reason(error), physical_id)

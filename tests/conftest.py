@@ -1,0 +1,30 @@
+"""Fixtures shared by every test: the built template, as the build writes it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import build  # noqa: E402
+from templates.options import BuildOptions  # noqa: E402
+from templates.stack import build_template  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def template() -> dict[str, Any]:
+    """The default template as a plain dict (what CloudFormation receives)."""
+    built = build_template(BuildOptions(), build.load_assets())
+    return json.loads(built.to_json())
+
+
+@pytest.fixture(scope="session")
+def template_json(template: dict[str, Any]) -> str:
+    return json.dumps(template)

@@ -1,0 +1,70 @@
+"""Small partial-match helpers over a template dict, in the spirit of CDK assertions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+Template = dict[str, Any]
+
+
+def resources(template: Template, resource_type: str) -> dict[str, dict[str, Any]]:
+    """Every resource of a type, by logical ID."""
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == resource_type}
+
+
+def one(template: Template, resource_type: str) -> tuple[str, dict[str, Any]]:
+    found = resources(template, resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def props(template: Template, logical_id: str) -> dict[str, Any]:
+    return template["Resources"][logical_id].get("Properties", {})
+
+
+def matches(actual: Any, expected: Any) -> bool:
+    """True when `expected` is contained in `actual` (dicts by key, lists by element)."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and matches(actual[k], v) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(actual, list) and all(any(matches(a, e) for a in actual) for e in expected)
+    return actual == expected
+
+
+def has_properties(template: Template, resource_type: str, expected: dict[str, Any]) -> list[str]:
+    """Logical IDs of resources of the type whose properties contain `expected`."""
+    return [name for name, r in resources(template, resource_type).items()
+            if matches(r.get("Properties", {}), expected)]
+
+
+def walk(node: Any, path: str = ""):
+    """Yield (path, value) for every scalar in a nested structure."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def refs(node: Any) -> set[str]:
+    """Logical IDs a node refers to by Ref, GetAtt or ${...} in Sub."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "Ref" and isinstance(v, str):
+                found.add(v)
+            elif k == "Fn::GetAtt":
+                found.add(v[0] if isinstance(v, list) else v.split(".")[0])
+            elif k == "Fn::Sub":
+                text = v if isinstance(v, str) else v[0]
+                found.update(m.split(".")[0] for m in re.findall(r"\$\{([^!][^}]*)\}", text))
+            found |= refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= refs(v)
+    return found

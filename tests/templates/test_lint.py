@@ -1,0 +1,45 @@
+"""cfn-lint, AWS's own validator, finds nothing in the built template in any region."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint
+
+# Regions on three continents, including ones that lack some instance types.
+REGIONS = ["us-east-1", "eu-central-1", "ap-northeast-1", "sa-east-1"]
+
+
+def findings(template: dict[str, Any], regions: list[str]) -> list[str]:
+    matches = lint(json.dumps(template), config=ManualArgs(regions=regions))
+    return [f"{m.rule.id} {m.message} ({'/'.join(map(str, m.path))})" for m in matches]
+
+
+def test_the_template_has_no_error_and_no_warning_in_any_region(template):
+    assert findings(template, REGIONS) == []
+
+
+def test_the_linter_would_catch_a_broken_property(template):
+    broken = copy.deepcopy(template)
+    broken["Resources"]["Database"]["Properties"]["StorageEncryptd"] = True
+    assert any(f.startswith("E3002") for f in findings(broken, ["us-east-1"]))
+
+
+def test_every_suppressed_lint_check_carries_its_reason(template):
+    for name, resource in template["Resources"].items():
+        metadata = resource.get("Metadata", {})
+        ignored = metadata.get("cfn-lint", {}).get("config", {}).get("ignore_checks", [])
+        reasons = metadata.get("cfn-lint-reasons", {})
+        for check in ignored:
+            assert len(reasons.get(check, "")) > 30, f"{name} ignores {check} without a reason"
+
+
+@pytest.mark.parametrize("kind", ["checkov"])
+def test_every_checkov_skip_carries_its_reason(template, kind):
+    for name, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get(kind, {}).get("skip", []):
+            assert skip["id"].startswith("CKV"), name
+            assert len(skip.get("comment", "")) > 30, f"{name} skips {skip['id']} without a reason"

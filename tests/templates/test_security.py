@@ -1,0 +1,205 @@
+"""Security properties of the built template: private data, encryption, no secret in sight."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+
+from tests.support import props, refs, resources, walk
+
+
+def test_the_database_is_never_publicly_reachable(template):
+    database = props(template, "Database")
+    assert database["PubliclyAccessible"] is False
+    subnet_group = props(template, database["DBSubnetGroupName"]["Ref"])
+    assert {s["Ref"] for s in subnet_group["SubnetIds"]} == {"DataSubnetA", "DataSubnetB"}
+
+
+def test_data_subnets_have_no_route_out_of_the_vpc(template):
+    data_tables = {props(template, a)["RouteTableId"]["Ref"]
+                   for a in ("DataSubnetARoutes", "DataSubnetBRoutes")}
+    for route in resources(template, "AWS::EC2::Route").values():
+        assert route["Properties"]["RouteTableId"]["Ref"] not in data_tables
+
+
+def test_the_cache_lives_in_the_data_subnets(template):
+    cache = props(template, "Cache")
+    subnets = props(template, cache["CacheSubnetGroupName"]["Ref"])["SubnetIds"]
+    assert {s["Ref"] for s in subnets} == {"DataSubnetA", "DataSubnetB"}
+
+
+def test_data_stores_admit_only_the_servers(template):
+    for group in ("DatabaseSecurityGroup", "CacheSecurityGroup"):
+        ingress = props(template, group)["SecurityGroupIngress"]
+        assert [rule["SourceSecurityGroupId"] for rule in ingress] == [{"Ref": "ServerSecurityGroup"}]
+
+
+def test_no_security_group_is_open_to_the_internet_inbound(template):
+    for name, group in resources(template, "AWS::EC2::SecurityGroup").items():
+        for rule in group["Properties"].get("SecurityGroupIngress", []):
+            assert rule.get("CidrIp") not in ("0.0.0.0/0",), name
+            assert rule.get("CidrIpv6") not in ("::/0",), name
+
+
+def test_servers_accept_no_ssh_and_only_the_load_balancer(template):
+    ingress = props(template, "ServerSecurityGroup")["SecurityGroupIngress"]
+    assert sorted(rule["FromPort"] for rule in ingress) == [3000, 4000]
+    assert all(rule["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"} for rule in ingress)
+
+
+def test_the_load_balancer_admits_only_cloudfront_on_https(template):
+    (rule,) = props(template, "LoadBalancerSecurityGroup")["SecurityGroupIngress"]
+    assert (rule["FromPort"], rule["ToPort"]) == (443, 443)
+    assert rule["SourcePrefixListId"] == {"Fn::GetAtt": ["CloudFrontPrefixList", "Id"]}
+    assert props(template, "CloudFrontPrefixList")["PrefixListName"] == \
+        "com.amazonaws.global.cloudfront.origin-facing"
+
+
+def test_every_data_store_is_encrypted_at_rest(template):
+    assert props(template, "Database")["StorageEncrypted"] is True
+    cache = props(template, "Cache")
+    assert cache["AtRestEncryptionEnabled"] is True and cache["TransitEncryptionEnabled"] is True
+    assert "AuthToken" in cache
+    rules = props(template, "MediaBucket")["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rules[0]["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+        for device in props(template, name)["LaunchTemplateData"]["BlockDeviceMappings"]:
+            assert device["Ebs"]["Encrypted"] is True
+
+
+def test_the_media_bucket_is_private_and_read_only_by_cloudfront(template):
+    bucket = props(template, "MediaBucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    statements = props(template, "MediaBucketPolicy")["PolicyDocument"]["Statement"]
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    assert [s["Principal"] for s in allows] == [{"Service": "cloudfront.amazonaws.com"}]
+    assert "AWS:SourceArn" in str(allows[0]["Condition"])
+    assert any(s["Effect"] == "Deny" and "aws:SecureTransport" in str(s["Condition"]) for s in statements)
+
+
+def test_instances_require_imdsv2(template):
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+        options = props(template, name)["LaunchTemplateData"]["MetadataOptions"]
+        assert options["HttpTokens"] == "required", name
+        assert options["HttpPutResponseHopLimit"] == 1, name
+
+
+def test_tls_is_at_least_1_2_at_cloudfront_and_the_load_balancer(template):
+    config = props(template, "Distribution")["DistributionConfig"]
+    assert config["ViewerCertificate"]["MinimumProtocolVersion"].startswith("TLSv1.2")
+    behaviors = [config["DefaultCacheBehavior"], *config["CacheBehaviors"]]
+    assert all(b["ViewerProtocolPolicy"] in ("redirect-to-https", "https-only") for b in behaviors)
+    listeners = resources(template, "AWS::ElasticLoadBalancingV2::Listener")
+    assert [listener["Properties"]["Protocol"] for listener in listeners.values()] == ["HTTPS"]
+    assert all("TLS13-1-2" in listener["Properties"]["SslPolicy"] for listener in listeners.values())
+    for origin in config["Origins"]:
+        if "CustomOriginConfig" in origin:
+            assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
+            assert origin["CustomOriginConfig"]["OriginSSLProtocols"] == ["TLSv1.2"]
+
+
+SECRET_PROPERTIES = {
+    "MasterUserPassword": "DB_PASS",
+    "AuthToken": "REDIS_PASSWORD",
+    "HeaderValue": "ORIGIN_VERIFY",
+}
+
+
+def test_secrets_enter_resources_only_as_dynamic_references(template):
+    found = {}
+    for path, value in walk(template["Resources"]):
+        key = re.sub(r"\[\d+\]", "", path).split("/")[-1]
+        if key == "Fn::Sub":
+            parent = [p for p in re.sub(r"\[\d+\]", "", path).split("/") if p][-2]
+            found.setdefault(parent, []).append(value)
+    for prop, key in SECRET_PROPERTIES.items():
+        assert found.get(prop), f"{prop} is not a dynamic reference"
+        for value in found[prop]:
+            assert value == "{{resolve:secretsmanager:${AppSecret}:SecretString:%s}}" % key
+
+
+def test_no_literal_password_anywhere_in_the_template(template):
+    for path, value in walk({"Resources": template["Resources"], "Outputs": template["Outputs"]}):
+        lowered = path.lower()
+        if path.endswith("/Ref"):
+            continue
+        if any(word in lowered for word in ("password", "authtoken", "secretstring", "secretkey")):
+            if isinstance(value, str) and "ZipFile" not in path:
+                assert value.startswith("{{resolve:") or value == "", f"{path} = {value!r}"
+
+
+def _user_data_text(template, name):
+    parts = props(template, name)["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+    text = "".join(p if isinstance(p, str) else "<ref>" for p in parts)
+    scripts = [gzip.decompress(base64.b64decode(b)).decode()
+               for b in re.findall(r"echo '([A-Za-z0-9+/=]+)' \| base64 -d", text)]
+    return text, scripts
+
+
+def test_user_data_holds_no_secret_only_where_to_fetch_them(template):
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+        text, scripts = _user_data_text(template, name)
+        assert "APP_SECRET_ARN='<ref>'" in text
+        assert scripts, "the instance scripts are embedded"
+        for forbidden in ("SECRET_KEY_BASE=", "DB_PASS=", "resolve:secretsmanager"):
+            assert forbidden not in text, f"{name} user data carries {forbidden}"
+        # The references in user data are to non-secret resources only.
+        user_data = props(template, name)["LaunchTemplateData"]["UserData"]
+        assert refs(user_data) <= {
+            "AWS::StackName", "AWS::Region", "DomainName", "DeployedVersionParameter", "AppSecret",
+            "Database", "Cache", "MediaBucket", "SmtpServer", "SmtpPort", "SmtpLogin", "MailFromAddress",
+            "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
+            "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
+        }
+
+
+def test_functions_carry_no_secret_in_their_environment(template):
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        variables = function["Properties"].get("Environment", {}).get("Variables", {})
+        assert set(variables) <= {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE",
+                                  "POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_LOG_LEVEL"}, name
+
+
+def test_no_output_reveals_a_secret(template):
+    text = str(template["Outputs"])
+    assert "AppSecret" not in text and "resolve:" not in text
+
+
+def _statements(template):
+    for name, resource in template["Resources"].items():
+        properties = resource.get("Properties", {})
+        documents = [p["PolicyDocument"] for p in properties.get("Policies", [])]
+        documents += [properties[k] for k in ("PolicyDocument", "AssumeRolePolicyDocument") if k in properties]
+        for document in documents:
+            for statement in document["Statement"]:
+                yield name, statement
+
+
+def test_no_policy_allows_every_action(template):
+    for name, statement in _statements(template):
+        if statement["Effect"] == "Allow":
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert all(a != "*" and not a.endswith(":*") for a in actions), name
+
+
+RESOURCE_STAR_ALLOWED = {
+    # Actions AWS grants only on "*": they accept no resource ARN.
+    "ec2:DescribeManagedPrefixLists", "acm:RequestCertificate",
+}
+
+
+def test_resource_star_only_for_actions_that_take_no_resource(template):
+    for name, statement in _statements(template):
+        if statement["Effect"] == "Allow" and statement.get("Resource") in ("*", ["*"]):
+            assert set(statement["Action"]) <= RESOURCE_STAR_ALLOWED, name
+
+
+def test_the_app_secret_and_media_survive_stack_deletion(template):
+    for name in ("AppSecret", "MediaBucket"):
+        assert template["Resources"][name]["DeletionPolicy"] == "Retain"
+        assert template["Resources"][name]["UpdateReplacePolicy"] == "Retain"
+    for name in ("Database", "Cache"):
+        assert template["Resources"][name]["DeletionPolicy"] == "Snapshot"
+        assert template["Resources"][name]["UpdateReplacePolicy"] == "Snapshot"

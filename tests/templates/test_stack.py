@@ -1,0 +1,219 @@
+"""The architecture of DESIGN.md, read off the built template."""
+
+from __future__ import annotations
+
+from templates import capacity
+from templates.options import MASTODON_VERSION, RELEASE_TAG
+from tests.support import has_properties, one, props, resources
+
+
+def _behaviors(template):
+    config = props(template, "Distribution")["DistributionConfig"]
+    return config, {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+
+
+def test_cloudfront_serves_the_mastodon_domain_with_its_certificate(template):
+    config, _ = _behaviors(template)
+    assert config["Aliases"] == [{"Ref": "DomainName"}]
+    assert config["ViewerCertificate"]["AcmCertificateArn"] == {"Fn::If": [
+        "HasHostedZone", {"Fn::GetAtt": ["CloudFrontCertificate", "Arn"]}, {"Ref": "CloudFrontCertificateArn"}]}
+    assert config["ViewerCertificate"]["SslSupportMethod"] == "sni-only"
+
+
+def test_media_comes_from_the_private_bucket_through_origin_access_control(template):
+    config, behaviors = _behaviors(template)
+    media = behaviors["/system/*"]
+    origin = next(o for o in config["Origins"] if o["Id"] == media["TargetOriginId"])
+    assert origin["DomainName"] == {"Fn::GetAtt": ["MediaBucket", "RegionalDomainName"]}
+    assert "OriginAccessControlId" in origin
+    assert media["AllowedMethods"] == ["GET", "HEAD", "OPTIONS"]
+    # The function strips "/system" so keys match what Mastodon wrote.
+    (association,) = media["FunctionAssociations"]
+    assert association["EventType"] == "viewer-request"
+    code = props(template, "MediaPathFunction")["FunctionCode"]
+    assert "substring(7)" in code and len("/system") == 7
+
+
+def test_fingerprinted_assets_are_cached_and_the_rest_is_not(template):
+    config, behaviors = _behaviors(template)
+    optimized, disabled = "658327ea-f89d-4fab-a63d-7e88639e58f6", "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+    for path in ("/packs/*", "/assets/*"):
+        assert behaviors[path]["CachePolicyId"] == optimized
+        # Host reaches the origin, or TLS to the load balancer's certificate fails.
+        policy = props(template, behaviors[path]["OriginRequestPolicyId"]["Ref"])
+        assert policy["OriginRequestPolicyConfig"]["HeadersConfig"]["Headers"] == ["Host"]
+    default = config["DefaultCacheBehavior"]
+    all_viewer = "216adef6-5c7f-47e4-b989-5492eafa07d3"
+    for behavior in (default, behaviors["/api/v1/streaming*"]):
+        assert behavior["CachePolicyId"] == disabled
+        assert behavior["OriginRequestPolicyId"] == all_viewer  # Host, cookies, query, WebSocket headers
+        assert set(behavior["AllowedMethods"]) >= {"GET", "POST", "PUT", "DELETE", "PATCH"}
+
+
+def test_cloudfront_proves_itself_to_the_load_balancer_with_a_secret_header(template):
+    config, _ = _behaviors(template)
+    origin = next(o for o in config["Origins"] if "CustomOriginConfig" in o)
+    (header,) = origin["OriginCustomHeaders"]
+    rules = resources(template, "AWS::ElasticLoadBalancingV2::ListenerRule")
+    for rule in rules.values():
+        header_conditions = [c for c in rule["Properties"]["Conditions"] if c["Field"] == "http-header"]
+        assert header_conditions == [{"Field": "http-header", "HttpHeaderConfig": {
+            "HttpHeaderName": header["HeaderName"], "Values": [header["HeaderValue"]]}}]
+    _, listener = one(template, "AWS::ElasticLoadBalancingV2::Listener")
+    (default,) = listener["Properties"]["DefaultActions"]
+    assert default["Type"] == "fixed-response" and default["FixedResponseConfig"]["StatusCode"] == "403"
+
+
+def test_streaming_paths_go_to_the_streaming_servers_and_the_rest_to_puma(template):
+    streaming = props(template, "StreamingListenerRule")
+    paths = next(c for c in streaming["Conditions"] if c["Field"] == "path-pattern")
+    assert paths["PathPatternConfig"]["Values"] == ["/api/v1/streaming", "/api/v1/streaming/*"]
+    assert streaming["Actions"][0]["TargetGroupArn"] == {"Ref": "StreamingTargetGroup"}
+    web = props(template, "WebListenerRule")
+    assert web["Actions"][0]["TargetGroupArn"] == {"Ref": "WebTargetGroup"}
+    assert streaming["Priority"] < web["Priority"]
+
+
+def test_target_groups_check_mastodon_health_and_drain_quickly(template):
+    web, streaming = props(template, "WebTargetGroup"), props(template, "StreamingTargetGroup")
+    assert (web["Port"], web["HealthCheckPath"]) == (3000, "/health")
+    assert (streaming["Port"], streaming["HealthCheckPath"]) == (4000, "/api/v1/streaming/health")
+    for group in (web, streaming):
+        attributes = {a["Key"]: a["Value"] for a in group["TargetGroupAttributes"]}
+        assert int(attributes["deregistration_delay.timeout_seconds"]) <= 60
+    web_attributes = {a["Key"]: a["Value"] for a in web["TargetGroupAttributes"]}
+    assert web_attributes["stickiness.enabled"] == "true"
+
+
+def test_exactly_one_worker_runs_sidekiq_and_is_replaced_terminate_first(template):
+    worker = template["Resources"]["WorkerAutoScalingGroup"]
+    assert (worker["Properties"]["MinSize"], worker["Properties"]["MaxSize"]) == ("1", "1")
+    rolling = worker["UpdatePolicy"]["AutoScalingRollingUpdate"]
+    assert rolling["MinInstancesInService"] == 0 and rolling["MaxBatchSize"] == 1
+    assert "TargetGroupARNs" not in worker["Properties"]
+
+
+def test_the_web_group_serves_both_target_groups_and_is_replaced_serve_first(template):
+    web = template["Resources"]["WebAutoScalingGroup"]
+    assert web["Properties"]["TargetGroupARNs"] == [{"Ref": "WebTargetGroup"}, {"Ref": "StreamingTargetGroup"}]
+    assert web["Properties"]["HealthCheckType"] == "ELB"
+    assert web["UpdatePolicy"]["AutoScalingReplacingUpdate"]["WillReplace"] is True
+    assert (web["Properties"]["MinSize"], web["Properties"]["MaxSize"]) == \
+        ({"Ref": "WebMinSize"}, {"Ref": "WebMaxSize"})
+
+
+def test_creation_waits_for_every_server_to_signal(template):
+    web = template["Resources"]["WebAutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]
+    worker = template["Resources"]["WorkerAutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]
+    assert web["Count"] == {"Ref": "WebMinSize"} and worker["Count"] == 1
+    assert web["Timeout"] == worker["Timeout"] == "PT30M"
+
+
+def test_servers_run_amazon_linux_2023_graviton_unless_x86_is_chosen(template):
+    image = props(template, "WebLaunchTemplate")["LaunchTemplateData"]["ImageId"]
+    condition, arm, x86 = image["Fn::If"]
+    assert condition == "WebIsArm64"
+    assert arm == "{{resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64}}"
+    assert x86.endswith("al2023-ami-kernel-default-x86_64}}")
+    mapping = template["Mappings"]["InstanceArchitecture"]
+    assert mapping[capacity.DEFAULT_WEB_INSTANCE_TYPE]["Architecture"] == "arm64"
+
+
+def test_each_server_reads_only_what_it_needs(template):
+    statements = props(template, "ServerRole")["Policies"][0]["PolicyDocument"]["Statement"]
+    actions = {a for s in statements for a in s["Action"]}
+    assert actions == {
+        "secretsmanager:GetSecretValue", "ssm:GetParameter", "ec2:GetManagedPrefixListEntries",
+        "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+    }
+    managed = props(template, "ServerRole")["ManagedPolicyArns"]
+    assert managed == [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}]
+
+
+def test_the_database_is_postgresql_with_backups_and_growing_storage(template):
+    database = props(template, "Database")
+    assert database["Engine"] == "postgres" and int(database["EngineVersion"].split(".")[0]) >= 14
+    assert database["BackupRetentionPeriod"] == {"Ref": "DatabaseBackupRetentionDays"}
+    assert database["MaxAllocatedStorage"] == {"Ref": "DatabaseMaxAllocatedStorage"}
+    assert database["MultiAZ"] == {"Fn::If": ["IsDatabaseMultiAZ", True, False]}
+
+
+def test_the_database_max_connections_is_the_one_capacity_plans_for(template):
+    group = props(template, "DatabaseParameterGroup")
+    assert group["Parameters"]["max_connections"] == {
+        "Fn::FindInMap": ["DatabaseConnections", {"Ref": "DatabaseInstanceClass"}, "MaxConnections"]}
+    mapping = template["Mappings"]["DatabaseConnections"]
+    for database in capacity.DATABASE_CLASSES:
+        assert int(mapping[database.name]["MaxConnections"]) == database.max_connections
+        # At or below RDS's own default for the memory, so the server can afford it.
+        assert database.max_connections <= database.memory_mib * 1024 * 1024 // 9531392
+
+
+def test_the_cache_is_redis_compatible_7_or_later(template):
+    cache = props(template, "Cache")
+    assert cache["Engine"] in ("valkey", "redis")
+    assert int(cache["EngineVersion"].split(".")[0]) >= 7
+
+
+def test_with_a_hosted_zone_certificates_and_records_are_created(template):
+    resources_ = template["Resources"]
+    assert resources_["LoadBalancerCertificate"]["Condition"] == "HasHostedZone"
+    assert resources_["LoadBalancerCertificate"]["Properties"]["ValidationMethod"] == "DNS"
+    assert resources_["CloudFrontCertificate"]["Condition"] == "HasHostedZone"
+    for record_type in ("A", "AAAA"):
+        record = resources_[f"DomainRecord{record_type}"]
+        assert record["Condition"] == "HasHostedZone"
+        assert record["Properties"]["AliasTarget"]["HostedZoneId"] == "Z2FDTNDATAQYW2"
+    for n in (1, 2, 3):
+        assert resources_[f"DkimRecord{n}"]["Condition"] == "UseSesWithHostedZone"
+    assert not resources(template, "AWS::Route53::HostedZone"), "never creates a hosted zone"
+
+
+def test_without_a_hosted_zone_the_outputs_list_the_records_to_create(template):
+    outputs = template["Outputs"]
+    assert outputs["DnsRecordsToCreate"]["Condition"] == "NoHostedZone"
+    for n in (1, 2, 3):
+        assert outputs[f"DkimRecord{n}ToCreate"]["Condition"] == "UseSesWithoutHostedZone"
+
+
+def test_ses_sends_as_the_domain_with_dkim_or_an_external_server_takes_over(template):
+    identity = template["Resources"]["EmailIdentity"]
+    assert identity["Condition"] == "UseSes"
+    assert identity["Properties"]["EmailIdentity"] == {"Ref": "DomainName"}
+    user = template["Resources"]["SmtpUser"]
+    (statement,) = user["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["ses:SendRawEmail"]
+    assert "identity/${DomainName}" in statement["Resource"][0]["Fn::Sub"]
+    secrets = props(template, "AppSecretValues")
+    assert secrets["SmtpUserName"] == {"Fn::If": ["UseSes", {"Ref": "SmtpUser"}, ""]}
+
+
+def test_version_parameters_start_at_the_pinned_release(template):
+    assert RELEASE_TAG.match(MASTODON_VERSION)
+    for name in ("DesiredVersionParameter", "DeployedVersionParameter"):
+        parameter = props(template, name)
+        assert parameter["Value"] == MASTODON_VERSION
+        assert parameter["Type"] == "String"
+
+
+def test_every_process_and_function_logs_with_retention(template):
+    groups = resources(template, "AWS::Logs::LogGroup")
+    names = {g["Properties"]["LogGroupName"]["Fn::Sub"].rsplit("/", 1)[-1] for g in groups.values()}
+    assert {"web", "streaming", "sidekiq", "system"} <= names
+    assert all(g["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"} for g in groups.values())
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        assert function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"] in groups, name
+
+
+def test_functions_use_the_powertools_layer_of_the_stacks_region(template):
+    for name, function in resources(template, "AWS::Lambda::Function").items():
+        (layer,) = function["Properties"]["Layers"]
+        assert layer.startswith("{{resolve:ssm:/aws/service/powertools/python/arm64/python3.13/"), name
+        assert "ZipFile" in function["Properties"]["Code"], f"{name} is not self-contained"
+        assert function["Properties"]["Timeout"] <= 900
+
+
+def test_alerts_reach_the_admins_mail(template):
+    assert has_properties(template, "AWS::SNS::Topic",
+                          {"Subscription": [{"Protocol": "email", "Endpoint": {"Ref": "AlertEmail"}}]})
