@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from templates.compute import UserDataTooLarge
 from templates.options import BuildOptions, OptionsError
 from templates.stack import Assets, build_template
 
@@ -78,7 +79,8 @@ class BuildError(RuntimeError):
 def build(options: BuildOptions, output_dir: Path) -> Summary:
     template = build_template(options, load_assets())
     body_json = template.to_json(indent=1)
-    body_yaml = template.to_yaml(clean_up=True, long_form=False)
+    # No clean_up: it rewrites Join as Sub, which would read "${" in scripts as references.
+    body_yaml = template.to_yaml(clean_up=False, long_form=False)
     as_dict = json.loads(body_json)
     summary = Summary(
         resources=len(as_dict["Resources"]),
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         summary = build(options, output_dir)
-    except (BuildError, OSError) as error:
+    except (BuildError, UserDataTooLarge, OSError) as error:
         print(f"build.py: error: {error}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started

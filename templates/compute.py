@@ -4,8 +4,9 @@ Amazon Linux 2023 from AWS's public SSM AMI parameter (Graviton unless an x86 ty
 is chosen), IMDSv2 only, no SSH (Session Manager and Run Command instead), and a
 role that reads only this stack's secret, version parameter and media bucket.
 
-User data writes the stack's facts to /etc/mastodon/stack.env, unpacks the scripts
-of templates/instance/ and runs bootstrap.sh, which signals CloudFormation: stack
+User data writes the stack's facts to /etc/mastodon/stack.env, fetches the scripts
+of templates/instance/ from the stack's metadata (user data is limited to 16 KB),
+checks their digest and runs bootstrap.sh, which signals CloudFormation: stack
 creation and instance replacement wait for each server to serve, and fail with the
 reason when Mastodon does not come up.
 
@@ -16,8 +17,7 @@ replaced by a new group that must signal healthy before the old one goes.
 
 from __future__ import annotations
 
-import base64
-import gzip
+import hashlib
 from dataclasses import dataclass
 
 from awacs import cloudformation as awacs_cfn
@@ -29,12 +29,28 @@ from awacs import ssm as awacs_ssm
 from awacs.aws import Allow, PolicyDocument, Principal, Statement
 from awacs.sts import AssumeRole
 from troposphere import (
-    Base64, FindInMap, GetAtt, If, Join, Ref, Sub, Tags, Template,
+    Base64,
+    FindInMap,
+    GetAtt,
+    If,
+    Join,
+    Ref,
+    Sub,
+    Tags,
+    Template,
+    autoscaling,
+    cloudformation,
+    ec2,
+    iam,
+    logs,
 )
-from troposphere import autoscaling, ec2, iam, logs
 from troposphere.policies import (
-    AutoScalingCreationPolicy, AutoScalingReplacingUpdate, AutoScalingRollingUpdate,
-    CreationPolicy, ResourceSignal, UpdatePolicy,
+    AutoScalingCreationPolicy,
+    AutoScalingReplacingUpdate,
+    AutoScalingRollingUpdate,
+    CreationPolicy,
+    ResourceSignal,
+    UpdatePolicy,
 )
 
 from templates import capacity, parameters
@@ -50,11 +66,18 @@ from templates.versions import Versions
 WEB_GROUP = "WebAutoScalingGroup"
 WORKER_GROUP = "WorkerAutoScalingGroup"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
+INSTANCE_SCRIPTS = "InstanceScripts"
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 ROOT_VOLUME_GIB = 30  # two Mastodon releases' images side by side during an upgrade
 SIGNAL_TIMEOUT = "PT30M"
-# Raw user data may not exceed 16 KB.
+# EC2 refuses user data above 16 KB (before base64).
 USER_DATA_LIMIT = 16384
+# Room kept for each value CloudFormation fills in (ARNs, host names).
+RESOLVED_VALUE_ALLOWANCE = 200
+
+
+class UserDataTooLarge(ValueError):
+    """The instance scripts no longer fit in user data."""
 PROCESS_LOGS = ("web", "streaming", "sidekiq", "system")
 
 
@@ -96,6 +119,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         ))
         for name in PROCESS_LOGS
     }
+    create_instance_scripts(t, scripts)
     role = _server_role(t, p, data, secrets, versions, log_groups)
     profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(role)]))
 
@@ -221,22 +245,27 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
 
 def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versions: Versions,
                  log_groups: dict[str, logs.LogGroup]) -> iam.Role:
-    parameter_arn = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${%s}"
+    def parameter_arn(parameter: object) -> Sub:
+        return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+                   f"${{{parameter.title}}}")  # type: ignore[attr-defined]
+
     statements = [
         Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue], Resource=[
             Ref(secrets.secret),
             If(parameters.HAS_SMTP_PASSWORD_SECRET, Ref(p.smtp_password_secret), Ref("AWS::NoValue")),
         ]),
         Statement(Effect=Allow, Action=[awacs_ssm.GetParameter], Resource=[
-            Sub(parameter_arn % versions.deployed.title),
-            Sub(parameter_arn % versions.desired.title),
+            parameter_arn(versions.deployed),
+            parameter_arn(versions.desired),
         ]),
         # AWS-managed prefix lists belong to the account "aws".
         Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries], Resource=[
             Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:aws:prefix-list/${CloudFrontPrefixList.Id}")]),
         Statement(Effect=Allow, Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
                   Resource=[GetAtt(g, "Arn") for g in log_groups.values()]),
-        Statement(Effect=Allow, Action=[awacs_cfn.SignalResource], Resource=[Ref("AWS::StackId")]),
+        # Signal the groups; read the instance scripts from the stack (see create_instance_scripts).
+        Statement(Effect=Allow, Action=[awacs_cfn.SignalResource, awacs_cfn.DescribeStackResource],
+                  Resource=[Ref("AWS::StackId")]),
         Statement(Effect=Allow, Action=[awacs_s3.ListBucket], Resource=[GetAtt(data.bucket, "Arn")]),
         Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
                   Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),
@@ -252,25 +281,82 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
     ))
 
 
-def _pack(text: str) -> str:
-    """gzip + base64, deterministic (no timestamp), so the template changes only with the text."""
-    return base64.b64encode(gzip.compress(text.encode(), compresslevel=9, mtime=0)).decode()
+def scripts_digest(scripts: dict[str, str]) -> str:
+    """A digest of every instance script, to tie a launch template to the scripts it runs."""
+    digest = hashlib.sha256()
+    for name in sorted(scripts):
+        digest.update(name.encode() + b"\0" + scripts[name].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def create_instance_scripts(t: Template, scripts: dict[str, str]) -> cloudformation.WaitConditionHandle:
+    """The scripts of templates/instance/, held in the template's metadata.
+
+    User data may not exceed 16 KB, the scripts alone are larger; a new server reads
+    them from this resource's metadata (DescribeStackResource) at boot.
+    """
+    return t.add_resource(cloudformation.WaitConditionHandle(
+        INSTANCE_SCRIPTS,
+        Metadata={"Scripts": dict(sorted(scripts.items())), "Digest": scripts_digest(scripts)},
+    ))
+
+
+# Runs before bootstrap.sh exists: fetch the scripts, check they are the ones this
+# launch template was built with, and signal FAILURE if anything goes wrong.
+FETCH_SCRIPTS = r"""fail() {
+  echo "user data: $1" >&2
+  imds=http://169.254.169.254/latest
+  token=$(curl -fsS -X PUT $imds/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') || true
+  id=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" $imds/meta-data/instance-id) || id=unknown
+  aws cloudformation signal-resource --region "$AWS_REGION" --stack-name "$STACK_NAME" \
+    --logical-resource-id "$SIGNAL_RESOURCE" --unique-id "$id-user-data-$2" --status FAILURE || true
+  exit 1
+}
+trap 'fail "line $LINENO failed" setup' ERR
+# shellcheck source=/dev/null
+. /etc/mastodon/stack.env
+for attempt in 1 2 3 4 5; do
+  aws cloudformation describe-stack-resource --region "$AWS_REGION" --stack-name "$STACK_NAME" \
+    --logical-resource-id "$INSTANCE_SCRIPTS" --query StackResourceDetail.Metadata --output text \
+    > /opt/mastodon-aws/scripts.json && break
+  [ "$attempt" -lt 5 ] || fail "cannot read the instance scripts from the stack" fetch-scripts
+  sleep $((attempt * 5))
+done
+mismatch="the stack's scripts are not the ones this launch template was built with"
+python3 - "$SCRIPTS_DIGEST" <<'PY' || fail "$mismatch" digest
+import hashlib, json, os, sys
+scripts = json.load(open("/opt/mastodon-aws/scripts.json"))["Scripts"]
+digest = hashlib.sha256()
+for name in sorted(scripts):
+    digest.update(name.encode() + b"\0" + scripts[name].encode() + b"\0")
+if digest.hexdigest() != sys.argv[1]:
+    sys.exit(1)
+for name, text in scripts.items():
+    path = os.path.join("/opt/mastodon-aws", os.path.basename(name))
+    with open(path, "w") as script:
+        script.write(text)
+    os.chmod(path, 0o755)
+PY
+trap - ERR
+exec /opt/mastodon-aws/bootstrap.sh
+"""
 
 
 def user_data(env: dict[str, object], scripts: dict[str, str]) -> Base64:
-    """User data: write stack.env, unpack the instance scripts, run the bootstrap."""
+    """User data: write stack.env, fetch the instance scripts, run the bootstrap."""
     parts: list[object] = [
         "#!/bin/bash\n"
         "set -euo pipefail\n"
         "install -d -m 0755 /etc/mastodon /opt/mastodon-aws\n"
-        "umask 022\n"
         "cat > /etc/mastodon/stack.env <<'STACK_ENV'\n"
     ]
-    for key, value in env.items():
+    for key, value in {**env, "INSTANCE_SCRIPTS": INSTANCE_SCRIPTS}.items():
         parts += [f"{key}='", value, "'\n"]
     parts.append("STACK_ENV\n")
-    for name in sorted(scripts):
-        parts.append(f"echo '{_pack(scripts[name])}' | base64 -d | gunzip > /opt/mastodon-aws/{name}\n"
-                     f"chmod 0755 /opt/mastodon-aws/{name}\n")
-    parts.append("exec /opt/mastodon-aws/bootstrap.sh\n")
+    parts.append(f"SCRIPTS_DIGEST={scripts_digest(scripts)}\n")
+    parts.append(FETCH_SCRIPTS)
+    size = sum(len(p) if isinstance(p, str) else RESOLVED_VALUE_ALLOWANCE for p in parts)
+    if size > USER_DATA_LIMIT:
+        raise UserDataTooLarge(
+            f"user data would be about {size} bytes, above EC2's {USER_DATA_LIMIT}")
     return Base64(Join("", parts))

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import FindInMap, If, Ref, Sub, Tags, Template
-from troposphere import ec2, elasticache, rds, s3
+from troposphere import FindInMap, If, Ref, Sub, Tags, Template, ec2, elasticache, rds, s3
 
 from templates import parameters
 from templates.network import Network

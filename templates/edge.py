@@ -21,9 +21,8 @@ from awacs import acm as awacs_acm
 from awacs import awslambda as awacs_lambda
 from awacs import route53 as awacs_route53
 from awacs import s3 as awacs_s3
-from awacs.aws import Allow, Condition, Deny, PolicyDocument, Principal, Statement, StringEquals, Bool
-from troposphere import AWSObject, GetAtt, If, Join, Ref, Sub, Template
-from troposphere import awslambda, cloudfront, route53, s3
+from awacs.aws import Allow, Bool, Condition, Deny, PolicyDocument, Principal, Statement, StringEquals
+from troposphere import AWSObject, GetAtt, If, Join, Ref, Sub, Template, awslambda, cloudfront, route53, s3
 
 from templates import functions, parameters
 from templates.load_balancing import ORIGIN_VERIFY_HEADER, LoadBalancing
@@ -45,12 +44,12 @@ ALL_VIEWER = "216adef6-5c7f-47e4-b989-5492eafa07d3"
 
 ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"]
 
-STRIP_MEDIA_PREFIX = """function handler(event) {
+STRIP_MEDIA_PREFIX = f"""function handler(event) {{
   var request = event.request;
-  request.uri = request.uri.substring(%d);
+  request.uri = request.uri.substring({len(MEDIA_PATH)});
   return request;
-}
-""" % len(MEDIA_PATH)
+}}
+"""
 
 
 class CloudFrontCertificate(AWSObject):
@@ -221,8 +220,8 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
 
 
 def _media_bucket_policy(t: Template, bucket: s3.Bucket, distribution: cloudfront.Distribution) -> None:
-    distribution_arn = Sub("arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${%s}"
-                           % distribution.title)
+    distribution_arn = Sub("arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
+                           f"${{{distribution.title}}}")
     t.add_resource(s3.BucketPolicy(
         "MediaBucketPolicy",
         Bucket=Ref(bucket),

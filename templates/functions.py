@@ -11,8 +11,7 @@ from __future__ import annotations
 from awacs import logs as awacs_logs
 from awacs.aws import Allow, PolicyDocument, Principal, Statement
 from awacs.sts import AssumeRole
-from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam
-from troposphere import logs
+from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam, logs
 
 RUNTIME = "python3.13"
 ARCHITECTURE = "arm64"

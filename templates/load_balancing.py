@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 from awacs import ec2 as awacs_ec2
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, If, Ref, Tags, Template
+from troposphere import AWSObject, GetAtt, If, Ref, Tags, Template, ec2
 from troposphere import certificatemanager as acm
-from troposphere import ec2
 from troposphere import elasticloadbalancingv2 as elb
 
 from templates import functions, parameters

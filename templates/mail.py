@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from awacs import ses as awacs_ses
 from awacs.aws import Allow, PolicyDocument, Statement
-from troposphere import GetAtt, If, Join, Ref, Sub, Template
-from troposphere import iam, route53, ses
+from troposphere import GetAtt, If, Join, Ref, Sub, Template, iam, route53, ses
 
 from templates import parameters
 from templates.parameters import Parameters

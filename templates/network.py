@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import GetAZs, Ref, Select, Tags, Template
-from troposphere import ec2
+from troposphere import GetAZs, Ref, Select, Tags, Template, ec2
 
 VPC = "Vpc"
 VPC_CIDR = "10.42.0.0/16"
@@ -45,7 +44,7 @@ def create_network(t: Template) -> Network:
     data_routes = t.add_resource(ec2.RouteTable("DataRouteTable", VpcId=Ref(vpc)))
 
     public, data = [], []
-    for zone, (public_cidr, data_cidr) in enumerate(zip(PUBLIC_SUBNET_CIDRS, DATA_SUBNET_CIDRS)):
+    for zone, (public_cidr, data_cidr) in enumerate(zip(PUBLIC_SUBNET_CIDRS, DATA_SUBNET_CIDRS, strict=True)):
         letter = "AB"[zone]
         subnet = t.add_resource(ec2.Subnet(
             f"PublicSubnet{letter}", VpcId=Ref(vpc), CidrBlock=public_cidr,

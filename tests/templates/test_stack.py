@@ -16,7 +16,8 @@ def test_cloudfront_serves_the_mastodon_domain_with_its_certificate(template):
     config, _ = _behaviors(template)
     assert config["Aliases"] == [{"Ref": "DomainName"}]
     assert config["ViewerCertificate"]["AcmCertificateArn"] == {"Fn::If": [
-        "HasHostedZone", {"Fn::GetAtt": ["CloudFrontCertificate", "Arn"]}, {"Ref": "CloudFrontCertificateArn"}]}
+        "HasHostedZone", {"Fn::GetAtt": ["CloudFrontCertificate", "Arn"]},
+        {"Ref": "CloudFrontCertificateArn"}]}
     assert config["ViewerCertificate"]["SslSupportMethod"] == "sni-only"
 
 
@@ -95,7 +96,8 @@ def test_exactly_one_worker_runs_sidekiq_and_is_replaced_terminate_first(templat
 
 def test_the_web_group_serves_both_target_groups_and_is_replaced_serve_first(template):
     web = template["Resources"]["WebAutoScalingGroup"]
-    assert web["Properties"]["TargetGroupARNs"] == [{"Ref": "WebTargetGroup"}, {"Ref": "StreamingTargetGroup"}]
+    assert web["Properties"]["TargetGroupARNs"] == [
+        {"Ref": "WebTargetGroup"}, {"Ref": "StreamingTargetGroup"}]
     assert web["Properties"]["HealthCheckType"] == "ELB"
     assert web["UpdatePolicy"]["AutoScalingReplacingUpdate"]["WillReplace"] is True
     assert (web["Properties"]["MinSize"], web["Properties"]["MaxSize"]) == \
@@ -125,6 +127,7 @@ def test_each_server_reads_only_what_it_needs(template):
     assert actions == {
         "secretsmanager:GetSecretValue", "ssm:GetParameter", "ec2:GetManagedPrefixListEntries",
         "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
+        "cloudformation:DescribeStackResource",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
     }
     managed = props(template, "ServerRole")["ManagedPolicyArns"]

@@ -1,0 +1,566 @@
+#!/bin/bash
+# Boots one Mastodon instance (web or worker) on Amazon Linux 2023, as root, from user data.
+#
+# Reads /etc/mastodon/stack.env (written by user data), installs Docker, renders
+# /etc/mastodon/mastodon.env from Secrets Manager, SSM and the CloudFront prefix list,
+# sizes the database pools, writes one systemd unit per container, initializes the
+# database once (worker) or waits for it (web), waits for local health and signals
+# the Auto Scaling group. Any failure signals FAILURE with the step that failed.
+#
+# Tests redirect every path with MASTODON_ROOT and shorten every wait with the
+# BOOTSTRAP_* variables below.
+# The upper-case settings (ROLE, DB_HOST, ...) come from stack.env, sourced at run time.
+# shellcheck disable=SC2153 source-path=SCRIPTDIR
+set -euo pipefail
+
+ROOT=${MASTODON_ROOT:-}
+ETC_DIR="$ROOT/etc/mastodon"
+UNIT_DIR="$ROOT/etc/systemd/system"
+LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
+MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
+IMDS_URL=${IMDS_URL:-http://169.254.169.254}
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# Paths as the containers and units see them on the instance (never redirected).
+RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+RUNTIME_VERSION_FILE=/etc/mastodon/version.env
+DOCKER=/usr/bin/docker
+
+DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-1200}
+DB_POLL_INTERVAL=${BOOTSTRAP_DB_POLL_INTERVAL:-15}
+DB_CHECK_ATTEMPTS=${BOOTSTRAP_DB_CHECK_ATTEMPTS:-5}
+HEALTH_TIMEOUT=${BOOTSTRAP_HEALTH_TIMEOUT:-600}
+HEALTH_INTERVAL=${BOOTSTRAP_HEALTH_INTERVAL:-5}
+WORKER_STABLE_SECONDS=${BOOTSTRAP_WORKER_STABLE_SECONDS:-30}
+RETRY_ATTEMPTS=${BOOTSTRAP_RETRY_ATTEMPTS:-3}
+RETRY_BACKOFF=${BOOTSTRAP_RETRY_BACKOFF:-10}
+
+# `rails runner` exit code meaning "connected, but the schema is not loaded".
+DB_EMPTY_EXIT=10
+
+STEP="starting"
+SUCCEEDED=false
+INSTANCE_ID=unknown
+
+mkdir -p "$(dirname "$LOG_FILE")"
+exec > >(tee -a "$LOG_FILE") 2>&1
+TEE_PID=$!
+
+# Logs go to stderr, so that a function's stdout stays its result.
+log() {
+  printf '%s bootstrap [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$STEP" "$*" >&2
+}
+
+fail() {
+  FAILURE_REASON=$1
+  log "FAILED: $1"
+  exit 1
+}
+
+step() {
+  STEP=$1
+  log "---- $1"
+}
+
+# --- signalling and log shipping -------------------------------------------------
+
+sanitize_id() {
+  # CloudFormation unique ids: keep them to plain characters.
+  printf '%s' "$1" | tr -c 'A-Za-z0-9._-' '-' | cut -c "1-$2"
+}
+
+region_args() {
+  [ -z "${AWS_REGION:-}" ] || printf '%s\n' --region "$AWS_REGION"
+}
+
+signal() {
+  local status=$1 reason=${2:-} unique_id
+  unique_id=$INSTANCE_ID
+  if [ -n "$reason" ]; then
+    unique_id="$INSTANCE_ID-$(sanitize_id "$reason" $((63 - ${#INSTANCE_ID})))"
+  fi
+  log "signalling $status to $SIGNAL_RESOURCE as $unique_id"
+  local -a region
+  mapfile -t region < <(region_args)
+  RETRY_ATTEMPTS=${RETRY_ATTEMPTS:-3} retry aws cloudformation signal-resource "${region[@]}" \
+    --stack-name "$STACK_NAME" --logical-resource-id "$SIGNAL_RESOURCE" \
+    --unique-id "$unique_id" --status "$status"
+}
+
+ship_log() {
+  [ -n "${LOG_GROUP_SYSTEM:-}" ] || return 0
+  local events
+  events=$(mktemp)
+  python3 - "$LOG_FILE" "$events" <<'PY' || return 0
+import json, sys, time
+lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()[-5000:]
+now = int(time.time() * 1000)
+events = [{"timestamp": now, "message": line[:8000] or " "} for line in lines]
+json.dump(events, open(sys.argv[2], "w"))
+PY
+  local -a region
+  mapfile -t region < <(region_args)
+  aws logs create-log-stream "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
+    --log-stream-name "$INSTANCE_ID/bootstrap" >/dev/null 2>&1 || true
+  aws logs put-log-events "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
+    --log-stream-name "$INSTANCE_ID/bootstrap" --log-events "file://$events" >/dev/null ||
+    log "could not ship the bootstrap log to $LOG_GROUP_SYSTEM"
+  rm -f "$events"
+}
+
+on_exit() {
+  local rc=$?
+  trap - EXIT
+  set +e
+  if [ "$SUCCEEDED" != true ]; then
+    local reason=${FAILURE_REASON:-"$STEP failed (exit $rc)"}
+    log "bootstrap failed at step '$STEP': $reason"
+    if [ -n "${STACK_NAME:-}" ] && [ -n "${SIGNAL_RESOURCE:-}" ]; then
+      signal FAILURE "$STEP: $reason" || log "could not signal FAILURE"
+    fi
+  fi
+  ship_log
+  exec >&- 2>&-
+  wait "$TEE_PID" 2>/dev/null
+  exit "$rc"
+}
+trap on_exit EXIT
+
+# --- helpers ---------------------------------------------------------------------
+
+retry() {
+  local attempt=1 delay=$RETRY_BACKOFF
+  until "$@"; do
+    if [ "$attempt" -ge "$RETRY_ATTEMPTS" ]; then
+      return 1
+    fi
+    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+}
+
+# Reads a JSON document on stdin and prints one value. Secrets only ever travel on
+# stdin and stdout, never on a command line.
+json_get() {
+  python3 -c '
+import json, sys
+doc = json.load(sys.stdin)
+for key in sys.argv[1].split("."):
+    doc = doc.get(key) if isinstance(doc, dict) else None
+if doc is None:
+    sys.exit(3)
+if isinstance(doc, list):
+    print("\n".join(str(item) for item in doc))
+else:
+    sys.stdout.write(str(doc))
+' "$1"
+}
+
+# Keys of the application secret that Mastodon needs (other keys are ignored).
+APP_SECRET_KEYS=(SECRET_KEY_BASE OTP_SECRET ACTIVE_RECORD_ENCRYPTION_DETERMINISTIC_KEY
+  ACTIVE_RECORD_ENCRYPTION_KEY_DERIVATION_SALT ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY
+  VAPID_PRIVATE_KEY VAPID_PUBLIC_KEY DB_PASS REDIS_PASSWORD)
+
+# Reads a JSON object on stdin and prints KEY NUL VALUE NUL for each key asked for
+# that it holds, in one pass.
+json_fields() {
+  python3 -c '
+import json, sys
+doc = json.load(sys.stdin)
+for key in sys.argv[1:]:
+    if isinstance(doc.get(key), str):
+        sys.stdout.write(key + "\0" + doc[key] + "\0")
+' "$@"
+}
+
+urlencode() {
+  python3 -c 'import sys, urllib.parse; sys.stdout.write(urllib.parse.quote(sys.stdin.read(), safe=""))'
+}
+
+imds_instance_id() {
+  local token
+  token=$(curl -fsS -X PUT "$IMDS_URL/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300") &&
+    curl -fsS -H "X-aws-ec2-metadata-token: $token" "$IMDS_URL/latest/meta-data/instance-id"
+}
+
+container_logs() {
+  local name=$1
+  log "last lines of $name:"
+  docker logs --tail "${BOOTSTRAP_LOG_TAIL:-50}" "$name" 2>&1 || log "(no container logs for $name)"
+}
+
+# --- steps -----------------------------------------------------------------------
+
+load_stack_env() {
+  step "read stack settings"
+  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"
+  # shellcheck source=/dev/null
+  . "$ETC_DIR/stack.env"
+  local key
+  for key in STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
+    DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
+    S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
+    LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
+    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR; do
+    [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
+  done
+  SMTP_LOGIN=${SMTP_LOGIN:-}
+  SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  case $ROLE in
+    web | worker) ;;
+    *) fail "ROLE must be web or worker, not '$ROLE'" ;;
+  esac
+}
+
+find_instance_id() {
+  step "instance identity"
+  INSTANCE_ID=$(retry imds_instance_id) || fail "cannot read the instance id from IMDSv2"
+  log "instance $INSTANCE_ID, role $ROLE, stack $STACK_NAME"
+}
+
+install_docker() {
+  step "install docker"
+  retry dnf install -y docker || fail "dnf install docker failed"
+  systemctl enable --now docker || fail "docker did not start"
+}
+
+read_configuration() {
+  step "read secrets and version"
+  local doc
+  doc=$(aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$APP_SECRET_ARN") ||
+    fail "cannot read the application secret"
+  APP_SECRET_JSON=$(printf '%s' "$doc" | json_get SecretString) || fail "the application secret has no SecretString"
+  unset doc
+
+  declare -gA SECRET=()
+  local key value
+  while IFS= read -r -d '' key && IFS= read -r -d '' value; do
+    SECRET[$key]=$value
+  done < <(printf '%s' "$APP_SECRET_JSON" | json_fields "${APP_SECRET_KEYS[@]}" SMTP_LOGIN SMTP_PASSWORD)
+  unset APP_SECRET_JSON
+  for key in "${APP_SECRET_KEYS[@]}"; do
+    [ -n "${SECRET[$key]:-}" ] || fail "the application secret has no $key"
+  done
+
+  if [ -n "$SMTP_PASSWORD_SECRET_ARN" ]; then
+    # An external SMTP server: login from the stack, password from its own secret.
+    doc=$(aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$SMTP_PASSWORD_SECRET_ARN") ||
+      fail "cannot read the SMTP password secret"
+    SECRET[SMTP_PASSWORD]=$(printf '%s' "$doc" | json_get SecretString) || fail "the SMTP password secret is empty"
+    unset doc
+  else
+    # SES: the stack's SMTP credentials live in the application secret.
+    SMTP_LOGIN=${SECRET[SMTP_LOGIN]:-}
+  fi
+
+  doc=$(aws ssm get-parameter --region "$AWS_REGION" --name "$DEPLOYED_VERSION_PARAMETER") ||
+    fail "cannot read the version parameter $DEPLOYED_VERSION_PARAMETER"
+  MASTODON_VERSION=$(printf '%s' "$doc" | json_get Parameter.Value) || fail "the version parameter has no value"
+  if ! [[ $MASTODON_VERSION =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9.]+)?$ ]]; then
+    fail "version '$MASTODON_VERSION' in $DEPLOYED_VERSION_PARAMETER is not a Mastodon tag like v4.7.6"
+  fi
+  log "booting Mastodon $MASTODON_VERSION"
+
+  doc=$(aws ec2 get-managed-prefix-list-entries --region "$AWS_REGION" --prefix-list-id "$CLOUDFRONT_PREFIX_LIST_ID") ||
+    fail "cannot read the CloudFront prefix list $CLOUDFRONT_PREFIX_LIST_ID"
+  CLOUDFRONT_CIDRS=$(printf '%s' "$doc" | python3 -c '
+import json, sys
+print(",".join(entry["Cidr"] for entry in json.load(sys.stdin).get("Entries", [])))')
+  [ -n "$CLOUDFRONT_CIDRS" ] || fail "the CloudFront prefix list $CLOUDFRONT_PREFIX_LIST_ID is empty"
+  log "trusting $(awk -F, '{ print NF }' <<<"$CLOUDFRONT_CIDRS") CloudFront ranges and $VPC_CIDR"
+}
+
+env_line() {
+  # docker --env-file takes every byte after '=' literally; a newline would split it.
+  case $2 in
+    *$'\n'* | *$'\r'*) fail "the value of $1 contains a line break" ;;
+  esac
+  printf '%s=%s\n' "$1" "$2"
+}
+
+render_environment() {
+  step "render mastodon.env"
+  local redis_url tmp
+  # rediss:// turns TLS on for Rails (redis-client) and the streaming server (ioredis);
+  # REDIS_HOST/REDIS_PORT cannot (Mastodon builds a plain redis:// URL from them).
+  redis_url="rediss://:$(printf '%s' "${SECRET[REDIS_PASSWORD]}" | urlencode)@$REDIS_HOST:$REDIS_PORT/0"
+
+  mkdir -p "$ETC_DIR"
+  chmod 0755 "$ETC_DIR"
+  tmp=$(umask 077 && mktemp "$ETC_DIR/.mastodon.env.XXXXXX")
+  {
+    echo "# Rendered by bootstrap.sh for $STACK_NAME; do not edit, it is rewritten at boot."
+    env_line LOCAL_DOMAIN "$LOCAL_DOMAIN"
+    env_line RAILS_ENV production
+    env_line NODE_ENV production
+    env_line RAILS_SERVE_STATIC_FILES true
+    env_line RAILS_LOG_TO_STDOUT enabled
+    env_line TRUSTED_PROXY_IP "127.0.0.1/32,$VPC_CIDR,$CLOUDFRONT_CIDRS"
+    env_line SECRET_KEY_BASE "${SECRET[SECRET_KEY_BASE]}"
+    env_line OTP_SECRET "${SECRET[OTP_SECRET]}"
+    env_line ACTIVE_RECORD_ENCRYPTION_DETERMINISTIC_KEY "${SECRET[ACTIVE_RECORD_ENCRYPTION_DETERMINISTIC_KEY]}"
+    env_line ACTIVE_RECORD_ENCRYPTION_KEY_DERIVATION_SALT "${SECRET[ACTIVE_RECORD_ENCRYPTION_KEY_DERIVATION_SALT]}"
+    env_line ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY "${SECRET[ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY]}"
+    env_line VAPID_PRIVATE_KEY "${SECRET[VAPID_PRIVATE_KEY]}"
+    env_line VAPID_PUBLIC_KEY "${SECRET[VAPID_PUBLIC_KEY]}"
+    env_line DB_HOST "$DB_HOST"
+    env_line DB_PORT "$DB_PORT"
+    env_line DB_NAME "$DB_NAME"
+    env_line DB_USER "$DB_USER"
+    env_line DB_PASS "${SECRET[DB_PASS]}"
+    # libpq: encrypt, as RDS requires. The streaming unit overrides it (node-postgres
+    # has no 'require'; 'no-verify' is its equivalent).
+    env_line DB_SSLMODE require
+    env_line REDIS_URL "$redis_url"
+    # The pure-Ruby driver is the one whose TLS support is certain.
+    env_line REDIS_DRIVER ruby
+    env_line ES_ENABLED false
+    env_line S3_ENABLED true
+    env_line S3_BUCKET "$S3_BUCKET"
+    env_line S3_REGION "$AWS_REGION"
+    env_line S3_PROTOCOL https
+    env_line S3_ALIAS_HOST "$S3_ALIAS_HOST"
+    # Empty: send no ACL; the bucket has ACLs disabled (BucketOwnerEnforced).
+    env_line S3_PERMISSION ""
+    env_line SMTP_SERVER "$SMTP_SERVER"
+    env_line SMTP_PORT "$SMTP_PORT"
+    env_line SMTP_LOGIN "$SMTP_LOGIN"
+    env_line SMTP_PASSWORD "${SECRET[SMTP_PASSWORD]:-}"
+    env_line SMTP_FROM_ADDRESS "$SMTP_FROM_ADDRESS"
+    env_line SMTP_AUTH_METHOD plain
+    env_line SMTP_ENABLE_STARTTLS auto
+  } >"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$ETC_DIR/mastodon.env"
+  unset SECRET
+  log "wrote $RUNTIME_ENV_FILE"
+}
+
+size_pools() {
+  step "size database pools"
+  local vcpus memory_kib memory_mib pools
+  # shellcheck source=SCRIPTDIR/pools.sh
+  . "$SCRIPT_DIR/pools.sh"
+  vcpus=$(nproc)
+  memory_kib=$(awk '/^MemTotal:/ { print $2 }' "$MEMINFO_FILE")
+  [ -n "$memory_kib" ] || fail "cannot read MemTotal from $MEMINFO_FILE"
+  memory_mib=$((memory_kib / 1024))
+  pools=$(mastodon_pools "$ROLE" "$MAX_CONNECTIONS" "$WEB_MAX_SIZE" "$ROLLOUT_SURGE" \
+    "$DB_CONNECTION_RESERVE" "$vcpus" "$memory_mib" 2>&1) || fail "$pools"
+  log "pools for $vcpus vCPUs, $memory_mib MiB: $(printf '%s' "$pools" | tr '\n' ' ')"
+  local line
+  while IFS= read -r line; do
+    case $line in
+      WEB_CONCURRENCY=* | MAX_THREADS=* | DB_POOL=* | STREAMING_DB_POOL=* | SIDEKIQ_CONCURRENCY=*)
+        printf -v "POOL_${line%%=*}" '%s' "${line#*=}"
+        ;;
+    esac
+  done <<<"$pools"
+}
+
+write_unit() {
+  # write_unit NAME DESCRIPTION LOG_GROUP IMAGE DOCKER_OPTIONS COMMAND
+  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=$6
+  cat >"$UNIT_DIR/$name.service" <<EOF
+[Unit]
+Description=$description
+After=docker.service network-online.target
+Requires=docker.service
+Wants=network-online.target
+
+[Service]
+EnvironmentFile=$RUNTIME_VERSION_FILE
+ExecStartPre=-$DOCKER rm -f $name
+ExecStart=$DOCKER run --rm --name $name --network host \\
+  --env-file $RUNTIME_ENV_FILE \\
+  --log-driver awslogs \\
+  --log-opt awslogs-region=$AWS_REGION \\
+  --log-opt awslogs-group=$log_group \\
+  --log-opt awslogs-stream=$INSTANCE_ID \\
+  $options \\
+  $image:\${MASTODON_VERSION} \\
+  $command
+ExecStop=$DOCKER stop --time 30 $name
+Restart=always
+RestartSec=5
+TimeoutStartSec=0
+TimeoutStopSec=60
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+write_units() {
+  step "write systemd units"
+  mkdir -p "$UNIT_DIR"
+  # The only place the version lives: a deploy rewrites this file and restarts the units.
+  printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$ETC_DIR/version.env"
+  chmod 0644 "$ETC_DIR/version.env"
+  if [ "$ROLE" = web ]; then
+    write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
+      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL" \
+      "bundle exec puma -C config/puma.rb"
+    write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
+      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify" \
+      "node ./streaming"
+    UNITS=(mastodon-web mastodon-streaming)
+  else
+    # No -q: config/sidekiq.yml lists every queue, scheduler included, so queues a
+    # later version adds are served too. This is the stack's only Sidekiq process.
+    write_unit mastodon-sidekiq "Mastodon Sidekiq (all queues, scheduler included)" "$LOG_GROUP_SIDEKIQ" \
+      "$MASTODON_IMAGE" "-e DB_POOL=$POOL_DB_POOL" "bundle exec sidekiq -c $POOL_SIDEKIQ_CONCURRENCY"
+    UNITS=(mastodon-sidekiq)
+  fi
+  log "wrote ${UNITS[*]} for $MASTODON_VERSION"
+}
+
+pull_images() {
+  step "pull images"
+  local image
+  local images=("$MASTODON_IMAGE:$MASTODON_VERSION")
+  [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$MASTODON_VERSION")
+  for image in "${images[@]}"; do
+    retry docker pull "$image" || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
+  done
+}
+
+one_off() {
+  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 \
+    "$MASTODON_IMAGE:$MASTODON_VERSION" "$@"
+}
+
+# 0: schema loaded; DB_EMPTY_EXIT: reachable but empty; anything else: an error.
+database_state() {
+  one_off bundle exec rails runner \
+    "c = ActiveRecord::Base.connection; exit(c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive? ? 0 : $DB_EMPTY_EXIT)"
+}
+
+initialize_database() {
+  step "initialize database"
+  local attempt=1 rc
+  while :; do
+    rc=0
+    database_state || rc=$?
+    case $rc in
+      0)
+        log "the database is already initialized; not touching it"
+        return 0
+        ;;
+      "$DB_EMPTY_EXIT") break ;;
+    esac
+    if [ "$attempt" -ge "$DB_CHECK_ATTEMPTS" ]; then
+      fail "cannot tell whether the database is initialized (rails runner exit $rc)"
+    fi
+    log "database check failed (exit $rc), attempt $attempt of $DB_CHECK_ATTEMPTS"
+    attempt=$((attempt + 1))
+    sleep "$DB_POLL_INTERVAL"
+  done
+  log "empty database: running rails db:setup (schema load and seeds)"
+  one_off bundle exec rails db:setup || fail "rails db:setup failed"
+  rc=0
+  database_state || rc=$?
+  [ "$rc" -eq 0 ] || fail "the database is still not initialized after db:setup (exit $rc)"
+  log "database initialized"
+}
+
+wait_for_database() {
+  step "wait for database initialization"
+  local deadline=$((SECONDS + DB_WAIT_TIMEOUT)) rc
+  while :; do
+    rc=0
+    database_state || rc=$?
+    [ "$rc" -eq 0 ] && {
+      log "the database is initialized"
+      return 0
+    }
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      fail "the database was not initialized within ${DB_WAIT_TIMEOUT}s (last check exit $rc); is the worker up?"
+    fi
+    log "database not ready (exit $rc); checking again in ${DB_POLL_INTERVAL}s"
+    sleep "$DB_POLL_INTERVAL"
+  done
+}
+
+start_units() {
+  step "start units"
+  systemctl daemon-reload
+  systemctl enable --now "${UNITS[@]}" || fail "systemctl could not start ${UNITS[*]}"
+}
+
+wait_for_web_health() {
+  step "wait for local health"
+  local deadline=$((SECONDS + HEALTH_TIMEOUT)) web=false streaming=false
+  while :; do
+    [ "$web" = true ] || { curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health && web=true; } || true
+    [ "$streaming" = true ] ||
+      { curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health && streaming=true; } || true
+    if [ "$web" = true ] && [ "$streaming" = true ]; then
+      log "web and streaming are healthy"
+      return 0
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      local unhealthy=()
+      [ "$web" = true ] || { unhealthy+=(mastodon-web) && container_logs mastodon-web; }
+      [ "$streaming" = true ] || { unhealthy+=(mastodon-streaming) && container_logs mastodon-streaming; }
+      fail "${unhealthy[*]} not healthy within ${HEALTH_TIMEOUT}s"
+    fi
+    sleep "$HEALTH_INTERVAL"
+  done
+}
+
+running_sidekiq() {
+  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
+}
+
+wait_for_worker_health() {
+  step "wait for sidekiq"
+  local deadline=$((SECONDS + HEALTH_TIMEOUT)) id=""
+  until id=$(running_sidekiq) && [ -n "$id" ]; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      container_logs mastodon-sidekiq
+      fail "mastodon-sidekiq did not start within ${HEALTH_TIMEOUT}s"
+    fi
+    sleep "$HEALTH_INTERVAL"
+  done
+  log "sidekiq container ${id:0:12} running; watching it for ${WORKER_STABLE_SECONDS}s"
+  local stable_until=$((SECONDS + WORKER_STABLE_SECONDS)) now_id
+  while [ "$SECONDS" -lt "$stable_until" ]; do
+    sleep "$HEALTH_INTERVAL"
+    now_id=$(running_sidekiq || true)
+    if [ "$now_id" != "$id" ]; then
+      container_logs mastodon-sidekiq
+      fail "mastodon-sidekiq stopped or restarted within ${WORKER_STABLE_SECONDS}s"
+    fi
+  done
+}
+
+main() {
+  load_stack_env
+  find_instance_id
+  install_docker
+  read_configuration
+  render_environment
+  size_pools
+  write_units
+  pull_images
+  if [ "$ROLE" = worker ]; then
+    initialize_database
+  else
+    wait_for_database
+  fi
+  start_units
+  if [ "$ROLE" = web ]; then
+    wait_for_web_health
+  else
+    wait_for_worker_health
+  fi
+  step "signal success"
+  signal SUCCESS || fail "could not signal SUCCESS"
+  SUCCEEDED=true
+  log "bootstrap complete"
+}
+
+main "$@"

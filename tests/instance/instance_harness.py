@@ -1,0 +1,275 @@
+"""Runs the instance scripts for real under a temporary root with stub commands (shared by the tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from templates.options import MASTODON_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+INSTANCE_DIR = REPO / "templates" / "instance"
+STUB = Path(__file__).with_name("stub_command.sh")
+STUBBED_COMMANDS = ("docker", "aws", "systemctl", "curl", "dnf", "nproc")
+
+INSTANCE_ID = "i-0123456789abcdef0"
+APP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-app-AbCdEf"
+SMTP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-smtp-GhIjKl"
+VERSION_PARAMETER = "/mastodon/test/deployed-version"
+PREFIX_LIST_ID = "pl-3b927c52"
+CLOUDFRONT_CIDRS = ["120.52.22.96/27", "205.251.249.0/24", "180.163.57.128/26", "3.172.0.0/18"]
+VPC_CIDR = "10.20.0.0/16"
+VERSION = MASTODON_VERSION
+
+# Distinctive values so that a leak anywhere is found by a plain substring search.
+APP_SECRET = {
+    "SECRET_KEY_BASE": "skb-" + "a1" * 60,
+    "OTP_SECRET": "otp-" + "b2" * 60,
+    "ACTIVE_RECORD_ENCRYPTION_DETERMINISTIC_KEY": "ardk-c3c3c3c3c3c3c3c3c3c3c3c3",
+    "ACTIVE_RECORD_ENCRYPTION_KEY_DERIVATION_SALT": "arks-d4d4d4d4d4d4d4d4d4d4d4d4",
+    "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY": "arpk-e5e5e5e5e5e5e5e5e5e5e5e5",
+    "VAPID_PRIVATE_KEY": "vapidpriv-f6f6f6f6f6f6f6f6f6f6f6f6f6f6",
+    "VAPID_PUBLIC_KEY": "BVapidPublicKeyG7G7G7G7G7G7G7G7G7G7G7G7G7G7G7G7G7G7",
+    "DB_PASS": "dbpass-h8h8h8h8h8h8h8h8",
+    "REDIS_PASSWORD": "redis+pass/word=i9i9i9i9i9",
+    "SMTP_LOGIN": "AKIASMTPLOGINJ0J0J0J0",
+    "SMTP_PASSWORD": "smtppass-k1k1k1k1k1k1k1k1k1k1",
+    "SOMETHING_ELSE": "ignored-l2l2l2l2",
+}
+SECRET_VALUES = [
+    v for k, v in APP_SECRET.items() if k not in ("SMTP_LOGIN", "SOMETHING_ELSE", "VAPID_PUBLIC_KEY")
+]
+
+# Fast waits: every timeout and interval of bootstrap.sh is overridable.
+FAST = {
+    "BOOTSTRAP_DB_WAIT_TIMEOUT": "1",
+    "BOOTSTRAP_DB_POLL_INTERVAL": "0.05",
+    "BOOTSTRAP_DB_CHECK_ATTEMPTS": "2",
+    "BOOTSTRAP_HEALTH_TIMEOUT": "1",
+    "BOOTSTRAP_HEALTH_INTERVAL": "0.05",
+    "BOOTSTRAP_WORKER_STABLE_SECONDS": "0",
+    "BOOTSTRAP_RETRY_ATTEMPTS": "3",
+    "BOOTSTRAP_RETRY_BACKOFF": "0",
+}
+
+
+def stack_env(role: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "STACK_NAME": "mastodon-test",
+        "AWS_REGION": "us-east-1",
+        "ROLE": role,
+        "SIGNAL_RESOURCE": "WebGroup" if role == "web" else "WorkerGroup",
+        "LOCAL_DOMAIN": "social.example.com",
+        "MASTODON_IMAGE": "ghcr.io/mastodon/mastodon",
+        "STREAMING_IMAGE": "ghcr.io/mastodon/mastodon-streaming",
+        "DEPLOYED_VERSION_PARAMETER": VERSION_PARAMETER,
+        "APP_SECRET_ARN": APP_SECRET_ARN,
+        "DB_HOST": "mastodon.cluster-abc.us-east-1.rds.amazonaws.com",
+        "DB_PORT": "5432",
+        "DB_NAME": "mastodon",
+        "DB_USER": "mastodon",
+        "REDIS_HOST": "master.mastodon.abc123.use1.cache.amazonaws.com",
+        "REDIS_PORT": "6379",
+        "S3_BUCKET": "mastodon-test-media-123456789012",
+        "S3_ALIAS_HOST": "social.example.com/system",
+        "SMTP_SERVER": "email-smtp.us-east-1.amazonaws.com",
+        "SMTP_PORT": "587",
+        "SMTP_FROM_ADDRESS": "notifications@social.example.com",
+        "SMTP_LOGIN": "",
+        "SMTP_PASSWORD_SECRET_ARN": "",
+        "LOG_GROUP_WEB": "/mastodon-test/web",
+        "LOG_GROUP_STREAMING": "/mastodon-test/streaming",
+        "LOG_GROUP_SIDEKIQ": "/mastodon-test/sidekiq",
+        "LOG_GROUP_SYSTEM": "/mastodon-test/system",
+        "MAX_CONNECTIONS": "80",
+        "WEB_MAX_SIZE": "2",
+        "ROLLOUT_SURGE": "1",
+        "DB_CONNECTION_RESERVE": "10",
+        "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
+        "VPC_CIDR": VPC_CIDR,
+    }
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Run:
+    """The outcome of one bootstrap run: exit code, files, log and recorded calls."""
+
+    returncode: int
+    root: Path
+    stub_dir: Path
+    output: str
+    calls: list[dict] = field(default_factory=list)
+
+    @property
+    def log(self) -> str:
+        return (self.root / "var/log/mastodon-bootstrap.log").read_text()
+
+    def file(self, path: str) -> Path:
+        return self.root / path.lstrip("/")
+
+    def env_file(self) -> dict[str, str]:
+        lines = self.file("/etc/mastodon/mastodon.env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+    def unit(self, name: str) -> str:
+        return self.file(f"/etc/systemd/system/{name}.service").read_text()
+
+    def commands(self, name: str, *prefix: str) -> list[list[str]]:
+        return [
+            c["args"] for c in self.calls if c["cmd"] == name and c["args"][: len(prefix)] == list(prefix)
+        ]
+
+    def signals(self) -> list[dict[str, str]]:
+        found = []
+        for args in self.commands("aws", "cloudformation", "signal-resource"):
+            found.append(
+                {
+                    "status": args[args.index("--status") + 1],
+                    "unique_id": args[args.index("--unique-id") + 1],
+                    "resource": args[args.index("--logical-resource-id") + 1],
+                }
+            )
+        return found
+
+    def db_setup_runs(self) -> int:
+        return sum(1 for args in self.commands("docker", "run") if "db:setup" in args)
+
+    def db_state(self) -> str:
+        return (self.stub_dir / "db_state").read_text().strip()
+
+
+def stub_key(text: str) -> str:
+    """The file-name form of an ARN or name, as stub_command.sh computes it."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def write_stub_responses(
+    stub_dir: Path, secrets: dict[str, str], db_state: str, settings: dict[str, str | list[str]]
+) -> None:
+    """Writes what the fake AWS CLI and Docker answer, shaped like the real responses."""
+    for arn, secret_string in secrets.items():
+        (stub_dir / f"secret-{stub_key(arn)}.json").write_text(
+            json.dumps(
+                {
+                    "ARN": arn,
+                    "Name": arn.rsplit(":", 1)[-1],
+                    "SecretString": secret_string,
+                    "VersionId": "b1f8a3c2-0000-4000-8000-000000000001",
+                    "VersionStages": ["AWSCURRENT"],
+                    "CreatedDate": "2026-01-01T00:00:00+00:00",
+                }
+            )
+        )
+    (stub_dir / f"parameter-{stub_key(VERSION_PARAMETER)}.json").write_text(
+        json.dumps(
+            {
+                "Parameter": {
+                    "Name": VERSION_PARAMETER,
+                    "Type": "String",
+                    "Value": VERSION,
+                    "Version": 3,
+                    "LastModifiedDate": "2026-01-01T00:00:00+00:00",
+                    "DataType": "text",
+                    "ARN": f"arn:aws:ssm:us-east-1:123456789012:parameter{VERSION_PARAMETER}",
+                }
+            }
+        )
+    )
+    (stub_dir / f"prefix-list-{stub_key(PREFIX_LIST_ID)}.json").write_text(
+        json.dumps({"Entries": [{"Cidr": cidr} for cidr in CLOUDFRONT_CIDRS]})
+    )
+    (stub_dir / "db_state").write_text(db_state)
+    (stub_dir / "instance_id").write_text(INSTANCE_ID)
+    for name, value in settings.items():
+        text = "\n".join(value) + "\n" if isinstance(value, list) else str(value)
+        (stub_dir / name).write_text(text)
+
+
+def read_calls(stub_dir: Path) -> list[dict]:
+    calls = []
+    log = stub_dir / "calls.log"
+    if log.exists():
+        for line in log.read_text().splitlines():
+            name, *args = line.split("\x1f")
+            calls.append({"cmd": name, "args": args})
+    for shipped in sorted(stub_dir.glob("shipped-log-*.json")):
+        calls.append({"cmd": "aws-log-events", "args": [], "events": json.loads(shipped.read_text())})
+    return calls
+
+
+def make_runner(tmp_path: Path):
+    """A function that runs bootstrap.sh as user data would, with stubs first on PATH."""
+
+    def run(
+        role: str,
+        *,
+        db_state: str = "initialized",
+        memory_kib: int = 1_952_000,
+        stack: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        **stub_config: str | list[str],
+    ) -> Run:
+        root = tmp_path / "root"
+        stub_dir = tmp_path / "stub"
+        bin_dir = tmp_path / "bin"
+        for directory in (root / "etc/mastodon", root / "opt/mastodon-aws", stub_dir, bin_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        for script in INSTANCE_DIR.glob("*.sh"):
+            target = root / "opt/mastodon-aws" / script.name
+            shutil.copy(script, target)
+            target.chmod(0o755)
+        lines = [f"{key}='{value}'" for key, value in stack_env(role, **(stack or {})).items()]
+        (root / "etc/mastodon/stack.env").write_text("\n".join(lines) + "\n")
+        for name in STUBBED_COMMANDS:
+            (bin_dir / name).symlink_to(STUB)
+        write_stub_responses(
+            stub_dir,
+            secrets if secrets is not None else {APP_SECRET_ARN: json.dumps(APP_SECRET)},
+            db_state,
+            stub_config,
+        )
+        meminfo = tmp_path / "meminfo"
+        meminfo.write_text(f"MemTotal:       {memory_kib} kB\nMemFree:          100000 kB\n")
+        env = {
+            "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "HOME": str(tmp_path),
+            "MASTODON_ROOT": str(root),
+            "MEMINFO_FILE": str(meminfo),
+            "STUB_DIR": str(stub_dir),
+            **FAST,
+            **(env or {}),
+        }
+        proc = subprocess.run(
+            [str(root / "opt/mastodon-aws/bootstrap.sh")], env=env, capture_output=True, text=True, timeout=60
+        )
+        calls = read_calls(stub_dir)
+        return Run(proc.returncode, root, stub_dir, proc.stdout + proc.stderr, calls)
+
+    return run
+
+
+@pytest.fixture
+def bootstrap(tmp_path: Path):
+    return make_runner(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def web_run(tmp_path_factory):
+    """One successful web boot, shared by the tests that only read its results."""
+    return make_runner(tmp_path_factory.mktemp("web"))("web")
+
+
+@pytest.fixture(scope="session")
+def worker_run(tmp_path_factory):
+    """One successful worker boot on a fresh database."""
+    return make_runner(tmp_path_factory.mktemp("worker"))("worker", db_state="empty")

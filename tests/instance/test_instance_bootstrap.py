@@ -1,0 +1,223 @@
+"""bootstrap.sh, run for real under a temporary root with stub commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.instance.instance_harness import (
+    APP_SECRET,
+    APP_SECRET_ARN,
+    INSTANCE_ID,
+    SECRET_VALUES,
+    SMTP_SECRET_ARN,
+    VERSION,
+)
+
+
+@pytest.fixture
+def web(web_run):
+    return web_run
+
+
+def started_units(run) -> list[str]:
+    """Mastodon units that systemctl was asked to enable and start."""
+    return [
+        unit
+        for args in run.commands("systemctl", "enable", "--now")
+        for unit in args[2:]
+        if unit.startswith("mastodon-")
+    ]
+
+
+def exec_start(unit: str) -> str:
+    """The ExecStart command of a unit, continuation lines joined."""
+    body = unit.split("ExecStart=", 1)[1]
+    command = []
+    for line in body.splitlines():
+        command.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return " ".join(command)
+
+
+def test_a_web_instance_runs_puma_and_streaming_and_signals_success_once(web):
+    assert web.returncode == 0, web.output
+    assert web.signals() == [{"status": "SUCCESS", "unique_id": INSTANCE_ID, "resource": "WebGroup"}]
+
+    puma = exec_start(web.unit("mastodon-web"))
+    assert "--rm" in puma and "--network host" in puma
+    assert "--env-file /etc/mastodon/mastodon.env" in puma
+    assert "ghcr.io/mastodon/mastodon:${MASTODON_VERSION}" in puma
+    assert puma.endswith("bundle exec puma -C config/puma.rb")
+    assert "-e PORT=3000" in puma and "-e BIND=0.0.0.0" in puma
+
+    streaming = exec_start(web.unit("mastodon-streaming"))
+    assert "ghcr.io/mastodon/mastodon-streaming:${MASTODON_VERSION}" in streaming
+    assert streaming.endswith("node ./streaming")
+    assert "-e PORT=4000" in streaming and "-e BIND=0.0.0.0" in streaming
+
+    assert ["enable", "--now", "mastodon-web", "mastodon-streaming"] in web.commands("systemctl")
+    assert not web.file("/etc/systemd/system/mastodon-sidekiq.service").exists()
+
+
+def test_the_version_lives_only_in_version_env(web):
+    assert web.file("/etc/mastodon/version.env").read_text() == f"MASTODON_VERSION={VERSION}\n"
+    for name in ("mastodon-web", "mastodon-streaming"):
+        unit = web.unit(name)
+        assert "EnvironmentFile=/etc/mastodon/version.env" in unit
+        assert VERSION not in unit
+    assert VERSION not in web.file("/etc/mastodon/mastodon.env").read_text()
+
+
+def test_each_container_logs_to_its_log_group_under_the_instance_id(web):
+    for name, group in (
+        ("mastodon-web", "/mastodon-test/web"),
+        ("mastodon-streaming", "/mastodon-test/streaming"),
+    ):
+        command = exec_start(web.unit(name))
+        assert "--log-driver awslogs" in command
+        assert f"--log-opt awslogs-group={group}" in command
+        assert f"--log-opt awslogs-stream={INSTANCE_ID}" in command
+        assert "--log-opt awslogs-region=us-east-1" in command
+        assert "Restart=always" in web.unit(name)
+
+
+def test_pool_sizes_go_into_the_units_not_the_shared_environment(web):
+    puma = exec_start(web.unit("mastodon-web"))
+    streaming = exec_start(web.unit("mastodon-streaming"))
+    assert "-e WEB_CONCURRENCY=" in puma and "-e MAX_THREADS=" in puma and "-e DB_POOL=" in puma
+    assert "-e DB_POOL=" in streaming
+    shared = web.env_file()
+    for key in ("DB_POOL", "MAX_THREADS", "WEB_CONCURRENCY", "SIDEKIQ_CONCURRENCY", "PORT", "BIND"):
+        assert key not in shared
+
+
+def test_images_are_pulled_at_the_deployed_version(web):
+    pulled = [args[1] for args in web.commands("docker", "pull")]
+    assert pulled == [
+        f"ghcr.io/mastodon/mastodon:{VERSION}",
+        f"ghcr.io/mastodon/mastodon-streaming:{VERSION}",
+    ]
+
+
+def test_the_environment_file_is_private_to_root(web):
+    assert web.file("/etc/mastodon/mastodon.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_no_secret_reaches_the_log_or_any_command_line(web):
+    assert web.returncode == 0, web.output
+    shipped = json.dumps([c for c in web.calls if c["cmd"] == "aws-log-events"])
+    command_lines = json.dumps([c for c in web.calls if c["cmd"] != "aws-log-events"])
+    assert "bootstrap complete" in shipped, "the system log is shipped to CloudWatch Logs"
+    for value in SECRET_VALUES:
+        assert value not in web.log
+        assert value not in web.output
+        assert value not in command_lines
+        assert value not in shipped
+        assert value not in web.unit("mastodon-web") + web.unit("mastodon-streaming")
+    env_text = web.file("/etc/mastodon/mastodon.env").read_text()
+    assert APP_SECRET["DB_PASS"] in env_text, "secrets belong in the env file, and only there"
+
+
+def test_a_web_instance_does_not_start_puma_before_the_database_is_initialized(bootstrap):
+    run = bootstrap("web", db_state="empty")
+    assert run.returncode != 0
+    assert started_units(run) == []
+    assert run.db_setup_runs() == 0, "only the worker initializes the database"
+    [signal] = run.signals()
+    assert signal["status"] == "FAILURE"
+    assert "database was not initialized" in run.log
+
+
+def test_a_worker_first_boot_initializes_the_database_exactly_once(worker_run):
+    run = worker_run
+    assert run.returncode == 0, run.output
+    assert run.db_setup_runs() == 1
+    setup = next(args for args in run.commands("docker", "run") if "db:setup" in args)
+    assert setup[-4:] == ["bundle", "exec", "rails", "db:setup"]
+    assert f"ghcr.io/mastodon/mastodon:{VERSION}" in setup and "--rm" in setup
+    assert run.db_state() == "initialized"
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+
+
+def test_a_worker_on_an_initialized_database_leaves_it_alone(bootstrap):
+    run = bootstrap("worker", db_state="initialized")
+    assert run.returncode == 0, run.output
+    assert run.db_setup_runs() == 0
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+
+
+def test_a_worker_never_initializes_a_database_it_cannot_read(bootstrap):
+    run = bootstrap("worker", db_state="error")
+    assert run.returncode != 0
+    assert run.db_setup_runs() == 0
+    assert [s["status"] for s in run.signals()] == ["FAILURE"]
+
+
+def test_the_worker_runs_the_only_sidekiq_with_every_queue(worker_run):
+    run = worker_run
+    assert run.returncode == 0, run.output
+    command = exec_start(run.unit("mastodon-sidekiq"))
+    assert " -q " not in command, "no queue filter: config/sidekiq.yml lists all, scheduler included"
+    assert "--log-opt awslogs-group=/mastodon-test/sidekiq" in command
+    sidekiq_args = command.split("bundle exec sidekiq", 1)[1].split()
+    concurrency = int(sidekiq_args[sidekiq_args.index("-c") + 1])
+    assert f"-e DB_POOL={concurrency}" in command, "Sidekiq's pool covers every thread"
+    assert not run.file("/etc/systemd/system/mastodon-web.service").exists()
+    assert ["enable", "--now", "mastodon-sidekiq"] in run.commands("systemctl")
+
+
+def test_a_failed_image_pull_signals_failure_with_the_reason(bootstrap):
+    image = f"ghcr.io/mastodon/mastodon:{VERSION}"
+    run = bootstrap("web", pull_fail=[image])
+    assert run.returncode != 0
+    assert len(run.commands("docker", "pull", image)) == 3, "pulls are retried"
+    [signal] = run.signals()
+    assert signal["status"] == "FAILURE"
+    assert signal["unique_id"].startswith(INSTANCE_ID + "-pull-images")
+    assert len(signal["unique_id"]) <= 64
+    assert f"docker pull {image} failed" in run.log
+    assert started_units(run) == []
+
+
+def test_a_container_that_never_gets_healthy_signals_failure_after_the_timeout(bootstrap):
+    run = bootstrap("web", health="fail")
+    assert run.returncode != 0
+    assert [s["status"] for s in run.signals()] == ["FAILURE"]
+    assert "not healthy within 1s" in run.log
+    assert "stub container log" in run.log, "the failing container's last lines are in the system log"
+
+
+def test_a_sidekiq_that_keeps_restarting_signals_failure(bootstrap):
+    run = bootstrap("worker", sidekiq="restarting", env={"BOOTSTRAP_WORKER_STABLE_SECONDS": "1"})
+    assert run.returncode != 0
+    assert [s["status"] for s in run.signals()] == ["FAILURE"]
+    assert "mastodon-sidekiq stopped or restarted" in run.log
+
+
+def test_a_missing_secret_key_signals_failure_naming_it(bootstrap):
+    partial = {k: v for k, v in APP_SECRET.items() if k != "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY"}
+    run = bootstrap("web", secrets={APP_SECRET_ARN: json.dumps(partial)})
+    assert run.returncode != 0
+    assert "the application secret has no ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY" in run.log
+    assert [s["status"] for s in run.signals()] == ["FAILURE"]
+
+
+def test_an_external_smtp_server_takes_its_password_from_its_own_secret(bootstrap):
+    secrets = {APP_SECRET_ARN: json.dumps(APP_SECRET), SMTP_SECRET_ARN: "external-smtp-pw-m3m3m3"}
+    run = bootstrap(
+        "web",
+        secrets=secrets,
+        stack={
+            "SMTP_LOGIN": "mailer@example.org",
+            "SMTP_SERVER": "smtp.example.org",
+            "SMTP_PASSWORD_SECRET_ARN": SMTP_SECRET_ARN,
+        },
+    )
+    assert run.returncode == 0, run.output
+    env = run.env_file()
+    assert env["SMTP_LOGIN"] == "mailer@example.org"
+    assert env["SMTP_PASSWORD"] == "external-smtp-pw-m3m3m3"
+    assert "external-smtp-pw-m3m3m3" not in run.log
