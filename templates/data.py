@@ -108,7 +108,6 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
         PreferredMaintenanceWindow="sun:04:30-sun:05:30",
         CopyTagsToSnapshot=True,
         CACertificateIdentifier="rds-ca-rsa2048-g1",
-        EnableCloudwatchLogsExports=["postgresql"],
         DeletionPolicy="Snapshot",
         UpdateReplacePolicy="Snapshot",
         DependsOn=[secrets.values.title],

@@ -22,7 +22,21 @@ from awacs import awslambda as awacs_lambda
 from awacs import route53 as awacs_route53
 from awacs import s3 as awacs_s3
 from awacs.aws import Allow, Bool, Condition, Deny, PolicyDocument, Principal, Statement, StringEquals
-from troposphere import AWSObject, GetAtt, If, Join, Ref, Sub, Template, awslambda, cloudfront, route53, s3
+from troposphere import (
+    AWSObject,
+    GetAtt,
+    If,
+    Join,
+    Ref,
+    Select,
+    Split,
+    Sub,
+    Template,
+    awslambda,
+    cloudfront,
+    route53,
+    s3,
+)
 
 from templates import functions, parameters
 from templates.load_balancing import ORIGIN_VERIFY_HEADER, LoadBalancing
@@ -52,6 +66,15 @@ STRIP_MEDIA_PREFIX = f"""function handler(event) {{
 """
 
 
+def _global_name(purpose: str) -> Join:
+    """A CloudFront name (global, at most 64 characters) unique to this stack.
+
+    CloudFront names are account-wide, not regional: the stack ID's UUID tells apart
+    two stacks of the same name in different regions.
+    """
+    return Join("-", ["mastodon", purpose, Select(2, Split("/", Ref("AWS::StackId")))])
+
+
 class CloudFrontCertificate(AWSObject):
     resource_type = "Custom::CloudFrontCertificate"
     props = {
@@ -77,7 +100,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
     access_control = t.add_resource(cloudfront.OriginAccessControl(
         "MediaOriginAccessControl",
         OriginAccessControlConfig=cloudfront.OriginAccessControlConfig(
-            Name=Sub("${AWS::StackName}-media"),
+            Name=_global_name("media"),
             OriginAccessControlOriginType="s3",
             SigningBehavior="always",
             SigningProtocol="sigv4",
@@ -85,7 +108,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
     ))
     strip_prefix = t.add_resource(cloudfront.Function(
         "MediaPathFunction",
-        Name=Sub("${AWS::StackName}-media-path"),
+        Name=_global_name("media-path"),
         AutoPublish=True,
         FunctionCode=STRIP_MEDIA_PREFIX,
         FunctionConfig=cloudfront.FunctionConfig(
@@ -96,7 +119,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
     host_only = t.add_resource(cloudfront.OriginRequestPolicy(
         "AssetOriginRequestPolicy",
         OriginRequestPolicyConfig=cloudfront.OriginRequestPolicyConfig(
-            Name=Sub("${AWS::StackName}-assets"),
+            Name=_global_name("assets"),
             Comment="Host header only",
             HeadersConfig=cloudfront.OriginRequestHeadersConfig(
                 HeaderBehavior="whitelist", Headers=["Host"]),
@@ -107,7 +130,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
     media_headers = t.add_resource(cloudfront.ResponseHeadersPolicy(
         "MediaResponseHeadersPolicy",
         ResponseHeadersPolicyConfig=cloudfront.ResponseHeadersPolicyConfig(
-            Name=Sub("${AWS::StackName}-media"),
+            Name=_global_name("media-headers"),
             Comment="Uploaded files never run as a page",
             SecurityHeadersConfig=cloudfront.SecurityHeadersConfig(
                 ContentSecurityPolicy=cloudfront.ContentSecurityPolicy(

@@ -361,8 +361,9 @@ size_pools() {
 }
 
 write_unit() {
-  # write_unit NAME DESCRIPTION LOG_GROUP IMAGE DOCKER_OPTIONS COMMAND
-  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=$6
+  # write_unit NAME DESCRIPTION LOG_GROUP IMAGE DOCKER_OPTIONS [COMMAND]
+  # Without a COMMAND the image's own CMD runs.
+  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=${6:-}
   cat >"$UNIT_DIR/$name.service" <<EOF
 [Unit]
 Description=$description
@@ -380,8 +381,8 @@ ExecStart=$DOCKER run --rm --name $name --network host \\
   --log-opt awslogs-group=$log_group \\
   --log-opt awslogs-stream=$INSTANCE_ID \\
   $options \\
-  $image:\${MASTODON_VERSION} \\
-  $command
+  $image:\${MASTODON_VERSION}${command:+ \\
+  $command}
 ExecStop=$DOCKER stop --time 30 $name
 Restart=always
 RestartSec=5
@@ -404,8 +405,9 @@ write_units() {
       "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify" \
-      "node ./streaming"
+      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify"
+    # The streaming image's CMD starts the server (node ./streaming/index.js today); using
+    # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
   else
     # No -q: config/sidekiq.yml lists every queue, scheduler included, so queues a

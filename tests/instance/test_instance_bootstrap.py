@@ -55,7 +55,8 @@ def test_a_web_instance_runs_puma_and_streaming_and_signals_success_once(web):
 
     streaming = exec_start(web.unit("mastodon-streaming"))
     assert "ghcr.io/mastodon/mastodon-streaming:${MASTODON_VERSION}" in streaming
-    assert streaming.endswith("node ./streaming")
+    # The image's own CMD starts the server: no command after the image.
+    assert streaming.endswith("ghcr.io/mastodon/mastodon-streaming:${MASTODON_VERSION}")
     assert "-e PORT=4000" in streaming and "-e BIND=0.0.0.0" in streaming
 
     assert ["enable", "--now", "mastodon-web", "mastodon-streaming"] in web.commands("systemctl")

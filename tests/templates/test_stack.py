@@ -220,3 +220,21 @@ def test_functions_use_the_powertools_layer_of_the_stacks_region(template):
 def test_alerts_reach_the_admins_mail(template):
     assert has_properties(template, "AWS::SNS::Topic",
                           {"Subscription": [{"Protocol": "email", "Endpoint": {"Ref": "AlertEmail"}}]})
+
+
+def test_cloudfront_names_are_unique_per_stack_and_fit_64_characters(template):
+    # CloudFront is global: two stacks named alike in two regions must not collide.
+    named = {
+        "MediaOriginAccessControl": ("OriginAccessControlConfig", "Name"),
+        "MediaPathFunction": ("Name",),
+        "AssetOriginRequestPolicy": ("OriginRequestPolicyConfig", "Name"),
+        "MediaResponseHeadersPolicy": ("ResponseHeadersPolicyConfig", "Name"),
+    }
+    for logical_id, path in named.items():
+        name = props(template, logical_id)
+        for key in path:
+            name = name[key]
+        separator, (prefix, purpose, unique) = name["Fn::Join"]
+        assert unique == {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+        uuid_length = 36
+        assert len(separator.join([prefix, purpose])) + len(separator) + uuid_length <= 64, logical_id
