@@ -78,7 +78,7 @@ class Parameters:
     log_retention: Parameter
 
 
-def _add(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
+def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
     t.add_parameter(parameter)
     t.set_parameter_label(parameter, label)
     t.add_parameter_to_group(parameter, group)
@@ -89,14 +89,14 @@ def create_parameters(t: Template) -> Parameters:
     """Add every parameter with its constraint, label and group."""
     instance_types = [i.name for i in capacity.INSTANCE_TYPES]
     p = Parameters(
-        domain=_add(t, GROUP_REQUIRED, "Mastodon domain", Parameter(
+        domain=add_parameter(t, GROUP_REQUIRED, "Mastodon domain", Parameter(
             "DomainName", Type="String",
             Description="The domain of the instance (LOCAL_DOMAIN), e.g. social.example.com. "
             "It cannot be changed once people have accounts on it.",
             AllowedPattern=HOSTNAME_PATTERN,
             ConstraintDescription="a lower-case DNS name such as social.example.com",
         )),
-        hosted_zone=_add(t, GROUP_REQUIRED, "Route 53 hosted zone ID", Parameter(
+        hosted_zone=add_parameter(t, GROUP_REQUIRED, "Route 53 hosted zone ID", Parameter(
             "HostedZoneId", Type="String", Default="",
             Description="ID of the existing public Route 53 hosted zone that holds the domain "
             "(e.g. Z0123456789ABCDEFGHIJ). With it the stack validates its certificates, "
@@ -105,111 +105,111 @@ def create_parameters(t: Template) -> Parameters:
             AllowedPattern=HOSTED_ZONE_PATTERN,
             ConstraintDescription="empty, or a hosted zone ID starting with Z",
         )),
-        alert_email=_add(t, GROUP_REQUIRED, "Alert e-mail", Parameter(
+        alert_email=add_parameter(t, GROUP_REQUIRED, "Alert e-mail", Parameter(
             "AlertEmail", Type="String",
             Description="Address that receives alarms and upgrade notifications.",
             AllowedPattern=EMAIL_PATTERN,
             ConstraintDescription="an e-mail address such as admin@example.com",
         )),
-        cloudfront_certificate=_add(t, GROUP_TLS, "CloudFront certificate ARN (us-east-1)", Parameter(
+        cloudfront_certificate=add_parameter(t, GROUP_TLS, "CloudFront certificate (us-east-1)", Parameter(
             "CloudFrontCertificateArn", Type="String", Default="",
             Description="Only without a hosted zone: ARN of an issued ACM certificate for the "
             "domain in us-east-1 (CloudFront requires that region).",
             AllowedPattern=CERTIFICATE_ARN_PATTERN,
             ConstraintDescription="empty, or an ACM certificate ARN",
         )),
-        load_balancer_certificate=_add(t, GROUP_TLS, "Load balancer certificate ARN", Parameter(
+        load_balancer_certificate=add_parameter(t, GROUP_TLS, "Load balancer certificate ARN", Parameter(
             "LoadBalancerCertificateArn", Type="String", Default="",
             Description="Only without a hosted zone: ARN of an issued ACM certificate for the "
             "domain in this stack's region, for the load balancer.",
             AllowedPattern=CERTIFICATE_ARN_PATTERN,
             ConstraintDescription="empty, or an ACM certificate ARN",
         )),
-        mail_from=_add(t, GROUP_MAIL, "Sender address", Parameter(
+        mail_from=add_parameter(t, GROUP_MAIL, "Sender address", Parameter(
             "MailFromAddress", Type="String", Default="",
             Description="From address of Mastodon's e-mails. Empty: notifications@<domain>.",
             AllowedPattern=OPTIONAL_EMAIL_PATTERN,
             ConstraintDescription="empty, or an e-mail address",
         )),
-        smtp_server=_add(t, GROUP_MAIL, "External SMTP server", Parameter(
+        smtp_server=add_parameter(t, GROUP_MAIL, "External SMTP server", Parameter(
             "SmtpServer", Type="String", Default="",
             Description="Empty: send with Amazon SES from the domain (identity, DKIM and SMTP "
             "credentials made by the stack). Otherwise the host name of your SMTP server.",
             AllowedPattern=OPTIONAL_HOSTNAME_PATTERN,
             ConstraintDescription="empty, or a lower-case host name",
         )),
-        smtp_port=_add(t, GROUP_MAIL, "External SMTP port", Parameter(
+        smtp_port=add_parameter(t, GROUP_MAIL, "External SMTP port", Parameter(
             "SmtpPort", Type="Number", Default="587",
             Description="Port of the external SMTP server (STARTTLS on 587, TLS on 465).",
             AllowedValues=["25", "465", "587", "2525"],
         )),
-        smtp_login=_add(t, GROUP_MAIL, "External SMTP login", Parameter(
+        smtp_login=add_parameter(t, GROUP_MAIL, "External SMTP login", Parameter(
             "SmtpLogin", Type="String", Default="",
             Description="User name on the external SMTP server (not used with SES).",
             AllowedPattern=r"^[\x21-\x7e]{0,128}$",
             ConstraintDescription="up to 128 printable characters, no spaces",
         )),
-        smtp_password_secret=_add(t, GROUP_MAIL, "External SMTP password secret", Parameter(
+        smtp_password_secret=add_parameter(t, GROUP_MAIL, "External SMTP password secret", Parameter(
             "SmtpPasswordSecretArn", Type="String", Default="",
             Description="ARN of a Secrets Manager secret whose value is the external SMTP "
             "password (never a password itself: parameters are not secret storage).",
             AllowedPattern=SECRET_ARN_PATTERN,
             ConstraintDescription="empty, or a Secrets Manager secret ARN",
         )),
-        web_instance_type=_add(t, GROUP_COMPUTE, "Web instance type", Parameter(
+        web_instance_type=add_parameter(t, GROUP_COMPUTE, "Web instance type", Parameter(
             "WebInstanceType", Type="String", Default=capacity.DEFAULT_WEB_INSTANCE_TYPE,
             Description="Instance type of the web servers (Puma and the streaming server). "
             "Graviton (t4g, m7g, c7g) costs less than x86 (t3, m7i, c7i).",
             AllowedValues=instance_types,
         )),
-        web_min_size=_add(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
+        web_min_size=add_parameter(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
             "WebMinSize", Type="Number", Default="1",
             Description="Web servers always running. Upgrades keep this many serving.",
             MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
         )),
-        web_max_size=_add(t, GROUP_COMPUTE, "Web servers, maximum", Parameter(
+        web_max_size=add_parameter(t, GROUP_COMPUTE, "Web servers, maximum", Parameter(
             "WebMaxSize", Type="Number", Default="2",
             Description="Most web servers the group may run (at least the minimum). Each "
             "server's database pools are sized so this many fit the database.",
             MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
         )),
-        worker_instance_type=_add(t, GROUP_COMPUTE, "Worker instance type", Parameter(
+        worker_instance_type=add_parameter(t, GROUP_COMPUTE, "Worker instance type", Parameter(
             "WorkerInstanceType", Type="String", Default=capacity.DEFAULT_WORKER_INSTANCE_TYPE,
             Description="Instance type of the single Sidekiq worker.",
             AllowedValues=instance_types,
         )),
-        database_class=_add(t, GROUP_DATA, "Database instance class", Parameter(
+        database_class=add_parameter(t, GROUP_DATA, "Database instance class", Parameter(
             "DatabaseInstanceClass", Type="String", Default=capacity.DEFAULT_DATABASE_CLASS,
             Description="RDS PostgreSQL instance class. Its max_connections bounds the "
             "connection pools of every server.",
             AllowedValues=[d.name for d in capacity.DATABASE_CLASSES],
         )),
-        database_storage=_add(t, GROUP_DATA, "Database storage (GiB)", Parameter(
+        database_storage=add_parameter(t, GROUP_DATA, "Database storage (GiB)", Parameter(
             "DatabaseAllocatedStorage", Type="Number", Default="20",
             Description="Initial gp3 storage of the database in GiB; it grows by itself.",
             MinValue=20, MaxValue=16384,
         )),
-        database_max_storage=_add(t, GROUP_DATA, "Database storage limit (GiB)", Parameter(
+        database_max_storage=add_parameter(t, GROUP_DATA, "Database storage limit (GiB)", Parameter(
             "DatabaseMaxAllocatedStorage", Type="Number", Default="200",
             Description="Storage autoscaling limit in GiB (must exceed the initial storage).",
             MinValue=22, MaxValue=65536,
         )),
-        database_multi_az=_add(t, GROUP_DATA, "Database Multi-AZ", Parameter(
+        database_multi_az=add_parameter(t, GROUP_DATA, "Database Multi-AZ", Parameter(
             "DatabaseMultiAZ", Type="String", Default="false",
             Description="Keep a standby database in a second zone (doubles the database cost).",
             AllowedValues=["true", "false"],
         )),
-        database_backup_days=_add(t, GROUP_DATA, "Database backup retention (days)", Parameter(
+        database_backup_days=add_parameter(t, GROUP_DATA, "Database backup retention (days)", Parameter(
             "DatabaseBackupRetentionDays", Type="Number", Default="7",
             Description="Days of automated backups and point-in-time recovery.",
             MinValue=1, MaxValue=35,
         )),
-        cache_node_type=_add(t, GROUP_DATA, "Cache node type", Parameter(
+        cache_node_type=add_parameter(t, GROUP_DATA, "Cache node type", Parameter(
             "CacheNodeType", Type="String", Default=CACHE_NODE_TYPES[0],
             Description="ElastiCache (Valkey) node type for Mastodon's Redis.",
             AllowedValues=list(CACHE_NODE_TYPES),
         )),
-        log_retention=_add(t, GROUP_OPERATIONS, "Log retention (days)", Parameter(
+        log_retention=add_parameter(t, GROUP_OPERATIONS, "Log retention (days)", Parameter(
             "LogRetentionDays", Type="Number", Default="30",
             Description="Days CloudWatch keeps the logs of every process.",
             AllowedValues=list(LOG_RETENTION_DAYS),
