@@ -153,11 +153,13 @@ REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 
 def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str]:
     """(secret id, SMTP user name or '', SMTP region); ValueError when invalid."""
-    secret_id = str(properties.get("SecretId") or "")
-    user = str(properties.get("SmtpUserName") or "")
-    region = str(properties.get("SmtpRegion") or "")
-    if not secret_id:
-        raise ValueError("property SecretId is required")
+    secret_id = properties.get("SecretId") or ""
+    user = properties.get("SmtpUserName") or ""
+    region = properties.get("SmtpRegion") or ""
+    if not isinstance(secret_id, str) or not secret_id:
+        raise ValueError("property SecretId is required (the ARN of the stack's secret)")
+    if not isinstance(user, str) or not isinstance(region, str):
+        raise ValueError("properties SmtpUserName and SmtpRegion must be strings")
     if user and not REGION.match(region):
         raise ValueError("property SmtpRegion must be an AWS region when SmtpUserName is set")
     return secret_id, user, region
@@ -298,6 +300,8 @@ def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
         event.physical_resource_id or f"{stack_name}-{raw_event.get('LogicalResourceId', 'AppSecrets')}"
     )
     try:
+        if event.request_type not in ("Create", "Update", "Delete"):
+            raise ValueError(f"unknown RequestType {event.request_type!r}")
         if event.request_type == "Delete":
             remove_smtp_keys(event.resource_properties)
         else:

@@ -49,7 +49,7 @@ def parse_properties(properties: Mapping[str, Any]) -> tuple[str, list[str], str
     zone = str(properties.get("HostedZoneId") or "").strip().removeprefix("/hostedzone/")
     for name in [domain, *names]:
         if len(name) > 253 or not DOMAIN.match(name):
-            raise ValueError(f"invalid domain name {name!r}")
+            raise ValueError(f"invalid domain name {name!r} (property DomainName)")
     if not ZONE_ID.match(zone):
         raise ValueError(f"invalid HostedZoneId {zone!r}")
     return domain, names, zone
@@ -272,6 +272,8 @@ def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
     physical_id = event.physical_resource_id or f"no-certificate-{raw_event.get('RequestId', '')}"
     try:
         kind = event.request_type
+        if kind not in ("Create", "Update", "Delete"):
+            raise ValueError(f"unknown RequestType {kind!r}")
         if kind == "Delete":
             if CERTIFICATE_ARN.match(physical_id):
                 delete_certificate(acm_client(), physical_id, context)

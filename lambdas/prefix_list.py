@@ -26,10 +26,10 @@ NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
 
 
 def parse_name(properties: Mapping[str, Any]) -> str:
-    name = str(properties.get("PrefixListName") or "").strip()
-    if not NAME.match(name):
+    name = properties.get("PrefixListName") or ""
+    if not isinstance(name, str) or not NAME.match(name.strip()):
         raise ValueError(f"invalid PrefixListName {name!r}")
-    return name
+    return name.strip()
 
 
 def choose(prefix_lists: list[dict[str, Any]], name: str, region: str) -> dict[str, Any]:
@@ -91,6 +91,8 @@ def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
     event = CloudFormationCustomResourceEvent(raw_event)
     physical_id = event.physical_resource_id or f"no-prefix-list-{raw_event.get('RequestId', '')}"
     try:
+        if event.request_type not in ("Create", "Update", "Delete"):
+            raise ValueError(f"unknown RequestType {event.request_type!r}")
         if event.request_type == "Delete":  # nothing was created
             send_response(raw_event, "SUCCESS", "", physical_id)
             return
