@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import FindInMap, If, Ref, Sub, Tags, Template, ec2, elasticache, rds, s3
+from troposphere import FindInMap, If, Parameter, Ref, Sub, Tags, Template, ec2, elasticache, rds, s3
 
 from templates import parameters
 from templates.network import Network
@@ -25,6 +25,7 @@ DATABASE_NAME = "mastodon"
 DATABASE_USER = "mastodon"
 DATABASE_PORT = 5432
 CACHE_PORT = 6379
+DATABASE_DELETION_PROTECTION = "DatabaseDeletionProtection"
 # A current major version Mastodon supports (it needs 14 or later).
 POSTGRES_MAJOR_VERSION = "17"
 # A minor release RDS still offers for new instances; minor upgrades then apply by themselves.
@@ -68,6 +69,13 @@ def _data_security_group(t: Template, name: str, network: Network, servers: ec2.
 def _database(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
               secrets: Secrets) -> rds.DBInstance:
     security_group = _data_security_group(t, "Database", network, servers, DATABASE_PORT)
+    deletion_protection = parameters.add_parameter(
+        t, parameters.GROUP_DATA, "Database deletion protection", Parameter(
+            DATABASE_DELETION_PROTECTION, Type="String", Default="true",
+            Description="true: nothing, not even deleting the stack, deletes the database; set "
+            "false first to delete the stack (it still leaves a final snapshot).",
+            AllowedValues=["true", "false"],
+        ))
     subnets = t.add_resource(rds.DBSubnetGroup(
         "DatabaseSubnetGroup",
         DBSubnetGroupDescription="Isolated subnets of the Mastodon database",
@@ -108,6 +116,7 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
         PreferredMaintenanceWindow="sun:04:30-sun:05:30",
         CopyTagsToSnapshot=True,
         CACertificateIdentifier="rds-ca-rsa2048-g1",
+        DeletionProtection=Ref(deletion_protection),
         DeletionPolicy="Snapshot",
         UpdateReplacePolicy="Snapshot",
         DependsOn=[secrets.values.title],
@@ -117,8 +126,6 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
             {"id": "CKV_AWS_118", "comment": "Enhanced monitoring costs extra; CloudWatch "
              "metrics and alarms cover the instance."},
             {"id": "CKV_AWS_157", "comment": "Multi-AZ is a parameter (off by default for cost)."},
-            {"id": "CKV_AWS_293", "comment": "Deletion leaves a final snapshot (DeletionPolicy "
-             "Snapshot), so the stack can be deleted without losing data."},
         ]}},
     ))
 
@@ -152,10 +159,6 @@ def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGr
         DeletionPolicy="Snapshot",
         UpdateReplacePolicy="Snapshot",
         DependsOn=[secrets.values.title],
-        Metadata={"checkov": {"skip": [
-            {"id": "CKV_AWS_191", "comment": "Encrypted at rest with the AWS managed key; a "
-             "customer key adds cost and no control the stack uses."},
-        ]}},
     ))
 
 
@@ -187,7 +190,5 @@ def _media_bucket(t: Template) -> s3.Bucket:
         Metadata={"checkov": {"skip": [
             {"id": "CKV_AWS_18", "comment": "Access logging would need a second bucket and costs "
              "per request; CloudFront fronts every read."},
-            {"id": "CKV_AWS_144", "comment": "Cross-region replication doubles storage cost; "
-             "versioning and retention protect the media."},
         ]}},
     ))

@@ -91,7 +91,8 @@ class Edge:
 
 
 def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket,
-                secrets: Secrets, certificate_code: str) -> Edge:
+                secrets: Secrets, certificate_code: str, web_acl: object = None) -> Edge:
+    """The distribution; `web_acl` is a WAFv2 web ACL ARN (or an If of one) to attach."""
     certificate_arn = If(
         parameters.HAS_HOSTED_ZONE,
         GetAtt(_cloudfront_certificate(t, p, certificate_code), "Arn"),
@@ -202,6 +203,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             HttpVersion="http2and3",
             IPV6Enabled=True,
             PriceClass="PriceClass_100",
+            WebACLId=web_acl if web_acl is not None else Ref("AWS::NoValue"),
             Origins=[load_balancer_origin, media_origin],
             DefaultCacheBehavior=cloudfront.DefaultCacheBehavior(**uncached),
             CacheBehaviors=behaviors,
@@ -220,11 +222,6 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             "checkov": {"skip": [
             {"id": "CKV_AWS_86", "comment": "Standard logs cost per request and are off by "
              "default; the load balancer's targets log every request to CloudWatch."},
-            {"id": "CKV_AWS_68", "comment": "WAF is optional (issue: security bar) and off by "
-             "default to keep the stack cheap."},
-            {"id": "CKV_AWS_310", "comment": "One load balancer origin; an origin group needs a "
-             "second origin that does not exist."},
-            {"id": "CKV_AWS_374", "comment": "A public social network: no geo restriction."},
             ]},
         },
     ))

@@ -20,14 +20,16 @@ POWERTOOLS_LAYER = (
 )
 
 # checkov's CKV_AWS_115/116/117/173 ask every function for reserved concurrency, a
-# dead-letter queue, a VPC and encrypted variables; none fits a custom resource that
-# CloudFormation calls synchronously, has no environment secrets and only calls AWS
-# APIs. The reasons travel with each function.
+# dead-letter queue, a VPC and encrypted variables; none fits a function that
+# CloudFormation or Step Functions calls synchronously, has no environment secrets and
+# only calls AWS APIs. The reasons travel with each function.
 CHECKOV_SKIPS = [
-    {"id": "CKV_AWS_115", "comment": "Called by CloudFormation a few times per stack "
-     "operation; reserved concurrency would only take capacity from the account."},
-    {"id": "CKV_AWS_116", "comment": "Invoked synchronously by CloudFormation (or by itself "
-     "to keep waiting); failures are reported to CloudFormation, not to a queue."},
+    {"id": "CKV_AWS_115", "comment": "Called a few times per stack operation or rollout; "
+     "reserved concurrency would only take capacity from the account."},
+    {"id": "CKV_AWS_116", "comment": "Invoked synchronously by CloudFormation or as a Step "
+     "Functions task (the certificate function also by itself, to keep waiting); every failure "
+     "goes back to its caller, which reports or retries it: a dead-letter queue would hold "
+     "nothing."},
     {"id": "CKV_AWS_117", "comment": "Calls only public AWS APIs; a VPC would need NAT or "
      "endpoints for nothing."},
     {"id": "CKV_AWS_173", "comment": "The function has no environment variables with "

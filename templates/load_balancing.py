@@ -88,8 +88,6 @@ def create_load_balancing(t: Template, p: Parameters, network: Network, secrets:
         Metadata={"checkov": {"skip": [
             {"id": "CKV_AWS_91", "comment": "Access logs are off by default to keep the "
              "stack cheap; CloudFront and every process log to CloudWatch."},
-            {"id": "CKV2_AWS_28", "comment": "Only CloudFront reaches the load balancer; "
-             "WAF belongs on CloudFront (optional there)."},
         ]}},
     ))
     web = t.add_resource(_target_group(

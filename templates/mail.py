@@ -62,10 +62,6 @@ def create_mail(t: Template, p: Parameters) -> Mail:
                 Resource=[Sub("arn:${AWS::Partition}:ses:${AWS::Region}:${AWS::AccountId}:identity/${DomainName}")],
             )]),
         )],
-        Metadata={"checkov": {"skip": [
-            {"id": "CKV_AWS_40", "comment": "SES SMTP authentication needs an IAM user's "
-             "access key; the user can only send mail from the domain."},
-        ]}},
     ))
     from_address = If(parameters.HAS_MAIL_FROM, Ref(p.mail_from),
                       Join("", ["notifications@", Ref(p.domain)]))

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow
 REGION = "us-east-1"
 # Types moto's CloudFormation ignores, or that would need Lambda to run in Docker.
 SKIPPED_PREFIXES = ("AWS::CloudFront::", "AWS::ElastiCache::", "AWS::SecretsManager::", "Custom::",
-                    "AWS::SES::", "AWS::CertificateManager::", "AWS::Route53::")
+                    "AWS::SES::", "AWS::CertificateManager::", "AWS::Route53::",
+                    "AWS::CloudWatch::", "AWS::WAFv2::")
 PLACEHOLDERS = {
     "CloudFrontPrefixList": {"Id": "pl-3b927c52"},
     "Cache": {"PrimaryEndPoint.Address": "cache.internal", "PrimaryEndPoint.Port": "6379"},

@@ -163,34 +163,8 @@ def test_no_output_reveals_a_secret(template):
     assert "AppSecret" not in text and "resolve:" not in text
 
 
-def _statements(template):
-    for name, resource in template["Resources"].items():
-        properties = resource.get("Properties", {})
-        documents = [p["PolicyDocument"] for p in properties.get("Policies", [])]
-        documents += [properties[k] for k in ("PolicyDocument", "AssumeRolePolicyDocument")
-                      if k in properties]
-        for document in documents:
-            for statement in document["Statement"]:
-                yield name, statement
-
-
-def test_no_policy_allows_every_action(template):
-    for name, statement in _statements(template):
-        if statement["Effect"] == "Allow":
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-            assert all(a != "*" and not a.endswith(":*") for a in actions), name
-
-
-RESOURCE_STAR_ALLOWED = {
-    # Actions AWS grants only on "*": they accept no resource ARN.
-    "ec2:DescribeManagedPrefixLists", "acm:RequestCertificate",
-}
-
-
-def test_resource_star_only_for_actions_that_take_no_resource(template):
-    for name, statement in _statements(template):
-        if statement["Effect"] == "Allow" and statement.get("Resource") in ("*", ["*"]):
-            assert set(statement["Action"]) <= RESOURCE_STAR_ALLOWED, name
+# Policies (every action, Resource "*", principals, key policies) are asserted in
+# tests/security/test_hardening.py.
 
 
 def test_the_app_secret_and_media_survive_stack_deletion(template):

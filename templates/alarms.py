@@ -1,0 +1,235 @@
+"""Alarms for what breaks a Mastodon instance, sent to the alert topic, and a dashboard.
+
+Each alarm names its symptom and what to look at. They cover the request path
+(load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
+either target group), the database (CPU, storage, connections near
+max_connections, memory), the cache (memory and evictions, which lose Sidekiq
+jobs), the Sidekiq worker (no instance in service) and, once the rollout pipeline
+exists, a failed rollout (`create_rollout_failure_alarm`). Every alarm notifies the
+topic when it fires and when it recovers.
+
+The dashboard is built from the alarms themselves (one graph per alarm, plus their
+states), so it always shows the same thing the e-mails are about.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from troposphere import AWSObject, FindInMap, GetAtt, Join, Ref, Sub, Template, autoscaling, cloudwatch, sns
+
+from templates import capacity, parameters
+from templates.compute import Compute
+from templates.data import Data
+from templates.load_balancing import LoadBalancing
+
+DASHBOARD = "Dashboard"
+DATABASE_THRESHOLDS_MAP = "DatabaseAlarmThresholds"
+
+# Thresholds, with why. Counts are per minute unless the period says otherwise.
+HTTP_5XX_PER_MINUTE = 10          # a few errors happen; ten a minute, three minutes in five, is an outage
+DATABASE_CPU_PERCENT = 80         # sustained for 15 minutes: queries queue, pages slow down
+DATABASE_FREE_STORAGE_BYTES = 1024 ** 3  # 1 GiB: storage autoscaling (10% free) has not kept up
+DATABASE_CONNECTIONS_SHARE = 0.8  # of max_connections: new connections will soon be refused
+DATABASE_FREE_MEMORY_SHARE = 0.1  # of the class's memory: the instance starts to swap
+CACHE_MEMORY_PERCENT = 80         # of maxmemory: evictions come next
+WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
+
+# The worker is an Auto Scaling group of one: its in-service count is its health.
+WORKER_GROUP_METRICS = ["GroupInServiceInstances", "GroupDesiredCapacity"]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """An alarm's trigger: statistic over `period` seconds, `datapoints` of `evaluations`."""
+
+    statistic: str
+    comparison: str
+    threshold: object
+    period: int
+    evaluations: int
+    datapoints: int
+    missing_data: str = "notBreaching"
+
+
+def _alarm(t: Template, name: str, topic: sns.Topic, summary: str, advice: str, namespace: str,
+           metric: str, dimensions: dict[str, object], trigger: Threshold) -> cloudwatch.Alarm:
+    return t.add_resource(cloudwatch.Alarm(
+        name,
+        AlarmName=Sub(f"${{AWS::StackName}} {summary}"),
+        AlarmDescription=f"{summary}. {advice}",
+        Namespace=namespace,
+        MetricName=metric,
+        Dimensions=[cloudwatch.MetricDimension(Name=k, Value=v) for k, v in dimensions.items()],
+        Statistic=trigger.statistic,
+        ComparisonOperator=trigger.comparison,
+        Threshold=trigger.threshold,
+        Period=trigger.period,
+        EvaluationPeriods=trigger.evaluations,
+        DatapointsToAlarm=trigger.datapoints,
+        TreatMissingData=trigger.missing_data,
+        AlarmActions=[Ref(topic)],
+        OKActions=[Ref(topic)],
+    ))
+
+
+def database_thresholds() -> dict[str, dict[str, str]]:
+    """Per database class: the connection count and free memory that raise an alarm."""
+    return {
+        d.name: {
+            "Connections": str(int(d.max_connections * DATABASE_CONNECTIONS_SHARE)),
+            "FreeableMemoryBytes": str(int(d.memory_mib * 1024 * 1024 * DATABASE_FREE_MEMORY_SHARE)),
+        }
+        for d in capacity.DATABASE_CLASSES
+    }
+
+
+def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data: Data,
+                  compute: Compute, topic: sns.Topic) -> list[cloudwatch.Alarm]:
+    """Every alarm of the running stack (the rollout's comes with the pipeline)."""
+    t.add_mapping(DATABASE_THRESHOLDS_MAP, database_thresholds())
+    lb_name = GetAtt(lb.load_balancer, "LoadBalancerFullName")
+    per_minute_errors = Threshold("Sum", "GreaterThanOrEqualToThreshold", HTTP_5XX_PER_MINUTE, 60, 5, 3)
+    alarms = [
+        _alarm(t, "LoadBalancer5xxAlarm", topic, "load balancer answers 5xx",
+               "No healthy target, or targets time out: see the target group alarms and the web logs.",
+               "AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count", {"LoadBalancer": lb_name},
+               per_minute_errors),
+        _alarm(t, "Target5xxAlarm", topic, "Mastodon answers 5xx",
+               "Puma or the streaming server fails requests: see the web and streaming logs.",
+               "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", {"LoadBalancer": lb_name},
+               per_minute_errors),
+    ]
+    for kind, group in (("Web", lb.web_target_group), ("Streaming", lb.streaming_target_group)):
+        dimensions = {"TargetGroup": GetAtt(group, "TargetGroupFullName"), "LoadBalancer": lb_name}
+        alarms += [
+            _alarm(t, f"{kind}UnhealthyTargetsAlarm", topic, f"{kind.lower()} targets unhealthy",
+                   "A server fails its health check for five minutes: see its logs; the web "
+                   "group replaces it.",
+                   "AWS/ApplicationELB", "UnHealthyHostCount", dimensions,
+                   Threshold("Maximum", "GreaterThanOrEqualToThreshold", 1, 60, 5, 5)),
+            # No data means no target reports at all: as bad as none healthy.
+            _alarm(t, f"{kind}NoHealthyTargetAlarm", topic, f"no healthy {kind.lower()} target",
+                   "The instance is down for everyone: see the web group's activity and logs.",
+                   "AWS/ApplicationELB", "HealthyHostCount", dimensions,
+                   Threshold("Minimum", "LessThanThreshold", 1, 60, 2, 2, "breaching")),
+        ]
+    database = {"DBInstanceIdentifier": Ref(data.database)}
+    alarms += [
+        _alarm(t, "DatabaseCpuAlarm", topic, "database CPU high",
+               "Queries queue and pages slow down: consider a larger DatabaseInstanceClass.",
+               "AWS/RDS", "CPUUtilization", database,
+               Threshold("Average", "GreaterThanThreshold", DATABASE_CPU_PERCENT, 300, 3, 3)),
+        _alarm(t, "DatabaseStorageAlarm", topic, "database storage nearly full",
+               "Storage autoscaling has not kept up or reached DatabaseMaxAllocatedStorage: raise it.",
+               "AWS/RDS", "FreeStorageSpace", database,
+               Threshold("Minimum", "LessThanThreshold", DATABASE_FREE_STORAGE_BYTES, 300, 2, 2)),
+        _alarm(t, "DatabaseConnectionsAlarm", topic, "database connections near max_connections",
+               "New connections will soon be refused: choose a larger DatabaseInstanceClass or "
+               "a lower WebMaxSize.",
+               "AWS/RDS", "DatabaseConnections", database,
+               Threshold("Maximum", "GreaterThanOrEqualToThreshold",
+                         FindInMap(DATABASE_THRESHOLDS_MAP, Ref(p.database_class), "Connections"),
+                         300, 2, 2)),
+        _alarm(t, "DatabaseMemoryAlarm", topic, "database memory low",
+               "The database is about to swap: choose a larger DatabaseInstanceClass.",
+               "AWS/RDS", "FreeableMemory", database,
+               Threshold("Minimum", "LessThanThreshold",
+                         FindInMap(DATABASE_THRESHOLDS_MAP, Ref(p.database_class), "FreeableMemoryBytes"),
+                         300, 3, 3)),
+    ]
+    # The replication group's single node is its member cluster "<group>-001".
+    cache = {"CacheClusterId": Join("", [Ref(data.cache), "-001"])}
+    alarms += [
+        _alarm(t, "CacheMemoryAlarm", topic, "cache memory high",
+               "Redis is near maxmemory and will evict keys: choose a larger CacheNodeType.",
+               "AWS/ElastiCache", "DatabaseMemoryUsagePercentage", cache,
+               Threshold("Maximum", "GreaterThanThreshold", CACHE_MEMORY_PERCENT, 300, 3, 3)),
+        _alarm(t, "CacheEvictionsAlarm", topic, "cache evicts keys",
+               "Evicted keys can be queued Sidekiq jobs, lost: choose a larger CacheNodeType now.",
+               "AWS/ElastiCache", "Evictions", cache,
+               Threshold("Sum", "GreaterThanThreshold", 0, 300, 1, 1)),
+    ]
+    # The worker-down alarm reads the group's metrics (free at one-minute granularity).
+    compute.worker_group.MetricsCollection = [autoscaling.MetricsCollection(
+        Granularity="1Minute", Metrics=WORKER_GROUP_METRICS)]
+    alarms.append(_alarm(
+        t, "WorkerDownAlarm", topic, "Sidekiq worker down",
+        "No worker instance in service: federation, mail and media processing stop. See the "
+        "worker group's activity and the sidekiq logs.",
+        "AWS/AutoScaling", "GroupInServiceInstances", {"AutoScalingGroupName": Ref(compute.worker_group)},
+        Threshold("Minimum", "LessThanThreshold", WORKER_IN_SERVICE_MINIMUM, 60, 5, 5, "breaching")))
+    return alarms
+
+
+def create_rollout_failure_alarm(t: Template, state_machine: AWSObject, topic: sns.Topic) -> cloudwatch.Alarm:
+    """Alarm when a rollout execution fails, times out or is aborted.
+
+    Call with the rollout's Step Functions state machine once the pipeline exists,
+    before `create_dashboard`, so the dashboard shows it too.
+    """
+    machine = [cloudwatch.MetricDimension(Name="StateMachineArn", Value=Ref(state_machine))]
+
+    def executions(metric_id: str, metric: str) -> cloudwatch.MetricDataQuery:
+        return cloudwatch.MetricDataQuery(
+            Id=metric_id, ReturnData=False,
+            MetricStat=cloudwatch.MetricStat(
+                Metric=cloudwatch.Metric(Namespace="AWS/States", MetricName=metric, Dimensions=machine),
+                Period=300, Stat="Sum"))
+
+    return t.add_resource(cloudwatch.Alarm(
+        "RolloutFailedAlarm",
+        AlarmName=Sub("${AWS::StackName} rollout failed"),
+        AlarmDescription="rollout failed. The previous version keeps serving: see the state "
+        "machine's execution history for the failed step and its reason.",
+        Metrics=[
+            executions("failed", "ExecutionsFailed"),
+            executions("timedout", "ExecutionsTimedOut"),
+            executions("aborted", "ExecutionsAborted"),
+            cloudwatch.MetricDataQuery(
+                Id="unsuccessful", Label="Rollouts not completed",
+                Expression="FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0)", ReturnData=True),
+        ],
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        Threshold=1,
+        EvaluationPeriods=1,
+        DatapointsToAlarm=1,
+        TreatMissingData="notBreaching",
+        AlarmActions=[Ref(topic)],
+        OKActions=[Ref(topic)],
+    ))
+
+
+WIDGET_WIDTH, WIDGET_HEIGHT, COLUMNS = 8, 6, 3
+
+
+def dashboard_body(alarm_names: list[str]) -> dict[str, Any]:
+    """The dashboard: every alarm's state, then one graph per alarm with its threshold."""
+    arns = [f"${{{name}.Arn}}" for name in alarm_names]
+    status_height = 2 + len(alarm_names) // 4
+    widgets: list[dict[str, Any]] = [{
+        "type": "alarm", "x": 0, "y": 0, "width": WIDGET_WIDTH * COLUMNS, "height": status_height,
+        "properties": {"title": "Alarms", "alarms": arns, "sortBy": "stateUpdatedTimestamp"},
+    }]
+    for i, (name, arn) in enumerate(zip(alarm_names, arns, strict=True)):
+        widgets.append({
+            "type": "metric",
+            "x": (i % COLUMNS) * WIDGET_WIDTH,
+            "y": status_height + (i // COLUMNS) * WIDGET_HEIGHT,
+            "width": WIDGET_WIDTH, "height": WIDGET_HEIGHT,
+            "properties": {"title": name.removesuffix("Alarm"), "region": "${AWS::Region}",
+                           "view": "timeSeries", "stacked": False, "annotations": {"alarms": [arn]}},
+        })
+    return {"widgets": widgets}
+
+
+def create_dashboard(t: Template) -> cloudwatch.Dashboard:
+    """A dashboard of every alarm in the stack; call after the last alarm is added."""
+    names = sorted(name for name, r in t.resources.items() if isinstance(r, cloudwatch.Alarm))
+    return t.add_resource(cloudwatch.Dashboard(
+        DASHBOARD,
+        DashboardName=Sub("${AWS::StackName}-mastodon"),
+        DashboardBody=Sub(json.dumps(dashboard_body(names), separators=(",", ":"))),
+    ))

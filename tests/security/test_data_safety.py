@@ -1,0 +1,64 @@
+"""Users' data survives stack deletion and any update that would replace where it lives."""
+
+from __future__ import annotations
+
+import pytest
+
+from templates import stack_policy
+from tests.support import props
+
+# Types that hold data or the keys to it; any new one must come with a keeping policy.
+STATEFUL_TYPES = {
+    "AWS::RDS::DBInstance": {"Snapshot"},
+    "AWS::RDS::DBCluster": {"Snapshot"},
+    "AWS::ElastiCache::ReplicationGroup": {"Snapshot"},
+    "AWS::ElastiCache::CacheCluster": {"Snapshot"},
+    "AWS::S3::Bucket": {"Retain"},
+    "AWS::SecretsManager::Secret": {"Retain"},
+    "AWS::EFS::FileSystem": {"Retain", "Snapshot"},
+    "AWS::DynamoDB::Table": {"Retain", "Snapshot"},
+}
+
+
+def _stateful(template):
+    return {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL_TYPES}
+
+
+def test_every_store_of_data_or_keys_is_kept_on_deletion_and_on_replacement(template):
+    stateful = _stateful(template)
+    assert {"Database", "Cache", "MediaBucket", "AppSecret"} <= set(stateful)
+    for name, resource in stateful.items():
+        keeps = STATEFUL_TYPES[resource["Type"]]
+        assert resource.get("DeletionPolicy") in keeps, f"{name} is lost when the stack is deleted"
+        assert resource.get("UpdateReplacePolicy") in keeps, f"{name} is lost when an update replaces it"
+
+
+def test_the_database_has_deletion_protection_on_by_default(template):
+    assert props(template, "Database")["DeletionProtection"] == {"Ref": "DatabaseDeletionProtection"}
+    parameter = template["Parameters"]["DatabaseDeletionProtection"]
+    assert parameter["Default"] == "true"
+    assert parameter["AllowedValues"] == ["true", "false"]
+
+
+def test_the_cache_snapshot_and_database_backups_exist_before_anything_goes_wrong(template):
+    assert props(template, "Cache")["SnapshotRetentionLimit"] >= 1
+    assert int(template["Parameters"]["DatabaseBackupRetentionDays"]["MinValue"]) >= 1
+    assert props(template, "MediaBucket")["VersioningConfiguration"] == {"Status": "Enabled"}
+
+
+def test_the_stack_policy_forbids_replacing_or_deleting_every_stateful_resource(template):
+    policy = stack_policy.stack_policy()
+    (deny,) = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
+    assert set(deny["Action"]) == {"Update:Replace", "Update:Delete"}
+    protected = {r.removeprefix("LogicalResourceId/") for r in deny["Resource"]}
+    assert protected == set(_stateful(template))
+    # Everything else stays updatable, or the policy would block ordinary upgrades.
+    (allow,) = [s for s in policy["Statement"] if s["Effect"] == "Allow"]
+    assert (allow["Action"], allow["Resource"]) == ("Update:*", "*")
+
+
+@pytest.mark.parametrize("name", ["Database", "Cache", "MediaBucket", "AppSecret"])
+def test_stateful_logical_ids_never_change(template, name):
+    # A renamed logical ID is a new resource: CloudFormation would delete the old one.
+    assert name in template["Resources"]
+    assert name in stack_policy.PROTECTED_RESOURCES
