@@ -1,10 +1,15 @@
 """Build the Mastodon stack's CloudFormation template into dist/ and summarize it.
 
     python build.py [--mastodon-version vX.Y.Z] [--output-dir dist]
+                    [--parameters parameters/production.json] [--spot] [--docs]
 
-Writes dist/mastodon.yaml (for people) and dist/mastodon.json (for tools), then
-prints what the template holds and how its size compares with CloudFormation's
-limits. Bad options end with a message and exit status 2.
+Writes dist/mastodon.yaml (for people), dist/mastodon.json (for tools) and
+dist/architecture.svg (a picture drawn from the template), then prints what the
+template holds, how its size compares with CloudFormation's limits, and its monthly
+cost in us-east-1 before traffic, for the template's defaults or a parameter file
+(--spot: as if every server ran on spot). --docs also refreshes the README's
+picture, docs/architecture.svg. Bad options or a parameter file the template would
+refuse end with a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from scripts import architecture, costs, parameter_files
 from templates.compute import UserDataTooLarge
 from templates.options import BuildOptions, OptionsError
 from templates.stack import Assets, build_template
@@ -24,6 +31,9 @@ ROOT = Path(__file__).resolve().parent
 LAMBDAS = ROOT / "lambdas"
 INSTANCE_SCRIPTS = ROOT / "templates" / "instance"
 TEMPLATE_NAME = "mastodon"
+PRICES = ROOT / "pricing" / "us-east-1.json"
+DOCS_PICTURE = ROOT / "docs" / "architecture.svg"
+PICTURE_NAME = "architecture.svg"
 
 # CloudFormation quotas (Service Quotas, CloudFormation): a template body passed
 # inline may hold 51,200 bytes, one read from S3 1 MB, and a stack 500 resources.
@@ -51,6 +61,7 @@ class Summary:
     outputs: int
     json_bytes: int
     yaml_bytes: int
+    template: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def lines(self) -> list[str]:
         smallest = min(self.json_bytes, self.yaml_bytes)
@@ -88,42 +99,86 @@ def build(options: BuildOptions, output_dir: Path) -> Summary:
         outputs=len(as_dict.get("Outputs", {})),
         json_bytes=len(body_json.encode()),
         yaml_bytes=len(body_yaml.encode()),
+        template=as_dict,
     )
     if summary.resources > RESOURCE_LIMIT or min(summary.json_bytes, summary.yaml_bytes) > S3_BODY_LIMIT:
         raise BuildError("\n".join(["the template exceeds CloudFormation's limits:", *summary.lines()]))
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / f"{TEMPLATE_NAME}.json").write_text(body_json + "\n")
     (output_dir / f"{TEMPLATE_NAME}.yaml").write_text(body_yaml)
+    (output_dir / PICTURE_NAME).write_text(architecture.svg(as_dict))
     return summary
 
 
-def parse_args(argv: list[str]) -> tuple[BuildOptions, Path]:
+@dataclass(frozen=True)
+class Request:
+    options: BuildOptions
+    output_dir: Path
+    parameters: Path | None = None
+    spot: bool = False
+    docs: bool = False
+
+
+def parse_args(argv: list[str]) -> Request:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mastodon-version", default=BuildOptions.mastodon_version,
                         help="Mastodon release new stacks boot (default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "dist",
                         help="where to write the templates (default: dist/)")
+    parser.add_argument("--parameters", type=Path, metavar="FILE",
+                        help="estimate the cost for this AWS-CLI parameter file (default: the "
+                        "template's defaults); the file must fit the template")
+    parser.add_argument("--spot", action="store_true",
+                        help="estimate the cost as if every server ran on spot")
+    parser.add_argument("--docs", action="store_true",
+                        help=f"also write the picture to {DOCS_PICTURE.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     try:
-        return BuildOptions(mastodon_version=args.mastodon_version), args.output_dir
+        return Request(BuildOptions(mastodon_version=args.mastodon_version), args.output_dir,
+                       args.parameters, args.spot, args.docs)
     except OptionsError as error:
         parser.error(str(error))  # exits with status 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    options, output_dir = parse_args(sys.argv[1:] if argv is None else argv)
+    request = parse_args(sys.argv[1:] if argv is None else argv)
+    options, output_dir = request.options, request.output_dir
     started = time.perf_counter()
     try:
+        parameter_files.read(request.parameters) if request.parameters else {}
+    except parameter_files.ParameterFileError as error:
+        print(f"build.py: error: {error}", file=sys.stderr)
+        return 2
+    try:
         summary = build(options, output_dir)
-    except (BuildError, UserDataTooLarge, OSError) as error:
+        estimate = cost_estimate(summary.template, request)
+        if request.docs:
+            DOCS_PICTURE.parent.mkdir(parents=True, exist_ok=True)
+            DOCS_PICTURE.write_text(architecture.svg(summary.template))
+    except parameter_files.ParameterFileError as error:
+        print(f"build.py: error: {error}", file=sys.stderr)
+        return 2
+    except (BuildError, UserDataTooLarge, OSError, costs.PriceMissing) as error:
         print(f"build.py: error: {error}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
     print(f"Mastodon {options.mastodon_version} stack written to {output_dir}/{TEMPLATE_NAME}.yaml "
-          f"and .json in {elapsed:.2f} s")
+          f"and .json (picture: {PICTURE_NAME}) in {elapsed:.2f} s")
     for line in summary.lines():
         print(f"  {line}")
+    chosen = request.parameters or "the template's defaults"
+    print(f"Monthly cost for {chosen}{' on spot' if request.spot else ''} "
+          f"(prices: {PRICES.relative_to(ROOT)}, {estimate.as_of}):")
+    for line in estimate.lines():
+        print(f"  {line}")
     return 0
+
+
+def cost_estimate(template: dict[str, Any], request: Request) -> costs.Estimate:
+    """The estimate for the request's parameter file (checked against the template) or the defaults."""
+    given = parameter_files.load(request.parameters, template) if request.parameters else {}
+    prices = json.loads(PRICES.read_text())
+    return costs.estimate(template, given, prices, spot=True if request.spot else None)
 
 
 if __name__ == "__main__":

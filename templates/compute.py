@@ -68,7 +68,8 @@ WORKER_GROUP = "WorkerAutoScalingGroup"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
 INSTANCE_SCRIPTS = "InstanceScripts"
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-ROOT_VOLUME_GIB = 30  # two Mastodon releases' images side by side during an upgrade
+# Room for two Mastodon releases' images side by side during an upgrade (~4 GB) and the OS.
+ROOT_VOLUME_GIB = 20
 SIGNAL_TIMEOUT = "PT30M"
 # EC2 refuses user data above 16 KB (before base64).
 USER_DATA_LIMIT = 16384
@@ -169,9 +170,8 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         MinSize=Ref(p.web_min_size),
         MaxSize=Ref(p.web_max_size),
         VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
-        LaunchTemplate=autoscaling.LaunchTemplateSpecification(
-            LaunchTemplateId=Ref(web_template),
-            Version=GetAtt(web_template, "LatestVersionNumber")),
+        MixedInstancesPolicy=_market(web_template, Ref(p.web_instance_type)),
+        CapacityRebalance=If(parameters.USE_SPOT, True, False),
         TargetGroupARNs=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
         HealthCheckType="ELB",
         HealthCheckGracePeriod=900,
@@ -190,9 +190,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         MinSize="1",
         MaxSize="1",
         VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
-        LaunchTemplate=autoscaling.LaunchTemplateSpecification(
-            LaunchTemplateId=Ref(worker_template),
-            Version=GetAtt(worker_template, "LatestVersionNumber")),
+        MixedInstancesPolicy=_market(worker_template, Ref(p.worker_instance_type)),
         HealthCheckType="EC2",
         HealthCheckGracePeriod=900,
         Tags=[autoscaling.Tag("Name", "mastodon-worker", True),
@@ -205,6 +203,22 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             PauseTime=SIGNAL_TIMEOUT)),
     ))
     return Compute(web_group=web, worker_group=worker, role=role, log_groups=log_groups)
+
+
+def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.MixedInstancesPolicy:
+    """On-demand, or spot when UseSpotInstances is true (the cheapest pools with capacity)."""
+    return autoscaling.MixedInstancesPolicy(
+        LaunchTemplate=autoscaling.LaunchTemplate(
+            LaunchTemplateSpecification=autoscaling.LaunchTemplateSpecification(
+                LaunchTemplateId=Ref(template), Version=GetAtt(template, "LatestVersionNumber")),
+            Overrides=[autoscaling.LaunchTemplateOverrides(InstanceType=instance_type)],
+        ),
+        InstancesDistribution=autoscaling.InstancesDistribution(
+            OnDemandBaseCapacity=0,
+            OnDemandPercentageAboveBaseCapacity=If(parameters.USE_SPOT, 0, 100),
+            SpotAllocationStrategy="price-capacity-optimized",
+        ),
+    )
 
 
 def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: str,

@@ -33,6 +33,7 @@ USE_SES_WITHOUT_ZONE = "UseSesWithoutHostedZone"
 HAS_SMTP_PASSWORD_SECRET = "HasSmtpPasswordSecret"
 HAS_MAIL_FROM = "HasMailFromAddress"
 IS_MULTI_AZ = "IsDatabaseMultiAZ"
+USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 
@@ -69,6 +70,7 @@ class Parameters:
     web_min_size: Parameter
     web_max_size: Parameter
     worker_instance_type: Parameter
+    use_spot: Parameter
     database_class: Parameter
     database_storage: Parameter
     database_max_storage: Parameter
@@ -178,6 +180,13 @@ def create_parameters(t: Template) -> Parameters:
             Description="Instance type of the single Sidekiq worker.",
             AllowedValues=instance_types,
         )),
+        use_spot=add_parameter(t, GROUP_COMPUTE, "Run servers on spot", Parameter(
+            "UseSpotInstances", Type="String", Default="false",
+            Description="true: run the web servers and the worker on spot capacity (about 70% "
+            "cheaper; AWS may reclaim a server with two minutes' notice, and the group replaces "
+            "it). Keep WebMinSize at 2 or more with spot so the site stays up meanwhile.",
+            AllowedValues=["true", "false"],
+        )),
         database_class=add_parameter(t, GROUP_DATA, "Database instance class", Parameter(
             "DatabaseInstanceClass", Type="String", Default=capacity.DEFAULT_DATABASE_CLASS,
             Description="RDS PostgreSQL instance class. Its max_connections bounds the "
@@ -241,6 +250,7 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(HAS_SMTP_PASSWORD_SECRET, Not(Equals(Ref(p.smtp_password_secret), "")))
     t.add_condition(HAS_MAIL_FROM, Not(Equals(Ref(p.mail_from), "")))
     t.add_condition(IS_MULTI_AZ, Equals(Ref(p.database_multi_az), "true"))
+    t.add_condition(USE_SPOT, Equals(Ref(p.use_spot), "true"))
     t.add_condition(WEB_IS_ARM, Equals(
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.web_instance_type), "Architecture"), "arm64"))
     t.add_condition(WORKER_IS_ARM, Equals(

@@ -1,0 +1,46 @@
+"""The real `aws` CLI, run as a subprocess with the caller's credentials and settings.
+
+AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and the rest reach the CLI unchanged;
+tests point AWS_ENDPOINT_URL at a local moto server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class AwsError(RuntimeError):
+    """The aws CLI failed; the message is its own."""
+
+
+def executable() -> str:
+    """`aws` on PATH, or the one installed beside this Python (a virtual environment)."""
+    beside = Path(sys.executable).parent / "aws"
+    found = shutil.which("aws") or (str(beside) if beside.exists() else None)
+    if not found:
+        raise AwsError("the aws CLI is not installed: pip install awscli (or see "
+                       "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html)")
+    return found
+
+
+def command(args: list[str], region: str | None = None) -> list[str]:
+    return [executable(), *args, *(["--region", region] if region else [])]
+
+
+def run(args: list[str], region: str | None = None) -> Any:
+    """Run one aws command; its JSON output parsed, or its text (`aws s3` prints text), or None."""
+    result = subprocess.run([*command(args, region), "--output", "json"], capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise AwsError((result.stderr or result.stdout).strip() or f"aws {' '.join(args[:2])} failed")
+    if not result.stdout.strip():
+        return None
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return result.stdout

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Runs one tootctl command in a one-off container of the version this server runs.
+#
+#   /opt/mastodon-aws/tootctl.sh media remove --days 7
+#
+# Used by the operator (scripts/tootctl.py, through SSM Run Command) and by the
+# stack's daily cleanup. Reads the image from stack.env and the version from
+# version.env (what the units run, rewritten by every deploy), and the runtime
+# environment bootstrap.sh rendered. Tests redirect the paths with MASTODON_ROOT.
+# shellcheck disable=SC2153  # MASTODON_IMAGE and MASTODON_VERSION come from the sourced files
+set -euo pipefail
+
+ROOT=${MASTODON_ROOT:-}
+ETC_DIR="$ROOT/etc/mastodon"
+# The path as docker sees it on the instance (never redirected).
+RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+# tootctl's threads (--concurrency, 5 by default) each hold a connection; this pool
+# stays within the stack's reserve for one-off containers (capacity.ONE_OFF_CONNECTIONS).
+DB_POOL=6
+
+if [ $# -eq 0 ]; then
+  echo "usage: tootctl.sh COMMAND [ARGS...]   e.g. tootctl.sh accounts modify alice --role Owner" >&2
+  exit 2
+fi
+for file in stack.env version.env mastodon.env; do
+  if [ ! -r "$ETC_DIR/$file" ]; then
+    echo "tootctl.sh: $ETC_DIR/$file is missing: this server has not finished booting" >&2
+    exit 3
+  fi
+done
+# shellcheck source=/dev/null
+. "$ETC_DIR/stack.env"
+# shellcheck source=/dev/null
+. "$ETC_DIR/version.env"
+
+exec docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$DB_POOL" \
+  "$MASTODON_IMAGE:$MASTODON_VERSION" bin/tootctl "$@"

@@ -1,0 +1,63 @@
+"""parameters/*.json fit the built template, as CloudFormation and cfn-lint would judge them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cfnlint.api import ManualArgs, lint
+
+from scripts import parameter_files
+
+FILES = sorted((Path(__file__).resolve().parents[2] / "parameters").glob("*.json"))
+
+
+def test_there_is_a_production_and_a_staging_file():
+    assert {"production", "staging"} <= {f.stem for f in FILES}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_every_parameter_file_fits_the_template(template, path):
+    values = parameter_files.load(path, template)  # raises with every problem listed
+    required = {n for n, spec in template["Parameters"].items() if "Default" not in spec}
+    assert required <= set(values)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_cfn_lint_finds_nothing_with_the_parameter_file(template, path):
+    values = parameter_files.read(path)
+    matches = lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"], parameters=[values]))
+    assert [f"{m.rule.id} {m.message}" for m in matches] == []
+
+
+@pytest.mark.parametrize(("case", "change", "expected"), [
+    ("unknown key", {"DomainNmae": "x.example.com"}, "DomainNmae is not a parameter of the template"),
+    ("value not allowed", {"WebInstanceType": "t2.micro"}, "WebInstanceType='t2.micro': not one of"),
+    ("pattern", {"DomainName": "Social.Example.com"}, "DomainName='Social.Example.com': a lower-case"),
+    ("below minimum", {"WebMinSize": "0"}, "WebMinSize='0': below the minimum 1"),
+    ("not a number", {"DatabaseAllocatedStorage": "lots"}, "not a number"),
+    ("rule", {"HostedZoneId": ""}, "rule CertificatesWithoutHostedZone"),
+])
+def test_a_file_cloudformation_would_refuse_is_refused(template, case, change, expected):
+    values = {**parameter_files.read(FILES[0]), **change}
+    assert any(expected in problem for problem in parameter_files.problems(template, values)), case
+
+
+def test_a_missing_required_parameter_is_named(template):
+    values = {k: v for k, v in parameter_files.read(FILES[0]).items() if k != "AlertEmail"}
+    assert "AlertEmail is required (it has no default)" in parameter_files.problems(template, values)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{not json", "not JSON"),
+    ('{"DomainName": "a.example.com"}', "expected a list"),
+    ('[{"ParameterKey": "A", "ParameterValue": 1}]', "string values"),
+    ('[{"ParameterKey": "A", "ParameterValue": "1"}, {"ParameterKey": "A", "ParameterValue": "2"}]',
+     "A is given twice"),
+])
+def test_a_file_that_is_not_a_parameter_file_is_refused(tmp_path, text, expected):
+    path = tmp_path / "p.json"
+    path.write_text(text)
+    with pytest.raises(parameter_files.ParameterFileError, match=expected):
+        parameter_files.read(path)
