@@ -11,16 +11,22 @@ from dataclasses import dataclass, field
 from troposphere import GetAtt, Join, Output, Ref, Sub, Template
 
 from templates import (
+    alarms,
     compute,
     data,
     edge,
+    keys,
     load_balancing,
     mail,
+    maintenance,
     network,
     operations,
     parameters,
+    pipeline,
+    scaling,
     secrets,
     versions,
+    waf,
 )
 from templates.options import BuildOptions
 
@@ -43,10 +49,24 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
     servers = compute.create_server_security_group(t, net, lb)
     stores = data.create_data(t, p, net, servers, stack_secrets)
-    cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"])
-    compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
-                           servers, assets.instance_scripts)
-    alerts = operations.create_alert_topic(t, p)
+    firewall = waf.create_waf_parameters(t)
+    waf.create_web_acl(t, firewall)
+    cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
+                           web_acl=firewall.web_acl_id)
+    fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
+                                   servers, assets.instance_scripts)
+    scaling.create_web_scaling(t, p, fleet)
+    maintenance.create_maintenance(t, fleet.worker_group)
+    operations_key = keys.create_operations_key(t)
+    alerts = operations.create_alert_topic(t, p, operations_key)
+    alarms.create_alarms(t, p, lb, stores, fleet, alerts)
+    rollout = pipeline.create_pipeline(
+        t, p, version_parameters, fleet, lb, cdn.distribution, alerts, operations_key,
+        assets.lambdas["rollout"], assets.lambdas["invalidate"])
+    alarms.create_rollout_failure_alarm(t, rollout.state_machine, alerts)
+    # Last: these cover every log group and alarm the tiers above added.
+    keys.encrypt_every_log_group(t, operations_key)
+    alarms.create_dashboard(t)
     _outputs(t, p, cdn, outgoing_mail, version_parameters)
     t.add_output(Output("AlertTopicArn", Description="Alarms and upgrade notices", Value=Ref(alerts)))
     return t

@@ -1,0 +1,87 @@
+"""Rollout benchmark: simulated duration against the unavoidable waits, and API calls per server.
+
+    python -m benchmarks.rollout [--quick] [--budget SECONDS]
+
+Runs whole rollouts in moto (tests/pipeline/harness.py) with a simulated clock and
+realistic durations, for 1 to 32 web servers and a few batch sizes, and prints one
+line per case: the rollout's simulated duration, the lower bound (the waits no
+rollout can avoid: migrations, draining, deploys, health checks, a surge server's
+boot, the worker, the invalidation), their ratio (target: at most 1.10), and the
+AWS API calls per server (target: flat as servers grow). Stops starting new cases
+once the time budget is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    os.environ.setdefault(key, "testing")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+
+from tests.pipeline.harness import NEW, Timing, World  # noqa: E402
+
+SIZES = (1, 2, 4, 8, 16, 32)
+BATCHES = (1, 2, 5)
+
+
+def lower_bound(web: int, batch: int, timing: Timing) -> float:
+    """The waits no rollout can avoid, with this design's order of steps."""
+    cycle = timing.drain + timing.deploy + timing.health
+    if web == 1:  # a new server boots (old version), is converted, then the old one drains
+        web_time = timing.boot + cycle + timing.drain
+    else:
+        web_time = math.ceil(web / min(batch, web - 1)) * cycle
+    return timing.pre + web_time + timing.worker + timing.post + timing.invalidation
+
+
+def run_case(web: int, batch: int, timing: Timing) -> tuple[float, float, float, int]:
+    with World(web=web, batch=batch, timing=timing) as world:
+        world.set_desired(NEW)
+        result = world.roll(max_steps=200_000)
+        assert result.status == "SUCCEEDED", result.output.get("failure")
+        assert world.min_capacity_margin() >= 0
+        calls = sum(world.calls.values())
+    bound = lower_bound(web, batch, timing)
+    return result.duration, bound, calls / (web + 1), world.min_capacity_margin()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 to 8 servers only")
+    parser.add_argument("--budget", type=float, default=240, help="wall-clock seconds (default: %(default)s)")
+    args = parser.parse_args(argv)
+    timing = Timing()
+    started = time.perf_counter()
+    print(
+        f"timing: drain {timing.drain}s, deploy {timing.deploy}s, health {timing.health}s, "
+        f"boot {timing.boot}s, migrations {timing.pre}+{timing.post}s, worker {timing.worker}s, "
+        f"invalidation {timing.invalidation}s"
+    )
+    print(f"{'web':>4} {'batch':>5} {'rollout s':>10} {'bound s':>8} {'ratio':>6} {'calls/server':>13}")
+    worst = 0.0
+    for web in (s for s in SIZES if not args.quick or s <= 8):
+        for batch in BATCHES:
+            if batch > 1 and batch >= web:  # the same as the largest batch that fits
+                continue
+            if time.perf_counter() - started > args.budget:
+                print(f"(time budget of {args.budget:.0f}s spent; remaining cases skipped)")
+                return 0 if worst <= 1.10 else 1
+            duration, bound, per_server, _ = run_case(web, batch, timing)
+            worst = max(worst, duration / bound)
+            print(
+                f"{web:>4} {batch:>5} {duration:>10.0f} {bound:>8.0f} {duration / bound:>6.3f} "
+                f"{per_server:>13.1f}",
+                flush=True,
+            )
+    print(f"worst ratio {worst:.3f} (target 1.10); wall clock {time.perf_counter() - started:.0f}s")
+    return 0 if worst <= 1.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

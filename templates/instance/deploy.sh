@@ -1,0 +1,176 @@
+#!/bin/bash
+# Deploys a Mastodon version on this server, or runs migrations; called by the rollout
+# through SSM Run Command (AWS-RunShellScript), as root:
+#
+#   deploy.sh deploy vX.Y.Z        pull the role's images, point version.env at the tag,
+#                                  restart the role's units, wait for local health
+#   deploy.sh migrate pre vX.Y.Z   db:migrate with SKIP_POST_DEPLOYMENT_MIGRATIONS=true
+#   deploy.sh migrate post vX.Y.Z  the full db:migrate (worker only, like pre)
+#
+# Prints what it did; on failure exits non-zero with the reason as the last line of
+# stderr (the rollout quotes it). One deploy at a time per server (flock), so a
+# retried command waits for the first instead of racing it. Deploying the version
+# that already runs healthy does nothing but pull.
+#
+# Tests redirect paths with MASTODON_ROOT and shorten waits with the DEPLOY_* variables.
+# shellcheck disable=SC2153
+set -euo pipefail
+
+ROOT=${MASTODON_ROOT:-}
+ETC_DIR="$ROOT/etc/mastodon"
+LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
+RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+HEALTH_TIMEOUT=${DEPLOY_HEALTH_TIMEOUT:-300}
+HEALTH_INTERVAL=${DEPLOY_HEALTH_INTERVAL:-3}
+WORKER_STABLE_SECONDS=${DEPLOY_WORKER_STABLE_SECONDS:-20}
+RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
+RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
+LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
+TAG_PATTERN='^v4\.([3-9]|[0-9]{2,})\.[0-9]+(-(alpha|beta|rc)\.[0-9]+)?$'
+
+log() { printf '%s deploy %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+fail() {
+  log "FAILED: $1"
+  exit "${2:-1}"
+}
+
+usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
+
+retry() {
+  local attempt=1 delay=$RETRY_BACKOFF
+  until "$@"; do
+    [ "$attempt" -lt "$RETRY_ATTEMPTS" ] || return 1
+    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+}
+
+load_stack_env() {
+  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing: is this a Mastodon server?"
+  # shellcheck source=/dev/null
+  . "$ETC_DIR/stack.env"
+  case ${ROLE:-} in
+    web) UNITS=(mastodon-web mastodon-streaming) ;;
+    worker) UNITS=(mastodon-sidekiq) ;;
+    *) fail "ROLE must be web or worker in stack.env, not '${ROLE:-}'" ;;
+  esac
+  [ -n "${MASTODON_IMAGE:-}" ] && [ -n "${STREAMING_IMAGE:-}" ] || fail "the images are not set in stack.env"
+}
+
+current_version() {
+  sed -n 's/^MASTODON_VERSION=//p' "$ETC_DIR/version.env" 2>/dev/null || true
+}
+
+pull() {
+  local image
+  for image in "$@"; do
+    log "pulling $image"
+    retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
+  done
+}
+
+web_healthy() {
+  curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health &&
+    curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health
+}
+
+running_sidekiq() {
+  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
+}
+
+healthy_now() {
+  if [ "$ROLE" = web ]; then
+    web_healthy
+  else
+    [ -n "$(running_sidekiq)" ]
+  fi
+}
+
+wait_for_health() {
+  local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  until healthy_now; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      local unit
+      for unit in "${UNITS[@]}"; do
+        docker logs --tail 20 "$unit" >&2 2>&1 || true
+      done
+      fail "${UNITS[*]} not healthy within ${HEALTH_TIMEOUT}s after starting $1"
+    fi
+    sleep "$HEALTH_INTERVAL"
+  done
+  if [ "$ROLE" = worker ]; then
+    # Sidekiq that crashes at boot restarts in a loop: it must keep one container id.
+    local id now_id stable_until=$((SECONDS + WORKER_STABLE_SECONDS))
+    id=$(running_sidekiq)
+    while [ "$SECONDS" -lt "$stable_until" ]; do
+      sleep "$HEALTH_INTERVAL"
+      now_id=$(running_sidekiq || true)
+      [ "$now_id" = "$id" ] || fail "mastodon-sidekiq restarted after starting $1"
+    done
+  fi
+}
+
+deploy() {
+  local version=$1 previous
+  previous=$(current_version)
+  local images=("$MASTODON_IMAGE:$version")
+  [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$version")
+  pull "${images[@]}"
+  if [ "$previous" = "$version" ] && healthy_now; then
+    log "already running $version and healthy; nothing to restart"
+    echo "deployed $version on $ROLE (unchanged)"
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp "$ETC_DIR/.version.env.XXXXXX")
+  printf 'MASTODON_VERSION=%s\n' "$version" >"$tmp"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$ETC_DIR/version.env"
+  log "version.env: ${previous:-none} -> $version; restarting ${UNITS[*]}"
+  systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
+  wait_for_health "$version"
+  echo "deployed $version on $ROLE (was ${previous:-none})"
+}
+
+migrate() {
+  local phase=$1 version=$2
+  [ "$ROLE" = worker ] || fail "migrations run on the worker, not on a $ROLE server"
+  local -a skip=()
+  case $phase in
+    pre) skip=(-e SKIP_POST_DEPLOYMENT_MIGRATIONS=true) ;;
+    post) ;;
+    *) usage ;;
+  esac
+  pull "$MASTODON_IMAGE:$version"
+  log "running the $phase-deployment migrations of $version"
+  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 "${skip[@]}" \
+    "$MASTODON_IMAGE:$version" bundle exec rails db:migrate ||
+    fail "the $phase-deployment migrations of $version failed (rails db:migrate)"
+  echo "migrated ($phase) to $version"
+}
+
+main() {
+  [ $# -ge 2 ] || usage
+  local mode=$1 version=${*: -1}
+  [[ $version =~ $TAG_PATTERN ]] || fail "'$version' is not a Mastodon release tag like v4.7.6" 2
+  [ "$mode" != migrate ] || [ "$2" = pre ] || [ "$2" = post ] || usage
+  load_stack_env
+  mkdir -p "$(dirname "$LOCK_FILE")"
+  exec 9>"$LOCK_FILE"
+  flock -w "$LOCK_TIMEOUT" 9 || fail "another deploy held the lock for ${LOCK_TIMEOUT}s"
+  case $mode in
+    deploy)
+      [ $# -eq 2 ] || usage
+      deploy "$version"
+      ;;
+    migrate)
+      [ $# -eq 3 ] || usage
+      migrate "$2" "$version"
+      ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

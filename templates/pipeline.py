@@ -1,0 +1,521 @@
+"""The upgrade pipeline: a desired-version change rolls every server, safely.
+
+EventBridge sees the desired-version parameter change and starts the rollout state
+machine. Its tasks are two Lambda functions (lambdas/rollout.py, lambdas/invalidate.py)
+that each do one short step and say how long to wait; the state machine does the
+waiting (Wait states), so a rollout may last hours while no invocation lasts more
+than seconds. The order: queue behind any older rollout → validate the tag and the
+images → pre-deployment migrations on the worker → the web group in batches (drain,
+deploy.sh through Run Command, healthy again; a lone server is surged first) → the
+worker → post-deployment migrations → the deployed (boot) version → CloudFront
+invalidation → an SNS notice. Any failure before the post-deployment migrations
+rolls the changed servers back; the deployed version stays the last good one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from awacs import autoscaling as awacs_autoscaling
+from awacs import cloudfront as awacs_cloudfront
+from awacs import ec2 as awacs_ec2
+from awacs import elasticloadbalancing as awacs_elb
+from awacs import kms as awacs_kms
+from awacs import logs as awacs_logs
+from awacs import sns as awacs_sns
+from awacs import ssm as awacs_ssm
+from awacs import states as awacs_states
+from awacs.aws import (
+    Allow,
+    Condition,
+    ForAllValuesStringEquals,
+    PolicyDocument,
+    Principal,
+    Statement,
+    StringEquals,
+)
+from awacs.awslambda import InvokeFunction
+from awacs.sts import AssumeRole
+from troposphere import (
+    GetAtt,
+    Output,
+    Parameter,
+    Ref,
+    Sub,
+    Template,
+    cloudfront,
+    events,
+    iam,
+    logs,
+    ssm,
+    stepfunctions,
+)
+
+from templates import functions, parameters
+from templates.compute import Compute
+from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, LoadBalancing
+from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
+from templates.parameters import Parameters
+from templates.versions import PARAMETER_PREFIX, Versions
+
+STATE_MACHINE = "RolloutStateMachine"
+ROLLOUT_FUNCTION = "RolloutFunction"
+INVALIDATE_FUNCTION = "InvalidateFunction"
+ROLLOUT_STATE = "RolloutStateParameter"
+VERSION_TAG = "mastodon:version"
+GROUP_TAG = "aws:autoscaling:groupName"
+# Retried by the state machine: the Lambda service's own transient errors.
+LAMBDA_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+TASK_TIMEOUT = 90
+FUNCTION_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    state_machine: stepfunctions.StateMachine
+    rule: events.Rule
+
+
+# ---------------------------------------------------------------- the state machine
+def _task(
+    resource: str, action: str, next_state: str, catch: str | None, catch_path: str = "$.error", **extra: str
+) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "Type": "Task",
+        "Resource": resource,
+        "Parameters": {"action": action, "state.$": "$", **extra},
+        "TimeoutSeconds": TASK_TIMEOUT,
+        "Retry": [
+            {
+                "ErrorEquals": LAMBDA_ERRORS,
+                "IntervalSeconds": 2,
+                "MaxAttempts": 6,
+                "BackoffRate": 2,
+                "JitterStrategy": "FULL",
+            }
+        ],
+        "Next": next_state,
+    }
+    if catch:
+        state["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": catch_path, "Next": catch}]
+    return state
+
+
+def _choice(routes: dict[str, str], default: str) -> dict[str, Any]:
+    return {
+        "Type": "Choice",
+        "Default": default,
+        "Choices": [
+            {"Variable": "$.next", "StringEquals": value, "Next": to} for value, to in routes.items()
+        ],
+    }
+
+
+def _wait(next_state: str) -> dict[str, Any]:
+    return {"Type": "Wait", "SecondsPath": "$.wait", "Next": next_state}
+
+
+def _loop(states: dict[str, Any], name: str, task: dict[str, Any], done: str, failed: str) -> None:
+    """name → Choice on next: wait → Wait → name; done → `done`; failed → `failed`."""
+    states[name] = {**task, "Next": f"{name}Next"}
+    states[f"{name}Next"] = _choice({"wait": f"{name}Wait", "done": done, "failed": failed}, failed)
+    states[f"{name}Wait"] = _wait(name)
+
+
+def definition(
+    config: dict[str, Any],
+    rollout: str = "${RolloutFunctionArn}",
+    invalidate: str = "${InvalidateFunctionArn}",
+) -> dict[str, Any]:
+    """The rollout in Amazon States Language; `config` is handed to every step."""
+    states: dict[str, Any] = {
+        "Configure": {
+            "Type": "Pass",
+            "Next": "Begin",
+            "Parameters": {
+                "config": config,
+                "execution.$": "$$.Execution.Id",
+                "state_machine.$": "$$.StateMachine.Id",
+            },
+        },
+        "Begin": _task(rollout, "begin", "BeginNext", "Finish"),
+        "BeginNext": _choice({"queued": "Queued", "go": "Validate", "noop": "Done"}, "Done"),
+        "Queued": _wait("Begin"),
+        "Validate": _task(rollout, "validate", "ValidateNext", "Finish"),
+        "ValidateNext": _choice({"go": "PreMigrate"}, "Finish"),
+    }
+    _loop(states, "PreMigrate", _task(rollout, "migrate", "", "Rollback", phase="pre"), "Web", "Rollback")
+    _loop(states, "Web", _task(rollout, "web", "", "Rollback"), "Worker", "Rollback")
+    _loop(states, "Worker", _task(rollout, "worker", "", "Rollback"), "PostMigrate", "Rollback")
+    # After the post-deployment migrations every server runs the new code, which the
+    # migrated schema needs: a failure there is reported, never rolled back.
+    _loop(states, "PostMigrate", _task(rollout, "migrate", "", "Record", phase="post"), "Record", "Record")
+    states.update(
+        {
+            "Record": _task(rollout, "record", "RecordNext", "Finish"),
+            "RecordNext": _choice({"converge": "Web", "done": "Invalidate"}, "Invalidate"),
+            "Invalidate": _task(invalidate, "start", "InvalidateNext", "Finish", "$.warning"),
+            "InvalidateNext": _choice({"retry": "InvalidateRetry", "wait": "InvalidateWait"}, "Finish"),
+            "InvalidateRetry": _wait("Invalidate"),
+            "InvalidateWait": _wait("InvalidateCheck"),
+            "InvalidateCheck": _task(invalidate, "check", "InvalidateNext", "Finish", "$.warning"),
+            "Rollback": _task(rollout, "rollback", "RollbackNext", "Finish", "$.rollback_error"),
+            "RollbackNext": _choice({"wait": "RollbackWait"}, "Finish"),
+            "RollbackWait": _wait("Rollback"),
+            "Finish": _task(rollout, "finish", "FinishNext", "Failed", "$.finish_error"),
+            "FinishNext": _choice({"again": "Begin", "done": "Done"}, "Failed"),
+            "Done": {"Type": "Succeed"},
+            "Failed": {
+                "Type": "Fail",
+                "Error": "RolloutFailed",
+                "Cause": "See the notification and the rollout logs",
+            },
+        }
+    )
+    return {
+        "Comment": "Mastodon rolling upgrade (templates/pipeline.py)",
+        "StartAt": "Configure",
+        "States": states,
+    }
+
+
+# ---------------------------------------------------------------- resources
+def _arn(service: str, resource: str) -> Sub:
+    return Sub(f"arn:${{AWS::Partition}}:{service}:${{AWS::Region}}:${{AWS::AccountId}}:{resource}")
+
+
+def _parameter_arn(parameter: object) -> Sub:
+    return _arn("ssm", f"parameter${{{parameter.title}}}")  # type: ignore[attr-defined]
+
+
+def _group_arn(group: object) -> Sub:
+    return _arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/${{{group.title}}}")  # type: ignore[attr-defined]
+
+
+def rollout_statements(
+    versions: Versions,
+    state_parameter: ssm.Parameter,
+    compute: Compute,
+    lb: LoadBalancing,
+    alerts: object,
+    alerts_key: object,
+) -> list[Statement]:
+    groups = [Ref(compute.web_group), Ref(compute.worker_group)]
+    return [
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ssm.GetParameter],
+            Resource=[
+                _parameter_arn(versions.desired),
+                _parameter_arn(versions.deployed),
+                _parameter_arn(state_parameter),
+            ],
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ssm.PutParameter],
+            Resource=[_parameter_arn(versions.deployed), _parameter_arn(state_parameter)],
+        ),
+        # Run Command: the shell document, on this stack's servers only.
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ssm.SendCommand],
+            Resource=[Sub("arn:${AWS::Partition}:ssm:${AWS::Region}::document/AWS-RunShellScript")],
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ssm.SendCommand],
+            Resource=[_arn("ec2", "instance/*")],
+            Condition=Condition(StringEquals(f"ssm:resourceTag/{GROUP_TAG}", groups)),
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ec2.CreateTags],
+            Resource=[_arn("ec2", "instance/*")],
+            Condition=Condition(
+                [
+                    StringEquals(f"aws:ResourceTag/{GROUP_TAG}", groups),
+                    ForAllValuesStringEquals("aws:TagKeys", [VERSION_TAG]),
+                ]
+            ),
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_elb.RegisterTargets, awacs_elb.DeregisterTargets],
+            Resource=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[
+                awacs_autoscaling.SetInstanceProtection,
+                awacs_autoscaling.SetDesiredCapacity,
+                awacs_autoscaling.UpdateAutoScalingGroup,
+                awacs_autoscaling.TerminateInstanceInAutoScalingGroup,
+            ],
+            Resource=[_group_arn(compute.web_group)],
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_autoscaling.SetInstanceProtection],
+            Resource=[_group_arn(compute.worker_group)],
+        ),
+        # These accept no resource ARN: AWS grants them only on "*".
+        Statement(
+            Effect=Allow,
+            Action=[
+                awacs_ssm.GetCommandInvocation,
+                awacs_autoscaling.DescribeAutoScalingGroups,
+                awacs_ec2.DescribeInstances,
+                awacs_elb.DescribeTargetHealth,
+            ],
+            Resource=["*"],
+        ),
+        Statement(Effect=Allow, Action=[awacs_sns.Publish], Resource=[Ref(alerts)]),  # type: ignore[arg-type]
+        # The alert topic is encrypted with the operations key: publishing uses it.
+        Statement(
+            Effect=Allow,
+            Action=[awacs_kms.GenerateDataKey, awacs_kms.Decrypt],
+            Resource=[GetAtt(alerts_key, "Arn")],
+        ),  # type: ignore[arg-type]
+    ]
+
+
+def create_pipeline(
+    t: Template,
+    p: Parameters,
+    versions: Versions,
+    compute: Compute,
+    lb: LoadBalancing,
+    distribution: cloudfront.Distribution,
+    alerts: object,
+    alerts_key: object,
+    rollout_code: str,
+    invalidate_code: str,
+) -> Pipeline:
+    batch = parameters.add_parameter(
+        t,
+        parameters.GROUP_OPERATIONS,
+        "Upgrade batch size",
+        Parameter(
+            "RollingBatchSize",
+            Type="Number",
+            Default="1",
+            MinValue=1,
+            MaxValue=5,
+            Description="Web servers an upgrade takes out of service at once. Serving capacity never "
+            "drops below the group's size minus this (and never to zero: a lone server is "
+            "replaced by a new one that serves first).",
+            ConstraintDescription="a whole number from 1 to 5",
+        ),
+    )
+    state_parameter = t.add_resource(
+        ssm.Parameter(
+            ROLLOUT_STATE,
+            Name=Sub(f"{PARAMETER_PREFIX}/rollout-last"),
+            Type="String",
+            Value="{}",
+            Description="The last desired-version change a rollout handled, and its result",
+        )
+    )
+    rollout = functions.inline_function(
+        t,
+        ROLLOUT_FUNCTION,
+        rollout_code,
+        rollout_statements(versions, state_parameter, compute, lb, alerts, alerts_key),
+        Ref(p.log_retention),
+        timeout=FUNCTION_TIMEOUT,
+        description="Mastodon rollout: one short step of a rolling upgrade",
+    )
+    invalidate = functions.inline_function(
+        t,
+        INVALIDATE_FUNCTION,
+        invalidate_code,
+        [
+            Statement(
+                Effect=Allow,
+                Action=[awacs_cloudfront.CreateInvalidation, awacs_cloudfront.GetInvalidation],
+                Resource=[
+                    Sub(
+                        "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
+                        "${" + str(distribution.title) + "}"
+                    )
+                ],
+            )
+        ],  # type: ignore[attr-defined]
+        Ref(p.log_retention),
+        timeout=FUNCTION_TIMEOUT,
+        description="Mastodon rollout: CloudFront invalidation after an upgrade",
+    )
+
+    log_group = t.add_resource(
+        logs.LogGroup(
+            "RolloutLogs",
+            RetentionInDays=Ref(p.log_retention),
+            LogGroupName=Sub("/mastodon/${AWS::StackName}/rollout"),
+        )
+    )
+    role = t.add_resource(
+        iam.Role(
+            "RolloutStateMachineRole",
+            AssumeRolePolicyDocument=PolicyDocument(
+                Statement=[
+                    Statement(
+                        Effect=Allow,
+                        Action=[AssumeRole],
+                        Principal=Principal("Service", "states.amazonaws.com"),
+                    )
+                ]
+            ),
+            Policies=[
+                iam.Policy(
+                    PolicyName="Rollout",
+                    PolicyDocument=PolicyDocument(
+                        Version="2012-10-17",
+                        Statement=[
+                            Statement(
+                                Effect=Allow,
+                                Action=[InvokeFunction],
+                                Resource=[GetAtt(rollout, "Arn"), GetAtt(invalidate, "Arn")],
+                            ),
+                            # Step Functions' log delivery (vended logs) is granted only on "*".
+                            Statement(
+                                Effect=Allow,
+                                Action=[
+                                    awacs_logs.CreateLogDelivery,
+                                    awacs_logs.GetLogDelivery,
+                                    awacs_logs.UpdateLogDelivery,
+                                    awacs_logs.DeleteLogDelivery,
+                                    awacs_logs.ListLogDeliveries,
+                                    awacs_logs.PutResourcePolicy,
+                                    awacs_logs.DescribeResourcePolicies,
+                                    awacs_logs.DescribeLogGroups,
+                                ],
+                                Resource=["*"],
+                            ),
+                        ],
+                    ),
+                )
+            ],
+        )
+    )
+    config = {
+        "web_group": "${WebGroup}",
+        "worker_group": "${WorkerGroup}",
+        "target_groups": ["${WebTargetGroup}", "${StreamingTargetGroup}"],
+        "desired_parameter": "${DesiredParameter}",
+        "deployed_parameter": "${DeployedParameter}",
+        "handled_parameter": "${StateParameter}",
+        "batch_size": "${BatchSize}",
+        "drain_seconds": DEREGISTRATION_DELAY_SECONDS,
+        "topic_arn": "${TopicArn}",
+        "distribution_id": "${DistributionId}",
+        "images": [MASTODON_IMAGE, STREAMING_IMAGE],
+    }
+    machine = t.add_resource(
+        stepfunctions.StateMachine(
+            STATE_MACHINE,
+            RoleArn=GetAtt(role, "Arn"),
+            StateMachineType="STANDARD",
+            Definition=definition(config),
+            DefinitionSubstitutions={
+                "RolloutFunctionArn": GetAtt(rollout, "Arn"),
+                "InvalidateFunctionArn": GetAtt(invalidate, "Arn"),
+                "WebGroup": Ref(compute.web_group),
+                "WorkerGroup": Ref(compute.worker_group),
+                "WebTargetGroup": Ref(lb.web_target_group),
+                "StreamingTargetGroup": Ref(lb.streaming_target_group),
+                "DesiredParameter": Ref(versions.desired),
+                "DeployedParameter": Ref(versions.deployed),
+                "StateParameter": Ref(state_parameter),
+                "BatchSize": Ref(batch),
+                "TopicArn": Ref(alerts),  # type: ignore[arg-type]
+                "DistributionId": Ref(distribution),  # type: ignore[arg-type]
+            },
+            LoggingConfiguration=stepfunctions.LoggingConfiguration(
+                Level="ALL",
+                IncludeExecutionData=False,
+                Destinations=[
+                    stepfunctions.LogDestination(
+                        CloudWatchLogsLogGroup=stepfunctions.CloudWatchLogsLogGroup(
+                            LogGroupArn=GetAtt(log_group, "Arn")
+                        )
+                    )
+                ],
+            ),
+        )
+    )
+    # One rollout at a time: a rollout waits for older running ones (ListExecutions).
+    # A separate policy, since the state machine already depends on the function's role.
+    t.add_resource(
+        iam.PolicyType(
+            "RolloutQueuePolicy",
+            PolicyName="RolloutQueue",
+            Roles=[Ref(f"{ROLLOUT_FUNCTION}Role")],
+            PolicyDocument=PolicyDocument(
+                Version="2012-10-17",
+                Statement=[
+                    Statement(Effect=Allow, Action=[awacs_states.ListExecutions], Resource=[Ref(machine)])
+                ],
+            ),
+        )
+    )
+    events_role = t.add_resource(
+        iam.Role(
+            "RolloutTriggerRole",
+            AssumeRolePolicyDocument=PolicyDocument(
+                Statement=[
+                    Statement(
+                        Effect=Allow,
+                        Action=[AssumeRole],
+                        Principal=Principal("Service", "events.amazonaws.com"),
+                    )
+                ]
+            ),
+            Policies=[
+                iam.Policy(
+                    PolicyName="StartRollout",
+                    PolicyDocument=PolicyDocument(
+                        Version="2012-10-17",
+                        Statement=[
+                            Statement(
+                                Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)]
+                            )
+                        ],
+                    ),
+                )
+            ],
+        )
+    )
+    rule = t.add_resource(
+        events.Rule(
+            "RolloutTrigger",
+            Description="A change of the desired Mastodon version starts a rollout",
+            EventPattern={
+                "source": ["aws.ssm"],
+                "detail-type": ["Parameter Store Change"],
+                "detail": {"name": [Ref(versions.desired)], "operation": ["Update"]},
+            },
+            Targets=[events.Target(Id="Rollout", Arn=Ref(machine), RoleArn=GetAtt(events_role, "Arn"))],
+        )
+    )
+    t.add_output(
+        Output(
+            "RolloutStateMachineArn",
+            Value=Ref(machine),
+            Description="Upgrade rollouts: watch executions here (Step Functions console)",
+        )
+    )
+    t.add_output(
+        Output(
+            "RolloutStateParameter",
+            Value=Ref(state_parameter),
+            Description="The last upgrade handled and its result",
+        )
+    )
+    return Pipeline(machine, rule)

@@ -1,0 +1,552 @@
+"""A simulated Mastodon fleet in moto, and a small Step Functions interpreter to roll it.
+
+`World` builds the stack's moving parts in moto (web and worker Auto Scaling groups,
+both target groups, the version parameters, the alert topic, a CloudFront
+distribution, the rollout state machine) and gives moto a clock and a sense of
+time that it lacks: draining takes the deregistration delay, a deploy or a
+migration takes its duration, a target turns healthy some seconds after it
+registers, a new server boots at the deployed version. Faults are injected here.
+
+`World.roll()` executes the real state machine definition (templates/pipeline.py)
+state by state, calling the real Lambda handlers for its tasks and advancing the
+simulated clock at its Wait states, while recording healthy web capacity after
+every step and every AWS API call the functions make.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import moto.elbv2.models as elbv2_models
+import moto.ssm.models as ssm_models
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.sns.models import sns_backends
+from moto.stepfunctions.models import stepfunctions_backends
+
+from lambdas import invalidate, rollout
+from templates import pipeline
+from tests.lambdas.conftest import LambdaContext
+
+REGION = "us-east-1"
+OLD, NEW, NEWER = "v4.6.2", "v4.7.6", "v4.7.7"
+DESIRED = "/mastodon/test/desired-version"
+DEPLOYED = "/mastodon/test/deployed-version"
+HANDLED = "/mastodon/test/rollout-last"
+IMAGES = ["ghcr.io/mastodon/mastodon", "ghcr.io/mastodon/mastodon-streaming"]
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+# Clients outlive each mock (moto intercepts every botocore client while active).
+_COUNTED: dict[str, Any] = {}
+_OWN: dict[str, Any] = {}
+_ACTIVE: list[World] = []
+
+
+@dataclass
+class Timing:
+    """How long the real world takes: the unavoidable waits of a rollout."""
+
+    drain: int = 30  # the target groups' deregistration delay
+    deploy: int = 90  # pull two images, restart, local health
+    health: int = 20  # the load balancer's healthy threshold after registering
+    boot: int = 240  # a new server, from launch to healthy
+    pre: int = 120
+    post: int = 60
+    worker: int = 60
+    invalidation: int = 60
+
+
+class Registry:
+    """An HTTP opener that answers like ghcr.io for the images it holds."""
+
+    def __init__(self, tags: dict[str, set[str]]) -> None:
+        self.tags = tags
+        self.requests: list[str] = []
+
+    def open(self, request: Any, timeout: float = 0) -> Any:
+        import io
+        import urllib.error
+        import urllib.request
+
+        url = request if isinstance(request, str) else request.full_url
+        self.requests.append(url)
+        if "/token?" in url:
+            return io.BytesIO(json.dumps({"token": "anonymous"}).encode())
+        match = re.search(r"/v2/(.+)/manifests/(.+)$", url)
+        assert match and isinstance(request, urllib.request.Request) and request.get_method() == "HEAD"
+        assert request.headers.get("Authorization") == "Bearer anonymous"
+        repository, tag = match.groups()
+        if tag not in self.tags.get(repository, set()):
+            raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
+        return io.BytesIO(b"")
+
+
+@dataclass
+class Result:
+    status: str
+    output: dict[str, Any]
+    states: list[str]
+    duration: float
+
+
+@dataclass
+class World:
+    web: int = 2
+    batch: int = 1
+    timing: Timing = field(default_factory=Timing)
+    clock: float = START
+    versions: dict[str, str] = field(default_factory=dict)  # what each server really runs
+    unhealthy: set[tuple[str, str]] = field(default_factory=set)  # (instance, version) that never serves
+    command_faults: list[Callable[[str, str], str | None]] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    capacity: list[tuple[float, int, int]] = field(default_factory=list)  # (time, healthy, booted size)
+    hooks: list[Callable[[World, str, int], None]] = field(default_factory=list)
+    cloudfront_throttles: int = 0
+    registry: Registry = field(
+        default_factory=lambda: Registry(
+            {"mastodon/mastodon": {OLD, NEW, NEWER}, "mastodon/mastodon-streaming": {OLD, NEW, NEWER}}
+        )
+    )
+
+    # ------------------------------------------------------------ set-up
+    def __enter__(self) -> World:
+        self._mock = mock_aws(
+            config={"stepfunctions": {"execute_state_machine": False}, "lambda": {"use_docker": False}}
+        )
+        self._mock.start()
+        self._patches: list[tuple[Any, str, Any]] = []
+        self._seen: dict[str, float] = {}
+        self._registered: dict[tuple[str, str], float] = {}
+        self._ever_registered: set[tuple[str, str]] = set()
+        self._deregistered: dict[tuple[str, str], float] = {}
+        self._commands: dict[str, dict[str, Any]] = {}
+        _ACTIVE.append(self)
+        self._outcomes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._install_time()
+        self._build()
+        self._levels = [(m.logger, m.logger.log_level) for m in (rollout, invalidate)]
+        for logger, _ in self._levels:  # the tick log would dominate the run time
+            logger.setLevel("WARNING")
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        _ACTIVE.remove(self)
+        for logger, level in self._levels:
+            logger.setLevel(level)
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        rollout._clients.clear()
+        invalidate._clients.clear()
+        self._mock.stop()
+
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        self._patches.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    def _install_time(self) -> None:
+        world = self
+        register, deregister = elbv2_models.FakeTargetGroup.register, elbv2_models.FakeTargetGroup.deregister
+
+        def on_register(tg: Any, targets: list[dict[str, Any]]) -> None:
+            register(tg, targets)
+            for target in targets:  # registering a registered target changes nothing
+                world._registered.setdefault((tg.arn, target["Id"]), world.clock)
+                world._ever_registered.add((tg.arn, target["Id"]))
+                world._deregistered.pop((tg.arn, target["Id"]), None)
+
+        def on_deregister(tg: Any, targets: list[dict[str, Any]]) -> None:
+            deregister(tg, targets)
+            for target in targets:
+                world._deregistered[(tg.arn, target["Id"])] = world.clock
+                world._registered.pop((tg.arn, target["Id"]), None)
+
+        def health_for(tg: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+            return elbv2_models.FakeHealthStatus(
+                target["Id"], tg.port, tg.health_check_port, world.health(tg.arn, target["Id"]), None, None
+            )
+
+        command_init = ssm_models.Command.__init__
+
+        def on_command(command: Any, *args: Any, **kwargs: Any) -> None:
+            command_init(command, *args, **kwargs)
+            world._commands[command.command_id] = {
+                "sent": world.clock,
+                "line": command.parameters["commands"][0],
+                "instances": list(command.instance_ids),
+            }
+
+        def get_invocation(command: Any, instance_id: str, plugin_name: str | None) -> dict[str, Any]:
+            return world.invocation(command.command_id, instance_id)
+
+        import moto.autoscaling.models as autoscaling_models
+
+        def attach_new_only(backend: Any, group_name: str) -> None:
+            # moto re-registers every instance of the group on each capacity change, which
+            # would undo a rollout's deregistration; AWS registers only the new instances.
+            group = backend.autoscaling_groups[group_name]
+            for arn in group.target_group_arns:
+                fresh = [
+                    {"Id": s.instance.id}
+                    for s in group.instance_states
+                    if (arn, s.instance.id) not in world._ever_registered
+                ]
+                if fresh:
+                    backend.elbv2_backend.register_targets(arn, fresh)
+
+        self._patch(autoscaling_models.AutoScalingBackend, "update_attached_target_groups", attach_new_only)
+        self._patch(elbv2_models.FakeTargetGroup, "register", on_register)
+        self._patch(elbv2_models.FakeTargetGroup, "deregister", on_deregister)
+        self._patch(elbv2_models.FakeTargetGroup, "health_for", health_for)
+        self._patch(ssm_models.Command, "__init__", on_command)
+        self._patch(ssm_models.Command, "get_invocation", get_invocation)
+        self._patch(rollout, "now", lambda: world.clock)
+        self._patch(invalidate, "now", lambda: world.clock)
+        self._patch(rollout, "OPENER", self.registry)
+
+    def _client(self, name: str) -> Any:
+        """The functions' client, counting its calls (made once: creating clients is slow)."""
+        if name not in _COUNTED:
+            made = boto3.client(name, region_name=REGION)
+            made.meta.events.register(
+                "before-call", lambda model, **_: _ACTIVE[-1].calls.update([model.name])
+            )
+            _COUNTED[name] = made
+        return _COUNTED[name]
+
+    def _build(self) -> None:
+        ec2 = self.aws("ec2")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        image = "ami-12c6146b"  # one of moto's stock images (listing them all is slow)
+        ec2.create_launch_template(
+            LaunchTemplateName="servers", LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small"}
+        )
+        elb = self.aws("elbv2")
+        self.target_groups = [
+            elb.create_target_group(Name=name, Protocol="HTTP", Port=port, VpcId=vpc, TargetType="instance")[
+                "TargetGroups"
+            ][0]["TargetGroupArn"]
+            for name, port in (("web", 3000), ("streaming", 4000))
+        ]
+        ssm = self.aws("ssm")
+        for name, value in ((DESIRED, OLD), (DEPLOYED, OLD), (HANDLED, "{}")):
+            ssm.put_parameter(Name=name, Value=value, Type="String")
+        autoscaling = self.aws("autoscaling")
+        for group, size, tgs in (("web", self.web, self.target_groups), ("worker", 1, [])):
+            autoscaling.create_auto_scaling_group(
+                AutoScalingGroupName=group,
+                MinSize=size,
+                MaxSize=max(size, 2) if group == "web" else 1,
+                DesiredCapacity=size,
+                VPCZoneIdentifier=subnet,
+                TargetGroupARNs=tgs,
+                LaunchTemplate={"LaunchTemplateName": "servers", "Version": "$Latest"},
+            )
+        self.topic = self.aws("sns").create_topic(Name="alerts")["TopicArn"]
+        self.distribution = self.aws("cloudfront").create_distribution(
+            DistributionConfig={
+                "CallerReference": "mastodon",
+                "Comment": "",
+                "Enabled": True,
+                "Origins": {
+                    "Quantity": 1,
+                    "Items": [
+                        {
+                            "Id": "alb",
+                            "DomainName": "alb.example.com",
+                            "CustomOriginConfig": {
+                                "HTTPPort": 80,
+                                "HTTPSPort": 443,
+                                "OriginProtocolPolicy": "https-only",
+                            },
+                        }
+                    ],
+                },
+                "DefaultCacheBehavior": {
+                    "TargetOriginId": "alb",
+                    "ViewerProtocolPolicy": "redirect-to-https",
+                },
+            }
+        )["Distribution"]["Id"]
+        config = {
+            "web_group": "web",
+            "worker_group": "worker",
+            "target_groups": self.target_groups,
+            "desired_parameter": DESIRED,
+            "deployed_parameter": DEPLOYED,
+            "handled_parameter": HANDLED,
+            "batch_size": str(self.batch),
+            "drain_seconds": self.timing.drain,
+            "topic_arn": self.topic,
+            "distribution_id": self.distribution,
+            "images": IMAGES,
+        }
+        self.definition = pipeline.definition(config, "rollout", "invalidate")
+        sfn = self.aws("stepfunctions")
+        self.state_machine = sfn.create_state_machine(
+            name="rollout",
+            definition=json.dumps(self.definition),
+            roleArn="arn:aws:iam::123456789012:role/rollout",
+        )["stateMachineArn"]
+        for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions"):
+            rollout._clients[name] = self._client(name)
+        invalidate._clients["cloudfront"] = self._client("cloudfront")
+        self._throttling_cloudfront()
+        self.observe()
+        self.clock += 300  # the fleet has served for a while when the rollout starts
+        for iid in self.instances("web") + self.instances("worker"):
+            self.versions[iid] = OLD
+        self.tag(self.instances("web") + self.instances("worker"), OLD)
+
+    def _throttling_cloudfront(self) -> None:
+        from botocore.exceptions import ClientError
+
+        self.invalidations = 0
+        self._invalidated: dict[str, float] = {}
+        cloudfront = invalidate._clients["cloudfront"]
+        if getattr(cloudfront, "throttling", False):
+            return
+        create = cloudfront.create_invalidation
+
+        def create_invalidation(**kwargs: Any) -> Any:
+            world = _ACTIVE[-1]
+            if world.cloudfront_throttles > 0:
+                world.cloudfront_throttles -= 1
+                world.calls.update(["CreateInvalidation"])
+                raise ClientError(
+                    {"Error": {"Code": "TooManyInvalidationsInProgress", "Message": "slow down"}},
+                    "CreateInvalidation",
+                )
+            world.invalidations += 1
+            response = create(**kwargs)
+            world._invalidated[response["Invalidation"]["Id"]] = world.clock
+            return response
+
+        get = cloudfront.get_invalidation
+
+        def get_invalidation(**kwargs: Any) -> Any:
+            # CloudFront takes a while; moto completes at once (and says COMPLETED, not Completed).
+            world = _ACTIVE[-1]
+            response = get(**kwargs)
+            created = world._invalidated.setdefault(kwargs["Id"], world.clock)
+            if world.clock < created + world.timing.invalidation:
+                response["Invalidation"]["Status"] = "InProgress"
+            return response
+
+        cloudfront.create_invalidation = create_invalidation
+        cloudfront.get_invalidation = get_invalidation
+        cloudfront.throttling = True
+
+    # ------------------------------------------------------------ the simulated physics
+    def observe(self) -> None:
+        """New instances appear at the current simulated time and boot the deployed version."""
+        deployed = ssm_models.ssm_backends[DEFAULT_ACCOUNT_ID][REGION].get_parameter(DEPLOYED).value
+        for reservation in ec2_backends[DEFAULT_ACCOUNT_ID][REGION].reservations.values():
+            for instance in reservation.instances:
+                if instance.id not in self._seen:
+                    self._seen[instance.id] = self.clock
+                    instance.launch_time = datetime.datetime.fromtimestamp(self.clock, datetime.UTC).strftime(
+                        "%Y-%m-%dT%H:%M:%S.000Z"
+                    )
+                    self.versions.setdefault(instance.id, deployed)
+
+    def booting(self, iid: str) -> bool:
+        return self.clock < self._seen.get(iid, START) + self.timing.boot and self._seen.get(iid) != START
+
+    def health(self, tg: str, iid: str) -> str:
+        if (tg, iid) in self._registered:
+            since = self._registered[(tg, iid)]
+            if self.booting(iid) or self.clock < since + self.timing.health:
+                return "initial"
+            return "unhealthy" if (iid, self.versions.get(iid, "")) in self.unhealthy else "healthy"
+        if (tg, iid) in self._deregistered and self.clock < self._deregistered[(tg, iid)] + self.timing.drain:
+            return "draining"
+        return "unused"
+
+    def invocation(self, command_id: str, iid: str) -> dict[str, Any]:
+        command = self._commands[command_id]
+        if iid not in command["instances"]:
+            raise ssm_models.RESTError("InvocationDoesNotExist", "no such invocation")
+        words = command["line"].split()
+        mode, version = words[1], words[-1]
+        duration = {
+            "deploy": self.timing.worker if iid in self.instances("worker") else self.timing.deploy,
+            "migrate": self.timing.pre if "pre" in words else self.timing.post,
+        }[mode]
+        base = {
+            "CommandId": command_id,
+            "InstanceId": iid,
+            "DocumentName": "AWS-RunShellScript",
+            "PluginName": "aws:runShellScript",
+            "StandardOutputContent": "",
+            "StandardErrorContent": "",
+        }
+        if self.clock < command["sent"] + duration:
+            return {**base, "Status": "InProgress", "StatusDetails": "InProgress", "ResponseCode": -1}
+        key = (command_id, iid)
+        if key not in self._outcomes:
+            reason = next((r for fault in self.command_faults if (r := fault(iid, command["line"]))), None)
+            if reason:
+                self._outcomes[key] = {
+                    "Status": "Failed",
+                    "StatusDetails": "Failed",
+                    "ResponseCode": 1,
+                    "StandardErrorContent": reason,
+                }
+            else:
+                if mode == "deploy":
+                    self.versions[iid] = version
+                self._outcomes[key] = {
+                    "Status": "Success",
+                    "StatusDetails": "Success",
+                    "ResponseCode": 0,
+                    "StandardOutputContent": f"{mode} {version}",
+                }
+        return {**base, **self._outcomes[key]}
+
+    def advance(self, seconds: float) -> None:
+        self.clock += seconds
+        self.record_capacity()
+
+    def record_capacity(self) -> None:
+        self.observe()
+        group = self.group("web")
+        in_service = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
+        healthy = [i for i in in_service if all(self.health(tg, i) == "healthy" for tg in self.target_groups)]
+        # The size the minimum is measured against: servers that have finished booting
+        # (a scale-out raises the bar only once its server can serve).
+        settled = [i for i in in_service if not self.booting(i)]
+        self.capacity.append((self.clock, len(healthy), len(settled)))
+
+    # ------------------------------------------------------------ looking at the world
+    def group(self, name: str) -> dict[str, Any]:
+        (group,) = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+            "AutoScalingGroups"
+        ]
+        return group
+
+    def aws(self, name: str) -> Any:
+        """A client of the harness's own (its calls are not counted)."""
+        if name not in _OWN:
+            _OWN[name] = boto3.client(name, region_name=REGION)
+        return _OWN[name]
+
+    def instances(self, name: str) -> list[str]:
+        return [i["InstanceId"] for i in self.group(name)["Instances"]]
+
+    def tag(self, instances: list[str], version: str) -> None:
+        self.aws("ec2").create_tags(
+            Resources=instances, Tags=[{"Key": rollout.VERSION_TAG, "Value": version}]
+        )
+
+    def parameter(self, name: str) -> str:
+        return self.aws("ssm").get_parameter(Name=name)["Parameter"]["Value"]
+
+    def set_desired(self, version: str) -> None:
+        self.aws("ssm").put_parameter(Name=DESIRED, Value=version, Type="String", Overwrite=True)
+
+    def notifications(self) -> list[tuple[str, str]]:
+        topic = sns_backends[DEFAULT_ACCOUNT_ID][REGION].topics[self.topic]
+        return [(subject, message) for _, message, subject, *_ in topic.sent_notifications]
+
+    def in_target_groups(self, iid: str) -> bool:
+        return all((tg, iid) in self._registered for tg in self.target_groups)
+
+    def min_capacity_margin(self) -> int:
+        """Smallest (healthy web servers - required minimum) seen at any step."""
+        return min(healthy - max(1, size - self.batch) for _, healthy, size in self.capacity)
+
+    def commands_sent(self) -> list[str]:
+        return [c["line"] for c in self._commands.values()]
+
+    # ------------------------------------------------------------ the state machine
+    def start_execution(self) -> str:
+        """What EventBridge does on a parameter change: start an execution (moto keeps it RUNNING)."""
+        sfn = self.aws("stepfunctions")
+        return str(sfn.start_execution(stateMachineArn=self.state_machine, input="{}")["executionArn"])
+
+    def end_execution(self, arn: str, status: str) -> None:
+        backend = stepfunctions_backends[DEFAULT_ACCOUNT_ID][REGION]
+        backend.describe_execution(arn).status = status
+
+    def roll(self, execution: str | None = None, max_steps: int = 20_000) -> Result:
+        """Runs one execution of the definition to its end; returns its status and output."""
+        execution = execution or self.start_execution()
+        handlers = {"rollout": rollout.lambda_handler, "invalidate": invalidate.lambda_handler}
+        context = {"Execution": {"Id": execution}, "StateMachine": {"Id": self.state_machine}}
+        states, name, data = self.definition["States"], self.definition["StartAt"], {}
+        visited: list[str] = []
+        started = self.clock
+        counts: Counter[str] = Counter()
+        for _ in range(max_steps):
+            visited.append(name)
+            counts[name] += 1
+            for hook in self.hooks:
+                hook(self, name, counts[name])
+            state = states[name]
+            kind = state["Type"]
+            if kind == "Pass":
+                data = resolve(state.get("Parameters", {}), data, context) if "Parameters" in state else data
+            elif kind == "Task":
+                data, name = self._task(state, handlers, data, context)
+                self.record_capacity()
+                continue
+            elif kind == "Choice":
+                name = choose(state, data)
+                continue
+            elif kind == "Wait":
+                self.advance(data[state["SecondsPath"][2:]] if "SecondsPath" in state else state["Seconds"])
+            elif kind in ("Succeed", "Fail"):
+                status = "SUCCEEDED" if kind == "Succeed" else "FAILED"
+                self.end_execution(execution, status)
+                return Result(status, data, visited, self.clock - started)
+            name = state["Next"]
+        raise AssertionError(f"the rollout did not end within {max_steps} states: {visited[-20:]}")
+
+    def _task(
+        self, state: dict[str, Any], handlers: dict[str, Any], data: dict[str, Any], context: dict[str, Any]
+    ) -> tuple[dict[str, Any], str]:
+        event = resolve(state["Parameters"], data, context)
+        try:
+            result = handlers[state["Resource"]](event, LambdaContext())
+        except Exception as error:  # what Step Functions does with a function error: Catch
+            for catch in state.get("Catch", []):
+                if "States.ALL" in catch["ErrorEquals"] or type(error).__name__ in catch["ErrorEquals"]:
+                    caught = {
+                        "Error": type(error).__name__,
+                        "Cause": json.dumps({"errorMessage": str(error)}),
+                    }
+                    return {**data, catch["ResultPath"][2:]: caught}, catch["Next"]
+            raise
+        json.dumps(result)  # what a task returns must be JSON
+        return result, state["Next"]
+
+
+def resolve(template: Any, data: dict[str, Any], context: dict[str, Any]) -> Any:
+    """Parameters with "key.$" paths, as Step Functions resolves them ($ and $$ paths only)."""
+    if isinstance(template, dict):
+        out = {}
+        for key, value in template.items():
+            if key.endswith(".$"):
+                root, path = (context, value[3:]) if value.startswith("$$.") else (data, value[2:])
+                for part in filter(None, path.split(".")):
+                    root = root[part]
+                out[key[:-2]] = root
+            else:
+                out[key] = resolve(value, data, context)
+        return out
+    return template
+
+
+def choose(state: dict[str, Any], data: dict[str, Any]) -> str:
+    for choice in state["Choices"]:
+        if data.get(choice["Variable"][2:]) == choice["StringEquals"]:
+            return str(choice["Next"])
+    return str(state["Default"])

@@ -1,0 +1,236 @@
+"""The whole rollout against moto: the real state machine definition, the real handlers.
+
+Each test builds a fleet (harness.World), sets the desired version as an operator
+would, runs the execution EventBridge would start, and checks the end state: which
+version every server runs, the two version parameters, the notification, and that
+healthy web capacity never fell below max(1, size - batch) at any step.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lambdas import rollout
+from tests.lambdas.conftest import LambdaContext
+from tests.pipeline.harness import DEPLOYED, NEW, NEWER, OLD, Timing, World
+
+# Short durations keep the simulated rollouts (and the tests) quick; the benchmark
+# uses realistic ones.
+QUICK = Timing(drain=10, deploy=10, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5)
+
+
+def every_server(world: World) -> dict[str, str]:
+    return {i: world.versions[i] for i in world.instances("web") + world.instances("worker")}
+
+
+def assert_all_on(world: World, version: str) -> None:
+    assert set(every_server(world).values()) == {version}, every_server(world)
+    for iid in world.instances("web"):
+        assert world.in_target_groups(iid), f"{iid} was left out of the load balancer"
+    assert world.min_capacity_margin() >= 0, "healthy capacity fell below the minimum"
+
+
+@pytest.mark.parametrize("web, batch", [(1, 1), (2, 1), (5, 2)], ids=["1-web", "2-web", "5-web-batch-2"])
+def test_a_desired_version_rolls_every_server_in_order_and_records_it(fleet, web, batch):
+    world = fleet(web=web, batch=batch, timing=QUICK)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "SUCCEEDED", result.output.get("failure")
+    assert_all_on(world, NEW)
+    assert world.parameter(DEPLOYED) == NEW
+    assert len(world.instances("web")) == web, "the surge server was not retired"
+    assert world.group("web")["MaxSize"] == max(web, 2)
+    lines = world.commands_sent()
+    assert lines[0].endswith(f"migrate pre {NEW}") and lines[-1].endswith(f"migrate post {NEW}")
+    assert all(f"deploy {NEW}" in line for line in lines[1:-1])
+    assert world.invalidations == 1
+    assert world.notifications() == [
+        (f"Mastodon upgraded to {NEW}", pytest.approx(world.notifications()[0][1]))
+    ]
+
+
+def test_with_one_web_server_a_new_one_serves_before_the_old_one_leaves(fleet):
+    world = fleet(web=1, timing=QUICK)
+    (original,) = world.instances("web")
+    world.set_desired(NEW)
+    assert world.roll().status == "SUCCEEDED"
+    assert min(healthy for _, healthy, _ in world.capacity) >= 1
+    assert world.instances("web") != [original], "the replacement should stay, the original go"
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_failing_deploy_on_the_kth_server_rolls_the_changed_ones_back(fleet, k):
+    world = fleet(web=5, batch=1, timing=QUICK)
+    deploys: list[str] = []
+
+    def fail_kth(iid: str, line: str) -> str | None:
+        if f"deploy {NEW}" in line and iid in world.instances("web"):
+            deploys.append(iid) if iid not in deploys else None
+            if deploys.index(iid) == k - 1:
+                return "docker pull ghcr.io/mastodon/mastodon:v4.7.6 failed after 4 attempts"
+        return None
+
+    world.command_faults.append(fail_kth)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "FAILED"
+    assert_all_on(world, OLD)
+    assert world.parameter(DEPLOYED) == OLD
+    ((subject, message),) = world.notifications()
+    assert subject == f"Mastodon upgrade to {NEW} failed"
+    assert deploys[k - 1] in message and "docker pull" in message and "previous version" in message
+    assert not any("migrate post" in line for line in world.commands_sent())
+
+
+def test_a_server_that_never_turns_healthy_is_rolled_back_with_the_reason(fleet):
+    world = fleet(web=3, timing=QUICK)
+    sick = world.instances("web")[1]
+    world.unhealthy.add((sick, NEW))
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    assert_all_on(world, OLD)
+    ((_, message),) = world.notifications()
+    assert sick in message and "did not turn healthy" in message
+
+
+def test_a_failed_pre_deployment_migration_changes_no_server(fleet):
+    world = fleet(web=2, timing=QUICK)
+    world.command_faults.append(lambda iid, line: "PG::DuplicateColumn" if "migrate pre" in line else None)
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    assert not any(" deploy v" in line for line in world.commands_sent())
+    assert_all_on(world, OLD)
+    assert world.parameter(DEPLOYED) == OLD
+    ((_, message),) = world.notifications()
+    assert "pre-deployment migrations" in message and "PG::DuplicateColumn" in message
+
+
+def test_servers_launched_or_terminated_during_the_rollout_all_end_on_the_new_version(fleet):
+    world = fleet(web=3, timing=QUICK)
+    autoscaling = rollout._clients["autoscaling"]
+
+    def scale(world: World, state: str, count: int) -> None:
+        if state == "Web" and count == 2:  # scale-out: the new server boots the old version
+            autoscaling.update_auto_scaling_group(AutoScalingGroupName="web", MaxSize=5)
+            autoscaling.set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=4)
+        if state == "Web" and count == 6:  # scale-in of a server not being worked on
+            group = world.group("web")
+            idle = [i["InstanceId"] for i in group["Instances"] if not i["ProtectedFromScaleIn"]]
+            autoscaling.terminate_instance_in_auto_scaling_group(
+                InstanceId=idle[0], ShouldDecrementDesiredCapacity=True
+            )
+
+    world.hooks.append(scale)
+    world.set_desired(NEW)
+    assert world.roll().status == "SUCCEEDED"
+    assert len(world.instances("web")) == 3
+    assert_all_on(world, NEW)
+
+
+def test_a_worker_replaced_during_the_rollout_is_converged_too(fleet):
+    world = fleet(web=1, timing=QUICK)
+    autoscaling = rollout._clients["autoscaling"]
+
+    def replace_worker(world: World, state: str, count: int) -> None:
+        if state == "Record" and count == 1:
+            (old_worker,) = world.instances("worker")
+            autoscaling.terminate_instance_in_auto_scaling_group(
+                InstanceId=old_worker, ShouldDecrementDesiredCapacity=False
+            )
+
+    world.hooks.append(replace_worker)
+    world.set_desired(NEW)
+    assert world.roll().status == "SUCCEEDED"
+    assert_all_on(world, NEW)
+
+
+def test_a_version_set_mid_rollout_is_applied_after_it(fleet):
+    world = fleet(web=2, timing=QUICK)
+    second: list[str] = []
+
+    def operator_changes_mind(world: World, state: str, count: int) -> None:
+        if state == "Web" and count == 3 and not second:
+            world.set_desired(NEWER)
+            second.append(world.start_execution())  # EventBridge starts a second execution
+
+    world.hooks.append(operator_changes_mind)
+    world.set_desired(NEW)
+    first = world.roll()
+    assert first.status == "SUCCEEDED"
+    assert [s for s, _ in world.notifications()] == [
+        f"Mastodon upgraded to {NEW}",
+        f"Mastodon upgraded to {NEWER}",
+    ]
+    assert_all_on(world, NEWER)
+    assert world.parameter(DEPLOYED) == NEWER
+    sent = len(world.commands_sent())
+    later = world.roll(second[0])
+    assert later.status == "SUCCEEDED" and later.states[-1] == "Done"
+    assert len(world.commands_sent()) == sent, "the second execution rolled again"
+
+
+def test_the_same_event_delivered_twice_rolls_once(fleet):
+    world = fleet(web=2, timing=QUICK)
+    world.set_desired(NEW)
+    first, duplicate = world.start_execution(), world.start_execution()
+    state = {
+        "config": world.definition["States"]["Configure"]["Parameters"]["config"],
+        "execution": duplicate,
+        "state_machine": world.state_machine,
+    }
+    assert rollout.lambda_handler({"action": "begin", "state": state}, LambdaContext())["next"] == "queued"
+    assert world.roll(first).status == "SUCCEEDED"
+    sent = len(world.commands_sent())
+    assert world.roll(duplicate).states[-1] == "Done"
+    assert len(world.commands_sent()) == sent
+    assert len(world.notifications()) == 1
+
+
+def test_a_failed_rollout_is_not_retried_by_a_duplicate_event_but_by_a_new_put(fleet):
+    world = fleet(web=1, timing=QUICK)
+    world.command_faults.append(lambda iid, line: "boom" if "migrate pre" in line else None)
+    world.set_desired(NEW)
+    first, duplicate = world.start_execution(), world.start_execution()
+    assert world.roll(first).status == "FAILED"
+    assert world.roll(duplicate).states[-1] == "Done"
+    world.command_faults.clear()
+    world.set_desired(NEW)  # the operator puts the same value again: a new parameter version
+    assert world.roll().status == "SUCCEEDED"
+    assert_all_on(world, NEW)
+
+
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        ("v4.7", "is not a Mastodon release tag"),
+        ("v4.9.9", "ghcr.io/mastodon/mastodon:v4.9.9 does not exist"),
+    ],
+)
+def test_an_invalid_tag_or_a_missing_image_stops_before_touching_anything(fleet, version, reason):
+    world = fleet(web=2, timing=QUICK)
+    world.set_desired(version)
+    assert world.roll().status == "FAILED"
+    assert world.commands_sent() == []
+    assert world.calls["DeregisterTargets"] == 0
+    assert_all_on(world, OLD)
+    ((_, message),) = world.notifications()
+    assert reason in message and "Nothing was changed" in message
+
+
+def test_a_missing_streaming_image_alone_is_enough_to_stop(fleet):
+    world = fleet(web=1, timing=QUICK)
+    world.registry.tags["mastodon/mastodon-streaming"].discard(NEWER)
+    world.set_desired(NEWER)
+    assert world.roll().status == "FAILED"
+    assert "mastodon-streaming:v4.7.7 does not exist" in world.notifications()[0][1]
+
+
+def test_cloudfront_throttling_is_waited_out_and_one_invalidation_made(fleet):
+    world = fleet(web=1, timing=QUICK)
+    world.cloudfront_throttles = 3
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "SUCCEEDED"
+    assert world.invalidations == 1 and world.calls["CreateInvalidation"] == 4
+    assert result.states.count("InvalidateRetry") == 3
+    assert "Warning" not in world.notifications()[0][1]
