@@ -120,4 +120,10 @@ ACTIONS = {"start": start, "check": check}
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # A malformed task input fails here, with its reason, before any AWS call.
+    if not isinstance(event, dict) or event.get("action") not in ACTIONS:
+        action = event.get("action") if isinstance(event, dict) else None
+        raise ValueError(f"unknown action {action!r}; expected one of {sorted(ACTIONS)}")
+    if not isinstance(event.get("state"), dict):
+        raise ValueError("the task input has no 'state' object")
     return ACTIONS[event["action"]](dict(event["state"]))

@@ -634,11 +634,25 @@ ACTIONS = {
 }
 
 
+def parse_event(event: Any) -> tuple[str, dict[str, Any]]:
+    """(action, state) of a task input; ValueError, before any AWS call, when malformed."""
+    if not isinstance(event, dict):
+        raise ValueError(f"the task input must be an object, not {type(event).__name__}")
+    action, state = event.get("action"), event.get("state")
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; expected one of {sorted(ACTIONS)}")
+    if not isinstance(state, dict):
+        raise ValueError("the task input has no 'state' object")
+    state = dict(state)
+    if action == "migrate":
+        if event.get("phase") not in ("pre", "post"):
+            raise ValueError(f"migrate needs phase 'pre' or 'post', not {event.get('phase')!r}")
+        state["phase"] = event["phase"]
+    return action, state
+
+
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    action = event["action"]
-    state = dict(event["state"])
-    if action == "migrate":
-        state["phase"] = event["phase"]
+    action, state = parse_event(event)
     logger.append_keys(action=action, target=state.get("target"))
     return ACTIONS[action](state)
