@@ -102,6 +102,15 @@ def deploy_command(args: argparse.Namespace, template: Path, values: dict[str, s
     return awscli.command(command, args.region)
 
 
+def protect_data(stack: str, region: str | None) -> None:
+    """Set the stack policy that refuses updates replacing or deleting the data (idempotent)."""
+    from templates.stack_policy import stack_policy
+
+    awscli.run(["cloudformation", "set-stack-policy", "--stack-name", stack,
+                "--stack-policy-body", json.dumps(stack_policy())], region)
+    print("Stack policy set: updates may not replace or delete the database, cache, media or secret.")
+
+
 def print_outputs(stack: str, region: str | None) -> str:
     (described,) = awscli.run(["cloudformation", "describe-stacks", "--stack-name", stack], region)["Stacks"]
     outputs = sorted(described.get("Outputs", []), key=lambda o: (o["OutputKey"] != FIRST_OUTPUT,
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if "No changes to deploy" in out:
             print("No changes to deploy: the stack already matches.")
+        protect_data(args.stack_name, args.region)
         print_outputs(args.stack_name, args.region)
     except awscli.AwsError as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)

@@ -76,6 +76,12 @@ def test_the_stack_is_created_from_a_parameter_file_through_the_bucket(aws_env, 
     assert outputs[0] == "InstanceUrl: https://social.example.com/"
     assert "AlertTopicArn: arn:aws:sns:us-east-1:" in created.stdout
     assert any("CREATE_COMPLETE" in line and "AWS::CloudFormation::Stack" in line for line in lines)
+    # The data is guarded against replacement and deletion by the stack policy.
+    body = client("cloudformation").get_stack_policy(StackName="mastodon-prod")["StackPolicyBody"]
+    policy = json.loads(body)
+    denied = next(s for s in policy["Statement"] if s["Effect"] == "Deny")
+    assert "LogicalResourceId/Database" in denied["Resource"]
+    assert "Update:Replace" in denied["Action"]
 
 
 # moto cannot update the whole Mastodon template (its update re-parses every resource and
