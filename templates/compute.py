@@ -39,7 +39,6 @@ from troposphere import (
     Tags,
     Template,
     autoscaling,
-    cloudformation,
     ec2,
     iam,
     logs,
@@ -66,7 +65,8 @@ from templates.versions import Versions
 WEB_GROUP = "WebAutoScalingGroup"
 WORKER_GROUP = "WorkerAutoScalingGroup"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
-INSTANCE_SCRIPTS = "InstanceScripts"
+WEB_LAUNCH_TEMPLATE = "WebLaunchTemplate"
+WORKER_LAUNCH_TEMPLATE = "WorkerLaunchTemplate"
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
 # Room for two Mastodon releases' images side by side during an upgrade (~4 GB) and the OS.
 ROOT_VOLUME_GIB = 20
@@ -120,7 +120,6 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         ))
         for name in PROCESS_LOGS
     }
-    create_instance_scripts(t, scripts)
     role = _server_role(t, p, data, secrets, versions, log_groups)
     profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(role)]))
 
@@ -159,11 +158,13 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         }
 
     web_template = _launch_template(
-        t, "WebLaunchTemplate", Ref(p.web_instance_type), parameters.WEB_IS_ARM, profile,
-        server_security_group, user_data(stack_env("web", WEB_GROUP), scripts))
+        t, WEB_LAUNCH_TEMPLATE, Ref(p.web_instance_type), parameters.WEB_IS_ARM, profile,
+        server_security_group, user_data(stack_env("web", WEB_GROUP), scripts, WEB_LAUNCH_TEMPLATE),
+        scripts)
     worker_template = _launch_template(
-        t, "WorkerLaunchTemplate", Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, profile,
-        server_security_group, user_data(stack_env("worker", WORKER_GROUP), scripts))
+        t, WORKER_LAUNCH_TEMPLATE, Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, profile,
+        server_security_group,
+        user_data(stack_env("worker", WORKER_GROUP), scripts, WORKER_LAUNCH_TEMPLATE), scripts)
 
     web = t.add_resource(autoscaling.AutoScalingGroup(
         WEB_GROUP,
@@ -223,7 +224,14 @@ def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.Mix
 
 def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: str,
                      profile: iam.InstanceProfile, security_group: ec2.SecurityGroup,
-                     data: Base64) -> ec2.LaunchTemplate:
+                     data: Base64, scripts: dict[str, str]) -> ec2.LaunchTemplate:
+    """A launch template whose metadata carries the instance scripts its user data fetches.
+
+    User data may not exceed 16 KB and the scripts are larger, so a new server reads them
+    from its own launch template's metadata (DescribeStackResource). Scripts and user data
+    (which holds their digest) change in the same resource update, so a server never
+    meets scripts of another template version.
+    """
     image = If(arm_condition,
                "{{resolve:ssm:" + AMI_PARAMETER.format(arch="arm64") + "}}",
                "{{resolve:ssm:" + AMI_PARAMETER.format(arch="x86_64") + "}}")
@@ -249,11 +257,15 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
             TagSpecifications=[ec2.TagSpecifications(
                 ResourceType="volume", Tags=Tags(Name=Sub("${AWS::StackName}-server")))],
         ),
-        Metadata={"checkov": {"skip": [
-            {"id": "CKV_AWS_88", "comment": "Servers need a public IPv4 address to pull images "
-             "and federate without a NAT gateway; the security group admits only the load "
-             "balancer, and there is no SSH."},
-        ]}},
+        Metadata={
+            "Scripts": dict(sorted(scripts.items())),
+            "Digest": scripts_digest(scripts),
+            "checkov": {"skip": [
+                {"id": "CKV_AWS_88", "comment": "Servers need a public IPv4 address to pull images "
+                 "and federate without a NAT gateway; the security group admits only the load "
+                 "balancer, and there is no SSH."},
+            ]},
+        },
     ))
 
 
@@ -269,15 +281,15 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
             If(parameters.HAS_SMTP_PASSWORD_SECRET, Ref(p.smtp_password_secret), Ref("AWS::NoValue")),
         ]),
         Statement(Effect=Allow, Action=[awacs_ssm.GetParameter], Resource=[
+            # Servers boot the deployed version; the desired one is the pipeline's.
             parameter_arn(versions.deployed),
-            parameter_arn(versions.desired),
         ]),
         # AWS-managed prefix lists belong to the account "aws".
         Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries], Resource=[
             Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:aws:prefix-list/${CloudFrontPrefixList.Id}")]),
         Statement(Effect=Allow, Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
                   Resource=[GetAtt(g, "Arn") for g in log_groups.values()]),
-        # Signal the groups; read the instance scripts from the stack (see create_instance_scripts).
+        # Signal the groups; read the instance scripts from the stack (see _launch_template).
         Statement(Effect=Allow, Action=[awacs_cfn.SignalResource, awacs_cfn.DescribeStackResource],
                   Resource=[Ref("AWS::StackId")]),
         Statement(Effect=Allow, Action=[awacs_s3.ListBucket], Resource=[GetAtt(data.bucket, "Arn")]),
@@ -301,18 +313,6 @@ def scripts_digest(scripts: dict[str, str]) -> str:
     for name in sorted(scripts):
         digest.update(name.encode() + b"\0" + scripts[name].encode() + b"\0")
     return digest.hexdigest()
-
-
-def create_instance_scripts(t: Template, scripts: dict[str, str]) -> cloudformation.WaitConditionHandle:
-    """The scripts of templates/instance/, held in the template's metadata.
-
-    User data may not exceed 16 KB, the scripts alone are larger; a new server reads
-    them from this resource's metadata (DescribeStackResource) at boot.
-    """
-    return t.add_resource(cloudformation.WaitConditionHandle(
-        INSTANCE_SCRIPTS,
-        Metadata={"Scripts": dict(sorted(scripts.items())), "Digest": scripts_digest(scripts)},
-    ))
 
 
 # Runs before bootstrap.sh exists: fetch the scripts, check they are the ones this
@@ -356,7 +356,7 @@ exec /opt/mastodon-aws/bootstrap.sh
 """
 
 
-def user_data(env: dict[str, object], scripts: dict[str, str]) -> Base64:
+def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource: str) -> Base64:
     """User data: write stack.env, fetch the instance scripts, run the bootstrap."""
     parts: list[object] = [
         "#!/bin/bash\n"
@@ -364,7 +364,7 @@ def user_data(env: dict[str, object], scripts: dict[str, str]) -> Base64:
         "install -d -m 0755 /etc/mastodon /opt/mastodon-aws\n"
         "cat > /etc/mastodon/stack.env <<'STACK_ENV'\n"
     ]
-    for key, value in {**env, "INSTANCE_SCRIPTS": INSTANCE_SCRIPTS}.items():
+    for key, value in {**env, "INSTANCE_SCRIPTS": scripts_resource}.items():
         parts += [f"{key}='", value, "'\n"]
     parts.append("STACK_ENV\n")
     parts.append(f"SCRIPTS_DIGEST={scripts_digest(scripts)}\n")

@@ -42,7 +42,8 @@ DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
 
 HOSTNAME_PATTERN = r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 EMAIL_PATTERN = r"^[^@\s]+@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
-OPTIONAL_EMAIL_PATTERN = r"^$|" + EMAIL_PATTERN
+# The sender reaches the servers' stack.env, which single-quotes values: no quotes.
+OPTIONAL_SENDER_PATTERN = r"^$|^[^@\s'\"]+@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 HOSTED_ZONE_PATTERN = r"^$|^Z[A-Z0-9]{1,31}$"
 CERTIFICATE_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$"
 SECRET_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
@@ -130,8 +131,8 @@ def create_parameters(t: Template) -> Parameters:
         mail_from=add_parameter(t, GROUP_MAIL, "Sender address", Parameter(
             "MailFromAddress", Type="String", Default="",
             Description="From address of Mastodon's e-mails. Empty: notifications@<domain>.",
-            AllowedPattern=OPTIONAL_EMAIL_PATTERN,
-            ConstraintDescription="empty, or an e-mail address",
+            AllowedPattern=OPTIONAL_SENDER_PATTERN,
+            ConstraintDescription="empty, or an e-mail address without quotes",
         )),
         smtp_server=add_parameter(t, GROUP_MAIL, "External SMTP server", Parameter(
             "SmtpServer", Type="String", Default="",
@@ -148,13 +149,14 @@ def create_parameters(t: Template) -> Parameters:
         smtp_login=add_parameter(t, GROUP_MAIL, "External SMTP login", Parameter(
             "SmtpLogin", Type="String", Default="",
             Description="User name on the external SMTP server (not used with SES).",
-            AllowedPattern=r"^[\x21-\x7e]{0,128}$",
-            ConstraintDescription="up to 128 printable characters, no spaces",
+            AllowedPattern=r"^[\x21\x23-\x26\x28-\x7e]{0,128}$",
+            ConstraintDescription="up to 128 printable characters, no spaces or quotes",
         )),
         smtp_password_secret=add_parameter(t, GROUP_MAIL, "External SMTP password secret", Parameter(
             "SmtpPasswordSecretArn", Type="String", Default="",
             Description="ARN of a Secrets Manager secret whose value is the external SMTP "
-            "password (never a password itself: parameters are not secret storage).",
+            "password (never a password itself: parameters are not secret storage). Encrypt it "
+            "with the default aws/secretsmanager key: the servers may not use other keys.",
             AllowedPattern=SECRET_ARN_PATTERN,
             ConstraintDescription="empty, or a Secrets Manager secret ARN",
         )),
@@ -166,7 +168,8 @@ def create_parameters(t: Template) -> Parameters:
         )),
         web_min_size=add_parameter(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
             "WebMinSize", Type="Number", Default="1",
-            Description="Web servers always running. Upgrades keep this many serving.",
+            Description="Web servers always running. An upgrade takes RollingBatchSize of them "
+            "out at a time (a single server is replaced by a new one first).",
             MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
         )),
         web_max_size=add_parameter(t, GROUP_COMPUTE, "Web servers, maximum", Parameter(

@@ -45,7 +45,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     net = network.create_network(t)
     outgoing_mail = mail.create_mail(t, p)
     stack_secrets = secrets.create_secrets(t, p, assets.lambdas["app_secrets"], Ref(outgoing_mail.smtp_user))
-    version_parameters = versions.create_versions(t, options)
+    version_parameters = versions.create_versions(t, options, p, assets.lambdas["initial_parameter"])
     lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
     servers = compute.create_server_security_group(t, net, lb)
     stores = data.create_data(t, p, net, servers, stack_secrets)

@@ -85,13 +85,14 @@ def test_build_runs_from_any_directory(tmp_path):
 def test_user_data_that_outgrows_ec2s_limit_stops_the_build():
     assets = build.load_assets()
     with pytest.raises(compute.UserDataTooLarge, match="16384"):
-        compute.user_data({"ROLE": "web", "NOTE": "x" * 16000}, assets.instance_scripts)
+        compute.user_data({"ROLE": "web", "NOTE": "x" * 16000}, assets.instance_scripts, "WebLaunchTemplate")
 
 
 def test_every_instance_script_and_lambda_is_embedded(template_json):
     assets = build.load_assets()
     assert set(assets.instance_scripts) >= {"bootstrap.sh", "pools.sh"}
     assert set(assets.lambdas) == {"app_secrets", "cloudfront_certificate", "prefix_list",
-                                   "rollout", "invalidate"}
-    embedded = json.loads(template_json)["Resources"]["InstanceScripts"]["Metadata"]["Scripts"]
-    assert embedded == assets.instance_scripts
+                                   "rollout", "invalidate", "initial_parameter"}
+    for launch_template in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+        embedded = json.loads(template_json)["Resources"][launch_template]["Metadata"]["Scripts"]
+        assert embedded == assets.instance_scripts

@@ -80,11 +80,27 @@ signal() {
     unique_id="$INSTANCE_ID-$(sanitize_id "$reason" $((63 - ${#INSTANCE_ID})))"
   fi
   log "signalling $status to $SIGNAL_RESOURCE as $unique_id"
+  RETRY_ATTEMPTS=${RETRY_ATTEMPTS:-3} retry signal_once "$status" "$unique_id"
+}
+
+signal_once() {
+  local output
   local -a region
   mapfile -t region < <(region_args)
-  RETRY_ATTEMPTS=${RETRY_ATTEMPTS:-3} retry aws cloudformation signal-resource "${region[@]}" \
-    --stack-name "$STACK_NAME" --logical-resource-id "$SIGNAL_RESOURCE" \
-    --unique-id "$unique_id" --status "$status"
+  if output=$(aws cloudformation signal-resource "${region[@]}" --stack-name "$STACK_NAME" \
+    --logical-resource-id "$SIGNAL_RESOURCE" --unique-id "$2" --status "$1" 2>&1); then
+    return 0
+  fi
+  # Scale-outs, replacements and the rollout's extra server boot outside any stack
+  # operation: CloudFormation refuses the signal, and no one is waiting for it.
+  case $output in
+    *ValidationError*)
+      log "no stack operation waits for this server's signal ($output)"
+      return 0
+      ;;
+  esac
+  log "signal failed: $output"
+  return 1
 }
 
 ship_log() {
@@ -330,7 +346,13 @@ render_environment() {
     env_line SMTP_PASSWORD "${SECRET[SMTP_PASSWORD]:-}"
     env_line SMTP_FROM_ADDRESS "$SMTP_FROM_ADDRESS"
     env_line SMTP_AUTH_METHOD plain
-    env_line SMTP_ENABLE_STARTTLS auto
+    if [ "$SMTP_PORT" = 465 ]; then
+      # Port 465 speaks TLS from the first byte (implicit TLS), not STARTTLS.
+      env_line SMTP_TLS true
+      env_line SMTP_ENABLE_STARTTLS never
+    else
+      env_line SMTP_ENABLE_STARTTLS auto
+    fi
   } >"$tmp"
   chmod 0600 "$tmp"
   mv -f "$tmp" "$ETC_DIR/mastodon.env"

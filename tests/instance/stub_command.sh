@@ -3,7 +3,8 @@
 #
 # Linked under each command's name. Appends every call to $STUB_DIR/calls.log (name
 # and arguments separated by US, 0x1f) and answers like the real tool, from the
-# response files the test harness writes into $STUB_DIR.
+# response files the test harness writes into $STUB_DIR (docker images: the file
+# images; docker rmi fails for the references listed in rmi_fail).
 set -u
 name=${0##*/}
 {
@@ -34,6 +35,13 @@ case $name in
         ;;
       "ssm get-parameter") cat "$STUB_DIR/parameter-$(key "$(option --name "$@")").json" ;;
       "ec2 get-managed-prefix-list-entries") cat "$STUB_DIR/prefix-list-$(key "$(option --prefix-list-id "$@")").json" ;;
+      "cloudformation signal-resource")
+        # A server launched outside a stack operation: nothing waits for its signal.
+        if [ "$(setting signal_state waiting)" = none ]; then
+          echo "An error occurred (ValidationError) when calling the SignalResource operation: Resource $(option --logical-resource-id "$@") is in UPDATE_COMPLETE state and cannot be signaled" >&2
+          exit 254
+        fi
+        ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
         cp "${events#file://}" "$STUB_DIR/shipped-log-$$.json"
@@ -77,6 +85,14 @@ case $name in
         esac
         ;;
       logs) echo "PG::ConnectionBad: could not connect to server (stub container log)" ;;
+      images) setting images '' ;;
+      rmi)
+        if grep -qxF -- "$2" "$STUB_DIR/rmi_fail" 2>/dev/null; then
+          echo "Error response from daemon: conflict: unable to remove repository reference \"$2\"" >&2
+          exit 1
+        fi
+        echo "Untagged: $2"
+        ;;
     esac
     ;;
   curl)

@@ -222,3 +222,26 @@ def test_an_external_smtp_server_takes_its_password_from_its_own_secret(bootstra
     assert env["SMTP_LOGIN"] == "mailer@example.org"
     assert env["SMTP_PASSWORD"] == "external-smtp-pw-m3m3m3"
     assert "external-smtp-pw-m3m3m3" not in run.log
+
+
+def test_a_server_launched_outside_a_stack_operation_still_boots(bootstrap):
+    # Scale-outs and replacements: CloudFormation refuses the signal, nobody waits for it.
+    run = bootstrap("web", signal_state="none")
+    assert run.returncode == 0, run.output
+    assert "no stack operation waits for this server's signal" in run.log
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+
+
+def test_an_external_smtp_server_on_port_465_gets_implicit_tls(bootstrap):
+    secrets = {APP_SECRET_ARN: json.dumps(APP_SECRET), SMTP_SECRET_ARN: "external-smtp-pw-m3m3m3"}
+    run = bootstrap("web", secrets=secrets, stack={
+        "SMTP_LOGIN": "mailer@example.org", "SMTP_SERVER": "smtp.example.org", "SMTP_PORT": "465",
+        "SMTP_PASSWORD_SECRET_ARN": SMTP_SECRET_ARN})
+    assert run.returncode == 0, run.output
+    env = run.env_file()
+    assert (env["SMTP_TLS"], env["SMTP_ENABLE_STARTTLS"]) == ("true", "never")
+
+
+def test_smtp_on_587_negotiates_starttls(web):
+    env = web.env_file()
+    assert env["SMTP_ENABLE_STARTTLS"] == "auto" and "SMTP_TLS" not in env

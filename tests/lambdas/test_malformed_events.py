@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from lambdas import app_secrets, cloudfront_certificate, prefix_list
+from lambdas import app_secrets, cloudfront_certificate, initial_parameter, prefix_list
 
 HANDLERS = {"app_secrets": app_secrets, "cloudfront_certificate": cloudfront_certificate,
-            "prefix_list": prefix_list}
+            "initial_parameter": initial_parameter, "prefix_list": prefix_list}
 
 # handler, properties, what the reason must mention
 CASES = [
@@ -19,6 +19,8 @@ CASES = [
     ("cloudfront_certificate", {}, "DomainName"),
     ("cloudfront_certificate", {"DomainName": "social.example.com"}, "HostedZoneId"),
     ("cloudfront_certificate", {"DomainName": 42, "HostedZoneId": "Z123"}, "domain"),
+    ("initial_parameter", {}, "Name"),
+    ("initial_parameter", {"Name": "/mastodon/x/deployed-version", "Value": 4}, "Value"),
     ("prefix_list", {}, "PrefixListName"),
     ("prefix_list", {"PrefixListName": {"nested": True}}, "PrefixListName"),
 ]
@@ -58,7 +60,8 @@ def test_an_unknown_request_type_fails_and_touches_nothing(
     handler: str, no_aws: list[str], answers: Any, cfn_event: Any, context: Any,
 ) -> None:
     event = cfn_event("Create", {"SecretId": "arn:x", "DomainName": "a.example.com",
-                                 "HostedZoneId": "Z123", "PrefixListName": "com.amazonaws.x"})
+                                 "HostedZoneId": "Z123", "PrefixListName": "com.amazonaws.x",
+                                 "Name": "/mastodon/x/deployed-version", "Value": "v4.7.6"})
     event["RequestType"] = "Replace"
     HANDLERS[handler].lambda_handler(event, context)
     assert answers.last["Status"] == "FAILED"

@@ -149,5 +149,5 @@ def test_the_operator_command_needs_tootctl_arguments(aws_env):
 
 
 def test_the_wrapper_is_delivered_to_every_server(template):
-    assert "tootctl.sh" in template["Resources"]["InstanceScripts"]["Metadata"]["Scripts"]
+    assert "tootctl.sh" in template["Resources"]["WorkerLaunchTemplate"]["Metadata"]["Scripts"]
 

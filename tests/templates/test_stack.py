@@ -194,10 +194,19 @@ def test_ses_sends_as_the_domain_with_dkim_or_an_external_server_takes_over(temp
 
 def test_version_parameters_start_at_the_pinned_release(template):
     assert RELEASE_TAG.match(MASTODON_VERSION)
-    for name in ("DesiredVersionParameter", "DeployedVersionParameter"):
-        parameter = props(template, name)
-        assert parameter["Value"] == MASTODON_VERSION
-        assert parameter["Type"] == "String"
+    desired, deployed = (template["Resources"][n] for n in ("DesiredVersionParameter",
+                                                           "DeployedVersionParameter"))
+    assert desired["Type"] == "AWS::SSM::Parameter" and desired["Properties"]["Value"] == MASTODON_VERSION
+    assert deployed["Properties"]["Value"] == MASTODON_VERSION
+
+
+def test_only_the_pipeline_moves_the_deployed_version(template):
+    # A new build pinning another release must not rewrite the boot version behind the
+    # pipeline's back: the stack writes it once (Custom::InitialParameter), never again.
+    deployed = template["Resources"]["DeployedVersionParameter"]
+    assert deployed["Type"] == "Custom::InitialParameter"
+    assert deployed["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["InitialParameterFunction", "Arn"]}
+    assert deployed["Properties"]["Name"] == {"Fn::Sub": "/mastodon/${AWS::StackName}/deployed-version"}
 
 
 def test_every_process_and_function_logs_with_retention(template):

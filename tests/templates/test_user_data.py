@@ -70,7 +70,7 @@ FAKE_SCRIPTS = {
 def fake_template(template):
     """The built launch templates' user data, with stand-in scripts (so the test needs no Docker)."""
     env = stack_env("web")
-    return compute.user_data(env, FAKE_SCRIPTS).to_dict(), env
+    return compute.user_data(env, FAKE_SCRIPTS, "WebLaunchTemplate").to_dict(), env
 
 
 def _run_fake(tmp_path, fake_template, metadata):
@@ -111,9 +111,9 @@ def test_scripts_that_cannot_be_read_fail_the_signal_after_retries(tmp_path, fak
 
 def test_the_built_user_data_runs_the_real_scripts_digest(template, tmp_path):
     """The template's own user data accepts the template's own scripts (and only them)."""
-    env = {**stack_env("worker"), "INSTANCE_SCRIPTS": "InstanceScripts"}
+    env = {**stack_env("worker"), "INSTANCE_SCRIPTS": "WorkerLaunchTemplate"}
     text = user_data_text(template, "WorkerLaunchTemplate", env)
-    metadata = template["Resources"]["InstanceScripts"]["Metadata"]
+    metadata = template["Resources"]["WorkerLaunchTemplate"]["Metadata"]
     # Stop right after the scripts are in place: the real bootstrap has its own tests.
     text = text.replace("exec ", "echo would exec ")
     result = run(text, tmp_path, metadata)

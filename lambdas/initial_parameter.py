@@ -1,0 +1,111 @@
+"""Custom::InitialParameter: an SSM parameter the stack creates but never overwrites.
+
+The deployed-version parameter holds the version every process last ran; only the
+upgrade pipeline may change it. As an AWS::SSM::Parameter, CloudFormation would write
+the template's value into it whenever a new build pins another release, and servers
+launched afterwards would boot code whose migrations never ran. This resource writes
+the value once, when the parameter does not exist, and leaves it alone on every
+update; deleting the stack deletes the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.data_classes import (
+    CloudFormationCustomResourceEvent,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+
+logger = Logger()
+
+# SSM parameter names: a path of letters, digits and .-_/ (at most 1011 characters).
+NAME = re.compile(r"^/[a-zA-Z0-9_.\-/]{1,1010}$")
+
+
+# ---------------------------------------------------------------- decisions
+def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(name, initial value, description); ValueError when invalid."""
+    name, value = properties.get("Name"), properties.get("Value")
+    description = properties.get("Description") or ""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"property Name must be an SSM parameter path, not {name!r}")
+    if not isinstance(value, str) or not value or len(value) > 4096:
+        raise ValueError("property Value must be a non-empty string of at most 4096 characters")
+    if not isinstance(description, str):
+        raise ValueError("property Description must be a string")
+    return name, value, description[:1024]
+
+
+# ---------------------------------------------------------------- AWS calls
+def create_if_missing(name: str, value: str, description: str) -> bool:
+    """Write the value unless the parameter exists; True when it was written."""
+    try:
+        boto3.client("ssm").put_parameter(
+            Name=name, Value=value, Type="String", Description=description, Overwrite=False)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ParameterAlreadyExists":
+            return False
+        raise
+    return True
+
+
+def delete(name: str) -> None:
+    try:
+        boto3.client("ssm").delete_parameter(Name=name)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ParameterNotFound":
+            raise
+
+
+def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
+    body = json.dumps({
+        "Status": status,
+        "Reason": reason[:1000],
+        "PhysicalResourceId": physical_id,
+        "StackId": event.get("StackId", ""),
+        "RequestId": event.get("RequestId", ""),
+        "LogicalResourceId": event.get("LogicalResourceId", ""),
+        "Data": {},
+    }).encode()
+    url = str(event["ResponseURL"])
+    if not url.startswith("https://"):
+        raise ValueError("ResponseURL is not an https URL")
+    request = urllib.request.Request(  # noqa: S310 - https only, checked above
+        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
+        logger.info("Answered CloudFormation", extra={"status": status, "http_status": response.status})
+
+
+# ---------------------------------------------------------------- handler
+@logger.inject_lambda_context
+def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
+    event = CloudFormationCustomResourceEvent(raw_event)
+    # The physical id is the parameter's name: Ref gives the name, like AWS::SSM::Parameter.
+    physical_id = event.physical_resource_id or f"no-parameter-{raw_event.get('RequestId', '')}"
+    try:
+        kind = event.request_type
+        if kind not in ("Create", "Update", "Delete"):
+            raise ValueError(f"unknown RequestType {kind!r}")
+        if kind == "Delete":
+            if NAME.match(physical_id):  # a failed Create left nothing to delete
+                delete(physical_id)
+            send_response(raw_event, "SUCCESS", "", physical_id)
+            return
+        name, value, description = parse_properties(event.resource_properties)
+        # Update: a new name is a new parameter (CloudFormation then deletes the old id);
+        # the same name keeps whatever value the pipeline has written since.
+        written = create_if_missing(name, value, description)
+        logger.info("Parameter ensured", extra={"parameter": name, "written": written})
+        send_response(raw_event, "SUCCESS", "", name)
+    except Exception as error:
+        logger.exception("Request failed")
+        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        send_response(raw_event, "FAILED", reason, physical_id)
