@@ -19,7 +19,13 @@ Actions, in the order of a rollout:
             server launched at the old version meanwhile
   rollback  the web and worker ticks again, towards the previous version, over
             the instances this rollout changed
-  finish    the notification, the handled mark, and whether a newer version waits
+  finish    Auto Scaling resumed, the notification, the handled mark, and whether
+            a newer version waits
+
+While the web group is being rolled, its scaling processes that could terminate or
+replace a server on their own (SCALING_PROCESSES) are suspended: a scale-in might
+otherwise pick the only serving server while its replacement is not yet serving.
+Finish resumes those this rollout suspended, whatever the outcome.
 
 Which version an instance runs is its `mastodon:version` tag, set once the deploy
 script succeeded and the instance is healthy again; an untagged instance (a new
@@ -61,6 +67,8 @@ MIGRATION_TIMEOUT = 6 * 3600  # long migrations on large databases
 BOOT_GRACE = 900  # the groups' health check grace period: a server still booting
 SURGE_TIMEOUT = 1800  # for the surge server to boot and serve
 INVALID = "invalid"
+# Suspended on the web group while a rollout runs (see web() and finish()).
+SCALING_PROCESSES = ["AlarmNotification", "ScheduledActions", "AZRebalance"]
 
 
 def now() -> float:
@@ -351,6 +359,11 @@ def protect(group: str, instances: list[str], protected: bool) -> None:
 
 
 # ---------------------------------------------------------------- actions
+def fresh_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What a rollout starts from: the execution's configuration, nothing of an earlier rollout."""
+    return {k: v for k, v in state.items() if k in ("config", "execution", "state_machine")}
+
+
 def begin(state: dict[str, Any]) -> dict[str, Any]:
     config = state["config"]
     ahead = queue_position(
@@ -369,7 +382,7 @@ def begin(state: dict[str, Any]) -> dict[str, Any]:
     desired, desired_version = read_parameter(config["desired_parameter"])
     deployed, _ = read_parameter(config["deployed_parameter"])
     handled = json.loads(read_parameter(config["handled_parameter"])[0] or "{}")
-    fresh = {k: v for k, v in state.items() if k in ("config", "execution", "state_machine")}
+    fresh = fresh_state(state)
     if desired == deployed or int(handled.get("desired_version", 0)) >= desired_version:
         logger.info("Nothing to roll out", extra={"desired": desired, "deployed": deployed})
         return {**fresh, "next": "noop"}
@@ -534,12 +547,36 @@ def tick(state: dict[str, Any], role: str, target: str, scope: set[str] | None) 
     }
 
 
+def hold_scaling(group: str) -> list[str]:
+    """Suspends SCALING_PROCESSES on `group`; returns those this call suspended.
+
+    Processes an operator had already suspended are left out, so that finish()
+    resumes only what the rollout suspended.
+    """
+    (asg,) = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])[
+        "AutoScalingGroups"
+    ]
+    already = {p["ProcessName"] for p in asg.get("SuspendedProcesses", [])}
+    suspend = [p for p in SCALING_PROCESSES if p not in already]
+    if suspend:
+        client("autoscaling").suspend_processes(AutoScalingGroupName=group, ScalingProcesses=suspend)
+    return suspend
+
+
 def web(state: dict[str, Any]) -> dict[str, Any]:
+    if "suspended" not in state:
+        # A step of its own, so that the state records what to resume before any server moves.
+        suspended = hold_scaling(state["config"]["web_group"])
+        logger.info("Web group scaling suspended", extra={"processes": suspended})
+        return {**state, "suspended": suspended, "next": "wait", "wait": 1}
     return tick(state, "web", state["target"], None)
 
 
 def worker(state: dict[str, Any]) -> dict[str, Any]:
-    return tick(state, "worker", state["target"], None)
+    result = tick(state, "worker", state["target"], None)
+    if result["next"] == "done":  # from here on every server runs the target
+        result["switched"] = True
+    return result
 
 
 def record(state: dict[str, Any]) -> dict[str, Any]:
@@ -583,18 +620,81 @@ def rollback(state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "next": "done"}
 
 
+def resume_scaling(state: dict[str, Any]) -> str | None:
+    """Resumes the processes web() suspended; why it could not, or None."""
+    suspended = state.get("suspended") or []
+    if not suspended:
+        return None
+    group = state["config"]["web_group"]
+    try:
+        client("autoscaling").resume_processes(AutoScalingGroupName=group, ScalingProcesses=suspended)
+    except Exception as error:  # the notice must still go out
+        logger.exception("Could not resume the web group's scaling processes")
+        return (
+            f"the web group's scaling processes {', '.join(suspended)} are still suspended ({error}); "
+            f"resume them: aws autoscaling resume-processes --auto-scaling-group-name {group}"
+        )
+    return None
+
+
+def failure_notice(state: dict[str, Any], failure: str) -> tuple[str, str]:
+    """(subject, message) of a failed rollout: what failed, what changed, what to do."""
+    config = state["config"]
+    target = state.get("target")
+    if not target:  # begin never completed
+        return (
+            "Mastodon upgrade could not start",
+            f"The upgrade rollout could not start: {failure}. Nothing was changed. "
+            "Put the desired version again to retry.",
+        )
+    subject = f"Mastodon upgrade to {target} failed"
+    if state.get("rollback_error"):
+        return subject, (
+            f"The upgrade to {target} failed: {failure}; the rollback to {state.get('previous')} "
+            f"failed too ({failure_reason(state['rollback_error'])}): servers may run either "
+            "version; repair by hand."
+        )
+    if state.get("rolling_back"):
+        return subject, (
+            f"The upgrade to {target} failed: {failure}. The servers run the previous version "
+            "again; it stays the boot version."
+        )
+    if state.get("switched"):
+        # After the worker step: every server runs the target; no rollback (the schema).
+        deployed, _ = read_parameter(config["deployed_parameter"])
+        boot = (
+            f"new servers boot it too (deployed-version is {target})."
+            if deployed == target
+            else f"but new servers still boot {deployed} (deployed-version was not updated): "
+            f"put {target} into the deployed-version parameter by hand."
+        )
+        migration = state.get("migration") or {}
+        todo = (
+            " The post-deployment migrations ran."
+            if migration.get("phase") == "post" and migration.get("done")
+            else " Fix the cause, then run them on the worker: "
+            f"{DEPLOY_SCRIPT} migrate post {target} (Session Manager or Run Command); putting the "
+            "desired version again does not re-run them."
+        )
+        return f"Mastodon upgrade to {target}: post-deployment step failed", (
+            f"Every server was upgraded to {target}, then a later step failed: {failure}. "
+            f"Every server runs {target}; {boot} Nothing was rolled back, since the database "
+            f"may already carry part of the post-deployment migrations.{todo}"
+        )
+    return subject, f"The upgrade to {target} failed: {failure}. Nothing was changed."
+
+
 def finish(state: dict[str, Any]) -> dict[str, Any]:
-    """Notify, mark the desired parameter's version handled, and look for a newer one."""
+    """Resume scaling, notify, mark the desired parameter's version handled, look for a newer one.
+
+    A failure is a step's own ("failure") or an error the state machine caught ("error").
+    """
     config = state["config"]
     target = state.get("target", "?")
-    if state.get("failure"):
-        restored = (
-            " The servers run the previous version again; it stays the boot version."
-            if state.get("rolling_back")
-            else " Nothing was changed."
-        )
-        subject = f"Mastodon upgrade to {target} failed"
-        message = f"The upgrade to {target} failed: {state['failure']}.{restored}"
+    scaling = resume_scaling(state)
+    failure = state.get("failure") or (failure_reason(state["error"]) if state.get("error") else None)
+    if failure:
+        subject, message = failure_notice(state, failure)
         result = "failed"
     else:
         subject = f"Mastodon upgraded to {target}"
@@ -602,24 +702,32 @@ def finish(state: dict[str, Any]) -> dict[str, Any]:
         if state.get("warning"):
             message += f" Warning: {state['warning']}"
         result = "succeeded"
+    if scaling:
+        message += f" Warning: {scaling}"
     client("sns").publish(TopicArn=config["topic_arn"], Subject=subject[:100], Message=message)
+    if "desired_version" not in state:
+        # begin never completed: no version was handled, the last record stands.
+        return {**state, "next": "failed"}
     client("ssm").put_parameter(
         Name=config["handled_parameter"],
         Overwrite=True,
         Value=json.dumps(
             {
-                "desired_version": state.get("desired_version", 0),
+                "desired_version": state["desired_version"],
                 "version": target,
                 "result": result,
                 "execution": state["execution"],
-                "reason": state.get("failure", ""),
+                "reason": failure or "",
             }
         )[:4000],
     )
     if result == "failed":
         return {**state, "next": "failed"}
     _, desired_version = read_parameter(config["desired_parameter"])
-    return {**state, "next": "again" if desired_version > int(state.get("desired_version", 0)) else "done"}
+    if desired_version > int(state["desired_version"]):
+        # Begin starts afresh: nothing of this rollout may be taken for the next one's.
+        return {**fresh_state(state), "next": "again"}
+    return {**state, "next": "done"}
 
 
 ACTIONS = {

@@ -257,13 +257,11 @@ def rollout_statements(
                 awacs_autoscaling.SetDesiredCapacity,
                 awacs_autoscaling.UpdateAutoScalingGroup,
                 awacs_autoscaling.TerminateInstanceInAutoScalingGroup,
+                # Scaling held while the web group rolls (no scale-in of the only server).
+                awacs_autoscaling.SuspendProcesses,
+                awacs_autoscaling.ResumeProcesses,
             ],
             Resource=[_group_arn(compute.web_group)],
-        ),
-        Statement(
-            Effect=Allow,
-            Action=[awacs_autoscaling.SetInstanceProtection],
-            Resource=[_group_arn(compute.worker_group)],
         ),
         # These accept no resource ARN: AWS grants them only on "*".
         Statement(

@@ -10,7 +10,10 @@
 # Prints what it did; on failure exits non-zero with the reason as the last line of
 # stderr (the rollout quotes it). One deploy at a time per server (flock), so a
 # retried command waits for the first instead of racing it. Deploying the version
-# that already runs healthy does nothing but pull.
+# that already runs healthy does nothing but pull. After a deploy that switched
+# versions and turned healthy, images of the role's repositories other than the new
+# version and the one it replaced (kept for a quick rollback) are removed, so the
+# root volume does not fill release after release; a removal that fails is logged.
 #
 # Tests redirect paths with MASTODON_ROOT and shorten waits with the DEPLOY_* variables.
 # shellcheck disable=SC2153
@@ -114,6 +117,29 @@ wait_for_health() {
   fi
 }
 
+# Removes the images of MASTODON_IMAGE and STREAMING_IMAGE tagged neither $1 nor $2.
+remove_old_images() {
+  local keep=$1 previous=$2 refs ref image
+  refs=$(docker images --format '{{.Repository}}:{{.Tag}}') || {
+    log "could not list the images; none removed"
+    return 0
+  }
+  while IFS= read -r ref; do
+    for image in "$MASTODON_IMAGE" "$STREAMING_IMAGE"; do
+      case $ref in
+        "$image:$keep" | "$image:$previous" | "$image:<none>") ;;
+        "$image":*)
+          if docker rmi "$ref" >/dev/null; then
+            log "removed the old image $ref"
+          else
+            log "could not remove the old image $ref; leaving it"
+          fi
+          ;;
+      esac
+    done
+  done <<<"$refs"
+}
+
 deploy() {
   local version=$1 previous
   previous=$(current_version)
@@ -133,6 +159,7 @@ deploy() {
   log "version.env: ${previous:-none} -> $version; restarting ${UNITS[*]}"
   systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
   wait_for_health "$version"
+  remove_old_images "$version" "$previous"
   echo "deployed $version on $ROLE (was ${previous:-none})"
 }
 

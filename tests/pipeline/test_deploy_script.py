@@ -144,3 +144,52 @@ def test_migrations_are_refused_on_a_web_server(tmp_path):
     proc, calls = run(tmp_path, "web", "migrate", "pre", NEW)
     assert proc.returncode != 0 and "run on the worker" in proc.stderr
     assert not [c for c in calls if c[:2] == ["docker", "run"]]
+
+
+# What `docker images --format '{{.Repository}}:{{.Tag}}'` lists on a server that ran
+# OLDER, then OLD, and has pulled NEW: a release is 2-3 GB on a 20 GiB root volume.
+OLDER = "v4.5.9"
+IMAGES_ON_DISK = "".join(
+    f"{repository}:{tag}\n"
+    for repository in ("ghcr.io/mastodon/mastodon", "ghcr.io/mastodon/mastodon-streaming")
+    for tag in (OLDER, OLD, NEW)
+) + "ghcr.io/mastodon/mastodon:<none>\npublic.ecr.aws/cloudwatch-agent/cloudwatch-agent:1.3\n"
+
+
+def removed(calls: list) -> list[str]:
+    return [c[-1] for c in calls if c[:2] == ["docker", "rmi"]]
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_a_deploy_removes_the_images_older_than_the_version_it_replaced(tmp_path, role):
+    proc, calls = run(tmp_path, role, "deploy", NEW, images=IMAGES_ON_DISK)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(removed(calls)) == [
+        f"ghcr.io/mastodon/mastodon-streaming:{OLDER}",
+        f"ghcr.io/mastodon/mastodon:{OLDER}",
+    ], "only the images older than the replaced version go: the replaced one stays for a rollback"
+    restarted = next(i for i, c in enumerate(calls) if c[:2] == ["systemctl", "restart"])
+    first_removal = next(i for i, c in enumerate(calls) if c[:2] == ["docker", "rmi"])
+    assert first_removal > restarted, "images are removed only once the new version serves"
+
+
+def test_a_failed_deploy_removes_no_image(tmp_path):
+    proc, calls = run(tmp_path, "web", "deploy", NEW, images=IMAGES_ON_DISK, health="down")
+    assert proc.returncode != 0
+    assert removed(calls) == [] and ["docker", "images"] not in [c[:2] for c in calls]
+
+
+def test_an_unchanged_deploy_removes_no_image(tmp_path):
+    run(tmp_path, "web", "deploy", NEW)
+    proc, calls = run(tmp_path, "web", "deploy", NEW, images=IMAGES_ON_DISK)
+    assert proc.returncode == 0 and "(unchanged)" in proc.stdout
+    assert removed(calls) == []
+
+
+def test_an_image_that_cannot_be_removed_is_logged_and_the_deploy_still_succeeds(tmp_path):
+    stuck = f"ghcr.io/mastodon/mastodon:{OLDER}"
+    proc, calls = run(tmp_path, "web", "deploy", NEW, images=IMAGES_ON_DISK, rmi_fail=stuck + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert f"deployed {NEW} on web (was {OLD})" in proc.stdout
+    assert f"could not remove the old image {stuck}" in proc.stderr
+    assert f"ghcr.io/mastodon/mastodon-streaming:{OLDER}" in removed(calls)

@@ -143,3 +143,16 @@ def test_the_definition_is_accepted_by_step_functions_in_moto(template):
             == "Configure"
         )
     assert len(resources(template, "AWS::StepFunctions::StateMachine")) == 1
+
+
+def test_the_rollout_may_hold_scaling_of_the_web_group_only_and_never_touches_the_worker_group(template):
+    reads = {"autoscaling:DescribeAutoScalingGroups"}
+    scaling = [
+        s
+        for s in _statements(template, "RolloutFunctionRole")
+        if any(a.startswith("autoscaling:") and a not in reads for a in s["Action"])
+    ]
+    (web,) = scaling
+    assert {"autoscaling:SuspendProcesses", "autoscaling:ResumeProcesses"} <= set(web["Action"])
+    (arn,) = web["Resource"]
+    assert arn["Fn::Sub"].endswith("autoScalingGroupName/${WebAutoScalingGroup}")

@@ -8,11 +8,15 @@ healthy web capacity never fell below max(1, size - batch) at any step.
 
 from __future__ import annotations
 
+import json
+import urllib.error
+
 import pytest
+from botocore.exceptions import ClientError
 
 from lambdas import rollout
 from tests.lambdas.conftest import LambdaContext
-from tests.pipeline.harness import DEPLOYED, NEW, NEWER, OLD, Timing, World
+from tests.pipeline.harness import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 
 # Short durations keep the simulated rollouts (and the tests) quick; the benchmark
 # uses realistic ones.
@@ -234,3 +238,142 @@ def test_cloudfront_throttling_is_waited_out_and_one_invalidation_made(fleet):
     assert world.invalidations == 1 and world.calls["CreateInvalidation"] == 4
     assert result.states.count("InvalidateRetry") == 3
     assert "Warning" not in world.notifications()[0][1]
+
+
+# ---------------------------------------------------------------- a step that crashes
+def handled(world: World) -> dict:
+    return json.loads(world.parameter(HANDLED))
+
+
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        (urllib.error.URLError(TimeoutError("timed out")), "timed out"),
+        (
+            urllib.error.HTTPError("https://ghcr.io/v2/x", 500, "Internal Server Error", {}, None),  # type: ignore[arg-type]
+            "the registry answered 500",
+        ),
+    ],
+    ids=["registry-timeout", "registry-500"],
+)
+def test_a_validation_that_crashes_is_reported_as_a_failure_and_changes_nothing(fleet, fault, reason):
+    world = fleet(web=2, timing=QUICK)
+
+    def unreachable(request, timeout=0):
+        raise fault
+
+    world.registry.open = unreachable
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "FAILED"
+    assert result.states.count("Begin") == 1, "a second rollout was started"
+    ((subject, message),) = world.notifications()
+    assert subject == f"Mastodon upgrade to {NEW} failed"
+    assert reason in message and "Nothing was changed" in message
+    assert handled(world)["result"] == "failed" and reason in handled(world)["reason"]
+    assert world.parameter(DEPLOYED) == OLD
+    assert world.commands_sent() == [] and world.calls["SuspendProcesses"] == 0
+    assert_all_on(world, OLD)
+
+
+def test_a_begin_that_crashes_ends_once_with_a_notice_and_keeps_the_last_record(fleet, monkeypatch):
+    world = fleet(web=1, timing=QUICK)
+    record = '{"desired_version": 1, "version": "v4.6.2", "result": "succeeded"}'
+    world.aws("ssm").put_parameter(Name=HANDLED, Value=record, Type="String", Overwrite=True)
+
+    def throttled(*args, **kwargs):
+        error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+        raise ClientError(error, "ListExecutions")
+
+    monkeypatch.setattr(rollout, "queue_position", throttled)
+    world.set_desired(NEW)
+    result = world.roll(max_steps=200)
+    assert result.status == "FAILED"
+    assert result.states.count("Begin") == 1 and result.states.count("Finish") == 1
+    ((subject, message),) = world.notifications()
+    assert subject == "Mastodon upgrade could not start"
+    assert "ThrottlingException" in message and "Nothing was changed" in message
+    assert world.parameter(HANDLED) == record, "no version was handled"
+    assert world.commands_sent() == [] and world.parameter(DEPLOYED) == OLD
+
+
+def test_a_crashed_rollback_says_so_rather_than_that_the_servers_were_restored(fleet, monkeypatch):
+    world = fleet(web=2, timing=QUICK)
+    world.command_faults.append(lambda iid, line: "docker pull failed" if f"deploy {NEW}" in line else None)
+
+    def crash(state):
+        raise RuntimeError("elbv2 unreachable")
+
+    monkeypatch.setitem(rollout.ACTIONS, "rollback", crash)
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    ((_, message),) = world.notifications()
+    assert "docker pull failed" in message and "elbv2 unreachable" in message
+    assert "repair by hand" in message
+    assert "previous version again" not in message and "Nothing was changed" not in message
+    assert world.group("web")["SuspendedProcesses"] == [], "scaling is resumed on every path"
+
+
+# ---------------------------------------------------------------- Auto Scaling held
+def suspended(world: World) -> set[str]:
+    return {p["ProcessName"] for p in world.group("web")["SuspendedProcesses"]}
+
+
+def watch_scaling(world: World) -> list[set[str]]:
+    seen: list[set[str]] = []
+
+    def look(world: World, state: str, count: int) -> None:
+        if state == "Web" and count > 1:  # the first Web step suspends
+            seen.append(suspended(world))
+
+    world.hooks.append(look)
+    return seen
+
+
+HELD = {"AlarmNotification", "ScheduledActions", "AZRebalance"}
+
+
+def test_scaling_cannot_replace_or_remove_a_web_server_while_the_web_group_rolls(fleet):
+    world = fleet(web=1, timing=QUICK)
+    seen = watch_scaling(world)
+    world.set_desired(NEW)
+    assert world.roll().status == "SUCCEEDED"
+    assert seen and all(processes == HELD for processes in seen), seen
+    assert suspended(world) == set(), "scaling was not resumed after the upgrade"
+
+
+def test_scaling_is_resumed_after_a_failed_and_rolled_back_upgrade(fleet):
+    world = fleet(web=1, timing=QUICK)
+    seen = watch_scaling(world)
+    world.command_faults.append(lambda iid, line: "boom" if f"deploy {NEW}" in line else None)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "FAILED" and "Rollback" in result.states
+    assert seen and all(processes == HELD for processes in seen), seen
+    assert suspended(world) == set()
+
+
+def test_a_process_the_operator_suspended_stays_suspended(fleet):
+    world = fleet(web=2, timing=QUICK)
+    world.aws("autoscaling").suspend_processes(AutoScalingGroupName="web", ScalingProcesses=["AZRebalance"])
+    world.set_desired(NEW)
+    assert world.roll().status == "SUCCEEDED"
+    assert suspended(world) == {"AZRebalance"}
+
+
+# ---------------------------------------------------------------- after the worker step
+def test_failed_post_deployment_migrations_say_what_changed_and_what_to_do(fleet):
+    world = fleet(web=2, timing=QUICK)
+    world.command_faults.append(lambda iid, line: "PG::LockNotAvailable" if "migrate post" in line else None)
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    assert_all_on(world, NEW)
+    assert world.parameter(DEPLOYED) == NEW
+    ((subject, message),) = world.notifications()
+    assert subject == f"Mastodon upgrade to {NEW}: post-deployment step failed"
+    assert "post-deployment migrations" in message and "PG::LockNotAvailable" in message
+    assert f"Every server runs {NEW}; new servers boot it too" in message
+    assert "Nothing was rolled back" in message
+    assert f"/opt/mastodon-aws/deploy.sh migrate post {NEW}" in message
+    assert "Nothing was changed" not in message and "previous version" not in message
+    assert handled(world)["result"] == "failed"
