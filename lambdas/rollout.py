@@ -593,6 +593,12 @@ def record(state: dict[str, Any]) -> dict[str, Any]:
 
 def rollback(state: dict[str, Any]) -> dict[str, Any]:
     """Ticks towards the previous version over the instances this rollout changed."""
+    if state.get("switched"):
+        # Past the worker step (e.g. a straggler failing in Record's converge pass) the
+        # post-deployment migrations may have run: old code may not fit the schema any
+        # more, so nothing is rolled back; the notice says what changed and what to do.
+        return {**state, "failure": state.get("failure") or failure_reason(state.get("error")),
+                "next": "done"}
     if not state.get("rolling_back"):
         reason = state.get("failure") or failure_reason(state.get("error"))
         state = {**state, "failure": reason, "rolling_back": True, "restored": []}

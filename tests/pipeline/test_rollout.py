@@ -377,3 +377,30 @@ def test_failed_post_deployment_migrations_say_what_changed_and_what_to_do(fleet
     assert f"/opt/mastodon-aws/deploy.sh migrate post {NEW}" in message
     assert "Nothing was changed" not in message and "previous version" not in message
     assert handled(world)["result"] == "failed"
+
+
+def test_a_straggler_failing_after_the_post_deployment_migrations_rolls_nothing_back(fleet):
+    # A server launched during Record's converge pass fails its deploy: the schema has
+    # moved on, so the servers stay on the new version and the notice says what to do.
+    world = fleet(web=2, timing=QUICK)
+    autoscaling = rollout._clients["autoscaling"]
+    stragglers: list[str] = []
+
+    def scale_out_during_record(world: World, state: str, count: int) -> None:
+        if state == "Record" and count == 1:
+            before = set(world.instances("web"))
+            autoscaling.set_desired_capacity(AutoScalingGroupName=world.group("web")["AutoScalingGroupName"],
+                                              DesiredCapacity=len(before) + 1)
+            stragglers.extend(set(world.instances("web")) - before)
+
+    world.hooks.append(scale_out_during_record)
+    world.command_faults.append(
+        lambda iid, line: "manifest unknown" if iid in stragglers and f"deploy {NEW}" in line else None)
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    assert stragglers, "the hook did not scale out"
+    assert world.parameter(DEPLOYED) == NEW
+    originals = [i for i in world.instances("web") if i not in stragglers]
+    assert all(world.versions[i] == NEW for i in originals), "servers were rolled back across the migrations"
+    ((subject, _),) = world.notifications()
+    assert subject == f"Mastodon upgrade to {NEW}: post-deployment step failed"
