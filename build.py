@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cost_estimate(template: dict[str, Any], request: Request) -> costs.Estimate:
     """The estimate for the request's parameter file (checked against the template) or the defaults."""
-    given = parameter_files.load(request.parameters, template) if request.parameters else {}
     prices = json.loads(PRICES.read_text())
+    # The estimate is for the price table's region, so the template's rules are checked there.
+    given = parameter_files.load(request.parameters, template, prices["region"]) if request.parameters else {}
     return costs.estimate(template, given, prices, spot=True if request.spot else None)
 
 

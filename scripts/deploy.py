@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = args.template or built_template()
         body = json.loads(template.read_text())
-        values = parameter_files.load(args.parameters, body)
+        values = parameter_files.load(args.parameters, body, args.region)
     except (OSError, json.JSONDecodeError, parameter_files.ParameterFileError) as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)
         return 2

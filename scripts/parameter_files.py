@@ -45,8 +45,11 @@ def read(path: Path) -> dict[str, str]:
     return values
 
 
-def problems(template: Mapping[str, Any], values: Mapping[str, str]) -> list[str]:
-    """What CloudFormation would reject in these values; empty when they are fine."""
+def problems(template: Mapping[str, Any], values: Mapping[str, str], region: str | None = None) -> list[str]:
+    """What CloudFormation would reject in these values; empty when they are fine.
+
+    Rules that depend on the stack's region are checked only when the region is known.
+    """
     declared: dict[str, dict[str, Any]] = template.get("Parameters", {})
     found = [f"{key} is not a parameter of the template" for key in values if key not in declared]
     for name, spec in declared.items():
@@ -56,7 +59,7 @@ def problems(template: Mapping[str, Any], values: Mapping[str, str]) -> list[str
             continue
         found += [f"{name}={values[name]!r}: {p}" for p in _constraint_problems(spec, values[name])]
     if not found:
-        found += _rule_problems(template, parameter_values(template, values))
+        found += _rule_problems(template, parameter_values(template, values), region)
     return found
 
 
@@ -82,10 +85,12 @@ def _constraint_problems(spec: Mapping[str, Any], value: str) -> list[str]:
     return found
 
 
-def _rule_problems(template: Mapping[str, Any], values: Mapping[str, str]) -> list[str]:
-    evaluator = Evaluator(template, values)
+def _rule_problems(template: Mapping[str, Any], values: Mapping[str, str], region: str | None) -> list[str]:
+    evaluator = Evaluator(template, {**values, **({"AWS::Region": region} if region else {})})
     found = []
     for name, rule in template.get("Rules", {}).items():
+        if region is None and '"AWS::Region"' in json.dumps(rule):
+            continue  # CloudFormation checks it in the stack's region
         if "RuleCondition" in rule and not evaluator.value(rule["RuleCondition"]):
             continue
         for assertion in rule.get("Assertions", []):
@@ -94,10 +99,10 @@ def _rule_problems(template: Mapping[str, Any], values: Mapping[str, str]) -> li
     return found
 
 
-def load(path: Path, template: Mapping[str, Any]) -> dict[str, str]:
+def load(path: Path, template: Mapping[str, Any], region: str | None = None) -> dict[str, str]:
     """Read and check a parameter file; ParameterFileError lists every problem."""
     values = read(path)
-    found = problems(template, values)
+    found = problems(template, values, region)
     if found:
         lines = [f"{path} does not fit the template:", *(f"  {p}" for p in found)]
         raise ParameterFileError("\n".join(lines))

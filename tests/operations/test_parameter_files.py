@@ -61,3 +61,13 @@ def test_a_file_that_is_not_a_parameter_file_is_refused(tmp_path, text, expected
     path.write_text(text)
     with pytest.raises(parameter_files.ParameterFileError, match=expected):
         parameter_files.read(path)
+
+
+@pytest.mark.parametrize(("region", "refused"), [("us-east-1", False), ("eu-central-1", True), (None, False)],
+                         ids=["us-east-1", "eu-central-1", "region-unknown"])
+def test_rules_that_depend_on_the_region_are_judged_in_that_region_only(template, region, refused):
+    # WAF's web ACL can be created only by a stack in us-east-1; an unknown region is left
+    # to CloudFormation rather than guessed.
+    values = {"DomainName": "social.example.com", "AlertEmail": "a@example.com", "WafEnabled": "true"}
+    found = parameter_files.problems(template, values, region)
+    assert any("WafInUsEast1" in problem for problem in found) is refused
