@@ -33,7 +33,8 @@ LAMBDAS = ROOT / "lambdas"
 INSTANCE_SCRIPTS = ROOT / "templates" / "instance"
 TEMPLATE_NAME = "mastodon"
 # Set on the stack by scripts/deploy.py: updates may not replace or delete the data.
-STACK_POLICY_NAME = "stack-policy.json"
+# In its own folder, so that dist/*.json holds templates only (linters take them all).
+STACK_POLICY_NAME = "policy/stack-policy.json"
 PRICES = ROOT / "pricing" / "us-east-1.json"
 DOCS_PICTURE = ROOT / "docs" / "architecture.svg"
 PICTURE_NAME = "architecture.svg"
@@ -110,6 +111,7 @@ def build(options: BuildOptions, output_dir: Path) -> Summary:
     (output_dir / f"{TEMPLATE_NAME}.json").write_text(body_json + "\n")
     (output_dir / f"{TEMPLATE_NAME}.yaml").write_text(body_yaml)
     (output_dir / PICTURE_NAME).write_text(architecture.svg(as_dict))
+    (output_dir / STACK_POLICY_NAME).parent.mkdir(exist_ok=True)
     (output_dir / STACK_POLICY_NAME).write_text(json.dumps(stack_policy(), indent=1) + "\n")
     return summary
 

@@ -1,7 +1,7 @@
 """The stack policy that guards the stack's data against replacement and deletion.
 
 A stack policy is not part of a template: it is set on the stack once, at creation
-(`aws cloudformation create-stack --stack-policy-body file://dist/stack-policy.json`)
+(`aws cloudformation create-stack --stack-policy-body file://dist/policy/stack-policy.json`)
 or afterwards (`aws cloudformation set-stack-policy`). With it, an update that would
 replace or remove the database, the cache, the media bucket or the app secret fails
 before it touches them, whatever the template says. An operator who truly means it

@@ -96,3 +96,12 @@ def test_every_instance_script_and_lambda_is_embedded(template_json):
     for launch_template in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
         embedded = json.loads(template_json)["Resources"][launch_template]["Metadata"]["Scripts"]
         assert embedded == assets.instance_scripts
+
+
+def test_dist_json_files_are_all_templates_and_the_stack_policy_sits_apart(tmp_path):
+    # Tools lint dist/*.json as templates; the stack policy is not one.
+    build.build(BuildOptions(), tmp_path)
+    for path in tmp_path.glob("*.json"):
+        assert "Resources" in json.loads(path.read_text()), path.name
+    policy = json.loads((tmp_path / build.STACK_POLICY_NAME).read_text())
+    assert any(s["Effect"] == "Deny" for s in policy["Statement"])
