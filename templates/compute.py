@@ -26,8 +26,7 @@ from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
 from awacs import secretsmanager as awacs_sm
 from awacs import ssm as awacs_ssm
-from awacs.aws import Allow, PolicyDocument, Principal, Statement
-from awacs.sts import AssumeRole
+from awacs.aws import Allow, Statement
 from troposphere import (
     Base64,
     FindInMap,
@@ -52,7 +51,7 @@ from troposphere.policies import (
     UpdatePolicy,
 )
 
-from templates import capacity, parameters
+from templates import capacity, parameters, policies
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
 from templates.mail import Mail
@@ -296,15 +295,10 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
         Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
                   Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),
     ]
-    return t.add_resource(iam.Role(
-        "ServerRole",
-        AssumeRolePolicyDocument=PolicyDocument(Statement=[Statement(
-            Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", "ec2.amazonaws.com"))]),
-        # Session Manager and Run Command instead of SSH.
-        ManagedPolicyArns=[Sub("arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")],
-        Policies=[iam.Policy(PolicyName="Mastodon", PolicyDocument=PolicyDocument(
-            Version="2012-10-17", Statement=statements))],
-    ))
+    # Session Manager and Run Command instead of SSH.
+    return policies.service_role(
+        t, "ServerRole", "ec2.amazonaws.com", "Mastodon", statements,
+        managed_policies=[Sub("arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")])
 
 
 def scripts_digest(scripts: dict[str, str]) -> str:

@@ -9,9 +9,10 @@ AWS publishes for it.
 from __future__ import annotations
 
 from awacs import logs as awacs_logs
-from awacs.aws import Allow, PolicyDocument, Principal, Statement
-from awacs.sts import AssumeRole
+from awacs.aws import Allow, Statement
 from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam, logs
+
+from templates import policies
 
 RUNTIME = "python3.13"
 ARCHITECTURE = "arm64"
@@ -44,16 +45,7 @@ def lambda_role(t: Template, name: str, statements: list[Statement], log_group: 
         Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
         Resource=[GetAtt(log_group, "Arn")],
     )
-    return t.add_resource(iam.Role(
-        f"{name}Role",
-        AssumeRolePolicyDocument=PolicyDocument(Statement=[Statement(
-            Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", "lambda.amazonaws.com"),
-        )]),
-        Policies=[iam.Policy(
-            PolicyName=name,
-            PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[logging, *statements]),
-        )],
-    ))
+    return policies.service_role(t, f"{name}Role", "lambda.amazonaws.com", name, [logging, *statements])
 
 
 def inline_function(

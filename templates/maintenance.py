@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 
 from awacs import ssm as awacs_ssm
-from awacs.aws import Allow, Condition, PolicyDocument, Principal, Statement, StringEquals
-from awacs.sts import AssumeRole
-from troposphere import GetAtt, Ref, Sub, Template, autoscaling, events, iam
+from awacs.aws import Allow, Condition, Statement, StringEquals
+from troposphere import GetAtt, Ref, Sub, Template, autoscaling, events
+
+from templates import policies
 
 CLEANUP_RULE = "DailyCleanupRule"
 CLEANUP_ROLE = "DailyCleanupRole"
@@ -42,22 +43,18 @@ COMMAND_TIMEOUT_SECONDS = 3 * 3600
 
 def create_maintenance(t: Template, worker_group: autoscaling.AutoScalingGroup) -> events.Rule:
     """The daily cleanup rule and its least-privilege role."""
-    role = t.add_resource(iam.Role(
-        CLEANUP_ROLE,
-        AssumeRolePolicyDocument=PolicyDocument(Statement=[Statement(
-            Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", "events.amazonaws.com"),
-            Condition=Condition(StringEquals({"aws:SourceAccount": Ref("AWS::AccountId")})))]),
-        Policies=[iam.Policy(PolicyName="RunCleanupOnWorker", PolicyDocument=PolicyDocument(
-            Version="2012-10-17",
-            Statement=[
-                Statement(Effect=Allow, Action=[awacs_ssm.SendCommand], Resource=[
-                    Sub(f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}::document/{RUN_SHELL_SCRIPT}")]),
-                Statement(Effect=Allow, Action=[awacs_ssm.SendCommand],
-                          Resource=[Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*")],
-                          Condition=Condition(StringEquals(
-                              {f"ssm:resourceTag/{GROUP_TAG}": Ref(worker_group)}))),
-            ]))],
-    ))
+    role = policies.service_role(
+        t, CLEANUP_ROLE, "events.amazonaws.com", "RunCleanupOnWorker",
+        [
+            Statement(Effect=Allow, Action=[awacs_ssm.SendCommand], Resource=[
+                Sub(f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}::document/{RUN_SHELL_SCRIPT}")]),
+            Statement(Effect=Allow, Action=[awacs_ssm.SendCommand],
+                      Resource=[Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*")],
+                      Condition=Condition(StringEquals(
+                          {f"ssm:resourceTag/{GROUP_TAG}": Ref(worker_group)}))),
+        ],
+        trust_condition=Condition(StringEquals({"aws:SourceAccount": Ref("AWS::AccountId")})),
+    )
     parameters = {"commands": ["set -eu", *CLEANUP_COMMANDS],
                   "executionTimeout": [str(COMMAND_TIMEOUT_SECONDS)]}
     return t.add_resource(events.Rule(

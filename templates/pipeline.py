@@ -31,12 +31,10 @@ from awacs.aws import (
     Condition,
     ForAllValuesStringEquals,
     PolicyDocument,
-    Principal,
     Statement,
     StringEquals,
 )
 from awacs.awslambda import InvokeFunction
-from awacs.sts import AssumeRole
 from troposphere import (
     GetAtt,
     Output,
@@ -52,7 +50,7 @@ from troposphere import (
     stepfunctions,
 )
 
-from templates import functions, parameters
+from templates import functions, parameters, policies
 from templates.compute import Compute
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, LoadBalancing
 from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
@@ -358,49 +356,30 @@ def create_pipeline(
             LogGroupName=Sub("/mastodon/${AWS::StackName}/rollout"),
         )
     )
-    role = t.add_resource(
-        iam.Role(
-            "RolloutStateMachineRole",
-            AssumeRolePolicyDocument=PolicyDocument(
-                Statement=[
-                    Statement(
-                        Effect=Allow,
-                        Action=[AssumeRole],
-                        Principal=Principal("Service", "states.amazonaws.com"),
-                    )
-                ]
+    role = policies.service_role(
+        t, "RolloutStateMachineRole", "states.amazonaws.com", "Rollout",
+        [
+            Statement(
+                Effect=Allow,
+                Action=[InvokeFunction],
+                Resource=[GetAtt(rollout, "Arn"), GetAtt(invalidate, "Arn")],
             ),
-            Policies=[
-                iam.Policy(
-                    PolicyName="Rollout",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            Statement(
-                                Effect=Allow,
-                                Action=[InvokeFunction],
-                                Resource=[GetAtt(rollout, "Arn"), GetAtt(invalidate, "Arn")],
-                            ),
-                            # Step Functions' log delivery (vended logs) is granted only on "*".
-                            Statement(
-                                Effect=Allow,
-                                Action=[
-                                    awacs_logs.CreateLogDelivery,
-                                    awacs_logs.GetLogDelivery,
-                                    awacs_logs.UpdateLogDelivery,
-                                    awacs_logs.DeleteLogDelivery,
-                                    awacs_logs.ListLogDeliveries,
-                                    awacs_logs.PutResourcePolicy,
-                                    awacs_logs.DescribeResourcePolicies,
-                                    awacs_logs.DescribeLogGroups,
-                                ],
-                                Resource=["*"],
-                            ),
-                        ],
-                    ),
-                )
-            ],
-        )
+            # Step Functions' log delivery (vended logs) is granted only on "*".
+            Statement(
+                Effect=Allow,
+                Action=[
+                    awacs_logs.CreateLogDelivery,
+                    awacs_logs.GetLogDelivery,
+                    awacs_logs.UpdateLogDelivery,
+                    awacs_logs.DeleteLogDelivery,
+                    awacs_logs.ListLogDeliveries,
+                    awacs_logs.PutResourcePolicy,
+                    awacs_logs.DescribeResourcePolicies,
+                    awacs_logs.DescribeLogGroups,
+                ],
+                Resource=["*"],
+            ),
+        ],
     )
     config = {
         "web_group": "${WebGroup}",
@@ -463,32 +442,9 @@ def create_pipeline(
             ),
         )
     )
-    events_role = t.add_resource(
-        iam.Role(
-            "RolloutTriggerRole",
-            AssumeRolePolicyDocument=PolicyDocument(
-                Statement=[
-                    Statement(
-                        Effect=Allow,
-                        Action=[AssumeRole],
-                        Principal=Principal("Service", "events.amazonaws.com"),
-                    )
-                ]
-            ),
-            Policies=[
-                iam.Policy(
-                    PolicyName="StartRollout",
-                    PolicyDocument=PolicyDocument(
-                        Version="2012-10-17",
-                        Statement=[
-                            Statement(
-                                Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)]
-                            )
-                        ],
-                    ),
-                )
-            ],
-        )
+    events_role = policies.service_role(
+        t, "RolloutTriggerRole", "events.amazonaws.com", "StartRollout",
+        [Statement(Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)])],
     )
     rule = t.add_resource(
         events.Rule(
