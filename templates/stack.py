@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from troposphere import GetAtt, Join, Output, Ref, Sub, Template
+from troposphere import GetAtt, Join, Output, Ref, Sub, Template, sns
 
 from templates import (
     alarms,
@@ -67,13 +67,13 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     # Last: these cover every log group and alarm the tiers above added.
     keys.encrypt_every_log_group(t, operations_key)
     alarms.create_dashboard(t)
-    _outputs(t, p, cdn, outgoing_mail, version_parameters)
-    t.add_output(Output("AlertTopicArn", Description="Alarms and upgrade notices", Value=Ref(alerts)))
+    _outputs(t, p, cdn, outgoing_mail, version_parameters, alerts)
     return t
 
 
 def _outputs(t: Template, p: parameters.Parameters, cdn: edge.Edge, outgoing_mail: mail.Mail,
-             version_parameters: versions.Versions) -> None:
+             version_parameters: versions.Versions, alerts: sns.Topic) -> None:
+    t.add_output(Output("AlertTopicArn", Description="Alarms and upgrade notices", Value=Ref(alerts)))
     t.add_output(Output("InstanceUrl", Description="Your Mastodon instance",
                         Value=Join("", ["https://", Ref(p.domain), "/"])))
     t.add_output(Output("DistributionDomainName", Description="CloudFront's name for the domain",
