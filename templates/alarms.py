@@ -4,9 +4,13 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs), the Sidekiq worker (no instance in service) and, once the rollout pipeline
-exists, a failed rollout (`create_rollout_failure_alarm`). Every alarm notifies the
+jobs) and the Sidekiq worker (no instance in service). Every alarm notifies the
 topic when it fires and when it recovers.
+
+A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
+state machine's status events mails the topic at once, naming the execution
+(`create_rollout_failure_notice`). AWS service events cost nothing, where an alarm
+over the three Step Functions failure metrics would cost $0.30 a month.
 
 The dashboard is built from the alarms themselves (one graph per alarm, plus their
 states), so it always shows the same thing the e-mails are about.
@@ -18,14 +22,27 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from troposphere import AWSObject, FindInMap, GetAtt, Join, Ref, Sub, Template, autoscaling, cloudwatch, sns
+from troposphere import (
+    AWSObject,
+    FindInMap,
+    GetAtt,
+    Join,
+    Ref,
+    Sub,
+    Template,
+    autoscaling,
+    cloudwatch,
+    events,
+    sns,
+)
 
-from templates import capacity, parameters
+from templates import capacity, operations, parameters
 from templates.compute import Compute
 from templates.data import Data
 from templates.load_balancing import LoadBalancing
 
 DASHBOARD = "Dashboard"
+ROLLOUT_FAILURE_NOTICE = "RolloutFailureNotice"
 DATABASE_THRESHOLDS_MAP = "DatabaseAlarmThresholds"
 
 # Thresholds, with why. Counts are per minute unless the period says otherwise.
@@ -88,7 +105,7 @@ def database_thresholds() -> dict[str, dict[str, str]]:
 
 def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data: Data,
                   compute: Compute, topic: sns.Topic) -> list[cloudwatch.Alarm]:
-    """Every alarm of the running stack (the rollout's comes with the pipeline)."""
+    """Every alarm of the running stack (a failed rollout is an event: see below)."""
     t.add_mapping(DATABASE_THRESHOLDS_MAP, database_thresholds())
     lb_name = GetAtt(lb.load_balancer, "LoadBalancerFullName")
     per_minute_errors = Threshold("Sum", "GreaterThanOrEqualToThreshold", HTTP_5XX_PER_MINUTE, 60, 5, 3)
@@ -164,42 +181,62 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
     return alarms
 
 
-def create_rollout_failure_alarm(t: Template, state_machine: AWSObject, topic: sns.Topic) -> cloudwatch.Alarm:
-    """Alarm when a rollout execution fails, times out or is aborted.
+# The e-mail a failed rollout sends. EventBridge wants a text template quoted: each
+# line is a JSON string (as CDK's fromMultilineText writes it), and mails are reported
+# to show each line in its quotes, hence no blank lines. The fields are the
+# execution's, as in DescribeExecution (Step Functions developer guide, "Step
+# Functions event examples"); error and cause are not in AWS's examples, so the mail
+# does not rely on them: the rollout's own notice, or the execution's history, says why.
+ROLLOUT_FAILURE_FIELDS = {
+    "name": "$.detail.name",
+    "status": "$.detail.status",
+    "execution": "$.detail.executionArn",
+    "time": "$.time",
+}
+ROLLOUT_FAILURE_MAIL = [
+    "The Mastodon upgrade rollout of ${Domain} (stack ${AWS::StackName}) ended <status> at <time>.",
+    "Execution: <name>",
+    "A failure before the post-deployment migrations is rolled back: the previous version keeps "
+    "serving and stays the boot version. The rollout's own notice, sent just before this one, "
+    "says what failed and which version the servers run.",
+    "No such notice? Then the execution was stopped, timed out or could not report: servers may "
+    "be part-way through the upgrade, and the web group's scaling processes still suspended.",
+    "See which step failed and why in the execution's history (Step Functions console, region "
+    "${AWS::Region}), or with:",
+    "aws stepfunctions get-execution-history --region ${AWS::Region} --reverse-order "
+    "--execution-arn <execution>",
+]
+ROLLOUT_FAILED_STATUSES = ["FAILED", "TIMED_OUT", "ABORTED"]
 
-    Call with the rollout's Step Functions state machine once the pipeline exists,
-    before `create_dashboard`, so the dashboard shows it too.
+
+def create_rollout_failure_notice(t: Template, p: parameters.Parameters, state_machine: AWSObject,
+                                  topic: sns.Topic) -> events.Rule:
+    """Mail the alert topic as soon as a rollout execution fails, times out or is aborted.
+
+    An EventBridge rule on the state machine's own status events: free (AWS service
+    events), immediate, and it names the execution. Adds the topic's policy too, which
+    lets the rule (and the alarms) publish.
     """
-    machine = [cloudwatch.MetricDimension(Name="StateMachineArn", Value=Ref(state_machine))]
-
-    def executions(metric_id: str, metric: str) -> cloudwatch.MetricDataQuery:
-        return cloudwatch.MetricDataQuery(
-            Id=metric_id, ReturnData=False,
-            MetricStat=cloudwatch.MetricStat(
-                Metric=cloudwatch.Metric(Namespace="AWS/States", MetricName=metric, Dimensions=machine),
-                Period=300, Stat="Sum"))
-
-    return t.add_resource(cloudwatch.Alarm(
-        "RolloutFailedAlarm",
-        AlarmName=Sub("${AWS::StackName} rollout failed"),
-        AlarmDescription="rollout failed. The previous version keeps serving: see the state "
-        "machine's execution history for the failed step and its reason.",
-        Metrics=[
-            executions("failed", "ExecutionsFailed"),
-            executions("timedout", "ExecutionsTimedOut"),
-            executions("aborted", "ExecutionsAborted"),
-            cloudwatch.MetricDataQuery(
-                Id="unsuccessful", Label="Rollouts not completed",
-                Expression="FILL(failed, 0) + FILL(timedout, 0) + FILL(aborted, 0)", ReturnData=True),
-        ],
-        ComparisonOperator="GreaterThanOrEqualToThreshold",
-        Threshold=1,
-        EvaluationPeriods=1,
-        DatapointsToAlarm=1,
-        TreatMissingData="notBreaching",
-        AlarmActions=[Ref(topic)],
-        OKActions=[Ref(topic)],
+    rule = t.add_resource(events.Rule(
+        ROLLOUT_FAILURE_NOTICE,
+        Description="A rollout that ends failed, timed out or aborted mails the alert topic",
+        EventPattern={
+            "source": ["aws.states"],
+            "detail-type": ["Step Functions Execution Status Change"],
+            "detail": {"status": ROLLOUT_FAILED_STATUSES, "stateMachineArn": [Ref(state_machine)]},
+        },
+        # No RoleArn: EventBridge publishes to SNS under the topic's policy.
+        Targets=[events.Target(
+            Id="AlertTopic", Arn=Ref(topic),
+            InputTransformer=events.InputTransformer(
+                InputPathsMap=ROLLOUT_FAILURE_FIELDS,
+                InputTemplate=Sub("\n".join(json.dumps(line) for line in ROLLOUT_FAILURE_MAIL),
+                                  Domain=Ref(p.domain)),
+            ),
+        )],
     ))
+    operations.create_alert_topic_policy(t, topic, [rule])
+    return rule
 
 
 WIDGET_WIDTH, WIDGET_HEIGHT, COLUMNS = 8, 6, 3

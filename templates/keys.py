@@ -20,6 +20,8 @@ from troposphere import GetAtt, Sub, Template, kms, logs
 OPERATIONS_KEY = "OperationsKey"
 
 # Who may publish to the encrypted alert topic (besides roles the account grants).
+# The topic's own policy (operations.py) lets them publish; this key policy lets them
+# encrypt what they publish.
 TOPIC_PUBLISHERS = ("cloudwatch.amazonaws.com", "events.amazonaws.com")
 
 
@@ -35,6 +37,8 @@ def create_operations_key(t: Template) -> kms.Key:
                   Action=[awacs_kms.Action("*")], Resource=["*"]),
         # What CloudWatch and EventBridge need to publish to an encrypted topic
         # (CloudWatch and EventBridge user guides). In a key policy "*" is this key.
+        # No aws:SourceArn/SourceAccount condition: AWS documents that EventBridge's
+        # KMS requests do not carry them, so its notices would be dropped.
         Statement(Sid="AlarmsAndEventsPublishToTheAlertTopic", Effect=Allow,
                   Principal=Principal("Service", list(TOPIC_PUBLISHERS)),
                   Action=[awacs_kms.Decrypt, awacs_kms.GenerateDataKey], Resource=["*"]),

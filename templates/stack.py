@@ -63,7 +63,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     rollout = pipeline.create_pipeline(
         t, p, version_parameters, fleet, lb, cdn.distribution, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
-    alarms.create_rollout_failure_alarm(t, rollout.state_machine, alerts)
+    alarms.create_rollout_failure_notice(t, p, rollout.state_machine, alerts)
     # Last: these cover every log group and alarm the tiers above added.
     keys.encrypt_every_log_group(t, operations_key)
     alarms.create_dashboard(t)

@@ -1,13 +1,17 @@
-"""Alarms catch what breaks a Mastodon instance and reach the admin; the dashboard shows them."""
+"""Alarms catch what breaks a Mastodon instance and reach the admin; the dashboard shows them.
+
+A failed rollout reaches the admin too, through an EventBridge rule (tests at the end),
+and the alert topic's policy lets both kinds of publisher in, and no one else.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
-from troposphere import Template, sns, stepfunctions
 
-from templates import alarms, capacity
+from templates import capacity
 from tests.support import props, refs, resources
 
 
@@ -73,9 +77,7 @@ def test_every_alarm_notifies_the_alert_email_when_it_fires_and_recovers(templat
 def test_every_alarm_has_a_sensible_window_and_says_what_to_do(template):
     for name, alarm in _alarms(template).items():
         p = alarm["Properties"]
-        # A metric-math alarm (the rollout's) sets the period on each metric it reads.
-        periods = {q["MetricStat"]["Period"] for q in p.get("Metrics", []) if "MetricStat" in q}
-        (period,) = periods or {p["Period"]}
+        period = p["Period"]
         assert period in (60, 300), name
         assert 1 <= p["DatapointsToAlarm"] <= p["EvaluationPeriods"] <= 15, name
         # Long enough to ignore one blip, short enough to wake someone within 15 minutes.
@@ -139,42 +141,6 @@ def test_the_dashboard_shows_every_alarm_state_and_graph(template):
     assert sorted(graphs) == sorted(expected)
 
 
-def _rollout_template():
-    t = Template()
-    topic = t.add_resource(sns.Topic("AlertTopic"))
-    machine = t.add_resource(stepfunctions.StateMachine(
-        "RolloutStateMachine", RoleArn="arn:aws:iam::123456789012:role/x", DefinitionString="{}"))
-    alarm = alarms.create_rollout_failure_alarm(t, machine, topic)
-    alarms.create_dashboard(t)
-    return json.loads(t.to_json()), alarm.title
-
-
-def test_a_failed_timed_out_or_aborted_rollout_raises_an_alarm():
-    template, name = _rollout_template()
-    alarm = props(template, name)
-    assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]
-    metrics = {q["Id"]: q for q in alarm["Metrics"]}
-    watched = {q["MetricStat"]["Metric"]["MetricName"] for q in metrics.values() if "MetricStat" in q}
-    assert watched == {"ExecutionsFailed", "ExecutionsTimedOut", "ExecutionsAborted"}
-    for query in metrics.values():
-        if "MetricStat" in query:
-            assert query["MetricStat"]["Metric"]["Dimensions"] == [
-                {"Name": "StateMachineArn", "Value": {"Ref": "RolloutStateMachine"}}]
-    (returned,) = [q for q in metrics.values() if q.get("ReturnData", True)]
-    assert all(f"FILL({i}, 0)" in returned["Expression"] for i in ("failed", "timedout", "aborted"))
-    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanOrEqualToThreshold", 1)
-    assert _dashboard_alarm_arns(template)[0] == {f"${{{name}.Arn}}"}
-
-
-def test_the_rollout_alarm_passes_cfn_lint():
-    from cfnlint.api import ManualArgs, lint
-
-    template, _ = _rollout_template()
-    template["Resources"]["RolloutStateMachine"]["Properties"]["DefinitionString"] = json.dumps(
-        {"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}})
-    assert [str(m) for m in lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"]))] == []
-
-
 def test_alarms_reference_only_resources_that_exist(template):
     for name, alarm in _alarms(template).items():
         missing = {r for r in refs(alarm) if not r.startswith("AWS::")} - set(template["Resources"]) \
@@ -182,9 +148,203 @@ def test_alarms_reference_only_resources_that_exist(template):
         assert not missing, f"{name} refers to {missing}"
 
 
-def test_the_stacks_rollout_is_watched_for_failure(template):
+# ---------------------------------------------------------------- a failed rollout
+# AWS's example of the event (Step Functions developer guide, "Step Functions event
+# examples", Execution Failed); Timed Out and Aborted differ only in the status.
+STATE_MACHINE_ARN = "arn:aws:states:us-east-1:012345678912:stateMachine:state-machine"
+EXECUTION_FAILED = {
+    "version": "0",
+    "id": "315c1398-40ff-a850-213b-158f73e60175",
+    "detail-type": "Step Functions Execution Status Change",
+    "source": "aws.states",
+    "account": "012345678912",
+    "time": "2019-02-26T19:42:21Z",
+    "region": "us-east-1",
+    "resources": ["arn:aws:states:us-east-1:012345678912:execution:state-machine-name:execution-name"],
+    "detail": {
+        "executionArn": "arn:aws:states:us-east-1:012345678912:execution:state-machine-name:execution-name",
+        "stateMachineArn": STATE_MACHINE_ARN,
+        "name": "execution-name",
+        "status": "FAILED",
+        "startDate": 1551225146847,
+        "stopDate": 1551225151881,
+        "input": "{}",
+        "output": None,
+    },
+}
+
+
+def _event(status="FAILED", machine=STATE_MACHINE_ARN):
+    return {**EXECUTION_FAILED, "detail": {**EXECUTION_FAILED["detail"], "status": status,
+                                           "stateMachineArn": machine}}
+
+
+def _rollout_rules(template):
+    return {name: rule["Properties"] for name, rule in resources(template, "AWS::Events::Rule").items()
+            if rule["Properties"].get("EventPattern", {}).get("source") == ["aws.states"]}
+
+
+def _rollout_rule(template):
+    (rule,) = _rollout_rules(template).values()
+    return rule
+
+
+def _matches(pattern, event):
+    """EventBridge's matching for exact values: every field named, with one of the values listed."""
+    for key, wanted in pattern.items():
+        if key not in event:
+            return False
+        if isinstance(wanted, dict):
+            if not isinstance(event[key], dict) or not _matches(wanted, event[key]):
+                return False
+        elif event[key] not in wanted:
+            return False
+    return True
+
+
+def _pattern_for_machine(template):
+    """The rule's pattern with the state machine's Ref standing for AWS's example ARN."""
     (machine,) = resources(template, "AWS::StepFunctions::StateMachine")
-    alarm = props(template, "RolloutFailedAlarm")
-    dimensions = [q["MetricStat"]["Metric"]["Dimensions"] for q in alarm["Metrics"] if "MetricStat" in q]
-    expected = [{"Name": "StateMachineArn", "Value": {"Ref": machine}}]
-    assert dimensions and all(d == expected for d in dimensions)
+    pattern = json.loads(json.dumps(_rollout_rule(template)["EventPattern"]))
+    assert pattern["detail"]["stateMachineArn"] == [{"Ref": machine}]
+    pattern["detail"]["stateMachineArn"] = [STATE_MACHINE_ARN]
+    return pattern
+
+
+def _path(event, path):
+    """A JSON path of the form EventBridge's InputPathsMap takes ($.a.b)."""
+    assert path.startswith("$.")
+    node = event
+    for key in path[2:].split("."):
+        node = node[key]
+    return node
+
+
+def _mail(template, event):
+    """The mail EventBridge makes of the event: the template, its fields filled in, line by line."""
+    transformer = _rollout_rule(template)["Targets"][0]["InputTransformer"]
+    text, variables = transformer["InputTemplate"]["Fn::Sub"]
+    values = {"${AWS::StackName}": "mastodon", "${AWS::Region}": "us-east-1",
+              "${Domain}": "social.example.com"}
+    assert variables == {"Domain": {"Ref": "DomainName"}}
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    assert "${" not in text
+    for name, path in transformer["InputPathsMap"].items():
+        text = text.replace(f"<{name}>", _path(event, path))
+    assert not re.search(r"<[\w.-]+>", text), "a placeholder has no field in InputPathsMap"
+    # A quoted string per line: what EventBridge accepts as a text template.
+    return [json.loads(line) for line in text.split("\n")]
+
+
+def test_no_alarm_watches_the_rollout_any_more(template):
+    # The metric-math alarm over three Step Functions metrics cost $0.30 a month; the rule is free.
+    assert "RolloutFailedAlarm" not in template["Resources"]
+    for name, alarm in _alarms(template).items():
+        assert "AWS/States" not in json.dumps(alarm), name
+
+
+@pytest.mark.parametrize("status", ["FAILED", "TIMED_OUT", "ABORTED"])
+def test_a_rollout_that_ends_failed_timed_out_or_aborted_mails_the_alert_topic(template, status):
+    rule = _rollout_rule(template)
+    assert rule.get("State", "ENABLED") == "ENABLED"
+    assert _matches(_pattern_for_machine(template), _event(status))
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Ref": "AlertTopic"}
+    # SNS targets publish under the topic's policy; a role there can break KMS-encrypted delivery.
+    assert "RoleArn" not in target
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "SUCCEEDED", "PENDING_REDRIVE"])
+def test_a_running_or_successful_rollout_mails_nothing_from_the_rule(template, status):
+    assert not _matches(_pattern_for_machine(template), _event(status))
+
+
+def test_only_this_stacks_rollouts_are_watched(template):
+    other = "arn:aws:states:us-east-1:012345678912:stateMachine:someone-elses"
+    assert not _matches(_pattern_for_machine(template), _event(machine=other))
+    assert not _matches(_pattern_for_machine(template), {**_event(), "source": "aws.ssm"})
+
+
+def test_every_field_of_the_mail_is_in_aws_example_event(template):
+    transformer = _rollout_rule(template)["Targets"][0]["InputTransformer"]
+    for name, path in transformer["InputPathsMap"].items():
+        assert isinstance(_path(EXECUTION_FAILED, path), str), f"{name}: {path} is not in AWS's example"
+
+
+def test_the_mail_names_the_execution_and_says_what_to_do(template):
+    mail = "\n".join(_mail(template, _event("TIMED_OUT")))
+    detail = EXECUTION_FAILED["detail"]
+    assert "social.example.com" in mail and "mastodon" in mail
+    assert "TIMED_OUT" in mail
+    assert f"Execution: {detail['name']}" in mail
+    assert f"--execution-arn {detail['executionArn']}" in mail
+    assert "previous version keeps serving" in mail
+    assert "execution's history" in mail
+    # The quotes of each line show in the mail: no empty lines, no quotes inside.
+    assert all(line and '"' not in line for line in mail.split("\n"))
+
+
+# ---------------------------------------------------------------- the alert topic's policy
+def _topic_policy(template):
+    (policy,) = resources(template, "AWS::SNS::TopicPolicy").values()
+    assert policy["Properties"]["Topics"] == [{"Ref": "AlertTopic"}]
+    statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    for statement in statements:
+        assert statement["Resource"] == [{"Ref": "AlertTopic"}], statement["Sid"]
+    return statements
+
+
+def _by_service(template, service):
+    found = [s for s in _topic_policy(template) if s.get("Principal") == {"Service": service}]
+    assert len(found) == 1, f"{service}: {len(found)} statements"
+    return found[0]
+
+
+def test_this_accounts_alarms_may_publish_to_the_topic(template):
+    statement = _by_service(template, "cloudwatch.amazonaws.com")
+    assert (statement["Effect"], statement["Action"]) == ("Allow", ["sns:Publish"])
+    condition = statement["Condition"]
+    assert condition["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert condition["ArnLike"] == {"aws:SourceArn": {
+        "Fn::Sub": "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:*"}}
+
+
+def test_every_rule_that_targets_the_topic_and_only_those_may_publish(template):
+    statement = _by_service(template, "events.amazonaws.com")
+    assert (statement["Effect"], statement["Action"]) == ("Allow", ["sns:Publish"])
+    (condition,) = statement["Condition"].items()
+    assert condition[0] == "ArnEquals"
+    allowed = condition[1]["aws:SourceArn"]
+    rules = resources(template, "AWS::Events::Rule")
+    targeting = [{"Fn::GetAtt": [name, "Arn"]} for name, rule in rules.items()
+                 if any(t["Arn"] == {"Ref": "AlertTopic"} for t in rule["Properties"]["Targets"])]
+    assert targeting
+    assert sorted(map(json.dumps, allowed)) == sorted(map(json.dumps, targeting))
+
+
+def test_the_topic_admits_no_public_principal_and_no_plain_http(template):
+    statements = _topic_policy(template)
+    for statement in statements:
+        if statement["Effect"] == "Allow":
+            assert statement["Principal"] not in ("*", {"AWS": "*"}), statement["Sid"]
+            assert "AWS" in statement["Principal"] or "Condition" in statement, statement["Sid"]
+    (deny,) = [s for s in statements if s["Effect"] == "Deny"]
+    assert deny["Principal"] == "*" and deny["Action"] == ["sns:Publish"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    account_root = {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    for statement in statements:
+        if isinstance(statement["Principal"], dict) and "AWS" in statement["Principal"]:
+            assert statement["Principal"] == {"AWS": account_root}, statement["Sid"]
+
+
+def test_every_service_the_topic_admits_may_also_use_its_key(template):
+    # Publishing to an encrypted topic needs both: the topic's permission and the key's.
+    services = {s["Principal"]["Service"] for s in _topic_policy(template)
+                if isinstance(s.get("Principal"), dict) and "Service" in s["Principal"]}
+    assert services == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
+    key_statements = props(template, "OperationsKey")["KeyPolicy"]["Statement"]
+    (publishers,) = [s for s in key_statements if set(s["Principal"].get("Service", [])) == services]
+    assert {"kms:Decrypt", "kms:GenerateDataKey"} <= set(publishers["Action"])
+    # EventBridge's KMS requests carry no aws:SourceArn: a condition would drop its notices.
+    assert "Condition" not in publishers
