@@ -26,7 +26,7 @@ TIERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("servers", "Servers", ("AWS::AutoScaling::", "AWS::EC2::LaunchTemplate", "AWS::IAM::InstanceProfile",
                             "AWS::CloudFormation::WaitConditionHandle", "AWS::ApplicationAutoScaling::")),
     ("data", "Data", ("AWS::RDS::", "AWS::ElastiCache::", "AWS::S3::")),
-    ("network", "Network", ("AWS::EC2::",)),
+    ("network", "Network", ("AWS::EC2::", "Custom::AvailabilityZones")),
     ("secrets", "Secrets and identity", ("AWS::SecretsManager::", "AWS::KMS::", "AWS::IAM::", "Custom::")),
     ("mail", "Mail and DNS", ("AWS::SES::", "AWS::Route53::")),
     ("operations", "Upgrades and operations", ("",)),

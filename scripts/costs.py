@@ -5,11 +5,13 @@ dict of pricing/<region>.json) and returns line items. Everything that bills by 
 hour or the month is counted from the template's own resources, so a resource a
 tier adds shows up here without a change: instances (per Auto Scaling group, at its
 minimum size, on-demand or spot), their EBS volumes and public IPv4 addresses, load
-balancers and their addresses, NAT gateways, RDS instances and storage (Multi-AZ
-doubles both), ElastiCache nodes, Secrets Manager secrets, KMS keys, CloudWatch
-alarms, WAF web ACLs and rules, and the log ingestion of idle servers. Usage-priced
-services (CloudFront, S3, Lambda, Step Functions, SNS, data transfer, LCUs) cost
-nothing before traffic and are named in one zero line.
+balancers and their public addresses (none for an internal one), NAT gateways, RDS
+instances and storage (Multi-AZ doubles both), ElastiCache nodes, Secrets Manager
+secrets, KMS keys, CloudWatch alarms (per metric watched), WAF web ACLs and rules,
+and the log ingestion of idle servers. Usage-priced services (CloudFront, S3,
+Lambda, Step Functions, SNS, data transfer, LCUs) cost nothing before traffic and
+are named in one zero line. Conditions on the region are judged in the price
+table's region.
 """
 
 from __future__ import annotations
@@ -145,9 +147,11 @@ class _Counter:
             if props.get("Type", "application") == "application":
                 self.add("load balancer", f"{name}: ALB hours (LCUs are traffic)",
                          float(self.prices["alb_hourly"]) * self.hours)
-            if props.get("Scheme", "internet-facing") == "internet-facing":
-                zones = len(props.get("Subnets") or props.get("SubnetMappings") or [])
+            if self.ev.value(props.get("Scheme", "internet-facing")) == "internet-facing":
+                zones = len(self.ev.value(props.get("Subnets")) or props.get("SubnetMappings") or [])
                 self.add("public IPv4", f"{zones} for {name} (one per zone)", zones * ipv4)
+            else:
+                self.add("public IPv4", f"none for {name}: internal", 0.0)
         for name, _ in self.of_type("AWS::EC2::NatGateway"):
             self.add("NAT gateway", name, (float(self.prices["nat_gateway_hourly"]) + ipv4 / self.hours)
                      * self.hours)
@@ -188,6 +192,15 @@ class _Counter:
         self.add(component, f"{len(found)} × {resource_type.split('::')[-1]}",
                  len(found) * float(self.prices[price_key]))
 
+    def alarms(self) -> None:
+        """CloudWatch bills an alarm per metric it watches: a metric-math alarm counts each one."""
+        found = self.of_type("AWS::CloudWatch::Alarm")
+        metrics = sum(
+            sum(1 for query in alarm["Properties"].get("Metrics", []) if "MetricStat" in query) or 1
+            for _, alarm in found)
+        self.add("alarms", f"{len(found)} × Alarm, {metrics} metric(s)",
+                 metrics * float(self.prices["alarm_month"]))
+
     def dashboards(self) -> None:
         found = len(self.of_type("AWS::CloudWatch::Dashboard"))
         free = int(self.prices["free_dashboards_per_account"])
@@ -219,7 +232,9 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     spot=True prices every server as spot (what-if); None follows the template: its
     UseSpotInstances parameter where it has one, its MixedInstancesPolicy otherwise.
     """
-    values = parameter_values(template, given)
+    # Conditions may test the region (the load balancer is internal where CloudFront
+    # has VPC origins): judge them in the price table's region.
+    values = {**parameter_values(template, given), "AWS::Region": str(prices["region"])}
     if spot is None:
         spot = values.get(SPOT_PARAMETER, "false") == "true"
     counter = _Counter(template, values, prices, spot)
@@ -229,7 +244,7 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.caches()
     counter.per_month("AWS::SecretsManager::Secret", "secrets", "secret_month")
     counter.per_month("AWS::KMS::Key", "KMS keys", "kms_key_month")
-    counter.per_month("AWS::CloudWatch::Alarm", "alarms", "alarm_month")
+    counter.alarms()
     counter.dashboards()
     counter.firewall()
     counter.logs()

@@ -6,7 +6,11 @@ One distribution serves everything:
 - fingerprinted assets (/packs/*, /assets/*): from the load balancer, cached.
 - /api/v1/streaming*: to the load balancer uncached, WebSocket upgrade passed through.
 - everything else: to the load balancer uncached, with Host, cookies and query string.
-CloudFront always adds the secret header the load balancer checks.
+CloudFront always adds the secret header the load balancer checks. Where the region
+supports it, CloudFront reaches the internal load balancer through a VPC origin
+(load_balancing.UseVpcOrigin); elsewhere, the internet-facing one by its public name.
+Either way the origin's name is the load balancer's DNS name, and the viewer's Host
+header (forwarded by every load-balancer behavior) is what its certificate matches.
 
 CloudFront takes certificates from us-east-1 only; a custom resource requests and
 validates one there whatever the stack's region. Without a hosted zone the operator
@@ -39,7 +43,7 @@ from troposphere import (
 )
 
 from templates import functions, parameters
-from templates.load_balancing import ORIGIN_VERIFY_HEADER, LoadBalancing
+from templates.load_balancing import ORIGIN_VERIFY_HEADER, USE_VPC_ORIGIN, LoadBalancing
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 
@@ -57,6 +61,8 @@ CACHING_DISABLED = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
 ALL_VIEWER = "216adef6-5c7f-47e4-b989-5492eafa07d3"
 
 ALL_METHODS = ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "POST", "DELETE"]
+ORIGIN_READ_TIMEOUT = 60
+ORIGIN_KEEPALIVE_TIMEOUT = 5
 
 STRIP_MEDIA_PREFIX = f"""function handler(event) {{
   var request = event.request;
@@ -142,15 +148,34 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             ),
         ),
     ))
+    # A VPC origin cannot be changed while a distribution uses it (CloudFront answers
+    # 409), so it carries nothing that changes over the stack's life.
+    vpc_origin = t.add_resource(cloudfront.VpcOrigin(
+        "LoadBalancerVpcOrigin",
+        Condition=USE_VPC_ORIGIN,
+        VpcOriginEndpointConfig=cloudfront.VpcOriginEndpointConfig(
+            Name=_global_name("origin"),
+            Arn=Ref(lb.load_balancer),
+            HTTPPort=80,
+            HTTPSPort=443,
+            OriginProtocolPolicy="https-only",
+            OriginSSLProtocols=["TLSv1.2"],
+        ),
+    ))
     load_balancer_origin = cloudfront.Origin(
         Id="load-balancer",
         DomainName=GetAtt(lb.load_balancer, "DNSName"),
-        CustomOriginConfig=cloudfront.CustomOriginConfig(
+        VpcOriginConfig=If(USE_VPC_ORIGIN, cloudfront.VpcOriginConfig(
+            VpcOriginId=GetAtt(vpc_origin, "Id"),
+            OriginReadTimeout=ORIGIN_READ_TIMEOUT,
+            OriginKeepaliveTimeout=ORIGIN_KEEPALIVE_TIMEOUT,
+        ), Ref("AWS::NoValue")),
+        CustomOriginConfig=If(USE_VPC_ORIGIN, Ref("AWS::NoValue"), cloudfront.CustomOriginConfig(
             OriginProtocolPolicy="https-only",
             OriginSSLProtocols=["TLSv1.2"],
-            OriginReadTimeout=60,
-            OriginKeepaliveTimeout=5,
-        ),
+            OriginReadTimeout=ORIGIN_READ_TIMEOUT,
+            OriginKeepaliveTimeout=ORIGIN_KEEPALIVE_TIMEOUT,
+        )),
         OriginCustomHeaders=[cloudfront.OriginCustomHeader(
             HeaderName=ORIGIN_VERIFY_HEADER, HeaderValue=secrets.reference("ORIGIN_VERIFY"))],
     )

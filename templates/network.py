@@ -1,21 +1,46 @@
-"""The VPC: public subnets for the load balancer and servers, isolated ones for data.
+"""The VPC: public subnets for the servers, private ones for data and the load balancer.
 
-Two availability zones. Servers reach the container registry and AWS APIs through
-the internet gateway with a public address (no NAT gateway to pay for); inbound
-traffic is closed by security groups. The data subnets have no route to the
-internet at all.
+Two availability zones, picked by a custom resource rather than Fn::GetAZs: CloudFront
+VPC origins do not work in some zone IDs (ORIGIN_EXCLUDED_ZONE_IDS), and a zone's name
+maps to a different ID in every account, so only a lookup can avoid them. The zones
+are chosen once and never move (moving them would replace every subnet).
+
+Servers reach the container registry, other Mastodon servers and AWS APIs through the
+internet gateway with a public address (no NAT gateway to pay for); inbound traffic
+is closed by security groups. The private subnets have no route to the internet at
+all: the database, the cache and, where CloudFront reaches it through a VPC origin,
+the internal load balancer live there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import GetAZs, Ref, Select, Tags, Template, ec2
+from awacs import ec2 as awacs_ec2
+from awacs.aws import Allow, Statement
+from troposphere import AWSObject, GetAtt, Ref, Tags, Template, ec2
+
+from templates import functions
+from templates.parameters import Parameters
 
 VPC = "Vpc"
 VPC_CIDR = "10.42.0.0/16"
 PUBLIC_SUBNET_CIDRS = ("10.42.0.0/20", "10.42.16.0/20")
 DATA_SUBNET_CIDRS = ("10.42.128.0/24", "10.42.129.0/24")
+AVAILABILITY_ZONES = "AvailabilityZones"
+# Zone IDs where CloudFront VPC origins are not supported, from the CloudFront
+# Developer Guide ("Restrict access with VPC origins", supported Regions, 2025-2026).
+ORIGIN_EXCLUDED_ZONE_IDS = ("use1-az3", "usw1-az2", "cac1-az3", "apne1-az3")
+
+
+class AvailabilityZones(AWSObject):
+    resource_type = "Custom::AvailabilityZones"
+    props = {
+        "ServiceToken": (str, True),
+        "ServiceTimeout": (int, False),
+        "Count": (str, True),
+        "ExcludedZoneIds": (list, False),
+    }
 
 
 @dataclass(frozen=True)
@@ -25,7 +50,8 @@ class Network:
     data_subnets: list[ec2.Subnet]
 
 
-def create_network(t: Template) -> Network:
+def create_network(t: Template, p: Parameters, zones_code: str) -> Network:
+    zones = _availability_zones(t, p, zones_code)
     vpc = t.add_resource(ec2.VPC(
         VPC, CidrBlock=VPC_CIDR, EnableDnsHostnames=True, EnableDnsSupport=True,
         Tags=Tags(Name="mastodon"),
@@ -48,7 +74,7 @@ def create_network(t: Template) -> Network:
         letter = "AB"[zone]
         subnet = t.add_resource(ec2.Subnet(
             f"PublicSubnet{letter}", VpcId=Ref(vpc), CidrBlock=public_cidr,
-            AvailabilityZone=Select(zone, GetAZs("")), MapPublicIpOnLaunch=False,
+            AvailabilityZone=GetAtt(zones, f"Zone{zone + 1}"), MapPublicIpOnLaunch=False,
             Tags=Tags(Name=f"mastodon-public-{letter.lower()}"),
         ))
         t.add_resource(ec2.SubnetRouteTableAssociation(
@@ -57,7 +83,7 @@ def create_network(t: Template) -> Network:
         public.append(subnet)
         subnet = t.add_resource(ec2.Subnet(
             f"DataSubnet{letter}", VpcId=Ref(vpc), CidrBlock=data_cidr,
-            AvailabilityZone=Select(zone, GetAZs("")), MapPublicIpOnLaunch=False,
+            AvailabilityZone=GetAtt(zones, f"Zone{zone + 1}"), MapPublicIpOnLaunch=False,
             Tags=Tags(Name=f"mastodon-data-{letter.lower()}"),
         ))
         t.add_resource(ec2.SubnetRouteTableAssociation(
@@ -65,3 +91,20 @@ def create_network(t: Template) -> Network:
         ))
         data.append(subnet)
     return Network(vpc=vpc, public_subnets=public, data_subnets=data)
+
+
+def _availability_zones(t: Template, p: Parameters, code: str) -> AvailabilityZones:
+    function = functions.inline_function(
+        t, "AvailabilityZonesFunction", code,
+        # DescribeAvailabilityZones accepts no resource-level permission.
+        [Statement(Effect=Allow, Action=[awacs_ec2.DescribeAvailabilityZones], Resource=["*"])],
+        Ref(p.log_retention), timeout=30,
+        description="Picks the availability zones for the subnets, once.",
+    )
+    return t.add_resource(AvailabilityZones(
+        AVAILABILITY_ZONES,
+        ServiceToken=GetAtt(function, "Arn"),
+        ServiceTimeout=120,
+        Count=str(len(PUBLIC_SUBNET_CIDRS)),
+        ExcludedZoneIds=list(ORIGIN_EXCLUDED_ZONE_IDS),
+    ))

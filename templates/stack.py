@@ -1,6 +1,7 @@
 """The whole Mastodon stack, composed tier by tier as the architecture diagram reads.
 
-viewer → CloudFront (edge) → ALB (load_balancing) → web/worker servers (compute)
+viewer → CloudFront (edge) → ALB (load_balancing, internal behind a VPC origin where the
+region supports it) → web/worker servers (compute)
 → RDS, ElastiCache, S3 (data); SES (mail); Secrets Manager (secrets); SSM (versions).
 """
 
@@ -42,7 +43,7 @@ class Assets:
 def build_template(options: BuildOptions, assets: Assets) -> Template:
     t = Template(Description=options.description)
     p = parameters.create_parameters(t)
-    net = network.create_network(t)
+    net = network.create_network(t, p, assets.lambdas["availability_zones"])
     outgoing_mail = mail.create_mail(t, p)
     stack_secrets = secrets.create_secrets(t, p, assets.lambdas["app_secrets"], Ref(outgoing_mail.smtp_user))
     version_parameters = versions.create_versions(t, options, p, assets.lambdas["initial_parameter"])

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from lambdas import app_secrets, cloudfront_certificate, initial_parameter, prefix_list
+from lambdas import app_secrets, availability_zones, cloudfront_certificate, initial_parameter, prefix_list
 
-HANDLERS = {"app_secrets": app_secrets, "cloudfront_certificate": cloudfront_certificate,
+HANDLERS = {"app_secrets": app_secrets, "availability_zones": availability_zones,
+            "cloudfront_certificate": cloudfront_certificate,
             "initial_parameter": initial_parameter, "prefix_list": prefix_list}
 
 # handler, properties, what the reason must mention
@@ -16,6 +17,10 @@ CASES = [
     ("app_secrets", {}, "SecretId"),
     ("app_secrets", {"SecretId": ""}, "SecretId"),
     ("app_secrets", {"SecretId": ["not", "a", "string"]}, "SecretId"),
+    ("availability_zones", {}, "Count"),
+    ("availability_zones", {"Count": "eight"}, "Count"),
+    ("availability_zones", {"Count": "2", "ExcludedZoneIds": "use1-az3"}, "ExcludedZoneIds"),
+    ("availability_zones", {"Count": "2", "ExcludedZoneIds": ["us-east-1e"]}, "ExcludedZoneIds"),
     ("cloudfront_certificate", {}, "DomainName"),
     ("cloudfront_certificate", {"DomainName": "social.example.com"}, "HostedZoneId"),
     ("cloudfront_certificate", {"DomainName": 42, "HostedZoneId": "Z123"}, "domain"),
@@ -61,7 +66,8 @@ def test_an_unknown_request_type_fails_and_touches_nothing(
 ) -> None:
     event = cfn_event("Create", {"SecretId": "arn:x", "DomainName": "a.example.com",
                                  "HostedZoneId": "Z123", "PrefixListName": "com.amazonaws.x",
-                                 "Name": "/mastodon/x/deployed-version", "Value": "v4.7.6"})
+                                 "Name": "/mastodon/x/deployed-version", "Value": "v4.7.6",
+                                 "Count": "2"})
     event["RequestType"] = "Replace"
     HANDLERS[handler].lambda_handler(event, context)
     assert answers.last["Status"] == "FAILED"

@@ -31,6 +31,7 @@ SKIPPED_PREFIXES = ("AWS::CloudFront::", "AWS::ElastiCache::", "AWS::SecretsMana
                     "AWS::CloudWatch::", "AWS::WAFv2::")
 PLACEHOLDERS = {
     "CloudFrontPrefixList": {"Id": "pl-3b927c52"},
+    "AvailabilityZones": {"Zone1": "us-east-1a", "Zone2": "us-east-1b"},
     "Cache": {"PrimaryEndPoint.Address": "cache.internal", "PrimaryEndPoint.Port": "6379"},
     "Distribution": {"DomainName": "d111111abcdef8.cloudfront.net"},
 }
@@ -168,6 +169,11 @@ def test_the_load_balancer_listens_on_https_only_and_routes_streaming(deployed):
     elbv2 = boto3.client("elbv2", region_name=REGION)
     listeners = elbv2.describe_listeners(LoadBalancerArn=created["LoadBalancer"])["Listeners"]
     assert [(listener["Port"], listener["Protocol"]) for listener in listeners] == [(443, "HTTPS")]
+    # us-east-1 has CloudFront VPC origins: the balancer is internal, in the private subnets.
+    (balancer,) = elbv2.describe_load_balancers(LoadBalancerArns=[created["LoadBalancer"]])["LoadBalancers"]
+    assert balancer["Scheme"] == "internal"
+    assert {z["SubnetId"] for z in balancer["AvailabilityZones"]} == {
+        created["DataSubnetA"], created["DataSubnetB"]}
     rules = elbv2.describe_rules(ListenerArn=listeners[0]["ListenerArn"])["Rules"]
     streaming = next(r for r in rules if r["Priority"] == "10")
     paths = next(c for c in streaming["Conditions"] if c["Field"] == "path-pattern")

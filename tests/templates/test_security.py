@@ -92,10 +92,17 @@ def test_tls_is_at_least_1_2_at_cloudfront_and_the_load_balancer(template):
     listeners = resources(template, "AWS::ElasticLoadBalancingV2::Listener")
     assert [listener["Properties"]["Protocol"] for listener in listeners.values()] == ["HTTPS"]
     assert all("TLS13-1-2" in listener["Properties"]["SslPolicy"] for listener in listeners.values())
-    for origin in config["Origins"]:
-        if "CustomOriginConfig" in origin:
-            assert origin["CustomOriginConfig"]["OriginProtocolPolicy"] == "https-only"
-            assert origin["CustomOriginConfig"]["OriginSSLProtocols"] == ["TLSv1.2"]
+    (origin,) = [o for o in config["Origins"] if o["Id"] == "load-balancer"]
+    # A VPC origin where the region has them, the public name elsewhere: TLS 1.2 either way.
+    condition, vpc_origin, no_value = origin["VpcOriginConfig"]["Fn::If"]
+    assert (condition, no_value) == ("UseVpcOrigin", {"Ref": "AWS::NoValue"})
+    assert vpc_origin["VpcOriginId"] == {"Fn::GetAtt": ["LoadBalancerVpcOrigin", "Id"]}
+    condition, no_value, custom = origin["CustomOriginConfig"]["Fn::If"]
+    assert (condition, no_value) == ("UseVpcOrigin", {"Ref": "AWS::NoValue"})
+    endpoint = props(template, "LoadBalancerVpcOrigin")["VpcOriginEndpointConfig"]
+    for settings in (custom, endpoint):
+        assert settings["OriginProtocolPolicy"] == "https-only"
+        assert settings["OriginSSLProtocols"] == ["TLSv1.2"]
 
 
 SECRET_PROPERTIES = {

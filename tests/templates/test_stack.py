@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from templates import capacity
+import pytest
+
+from scripts.template_values import Evaluator, parameter_values
+from templates import capacity, load_balancing
 from templates.options import MASTODON_VERSION, RELEASE_TAG
 from tests.support import has_properties, one, props, resources
 
@@ -238,6 +241,7 @@ def test_cloudfront_names_are_unique_per_stack_and_fit_64_characters(template):
         "MediaPathFunction": ("Name",),
         "AssetOriginRequestPolicy": ("OriginRequestPolicyConfig", "Name"),
         "MediaResponseHeadersPolicy": ("ResponseHeadersPolicyConfig", "Name"),
+        "LoadBalancerVpcOrigin": ("VpcOriginEndpointConfig", "Name"),
     }
     for logical_id, path in named.items():
         name = props(template, logical_id)
@@ -247,3 +251,63 @@ def test_cloudfront_names_are_unique_per_stack_and_fit_64_characters(template):
         assert unique == {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
         uuid_length = 36
         assert len(separator.join([prefix, purpose])) + len(separator) + uuid_length <= 64, logical_id
+
+
+def _in_region(template, region):
+    return Evaluator(template, {**parameter_values(template), "AWS::Region": region})
+
+
+@pytest.mark.parametrize("region", load_balancing.VPC_ORIGIN_REGIONS)
+def test_where_cloudfront_has_vpc_origins_the_load_balancer_is_internal_and_private(template, region):
+    ev = _in_region(template, region)
+    balancer = props(template, "LoadBalancer")
+    assert ev.value(balancer["Scheme"]) == "internal"
+    assert [s["Ref"] for s in ev.value(balancer["Subnets"])] == ["DataSubnetA", "DataSubnetB"]
+    assert ev.creates("LoadBalancerVpcOrigin")
+    endpoint = props(template, "LoadBalancerVpcOrigin")["VpcOriginEndpointConfig"]
+    assert endpoint["Arn"] == {"Ref": "LoadBalancer"}
+    (origin,) = [o for o in props(template, "Distribution")["DistributionConfig"]["Origins"]
+                 if o["Id"] == "load-balancer"]
+    assert ev.value(origin["VpcOriginConfig"])["VpcOriginId"] == {
+        "Fn::GetAtt": ["LoadBalancerVpcOrigin", "Id"]}
+    assert ev.value(origin["CustomOriginConfig"]) is None
+    # CloudFront still names the load balancer by its DNS name; the viewer's Host is what
+    # its certificate matches.
+    assert origin["DomainName"] == {"Fn::GetAtt": ["LoadBalancer", "DNSName"]}
+
+
+@pytest.mark.parametrize("region", ["ap-southeast-6", "us-gov-west-1", "cn-north-1", "eu-west-9"])
+def test_elsewhere_the_load_balancer_faces_the_internet_from_the_public_subnets(template, region):
+    ev = _in_region(template, region)
+    balancer = props(template, "LoadBalancer")
+    assert ev.value(balancer["Scheme"]) == "internet-facing"
+    assert [s["Ref"] for s in ev.value(balancer["Subnets"])] == ["PublicSubnetA", "PublicSubnetB"]
+    assert not ev.creates("LoadBalancerVpcOrigin")
+    (origin,) = [o for o in props(template, "Distribution")["DistributionConfig"]["Origins"]
+                 if o["Id"] == "load-balancer"]
+    assert ev.value(origin["VpcOriginConfig"]) is None
+    assert ev.value(origin["CustomOriginConfig"])["OriginProtocolPolicy"] == "https-only"
+
+
+def test_the_region_condition_nests_within_cloudformations_limits(template):
+    def check(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "Fn::Or":
+                    assert 2 <= len(value) <= 10
+                check(value)
+        elif isinstance(node, list):
+            for value in node:
+                check(value)
+    check(template["Conditions"]["UseVpcOrigin"])
+    assert len(set(load_balancing.VPC_ORIGIN_REGIONS)) == len(load_balancing.VPC_ORIGIN_REGIONS)
+
+
+def test_subnets_use_the_zones_chosen_once_by_zone_id(template):
+    zones = props(template, "AvailabilityZones")
+    assert zones["Count"] == "2"
+    assert set(zones["ExcludedZoneIds"]) == {"use1-az3", "usw1-az2", "cac1-az3", "apne1-az3"}
+    for letter, number in (("A", 1), ("B", 2)):
+        for kind in ("Public", "Data"):
+            assert props(template, f"{kind}Subnet{letter}")["AvailabilityZone"] == {
+                "Fn::GetAtt": ["AvailabilityZones", f"Zone{number}"]}
