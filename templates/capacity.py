@@ -22,9 +22,11 @@ class InstanceType:
     memory_mib: int
 
 
-# Burstable and general-purpose types with at least 2 GiB: Puma, the streaming
-# server and Sidekiq each need several hundred MiB next to Docker and the OS.
+# Burstable and general-purpose types, Graviton then x86, smallest first (the order
+# the console lists them in). Both groups run on those with at least 2 GiB; the 1 GiB
+# micros are for the worker only (WEB_MIN_MEMORY_MIB).
 INSTANCE_TYPES: tuple[InstanceType, ...] = (
+    InstanceType("t4g.micro", "arm64", 2, 1024),
     InstanceType("t4g.small", "arm64", 2, 2048),
     InstanceType("t4g.medium", "arm64", 2, 4096),
     InstanceType("t4g.large", "arm64", 2, 8192),
@@ -34,6 +36,7 @@ INSTANCE_TYPES: tuple[InstanceType, ...] = (
     InstanceType("m7g.xlarge", "arm64", 4, 16384),
     InstanceType("c7g.large", "arm64", 2, 4096),
     InstanceType("c7g.xlarge", "arm64", 4, 8192),
+    InstanceType("t3.micro", "x86_64", 2, 1024),
     InstanceType("t3.small", "x86_64", 2, 2048),
     InstanceType("t3.medium", "x86_64", 2, 4096),
     InstanceType("t3.large", "x86_64", 2, 8192),
@@ -42,10 +45,21 @@ INSTANCE_TYPES: tuple[InstanceType, ...] = (
     InstanceType("c7i.large", "x86_64", 2, 4096),
 )
 
+# A web server runs Puma workers (~400 MiB each) and the streaming server next to
+# Docker and the OS: below 2 GiB not even one worker fits (pools.sh). Sidekiq alone
+# fits in 1 GiB at Mastodon's default of 5 threads, with the swap file bootstrap.sh
+# adds below 2 GiB as a cushion for peaks and one-off containers.
+WEB_MIN_MEMORY_MIB = 2048
+WEB_INSTANCE_TYPES: tuple[InstanceType, ...] = tuple(
+    t for t in INSTANCE_TYPES if t.memory_mib >= WEB_MIN_MEMORY_MIB)
+WORKER_INSTANCE_TYPES: tuple[InstanceType, ...] = INSTANCE_TYPES
+
 INSTANCE_TYPES_BY_NAME = {t.name: t for t in INSTANCE_TYPES}
 
 DEFAULT_WEB_INSTANCE_TYPE = "t4g.small"
-DEFAULT_WORKER_INSTANCE_TYPE = "t4g.small"
+# The cheapest worker (about $6 a month on demand in us-east-1), enough for a small
+# instance; a t4g.small runs more Sidekiq threads, without leaning on swap.
+DEFAULT_WORKER_INSTANCE_TYPE = "t4g.micro"
 
 
 @dataclass(frozen=True)

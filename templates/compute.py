@@ -67,8 +67,12 @@ INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
 WEB_LAUNCH_TEMPLATE = "WebLaunchTemplate"
 WORKER_LAUNCH_TEMPLATE = "WorkerLaunchTemplate"
 AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-# Room for two Mastodon releases' images side by side during an upgrade (~4 GB) and the OS.
-ROOT_VOLUME_GIB = 20
+# The AL2023 AMI's own snapshot size, the least a launch template may ask for. It holds
+# the OS and Docker (~2 GiB), the running release's images (~1-1.3 GB since v4.3), the
+# previous release's (kept for a rollback while space allows), the worker's swap file
+# on a 1 GiB instance and a capped journal; deploy.sh and bootstrap.sh make room (or
+# refuse, with the reason) before a pull that would not fit.
+ROOT_VOLUME_GIB = 8
 SIGNAL_TIMEOUT = "PT30M"
 # EC2 refuses user data above 16 KB (before base64).
 USER_DATA_LIMIT = 16384

@@ -90,7 +90,6 @@ def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> 
 
 def create_parameters(t: Template) -> Parameters:
     """Add every parameter with its constraint, label and group."""
-    instance_types = [i.name for i in capacity.INSTANCE_TYPES]
     p = Parameters(
         domain=add_parameter(t, GROUP_REQUIRED, "Mastodon domain", Parameter(
             "DomainName", Type="String",
@@ -162,9 +161,9 @@ def create_parameters(t: Template) -> Parameters:
         )),
         web_instance_type=add_parameter(t, GROUP_COMPUTE, "Web instance type", Parameter(
             "WebInstanceType", Type="String", Default=capacity.DEFAULT_WEB_INSTANCE_TYPE,
-            Description="Instance type of the web servers (Puma and the streaming server). "
-            "Graviton (t4g, m7g, c7g) costs less than x86 (t3, m7i, c7i).",
-            AllowedValues=instance_types,
+            Description="Instance type of the web servers (Puma and the streaming server), "
+            "2 GiB or more. Graviton (t4g, m7g, c7g) costs less than x86 (t3, m7i, c7i).",
+            AllowedValues=[i.name for i in capacity.WEB_INSTANCE_TYPES],
         )),
         web_min_size=add_parameter(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
             "WebMinSize", Type="Number", Default="1",
@@ -180,8 +179,10 @@ def create_parameters(t: Template) -> Parameters:
         )),
         worker_instance_type=add_parameter(t, GROUP_COMPUTE, "Worker instance type", Parameter(
             "WorkerInstanceType", Type="String", Default=capacity.DEFAULT_WORKER_INSTANCE_TYPE,
-            Description="Instance type of the single Sidekiq worker.",
-            AllowedValues=instance_types,
+            Description="Instance type of the single Sidekiq worker. A micro (1 GiB, 5 Sidekiq "
+            "threads, swap as a cushion) suits a small instance; choose t4g.small or larger for "
+            "more than a few dozen active users or heavy federation.",
+            AllowedValues=[i.name for i in capacity.WORKER_INSTANCE_TYPES],
         )),
         use_spot=add_parameter(t, GROUP_COMPUTE, "Run servers on spot", Parameter(
             "UseSpotInstances", Type="String", Default="false",

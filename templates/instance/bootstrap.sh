@@ -1,11 +1,13 @@
 #!/bin/bash
 # Boots one Mastodon instance (web or worker) on Amazon Linux 2023, as root, from user data.
 #
-# Reads /etc/mastodon/stack.env (written by user data), installs Docker, renders
+# Reads /etc/mastodon/stack.env (written by user data), adds swap below 2 GiB of RAM
+# (a micro worker), caps the journal, installs Docker, renders
 # /etc/mastodon/mastodon.env from Secrets Manager, SSM and the CloudFront prefix list,
-# sizes the database pools, writes one systemd unit per container, initializes the
-# database once (worker) or waits for it (web), waits for local health and signals
-# the Auto Scaling group. Any failure signals FAILURE with the step that failed.
+# sizes the database pools, writes one systemd unit per container, makes room for and
+# pulls the images, initializes the database once (worker) or waits for it (web),
+# waits for local health and signals the Auto Scaling group. Any failure signals
+# FAILURE with the step that failed. Running it again on the same server is safe.
 #
 # Tests redirect every path with MASTODON_ROOT and shorten every wait with the
 # BOOTSTRAP_* variables below.
@@ -18,13 +20,31 @@ ETC_DIR="$ROOT/etc/mastodon"
 UNIT_DIR="$ROOT/etc/systemd/system"
 LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
 MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
+SWAPS_FILE=${SWAPS_FILE:-/proc/swaps}
+SWAP_FILE="$ROOT/swapfile"
+FSTAB_FILE="$ROOT/etc/fstab"
+SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
+JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
+DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Paths as the containers and units see them on the instance (never redirected).
 RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
 RUNTIME_VERSION_FILE=/etc/mastodon/version.env
+RUNTIME_SWAP_FILE=/swapfile
 DOCKER=/usr/bin/docker
+
+# Swap holds what Sidekiq's peaks and one-off containers push out; with a low
+# swappiness the kernel keeps the hot memory in RAM and swaps only under pressure.
+SWAPPINESS=10
+# Creating the swap file leaves at least this much of the root volume free.
+SWAP_DISK_MARGIN_MIB=256
+# The units run `docker run` attached, so the journal receives every container's
+# output as well as CloudWatch Logs (the copy that is kept). journald would take 10%
+# of the root volume by default (~800 MiB of 8 GiB); a quarter of that keeps days of
+# output for a look on the server and leaves the rest to images and swap.
+JOURNAL_MAX_USE=200M
 
 DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-1200}
 DB_POLL_INTERVAL=${BOOTSTRAP_DB_POLL_INTERVAL:-15}
@@ -230,10 +250,89 @@ load_stack_env() {
   esac
 }
 
+load_libraries() {
+  step "load sizing and disk helpers"
+  # shellcheck source=SCRIPTDIR/pools.sh
+  . "$SCRIPT_DIR/pools.sh" || fail "cannot read $SCRIPT_DIR/pools.sh"
+  # shellcheck source=SCRIPTDIR/disk.sh
+  . "$SCRIPT_DIR/disk.sh" || fail "cannot read $SCRIPT_DIR/disk.sh"
+}
+
 find_instance_id() {
   step "instance identity"
   INSTANCE_ID=$(retry imds_instance_id) || fail "cannot read the instance id from IMDSv2"
   log "instance $INSTANCE_ID, role $ROLE, stack $STACK_NAME"
+}
+
+memory_mib() {
+  local kib
+  kib=$(awk '/^MemTotal:/ { print $2 }' "$MEMINFO_FILE") && [ -n "$kib" ] || return 1
+  echo $((kib / 1024))
+}
+
+# Swap in use, in MiB (/proc/swaps: a header line, then sizes in KiB in column 3).
+swap_total_mib() {
+  [ -r "$SWAPS_FILE" ] || {
+    echo 0
+    return 0
+  }
+  awk 'NR > 1 { kib += $3 } END { print int(kib / 1024) }' "$SWAPS_FILE"
+}
+
+swap_file_active() {
+  [ -r "$SWAPS_FILE" ] && awk -v file="$SWAP_FILE" 'NR > 1 && $1 == file { found = 1 } END { exit !found }' "$SWAPS_FILE"
+}
+
+# Below 2 GiB of RAM (a micro worker), a swap file brings RAM + swap to 2 GiB
+# (pools.sh: mastodon_swap_mib). Idempotent: a second run finds the file in use and
+# the fstab line present, and a reboot enables the file from fstab.
+ensure_swap() {
+  step "swap"
+  local memory swap bytes free
+  memory=$(memory_mib) || fail "cannot read MemTotal from $MEMINFO_FILE"
+  swap=$(mastodon_swap_mib "$memory") || fail "cannot size the swap for $memory MiB"
+  if [ "$swap" -eq 0 ]; then
+    log "$memory MiB of RAM: no swap needed"
+    return 0
+  fi
+  bytes=$((swap * 1024 * 1024))
+  if swap_file_active; then
+    log "$RUNTIME_SWAP_FILE is already in use"
+  else
+    if [ ! -f "$SWAP_FILE" ] || [ "$(stat -c %s "$SWAP_FILE")" -ne "$bytes" ]; then
+      rm -f "$SWAP_FILE"
+      free=$(mastodon_free_mib "$(dirname "$SWAP_FILE")") || fail "cannot measure the free space for the swap file"
+      if [ "$free" -lt $((swap + SWAP_DISK_MARGIN_MIB)) ]; then
+        fail "cannot create a $swap MiB swap file: only $free MiB free on the root volume"
+      fi
+      # Written out, not fallocated: swapon refuses files with holes on some file systems.
+      local output
+      if ! output=$(umask 077 && dd if=/dev/zero of="$SWAP_FILE" bs=1M count="$swap" status=none 2>&1); then
+        rm -f "$SWAP_FILE"
+        fail "cannot write the $swap MiB swap file $RUNTIME_SWAP_FILE: $output"
+      fi
+    fi
+    chmod 0600 "$SWAP_FILE"
+    mkswap "$SWAP_FILE" >/dev/null || fail "mkswap $RUNTIME_SWAP_FILE failed"
+    swapon "$SWAP_FILE" || fail "swapon $RUNTIME_SWAP_FILE failed"
+  fi
+  mkdir -p "$(dirname "$FSTAB_FILE")" "$(dirname "$SYSCTL_FILE")"
+  if ! awk -v file="$RUNTIME_SWAP_FILE" '$1 == file { found = 1 } END { exit !found }' "$FSTAB_FILE" 2>/dev/null; then
+    printf '%s none swap defaults 0 0\n' "$RUNTIME_SWAP_FILE" >>"$FSTAB_FILE"
+  fi
+  printf '# Written by bootstrap.sh: keep hot memory in RAM, swap only under pressure.\nvm.swappiness = %s\n' \
+    "$SWAPPINESS" >"$SYSCTL_FILE"
+  sysctl -q -w "vm.swappiness=$SWAPPINESS" || fail "cannot set vm.swappiness"
+  log "$memory MiB of RAM + $swap MiB of swap in $RUNTIME_SWAP_FILE (swappiness $SWAPPINESS)"
+}
+
+limit_journal() {
+  step "limit the journal"
+  mkdir -p "$(dirname "$JOURNALD_FILE")"
+  printf '# Written by bootstrap.sh: CloudWatch Logs keeps the logs; the root volume is small.\n[Journal]\nSystemMaxUse=%s\n' \
+    "$JOURNAL_MAX_USE" >"$JOURNALD_FILE"
+  # Not worth failing a boot over: the limit applies at the next start anyway.
+  systemctl restart systemd-journald || log "could not restart systemd-journald; the limit applies after a reboot"
 }
 
 install_docker() {
@@ -362,16 +461,13 @@ render_environment() {
 
 size_pools() {
   step "size database pools"
-  local vcpus memory_kib memory_mib pools
-  # shellcheck source=SCRIPTDIR/pools.sh
-  . "$SCRIPT_DIR/pools.sh"
+  local vcpus memory swap pools
   vcpus=$(nproc)
-  memory_kib=$(awk '/^MemTotal:/ { print $2 }' "$MEMINFO_FILE")
-  [ -n "$memory_kib" ] || fail "cannot read MemTotal from $MEMINFO_FILE"
-  memory_mib=$((memory_kib / 1024))
+  memory=$(memory_mib) || fail "cannot read MemTotal from $MEMINFO_FILE"
+  swap=$(swap_total_mib) || fail "cannot read the swap in use from $SWAPS_FILE"
   pools=$(mastodon_pools "$ROLE" "$MAX_CONNECTIONS" "$WEB_MAX_SIZE" "$ROLLOUT_SURGE" \
-    "$DB_CONNECTION_RESERVE" "$vcpus" "$memory_mib" 2>&1) || fail "$pools"
-  log "pools for $vcpus vCPUs, $memory_mib MiB: $(printf '%s' "$pools" | tr '\n' ' ')"
+    "$DB_CONNECTION_RESERVE" "$vcpus" "$memory" "$swap" 2>&1) || fail "$pools"
+  log "pools for $vcpus vCPUs, $memory MiB + $swap MiB swap: $(printf '%s' "$pools" | tr '\n' ' ')"
   local line
   while IFS= read -r line; do
     case $line in
@@ -443,9 +539,13 @@ write_units() {
 
 pull_images() {
   step "pull images"
-  local image
+  local image reason
   local images=("$MASTODON_IMAGE:$MASTODON_VERSION")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$MASTODON_VERSION")
+  if [ -n "$(mastodon_missing_images "${images[@]}")" ]; then
+    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${images[@]}") ||
+      fail "not enough disk to pull $MASTODON_VERSION: $reason"
+  fi
   for image in "${images[@]}"; do
     retry docker pull "$image" || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
   done
@@ -563,7 +663,10 @@ wait_for_worker_health() {
 
 main() {
   load_stack_env
+  load_libraries
   find_instance_id
+  ensure_swap
+  limit_journal
   install_docker
   read_configuration
   render_environment

@@ -14,14 +14,20 @@
 # versions and turned healthy, images of the role's repositories other than the new
 # version and the one it replaced (kept for a quick rollback) are removed, so the
 # root volume does not fill release after release; a removal that fails is logged.
+# Before pulling an image it does not hold, it makes sure the 8 GiB root volume has
+# room for the pull (disk.sh): if not, it removes the images no running container
+# uses (never the running version's) and, if still short, fails with the reason
+# before it changes anything.
 #
 # Tests redirect paths with MASTODON_ROOT and shorten waits with the DEPLOY_* variables.
-# shellcheck disable=SC2153
+# shellcheck disable=SC2153 source-path=SCRIPTDIR
 set -euo pipefail
 
 ROOT=${MASTODON_ROOT:-}
 ETC_DIR="$ROOT/etc/mastodon"
 LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
+DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
 HEALTH_TIMEOUT=${DEPLOY_HEALTH_TIMEOUT:-300}
 HEALTH_INTERVAL=${DEPLOY_HEALTH_INTERVAL:-3}
@@ -38,6 +44,9 @@ fail() {
 }
 
 usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
+
+# shellcheck source=SCRIPTDIR/disk.sh
+. "$SCRIPT_DIR/disk.sh"
 
 retry() {
   local attempt=1 delay=$RETRY_BACKOFF
@@ -69,7 +78,15 @@ current_version() {
 }
 
 pull() {
-  local image
+  local image reason current
+  if [ -n "$(mastodon_missing_images "$@")" ]; then
+    # Keep what is being pulled and what runs now (a rollback needs no pull then).
+    local -a protected=("$@")
+    current=$(current_version)
+    [ -z "$current" ] || protected+=("$MASTODON_IMAGE:$current" "$STREAMING_IMAGE:$current")
+    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${protected[@]}") ||
+      fail "not enough disk to pull ${*}: $reason"
+  fi
   for image in "$@"; do
     log "pulling $image"
     retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"

@@ -1,9 +1,12 @@
 # shellcheck shell=bash
-# Database connection pool sizing for one Mastodon instance. Sourced; pure arithmetic.
+# Database connection pool sizing for one Mastodon instance, and the swap a small
+# worker gets. Sourced; pure arithmetic.
 #
-#   mastodon_pools ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB
+#   mastodon_pools ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB]
+#   mastodon_swap_mib MEMORY_MIB
 #
-# prints KEY=value lines on stdout, or a reason on stderr and returns 1.
+# mastodon_pools prints KEY=value lines on stdout, or a reason on stderr and returns 1;
+# mastodon_swap_mib prints the size of the swap file bootstrap.sh creates (0: none).
 #
 # Budget: the largest fleet the stack allows is (WEB_MAX_SIZE + ROLLOUT_SURGE) web
 # instances plus exactly one worker, and RESERVE connections stay free (superuser,
@@ -24,7 +27,6 @@
 MASTODON_POOLS_OS_MIB=450
 MASTODON_POOLS_STREAMING_MIB=150
 MASTODON_POOLS_PUMA_WORKER_MIB=400
-MASTODON_POOLS_SIDEKIQ_MIB=600
 MASTODON_POOLS_MAX_THREADS=5           # Mastodon's default MAX_THREADS
 MASTODON_POOLS_MIN_THREADS=2
 MASTODON_POOLS_MIN_STREAMING_POOL=2
@@ -32,14 +34,52 @@ MASTODON_POOLS_MAX_STREAMING_POOL=5
 MASTODON_POOLS_SIDEKIQ_THREADS_PER_VCPU=10
 MASTODON_POOLS_MIN_SIDEKIQ=2
 
+# Sidekiq's memory: typically 300-600 MiB at Mastodon's default of 5 threads (the
+# image links jemalloc). The worker needs RAM + swap for the OS and the top of that
+# range, and RAM for the OS and its lower middle: swap is a cushion for peaks and for
+# a one-off container (tootctl, db:migrate), not memory to run on. Threads beyond the
+# default must fit in RAM at ~40 MiB each (a job's working set: fetched documents,
+# link previews, images). So a 1 GiB instance runs the default 5 threads, and a 2 GiB
+# one has room for more than 20, which its 2 vCPUs (10 threads each) cap first.
+MASTODON_POOLS_SIDEKIQ_MIB=600
+MASTODON_POOLS_SIDEKIQ_RESIDENT_MIB=350
+MASTODON_POOLS_SIDEKIQ_DEFAULT_THREADS=5   # Mastodon's default concurrency
+MASTODON_POOLS_SIDEKIQ_THREAD_MIB=40
+
+# Swap for instances below 2 GiB. MemTotal sits 5-10% under the nominal size (kernel
+# and firmware reservations), so 1536 MiB tells a 1 GiB instance (~900-950 MiB seen)
+# from a 2 GiB one (~1900). The swap brings RAM + swap to 2 GiB, what a t4g.small
+# worker has (the OS, Sidekiq's peak and a one-off Rails container fit with room to
+# spare), and is at least 1 GiB.
+MASTODON_SWAP_BELOW_MIB=1536
+MASTODON_SWAP_TOTAL_MIB=2048
+MASTODON_SWAP_MIN_MIB=1024
+
+mastodon_swap_mib() {
+  local memory_mib=${1:-}
+  case $memory_mib in
+    '' | *[!0-9]*)
+      echo "mastodon_swap_mib: '$memory_mib' is not a non-negative integer" >&2
+      return 1
+      ;;
+  esac
+  if [ "$memory_mib" -ge "$MASTODON_SWAP_BELOW_MIB" ]; then
+    echo 0
+    return 0
+  fi
+  local swap=$((MASTODON_SWAP_TOTAL_MIB - memory_mib))
+  [ "$swap" -lt "$MASTODON_SWAP_MIN_MIB" ] && swap=$MASTODON_SWAP_MIN_MIB
+  echo "$swap"
+}
+
 mastodon_pools() {
-  if [ "$#" -ne 7 ]; then
-    echo "mastodon_pools: expected ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB" >&2
+  if [ "$#" -ne 7 ] && [ "$#" -ne 8 ]; then
+    echo "mastodon_pools: expected ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB]" >&2
     return 1
   fi
-  local role=$1 max_connections=$2 web_max_size=$3 surge=$4 reserve=$5 vcpus=$6 memory_mib=$7
+  local role=$1 max_connections=$2 web_max_size=$3 surge=$4 reserve=$5 vcpus=$6 memory_mib=$7 swap_mib=${8:-0}
   local arg
-  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib"; do
+  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib" "$swap_mib"; do
     case $arg in
       '' | *[!0-9]*)
         echo "mastodon_pools: '$arg' is not a non-negative integer" >&2
@@ -62,7 +102,7 @@ mastodon_pools() {
 
   case $role in
     web) _mastodon_pools_web "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" ;;
-    worker) _mastodon_pools_worker "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" ;;
+    worker) _mastodon_pools_worker "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" "$swap_mib" ;;
     *)
       echo "mastodon_pools: ROLE must be web or worker, not '$role'" >&2
       return 1
@@ -116,15 +156,30 @@ _mastodon_pools_web() {
 }
 
 _mastodon_pools_worker() {
-  local share=$1 vcpus=$2 memory_mib=$3 max_connections=$4 instances=$5
+  local share=$1 vcpus=$2 memory_mib=$3 max_connections=$4 instances=$5 swap_mib=$6
+  local need=$((MASTODON_POOLS_OS_MIB + MASTODON_POOLS_SIDEKIQ_MIB))
+  local need_ram=$((MASTODON_POOLS_OS_MIB + MASTODON_POOLS_SIDEKIQ_RESIDENT_MIB))
 
-  if [ "$memory_mib" -lt $((MASTODON_POOLS_OS_MIB + MASTODON_POOLS_SIDEKIQ_MIB)) ]; then
-    echo "mastodon_pools: the worker needs at least $((MASTODON_POOLS_OS_MIB + MASTODON_POOLS_SIDEKIQ_MIB)) MiB for Sidekiq, it has $memory_mib MiB" >&2
+  if [ $((memory_mib + swap_mib)) -lt "$need" ]; then
+    echo "mastodon_pools: the worker needs at least $need MiB of RAM + swap for Sidekiq," \
+      "it has $memory_mib MiB of RAM and $swap_mib MiB of swap" >&2
     return 1
+  fi
+  if [ "$memory_mib" -lt "$need_ram" ]; then
+    echo "mastodon_pools: the worker needs at least $need_ram MiB of RAM for Sidekiq" \
+      "(swap only cushions its peaks), it has $memory_mib MiB" >&2
+    return 1
+  fi
+  # Threads: Mastodon's default, plus one per THREAD_MIB of RAM beyond the OS and
+  # Sidekiq's peak at that default; then no more than the vCPUs and the share allow.
+  local by_memory=$MASTODON_POOLS_SIDEKIQ_DEFAULT_THREADS
+  if [ "$memory_mib" -gt "$need" ]; then
+    by_memory=$((by_memory + (memory_mib - need) / MASTODON_POOLS_SIDEKIQ_THREAD_MIB))
   fi
   local concurrency=$share
   local by_cpu=$((vcpus * MASTODON_POOLS_SIDEKIQ_THREADS_PER_VCPU))
   [ "$by_cpu" -lt "$concurrency" ] && concurrency=$by_cpu
+  [ "$by_memory" -lt "$concurrency" ] && concurrency=$by_memory
   if [ "$concurrency" -lt "$MASTODON_POOLS_MIN_SIDEKIQ" ]; then
     echo "mastodon_pools: the worker cannot fit Sidekiq concurrency $MASTODON_POOLS_MIN_SIDEKIQ:" \
       "its share is $share connections (max_connections $max_connections over $instances instances);" \

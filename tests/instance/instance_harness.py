@@ -17,7 +17,9 @@ from templates.options import MASTODON_VERSION
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE_DIR = REPO / "templates" / "instance"
 STUB = Path(__file__).with_name("stub_command.sh")
-STUBBED_COMMANDS = ("docker", "aws", "systemctl", "curl", "dnf", "nproc")
+STUBBED_COMMANDS = (
+    "docker", "aws", "systemctl", "curl", "dnf", "nproc", "df", "dd", "mkswap", "swapon", "sysctl",
+)
 
 INSTANCE_ID = "i-0123456789abcdef0"
 APP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-app-AbCdEf"
@@ -146,6 +148,11 @@ class Run:
     def db_state(self) -> str:
         return (self.stub_dir / "db_state").read_text().strip()
 
+    def swaps(self) -> list[list[str]]:
+        """The swap areas in use, as /proc/swaps lists them (file, type, KiB, ...)."""
+        path = self.stub_dir / "swaps"
+        return [line.split() for line in path.read_text().splitlines()[1:]] if path.exists() else []
+
 
 def stub_key(text: str) -> str:
     """The file-name form of an ARN or name, as stub_command.sh computes it."""
@@ -207,7 +214,11 @@ def read_calls(stub_dir: Path) -> list[dict]:
 
 
 def make_runner(tmp_path: Path):
-    """A function that runs bootstrap.sh as user data would, with stubs first on PATH."""
+    """A function that runs bootstrap.sh as user data would, with stubs first on PATH.
+
+    Runs in the same tmp_path share the server (files, swap in use); each Run's calls
+    are that run's only.
+    """
 
     def run(
         role: str,
@@ -231,7 +242,10 @@ def make_runner(tmp_path: Path):
         lines = [f"{key}='{value}'" for key, value in stack_env(role, **(stack or {})).items()]
         (root / "etc/mastodon/stack.env").write_text("\n".join(lines) + "\n")
         for name in STUBBED_COMMANDS:
-            (bin_dir / name).symlink_to(STUB)
+            if not (bin_dir / name).exists():
+                (bin_dir / name).symlink_to(STUB)
+        for previous in (stub_dir / "calls.log", *stub_dir.glob("shipped-log-*.json")):
+            previous.unlink(missing_ok=True)
         write_stub_responses(
             stub_dir,
             secrets if secrets is not None else {APP_SECRET_ARN: json.dumps(APP_SECRET)},
@@ -245,6 +259,7 @@ def make_runner(tmp_path: Path):
             "HOME": str(tmp_path),
             "MASTODON_ROOT": str(root),
             "MEMINFO_FILE": str(meminfo),
+            "SWAPS_FILE": str(stub_dir / "swaps"),
             "STUB_DIR": str(stub_dir),
             **FAST,
             **(env or {}),

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# A fake for docker, aws, systemctl, curl, dnf and nproc in the bootstrap tests.
+# A fake for docker, aws, systemctl, curl, dnf, nproc, df and the swap commands (dd,
+# mkswap, swapon, sysctl) in the instance script tests.
 #
 # Linked under each command's name. Appends every call to $STUB_DIR/calls.log (name
 # and arguments separated by US, 0x1f) and answers like the real tool, from the
 # response files the test harness writes into $STUB_DIR (docker images: the file
-# images; docker rmi fails for the references listed in rmi_fail).
+# images, which docker image inspect also reads; docker rmi fails for the references
+# listed in rmi_fail; docker ps --format {{.Image}}: the file running_images;
+# df: the file free_kib, one free-space figure a line, each call
+# taking the next and the last one staying; dd fails when dd_fail exists; swapon
+# lists the file it enables in the file swaps, in /proc/swaps' format).
 set -u
 name=${0##*/}
 {
@@ -75,6 +80,10 @@ case $name in
         esac
         ;;
       ps)
+        if [ "$*" = "ps --format {{.Image}}" ]; then
+          setting running_images ''
+          exit 0
+        fi
         case $(setting sidekiq stable) in
           stable) echo 0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c ;;
           restarting)
@@ -86,6 +95,18 @@ case $name in
         ;;
       logs) echo "PG::ConnectionBad: could not connect to server (stub container log)" ;;
       images) setting images '' ;;
+      image)
+        case ${2:-} in
+          inspect)
+            if ! grep -qxF -- "$3" "$STUB_DIR/images" 2>/dev/null; then
+              echo "Error response from daemon: No such image: $3" >&2
+              exit 1
+            fi
+            echo '[{"Id": "sha256:0f3c"}]'
+            ;;
+          prune) echo "Total reclaimed space: 0B" ;;
+        esac
+        ;;
       rmi)
         if grep -qxF -- "$2" "$STUB_DIR/rmi_fail" 2>/dev/null; then
           echo "Error response from daemon: conflict: unable to remove repository reference \"$2\"" >&2
@@ -114,6 +135,39 @@ case $name in
     esac
     ;;
   nproc) setting nproc 2 ;;
+  df)
+    # df -Pk PATH: POSIX format, sizes in KiB; 50 GiB free unless told otherwise.
+    free=52428800
+    if [ -s "$STUB_DIR/free_kib" ]; then
+      free=$(head -n 1 "$STUB_DIR/free_kib")
+      if [ "$(wc -l <"$STUB_DIR/free_kib")" -gt 1 ]; then
+        sed -i 1d "$STUB_DIR/free_kib"
+      fi
+    fi
+    echo "Filesystem     1024-blocks    Used Available Capacity Mounted on"
+    echo "/dev/nvme0n1p1     8310764 2000000 $free 25% /"
+    ;;
+  dd)
+    of="" count=0
+    for arg in "$@"; do
+      case $arg in
+        of=*) of=${arg#of=} ;;
+        count=*) count=${arg#count=} ;;
+      esac
+    done
+    if [ -e "$STUB_DIR/dd_fail" ]; then
+      : >"$of"
+      echo "dd: error writing '$of': No space left on device" >&2
+      exit 1
+    fi
+    # Sparse: the size is what the scripts check, the blocks cost nothing here.
+    truncate -s "${count}M" "$of"
+    ;;
+  mkswap) echo "Setting up swapspace version 1, size = ${1:-}" ;;
+  swapon)
+    [ -s "$STUB_DIR/swaps" ] || echo "Filename Type Size Used Priority" >"$STUB_DIR/swaps"
+    echo "$1 file $(($(stat -c %s "$1") / 1024)) 0 -2" >>"$STUB_DIR/swaps"
+    ;;
   systemctl) [ "${1:-}" = is-active ] && echo active ;;
 esac
 exit 0

@@ -245,3 +245,135 @@ def test_an_external_smtp_server_on_port_465_gets_implicit_tls(bootstrap):
 def test_smtp_on_587_negotiates_starttls(web):
     env = web.env_file()
     assert env["SMTP_ENABLE_STARTTLS"] == "auto" and "SMTP_TLS" not in env
+
+
+# --- swap, journal and disk on a small server ------------------------------------
+
+MICRO_KIB = 943_000  # MemTotal of a 1 GiB instance (~921 MiB; the kernel keeps the rest)
+MICRO_SWAP_MIB = 2048 - MICRO_KIB // 1024  # RAM + swap = 2 GiB
+GIB_KIB = 1024 * 1024
+
+
+def sidekiq_threads(run) -> int:
+    args = exec_start(run.unit("mastodon-sidekiq")).split("bundle exec sidekiq", 1)[1].split()
+    return int(args[args.index("-c") + 1])
+
+
+def fstab_swap_lines(run) -> list[str]:
+    fstab = run.file("/etc/fstab")
+    return [line for line in fstab.read_text().splitlines() if "swap" in line] if fstab.exists() else []
+
+
+def call_index(run, name: str, *prefix: str) -> int:
+    return next(
+        i for i, c in enumerate(run.calls) if c["cmd"] == name and c["args"][: len(prefix)] == list(prefix)
+    )
+
+
+def test_a_1_gib_worker_gets_a_persistent_swap_file_and_runs_five_sidekiq_threads(bootstrap):
+    run = bootstrap("worker", memory_kib=MICRO_KIB)
+    assert run.returncode == 0, run.output
+    swap_file = run.file("/swapfile")
+    [(path, kind, kib, *_)] = run.swaps()
+    assert (path, kind, int(kib)) == (str(swap_file), "file", MICRO_SWAP_MIB * 1024)
+    assert swap_file.stat().st_size == MICRO_SWAP_MIB * 1024 * 1024
+    assert swap_file.stat().st_mode & 0o777 == 0o600, "swap holds process memory: root only"
+    # Enabled again at every boot, under the path the instance sees.
+    assert fstab_swap_lines(run) == ["/swapfile none swap defaults 0 0"]
+    assert "vm.swappiness = 10" in run.file("/etc/sysctl.d/90-mastodon-swap.conf").read_text()
+    assert ["-q", "-w", "vm.swappiness=10"] in run.commands("sysctl")
+    assert call_index(run, "swapon") < call_index(run, "dnf"), "swap is there before anything big runs"
+    assert sidekiq_threads(run) == 5
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+
+
+def test_a_second_run_neither_fails_nor_doubles_the_swap(bootstrap):
+    first = bootstrap("worker", memory_kib=MICRO_KIB)
+    assert first.returncode == 0, first.output
+    again = bootstrap("worker", memory_kib=MICRO_KIB)
+    assert again.returncode == 0, again.output
+    assert len(again.swaps()) == 1
+    assert fstab_swap_lines(again) == ["/swapfile none swap defaults 0 0"]
+    for command in ("dd", "mkswap", "swapon"):
+        assert again.commands(command) == [], f"{command} ran again"
+    assert "/swapfile is already in use" in again.log
+    assert sidekiq_threads(again) == 5
+
+
+def test_a_swap_file_left_inactive_is_enabled_again_without_rewriting_it(bootstrap):
+    # A run interrupted after writing the file (or a file whose fstab line was lost).
+    first = bootstrap("worker", memory_kib=MICRO_KIB)
+    (first.stub_dir / "swaps").unlink()
+    again = bootstrap("worker", memory_kib=MICRO_KIB)
+    assert again.returncode == 0, again.output
+    assert again.commands("dd") == []
+    assert again.commands("mkswap") and len(again.swaps()) == 1
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_a_2_gib_server_gets_no_swap(role, web_run, worker_run):
+    run = web_run if role == "web" else worker_run
+    assert run.returncode == 0, run.output
+    assert run.swaps() == []
+    assert not run.file("/swapfile").exists()
+    assert fstab_swap_lines(run) == []
+    assert run.commands("dd") == [] and run.commands("swapon") == [] and run.commands("sysctl") == []
+
+
+def test_a_disk_too_full_for_the_swap_file_fails_with_the_reason_before_anything_else(bootstrap):
+    run = bootstrap("worker", memory_kib=MICRO_KIB, free_kib=str(900 * 1024))
+    assert run.returncode != 0
+    assert f"cannot create a {MICRO_SWAP_MIB} MiB swap file: only 900 MiB free" in run.log
+    [signal] = run.signals()
+    assert signal["status"] == "FAILURE" and signal["unique_id"].startswith(INSTANCE_ID + "-swap")
+    assert run.commands("dd") == [] and run.commands("dnf") == []
+    assert not run.file("/swapfile").exists() and fstab_swap_lines(run) == []
+
+
+def test_a_swap_file_that_cannot_be_written_is_removed_and_the_boot_fails(bootstrap):
+    run = bootstrap("worker", memory_kib=MICRO_KIB, dd_fail="1")
+    assert run.returncode != 0
+    assert "No space left on device" in run.log and "cannot write the" in run.log
+    assert [s["status"] for s in run.signals()] == ["FAILURE"]
+    assert not run.file("/swapfile").exists(), "no partial swap file is left behind"
+    assert run.commands("swapon") == []
+
+
+def test_the_journal_is_capped_on_every_server(web):
+    conf = web.file("/etc/systemd/journald.conf.d/50-mastodon.conf").read_text()
+    assert "[Journal]" in conf and "SystemMaxUse=200M" in conf
+    assert ["restart", "systemd-journald"] in web.commands("systemctl")
+
+
+OLD_IMAGES = [
+    "ghcr.io/mastodon/mastodon:v4.6.2",
+    "ghcr.io/mastodon/mastodon-streaming:v4.6.2",
+    "public.ecr.aws/docker/library/postgres:17",
+    "ghcr.io/mastodon/mastodon:<none>",
+]
+
+
+def test_a_first_boot_short_of_disk_removes_unused_images_then_pulls(bootstrap):
+    run = bootstrap("web", images=OLD_IMAGES, running_images=["public.ecr.aws/docker/library/postgres:17"],
+                    free_kib=[str(GIB_KIB), str(3 * GIB_KIB)])
+    assert run.returncode == 0, run.output
+    assert ["image", "prune", "--force"] in run.commands("docker")
+    removed = [args[1] for args in run.commands("docker", "rmi")]
+    assert removed == OLD_IMAGES[:2], "unused images go; one a running container uses stays"
+    assert call_index(run, "docker", "rmi") < call_index(run, "docker", "pull")
+    assert len(run.commands("docker", "pull")) == 2
+
+
+def test_a_first_boot_still_short_of_disk_fails_with_the_reason_and_pulls_nothing(bootstrap):
+    run = bootstrap("web", images=OLD_IMAGES, free_kib=str(GIB_KIB))
+    assert run.returncode != 0
+    assert "not enough disk to pull" in run.log and "only 1024 MiB free" in run.log
+    assert "a pull needs 2048 MiB" in run.log
+    [signal] = run.signals()
+    assert signal["status"] == "FAILURE" and signal["unique_id"].startswith(INSTANCE_ID + "-pull-images")
+    assert run.commands("docker", "pull") == [] and started_units(run) == []
+
+
+def test_a_first_boot_with_room_removes_no_image(web):
+    assert web.commands("docker", "image", "prune") == [] and web.commands("docker", "rmi") == []
+    assert web.commands("docker", "images") == []

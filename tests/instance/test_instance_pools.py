@@ -1,4 +1,5 @@
-"""pools.sh keeps the largest fleet the stack allows within the database's connections."""
+"""pools.sh keeps the largest fleet the stack allows within the database's connections,
+and sizes Sidekiq (and the swap under it) to the worker's memory."""
 
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ from tests.instance.instance_harness import INSTANCE_DIR
 RESERVE = capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS
 # /proc/meminfo's MemTotal is below the nominal size (kernel and firmware reservations).
 MEMORY_SEEN = 0.9
+ROLE_TYPES = {"web": capacity.WEB_INSTANCE_TYPES, "worker": capacity.WORKER_INSTANCE_TYPES}
+MICROS = [t for t in capacity.WORKER_INSTANCE_TYPES if t.memory_mib < 2048]
+TWO_GIB_AND_UP = [t for t in capacity.INSTANCE_TYPES if t.memory_mib >= 2048]
+
+
+def seen(itype: capacity.InstanceType) -> int:
+    return int(itype.memory_mib * MEMORY_SEEN)
+
+
+def swap_sizes(memories: list[int]) -> dict[int, int]:
+    """What mastodon_swap_mib gives (the swap bootstrap.sh creates) for each MemTotal in MiB."""
+    script = [f". {INSTANCE_DIR / 'pools.sh'}"] + [f"echo {m} $(mastodon_swap_mib {m})" for m in memories]
+    result = subprocess.run(["bash"], input="\n".join(script), capture_output=True, text=True, check=True)
+    return {int(m): int(s) for m, s in (line.split() for line in result.stdout.splitlines())}
 
 
 def pools(cases: list[tuple]) -> list[tuple[int, dict[str, int] | str]]:
@@ -43,15 +58,16 @@ def fleet_cases():
 
 @pytest.fixture(scope="module")
 def sized():
-    """Every database class x web size x instance type, for web and worker roles."""
+    """Every database class x web size x instance type each role may run on, with the
+    swap bootstrap.sh gives that memory."""
+    swap = swap_sizes(sorted({seen(t) for t in capacity.INSTANCE_TYPES}))
     cases, keys = [], []
     for db, size in fleet_cases():
-        for itype in capacity.INSTANCE_TYPES:
-            for role in ("web", "worker"):
-                memory = int(itype.memory_mib * MEMORY_SEEN)
-                cases.append(
-                    (role, db.max_connections, size, capacity.ROLLOUT_SURGE, RESERVE, itype.vcpus, memory)
-                )
+        for role, types in ROLE_TYPES.items():
+            for itype in types:
+                memory = seen(itype)
+                cases.append((role, db.max_connections, size, capacity.ROLLOUT_SURGE, RESERVE,
+                              itype.vcpus, memory, swap[memory]))
                 keys.append((role, db.name, size, itype.name))
     return dict(zip(keys, pools(cases), strict=True))
 
@@ -63,7 +79,8 @@ def test_every_allowed_combination_sizes_without_error(sized):
 
 def test_the_largest_fleet_never_exceeds_max_connections(sized):
     for db, size in fleet_cases():
-        for web_type, worker_type in itertools.product(capacity.INSTANCE_TYPES, repeat=2):
+        for web_type, worker_type in itertools.product(capacity.WEB_INSTANCE_TYPES,
+                                                       capacity.WORKER_INSTANCE_TYPES):
             web = sized[("web", db.name, size, web_type.name)][1]
             worker = sized[("worker", db.name, size, worker_type.name)][1]
             total = (size + capacity.ROLLOUT_SURGE) * web_connections(web) + worker["DB_POOL"] + RESERVE
@@ -83,7 +100,7 @@ def test_every_process_gets_at_least_its_minimum(sized):
 
 
 def test_puma_workers_fit_the_instance(sized):
-    types = {t.name: t for t in capacity.INSTANCE_TYPES}
+    types = capacity.INSTANCE_TYPES_BY_NAME
     for (role, _, _, itype), (_, p) in sized.items():
         if role == "web":
             assert p["WEB_CONCURRENCY"] <= types[itype].vcpus
@@ -91,10 +108,10 @@ def test_puma_workers_fit_the_instance(sized):
 
 def test_a_bigger_instance_never_gets_fewer_threads_for_the_same_share(sized):
     for db, size in fleet_cases():
-        for small, big in itertools.permutations(capacity.INSTANCE_TYPES, 2):
-            if big.vcpus < small.vcpus or big.memory_mib < small.memory_mib:
-                continue
-            for role in ("web", "worker"):
+        for role, types in ROLE_TYPES.items():
+            for small, big in itertools.permutations(types, 2):
+                if big.vcpus < small.vcpus or big.memory_mib < small.memory_mib:
+                    continue
                 s = sized[(role, db.name, size, small.name)][1]
                 b = sized[(role, db.name, size, big.name)][1]
                 if role == "web":
@@ -111,7 +128,12 @@ def test_a_bigger_instance_never_gets_fewer_threads_for_the_same_share(sized):
         ("web", (20, 10, 1, 10, 2, 2048), "cannot fit 1 Puma worker"),
         ("worker", (20, 10, 1, 10, 2, 2048), "cannot fit Sidekiq concurrency 2"),
         ("web", (500, 2, 1, 10, 2, 700), "cannot fit 1 Puma worker"),
-        ("worker", (500, 2, 1, 10, 2, 512), "needs at least"),
+        ("worker", (500, 2, 1, 10, 2, 512), "needs at least 1050 MiB of RAM + swap"),
+        # A micro's RAM without the swap bootstrap.sh adds is short of Sidekiq's peak.
+        ("worker", (80, 2, 1, 10, 2, 921, 0), "needs at least 1050 MiB of RAM + swap"),
+        # Swap cushions peaks; it cannot stand in for the RAM Sidekiq keeps resident.
+        ("worker", (80, 2, 1, 10, 2, 600, 2048), "needs at least 800 MiB of RAM"),
+        ("worker", (80, 2, 1, 10, 2, 921, "1k"), "is not a non-negative integer"),
     ],
 )
 def test_too_small_a_budget_fails_with_a_clear_message(role, args, message):
@@ -124,3 +146,62 @@ def test_a_mid_size_stack_gets_mastodons_default_threads():
     [(status, p)] = pools([("web", 380, 4, 1, RESERVE, 2, 3800)])
     assert status == 0
     assert p["MAX_THREADS"] == 5 and p["WEB_CONCURRENCY"] == 2
+
+
+def test_a_micro_worker_runs_mastodons_default_five_sidekiq_threads(sized):
+    assert MICROS, "the worker may run on a 1 GiB instance"
+    for db, size in fleet_cases():
+        for itype in MICROS:
+            assert sized[("worker", db.name, size, itype.name)][1]["SIDEKIQ_CONCURRENCY"] == 5, (
+                db.name, size, itype.name)
+
+
+def test_a_worker_of_2_gib_or_more_keeps_its_threads_bound_by_vcpus_and_share_only(sized):
+    # The rule before 1 GiB workers existed: RAM never binds from 2 GiB up.
+    for db, size in fleet_cases():
+        for itype in TWO_GIB_AND_UP:
+            p = sized[("worker", db.name, size, itype.name)][1]
+            assert p["SIDEKIQ_CONCURRENCY"] == min(p["CONNECTION_SHARE"], 10 * itype.vcpus), (
+                db.name, size, itype.name)
+
+
+@pytest.mark.parametrize(
+    "role, itype, expected",
+    [
+        # The default stack (db.t4g.micro, WebMaxSize 2): the web servers' and a
+        # t4g.small worker's pools are what they were before micro workers.
+        ("web", "t4g.small", {"WEB_CONCURRENCY": 2, "MAX_THREADS": 5, "DB_POOL": 5,
+                              "STREAMING_DB_POOL": 3, "INSTANCE_CONNECTIONS": 14}),
+        ("worker", "t4g.small", {"SIDEKIQ_CONCURRENCY": 17, "DB_POOL": 17}),
+        ("worker", "t4g.micro", {"SIDEKIQ_CONCURRENCY": 5, "DB_POOL": 5}),
+        ("worker", "t3.micro", {"SIDEKIQ_CONCURRENCY": 5, "DB_POOL": 5}),
+    ],
+)
+def test_the_default_stack_sizes(sized, role, itype, expected):
+    p = sized[(role, capacity.DEFAULT_DATABASE_CLASS, 2, itype)][1]
+    assert {key: p[key] for key in expected} == expected
+
+
+def test_the_web_group_is_offered_exactly_the_types_a_web_server_fits_on():
+    # Below 2 GiB not even one Puma worker fits next to the streaming server.
+    swap = swap_sizes([seen(t) for t in capacity.INSTANCE_TYPES])
+    answers = pools([("web", 1600, 1, 1, RESERVE, t.vcpus, seen(t), swap[seen(t)])
+                     for t in capacity.INSTANCE_TYPES])
+    fits = {t.name for t, (status, _) in zip(capacity.INSTANCE_TYPES, answers, strict=True) if status == 0}
+    assert fits == {t.name for t in capacity.WEB_INSTANCE_TYPES}
+
+
+@pytest.mark.parametrize(
+    "memory_mib, swap_mib",
+    [
+        (921, 1127),   # a 1 GiB instance as /proc/meminfo shows it: RAM + swap = 2 GiB
+        (960, 1088),
+        (1100, 1024),  # never less than 1 GiB of swap
+        (1535, 1024),
+        (1536, 0),     # 2 GiB instances (MemTotal ~1.9 GiB) need none
+        (1843, 0),
+        (7372, 0),
+    ],
+)
+def test_swap_brings_a_small_instance_to_2_gib_and_spares_bigger_ones(memory_mib, swap_mib):
+    assert swap_sizes([memory_mib]) == {memory_mib: swap_mib}

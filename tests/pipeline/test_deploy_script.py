@@ -147,7 +147,7 @@ def test_migrations_are_refused_on_a_web_server(tmp_path):
 
 
 # What `docker images --format '{{.Repository}}:{{.Tag}}'` lists on a server that ran
-# OLDER, then OLD, and has pulled NEW: a release is 2-3 GB on a 20 GiB root volume.
+# OLDER, then OLD, and has pulled NEW: a release is ~1-1.3 GB on an 8 GiB root volume.
 OLDER = "v4.5.9"
 IMAGES_ON_DISK = "".join(
     f"{repository}:{tag}\n"

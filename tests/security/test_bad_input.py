@@ -76,9 +76,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "SmtpPasswordSecretArn": (
         ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:smtp-AbC123"],
         ["hunter2", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:", "arn:aws:ssm:eu-west-1:1:x"]),
-    "WebInstanceType": _choices([i.name for i in capacity.INSTANCE_TYPES],
-                                ["t4g.micro", "t4g.nano", "T4G.SMALL"]),
-    "WorkerInstanceType": _choices([i.name for i in capacity.INSTANCE_TYPES], ["t4g.micro", "t3.nano"]),
+    "WebInstanceType": _choices([i.name for i in capacity.WEB_INSTANCE_TYPES],
+                                ["t4g.micro", "t3.micro", "t4g.nano", "T4G.SMALL"]),
+    "WorkerInstanceType": _choices([i.name for i in capacity.WORKER_INSTANCE_TYPES],
+                                   ["t4g.nano", "t3.nano", "T4G.MICRO"]),
     "WebMinSize": _sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
     "WebMaxSize": _sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
     "DatabaseInstanceClass": _choices([d.name for d in capacity.DATABASE_CLASSES],

@@ -95,11 +95,24 @@ def test_patterns_accept_good_values_and_reject_bad_ones(template, name, value, 
 
 def test_sizes_offered_are_the_ones_capacity_plans_for(template):
     params = template["Parameters"]
-    names = [t.name for t in capacity.INSTANCE_TYPES]
-    assert params["WebInstanceType"]["AllowedValues"] == names
-    assert params["WorkerInstanceType"]["AllowedValues"] == names
+    web, worker = params["WebInstanceType"]["AllowedValues"], params["WorkerInstanceType"]["AllowedValues"]
+    assert web == [t.name for t in capacity.WEB_INSTANCE_TYPES]
+    assert worker == [t.name for t in capacity.WORKER_INSTANCE_TYPES]
+    assert set(web) | set(worker) == set(template["Mappings"]["InstanceArchitecture"]), "each finds its AMI"
     assert params["DatabaseInstanceClass"]["AllowedValues"] == [d.name for d in capacity.DATABASE_CLASSES]
     assert int(params["WebMaxSize"]["MaxValue"]) == capacity.WEB_MAX_SIZE_LIMIT
+
+
+def test_the_worker_may_run_on_a_1_gib_micro_and_does_by_default_but_the_web_servers_may_not(template):
+    web, worker = template["Parameters"]["WebInstanceType"], template["Parameters"]["WorkerInstanceType"]
+    assert {"t4g.micro", "t3.micro"} <= set(worker["AllowedValues"]), "Graviton and x86 both have one"
+    assert worker["Default"] == "t4g.micro"
+    # Puma and the streaming server need 2 GiB or more.
+    assert not {"t4g.micro", "t3.micro"} & set(web["AllowedValues"])
+    assert all(capacity.INSTANCE_TYPES_BY_NAME[name].memory_mib >= 2048 for name in web["AllowedValues"])
+    assert web["Default"] == "t4g.small"
+    assert template["Mappings"]["InstanceArchitecture"]["t4g.micro"]["Architecture"] == "arm64"
+    assert template["Mappings"]["InstanceArchitecture"]["t3.micro"]["Architecture"] == "x86_64"
 
 
 def test_without_a_hosted_zone_both_certificates_are_required(template):

@@ -124,6 +124,15 @@ def test_servers_run_amazon_linux_2023_graviton_unless_x86_is_chosen(template):
     assert mapping[capacity.DEFAULT_WEB_INSTANCE_TYPE]["Architecture"] == "arm64"
 
 
+def test_root_volumes_are_the_ami_snapshot_size_of_8_gib(template):
+    # A launch template may not ask for less than the AMI's snapshot (8 GiB for AL2023);
+    # the instance scripts make room before every image pull instead.
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+        [device] = props(template, name)["LaunchTemplateData"]["BlockDeviceMappings"]
+        assert device["DeviceName"] == "/dev/xvda"
+        assert (device["Ebs"]["VolumeSize"], device["Ebs"]["VolumeType"]) == (8, "gp3")
+
+
 def test_each_server_reads_only_what_it_needs(template):
     statements = props(template, "ServerRole")["Policies"][0]["PolicyDocument"]["Statement"]
     actions = {a for s in statements for a in s["Action"]}
