@@ -127,3 +127,9 @@ def test_the_default_stack_meets_the_budget_and_costs_no_more_than_today(templat
 def test_the_spot_option_is_well_below_the_budget(template):
     # "Well below": at least a sixth off the $70 goal.
     assert estimate(template, UseSpotInstances="true").total <= BUDGET * 5 / 6
+
+
+def test_the_readme_states_todays_totals(template):
+    readme = (PRICES.parent.parent / "README.md").read_text()
+    assert f"**${estimate(template).total:.2f}/month**" in readme
+    assert f"**${estimate(template, UseSpotInstances='true').total:.2f}**" in readme
