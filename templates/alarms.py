@@ -36,7 +36,7 @@ from troposphere import (
     sns,
 )
 
-from templates import capacity, operations, parameters
+from templates import capacity, parameters
 from templates.compute import Compute
 from templates.data import Data
 from templates.load_balancing import LoadBalancing
@@ -214,8 +214,8 @@ def create_rollout_failure_notice(t: Template, p: parameters.Parameters, state_m
     """Mail the alert topic as soon as a rollout execution fails, times out or is aborted.
 
     An EventBridge rule on the state machine's own status events: free (AWS service
-    events), immediate, and it names the execution. Adds the topic's policy too, which
-    lets the rule (and the alarms) publish.
+    events), immediate, and it names the execution. The rule publishes only once the
+    topic's policy names it (operations.create_alert_topic_policy).
     """
     rule = t.add_resource(events.Rule(
         ROLLOUT_FAILURE_NOTICE,
@@ -235,7 +235,6 @@ def create_rollout_failure_notice(t: Template, p: parameters.Parameters, state_m
             ),
         )],
     ))
-    operations.create_alert_topic_policy(t, topic, [rule])
     return rule
 
 

@@ -64,7 +64,9 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     rollout = pipeline.create_pipeline(
         t, p, version_parameters, fleet, lb, cdn.distribution, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
-    alarms.create_rollout_failure_notice(t, p, rollout.state_machine, alerts)
+    failure_notice = alarms.create_rollout_failure_notice(t, p, rollout.state_machine, alerts)
+    # Every publisher the topic admits: the alarms, and the rules that target it.
+    operations.create_alert_topic_policy(t, alerts, [failure_notice])
     # Last: these cover every log group and alarm the tiers above added.
     keys.encrypt_every_log_group(t, operations_key)
     alarms.create_dashboard(t)
