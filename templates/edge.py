@@ -8,7 +8,7 @@ One distribution serves everything:
 - everything else: to the load balancer uncached, with Host, cookies and query string.
 CloudFront always adds the secret header the load balancer checks. Where the region
 supports it, CloudFront reaches the internal load balancer through a VPC origin
-(load_balancing.UseVpcOrigin); elsewhere, the internet-facing one by its public name.
+(the UseVpcOrigin condition); elsewhere, the internet-facing one by its public name.
 Either way the origin's name is the load balancer's DNS name, and the viewer's Host
 header (forwarded by every load-balancer behavior) is what its certificate matches.
 
@@ -43,8 +43,8 @@ from troposphere import (
 )
 
 from templates import functions, parameters
-from templates.load_balancing import ORIGIN_VERIFY_HEADER, USE_VPC_ORIGIN, LoadBalancing
-from templates.parameters import Parameters
+from templates.load_balancing import ORIGIN_VERIFY_HEADER, LoadBalancing
+from templates.parameters import USE_VPC_ORIGIN, Parameters
 from templates.secrets import Secrets
 
 DISTRIBUTION = "Distribution"

@@ -1,11 +1,11 @@
 """The Application Load Balancer, reachable only from CloudFront.
 
-Where CloudFront supports VPC origins (VPC_ORIGIN_REGIONS), the load balancer is
+Where CloudFront supports VPC origins (parameters.VPC_ORIGIN_REGIONS), the load balancer is
 internal, in the private subnets, and CloudFront reaches it through a VPC origin
 (see edge.py): it has no public address at all, and no public IPv4 addresses to pay
 for ($7.30 a month for two zones). Elsewhere it is internet-facing in the public
-subnets. The region decides, through the UseVpcOrigin condition; nobody has to
-choose.
+subnets. The region decides, through the UseVpcOrigin condition, unless the
+LoadBalancerScheme parameter asks for internet-facing everywhere (parameters.py).
 
 Either way two more locks keep everyone else out: the security group admits HTTPS
 only from CloudFront's origin-facing managed prefix list (looked up in the stack's
@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 from awacs import ec2 as awacs_ec2
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, Equals, GetAtt, If, Or, Ref, Tags, Template, ec2
+from troposphere import AWSObject, GetAtt, If, Ref, Tags, Template, ec2
 from troposphere import certificatemanager as acm
 from troposphere import elasticloadbalancingv2 as elb
 
 from templates import functions, parameters
 from templates.network import Network
-from templates.parameters import Parameters
+from templates.parameters import USE_VPC_ORIGIN, Parameters
 from templates.secrets import Secrets
 
 LOAD_BALANCER = "LoadBalancer"
@@ -46,33 +46,6 @@ STREAMING_PATHS = ["/api/v1/streaming", "/api/v1/streaming/*"]
 # Long enough for an in-flight request to finish, short enough for quick rollouts.
 DEREGISTRATION_DELAY_SECONDS = 30
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
-
-USE_VPC_ORIGIN = "UseVpcOrigin"
-# The commercial regions where CloudFront supports VPC origins, from the CloudFront
-# Developer Guide ("Restrict access with VPC origins", supported Regions, 2025-2026).
-# WebSocket connections (the streaming API) pass through VPC origins since 2026-05-01
-# (AWS What's New, "Amazon CloudFront now supports WebSockets for VPC origins").
-# A region missing here only costs the fallback: an internet-facing load balancer.
-VPC_ORIGIN_REGIONS = (
-    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "ca-west-1",
-    "mx-central-1", "sa-east-1", "af-south-1", "il-central-1", "me-south-1", "me-central-1",
-    "ap-east-1", "ap-east-2", "ap-south-1", "ap-south-2", "ap-southeast-1", "ap-southeast-2",
-    "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-7", "ap-northeast-1",
-    "ap-northeast-2", "ap-northeast-3", "eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2",
-    "eu-west-3", "eu-south-1", "eu-south-2", "eu-north-1",
-)
-# Fn::Or takes 2 to 10 conditions.
-_OR_LIMIT = 10
-
-
-def region_in(regions: tuple[str, ...]) -> object:
-    """A condition expression true when the stack's region is one of `regions`."""
-    tests: list[object] = [Equals(Ref("AWS::Region"), r) for r in regions]
-    while len(tests) > _OR_LIMIT:
-        tests = [Or(*chunk) if len(chunk) > 1 else chunk[0]
-                 for chunk in (tests[i:i + _OR_LIMIT] for i in range(0, len(tests), _OR_LIMIT))]
-    return Or(*tests) if len(tests) > 1 else tests[0]
-
 
 class ManagedPrefixList(AWSObject):
     resource_type = "Custom::ManagedPrefixList"
@@ -94,7 +67,6 @@ class LoadBalancing:
 
 def create_load_balancing(t: Template, p: Parameters, network: Network, secrets: Secrets,
                           prefix_list_code: str) -> LoadBalancing:
-    t.add_condition(USE_VPC_ORIGIN, region_in(VPC_ORIGIN_REGIONS))
     prefix_list = _cloudfront_prefix_list(t, p, prefix_list_code)
     security_group = t.add_resource(ec2.SecurityGroup(
         "LoadBalancerSecurityGroup",
@@ -205,7 +177,7 @@ def _cloudfront_prefix_list(t: Template, p: Parameters, code: str) -> ManagedPre
         t, "PrefixListFunction", code,
         # DescribeManagedPrefixLists accepts no resource-level permission.
         [Statement(Effect=Allow, Action=[awacs_ec2.DescribeManagedPrefixLists], Resource=["*"])],
-        Ref(p.log_retention), timeout=30,
+        Ref(p.log_retention), timeout=60,
         description="Looks up the ID of an AWS-managed prefix list in this region.",
     )
     return t.add_resource(ManagedPrefixList(

@@ -3,7 +3,8 @@
 Two availability zones, picked by a custom resource rather than Fn::GetAZs: CloudFront
 VPC origins do not work in some zone IDs (ORIGIN_EXCLUDED_ZONE_IDS), and a zone's name
 maps to a different ID in every account, so only a lookup can avoid them. The zones
-are chosen once and never move (moving them would replace every subnet).
+are chosen once and never move (moving them would replace every subnet); a stack
+created before this lookup keeps the zones its subnets are in.
 
 Servers reach the container registry, other Mastodon servers and AWS APIs through the
 internet gateway with a public address (no NAT gateway to pay for); inbound traffic
@@ -18,15 +19,16 @@ from dataclasses import dataclass
 
 from awacs import ec2 as awacs_ec2
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, Ref, Tags, Template, ec2
+from troposphere import AWSObject, GetAtt, If, Ref, Tags, Template, ec2
 
 from templates import functions
-from templates.parameters import Parameters
+from templates.parameters import USE_VPC_ORIGIN, Parameters
 
 VPC = "Vpc"
 VPC_CIDR = "10.42.0.0/16"
 PUBLIC_SUBNET_CIDRS = ("10.42.0.0/20", "10.42.16.0/20")
 DATA_SUBNET_CIDRS = ("10.42.128.0/24", "10.42.129.0/24")
+ZONE_LETTERS = "AB"
 AVAILABILITY_ZONES = "AvailabilityZones"
 # Zone IDs where CloudFront VPC origins are not supported, from the CloudFront
 # Developer Guide ("Restrict access with VPC origins", supported Regions, 2025-2026).
@@ -40,6 +42,7 @@ class AvailabilityZones(AWSObject):
         "ServiceTimeout": (int, False),
         "Count": (str, True),
         "ExcludedZoneIds": (list, False),
+        "SubnetLogicalIds": (list, False),
     }
 
 
@@ -71,7 +74,7 @@ def create_network(t: Template, p: Parameters, zones_code: str) -> Network:
 
     public, data = [], []
     for zone, (public_cidr, data_cidr) in enumerate(zip(PUBLIC_SUBNET_CIDRS, DATA_SUBNET_CIDRS, strict=True)):
-        letter = "AB"[zone]
+        letter = ZONE_LETTERS[zone]
         subnet = t.add_resource(ec2.Subnet(
             f"PublicSubnet{letter}", VpcId=Ref(vpc), CidrBlock=public_cidr,
             AvailabilityZone=GetAtt(zones, f"Zone{zone + 1}"), MapPublicIpOnLaunch=False,
@@ -96,9 +99,10 @@ def create_network(t: Template, p: Parameters, zones_code: str) -> Network:
 def _availability_zones(t: Template, p: Parameters, code: str) -> AvailabilityZones:
     function = functions.inline_function(
         t, "AvailabilityZonesFunction", code,
-        # DescribeAvailabilityZones accepts no resource-level permission.
-        [Statement(Effect=Allow, Action=[awacs_ec2.DescribeAvailabilityZones], Resource=["*"])],
-        Ref(p.log_retention), timeout=30,
+        # Neither Describe call accepts a resource-level permission.
+        [Statement(Effect=Allow, Action=[awacs_ec2.DescribeAvailabilityZones, awacs_ec2.DescribeSubnets],
+                   Resource=["*"])],
+        Ref(p.log_retention), timeout=60,
         description="Picks the availability zones for the subnets, once.",
     )
     return t.add_resource(AvailabilityZones(
@@ -106,5 +110,8 @@ def _availability_zones(t: Template, p: Parameters, code: str) -> AvailabilityZo
         ServiceToken=GetAtt(function, "Arn"),
         ServiceTimeout=120,
         Count=str(len(PUBLIC_SUBNET_CIDRS)),
-        ExcludedZoneIds=list(ORIGIN_EXCLUDED_ZONE_IDS),
+        # Only a load balancer behind a VPC origin cares which zone IDs it sits in.
+        ExcludedZoneIds=If(USE_VPC_ORIGIN, list(ORIGIN_EXCLUDED_ZONE_IDS), []),
+        # A stack made before this resource existed keeps its subnets' zones.
+        SubnetLogicalIds=[f"PublicSubnet{letter}" for letter in ZONE_LETTERS],
     ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Equals, FindInMap, Not, Parameter, Ref, Template
+from troposphere import And, Equals, FindInMap, Not, Or, Parameter, Ref, Template
 
 from templates import capacity
 
@@ -36,6 +36,7 @@ IS_MULTI_AZ = "IsDatabaseMultiAZ"
 USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
+USE_VPC_ORIGIN = "UseVpcOrigin"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -48,6 +49,32 @@ HOSTED_ZONE_PATTERN = r"^$|^Z[A-Z0-9]{1,31}$"
 CERTIFICATE_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$"
 SECRET_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
 OPTIONAL_HOSTNAME_PATTERN = r"^$|" + HOSTNAME_PATTERN[1:]
+
+# The commercial regions where CloudFront supports VPC origins, from the CloudFront
+# Developer Guide ("Restrict access with VPC origins", supported Regions, 2025-2026).
+# WebSocket connections (the streaming API) pass through VPC origins since 2026-05-01
+# (AWS What's New, "Amazon CloudFront now supports WebSockets for VPC origins").
+# A region missing here only costs the fallback: an internet-facing load balancer.
+VPC_ORIGIN_REGIONS = (
+    "us-east-1", "us-east-2", "us-west-1", "us-west-2", "ca-central-1", "ca-west-1",
+    "mx-central-1", "sa-east-1", "af-south-1", "il-central-1", "me-south-1", "me-central-1",
+    "ap-east-1", "ap-east-2", "ap-south-1", "ap-south-2", "ap-southeast-1", "ap-southeast-2",
+    "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-7", "ap-northeast-1",
+    "ap-northeast-2", "ap-northeast-3", "eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2",
+    "eu-west-3", "eu-south-1", "eu-south-2", "eu-north-1",
+)
+# Fn::Or takes 2 to 10 conditions.
+_OR_LIMIT = 10
+
+
+def region_in(regions: tuple[str, ...]) -> object:
+    """A condition expression true when the stack's region is one of `regions`."""
+    tests: list[object] = [Equals(Ref("AWS::Region"), r) for r in regions]
+    while len(tests) > _OR_LIMIT:
+        tests = [Or(*chunk) if len(chunk) > 1 else chunk[0]
+                 for chunk in (tests[i:i + _OR_LIMIT] for i in range(0, len(tests), _OR_LIMIT))]
+    return Or(*tests) if len(tests) > 1 else tests[0]
+
 
 LOG_RETENTION_DAYS = ("7", "14", "30", "60", "90", "180", "365")
 CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "cache.m7g.large")
@@ -79,6 +106,7 @@ class Parameters:
     database_backup_days: Parameter
     cache_node_type: Parameter
     log_retention: Parameter
+    load_balancer_scheme: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -227,6 +255,15 @@ def create_parameters(t: Template) -> Parameters:
             Description="Days CloudWatch keeps the logs of every process.",
             AllowedValues=list(LOG_RETENTION_DAYS),
         )),
+        load_balancer_scheme=add_parameter(t, GROUP_OPERATIONS, "Load balancer scheme", Parameter(
+            "LoadBalancerScheme", Type="String", Default="auto",
+            Description="auto: an internal load balancer that CloudFront reaches through a VPC "
+            "origin, where the region has them (no public IPv4 addresses to pay for); "
+            "internet-facing elsewhere. internet-facing: always, e.g. for a stack created "
+            "before VPC origins (changing a stack's scheme replaces its load balancer, which "
+            "CloudFormation cannot do in place).",
+            AllowedValues=["auto", "internet-facing"],
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -257,6 +294,8 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(USE_SPOT, Equals(Ref(p.use_spot), "true"))
     t.add_condition(WEB_IS_ARM, Equals(
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.web_instance_type), "Architecture"), "arm64"))
+    t.add_condition(USE_VPC_ORIGIN, And(
+        Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
     t.add_condition(WORKER_IS_ARM, Equals(
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
 

@@ -21,6 +21,8 @@ CASES = [
     ("availability_zones", {"Count": "eight"}, "Count"),
     ("availability_zones", {"Count": "2", "ExcludedZoneIds": "use1-az3"}, "ExcludedZoneIds"),
     ("availability_zones", {"Count": "2", "ExcludedZoneIds": ["us-east-1e"]}, "ExcludedZoneIds"),
+    ("availability_zones", {"Count": "2", "SubnetLogicalIds": "PublicSubnetA"}, "SubnetLogicalIds"),
+    ("availability_zones", {"Count": "2", "SubnetLogicalIds": ["Public-Subnet-A"]}, "SubnetLogicalIds"),
     ("cloudfront_certificate", {}, "DomainName"),
     ("cloudfront_certificate", {"DomainName": "social.example.com"}, "HostedZoneId"),
     ("cloudfront_certificate", {"DomainName": 42, "HostedZoneId": "Z123"}, "domain"),

@@ -92,6 +92,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "DatabaseDeletionProtection": _choices(["true", "false"], ["TRUE", "no", "0"]),
     "CacheNodeType": _choices(["cache.t4g.micro", "cache.m7g.large"], ["cache.t4g.nano", "cache.t3.micro"]),
     "LogRetentionDays": _choices(["7", "14", "30", "60", "90", "180", "365"], ["1", "31", "400", "3653"]),
+    "LoadBalancerScheme": _choices(["auto", "internet-facing"], ["internal", "Auto", "public", ""]),
     "WafEnabled": _choices(["true", "false"], ["on", "True"]),
     "WafWebAclArn": (["", WEB_ACL], [WEB_ACL.replace("us-east-1", "eu-central-1"),
                                      WEB_ACL.replace("global", "regional"), WEB_ACL + "x"]),

@@ -11,7 +11,8 @@ from tests.support import props, resources
 
 # Actions AWS grants only on "*": they accept no resource ARN (Service Authorization Reference).
 RESOURCE_STAR_ONLY = {
-    "ec2:DescribeManagedPrefixLists", "ec2:DescribeAvailabilityZones", "acm:RequestCertificate",
+    "ec2:DescribeManagedPrefixLists", "ec2:DescribeAvailabilityZones", "ec2:DescribeSubnets",
+    "acm:RequestCertificate",
     # The rollout reads the fleet's state; these Describe/Get calls take no resource.
     "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups",
     "elasticloadbalancing:DescribeTargetHealth", "ssm:GetCommandInvocation",

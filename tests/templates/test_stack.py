@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.template_values import Evaluator, parameter_values
-from templates import capacity, load_balancing
+from templates import capacity, parameters
 from templates.options import MASTODON_VERSION, RELEASE_TAG
 from tests.support import has_properties, one, props, resources
 
@@ -266,7 +266,7 @@ def _in_region(template, region):
     return Evaluator(template, {**parameter_values(template), "AWS::Region": region})
 
 
-@pytest.mark.parametrize("region", load_balancing.VPC_ORIGIN_REGIONS)
+@pytest.mark.parametrize("region", parameters.VPC_ORIGIN_REGIONS)
 def test_where_cloudfront_has_vpc_origins_the_load_balancer_is_internal_and_private(template, region):
     ev = _in_region(template, region)
     balancer = props(template, "LoadBalancer")
@@ -309,13 +309,25 @@ def test_the_region_condition_nests_within_cloudformations_limits(template):
             for value in node:
                 check(value)
     check(template["Conditions"]["UseVpcOrigin"])
-    assert len(set(load_balancing.VPC_ORIGIN_REGIONS)) == len(load_balancing.VPC_ORIGIN_REGIONS)
+    assert len(set(parameters.VPC_ORIGIN_REGIONS)) == len(parameters.VPC_ORIGIN_REGIONS)
+
+
+def test_internet_facing_can_be_asked_for_where_vpc_origins_exist(template):
+    # For a stack created before VPC origins: its load balancer can stay as it is.
+    ev = Evaluator(template, {**parameter_values(template), "AWS::Region": "us-east-1",
+                              "LoadBalancerScheme": "internet-facing"})
+    assert ev.value(props(template, "LoadBalancer")["Scheme"]) == "internet-facing"
+    assert not ev.creates("LoadBalancerVpcOrigin")
+    assert ev.value(props(template, "AvailabilityZones")["ExcludedZoneIds"]) == []
 
 
 def test_subnets_use_the_zones_chosen_once_by_zone_id(template):
     zones = props(template, "AvailabilityZones")
     assert zones["Count"] == "2"
-    assert set(zones["ExcludedZoneIds"]) == {"use1-az3", "usw1-az2", "cac1-az3", "apne1-az3"}
+    excluded = _in_region(template, "us-east-1").value(zones["ExcludedZoneIds"])
+    assert set(excluded) == {"use1-az3", "usw1-az2", "cac1-az3", "apne1-az3"}
+    # A stack that had subnets before keeps their zones (the function adopts them).
+    assert zones["SubnetLogicalIds"] == ["PublicSubnetA", "PublicSubnetB"]
     for letter, number in (("A", 1), ("B", 2)):
         for kind in ("Public", "Data"):
             assert props(template, f"{kind}Subnet{letter}")["AvailabilityZone"] == {
