@@ -1,9 +1,9 @@
 """The Application Load Balancer, reachable only from CloudFront.
 
-Where CloudFront supports VPC origins (parameters.VPC_ORIGIN_REGIONS), the load balancer is
-internal, in the private subnets, and CloudFront reaches it through a VPC origin
-(see edge.py): it has no public address at all, and no public IPv4 addresses to pay
-for ($7.30 a month for two zones). Elsewhere it is internet-facing in the public
+Where CloudFront supports VPC origins (parameters.VPC_ORIGIN_REGIONS), the load
+balancer is internal, in the private subnets, and CloudFront reaches it through a VPC
+origin (see edge.py): it has no public address at all, and no public IPv4 addresses
+to pay for ($7.30 a month for two zones). Elsewhere it is internet-facing in the public
 subnets. The region decides, through the UseVpcOrigin condition, unless the
 LoadBalancerScheme parameter asks for internet-facing everywhere (parameters.py).
 
@@ -46,6 +46,7 @@ STREAMING_PATHS = ["/api/v1/streaming", "/api/v1/streaming/*"]
 # Long enough for an in-flight request to finish, short enough for quick rollouts.
 DEREGISTRATION_DELAY_SECONDS = 30
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
 
 class ManagedPrefixList(AWSObject):
     resource_type = "Custom::ManagedPrefixList"

@@ -294,10 +294,10 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(USE_SPOT, Equals(Ref(p.use_spot), "true"))
     t.add_condition(WEB_IS_ARM, Equals(
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.web_instance_type), "Architecture"), "arm64"))
-    t.add_condition(USE_VPC_ORIGIN, And(
-        Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
     t.add_condition(WORKER_IS_ARM, Equals(
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
+    t.add_condition(USE_VPC_ORIGIN, And(
+        Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
