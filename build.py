@@ -15,6 +15,7 @@ refuse end with a message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 from scripts import architecture, costs, parameter_files
 from templates.compute import UserDataTooLarge
+from templates.functions import assemble
 from templates.options import BuildOptions, OptionsError
 from templates.stack import Assets, build_template
 from templates.stack_policy import stack_policy
@@ -49,11 +51,23 @@ OUTPUT_LIMIT = 200
 
 
 def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPTS) -> Assets:
-    """Read each Lambda module and instance script the template embeds."""
+    """Read each Lambda module and instance script the template embeds.
+
+    A function is a module of lambdas/, or a package of modules (its __init__.py lists
+    them in MODULES, the last one holding lambda_handler) assembled into one file.
+    """
     functions = {
         path.stem: path.read_text()
         for path in sorted(lambdas_dir.glob("*.py")) if not path.name.startswith("_")
     }
+    for init in sorted(lambdas_dir.glob("*/__init__.py")):
+        order = ast.literal_eval(next(
+            node.value for node in ast.parse(init.read_text()).body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "MODULES"
+        ))
+        package = f"lambdas.{init.parent.name}"
+        modules = [(name, (init.parent / f"{name}.py").read_text()) for name in order]
+        functions[init.parent.name] = assemble(package, modules, order[-1])
     scripts = {path.name: path.read_text() for path in sorted(scripts_dir.glob("*.sh"))}
     return Assets(lambdas=functions, instance_scripts=scripts)
 

@@ -6,6 +6,12 @@ the template's value into it whenever a new build pins another release, and serv
 launched afterwards would boot code whose migrations never ran. This resource writes
 the value once, when the parameter does not exist, and leaves it alone on every
 update; deleting the stack deletes the parameter.
+
+With ReportValueOf (another parameter's name), every Create and Update answers that
+parameter's current value as the attribute ReportedValue (or Value, while it does not
+exist yet). The desired-version parameter takes its template value from it, so that
+a stack update that pins another release writes back the version the operator asked
+for instead of the build's: a stack update never changes the desired version.
 """
 
 from __future__ import annotations
@@ -31,17 +37,20 @@ NAME = re.compile(r"^/[a-zA-Z0-9_.\-/]{1,1010}$")
 
 
 # ---------------------------------------------------------------- decisions
-def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(name, initial value, description); ValueError when invalid."""
+def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str, str | None]:
+    """(name, initial value, description, the parameter to report); ValueError when invalid."""
     name, value = properties.get("Name"), properties.get("Value")
     description = properties.get("Description") or ""
+    report = properties.get("ReportValueOf")
+    if report is not None and (not isinstance(report, str) or not NAME.match(report)):
+        raise ValueError(f"property ReportValueOf must be an SSM parameter path, not {report!r}")
     if not isinstance(name, str) or not NAME.match(name):
         raise ValueError(f"property Name must be an SSM parameter path, not {name!r}")
     if not isinstance(value, str) or not value or len(value) > 4096:
         raise ValueError("property Value must be a non-empty string of at most 4096 characters")
     if not isinstance(description, str):
         raise ValueError("property Description must be a string")
-    return name, value, description[:1024]
+    return name, value, description[:1024], report
 
 
 # ---------------------------------------------------------------- AWS calls
@@ -57,6 +66,15 @@ def create_if_missing(name: str, value: str, description: str) -> bool:
     return True
 
 
+def current_value(name: str) -> str | None:
+    try:
+        return str(boto3.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ParameterNotFound":
+            return None
+        raise
+
+
 def delete(name: str) -> None:
     try:
         boto3.client("ssm").delete_parameter(Name=name)
@@ -65,7 +83,10 @@ def delete(name: str) -> None:
             raise
 
 
-def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
+def send_response(
+    event: Mapping[str, Any], status: str, reason: str, physical_id: str,
+    data: Mapping[str, str] | None = None,
+) -> None:
     body = json.dumps({
         "Status": status,
         "Reason": reason[:1000],
@@ -73,7 +94,7 @@ def send_response(event: Mapping[str, Any], status: str, reason: str, physical_i
         "StackId": event.get("StackId", ""),
         "RequestId": event.get("RequestId", ""),
         "LogicalResourceId": event.get("LogicalResourceId", ""),
-        "Data": {},
+        "Data": dict(data or {}),
     }).encode()
     url = str(event["ResponseURL"])
     if not url.startswith("https://"):
@@ -99,12 +120,13 @@ def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
                 delete(physical_id)
             send_response(raw_event, "SUCCESS", "", physical_id)
             return
-        name, value, description = parse_properties(event.resource_properties)
+        name, value, description, report = parse_properties(event.resource_properties)
         # Update: a new name is a new parameter (CloudFormation then deletes the old id);
         # the same name keeps whatever value the pipeline has written since.
         written = create_if_missing(name, value, description)
-        logger.info("Parameter ensured", extra={"parameter": name, "written": written})
-        send_response(raw_event, "SUCCESS", "", name)
+        data = {"ReportedValue": (current_value(report) if report else None) or value}
+        logger.info("Parameter ensured", extra={"parameter": name, "written": written, **data})
+        send_response(raw_event, "SUCCESS", "", name, data)
     except Exception as error:
         logger.exception("Request failed")
         reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"

@@ -56,11 +56,14 @@ from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions
 
+# Where user data puts the instance scripts; the rollout runs deploy.sh from there.
+SCRIPTS_DIR = "/opt/mastodon-aws"
+DEPLOY_SCRIPT = f"{SCRIPTS_DIR}/deploy.sh"
 WEB_GROUP = "WebAutoScalingGroup"
 WORKER_GROUP = "WorkerAutoScalingGroup"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
@@ -135,6 +138,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "LOCAL_DOMAIN": Ref(p.domain),
             "MASTODON_IMAGE": MASTODON_IMAGE,
             "STREAMING_IMAGE": STREAMING_IMAGE,
+            "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
             "DEPLOYED_VERSION_PARAMETER": Ref(versions.deployed),
             "APP_SECRET_ARN": Ref(secrets.secret),
             "DB_HOST": GetAtt(data.database, "Endpoint.Address"),

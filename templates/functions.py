@@ -1,7 +1,8 @@
 """Lambda functions embedded in the template, each with its own role and log group.
 
-The code of each function is one module of `lambdas/`, inlined (Code.ZipFile), so a
-single template file is all a quick-create link needs, in any region. Powertools
+The code of each function is a module of `lambdas/`, or a package of modules
+(`lambdas/rollout/`) that `assemble` joins into one file, inlined (Code.ZipFile), so
+a single template file is all a quick-create link needs, in any region. Powertools
 comes from its public layer, resolved in the stack's region from the SSM parameter
 AWS publishes for it.
 """
@@ -25,17 +26,60 @@ POWERTOOLS_LAYER = (
 # CloudFormation or Step Functions calls synchronously, has no environment secrets and
 # only calls AWS APIs. The reasons travel with each function.
 CHECKOV_SKIPS = [
-    {"id": "CKV_AWS_115", "comment": "Called a few times per stack operation or rollout; "
-     "reserved concurrency would only take capacity from the account."},
-    {"id": "CKV_AWS_116", "comment": "Invoked synchronously by CloudFormation or as a Step "
-     "Functions task (the certificate function also by itself, to keep waiting); every failure "
-     "goes back to its caller, which reports or retries it: a dead-letter queue would hold "
-     "nothing."},
-    {"id": "CKV_AWS_117", "comment": "Calls only public AWS APIs; a VPC would need NAT or "
-     "endpoints for nothing."},
-    {"id": "CKV_AWS_173", "comment": "The function has no environment variables with "
-     "secrets; only Powertools settings."},
+    {
+        "id": "CKV_AWS_115",
+        "comment": "Called a few times per stack operation or rollout; "
+        "reserved concurrency would only take capacity from the account.",
+    },
+    {
+        "id": "CKV_AWS_116",
+        "comment": "Invoked synchronously by CloudFormation or as a Step "
+        "Functions task (the certificate function also by itself, to keep waiting); every failure "
+        "goes back to its caller, which reports or retries it: a dead-letter queue would hold "
+        "nothing.",
+    },
+    {
+        "id": "CKV_AWS_117",
+        "comment": "Calls only public AWS APIs; a VPC would need NAT or endpoints for nothing.",
+    },
+    {
+        "id": "CKV_AWS_173",
+        "comment": "The function has no environment variables with secrets; only Powertools settings.",
+    },
 ]
+
+
+def assemble(package: str, modules: list[tuple[str, str]], entry: str) -> str:
+    """One inline file that runs a package's modules as themselves.
+
+    Each module's source is kept verbatim, in order, and executed as a module of its
+    own name (registered in sys.modules), so `from package.module import name` works
+    as in the tests, which import the same files. `entry` names the module whose
+    lambda_handler the file exposes. Sources must not contain three single quotes.
+    """
+    parts = [
+        f"# Assembled by the build from {package.replace('.', '/')}/: "
+        "one module per section, run under its own name.\n"
+        "import sys as _sys\n"
+        "import types as _types\n\n\n"
+        "def _module(name, source):\n"
+        "    module = _types.ModuleType(name)\n"
+        "    module.__path__ = []\n"
+        "    _sys.modules[name] = module\n"
+        "    parent, _, child = name.rpartition('.')\n"
+        "    if parent:\n"
+        "        setattr(_sys.modules[parent], child, module)\n"
+        "    exec(compile(source, name.replace('.', '/') + '.py', 'exec'), module.__dict__)\n\n\n"
+    ]
+    top = package.split(".")
+    for depth in range(1, len(top) + 1):
+        parts.append(f"_module({'.'.join(top[:depth])!r}, '')\n")
+    for name, source in modules:
+        if "'''" in source or source.endswith("\\"):
+            raise ValueError(f"{package}.{name} cannot be inlined: it contains three single quotes")
+        parts.append(f"\n_module('{package}.{name}', r'''{source}''')\n")
+    parts.append(f"\nlambda_handler = _sys.modules['{package}.{entry}'].lambda_handler\n")
+    return "".join(parts)
 
 
 def lambda_role(t: Template, name: str, statements: list[Statement], log_group: logs.LogGroup) -> iam.Role:
@@ -58,28 +102,35 @@ def inline_function(
     description: str = "",
 ) -> awslambda.Function:
     """Add function `name` running `code`, its log group and its least-privilege role."""
-    log_group = t.add_resource(logs.LogGroup(
-        f"{name}Logs", RetentionInDays=retention,
-        LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
-    ))
+    log_group = t.add_resource(
+        logs.LogGroup(
+            f"{name}Logs",
+            RetentionInDays=retention,
+            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
+        )
+    )
     role = lambda_role(t, name, statements, log_group)
-    function = t.add_resource(awslambda.Function(
-        name,
-        Description=description,
-        Runtime=RUNTIME,
-        Architectures=[ARCHITECTURE],
-        Handler="index.lambda_handler",
-        Code=awslambda.Code(ZipFile=code),
-        Role=GetAtt(role, "Arn"),
-        Timeout=timeout,
-        MemorySize=256,
-        Layers=[POWERTOOLS_LAYER],
-        LoggingConfig=awslambda.LoggingConfig(LogGroup=Ref(log_group)),
-        Environment=awslambda.Environment(Variables={
-            "POWERTOOLS_SERVICE_NAME": name,
-            "POWERTOOLS_METRICS_NAMESPACE": "Mastodon",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-        }),
-        Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
-    ))
+    function = t.add_resource(
+        awslambda.Function(
+            name,
+            Description=description,
+            Runtime=RUNTIME,
+            Architectures=[ARCHITECTURE],
+            Handler="index.lambda_handler",
+            Code=awslambda.Code(ZipFile=code),
+            Role=GetAtt(role, "Arn"),
+            Timeout=timeout,
+            MemorySize=256,
+            Layers=[POWERTOOLS_LAYER],
+            LoggingConfig=awslambda.LoggingConfig(LogGroup=Ref(log_group)),
+            Environment=awslambda.Environment(
+                Variables={
+                    "POWERTOOLS_SERVICE_NAME": name,
+                    "POWERTOOLS_METRICS_NAMESPACE": "Mastodon",
+                    "POWERTOOLS_TRACE_DISABLED": "true",
+                }
+            ),
+            Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
+        )
+    )
     return function

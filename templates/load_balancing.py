@@ -45,6 +45,11 @@ STREAMING_HEALTH_PATH = "/api/v1/streaming/health"
 STREAMING_PATHS = ["/api/v1/streaming", "/api/v1/streaming/*"]
 # Long enough for an in-flight request to finish, short enough for quick rollouts.
 DEREGISTRATION_DELAY_SECONDS = 30
+HEALTH_CHECK_INTERVAL_SECONDS = 10
+UNHEALTHY_THRESHOLD = 3
+# A target that has turned healthy and stays so this long has passed as many checks as
+# it takes the load balancer to call it unhealthy: the rollout's settling window.
+SETTLE_SECONDS = HEALTH_CHECK_INTERVAL_SECONDS * UNHEALTHY_THRESHOLD
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 
@@ -160,10 +165,10 @@ def _target_group(name: str, network: Network, port: int, health_path: str,
         HealthCheckEnabled=True,
         HealthCheckPath=health_path,
         HealthCheckProtocol="HTTP",
-        HealthCheckIntervalSeconds=10,
+        HealthCheckIntervalSeconds=HEALTH_CHECK_INTERVAL_SECONDS,
         HealthCheckTimeoutSeconds=5,
         HealthyThresholdCount=2,
-        UnhealthyThresholdCount=3,
+        UnhealthyThresholdCount=UNHEALTHY_THRESHOLD,
         Matcher=elb.Matcher(HttpCode="200"),
         TargetGroupAttributes=[
             elb.TargetGroupAttribute(Key="deregistration_delay.timeout_seconds",

@@ -16,11 +16,17 @@ MASTODON_VERSION = "v4.7.6"
 MASTODON_IMAGE = "ghcr.io/mastodon/mastodon"
 STREAMING_IMAGE = "ghcr.io/mastodon/mastodon-streaming"
 
-# A Mastodon release tag: v4.3.0, v4.5.2, v4.6.0-rc.1 (no "latest", no branches).
-RELEASE_TAG = re.compile(r"^v4\.(?:[3-9]|\d{2,})\.\d+(?:-(?:alpha|beta|rc)\.\d+)?$")
-
-# The streaming server has its own image since 4.3, which this stack relies on.
-RELEASE_TAG_PATTERN = RELEASE_TAG.pattern
+# A Mastodon release tag: v4.3.0, v4.5.2, v4.6.0-rc.1, v5.0.0 (no "latest", no branches).
+# The streaming server has its own image since 4.3, which this stack relies on. The one
+# definition of the rule: SSM's AllowedPattern (Java), the rollout (Python, re.ASCII,
+# fullmatch) and the instance scripts (bash ERE, from stack.env) all receive this text,
+# so it uses only what the three share: plain groups, [0-9], anchors. Bounded digits
+# keep every accepted tag short (at most 24 characters).
+RELEASE_TAG_PATTERN = (
+    "^v(4[.](3|4|5|6|7|8|9|[1-9][0-9]{1,2})|([5-9]|[1-9][0-9]{1,2})[.][0-9]{1,3})[.][0-9]{1,3}"
+    "(-(alpha|beta|rc)[.][0-9]{1,3})?$"
+)
+RELEASE_TAG = re.compile(RELEASE_TAG_PATTERN, re.ASCII)
 
 
 class OptionsError(ValueError):
@@ -35,7 +41,7 @@ class BuildOptions:
     description: str = "Mastodon on AWS: CloudFront, ALB, EC2, RDS PostgreSQL, ElastiCache, S3, SES"
 
     def __post_init__(self) -> None:
-        if not RELEASE_TAG.match(self.mastodon_version):
+        if not RELEASE_TAG.fullmatch(self.mastodon_version):
             raise OptionsError(
                 f"mastodon version {self.mastodon_version!r} is not a Mastodon release tag "
                 "of 4.3 or later (expected e.g. v4.5.2: the streaming image this stack "

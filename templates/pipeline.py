@@ -50,10 +50,11 @@ from troposphere import (
     stepfunctions,
 )
 
+from lambdas.rollout import names
 from templates import functions, parameters, policies
-from templates.compute import Compute
-from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, LoadBalancing
-from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
+from templates.compute import DEPLOY_SCRIPT, Compute
+from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.versions import PARAMETER_PREFIX, Versions
 
@@ -61,8 +62,6 @@ STATE_MACHINE = "RolloutStateMachine"
 ROLLOUT_FUNCTION = "RolloutFunction"
 INVALIDATE_FUNCTION = "InvalidateFunction"
 ROLLOUT_STATE = "RolloutStateParameter"
-VERSION_TAG = "mastodon:version"
-GROUP_TAG = "aws:autoscaling:groupName"
 # Retried by the state machine: the Lambda service's own transient errors.
 LAMBDA_ERRORS = [
     "Lambda.ServiceException",
@@ -122,7 +121,9 @@ def _wait(next_state: str) -> dict[str, Any]:
 def _loop(states: dict[str, Any], name: str, task: dict[str, Any], done: str, failed: str) -> None:
     """name → Choice on next: wait → Wait → name; done → `done`; failed → `failed`."""
     states[name] = {**task, "Next": f"{name}Next"}
-    states[f"{name}Next"] = _choice({"wait": f"{name}Wait", "done": done, "failed": failed}, failed)
+    states[f"{name}Next"] = _choice(
+        {names.WAIT: f"{name}Wait", names.DONE: done, names.FAILED: failed}, failed
+    )
     states[f"{name}Wait"] = _wait(name)
 
 
@@ -131,7 +132,12 @@ def definition(
     rollout: str = "${RolloutFunctionArn}",
     invalidate: str = "${InvalidateFunctionArn}",
 ) -> dict[str, Any]:
-    """The rollout in Amazon States Language; `config` is handed to every step."""
+    """The rollout in Amazon States Language; `config` is handed to every step.
+
+    The actions and the outcomes it routes on are the function's own names
+    (lambdas/rollout/names.py). A failure before the post-deployment migrations goes
+    to Rollback; from there on nothing is rolled back (the schema has moved on).
+    """
     states: dict[str, Any] = {
         "Configure": {
             "Type": "Pass",
@@ -142,32 +148,41 @@ def definition(
                 "state_machine.$": "$$.StateMachine.Id",
             },
         },
-        "Begin": _task(rollout, "begin", "BeginNext", "Finish"),
-        "BeginNext": _choice({"queued": "Queued", "go": "Validate", "noop": "Done"}, "Done"),
+        "Begin": _task(rollout, names.BEGIN, "BeginNext", "Finish"),
+        "BeginNext": _choice(
+            {names.QUEUED: "Queued", names.GO: "Validate", names.NOOP: "Done", names.FAILED: "Finish"},
+            "Finish",
+        ),
         "Queued": _wait("Begin"),
-        "Validate": _task(rollout, "validate", "ValidateNext", "Finish"),
-        "ValidateNext": _choice({"go": "PreMigrate"}, "Finish"),
+        "Validate": _task(rollout, names.VALIDATE, "ValidateNext", "Finish"),
+        "ValidateNext": _choice({names.GO: "PreMigrate"}, "Finish"),
     }
-    _loop(states, "PreMigrate", _task(rollout, "migrate", "", "Rollback", phase="pre"), "Web", "Rollback")
-    _loop(states, "Web", _task(rollout, "web", "", "Rollback"), "Worker", "Rollback")
-    _loop(states, "Worker", _task(rollout, "worker", "", "Rollback"), "PostMigrate", "Rollback")
-    # After the post-deployment migrations every server runs the new code, which the
-    # migrated schema needs: a failure there is reported, never rolled back.
-    _loop(states, "PostMigrate", _task(rollout, "migrate", "", "Record", phase="post"), "Record", "Record")
+    rollback = "Rollback"
+    _loop(states, "PreMigrate", _task(rollout, names.MIGRATE, "", rollback, phase=names.PRE), "Web", rollback)
+    _loop(states, "Web", _task(rollout, names.WEB, "", rollback), "Worker", rollback)
+    _loop(states, "Worker", _task(rollout, names.WORKER, "", rollback), "Record", rollback)
+    states["Record"] = _task(rollout, names.RECORD, "RecordNext", rollback)
+    states["RecordNext"] = _choice({names.DONE: "Verify"}, rollback)
+    verify = _task(rollout, names.VERIFY, "", rollback, phase=names.PRE)
+    _loop(states, "Verify", verify, "PostMigrate", rollback)
+    # From here on every server runs the new code, which the migrated schema needs: a
+    # failure is reported, never rolled back.
+    _loop(states, "PostMigrate", _task(rollout, names.MIGRATE, "", "Finish", phase=names.POST), "FinalCheck",
+          "Finish")
+    _loop(states, "FinalCheck", _task(rollout, names.VERIFY, "", "Finish", phase=names.FINAL), "Invalidate",
+          "Finish")
     states.update(
         {
-            "Record": _task(rollout, "record", "RecordNext", "Finish"),
-            "RecordNext": _choice({"converge": "Web", "done": "Invalidate"}, "Invalidate"),
             "Invalidate": _task(invalidate, "start", "InvalidateNext", "Finish", "$.warning"),
             "InvalidateNext": _choice({"retry": "InvalidateRetry", "wait": "InvalidateWait"}, "Finish"),
             "InvalidateRetry": _wait("Invalidate"),
             "InvalidateWait": _wait("InvalidateCheck"),
             "InvalidateCheck": _task(invalidate, "check", "InvalidateNext", "Finish", "$.warning"),
-            "Rollback": _task(rollout, "rollback", "RollbackNext", "Finish", "$.rollback_error"),
-            "RollbackNext": _choice({"wait": "RollbackWait"}, "Finish"),
+            "Rollback": _task(rollout, names.ROLLBACK, "RollbackNext", "Finish", "$.rollback_error"),
+            "RollbackNext": _choice({names.WAIT: "RollbackWait"}, "Finish"),
             "RollbackWait": _wait("Rollback"),
-            "Finish": _task(rollout, "finish", "FinishNext", "Failed", "$.finish_error"),
-            "FinishNext": _choice({"again": "Begin", "done": "Done"}, "Failed"),
+            "Finish": _task(rollout, names.FINISH, "FinishNext", "Failed", "$.finish_error"),
+            "FinishNext": _choice({names.AGAIN: "Begin", names.DONE: "Done"}, "Failed"),
             "Done": {"Type": "Succeed"},
             "Failed": {
                 "Type": "Fail",
@@ -179,6 +194,8 @@ def definition(
     return {
         "Comment": "Mastodon rolling upgrade (templates/pipeline.py)",
         "StartAt": "Configure",
+        # The backstop: every step is bounded by the function's own deadlines first.
+        "TimeoutSeconds": names.EXECUTION_TIMEOUT,
         "States": states,
     }
 
@@ -230,16 +247,17 @@ def rollout_statements(
             Effect=Allow,
             Action=[awacs_ssm.SendCommand],
             Resource=[_arn("ec2", "instance/*")],
-            Condition=Condition(StringEquals(f"ssm:resourceTag/{GROUP_TAG}", groups)),
+            Condition=Condition(StringEquals(f"ssm:resourceTag/{names.GROUP_TAG}", groups)),
         ),
+        # The version a server runs, and the rollout's journal on it.
         Statement(
             Effect=Allow,
-            Action=[awacs_ec2.CreateTags],
+            Action=[awacs_ec2.CreateTags, awacs_ec2.DeleteTags],
             Resource=[_arn("ec2", "instance/*")],
             Condition=Condition(
                 [
-                    StringEquals(f"aws:ResourceTag/{GROUP_TAG}", groups),
-                    ForAllValuesStringEquals("aws:TagKeys", [VERSION_TAG]),
+                    StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", groups),
+                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
                 ]
             ),
         ),
@@ -261,11 +279,19 @@ def rollout_statements(
             ],
             Resource=[_group_arn(compute.web_group)],
         ),
+        # The records of what a rollout held and raised, on the web group, written first.
+        Statement(
+            Effect=Allow,
+            Action=[awacs_autoscaling.CreateOrUpdateTags, awacs_autoscaling.DeleteTags],
+            Resource=[_group_arn(compute.web_group)],
+            Condition=Condition(ForAllValuesStringEquals("aws:TagKeys", [names.HOLD_TAG, names.SURGE_TAG])),
+        ),
         # These accept no resource ARN: AWS grants them only on "*".
         Statement(
             Effect=Allow,
             Action=[
                 awacs_ssm.GetCommandInvocation,
+                awacs_ssm.ListCommands,
                 awacs_autoscaling.DescribeAutoScalingGroups,
                 awacs_ec2.DescribeInstances,
                 awacs_elb.DescribeTargetHealth,
@@ -390,9 +416,12 @@ def create_pipeline(
         "handled_parameter": "${StateParameter}",
         "batch_size": "${BatchSize}",
         "drain_seconds": DEREGISTRATION_DELAY_SECONDS,
+        "settle_seconds": SETTLE_SECONDS,
         "topic_arn": "${TopicArn}",
         "distribution_id": "${DistributionId}",
         "images": [MASTODON_IMAGE, STREAMING_IMAGE],
+        "tag_pattern": RELEASE_TAG_PATTERN,
+        "deploy_script": DEPLOY_SCRIPT,
     }
     machine = t.add_resource(
         stepfunctions.StateMachine(

@@ -1,8 +1,12 @@
 """The Mastodon version, kept in two SSM parameters.
 
-`desired-version` is what the operator asks for: the upgrade pipeline watches it. It
-is an ordinary AWS::SSM::Parameter, so a new build that pins another release and is
-deployed also asks for an upgrade, through the same pipeline.
+`desired-version` is what the operator asks for: the upgrade pipeline watches it, and
+the operator is its only writer. Its template value is the build's pinned release on
+creation and, on every later update, the value it holds then (reported by the
+deployed-version resource), so a stack update never rewrites it behind the operator's
+back; a new build's pinned release only decides what new stacks boot. It accepts a
+release tag, or one followed by " allow-downgrade" to roll back to an older release
+on purpose (lambdas/rollout/plan.py refuses a downgrade without it).
 
 `deployed-version` is the last version every process ran, the one new servers boot.
 Only the pipeline may move it, once migrations have run: the stack creates it with
@@ -17,6 +21,7 @@ from awacs import ssm as awacs_ssm
 from awacs.aws import Allow, Statement
 from troposphere import AWSObject, GetAtt, Ref, Sub, Template, ssm
 
+from lambdas.rollout.names import DOWNGRADE_FLAG
 from templates import functions
 from templates.options import RELEASE_TAG_PATTERN, BuildOptions
 from templates.parameters import Parameters
@@ -36,7 +41,14 @@ class InitialParameter(AWSObject):
         "Name": (str, True),
         "Value": (str, True),
         "Description": (str, False),
+        "ReportValueOf": (object, False),
     }
+
+
+def desired_pattern() -> str:
+    """The desired-version parameter's AllowedPattern: a release tag, perhaps with the downgrade flag."""
+    tag = RELEASE_TAG_PATTERN.removeprefix("^").removesuffix("$")
+    return f"^({tag})( {DOWNGRADE_FLAG})?$"
 
 
 @dataclass(frozen=True)
@@ -46,23 +58,23 @@ class Versions:
 
 
 def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str) -> Versions:
-    desired = t.add_resource(ssm.Parameter(
-        DESIRED_VERSION,
-        Name=Sub(f"{PARAMETER_PREFIX}/desired-version"),
-        Type="String",
-        Value=options.mastodon_version,
-        AllowedPattern=RELEASE_TAG_PATTERN,
-        Description="Mastodon version to run: overwrite it to upgrade",
-        Tier="Standard",
-    ))
+    desired_name = Sub(f"{PARAMETER_PREFIX}/desired-version")
     function = functions.inline_function(
         t, "InitialParameterFunction", code,
-        [Statement(
-            Effect=Allow,
-            Action=[awacs_ssm.PutParameter, awacs_ssm.DeleteParameter],
-            Resource=[Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
-                          f"{PARAMETER_PREFIX}/deployed-version")],
-        )],
+        [
+            Statement(
+                Effect=Allow,
+                Action=[awacs_ssm.PutParameter, awacs_ssm.DeleteParameter],
+                Resource=[Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+                              f"{PARAMETER_PREFIX}/deployed-version")],
+            ),
+            Statement(
+                Effect=Allow,
+                Action=[awacs_ssm.GetParameter],
+                Resource=[Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+                              f"{PARAMETER_PREFIX}/desired-version")],
+            ),
+        ],
         Ref(p.log_retention), timeout=30,
         description="Creates an SSM parameter once and never overwrites it.",
     )
@@ -73,5 +85,15 @@ def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str
         Name=Sub(f"{PARAMETER_PREFIX}/deployed-version"),
         Value=options.mastodon_version,
         Description="Mastodon version every process last ran; new servers boot it (set by the pipeline)",
+        ReportValueOf=desired_name,
+    ))
+    desired = t.add_resource(ssm.Parameter(
+        DESIRED_VERSION,
+        Name=desired_name,
+        Type="String",
+        Value=GetAtt(deployed, "ReportedValue"),
+        AllowedPattern=desired_pattern(),
+        Description="Mastodon version to run: overwrite it to upgrade",
+        Tier="Standard",
     ))
     return Versions(desired=desired, deployed=deployed)

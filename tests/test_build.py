@@ -50,7 +50,9 @@ def test_build_is_well_under_two_seconds(tmp_path):
     assert time.perf_counter() - started < 1.0
 
 
-@pytest.mark.parametrize("version", ["latest", "4.5.6", "v4.2.10", "v4.5", "v4.5.6; rm -rf /", "v5.0.0"])
+@pytest.mark.parametrize(
+    "version", ["latest", "4.5.6", "v4.2.10", "v4.5", "v4.5.6; rm -rf /", "v4.7.6\n", "v1000.0.0"]
+)
 def test_a_bad_mastodon_version_is_refused_with_exit_status_2(tmp_path, version):
     result = run_build("--mastodon-version", version, "--output-dir", str(tmp_path))
     assert result.returncode == 2

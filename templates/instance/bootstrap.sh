@@ -229,6 +229,13 @@ container_logs() {
 
 # --- steps -----------------------------------------------------------------------
 
+# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
+# C locale so that [0-9] means the ASCII digits only.
+is_release_tag() {
+  local LC_ALL=C
+  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
+}
+
 load_stack_env() {
   step "read stack settings"
   [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"
@@ -239,7 +246,7 @@ load_stack_env() {
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
-    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR; do
+    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR RELEASE_TAG_PATTERN; do
     [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
   done
   SMTP_LOGIN=${SMTP_LOGIN:-}
@@ -373,7 +380,7 @@ read_configuration() {
   doc=$(aws ssm get-parameter --region "$AWS_REGION" --name "$DEPLOYED_VERSION_PARAMETER") ||
     fail "cannot read the version parameter $DEPLOYED_VERSION_PARAMETER"
   MASTODON_VERSION=$(printf '%s' "$doc" | json_get Parameter.Value) || fail "the version parameter has no value"
-  if ! [[ $MASTODON_VERSION =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9.]+)?$ ]]; then
+  if ! is_release_tag "$MASTODON_VERSION"; then
     fail "version '$MASTODON_VERSION' in $DEPLOYED_VERSION_PARAMETER is not a Mastodon tag like v4.7.6"
   fi
   log "booting Mastodon $MASTODON_VERSION"

@@ -35,7 +35,6 @@ WORKER_STABLE_SECONDS=${DEPLOY_WORKER_STABLE_SECONDS:-20}
 RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
-TAG_PATTERN='^v4\.([3-9]|[0-9]{2,})\.[0-9]+(-(alpha|beta|rc)\.[0-9]+)?$'
 
 log() { printf '%s deploy %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
 fail() {
@@ -71,6 +70,14 @@ load_stack_env() {
   if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
     fail "the images are not set in stack.env"
   fi
+  [ -n "${RELEASE_TAG_PATTERN:-}" ] || fail "RELEASE_TAG_PATTERN is not set in stack.env"
+}
+
+# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
+# C locale so that [0-9] means the ASCII digits only.
+is_release_tag() {
+  local LC_ALL=C
+  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
 }
 
 current_version() {
@@ -200,9 +207,9 @@ migrate() {
 main() {
   [ $# -ge 2 ] || usage
   local mode=$1 version=${*: -1}
-  [[ $version =~ $TAG_PATTERN ]] || fail "'$version' is not a Mastodon release tag like v4.7.6" 2
   [ "$mode" != migrate ] || [ "$2" = pre ] || [ "$2" = post ] || usage
   load_stack_env
+  is_release_tag "$version" || fail "'$version' is not a Mastodon release tag like v4.7.6" 2
   mkdir -p "$(dirname "$LOCK_FILE")"
   exec 9>"$LOCK_FILE"
   flock -w "$LOCK_TIMEOUT" 9 || fail "another deploy held the lock for ${LOCK_TIMEOUT}s"

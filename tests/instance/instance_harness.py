@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from templates.options import MASTODON_VERSION
+from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE_DIR = REPO / "templates" / "instance"
@@ -96,6 +96,7 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "DB_CONNECTION_RESERVE": "10",
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
         "VPC_CIDR": VPC_CIDR,
+        "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
     }
     env.update(overrides)
     return env

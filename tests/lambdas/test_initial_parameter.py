@@ -82,3 +82,24 @@ def test_bad_properties_fail_with_a_reason_and_create_nothing(
     assert answers.last["Status"] == "FAILED"
     assert mentioned in answers.last["Reason"]
     assert ssm.describe_parameters()["Parameters"] == []
+
+
+DESIRED = "/mastodon/mastodon/desired-version"
+
+
+def test_it_reports_the_desired_versions_current_value_so_an_update_writes_back_what_the_operator_put(
+    ssm, answers, cfn_event, context
+):
+    reporting = {**props("v4.7.6"), "ReportValueOf": DESIRED}
+    initial_parameter.lambda_handler(cfn_event("Create", reporting), context)
+    assert answers.last["Data"] == {"ReportedValue": "v4.7.6"}, "on creation: the pinned release"
+    ssm.put_parameter(Name=DESIRED, Value="v4.7.8", Type="String")  # the operator, later
+    initial_parameter.lambda_handler(
+        cfn_event("Update", {**reporting, "Value": "v4.9.0"}, reporting, physical_id=NAME), context)
+    assert answers.last["Status"] == "SUCCESS"
+    assert answers.last["Data"] == {"ReportedValue": "v4.7.8"}, "a newer build moved the desired version"
+
+
+def test_a_malformed_parameter_to_report_is_refused(ssm, answers, cfn_event, context):
+    initial_parameter.lambda_handler(cfn_event("Create", {**props(), "ReportValueOf": "no-slash"}), context)
+    assert answers.last["Status"] == "FAILED" and "ReportValueOf" in answers.last["Reason"]

@@ -32,8 +32,12 @@ from moto.ec2.models import ec2_backends
 from moto.sns.models import sns_backends
 from moto.stepfunctions.models import stepfunctions_backends
 
-from lambdas import invalidate, rollout
+from lambdas import invalidate
+from lambdas.rollout import aws as rollout_aws
+from lambdas.rollout import handler as rollout_handler
+from lambdas.rollout import names
 from templates import pipeline
+from templates.options import RELEASE_TAG_PATTERN
 from tests.lambdas.conftest import LambdaContext
 
 REGION = "us-east-1"
@@ -61,6 +65,7 @@ class Timing:
     post: int = 60
     worker: int = 60
     invalidation: int = 60
+    settle: int = 30  # the rollout's settling window (the load balancer's unhealthy detection)
 
 
 class Registry:
@@ -131,7 +136,7 @@ class World:
         self._outcomes: dict[tuple[str, str], dict[str, Any]] = {}
         self._install_time()
         self._build()
-        self._levels = [(m.logger, m.logger.log_level) for m in (rollout, invalidate)]
+        self._levels = [(m.logger, m.logger.log_level) for m in (rollout_aws, invalidate)]
         for logger, _ in self._levels:  # the tick log would dominate the run time
             logger.setLevel("WARNING")
         return self
@@ -142,7 +147,7 @@ class World:
             logger.setLevel(level)
         for owner, name, original in reversed(self._patches):
             setattr(owner, name, original)
-        rollout._clients.clear()
+        rollout_aws._clients.clear()
         invalidate._clients.clear()
         self._mock.stop()
 
@@ -206,9 +211,9 @@ class World:
         self._patch(elbv2_models.FakeTargetGroup, "health_for", health_for)
         self._patch(ssm_models.Command, "__init__", on_command)
         self._patch(ssm_models.Command, "get_invocation", get_invocation)
-        self._patch(rollout, "now", lambda: world.clock)
+        self._patch(rollout_aws, "now", lambda: world.clock)
         self._patch(invalidate, "now", lambda: world.clock)
-        self._patch(rollout, "OPENER", self.registry)
+        self._patch(rollout_aws, "OPENER", self.registry)
 
     def _client(self, name: str) -> Any:
         """The functions' client, counting its calls (made once: creating clients is slow)."""
@@ -284,9 +289,12 @@ class World:
             "handled_parameter": HANDLED,
             "batch_size": str(self.batch),
             "drain_seconds": self.timing.drain,
+            "settle_seconds": self.timing.settle,
             "topic_arn": self.topic,
             "distribution_id": self.distribution,
             "images": IMAGES,
+            "tag_pattern": RELEASE_TAG_PATTERN,
+            "deploy_script": "/opt/mastodon-aws/deploy.sh",
         }
         self.definition = pipeline.definition(config, "rollout", "invalidate")
         sfn = self.aws("stepfunctions")
@@ -296,7 +304,7 @@ class World:
             roleArn="arn:aws:iam::123456789012:role/rollout",
         )["stateMachineArn"]
         for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions"):
-            rollout._clients[name] = self._client(name)
+            rollout_aws._clients[name] = self._client(name)
         invalidate._clients["cloudfront"] = self._client("cloudfront")
         self._throttling_cloudfront()
         self.observe()
@@ -443,7 +451,7 @@ class World:
 
     def tag(self, instances: list[str], version: str) -> None:
         self.aws("ec2").create_tags(
-            Resources=instances, Tags=[{"Key": rollout.VERSION_TAG, "Value": version}]
+            Resources=instances, Tags=[{"Key": names.VERSION_TAG, "Value": version}]
         )
 
     def parameter(self, name: str) -> str:
@@ -479,7 +487,7 @@ class World:
     def roll(self, execution: str | None = None, max_steps: int = 20_000) -> Result:
         """Runs one execution of the definition to its end; returns its status and output."""
         execution = execution or self.start_execution()
-        handlers = {"rollout": rollout.lambda_handler, "invalidate": invalidate.lambda_handler}
+        handlers = {"rollout": rollout_handler.lambda_handler, "invalidate": invalidate.lambda_handler}
         context = {"Execution": {"Id": execution}, "StateMachine": {"Id": self.state_machine}}
         states, name, data = self.definition["States"], self.definition["StartAt"], {}
         visited: list[str] = []

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 import tests.lambdas.conftest  # noqa: F401  (Powertools and AWS environment first)
-from lambdas import invalidate, rollout
+from lambdas import invalidate
+from lambdas.rollout import aws as rollout_aws
+from lambdas.rollout import handler as rollout
 from tests.lambdas.conftest import LambdaContext
 
 CASES = [
@@ -19,6 +21,9 @@ CASES = [
     (rollout, {"action": "migrate", "state": {}}, "phase"),
     (rollout, {"action": "migrate", "state": {}, "phase": "during"}, "phase"),
     (rollout, ["begin"], "must be an object"),
+    (rollout, {"action": "verify", "state": {}, "phase": "post"}, "phase"),
+    (rollout, {"action": "begin", "state": {"config": {}}}, "config lacks"),
+    (rollout, {"action": "web", "state": {"config": "x", "execution": "e"}}, "'config'"),
     (invalidate, {}, "unknown action"),
     (invalidate, {"action": "start"}, "'state' object"),
 ]
@@ -32,6 +37,6 @@ def test_a_malformed_task_input_fails_with_its_reason_and_no_aws_call(
     def no_aws(*args: object, **kwargs: object) -> None:
         raise AssertionError("a malformed task input reached AWS")
 
-    monkeypatch.setattr(module.boto3, "client", no_aws)
+    monkeypatch.setattr((rollout_aws if module is rollout else module).boto3, "client", no_aws)
     with pytest.raises(ValueError, match=message):
         module.lambda_handler(event, LambdaContext())

@@ -6,6 +6,8 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
+
 from templates.pipeline import LAMBDA_ERRORS
 from tests.support import props, resources
 
@@ -78,10 +80,21 @@ def test_run_command_is_allowed_only_with_the_shell_document_on_this_stacks_serv
     assert groups == [{"Ref": "WebAutoScalingGroup"}, {"Ref": "WorkerAutoScalingGroup"}]
 
 
-def test_the_rollout_may_tag_only_the_version_and_only_on_this_stacks_servers(template):
+def test_the_rollout_may_tag_only_the_version_and_its_journal_and_only_on_this_stacks_servers(template):
     (tagging,) = [s for s in _statements(template, "RolloutFunctionRole") if "ec2:CreateTags" in s["Action"]]
-    assert tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == ["mastodon:version"]
+    assert set(tagging["Action"]) == {"ec2:CreateTags", "ec2:DeleteTags"}
+    assert tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        "mastodon:version", "mastodon:rollout"]
     assert "aws:ResourceTag/aws:autoscaling:groupName" in tagging["Condition"]["StringEquals"]
+
+
+def test_the_rollout_may_record_only_its_hold_and_surge_on_the_web_group(template):
+    (tagging,) = [s for s in _statements(template, "RolloutFunctionRole")
+                  if "autoscaling:CreateOrUpdateTags" in s["Action"]]
+    assert tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
+        "mastodon:rollout-hold", "mastodon:rollout-surge"]
+    (arn,) = tagging["Resource"]
+    assert arn["Fn::Sub"].endswith("autoScalingGroupName/${WebAutoScalingGroup}")
 
 
 def test_only_the_deployed_version_and_the_rollout_record_are_written(template):
@@ -111,8 +124,9 @@ def test_the_rollout_functions_import_only_the_standard_library_boto3_and_powert
     import sys
 
     allowed = {"boto3", "botocore", "aws_lambda_powertools", "__future__"}
-    for name in ("rollout", "invalidate"):
-        tree = ast.parse((LAMBDAS / f"{name}.py").read_text())
+    for path in [LAMBDAS / "invalidate.py", *sorted((LAMBDAS / "rollout").glob("*.py"))]:
+        name = path.stem
+        tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             modules = (
                 [a.name for a in node.names]
@@ -123,7 +137,8 @@ def test_the_rollout_functions_import_only_the_standard_library_boto3_and_powert
             )
             for module in modules:
                 top = module.split(".")[0]
-                assert top in allowed or top in sys.stdlib_module_names, f"{name} imports {module}"
+                own = module.startswith("lambdas.rollout") and path.parent.name == "rollout"
+                assert own or top in allowed or top in sys.stdlib_module_names, f"{name} imports {module}"
 
 
 def test_the_definition_is_accepted_by_step_functions_in_moto(template):
@@ -150,9 +165,54 @@ def test_the_rollout_may_hold_scaling_of_the_web_group_only_and_never_touches_th
     scaling = [
         s
         for s in _statements(template, "RolloutFunctionRole")
-        if any(a.startswith("autoscaling:") and a not in reads for a in s["Action"])
+        if any(a.startswith("autoscaling:") and a not in reads for a in s["Action"]) and "Condition" not in s
     ]
     (web,) = scaling
     assert {"autoscaling:SuspendProcesses", "autoscaling:ResumeProcesses"} <= set(web["Action"])
     (arn,) = web["Resource"]
     assert arn["Fn::Sub"].endswith("autoScalingGroupName/${WebAutoScalingGroup}")
+
+
+def test_the_inline_rollout_code_runs_the_same_modules_in_a_fresh_interpreter(template, tmp_path):
+    """The assembled ZipFile, as Lambda would load it (index.py, no project on the path)."""
+    import subprocess
+    import sys
+
+    code = props(template, "RolloutFunction")["Code"]["ZipFile"]
+    (tmp_path / "index.py").write_text(code)
+    probe = (
+        "import index, sys, types\n"
+        "assert sys.modules['lambdas.rollout.plan'].plan_group\n"
+        "try:\n"
+        "    context = types.SimpleNamespace(function_name='f', memory_limit_in_mb=256, "
+        "invoked_function_arn='arn', aws_request_id='r')\n"
+        "    index.lambda_handler({'action': 'explode', 'state': {}}, context)\n"
+        "except ValueError as error:\n"
+        "    print('refused:', error)\n"
+    )
+    env = {"POWERTOOLS_TRACE_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "refused: unknown action 'explode'" in done.stdout
+    for name in ("names", "plan", "state", "aws", "fleet", "steps", "handler"):
+        assert (LAMBDAS / "rollout" / f"{name}.py").read_text() in code, f"{name}.py is not inlined verbatim"
+
+
+def test_a_stack_update_never_writes_the_build_s_release_into_the_desired_version(template):
+    desired = props(template, "DesiredVersionParameter")
+    assert desired["Value"] == {"Fn::GetAtt": ["DeployedVersionParameter", "ReportedValue"]}
+    reported = props(template, "DeployedVersionParameter")["ReportValueOf"]
+    assert reported == desired["Name"]
+
+
+@pytest.mark.parametrize("value, accepted", [
+    ("v4.7.6", True), ("v5.0.0", True), ("v4.7.5 allow-downgrade", True),
+    ("v4.7.5 allow-downgrade ", False), ("allow-downgrade", False), ("v4.7.5 please", False),
+    ("v4.2.0", False),
+])
+def test_the_desired_version_accepts_a_release_tag_and_the_downgrade_flag_only(template, value, accepted):
+    import re
+
+    pattern = props(template, "DesiredVersionParameter")["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, value, re.ASCII)) is accepted

@@ -17,8 +17,9 @@ What is exercised, for real, by moto:
   `SecondsPath: $.wait` (moto fails the execution when that path is missing or not a
   non-negative integer; the answers below carry "wait": 0 and no other top-level
   number, so no test sleeps), the Succeed and Fail states (error and cause);
-- Catch on States.ALL and its Next for Begin, PreMigrate, Web, Worker, PostMigrate,
-  Invalidate, InvalidateCheck, Rollback and Finish (not Validate, Record), and the ResultPath ($.error,
+- Catch on States.ALL and its Next for Begin, PreMigrate, Web, Worker, Record, Verify,
+  PostMigrate, FinalCheck, Invalidate, InvalidateCheck, Rollback and Finish (not
+  Validate), and the ResultPath ($.error,
   $.warning, $.rollback_error) seen in the next task's input; Finish's
   $.finish_error is not observable (its Catch leads to the Fail state, whose input
   moto records but no task receives), so only its route is asserted.
@@ -62,8 +63,9 @@ from moto.awslambda_simple.models import LambdaSimpleBackend, lambda_simple_back
 from moto.core import DEFAULT_ACCOUNT_ID
 
 import tests.lambdas.conftest  # noqa: F401  (fake AWS credentials and region first)
-from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS
-from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
+from templates.compute import DEPLOY_SCRIPT
+from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from tests.support import props
 
 REGION = "us-east-1"
@@ -104,6 +106,9 @@ CONFIG = {
     "topic_arn": RESOLVED["TopicArn"],
     "distribution_id": RESOLVED["DistributionId"],
     "images": [MASTODON_IMAGE, STREAMING_IMAGE],
+    "settle_seconds": SETTLE_SECONDS,
+    "tag_pattern": RELEASE_TAG_PATTERN,
+    "deploy_script": DEPLOY_SCRIPT,
 }
 # What EventBridge hands the execution (Configure must not pass it on).
 EVENT = {
@@ -120,6 +125,8 @@ TASKS = {
     "Worker": ("RolloutFunctionArn", "worker", None),
     "PostMigrate": ("RolloutFunctionArn", "migrate", "post"),
     "Record": ("RolloutFunctionArn", "record", None),
+    "Verify": ("RolloutFunctionArn", "verify", "pre"),
+    "FinalCheck": ("RolloutFunctionArn", "verify", "final"),
     "Invalidate": ("InvalidateFunctionArn", "start", None),
     "InvalidateCheck": ("InvalidateFunctionArn", "check", None),
     "Rollback": ("RolloutFunctionArn", "rollback", None),
@@ -300,8 +307,10 @@ STRAIGHT = [
     ("PreMigrate", "done"),
     ("Web", "done"),
     ("Worker", "done"),
-    ("PostMigrate", "done"),
     ("Record", "done"),
+    ("Verify", "done"),
+    ("PostMigrate", "done"),
+    ("FinalCheck", "done"),
     ("Invalidate", "done"),
     ("Finish", "done"),
 ]
@@ -317,13 +326,15 @@ def test_a_rollout_goes_from_begin_through_every_phase_to_done(machine):
         "PreMigrate", "PreMigrateNext",
         "Web", "WebNext",
         "Worker", "WorkerNext",
-        "PostMigrate", "PostMigrateNext",
         "Record", "RecordNext",
+        "Verify", "VerifyNext",
+        "PostMigrate", "PostMigrateNext",
+        "FinalCheck", "FinalCheckNext",
         "Invalidate", "InvalidateNext",
         "Finish", "FinishNext",
         "Done",
     ]  # fmt: skip
-    assert run.output["step"] == "Finish#8" and run.output["config"] == CONFIG
+    assert run.output["step"] == "Finish#10" and run.output["config"] == CONFIG
 
 
 def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(machine):
@@ -338,13 +349,13 @@ def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(m
             ("Web", "done"),
             ("Worker", "wait"),
             ("Worker", "done"),
+            ("Record", "done"),
+            ("Verify", "wait"),  # a server launched meanwhile is brought to the version; settling
+            ("Verify", "done"),
             ("PostMigrate", "wait"),
             ("PostMigrate", "done"),
-            ("Record", "converge"),  # a server launched meanwhile booted the old version
-            ("Web", "done"),
-            ("Worker", "done"),
-            ("PostMigrate", "done"),
-            ("Record", "done"),
+            ("FinalCheck", "wait"),
+            ("FinalCheck", "done"),
             ("Invalidate", "retry"),  # CloudFront throttled the request
             ("Invalidate", "wait"),
             ("InvalidateCheck", "wait"),
@@ -365,13 +376,13 @@ def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(m
         "Web", "WebNext",
         "Worker", "WorkerNext", "WorkerWait",
         "Worker", "WorkerNext",
+        "Record", "RecordNext",
+        "Verify", "VerifyNext", "VerifyWait",
+        "Verify", "VerifyNext",
         "PostMigrate", "PostMigrateNext", "PostMigrateWait",
         "PostMigrate", "PostMigrateNext",
-        "Record", "RecordNext",
-        "Web", "WebNext",
-        "Worker", "WorkerNext",
-        "PostMigrate", "PostMigrateNext",
-        "Record", "RecordNext",
+        "FinalCheck", "FinalCheckNext", "FinalCheckWait",
+        "FinalCheck", "FinalCheckNext",
         "Invalidate", "InvalidateNext", "InvalidateRetry",
         "Invalidate", "InvalidateNext", "InvalidateWait",
         "InvalidateCheck", "InvalidateNext", "InvalidateWait",
@@ -386,6 +397,7 @@ BOOM = Raise("RuntimeError", "no worker instance is in service")
 ROLLED_BACK = ["Rollback", "RollbackNext", "Finish", "FinishNext", "Failed"]
 START = ["Configure", "Begin", "BeginNext", "Validate", "ValidateNext"]
 UP_TO_WEB = [*START, "PreMigrate", "PreMigrateNext", "Web", "WebNext"]
+SWITCHED = [*UP_TO_WEB, "Worker", "WorkerNext", "Record", "RecordNext", "Verify", "VerifyNext"]
 GO = [("Begin", "go"), ("Validate", "go")]
 FAILURES = {
     # name: (script, states entered, final status)
@@ -413,7 +425,7 @@ FAILURES = {
         "FAILED",
     ),
     "an invalid tag ends without touching a server": (
-        [("Begin", "go"), ("Validate", "invalid"), ("Finish", "failed")],
+        [("Begin", "go"), ("Validate", "failed"), ("Finish", "failed")],
         [*START, "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
@@ -422,29 +434,43 @@ FAILURES = {
         ["Configure", "Begin", "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
-    "failed post-deployment migrations are recorded, not rolled back": (
-        [*GO, ("PreMigrate", "done"), ("Web", "done"), ("Worker", "done"), ("PostMigrate", "failed"),
-         ("Record", "done"), ("Invalidate", "done"), ("Finish", "failed")],
-        [*UP_TO_WEB, "Worker", "WorkerNext", "PostMigrate", "PostMigrateNext", "Record", "RecordNext",
-         "Invalidate", "InvalidateNext", "Finish", "FinishNext", "Failed"],
+    "a failed verification before the post-deployment migrations rolls back": (
+        [*GO, ("PreMigrate", "done"), ("Web", "done"), ("Worker", "done"), ("Record", "done"),
+         ("Verify", "failed"), ("Rollback", "done"), ("Finish", "failed")],
+        [*SWITCHED, *ROLLED_BACK],
         "FAILED",
     ),
-    "raising post-deployment migrations are recorded, not rolled back": (
-        [*GO, ("PreMigrate", "done"), ("Web", "done"), ("Worker", "done"), ("PostMigrate", BOOM),
-         ("Record", "done"), ("Invalidate", "done"), ("Finish", "failed")],
-        [*UP_TO_WEB, "Worker", "WorkerNext", "PostMigrate", "Record", "RecordNext",
-         "Invalidate", "InvalidateNext", "Finish", "FinishNext", "Failed"],
+    "a raising record rolls back": (
+        [*GO, ("PreMigrate", "done"), ("Web", "done"), ("Worker", "done"), ("Record", BOOM),
+         ("Rollback", "done"), ("Finish", "failed")],
+        [*UP_TO_WEB, "Worker", "WorkerNext", "Record", *ROLLED_BACK],
+        "FAILED",
+    ),
+    "failed post-deployment migrations are reported, not rolled back": (
+        [*STRAIGHT[:7], ("PostMigrate", "failed"), ("Finish", "failed")],
+        [*SWITCHED, "PostMigrate", "PostMigrateNext", "Finish", "FinishNext", "Failed"],
+        "FAILED",
+    ),
+    "raising post-deployment migrations are reported, not rolled back": (
+        [*STRAIGHT[:7], ("PostMigrate", BOOM), ("Finish", "failed")],
+        [*SWITCHED, "PostMigrate", "Finish", "FinishNext", "Failed"],
+        "FAILED",
+    ),
+    "a failed final check is reported, not rolled back": (
+        [*STRAIGHT[:8], ("FinalCheck", "failed"), ("Finish", "failed")],
+        [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
+         "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
     "a raising invalidation request is a warning, the rollout succeeds": (
-        [*STRAIGHT[:7], ("Invalidate", BOOM), ("Finish", "done")],
-        [*UP_TO_WEB, "Worker", "WorkerNext", "PostMigrate", "PostMigrateNext", "Record", "RecordNext",
+        [*STRAIGHT[:9], ("Invalidate", BOOM), ("Finish", "done")],
+        [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
          "Invalidate", "Finish", "FinishNext", "Done"],
         "SUCCEEDED",
     ),
     "a raising invalidation check is a warning, the rollout succeeds": (
-        [*STRAIGHT[:7], ("Invalidate", "wait"), ("InvalidateCheck", BOOM), ("Finish", "done")],
-        [*UP_TO_WEB, "Worker", "WorkerNext", "PostMigrate", "PostMigrateNext", "Record", "RecordNext",
+        [*STRAIGHT[:9], ("Invalidate", "wait"), ("InvalidateCheck", BOOM), ("Finish", "done")],
+        [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
          "Invalidate", "InvalidateNext", "InvalidateWait", "InvalidateCheck",
          "Finish", "FinishNext", "Done"],
         "SUCCEEDED",
@@ -455,7 +481,7 @@ FAILURES = {
         "FAILED",
     ),
     "a raising finish fails the execution": (
-        [("Begin", "go"), ("Validate", "invalid"), ("Finish", BOOM)],
+        [("Begin", "go"), ("Validate", "failed"), ("Finish", BOOM)],
         [*START, "Finish", "Failed"],
         "FAILED",
     ),

@@ -15,7 +15,7 @@ RESOURCE_STAR_ONLY = {
     "acm:RequestCertificate",
     # The rollout reads the fleet's state; these Describe/Get calls take no resource.
     "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups",
-    "elasticloadbalancing:DescribeTargetHealth", "ssm:GetCommandInvocation",
+    "elasticloadbalancing:DescribeTargetHealth", "ssm:GetCommandInvocation", "ssm:ListCommands",
     # Step Functions logging to CloudWatch Logs (vended log delivery; Step Functions guide).
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
     "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",

@@ -205,10 +205,12 @@ def test_ses_sends_as_the_domain_with_dkim_or_an_external_server_takes_over(temp
 
 
 def test_version_parameters_start_at_the_pinned_release(template):
-    assert RELEASE_TAG.match(MASTODON_VERSION)
+    assert RELEASE_TAG.fullmatch(MASTODON_VERSION)
     desired, deployed = (template["Resources"][n] for n in ("DesiredVersionParameter",
                                                            "DeployedVersionParameter"))
-    assert desired["Type"] == "AWS::SSM::Parameter" and desired["Properties"]["Value"] == MASTODON_VERSION
+    # desired-version starts at what deployed-version reports: the pinned release on creation.
+    assert desired["Type"] == "AWS::SSM::Parameter"
+    assert desired["Properties"]["Value"] == {"Fn::GetAtt": ["DeployedVersionParameter", "ReportedValue"]}
     assert deployed["Properties"]["Value"] == MASTODON_VERSION
 
 

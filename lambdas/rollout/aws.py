@@ -1,0 +1,273 @@
+"""The rollout's AWS calls: thin, one purpose each, no decisions.
+
+Tests replace `now`, the clients in `_clients` and `OPENER` (the registry's HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
+
+from lambdas.rollout.names import JOURNAL_TAG, VERSION_TAG
+from lambdas.rollout.plan import Journal, Server
+
+logger = Logger()
+OPENER = urllib.request.build_opener()
+_clients: dict[str, Any] = {}
+
+
+def now() -> float:
+    """The clock; tests replace it with a simulated one."""
+    return time.time()
+
+
+def client(name: str) -> Any:
+    if name not in _clients:
+        _clients[name] = boto3.client(name)
+    return _clients[name]
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+# ---------------------------------------------------------------- parameters and executions
+def read_parameter(name: str) -> tuple[str, int]:
+    parameter = client("ssm").get_parameter(Name=name)["Parameter"]
+    return parameter["Value"], int(parameter["Version"])
+
+
+def write_parameter(name: str, value: str) -> None:
+    client("ssm").put_parameter(Name=name, Value=value, Overwrite=True)
+
+
+def running_executions(state_machine: str) -> list[dict[str, Any]]:
+    pages = (
+        client("stepfunctions")
+        .get_paginator("list_executions")
+        .paginate(stateMachineArn=state_machine, statusFilter="RUNNING")
+    )
+    return [e for page in pages for e in page["executions"]]
+
+
+def publish(topic: str, subject: str, message: str) -> None:
+    client("sns").publish(TopicArn=topic, Subject=subject[:100], Message=message[:100_000])
+
+
+# ---------------------------------------------------------------- groups and servers
+@dataclass
+class Group:
+    name: str
+    servers: list[Server]
+    desired: int
+    max_size: int
+    suspended: set[str]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def describe_group(name: str, target_groups: list[str]) -> Group:
+    """The group's sizes, suspended processes and tags, and each of its servers as AWS reports it."""
+    (asg,) = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+        "AutoScalingGroups"
+    ]
+    members = {i["InstanceId"]: i for i in asg["Instances"]}
+    group = Group(
+        name=name,
+        servers=[],
+        desired=int(asg["DesiredCapacity"]),
+        max_size=int(asg["MaxSize"]),
+        suspended={p["ProcessName"] for p in asg.get("SuspendedProcesses", [])},
+        tags={t["Key"]: t["Value"] for t in asg.get("Tags", [])},
+    )
+    if not members:
+        return group
+    health: dict[str, list[str]] = {i: [] for i in members}
+    for arn in target_groups:
+        described = client("elbv2").describe_target_health(
+            TargetGroupArn=arn, Targets=[{"Id": i} for i in members]
+        )["TargetHealthDescriptions"]
+        for d in described:
+            if d["Target"]["Id"] in health:
+                health[d["Target"]["Id"]].append(d["TargetHealth"]["State"])
+    seen: set[str] = set()
+    try:
+        pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=list(members))
+        instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+    except ClientError as error:
+        if error_code(error) != "InvalidInstanceID.NotFound":
+            raise
+        instances = []  # one of them is gone already: look at each on the next tick
+    for instance in instances:
+        iid = instance["InstanceId"]
+        seen.add(iid)
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        group.servers.append(
+            Server(
+                id=iid,
+                lifecycle=members[iid]["LifecycleState"],
+                running=instance["State"]["Name"] == "running",
+                launched=instance["LaunchTime"].timestamp(),
+                version=tags.get(VERSION_TAG),
+                journal=Journal.decode(tags.get(JOURNAL_TAG)),
+                health=tuple(health[iid]),
+                protected=bool(members[iid].get("ProtectedFromScaleIn")),
+            )
+        )
+    for iid in set(members) - seen:  # not described: treat as leaving
+        group.servers.append(Server(iid, "Terminating", False, 0.0, None))
+    return group
+
+
+def tag_servers(instances: list[str], tags: dict[str, str]) -> None:
+    client("ec2").create_tags(Resources=instances, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+
+def untag_servers(instances: list[str], keys: list[str]) -> None:
+    client("ec2").delete_tags(Resources=instances, Tags=[{"Key": k} for k in keys])
+
+
+def journal(instances: list[str], entry: Journal) -> None:
+    tag_servers(instances, {JOURNAL_TAG: entry.encode()})
+
+
+def tag_group(group: str, key: str, value: str) -> None:
+    client("autoscaling").create_or_update_tags(
+        Tags=[
+            {
+                "ResourceId": group,
+                "ResourceType": "auto-scaling-group",
+                "Key": key,
+                "Value": value,
+                "PropagateAtLaunch": False,
+            }
+        ]
+    )
+
+
+def untag_group(group: str, key: str) -> None:
+    client("autoscaling").delete_tags(
+        Tags=[
+            {
+                "ResourceId": group,
+                "ResourceType": "auto-scaling-group",
+                "Key": key,
+            }
+        ]
+    )
+
+
+def set_targets(target_groups: list[str], instances: list[str], register: bool) -> None:
+    for arn in target_groups:
+        targets = [{"Id": i} for i in instances]
+        if register:
+            client("elbv2").register_targets(TargetGroupArn=arn, Targets=targets)
+            continue
+        try:
+            client("elbv2").deregister_targets(TargetGroupArn=arn, Targets=targets)
+        except ClientError as error:  # already out: nothing to drain
+            if error_code(error) != "InvalidTarget":
+                raise
+
+
+def protect(group: str, instances: list[str], protected: bool) -> None:
+    client("autoscaling").set_instance_protection(
+        AutoScalingGroupName=group, InstanceIds=instances, ProtectedFromScaleIn=protected
+    )
+
+
+def set_sizes(group: str, desired: int | None = None, max_size: int | None = None) -> None:
+    sizes: dict[str, int] = {}
+    if desired is not None:
+        sizes["DesiredCapacity"] = desired
+    if max_size is not None:
+        sizes["MaxSize"] = max_size
+    client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=group, **sizes)
+
+
+def terminate(instance: str) -> None:
+    try:
+        client("autoscaling").terminate_instance_in_auto_scaling_group(
+            InstanceId=instance, ShouldDecrementDesiredCapacity=True
+        )
+    except ClientError as error:  # already leaving (a retried tick)
+        if "not part of" not in str(error) and error_code(error) != "ScalingActivityInProgress":
+            raise
+
+
+def suspend(group: str, processes: list[str]) -> None:
+    client("autoscaling").suspend_processes(AutoScalingGroupName=group, ScalingProcesses=processes)
+
+
+def resume(group: str, processes: list[str]) -> None:
+    client("autoscaling").resume_processes(AutoScalingGroupName=group, ScalingProcesses=processes)
+
+
+# ---------------------------------------------------------------- Run Command
+def marker(execution: str, words: str) -> str:
+    """The comment that names one command of one rollout (Run Command keeps 100 characters)."""
+    return f"mastodon-rollout {execution[-40:]} {words}"[:100]
+
+
+def find_command(instance: str, comment: str) -> str | None:
+    """The newest command with this marker sent to `instance`, or None."""
+    found = client("ssm").list_commands(InstanceId=instance).get("Commands", [])
+    matching = [c for c in found if c.get("Comment") == comment]
+    if not matching:
+        return None
+    return str(max(matching, key=lambda c: c.get("RequestedDateTime") or 0)["CommandId"])
+
+
+def send(instances: list[str], script: str, arguments: str, timeout: int, comment: str) -> str:
+    response = client("ssm").send_command(
+        InstanceIds=instances,
+        DocumentName="AWS-RunShellScript",
+        TimeoutSeconds=600,
+        Comment=comment,
+        Parameters={"commands": [f"{script} {arguments}"], "executionTimeout": [str(timeout)]},
+    )
+    return str(response["Command"]["CommandId"])
+
+
+def command_status(command_id: str, instance: str) -> tuple[str, str]:
+    """(status, the last lines of its output) of one invocation."""
+    try:
+        invocation = client("ssm").get_command_invocation(CommandId=command_id, InstanceId=instance)
+    except ClientError as error:
+        if error_code(error) == "InvocationDoesNotExist":
+            return "Pending", ""  # not registered yet, just after SendCommand
+        raise
+    reason = (invocation.get("StandardErrorContent") or invocation.get("StandardOutputContent") or "").strip()
+    return str(invocation["Status"]), reason[-400:]
+
+
+# ---------------------------------------------------------------- the registry
+def image_missing(image: str, tag: str) -> str | None:
+    """Why ghcr.io has no `image:tag`, or None; only registry answers, never guesses."""
+    host, repository = image.split("/", 1)
+    token_url = f"https://{host}/token?scope=repository:{repository}:pull"
+    try:
+        with OPENER.open(token_url, timeout=10) as response:
+            token = json.load(response)["token"]
+        request = urllib.request.Request(
+            f"https://{host}/v2/{repository}/manifests/{tag}",
+            method="HEAD",
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/vnd.oci.image.index.v1+json, "
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+            },
+        )
+        with OPENER.open(request, timeout=10):
+            return None
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return f"{image}:{tag} does not exist in the registry"
+        raise RuntimeError(f"the registry answered {error.code} for {image}:{tag}") from error

@@ -1,0 +1,265 @@
+"""Applying a plan to a group, each change journalled in AWS before it is made.
+
+One tick: read the group as AWS reports it, plan (plan.py), then act. Every action
+writes its intent first (the server's journal tag, the web group's hold or surge
+tag) and then makes an idempotent call, so that a tick which fails half-way or is
+run twice leaves a state the next tick recognises and completes. What a rollout
+suspends or raises is restored from those records, and only where the operator has
+not changed it since.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from lambdas.rollout import aws
+from lambdas.rollout.aws import Group, logger
+from lambdas.rollout.names import HOLD_TAG, JOURNAL_TAG, SURGE_TAG, VERSION_TAG, WEB
+from lambdas.rollout.plan import (
+    DEPLOY_TIMEOUT,
+    DEPLOYING,
+    DRAINING_STEP,
+    JOINING,
+    MAX_LOST,
+    RETIRING,
+    Journal,
+    Plan,
+    Server,
+    Surge,
+    plan_group,
+)
+from lambdas.rollout.state import State
+
+# Suspended on the web group while a rollout runs: a scale-in might pick the only
+# serving server while its replacement is not yet serving, a rebalance might replace
+# one mid-batch. ReplaceUnhealthy is not held: old servers that fail during a long
+# rollout must still be replaced; a release whose servers Auto Scaling replaces as
+# unhealthy is noticed instead (plan.MAX_LOST) and rolled back.
+SCALING_PROCESSES = ["AlarmNotification", "ScheduledActions", "AZRebalance"]
+
+
+@dataclass
+class Tick:
+    next: str  # wait, done, failed
+    wait: int
+    group: Group
+    plan: Plan
+    failure: str | None = None
+
+
+def tick(state: State, role: str, target: str) -> Tick:
+    """One step of the rolling planner for `role` (web or worker) towards `target`."""
+    config = state.config
+    balanced = role == WEB
+    name = config.web_group if balanced else config.worker_group
+    target_groups = config.target_groups if balanced else []
+    group = aws.describe_group(name, target_groups)
+    me = state.short_execution
+    surge = Surge.decode(group.tags.get(SURGE_TAG))
+    surge = surge if surge and surge.execution == me else None
+
+    def mine(s: Server) -> bool:
+        return s.journal is not None and s.journal.execution == me and s.journal.target == target
+
+    commands = {
+        s.id: aws.command_status(s.journal.command, s.id)
+        for s in group.servers
+        if mine(s)
+        and s.journal is not None
+        and s.journal.step == DEPLOYING
+        and s.journal.command
+        and not s.gone
+    }
+    moment = aws.now()
+    plan = plan_group(
+        group.servers,
+        commands,
+        execution=me,
+        target=target,
+        batch=config.batch_size if balanced else 1,
+        balanced=balanced,
+        desired=group.desired,
+        surge=surge,
+        moment=moment,
+        drain_seconds=config.drain_seconds,
+        settle_seconds=config.settle_seconds,
+        last_flight=state.flight.get(role, []),
+    )
+    state.flight[role] = plan.flight
+    state.lost += [i for i in plan.lost if i not in state.lost]
+    if len(state.lost) > MAX_LOST and not plan.failure:
+        plan.failure = (
+            f"{len(state.lost)} servers were terminated while they ran {target} and had not yet settled "
+            f"({', '.join(state.lost)}): Auto Scaling replaces them as unhealthy, or EC2 reclaimed them"
+        )
+    if plan.failure:
+        logger.warning("Rollout step failed", extra={"role": role, "reason": plan.failure})
+        return Tick("failed", 0, group, plan, plan.failure)
+    _apply(state, group, plan, balanced, target, moment)
+    logger.info("Rollout tick", extra={"role": role, "target": target, "plan": plan.__dict__})
+    return Tick("done" if plan.done else "wait", plan.wait, group, plan)
+
+
+def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, moment: float) -> None:
+    config, me = state.config, state.short_execution
+    target_groups = config.target_groups if balanced else []
+    journals = {s.id: s.journal for s in group.servers if s.journal}
+    if plan.redo_out:  # journalled out of service by a tick that failed half-way
+        if balanced:
+            aws.protect(group.name, plan.redo_out, True)
+        aws.set_targets(target_groups, plan.redo_out, register=False)
+    if plan.redo_in:
+        aws.set_targets(target_groups, plan.redo_in, register=True)
+    for iid, healthy_at in plan.healthy.items():
+        old = journals[iid]
+        assert old is not None
+        aws.journal([iid], Journal(me, JOINING, target, old.since, old.command, healthy_at))
+    if plan.finish:
+        if balanced:
+            aws.protect(group.name, plan.finish, False)
+        aws.tag_servers(plan.finish, {VERSION_TAG: target})
+        aws.untag_servers(plan.finish, [JOURNAL_TAG])
+    if plan.join:
+        aws.journal(plan.join, Journal(me, JOINING, target, moment))
+        aws.set_targets(target_groups, plan.join, register=True)
+    for ids, step in ((plan.drain, DRAINING_STEP), (plan.retire, RETIRING)):
+        if ids:
+            aws.journal(ids, Journal(me, step, target, moment))
+            aws.protect(group.name, ids, True)
+            aws.set_targets(target_groups, ids, register=False)
+    comment = aws.marker(me, f"deploy {target}")
+    unsent = list(plan.deploy)
+    if plan.deploy:
+        aws.journal(plan.deploy, Journal(me, DEPLOYING, target, moment))
+    for iid in plan.adopt:  # journalled, but was the command sent before the tick failed?
+        found = aws.find_command(iid, comment)
+        old = journals[iid]
+        assert old is not None
+        if found:
+            aws.journal([iid], Journal(me, DEPLOYING, target, old.since, found))
+        else:
+            unsent.append(iid)
+    if unsent:
+        command = aws.send(unsent, config.deploy_script, f"deploy {target}", DEPLOY_TIMEOUT, comment)
+        aws.journal(unsent, Journal(me, DEPLOYING, target, moment, command))
+    for iid in plan.terminate:
+        aws.terminate(iid)
+    if plan.surge:
+        start_surge(group, me, moment)
+    if plan.end_surge:
+        release_surge(group, me)
+
+
+# ---------------------------------------------------------------- the web group's sizes
+def start_surge(group: Group, me: str, moment: float) -> None:
+    """One server more than before the surge: recorded first, sizes set absolutely (so once)."""
+    record = Surge.decode(group.tags.get(SURGE_TAG))
+    if record is None or record.execution != me:
+        record = Surge(me, group.desired, group.max_size, max(group.max_size, group.desired + 1), moment)
+        aws.tag_group(group.name, SURGE_TAG, record.encode())
+    if group.max_size < record.desired + 1:
+        aws.set_sizes(group.name, max_size=record.desired + 1)
+    if group.desired < record.desired + 1:
+        aws.client("autoscaling").set_desired_capacity(
+            AutoScalingGroupName=group.name, DesiredCapacity=record.desired + 1
+        )
+
+
+def release_surge(group: Group, me: str | None) -> str | None:
+    """Undo a surge's sizes where the operator left them; what was done, or None."""
+    record = Surge.decode(group.tags.get(SURGE_TAG))
+    if record is None or (me is not None and record.execution != me):
+        return None
+    did = []
+    desired = group.desired
+    if desired == record.desired + 1 and len([s for s in group.servers if not s.gone]) <= record.desired:
+        # The surge server never came (no capacity) or has gone: do not launch it later.
+        desired = record.desired
+        aws.client("autoscaling").set_desired_capacity(
+            AutoScalingGroupName=group.name, DesiredCapacity=desired
+        )
+        did.append(f"desired capacity back to {desired}")
+    if group.max_size == record.raised and record.raised != record.max_size:
+        restored = max(record.max_size, desired)
+        aws.set_sizes(group.name, max_size=restored)
+        did.append(f"maximum size back to {restored}")
+    aws.untag_group(group.name, SURGE_TAG)
+    return ", ".join(did) or None
+
+
+# ---------------------------------------------------------------- scaling held
+def hold_scaling(state: State) -> list[str]:
+    """Suspends SCALING_PROCESSES on the web group, recording first which ones it suspends.
+
+    Processes an operator had suspended are left out, so that release_scaling resumes
+    only the rollout's. A record left by an earlier rollout that could not finish is
+    adopted (its processes are resumed at this one's end), and so is its surge.
+    """
+    group = aws.describe_group(state.config.web_group, [])
+    me = state.short_execution
+    record = _hold_record(group)
+    if record and record[0] == me:
+        processes = record[1]
+    else:
+        adopted = set(record[1]) if record else set()
+        processes = sorted(adopted | {p for p in SCALING_PROCESSES if p not in group.suspended})
+        aws.tag_group(group.name, HOLD_TAG, json.dumps([me, processes]))
+        leftover = Surge.decode(group.tags.get(SURGE_TAG))
+        if leftover and leftover.execution != me:
+            release_surge(group, None)
+    missing = [p for p in processes if p not in group.suspended]
+    if missing:
+        aws.suspend(group.name, missing)
+    return processes
+
+
+def release_scaling(state: State) -> str | None:
+    """Resumes what this rollout suspended; why it could not, or None."""
+    group_name = state.config.web_group
+    try:
+        group = aws.describe_group(group_name, [])
+        record = _hold_record(group)
+        if not record or record[0] != state.short_execution:
+            return None
+        if record[1]:
+            aws.resume(group_name, record[1])
+        aws.untag_group(group_name, HOLD_TAG)
+    except Exception as error:  # the notice must still go out
+        logger.exception("Could not resume the web group's scaling processes")
+        return (
+            f"the web group's scaling processes may still be suspended ({error}); resume them: "
+            f"aws autoscaling resume-processes --auto-scaling-group-name {group_name}"
+        )
+    return None
+
+
+def _hold_record(group: Group) -> tuple[str, list[str]] | None:
+    try:
+        me, processes = json.loads(group.tags.get(HOLD_TAG) or "null") or (None, None)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(me, str) or not isinstance(processes, list):
+        return None
+    return me, [str(p) for p in processes]
+
+
+def strays(state: State) -> list[str]:
+    """Servers still journalled by this rollout (out of service, or of unknown version).
+
+    Their scale-in protection, which only this rollout set, is lifted; their journals
+    stay, so that the next rollout deploys to them whatever they run.
+    """
+    found: list[str] = []
+    for name, tgs in ((state.config.web_group, state.config.target_groups), (state.config.worker_group, [])):
+        group = aws.describe_group(name, tgs)
+        ours = [
+            s
+            for s in group.servers
+            if not s.gone and s.journal and s.journal.execution == state.short_execution
+        ]
+        protected = [s.id for s in ours if s.protected]
+        if protected and name == state.config.web_group:
+            aws.protect(name, protected, False)
+        found += [s.id for s in ours]
+    return found

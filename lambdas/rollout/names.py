@@ -1,0 +1,58 @@
+"""Names the rollout function shares with its state machine and its IAM policy.
+
+templates/pipeline.py builds the state machine and the function's permissions from
+these; the function routes with them. Nothing here imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+# Actions: the "action" of a task input, one per kind of step.
+BEGIN = "begin"
+VALIDATE = "validate"
+MIGRATE = "migrate"
+WEB = "web"
+WORKER = "worker"
+RECORD = "record"
+VERIFY = "verify"
+ROLLBACK = "rollback"
+FINISH = "finish"
+ACTIONS = (BEGIN, VALIDATE, MIGRATE, WEB, WORKER, RECORD, VERIFY, ROLLBACK, FINISH)
+
+# Outcomes: the "next" of a step's answer, on which the state machine chooses.
+GO = "go"  # begin, validate: on to the next step
+QUEUED = "queued"  # begin: an older rollout runs; ask again after "wait" seconds
+NOOP = "noop"  # begin: nothing to roll out
+WAIT = "wait"  # loops: call the same step again after "wait" seconds
+DONE = "done"
+FAILED = "failed"
+AGAIN = "again"  # finish: a newer desired version waits; begin again
+
+# Phases of migrate (db:migrate without, then with, the post-deployment migrations)
+# and of verify (before the post-deployment migrations, when a rollback is still
+# possible, and after them, the last look before success is recorded).
+PRE = "pre"
+POST = "post"
+FINAL = "final"
+
+# Tags. The version a server runs (set once it is settled on it); on a server the
+# rollout is working on, its journal (what it is doing to it, written before it does
+# it); on the web group, the scaling processes a rollout suspended and the sizes it
+# raised, written before it changes them, so that whatever it changes is restored.
+VERSION_TAG = "mastodon:version"
+JOURNAL_TAG = "mastodon:rollout"
+HOLD_TAG = "mastodon:rollout-hold"
+SURGE_TAG = "mastodon:rollout-surge"
+GROUP_TAG = "aws:autoscaling:groupName"
+
+# Put after the tag in desired-version ("v4.7.5 allow-downgrade") to roll back on purpose.
+DOWNGRADE_FLAG = "allow-downgrade"
+
+# Bounds of the whole execution. A rollout waits at most QUEUE_TIMEOUT behind older
+# ones, then gets ROLLOUT_TIMEOUT (two migrations of up to MIGRATION_TIMEOUT each and
+# the servers), then ROLLBACK_TIMEOUT to undo; the state machine's own TimeoutSeconds
+# (EXECUTION_TIMEOUT) is the backstop should a step never answer.
+MIGRATION_TIMEOUT = 6 * 3600
+ROLLOUT_TIMEOUT = 2 * MIGRATION_TIMEOUT + 2 * 3600
+ROLLBACK_TIMEOUT = 2 * 3600
+QUEUE_TIMEOUT = ROLLOUT_TIMEOUT + ROLLBACK_TIMEOUT + 3600
+EXECUTION_TIMEOUT = QUEUE_TIMEOUT + ROLLOUT_TIMEOUT + ROLLBACK_TIMEOUT + 3600

@@ -1,0 +1,431 @@
+"""Pure decisions of the rollout: plain data in, plain data out, no AWS call.
+
+`plan_group` decides one tick for one Auto Scaling group from what AWS reports about
+its servers (lifecycle, running state, target health, scale-in protection, the
+version tag and the journal tag): which servers to take out of the load balancer,
+deploy to, put back, declare done, retire, and whether to surge. A server's journal
+records what this rollout is doing to it, written before it is done, so that a tick
+that is repeated (an answer lost and retried), or that follows a tick which failed
+half-way, finds the same facts and plans the same actions once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from lambdas.rollout.names import DOWNGRADE_FLAG
+
+HEALTHY, DRAINING, UNUSED = "healthy", "draining", "unused"
+IN_LOAD_BALANCER = {HEALTHY, "initial", "unhealthy"}  # registered, taking or about to take requests
+IN_SERVICE, STANDBY = "InService", "Standby"
+COMMAND_DONE = {"Success"}
+COMMAND_RUNNING = {"Pending", "InProgress", "Delayed"}
+
+# Journal steps.
+DRAINING_STEP, DEPLOYING, JOINING, RETIRING = "draining", "deploying", "joining", "retiring"
+
+POLL = 5  # seconds between checks of a step whose end cannot be predicted
+BOOT_POLL = 15  # while a new server boots
+DRAIN_MARGIN = 120  # beyond the deregistration delay, before draining counts as stuck
+DEPLOY_TIMEOUT = 1800  # pulls of two images and a restart
+HEALTH_TIMEOUT = 600  # the load balancer's checks after rejoining, settling included
+BOOT_GRACE = 900  # a server still booting is left alone this long (the groups' grace period)
+SURGE_TIMEOUT = 1800  # for the surge server to launch, boot and serve
+# Servers that vanish while running the target before they settled: one may be a
+# reclaimed spot server; a second says the release is being replaced as unhealthy.
+MAX_LOST = 1
+NOTICE_REASON = 1000  # characters of a failure reason kept in a notice or a record
+
+
+# ---------------------------------------------------------------- tags and versions
+def check_tag(tag: object, pattern: str) -> str | None:
+    """Why `tag` is not a release tag this stack can run (ASCII, the whole string), or None."""
+    if not isinstance(tag, str) or not re.fullmatch(pattern, tag, re.ASCII):
+        shown = repr(tag)[:80] if isinstance(tag, str) else type(tag).__name__
+        return f"{shown} is not a Mastodon release tag of 4.3 or later (e.g. v4.7.6); nothing was changed"
+    return None
+
+
+def parse_desired(value: str) -> tuple[str, bool]:
+    """(tag, downgrade allowed) of the desired-version value: "v4.7.6" or "v4.7.5 allow-downgrade"."""
+    words = value.split(" ")
+    if len(words) == 2 and words[1] == DOWNGRADE_FLAG:
+        return words[0], True
+    return value, False
+
+
+def order_key(tag: str) -> tuple[int, ...] | None:
+    """A sort key for a release tag (a pre-release before its release), or None."""
+    match = re.fullmatch(r"v([0-9]+)\.([0-9]+)\.([0-9]+)(?:-(alpha|beta|rc)\.([0-9]+))?", tag, re.ASCII)
+    if not match:
+        return None
+    major, minor, patch, pre, number = match.groups()
+    rank = {"alpha": 0, "beta": 1, "rc": 2, None: 3}[pre]
+    return int(major), int(minor), int(patch), rank, int(number or 0)
+
+
+def downgrade_refusal(target: str, deployed: str, allowed: bool) -> str | None:
+    """Why rolling from `deployed` to `target` needs the operator's explicit word, or None."""
+    new, old = order_key(target), order_key(deployed)
+    if allowed or new is None or old is None or new >= old:
+        return None
+    return (
+        f"{target} is older than {deployed}, which the servers run: its code may not fit the "
+        f"database that {deployed}'s post-deployment migrations changed, so the rollout refused it; "
+        f"nothing was changed. To go back on purpose, put '{target} {DOWNGRADE_FLAG}' into the "
+        "desired-version parameter"
+    )
+
+
+# ---------------------------------------------------------------- what is known of a server
+@dataclass(frozen=True)
+class Journal:
+    """What a rollout does to a server, as its journal tag records it (written first)."""
+
+    execution: str
+    step: str
+    target: str
+    since: float
+    command: str = ""
+    healthy_at: float | None = None
+
+    def encode(self) -> str:
+        healthy = "" if self.healthy_at is None else f"{self.healthy_at:.0f}"
+        return "|".join([self.execution, self.step, self.target, f"{self.since:.0f}", self.command, healthy])
+
+    @staticmethod
+    def decode(text: str | None) -> Journal | None:
+        """The journal in a tag value; an unreadable one is a journal of nobody (None fields)."""
+        if text is None:
+            return None
+        parts = text.split("|")
+        try:
+            execution, step, target, since, command, healthy = parts
+            return Journal(
+                execution, step, target, float(since), command, float(healthy) if healthy else None
+            )
+        except ValueError:
+            return Journal("?", "?", "?", 0.0)
+
+
+@dataclass(frozen=True)
+class Server:
+    """What AWS reports of one instance of a group."""
+
+    id: str
+    lifecycle: str  # Auto Scaling lifecycle state (InService, Pending, Standby, Terminating...)
+    running: bool  # EC2 state "running"
+    launched: float
+    version: str | None  # the version tag
+    journal: Journal | None = None
+    health: tuple[str, ...] = ()  # its state in each target group (web only)
+    protected: bool = False  # from scale-in
+
+    @property
+    def in_service(self) -> bool:
+        return self.lifecycle == IN_SERVICE and self.running
+
+    @property
+    def standby(self) -> bool:
+        return self.lifecycle == STANDBY and self.running
+
+    @property
+    def gone(self) -> bool:
+        """Leaving or left the group: nothing to do on it any more."""
+        return self.lifecycle.startswith(("Terminat", "Detach")) or (
+            not self.running and not self.lifecycle.startswith(("Pending", "Warmed"))
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.health) and all(h == HEALTHY for h in self.health)
+
+    @property
+    def registered(self) -> bool:
+        return any(h in IN_LOAD_BALANCER for h in self.health)
+
+    @property
+    def drained(self) -> bool:
+        return all(h not in IN_LOAD_BALANCER and h != DRAINING for h in self.health)
+
+
+@dataclass(frozen=True)
+class Surge:
+    """A surge, as the web group's surge tag records it (written before the sizes change)."""
+
+    execution: str
+    desired: int  # the group's desired capacity before the surge
+    max_size: int  # its maximum before the surge
+    raised: int  # the maximum the surge set (== max_size when none was needed)
+    at: float
+
+    def encode(self) -> str:
+        return json.dumps([self.execution, self.desired, self.max_size, self.raised, round(self.at)])
+
+    @staticmethod
+    def decode(text: str | None) -> Surge | None:
+        if not text:
+            return None
+        try:
+            execution, desired, max_size, raised, at = json.loads(text)
+            return Surge(str(execution), int(desired), int(max_size), int(raised), float(at))
+        except (ValueError, TypeError):
+            return None
+
+
+# ---------------------------------------------------------------- one tick of a group
+@dataclass
+class Plan:
+    """What one tick does to a group, then how long to wait before the next tick."""
+
+    drain: list[str] = field(default_factory=list)  # journal, protect, deregister
+    deploy: list[str] = field(default_factory=list)  # journal, Run Command, journal the command
+    adopt: list[str] = field(default_factory=list)  # a deploy journalled but not known sent
+    join: list[str] = field(default_factory=list)  # journal, register
+    healthy: dict[str, float | None] = field(default_factory=dict)  # first healthy moment (None: flapped)
+    finish: list[str] = field(default_factory=list)  # unprotect, version tag, journal removed
+    retire: list[str] = field(default_factory=list)  # journal, protect, deregister (then terminate)
+    terminate: list[str] = field(default_factory=list)
+    redo_out: list[str] = field(default_factory=list)  # journalled out but still in or unprotected
+    redo_in: list[str] = field(default_factory=list)  # journalled joining but not registered
+    flight: list[str] = field(default_factory=list)  # deploying or joining now (to notice losses)
+    lost: list[str] = field(default_factory=list)  # vanished while running the target unsettled
+    surge: bool = False
+    end_surge: bool = False
+    failure: str | None = None
+    done: bool = False
+    wait: int = POLL
+
+
+def plan_group(
+    servers: list[Server],
+    commands: dict[str, tuple[str, str]],
+    *,
+    execution: str,
+    target: str,
+    batch: int,
+    balanced: bool,
+    desired: int,
+    surge: Surge | None,
+    moment: float,
+    drain_seconds: int,
+    settle_seconds: int,
+    last_flight: list[str] | tuple[str, ...] = (),
+) -> Plan:
+    """The next actions for one group towards `target`.
+
+    commands: the Run Command status of journalled deploys, {id: (status, reason)}.
+    desired: the group's desired capacity (a surge included). `balanced` groups sit
+    behind the load balancer: healthy serving capacity never drops below
+    max(1, size - batch), at least one server that has settled keeps serving while
+    others settle, and a lone server is surged first. last_flight: the servers that
+    were deploying or joining at the previous tick.
+    """
+    plan = Plan()
+
+    def mine(s: Server) -> bool:
+        return s.journal is not None and s.journal.execution == execution and s.journal.target == target
+
+    present = {s.id: s for s in servers if not s.gone}
+    plan.lost = [i for i in last_flight if i not in present]  # present and untagged: it finished
+    moving: set[str] = set()  # out of service because of this rollout
+    settling: set[str] = set()  # back in, healthy, not yet for settle_seconds
+    waits: list[float] = []
+    for s in present.values():
+        if not mine(s):
+            continue
+        journal = s.journal
+        assert journal is not None
+        if journal.step in (DRAINING_STEP, RETIRING):
+            moving.add(s.id)
+            if s.registered or not s.protected:
+                plan.redo_out.append(s.id)  # the tick that journalled it failed half-way
+            if s.drained:
+                (plan.deploy if journal.step == DRAINING_STEP else plan.terminate).append(s.id)
+            elif moment > journal.since + drain_seconds + DRAIN_MARGIN:
+                plan.failure = (
+                    f"{s.id} did not drain from the load balancer within {drain_seconds + DRAIN_MARGIN}s"
+                )
+            else:
+                waits.append(max(journal.since + drain_seconds - moment, POLL))
+        elif journal.step == DEPLOYING:
+            moving.add(s.id)
+            plan.flight.append(s.id)
+            waits.append(POLL)
+            if not journal.command:
+                plan.adopt.append(s.id)
+                continue
+            status, reason = commands.get(s.id, ("Pending", ""))
+            if status in COMMAND_DONE:
+                (plan.join if balanced and not s.standby else plan.finish).append(s.id)
+            elif status not in COMMAND_RUNNING:
+                plan.failure = f"deploy.sh {target} failed on {s.id} ({status}): {reason}"
+            elif moment > journal.since + DEPLOY_TIMEOUT:
+                plan.failure = f"deploy.sh {target} on {s.id} did not finish within {DEPLOY_TIMEOUT}s"
+        elif journal.step == JOINING:
+            plan.flight.append(s.id)
+            if s.standby:  # the operator put it aside after its deploy: it runs the target
+                plan.finish.append(s.id)
+            elif s.healthy:
+                if journal.healthy_at is None:
+                    plan.healthy[s.id] = moment
+                    settling.add(s.id)
+                    waits.append(settle_seconds)
+                elif moment >= journal.healthy_at + settle_seconds:
+                    plan.finish.append(s.id)
+                else:
+                    settling.add(s.id)
+                    waits.append(journal.healthy_at + settle_seconds - moment)
+            else:
+                moving.add(s.id)
+                waits.append(POLL)
+                if journal.healthy_at is not None:
+                    plan.healthy[s.id] = None  # healthy, then not: the window starts again
+                if not s.registered and not s.health.count(DRAINING):
+                    plan.redo_in.append(s.id)
+                if moment > journal.since + HEALTH_TIMEOUT:
+                    plan.failure = (
+                        f"{s.id} runs {target} but did not stay healthy in every target group for "
+                        f"{settle_seconds}s within {HEALTH_TIMEOUT}s of rejoining ({', '.join(s.health)})"
+                    )
+    if plan.failure:
+        return plan
+
+    finishing = set(plan.finish)
+    serving = [s for s in present.values() if s.in_service and s.healthy and s.id not in moving]
+    stable = [s for s in serving if s.id not in settling]
+    pending = [s for s in present.values() if not mine(s) and (s.version != target or s.journal is not None)]
+    on_target = [s for s in serving if (s.version == target and s.journal is None) or s.id in finishing]
+    base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
+    floor = max(1, base - batch) if balanced else 0
+    room = max(batch - len(moving), 0)
+
+    if surge and balanced and not moving and not settling:
+        if len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
+            # The lone server's replacement has settled: retire the surplus, other versions first.
+            others = [
+                s
+                for s in serving
+                if s.id not in finishing and not (s.version == target and s.journal is None)
+            ]
+            extra = others or sorted(on_target, key=lambda s: s.launched)[:1]
+            plan.retire.append(extra[0].id)
+            plan.wait = max(drain_seconds, POLL)
+            return plan
+        if not on_target and moment > surge.at + SURGE_TIMEOUT:
+            plan.failure = (
+                f"the surge server did not serve within {SURGE_TIMEOUT}s of raising the web group's "
+                "desired capacity (no EC2 capacity for its type, or it failed to boot)"
+            )
+            return plan
+
+    def ready(s: Server) -> bool:
+        # A server still booting is left alone: the load balancer's health (web) or its
+        # version tag (worker) says the bootstrap is over; past the grace period it is fair game.
+        if not (s.in_service or s.standby):
+            return False
+        settled = (s.healthy or s.standby) if balanced else s.version is not None
+        return settled or s.journal is not None or moment > s.launched + BOOT_GRACE
+
+    candidates = [s for s in pending if ready(s)]
+    booting = [s for s in pending if not ready(s)]
+    if balanced:
+        idle = [s for s in candidates if not (s.in_service and s.healthy)]
+        budget = min(len(serving) - floor, len(stable) - 1)
+        busy = sorted((s for s in candidates if s not in idle), key=lambda s: -s.launched)
+        chosen = idle[:room]
+        chosen += busy[: max(min(room - len(chosen), budget), 0)]
+        plan.drain.extend(s.id for s in chosen)
+    else:
+        budget = 0
+        chosen = sorted(candidates, key=lambda s: -s.launched)[:room]
+        plan.deploy.extend(s.id for s in chosen)
+
+    if (
+        balanced
+        and pending
+        and not chosen
+        and not moving
+        and not settling
+        and not surge
+        and not booting
+        and budget <= 0
+    ):
+        plan.surge = True
+        plan.wait = BOOT_POLL
+        return plan
+    if not pending and not moving and not settling:
+        if surge:
+            plan.end_surge = (
+                len([s for s in present.values() if s.in_service]) <= max(base, 0) or not balanced
+            )
+        plan.done = not surge and not plan.finish and not plan.terminate
+        plan.wait = POLL
+        return plan
+    if (
+        plan.deploy
+        or plan.join
+        or plan.finish
+        or plan.terminate
+        or plan.adopt
+        or plan.redo_in
+        or plan.healthy
+    ):
+        plan.wait = POLL
+    elif plan.drain or waits:
+        plan.wait = max(int(min(waits + ([drain_seconds] if plan.drain else []))), 1)
+    elif booting:
+        plan.wait = BOOT_POLL
+    return plan
+
+
+# ---------------------------------------------------------------- other decisions
+def failure_reason(error: Any) -> str:
+    """A short reason from a Step Functions Catch output ({"Error", "Cause"})."""
+    if not isinstance(error, dict):
+        return str(error)[:NOTICE_REASON]
+    cause = error.get("Cause", "")
+    try:
+        cause = json.loads(cause).get("errorMessage", cause)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return f"{error.get('Error', 'Error')}: {cause}"[:NOTICE_REASON]
+
+
+def queue_position(executions: list[dict[str, Any]], mine: str) -> list[str]:
+    """Running executions that started before `mine` (they go first)."""
+    running = sorted(executions, key=lambda e: (e["startDate"], e["executionArn"]))
+    ahead: list[str] = []
+    for execution in running:
+        if execution["executionArn"] == mine:
+            return ahead
+        ahead.append(execution["executionArn"])
+    return ahead
+
+
+def handled_record(desired_version: int, version: str, result: str, execution: str, reason: str) -> str:
+    """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds."""
+    reason = reason[:NOTICE_REASON]
+    while True:  # escapes can multiply a reason's length: shorten it until the record fits
+        text = json.dumps({
+            "desired_version": desired_version,
+            "version": version[:200],
+            "result": result,
+            "execution": execution[-200:],
+            "reason": reason,
+        })
+        if len(text) <= 4096:
+            return text
+        reason = reason[: len(reason) // 2]
+
+
+def read_handled(text: str) -> dict[str, Any]:
+    """The rollout-last record; an unreadable one counts as none (nothing handled)."""
+    try:
+        record = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -1,0 +1,327 @@
+"""The rollout's steps, in the order of a rollout; each takes the state and returns it.
+
+  begin     one rollout at a time (older running executions go first); read the
+            desired and deployed versions; nothing to do if the change was handled
+  validate  a release tag (the stack's rule), no silent downgrade, both images exist
+  migrate   a one-off `deploy.sh migrate pre|post` on the worker, found again by its
+            marker if the step is retried, failed at once if its worker is lost
+  web       one tick over the web group (drain, deploy, rejoin, settle; surge when one
+            server serves alone); the first tick holds the group's scaling
+  worker    one tick over the worker group
+  record    deployed-version := target: servers launched from now on boot it
+  verify    the whole fleet converged on the target and healthy over a settling
+            window: before the post-deployment migrations (a failure still rolls
+            back) and after them (the last look before success is recorded)
+  rollback  deployed-version back, then ticks towards the previous version over
+            every server that is not verified on it
+  finish    scaling resumed, a leftover surge undone, the notice (what was verified),
+            the handled record, and whether a newer version waits
+
+Every step is safe to run again with the same input: what it changes is found in AWS
+(journals, markers, tags) before it is changed again.
+"""
+
+from __future__ import annotations
+
+from lambdas.rollout import aws, fleet, notices
+from lambdas.rollout.aws import logger
+from lambdas.rollout.names import (
+    AGAIN,
+    DONE,
+    FAILED,
+    FINAL,
+    GO,
+    MIGRATION_TIMEOUT,
+    NOOP,
+    POST,
+    PRE,
+    QUEUE_TIMEOUT,
+    QUEUED,
+    ROLLBACK_TIMEOUT,
+    ROLLOUT_TIMEOUT,
+    WAIT,
+    WEB,
+    WORKER,
+)
+from lambdas.rollout.plan import (
+    COMMAND_DONE,
+    COMMAND_RUNNING,
+    HEALTH_TIMEOUT,
+    POLL,
+    check_tag,
+    downgrade_refusal,
+    handled_record,
+    parse_desired,
+    queue_position,
+    read_handled,
+)
+from lambdas.rollout.state import Migration, State
+
+QUEUE_POLL = 60  # while an older rollout runs
+
+
+def _failed(state: State, reason: str) -> State:
+    state.next, state.failure, state.wait = FAILED, reason, 0
+    return state
+
+
+def _waiting(state: State, seconds: int) -> State:
+    state.next, state.wait = WAIT, max(int(seconds), 1)
+    return state
+
+
+def begin(state: State) -> State:
+    moment = aws.now()
+    queued_since = state.queued_since or moment
+    ahead = queue_position(aws.running_executions(state.state_machine), state.execution)
+    if ahead:
+        if moment > queued_since + QUEUE_TIMEOUT:
+            return _failed(state, f"an older rollout ({ahead[0]}) has run for more than {QUEUE_TIMEOUT}s")
+        logger.info("Another rollout runs; waiting for it", extra={"ahead": ahead})
+        state.queued_since, state.next, state.wait = queued_since, QUEUED, QUEUE_POLL
+        return state
+    config = state.config
+    desired_value, desired_version = aws.read_parameter(config.desired_parameter)
+    deployed, _ = aws.read_parameter(config.deployed_parameter)
+    handled = read_handled(aws.read_parameter(config.handled_parameter)[0])
+    target, allowed = parse_desired(desired_value)
+    fresh = state.fresh()
+    try:
+        done_before = int(handled.get("desired_version", 0)) >= desired_version
+    except (TypeError, ValueError):
+        done_before = False
+    if target == deployed or done_before:
+        logger.info("Nothing to roll out", extra={"desired": target, "deployed": deployed})
+        fresh.next = NOOP
+        return fresh
+    fresh.target, fresh.previous, fresh.allow_downgrade = target, deployed, allowed
+    fresh.desired_version, fresh.started, fresh.next = desired_version, moment, GO
+    return fresh
+
+
+def validate(state: State) -> State:
+    assert state.target is not None and state.previous is not None
+    reason = check_tag(state.target, state.config.tag_pattern) or downgrade_refusal(
+        state.target, state.previous, state.allow_downgrade
+    )
+    for image in state.config.images if reason is None else []:
+        reason = reason or aws.image_missing(image, state.target)
+    if reason:
+        return _failed(state, reason)
+    state.next = GO
+    return state
+
+
+def migrate(state: State, phase: str) -> State:
+    assert state.target is not None
+    label = "pre-deployment" if phase == PRE else "post-deployment"
+    group = aws.describe_group(state.config.worker_group, [])
+    migration = state.migration if state.migration and state.migration.phase == phase else None
+    if migration is None:
+        ready = sorted((s for s in group.servers if s.in_service), key=lambda s: -s.launched)
+        if not ready:
+            states = ", ".join(f"{s.id} {s.lifecycle}" for s in group.servers) or "none"
+            return _failed(
+                state,
+                f"no worker is in service to run the {label} migrations of {state.target} "
+                f"(worker servers: {states})",
+            )
+        comment = aws.marker(state.short_execution, f"migrate {phase} {state.target}")
+        # A retried step: the migration may have been sent already; never start a second one.
+        found = next(((s.id, c) for s in ready if (c := aws.find_command(s.id, comment))), None)
+        if found:
+            instance, command = found
+        else:
+            instance = ready[0].id
+            command = aws.send(
+                [instance],
+                state.config.deploy_script,
+                f"migrate {phase} {state.target}",
+                MIGRATION_TIMEOUT,
+                comment,
+            )
+        state.migration = Migration(phase, command, instance, aws.now())
+        return _waiting(state, POLL)
+    worker = next((s for s in group.servers if s.id == migration.instance), None)
+    if worker is None or worker.gone:
+        lifecycle = worker.lifecycle if worker else "no longer in the group"
+        return _failed(
+            state,
+            f"the worker {migration.instance} running the {label} migrations of "
+            f"{state.target} was lost ({lifecycle}); they may have run partly",
+        )
+    status, reason = aws.command_status(migration.id, migration.instance)
+    moment = aws.now()
+    if status in COMMAND_DONE:
+        migration.done = True
+        state.next = DONE
+        return state
+    if status in COMMAND_RUNNING and moment < migration.since + MIGRATION_TIMEOUT:
+        return _waiting(state, min(POLL * 6, max(POLL, int((moment - migration.since) / 10))))
+    return _failed(state, f"{label} migrations of {state.target} failed ({status}): {reason}")
+
+
+def _group_step(state: State, role: str, target: str) -> State:
+    result = fleet.tick(state, role, target)
+    if result.failure:
+        return _failed(state, result.failure)
+    state.next, state.wait = result.next, result.wait
+    return state
+
+
+def web(state: State) -> State:
+    if not state.other.get("held"):
+        processes = fleet.hold_scaling(state)
+        logger.info("Web group scaling held", extra={"processes": processes})
+        state.other["held"] = True
+    assert state.target is not None
+    return _group_step(state, WEB, state.target)
+
+
+def worker(state: State) -> State:
+    assert state.target is not None
+    return _group_step(state, WORKER, state.target)
+
+
+def record(state: State) -> State:
+    """deployed-version := target, now that every server runs it: new servers boot it."""
+    assert state.target is not None
+    deployed, _ = aws.read_parameter(state.config.deployed_parameter)
+    if deployed != state.target:
+        aws.write_parameter(state.config.deployed_parameter, state.target)
+    state.recorded, state.next = True, DONE
+    return state
+
+
+def verify(state: State, phase: str) -> State:
+    """Every server on the target (servers launched meanwhile brought to it), every web
+    server healthy in every target group, over settle_seconds of consecutive looks."""
+    assert state.target is not None
+    moment = aws.now()
+    if state.verify_started is None:
+        state.verify_started, state.verify_since = moment, None
+    for role in (WEB, WORKER):
+        result = fleet.tick(state, role, state.target)
+        if result.failure:
+            return _failed(state, result.failure)
+        if result.next != DONE:
+            state.verify_since = None
+            state.next, state.wait = WAIT, result.wait
+            return state
+        if role == WEB:
+            serving = [s for s in result.group.servers if s.in_service]
+    unhealthy = [s for s in serving if not s.healthy]
+    if not serving or unhealthy:
+        state.verify_since = None
+        if moment > state.verify_started + HEALTH_TIMEOUT:
+            what = ", ".join(f"{s.id} ({'/'.join(s.health) or 'no target group'})" for s in unhealthy)
+            return _failed(
+                state,
+                f"after the rollout to {state.target}, "
+                + (f"web servers are not healthy: {what}" if serving else "no web server is in service"),
+            )
+        return _waiting(state, POLL)
+    if state.verify_since is None:
+        state.verify_since = moment
+        return _waiting(state, state.config.settle_seconds)
+    if moment < state.verify_since + state.config.settle_seconds:
+        return _waiting(state, int(state.verify_since + state.config.settle_seconds - moment))
+    state.verify_started = state.verify_since = None
+    if phase == PRE:
+        state.switched = True  # from here on the post-deployment migrations may run: no way back
+    state.next = DONE
+    return state
+
+
+def rollback(state: State) -> State:
+    """Back to the previous version: deployed-version first, then every server not verified on it."""
+    if state.switched:
+        # The post-deployment migrations may have run: old code may not fit the schema.
+        state.next = DONE
+        return state
+    moment = aws.now()
+    if not state.rolling_back:
+        state.failure = state.forward_failure() or "unknown failure"
+        state.rolling_back, state.rollback_started = True, moment
+        state.flight, state.lost = {}, []
+        state.verify_started = state.verify_since = None
+    assert state.previous is not None and state.rollback_started is not None
+    if moment > state.rollback_started + ROLLBACK_TIMEOUT:
+        state.other["rollback_error"] = f"it did not finish within {ROLLBACK_TIMEOUT}s"
+        state.restored, state.next = False, FAILED
+        return state
+    deployed, _ = aws.read_parameter(state.config.deployed_parameter)
+    if deployed != state.previous:  # new servers must boot the previous version again
+        aws.write_parameter(state.config.deployed_parameter, state.previous)
+    for role in (WEB, WORKER):
+        result = fleet.tick(state, role, state.previous)
+        if result.failure:
+            state.other["rollback_error"] = result.failure
+            state.restored, state.next = False, FAILED
+            return state
+        if result.next != DONE:
+            state.next, state.wait = WAIT, result.wait
+            return state
+        if role == WEB:
+            unhealthy = [s.id for s in result.group.servers if s.in_service and not s.healthy]
+            if unhealthy or not any(s.in_service for s in result.group.servers):
+                return _waiting(state, POLL)  # bounded by ROLLBACK_TIMEOUT
+    state.restored, state.next = True, DONE
+    return state
+
+
+def finish(state: State) -> State:
+    """Resume scaling, undo a surge left over, notify truthfully, record, look for a newer version."""
+    config = state.config
+    failure = state.forward_failure() if state.target or state.failure or state.other.get("error") else None
+    scaling = fleet.release_scaling(state)
+    problems: list[str] = [scaling] if scaling else []
+    stray: list[str] = []
+    deployed = "unknown"
+    try:
+        group = aws.describe_group(config.web_group, [])
+        undone = fleet.release_surge(group, state.short_execution)
+        if undone:
+            logger.info("Surge undone", extra={"what": undone})
+        stray = fleet.strays(state)
+        deployed = aws.read_parameter(config.deployed_parameter)[0]
+    except Exception as error:  # the notice must still go out
+        logger.exception("Could not tidy up after the rollout")
+        problems.append(f"could not check the servers after the rollout ({error})")
+    observed = notices.Observed(deployed, "; ".join(problems) or None, stray)
+    if failure or (stray and not state.switched):
+        subject, message = notices.failure(
+            state, failure or f"servers left unsettled: {', '.join(stray)}", observed
+        )
+        result = "failed"
+    else:
+        subject, message = notices.success(state, observed)
+        result = "succeeded"
+    aws.publish(config.topic_arn, subject, message)
+    if state.desired_version is None:
+        state.next = FAILED  # begin never completed: no version was handled, the last record stands
+        return state
+    aws.write_parameter(
+        config.handled_parameter,
+        handled_record(state.desired_version, state.target or "", result, state.execution, failure or ""),
+    )
+    if result == "failed":
+        state.next = FAILED
+        return state
+    _, desired_version = aws.read_parameter(config.desired_parameter)
+    if desired_version > state.desired_version:
+        fresh = state.fresh()  # begin starts afresh: nothing of this rollout is the next one's
+        fresh.next = AGAIN
+        return fresh
+    state.next = DONE
+    return state
+
+
+def over_time(state: State) -> str | None:
+    """Why the rollout must stop now: it has run longer than ROLLOUT_TIMEOUT."""
+    if state.started is not None and aws.now() > state.started + ROLLOUT_TIMEOUT:
+        return f"the rollout did not finish within {ROLLOUT_TIMEOUT // 3600} hours"
+    return None
+
+
+PHASED = {"migrate": (PRE, POST), "verify": (PRE, FINAL)}
