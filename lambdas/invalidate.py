@@ -103,8 +103,8 @@ def check(state: dict[str, Any]) -> dict[str, Any]:
         if error.response["Error"]["Code"] in THROTTLED:
             return {**state, "next": "wait", "wait": CHECK_EVERY * 2}
         raise
-    if is_complete(status):
-        return {**state, "next": "done"}
+    if is_complete(status):  # the notice says "invalidated" only when CloudFront said so
+        return {**state, "invalidation": {**memory, "done": True}, "next": "done"}
     if now() > float(memory["since"]) + GIVE_UP_AFTER:
         return {
             **state,

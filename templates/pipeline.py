@@ -69,6 +69,16 @@ LAMBDA_ERRORS = [
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
 ]
+# Retried too: an AWS call of the step that failed beyond boto3's own retries (throttling,
+# a 5xx, a dropped connection). Every step is safe to run again (lambdas/rollout/fleet.py),
+# so a step that failed half-way is completed rather than rolled back.
+TRANSIENT_ERRORS = [
+    "ClientError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+]
 TASK_TIMEOUT = 90
 FUNCTION_TIMEOUT = 60
 
@@ -95,7 +105,14 @@ def _task(
                 "MaxAttempts": 6,
                 "BackoffRate": 2,
                 "JitterStrategy": "FULL",
-            }
+            },
+            {
+                "ErrorEquals": TRANSIENT_ERRORS,
+                "IntervalSeconds": 5,
+                "MaxAttempts": 3,
+                "BackoffRate": 2,
+                "JitterStrategy": "FULL",
+            },
         ],
         "Next": next_state,
     }
@@ -182,7 +199,10 @@ def definition(
             "RollbackNext": _choice({names.WAIT: "RollbackWait"}, "Finish"),
             "RollbackWait": _wait("Rollback"),
             "Finish": _task(rollout, names.FINISH, "FinishNext", "Failed", "$.finish_error"),
-            "FinishNext": _choice({names.AGAIN: "Begin", names.DONE: "Done"}, "Failed"),
+            "FinishNext": _choice(
+                {names.AGAIN: "Begin", names.DONE: "Done", names.WAIT: "FinishWait"}, "Failed"
+            ),
+            "FinishWait": _wait("Finish"),
             "Done": {"Type": "Succeed"},
             "Failed": {
                 "Type": "Fail",

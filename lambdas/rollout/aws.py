@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from lambdas.rollout.names import JOURNAL_TAG, VERSION_TAG
@@ -31,7 +32,8 @@ def now() -> float:
 
 def client(name: str) -> Any:
     if name not in _clients:
-        _clients[name] = boto3.client(name)
+        # Throttling and transient errors are retried with backoff before a step fails.
+        _clients[name] = boto3.client(name, config=Config(retries={"mode": "standard", "max_attempts": 8}))
     return _clients[name]
 
 

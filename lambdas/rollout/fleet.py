@@ -96,6 +96,8 @@ def tick(state: State, role: str, target: str) -> Tick:
     if plan.failure:
         logger.warning("Rollout step failed", extra={"role": role, "reason": plan.failure})
         return Tick("failed", 0, group, plan, plan.failure)
+    if surge and not surge.retiring and not plan.retire and group.desired < surge.desired + 1:
+        start_surge(group, me, moment)  # the tick that recorded the surge failed before raising the size
     _apply(state, group, plan, balanced, target, moment)
     logger.info("Rollout tick", extra={"role": role, "target": target, "plan": plan.__dict__})
     return Tick("done" if plan.done else "wait", plan.wait, group, plan)
@@ -123,6 +125,10 @@ def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, 
     if plan.join:
         aws.journal(plan.join, Journal(me, JOINING, target, moment))
         aws.set_targets(target_groups, plan.join, register=True)
+    surge = Surge.decode(group.tags.get(SURGE_TAG))
+    if plan.retire and surge and surge.execution == me and not surge.retiring:
+        retiring = Surge(surge.execution, surge.desired, surge.max_size, surge.raised, surge.at, True)
+        aws.tag_group(group.name, SURGE_TAG, retiring.encode())
     for ids, step in ((plan.drain, DRAINING_STEP), (plan.retire, RETIRING)):
         if ids:
             aws.journal(ids, Journal(me, step, target, moment))

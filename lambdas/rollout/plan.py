@@ -161,17 +161,20 @@ class Surge:
     max_size: int  # its maximum before the surge
     raised: int  # the maximum the surge set (== max_size when none was needed)
     at: float
+    retiring: bool = False  # the surplus server is being retired: never raise the size again
 
     def encode(self) -> str:
-        return json.dumps([self.execution, self.desired, self.max_size, self.raised, round(self.at)])
+        return json.dumps(
+            [self.execution, self.desired, self.max_size, self.raised, round(self.at), self.retiring]
+        )
 
     @staticmethod
     def decode(text: str | None) -> Surge | None:
         if not text:
             return None
         try:
-            execution, desired, max_size, raised, at = json.loads(text)
-            return Surge(str(execution), int(desired), int(max_size), int(raised), float(at))
+            execution, desired, max_size, raised, at, retiring = json.loads(text)
+            return Surge(str(execution), int(desired), int(max_size), int(raised), float(at), bool(retiring))
         except (ValueError, TypeError):
             return None
 
@@ -284,8 +287,8 @@ def plan_group(
                 waits.append(POLL)
                 if journal.healthy_at is not None:
                     plan.healthy[s.id] = None  # healthy, then not: the window starts again
-                if not s.registered and not s.health.count(DRAINING):
-                    plan.redo_in.append(s.id)
+                if any(h not in IN_LOAD_BALANCER and h != DRAINING for h in s.health):
+                    plan.redo_in.append(s.id)  # not in every target group: a registration failed half-way
                 if moment > journal.since + HEALTH_TIMEOUT:
                     plan.failure = (
                         f"{s.id} runs {target} but did not stay healthy in every target group for "
@@ -301,7 +304,8 @@ def plan_group(
     on_target = [s for s in serving if (s.version == target and s.journal is None) or s.id in finishing]
     base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
     floor = max(1, base - batch) if balanced else 0
-    room = max(batch - len(moving), 0)
+    # A batch is done once its servers have settled: the next one waits for that.
+    room = max(batch - len(moving) - len(settling), 0) if balanced else max(batch - len(moving), 0)
 
     if surge and balanced and not moving and not settling:
         if len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
@@ -410,13 +414,15 @@ def handled_record(desired_version: int, version: str, result: str, execution: s
     """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds."""
     reason = reason[:NOTICE_REASON]
     while True:  # escapes can multiply a reason's length: shorten it until the record fits
-        text = json.dumps({
-            "desired_version": desired_version,
-            "version": version[:200],
-            "result": result,
-            "execution": execution[-200:],
-            "reason": reason,
-        })
+        text = json.dumps(
+            {
+                "desired_version": desired_version,
+                "version": version[:200],
+                "result": result,
+                "execution": execution[-200:],
+                "reason": reason,
+            }
+        )
         if len(text) <= 4096:
             return text
         reason = reason[: len(reason) // 2]

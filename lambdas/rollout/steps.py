@@ -58,6 +58,7 @@ from lambdas.rollout.plan import (
 from lambdas.rollout.state import Migration, State
 
 QUEUE_POLL = 60  # while an older rollout runs
+FINISH_TRIES = 3  # finish asks again this often before it reports scaling left suspended
 
 
 def _failed(state: State, reason: str) -> State:
@@ -275,6 +276,10 @@ def finish(state: State) -> State:
     config = state.config
     failure = state.forward_failure() if state.target or state.failure or state.other.get("error") else None
     scaling = fleet.release_scaling(state)
+    tries = int(state.other.get("finish_tries", 0))
+    if scaling and tries < FINISH_TRIES:  # ask again shortly rather than leave scaling suspended
+        state.other["finish_tries"] = tries + 1
+        return _waiting(state, 10 * 2**tries)
     problems: list[str] = [scaling] if scaling else []
     stray: list[str] = []
     deployed = "unknown"
@@ -297,14 +302,14 @@ def finish(state: State) -> State:
     else:
         subject, message = notices.success(state, observed)
         result = "succeeded"
-    aws.publish(config.topic_arn, subject, message)
     if state.desired_version is None:
+        aws.publish(config.topic_arn, subject, message)
         state.next = FAILED  # begin never completed: no version was handled, the last record stands
         return state
-    aws.write_parameter(
-        config.handled_parameter,
-        handled_record(state.desired_version, state.target or "", result, state.execution, failure or ""),
-    )
+    record = handled_record(state.desired_version, state.target or "", result, state.execution, failure or "")
+    if aws.read_parameter(config.handled_parameter)[0] != record:  # a retried finish: the notice went out
+        aws.publish(config.topic_arn, subject, message)
+        aws.write_parameter(config.handled_parameter, record)
     if result == "failed":
         state.next = FAILED
         return state

@@ -113,6 +113,21 @@ class World:
     calls: Counter[str] = field(default_factory=Counter)
     capacity: list[tuple[float, int, int]] = field(default_factory=list)  # (time, healthy, booted size)
     hooks: list[Callable[[World, str, int], None]] = field(default_factory=list)
+    # Faults of the world, beyond the planned path (TESTING.md, "What AWS may do"):
+    # an answer lost after the function ran (Step Functions retries the same input),
+    lose_answer: Callable[[str, int], bool] = lambda state, count: False
+    # an API call that fails (operation name, its count so far) -> the error, or None,
+    api_faults: list[Callable[[str, int], Exception | None]] = field(default_factory=list)
+    # a release that serves, then fails: (version, seconds after registering it turns unhealthy),
+    sick_after: dict[str, int] = field(default_factory=dict)
+    # Auto Scaling's ELB health check: replace a server unhealthy this long (None: off),
+    replace_unhealthy_after: int | None = None
+    # no EC2 capacity for new web servers.
+    no_capacity: bool = False
+    # checks run after every step of the state machine (the invariants)
+    after_step: list[Callable[[World, str], None]] = field(default_factory=list)
+    lost_answers: int = 0
+    retries: int = 0
     cloudfront_throttles: int = 0
     registry: Registry = field(
         default_factory=lambda: Registry(
@@ -132,6 +147,8 @@ class World:
         self._ever_registered: set[tuple[str, str]] = set()
         self._deregistered: dict[tuple[str, str], float] = {}
         self._commands: dict[str, dict[str, Any]] = {}
+        self._unhealthy_since: dict[str, float] = {}
+        self.replaced: list[str] = []
         _ACTIVE.append(self)
         self._outcomes: dict[tuple[str, str], dict[str, Any]] = {}
         self._install_time()
@@ -206,6 +223,15 @@ class World:
                     backend.elbv2_backend.register_targets(arn, fresh)
 
         self._patch(autoscaling_models.AutoScalingBackend, "update_attached_target_groups", attach_new_only)
+        replace = autoscaling_models.FakeAutoScalingGroup.replace_autoscaling_group_instances
+
+        def launch_if_capacity(group: Any, count_needed: int, propagated_tags: Any) -> None:
+            if world.no_capacity and group.name == "web":
+                return  # InsufficientInstanceCapacity: nothing launches
+            replace(group, count_needed, propagated_tags)
+
+        self._patch(autoscaling_models.FakeAutoScalingGroup, "replace_autoscaling_group_instances",
+                    launch_if_capacity)
         self._patch(elbv2_models.FakeTargetGroup, "register", on_register)
         self._patch(elbv2_models.FakeTargetGroup, "deregister", on_deregister)
         self._patch(elbv2_models.FakeTargetGroup, "health_for", health_for)
@@ -219,9 +245,15 @@ class World:
         """The functions' client, counting its calls (made once: creating clients is slow)."""
         if name not in _COUNTED:
             made = boto3.client(name, region_name=REGION)
-            made.meta.events.register(
-                "before-call", lambda model, **_: _ACTIVE[-1].calls.update([model.name])
-            )
+            def before_call(model: Any, **_: Any) -> None:
+                world = _ACTIVE[-1]
+                world.calls.update([model.name])
+                for fault in world.api_faults:
+                    error = fault(model.name, world.calls[model.name])
+                    if error is not None:
+                        raise error
+
+            made.meta.events.register("before-call", before_call)
             _COUNTED[name] = made
         return _COUNTED[name]
 
@@ -373,7 +405,13 @@ class World:
             since = self._registered[(tg, iid)]
             if self.booting(iid) or self.clock < since + self.timing.health:
                 return "initial"
-            return "unhealthy" if (iid, self.versions.get(iid, "")) in self.unhealthy else "healthy"
+            version = self.versions.get(iid, "")
+            if (iid, version) in self.unhealthy:
+                return "unhealthy"
+            sick = self.sick_after.get(version)
+            if sick is not None and self.clock >= since + self.timing.health + sick:
+                return "unhealthy"
+            return "healthy"
         if (tg, iid) in self._deregistered and self.clock < self._deregistered[(tg, iid)] + self.timing.drain:
             return "draining"
         return "unused"
@@ -420,8 +458,56 @@ class World:
         return {**base, **self._outcomes[key]}
 
     def advance(self, seconds: float) -> None:
-        self.clock += seconds
+        step = 5.0
+        while seconds > 0:  # the world moves on in small steps while the state machine waits
+            self.clock += min(step, seconds)
+            seconds -= step
+            self._auto_scaling_health()
         self.record_capacity()
+
+    def _auto_scaling_health(self) -> None:
+        """Auto Scaling's ELB health check: an unhealthy server is terminated and replaced."""
+        if self.replace_unhealthy_after is None:
+            return
+        for iid in self.instances("web"):
+            states = [self.health(tg, iid) for tg in self.target_groups]
+            if "unhealthy" in states:
+                first = self._unhealthy_since.setdefault(iid, self.clock)
+                if self.clock >= first + self.replace_unhealthy_after:
+                    self.replaced.append(iid)
+                    self.terminate(iid)
+            else:
+                self._unhealthy_since.pop(iid, None)
+
+    # ------------------------------------------------------------ what others do meanwhile
+    def terminate(self, iid: str, decrement: bool = False) -> None:
+        """EC2 reclaims a spot server, or Auto Scaling replaces one: it leaves the group."""
+        for tg in self.target_groups:
+            self._registered.pop((tg, iid), None)
+        self.aws("autoscaling").terminate_instance_in_auto_scaling_group(
+            InstanceId=iid, ShouldDecrementDesiredCapacity=decrement)
+
+    def standby(self, iid: str) -> None:
+        """An operator puts a server in Standby: Auto Scaling deregisters it (and launches a replacement)."""
+        self.aws("autoscaling").enter_standby(
+            AutoScalingGroupName=self.group_of(iid), InstanceIds=[iid], ShouldDecrementDesiredCapacity=False)
+        for tg in self.target_groups if self.group_of(iid) == "web" else []:
+            self.aws("elbv2").deregister_targets(TargetGroupArn=tg, Targets=[{"Id": iid}])
+
+    def group_of(self, iid: str) -> str:
+        return "web" if iid in self.instances("web") else "worker"
+
+    def journals(self) -> dict[str, str]:
+        """Every journal tag left on a server."""
+        found = {}
+        for reservation in self.aws("ec2").describe_instances()["Reservations"]:
+            for instance in reservation["Instances"]:
+                if instance["State"]["Name"] in ("terminated", "shutting-down"):
+                    continue
+                for tag in instance.get("Tags", []):
+                    if tag["Key"] == names.JOURNAL_TAG:
+                        found[instance["InstanceId"]] = tag["Value"]
+        return found
 
     def record_capacity(self) -> None:
         self.observe()
@@ -503,8 +589,12 @@ class World:
             if kind == "Pass":
                 data = resolve(state.get("Parameters", {}), data, context) if "Parameters" in state else data
             elif kind == "Task":
+                self._current, self._counts = name, counts
+                task = name
                 data, name = self._task(state, handlers, data, context)
                 self.record_capacity()
+                for check in self.after_step:
+                    check(self, task)
                 continue
             elif kind == "Choice":
                 name = choose(state, data)
@@ -521,20 +611,38 @@ class World:
     def _task(
         self, state: dict[str, Any], handlers: dict[str, Any], data: dict[str, Any], context: dict[str, Any]
     ) -> tuple[dict[str, Any], str]:
+        """A Task as Step Functions runs it: Retry on a matching error (the same input again),
+        then Catch; a lost answer is a Lambda.SdkClientException after the function ran."""
         event = resolve(state["Parameters"], data, context)
-        try:
-            result = handlers[state["Resource"]](event, LambdaContext())
-        except Exception as error:  # what Step Functions does with a function error: Catch
-            for catch in state.get("Catch", []):
-                if "States.ALL" in catch["ErrorEquals"] or type(error).__name__ in catch["ErrorEquals"]:
-                    caught = {
-                        "Error": type(error).__name__,
-                        "Cause": json.dumps({"errorMessage": str(error)}),
-                    }
-                    return {**data, catch["ResultPath"][2:]: caught}, catch["Next"]
-            raise
-        json.dumps(result)  # what a task returns must be JSON
-        return result, state["Next"]
+        name = self._current
+        attempts: Counter[int] = Counter()
+        while True:
+            try:
+                result = handlers[state["Resource"]](event, LambdaContext())
+                if not sum(attempts.values()) and self.lose_answer(name, self._counts[name]):
+                    self.lost_answers += 1
+                    raise LostAnswer("the answer was lost after the function ran")
+                json.dumps(result)  # what a task returns must be JSON
+                return result, state["Next"]
+            except Exception as error:
+                kind = "Lambda.SdkClientException" if isinstance(error, LostAnswer) else type(error).__name__
+                for index, policy in enumerate(state.get("Retry", [])):
+                    if kind in policy["ErrorEquals"] and attempts[index] < policy["MaxAttempts"]:
+                        attempts[index] += 1
+                        self.retries += 1
+                        backoff = policy.get("BackoffRate", 2) ** (attempts[index] - 1)
+                        self.advance(policy["IntervalSeconds"] * backoff)
+                        break
+                else:
+                    for catch in state.get("Catch", []):
+                        if "States.ALL" in catch["ErrorEquals"] or kind in catch["ErrorEquals"]:
+                            caught = {"Error": kind, "Cause": json.dumps({"errorMessage": str(error)})}
+                            return {**data, catch["ResultPath"][2:]: caught}, catch["Next"]
+                    raise
+
+
+class LostAnswer(Exception):
+    """What Step Functions sees when a function's answer does not reach it."""
 
 
 def resolve(template: Any, data: dict[str, Any], context: dict[str, Any]) -> Any:
