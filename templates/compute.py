@@ -26,7 +26,7 @@ from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
 from awacs import secretsmanager as awacs_sm
 from awacs import ssm as awacs_ssm
-from awacs.aws import Allow, Statement
+from awacs.aws import Allow, Condition, ForAllValuesStringEquals, Statement, StringEquals
 from troposphere import (
     Base64,
     FindInMap,
@@ -51,6 +51,7 @@ from troposphere.policies import (
     UpdatePolicy,
 )
 
+from lambdas.rollout.names import VERSION_TAG
 from templates import capacity, parameters, policies
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
@@ -139,6 +140,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "MASTODON_IMAGE": MASTODON_IMAGE,
             "STREAMING_IMAGE": STREAMING_IMAGE,
             "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
+            "VERSION_TAG": VERSION_TAG,
             "DEPLOYED_VERSION_PARAMETER": Ref(versions.deployed),
             "APP_SECRET_ARN": Ref(secrets.secret),
             "DB_HOST": GetAtt(data.database, "Endpoint.Address"),
@@ -299,6 +301,14 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
         # Signal the groups; read the instance scripts from the stack (see _launch_template).
         Statement(Effect=Allow, Action=[awacs_cfn.SignalResource, awacs_cfn.DescribeStackResource],
                   Resource=[Ref("AWS::StackId")]),
+        # A server tags itself with the version it booted (only that key, only itself), so
+        # that the rollout knows what every server runs (lambdas/rollout/plan.py).
+        Statement(Effect=Allow, Action=[awacs_ec2.CreateTags],
+                  Resource=[Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*")],
+                  Condition=Condition([
+                      StringEquals("aws:ARN", "${ec2:SourceInstanceARN}"),
+                      ForAllValuesStringEquals("aws:TagKeys", [VERSION_TAG]),
+                  ])),
         Statement(Effect=Allow, Action=[awacs_s3.ListBucket], Resource=[GetAtt(data.bucket, "Arn")]),
         Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
                   Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),

@@ -42,6 +42,7 @@ class InitialParameter(AWSObject):
         "Value": (str, True),
         "Description": (str, False),
         "ReportValueOf": (object, False),
+        "Reporting": (dict, False),
     }
 
 
@@ -59,6 +60,13 @@ class Versions:
 
 def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str) -> Versions:
     desired_name = Sub(f"{PARAMETER_PREFIX}/desired-version")
+    # Whatever else of the desired-version parameter a build changes is handed to the
+    # deployed-version resource too: CloudFormation then asks it again, in the same update,
+    # for the value desired-version holds, instead of writing back a stale one.
+    desired_settings = {
+        "AllowedPattern": desired_pattern(),
+        "Description": "Mastodon version to run: overwrite it to upgrade",
+    }
     function = functions.inline_function(
         t, "InitialParameterFunction", code,
         [
@@ -86,14 +94,14 @@ def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str
         Value=options.mastodon_version,
         Description="Mastodon version every process last ran; new servers boot it (set by the pipeline)",
         ReportValueOf=desired_name,
+        Reporting=desired_settings,
     ))
     desired = t.add_resource(ssm.Parameter(
         DESIRED_VERSION,
         Name=desired_name,
         Type="String",
         Value=GetAtt(deployed, "ReportedValue"),
-        AllowedPattern=desired_pattern(),
-        Description="Mastodon version to run: overwrite it to upgrade",
+        **desired_settings,
         Tier="Standard",
     ))
     return Versions(desired=desired, deployed=deployed)

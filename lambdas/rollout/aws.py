@@ -5,6 +5,7 @@ Tests replace `now`, the clients in `_clients` and `OPENER` (the registry's HTTP
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import urllib.error
@@ -22,6 +23,7 @@ from lambdas.rollout.plan import Journal, Server
 
 logger = Logger()
 OPENER = urllib.request.build_opener()
+DOCUMENT = "AWS-RunShellScript"
 _clients: dict[str, Any] = {}
 
 
@@ -100,14 +102,7 @@ def describe_group(name: str, target_groups: list[str]) -> Group:
             if d["Target"]["Id"] in health:
                 health[d["Target"]["Id"]].append(d["TargetHealth"]["State"])
     seen: set[str] = set()
-    try:
-        pages = client("ec2").get_paginator("describe_instances").paginate(InstanceIds=list(members))
-        instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
-    except ClientError as error:
-        if error_code(error) != "InvalidInstanceID.NotFound":
-            raise
-        instances = []  # one of them is gone already: look at each on the next tick
-    for instance in instances:
+    for instance in describe_instances(list(members)):
         iid = instance["InstanceId"]
         seen.add(iid)
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
@@ -123,9 +118,24 @@ def describe_group(name: str, target_groups: list[str]) -> Group:
                 protected=bool(members[iid].get("ProtectedFromScaleIn")),
             )
         )
-    for iid in set(members) - seen:  # not described: treat as leaving
-        group.servers.append(Server(iid, "Terminating", False, 0.0, None))
+    for iid in set(members) - seen:  # EC2 does not know it yet: a server about to boot
+        group.servers.append(Server(iid, members[iid]["LifecycleState"], False, now(), None, described=False))
     return group
+
+
+def describe_instances(ids: list[str]) -> list[dict[str, Any]]:
+    """The instances EC2 reports among `ids`, by filter: one it does not know yet is left out,
+    where asking for it by id would fail the whole call (InvalidInstanceID.NotFound)."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 150):  # a filter takes at most 200 values
+        request: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": ids[start : start + 150]}]}
+        while True:
+            page = client("ec2").describe_instances(**request)
+            found += [i for r in page["Reservations"] for i in r["Instances"]]
+            if not page.get("NextToken"):
+                break
+            request["NextToken"] = page["NextToken"]
+    return found
 
 
 def tag_servers(instances: list[str], tags: dict[str, str]) -> None:
@@ -218,24 +228,46 @@ def marker(execution: str, words: str) -> str:
     return f"mastodon-rollout {execution[-40:]} {words}"[:100]
 
 
-def find_command(instance: str, comment: str) -> str | None:
-    """The newest command with this marker sent to `instance`, or None."""
-    found = client("ssm").list_commands(InstanceId=instance).get("Commands", [])
-    matching = [c for c in found if c.get("Comment") == comment]
+def find_command(comment: str, since: float, instance: str | None = None) -> str | None:
+    """The newest command sent since `since` with this marker (to `instance`), or None.
+
+    Not filtered by instance: a command that has not reached its instance yet is not
+    listed by instance.
+    """
+    after = datetime.datetime.fromtimestamp(since - 300, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    request: dict[str, Any] = {
+        "Filters": [{"key": "InvokedAfter", "value": after}, {"key": "DocumentName", "value": DOCUMENT}]
+    }
+    matching: list[dict[str, Any]] = []
+    while True:
+        page = client("ssm").list_commands(**request)
+        matching += [
+            c
+            for c in page.get("Commands", [])
+            if c.get("Comment") == comment and (instance is None or instance in c.get("InstanceIds", []))
+        ]
+        if not page.get("NextToken"):
+            break
+        request["NextToken"] = page["NextToken"]
     if not matching:
         return None
-    return str(max(matching, key=lambda c: c.get("RequestedDateTime") or 0)["CommandId"])
+    return str(max(matching, key=lambda c: str(c.get("RequestedDateTime") or ""))["CommandId"])
 
 
 def send(instances: list[str], script: str, arguments: str, timeout: int, comment: str) -> str:
     response = client("ssm").send_command(
         InstanceIds=instances,
-        DocumentName="AWS-RunShellScript",
+        DocumentName=DOCUMENT,
         TimeoutSeconds=600,
         Comment=comment,
         Parameters={"commands": [f"{script} {arguments}"], "executionTimeout": [str(timeout)]},
     )
     return str(response["Command"]["CommandId"])
+
+
+def command_instances(command_id: str) -> list[str]:
+    (command,) = client("ssm").list_commands(CommandId=command_id)["Commands"]
+    return [str(i) for i in command.get("InstanceIds", [])]
 
 
 def command_status(command_id: str, instance: str) -> tuple[str, str]:

@@ -11,7 +11,10 @@ not changed it since.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
 
 from lambdas.rollout import aws
 from lambdas.rollout.aws import Group, logger
@@ -90,8 +93,8 @@ def tick(state: State, role: str, target: str) -> Tick:
     state.lost += [i for i in plan.lost if i not in state.lost]
     if len(state.lost) > MAX_LOST and not plan.failure:
         plan.failure = (
-            f"{len(state.lost)} servers were terminated while they ran {target} and had not yet settled "
-            f"({', '.join(state.lost)}): Auto Scaling replaces them as unhealthy, or EC2 reclaimed them"
+            f"{len(state.lost)} servers were terminated while they ran {target} and failed their health "
+            f"checks ({', '.join(state.lost)}): Auto Scaling replaces them as unhealthy"
         )
     if plan.failure:
         logger.warning("Rollout step failed", extra={"role": role, "reason": plan.failure})
@@ -109,22 +112,22 @@ def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, 
     journals = {s.id: s.journal for s in group.servers if s.journal}
     if plan.redo_out:  # journalled out of service by a tick that failed half-way
         if balanced:
-            aws.protect(group.name, plan.redo_out, True)
+            per_server(lambda ids: aws.protect(group.name, ids, True), plan.redo_out, GOING)
         aws.set_targets(target_groups, plan.redo_out, register=False)
     if plan.redo_in:
-        aws.set_targets(target_groups, plan.redo_in, register=True)
+        per_server(lambda ids: aws.set_targets(target_groups, ids, register=True), plan.redo_in, GOING)
     for iid, healthy_at in plan.healthy.items():
         old = journals[iid]
         assert old is not None
         aws.journal([iid], Journal(me, JOINING, target, old.since, old.command, healthy_at))
     if plan.finish:
         if balanced:
-            aws.protect(group.name, plan.finish, False)
+            per_server(lambda ids: aws.protect(group.name, ids, False), plan.finish, GOING)
         aws.tag_servers(plan.finish, {VERSION_TAG: target})
         aws.untag_servers(plan.finish, [JOURNAL_TAG])
     if plan.join:
         aws.journal(plan.join, Journal(me, JOINING, target, moment))
-        aws.set_targets(target_groups, plan.join, register=True)
+        per_server(lambda ids: aws.set_targets(target_groups, ids, register=True), plan.join, GOING)
     surge = Surge.decode(group.tags.get(SURGE_TAG))
     if plan.retire and surge and surge.execution == me and not surge.retiring:
         retiring = Surge(surge.execution, surge.desired, surge.max_size, surge.raised, surge.at, True)
@@ -132,29 +135,57 @@ def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, 
     for ids, step in ((plan.drain, DRAINING_STEP), (plan.retire, RETIRING)):
         if ids:
             aws.journal(ids, Journal(me, step, target, moment))
-            aws.protect(group.name, ids, True)
+            per_server(lambda batch: aws.protect(group.name, batch, True), ids, GOING)
             aws.set_targets(target_groups, ids, register=False)
     comment = aws.marker(me, f"deploy {target}")
     unsent = list(plan.deploy)
     if plan.deploy:
         aws.journal(plan.deploy, Journal(me, DEPLOYING, target, moment))
     for iid in plan.adopt:  # journalled, but was the command sent before the tick failed?
-        found = aws.find_command(iid, comment)
         old = journals[iid]
         assert old is not None
+        found = aws.find_command(comment, old.since, iid)
         if found:
             aws.journal([iid], Journal(me, DEPLOYING, target, old.since, found))
         else:
             unsent.append(iid)
+
+    def send(ids: list[str]) -> None:
+        command = aws.send(ids, config.deploy_script, f"deploy {target}", DEPLOY_TIMEOUT, comment)
+        aws.journal(ids, Journal(me, DEPLOYING, target, moment, command))
+
     if unsent:
-        command = aws.send(unsent, config.deploy_script, f"deploy {target}", DEPLOY_TIMEOUT, comment)
-        aws.journal(unsent, Journal(me, DEPLOYING, target, moment, command))
+        per_server(send, unsent, GOING)
     for iid in plan.terminate:
         aws.terminate(iid)
     if plan.surge:
         start_surge(group, me, moment)
     if plan.end_surge:
         release_surge(group, me)
+
+
+# What AWS answers for a server that is shutting down, or left the group since it was read.
+GOING = {"InvalidInstanceId", "InvalidTarget", "ValidationError", "InvalidInstanceID.NotFound"}
+
+
+def per_server(call: Callable[[list[str]], None], ids: list[str], tolerated: set[str]) -> None:
+    """call(ids); if AWS refuses it for a server that is going away, once per server, skipping
+    those it refuses: their journal stays, and the next tick sees them gone or tries again."""
+    try:
+        call(ids)
+        return
+    except ClientError as error:
+        if aws.error_code(error) not in tolerated:
+            raise
+    for iid in ids:
+        try:
+            call([iid])
+        except ClientError as error:
+            if aws.error_code(error) not in tolerated:
+                raise
+            logger.warning(
+                "AWS refused a server that may be going away", extra={"server": iid, "error": str(error)}
+            )
 
 
 # ---------------------------------------------------------------- the web group's sizes
@@ -248,6 +279,14 @@ def _hold_record(group: Group) -> tuple[str, list[str]] | None:
     if not isinstance(me, str) or not isinstance(processes, list):
         return None
     return me, [str(p) for p in processes]
+
+
+def journalled(state: State) -> list[str]:
+    """Servers a rollout, any rollout, left journalled: out of service, or of unknown version."""
+    found: list[str] = []
+    for name in (state.config.web_group, state.config.worker_group):
+        found += [s.id for s in aws.describe_group(name, []).servers if not s.gone and s.journal]
+    return found
 
 
 def strays(state: State) -> list[str]:

@@ -64,7 +64,7 @@ def parse_event(event: Any) -> tuple[str, str | None, State]:
 
 
 def run(action: str, phase: str | None, state: State) -> State:
-    if action in BOUNDED:
+    if action in BOUNDED and not state.switched:  # past the switch, each step has its own bound
         late = steps.over_time(state)
         if late:
             state.next, state.failure, state.wait = FAILED, late, 0

@@ -34,8 +34,9 @@ DEPLOY_TIMEOUT = 1800  # pulls of two images and a restart
 HEALTH_TIMEOUT = 600  # the load balancer's checks after rejoining, settling included
 BOOT_GRACE = 900  # a server still booting is left alone this long (the groups' grace period)
 SURGE_TIMEOUT = 1800  # for the surge server to launch, boot and serve
-# Servers that vanish while running the target before they settled: one may be a
-# reclaimed spot server; a second says the release is being replaced as unhealthy.
+# Servers that vanish while running the target and failing their health checks: Auto
+# Scaling replaced them as unhealthy (or, once, a spot server went at that moment); a
+# second one says the release itself fails, whatever the planner's health timeout.
 MAX_LOST = 1
 NOTICE_REASON = 1000  # characters of a failure reason kept in a notice or a record
 
@@ -123,6 +124,7 @@ class Server:
     journal: Journal | None = None
     health: tuple[str, ...] = ()  # its state in each target group (web only)
     protected: bool = False  # from scale-in
+    described: bool = True  # False: a member EC2 does not report yet (eventual consistency)
 
     @property
     def in_service(self) -> bool:
@@ -135,9 +137,10 @@ class Server:
     @property
     def gone(self) -> bool:
         """Leaving or left the group: nothing to do on it any more."""
-        return self.lifecycle.startswith(("Terminat", "Detach")) or (
-            not self.running and not self.lifecycle.startswith(("Pending", "Warmed"))
-        )
+        if self.lifecycle.startswith(("Terminat", "Detach")):
+            return True
+        # A member EC2 does not know yet is a server about to boot, never a lost one.
+        return self.described and not self.running and not self.lifecycle.startswith(("Pending", "Warmed"))
 
     @property
     def healthy(self) -> bool:
@@ -194,8 +197,8 @@ class Plan:
     terminate: list[str] = field(default_factory=list)
     redo_out: list[str] = field(default_factory=list)  # journalled out but still in or unprotected
     redo_in: list[str] = field(default_factory=list)  # journalled joining but not registered
-    flight: list[str] = field(default_factory=list)  # deploying or joining now (to notice losses)
-    lost: list[str] = field(default_factory=list)  # vanished while running the target unsettled
+    flight: list[str] = field(default_factory=list)  # running the target, back in, failing health checks
+    lost: list[str] = field(default_factory=list)  # of the last tick's flight, those that vanished
     surge: bool = False
     end_surge: bool = False
     failure: str | None = None
@@ -225,7 +228,7 @@ def plan_group(
     behind the load balancer: healthy serving capacity never drops below
     max(1, size - batch), at least one server that has settled keeps serving while
     others settle, and a lone server is surged first. last_flight: the servers that
-    were deploying or joining at the previous tick.
+    ran the target and failed health checks at the previous tick.
     """
     plan = Plan()
 
@@ -256,7 +259,6 @@ def plan_group(
                 waits.append(max(journal.since + drain_seconds - moment, POLL))
         elif journal.step == DEPLOYING:
             moving.add(s.id)
-            plan.flight.append(s.id)
             waits.append(POLL)
             if not journal.command:
                 plan.adopt.append(s.id)
@@ -269,7 +271,8 @@ def plan_group(
             elif moment > journal.since + DEPLOY_TIMEOUT:
                 plan.failure = f"deploy.sh {target} on {s.id} did not finish within {DEPLOY_TIMEOUT}s"
         elif journal.step == JOINING:
-            plan.flight.append(s.id)
+            if "unhealthy" in s.health:  # should it vanish now, Auto Scaling replaced it as unhealthy
+                plan.flight.append(s.id)
             if s.standby:  # the operator put it aside after its deploy: it runs the target
                 plan.finish.append(s.id)
             elif s.healthy:

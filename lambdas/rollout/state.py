@@ -102,8 +102,8 @@ class State:
     started: float | None = None
     queued_since: float | None = None
     migration: Migration | None = None
-    flight: dict[str, list[str]] = field(default_factory=dict)  # per group: deploying or joining
-    lost: list[str] = field(default_factory=list)  # servers that vanished unsettled on the target
+    flight: dict[str, list[str]] = field(default_factory=dict)  # per group: on the target, failing checks
+    lost: list[str] = field(default_factory=list)  # servers that vanished while failing on the target
     recorded: bool = False  # deployed-version was set to the target
     switched: bool = False  # the post-deployment migrations may have started: no way back
     verify_since: float | None = None

@@ -44,6 +44,8 @@ from lambdas.rollout.names import (
     WORKER,
 )
 from lambdas.rollout.plan import (
+    BOOT_GRACE,
+    BOOT_POLL,
     COMMAND_DONE,
     COMMAND_RUNNING,
     HEALTH_TIMEOUT,
@@ -91,7 +93,9 @@ def begin(state: State) -> State:
         done_before = int(handled.get("desired_version", 0)) >= desired_version
     except (TypeError, ValueError):
         done_before = False
-    if target == deployed or done_before:
+    # The deployed version put again after a failed rollback repairs what that left.
+    repair = fleet.journalled(state) if target == deployed else []
+    if (target == deployed and not repair) or (done_before and target != deployed):
         logger.info("Nothing to roll out", extra={"desired": target, "deployed": deployed})
         fresh.next = NOOP
         return fresh
@@ -120,6 +124,12 @@ def migrate(state: State, phase: str) -> State:
     migration = state.migration if state.migration and state.migration.phase == phase else None
     if migration is None:
         ready = sorted((s for s in group.servers if s.in_service), key=lambda s: -s.launched)
+        coming = [s for s in group.servers if not s.gone]
+        moment = aws.now()
+        waited = float(state.other.get("worker_wait") or moment)
+        if not ready and coming and moment < waited + BOOT_GRACE:  # a worker boots, or EC2 lags
+            state.other["worker_wait"] = waited
+            return _waiting(state, BOOT_POLL)
         if not ready:
             states = ", ".join(f"{s.id} {s.lifecycle}" for s in group.servers) or "none"
             return _failed(
@@ -127,11 +137,14 @@ def migrate(state: State, phase: str) -> State:
                 f"no worker is in service to run the {label} migrations of {state.target} "
                 f"(worker servers: {states})",
             )
+        state.other.pop("worker_wait", None)
         comment = aws.marker(state.short_execution, f"migrate {phase} {state.target}")
         # A retried step: the migration may have been sent already; never start a second one.
-        found = next(((s.id, c) for s in ready if (c := aws.find_command(s.id, comment))), None)
-        if found:
-            instance, command = found
+        found = aws.find_command(comment, state.started or aws.now())
+        workers = {s.id for s in group.servers}
+        sent_to = [i for i in aws.command_instances(found) if i in workers] if found else []
+        if found and sent_to:
+            instance, command = sent_to[0], found
         else:
             instance = ready[0].id
             command = aws.send(
@@ -170,11 +183,16 @@ def _group_step(state: State, role: str, target: str) -> State:
     return state
 
 
-def web(state: State) -> State:
+def _hold(state: State) -> None:
+    """Scaling held while the rollout moves web servers (recorded first: see fleet.hold_scaling)."""
     if not state.other.get("held"):
         processes = fleet.hold_scaling(state)
         logger.info("Web group scaling held", extra={"processes": processes})
         state.other["held"] = True
+
+
+def web(state: State) -> State:
+    _hold(state)
     assert state.target is not None
     return _group_step(state, WEB, state.target)
 
@@ -198,19 +216,20 @@ def verify(state: State, phase: str) -> State:
     """Every server on the target (servers launched meanwhile brought to it), every web
     server healthy in every target group, over settle_seconds of consecutive looks."""
     assert state.target is not None
+    _hold(state)
     moment = aws.now()
-    if state.verify_started is None:
-        state.verify_started, state.verify_since = moment, None
     for role in (WEB, WORKER):
         result = fleet.tick(state, role, state.target)
         if result.failure:
             return _failed(state, result.failure)
-        if result.next != DONE:
-            state.verify_since = None
+        if result.next != DONE:  # still bringing a server to the target: the window starts after
+            state.verify_started = state.verify_since = None
             state.next, state.wait = WAIT, result.wait
             return state
         if role == WEB:
             serving = [s for s in result.group.servers if s.in_service]
+    if state.verify_started is None:
+        state.verify_started = moment
     unhealthy = [s for s in serving if not s.healthy]
     if not serving or unhealthy:
         state.verify_since = None
@@ -230,6 +249,9 @@ def verify(state: State, phase: str) -> State:
     state.verify_started = state.verify_since = None
     if phase == PRE:
         state.switched = True  # from here on the post-deployment migrations may run: no way back
+    # Nothing moves web servers until the final check: scaling works during the migrations.
+    if fleet.release_scaling(state) is None:
+        state.other["held"] = False
     state.next = DONE
     return state
 
@@ -241,6 +263,7 @@ def rollback(state: State) -> State:
         state.next = DONE
         return state
     moment = aws.now()
+    _hold(state)
     if not state.rolling_back:
         state.failure = state.forward_failure() or "unknown failure"
         state.rolling_back, state.rollback_started = True, moment

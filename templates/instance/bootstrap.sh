@@ -246,7 +246,7 @@ load_stack_env() {
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
-    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR RELEASE_TAG_PATTERN; do
+    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR RELEASE_TAG_PATTERN VERSION_TAG; do
     [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
   done
   SMTP_LOGIN=${SMTP_LOGIN:-}
@@ -668,6 +668,16 @@ wait_for_worker_health() {
   done
 }
 
+# The version this server runs, for the rollout (lambdas/rollout): without the tag it
+# would deploy to the server again to be sure, which is slower but safe, so a failure
+# to tag is logged, not fatal.
+tag_version() {
+  step "tag the version"
+  retry aws ec2 create-tags --region "$AWS_REGION" --resources "$INSTANCE_ID" \
+    --tags "Key=$VERSION_TAG,Value=$MASTODON_VERSION" >/dev/null ||
+    log "could not tag $INSTANCE_ID with $VERSION_TAG=$MASTODON_VERSION; the next rollout deploys to it anyway"
+}
+
 main() {
   load_stack_env
   load_libraries
@@ -691,6 +701,7 @@ main() {
   else
     wait_for_worker_health
   fi
+  tag_version
   step "signal success"
   signal SUCCESS || fail "could not signal SUCCESS"
   SUCCEEDED=true

@@ -97,6 +97,7 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
         "VPC_CIDR": VPC_CIDR,
         "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
+        "VERSION_TAG": "mastodon:version",
     }
     env.update(overrides)
     return env

@@ -47,6 +47,12 @@ case $name in
           exit 254
         fi
         ;;
+      "ec2 create-tags")
+        if [ "$(setting tag_state ok)" = denied ]; then
+          echo "An error occurred (UnauthorizedOperation) when calling the CreateTags operation" >&2
+          exit 254
+        fi
+        ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
         cp "${events#file://}" "$STUB_DIR/shipped-log-$$.json"

@@ -377,3 +377,19 @@ def test_a_first_boot_still_short_of_disk_fails_with_the_reason_and_pulls_nothin
 def test_a_first_boot_with_room_removes_no_image(web):
     assert web.commands("docker", "image", "prune") == [] and web.commands("docker", "rmi") == []
     assert web.commands("docker", "images") == []
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_a_booted_server_tags_itself_with_the_version_it_runs_before_it_signals(role, web_run, worker_run):
+    """The rollout knows what a server runs from this tag (no redeploy, no needless rollback)."""
+    run = web_run if role == "web" else worker_run
+    (tagging,) = run.commands("aws", "ec2", "create-tags")
+    assert tagging[tagging.index("--tags") + 1] == f"Key=mastodon:version,Value={VERSION}"
+    order = [c["args"][:2] for c in run.calls if c["cmd"] == "aws"]
+    assert order.index(["ec2", "create-tags"]) < order.index(["cloudformation", "signal-resource"])
+
+
+def test_a_server_that_cannot_tag_itself_still_boots(bootstrap):
+    run = bootstrap("web", tag_state="denied")
+    assert run.returncode == 0, run.output
+    assert "could not tag" in run.log and run.signals()[-1]["status"] == "SUCCESS"

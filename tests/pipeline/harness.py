@@ -116,8 +116,8 @@ class World:
     # Faults of the world, beyond the planned path (TESTING.md, "What AWS may do"):
     # an answer lost after the function ran (Step Functions retries the same input),
     lose_answer: Callable[[str, int], bool] = lambda state, count: False
-    # an API call that fails (operation name, its count so far) -> the error, or None,
-    api_faults: list[Callable[[str, int], Exception | None]] = field(default_factory=list)
+    # an API call that fails (operation name, its count so far, its parameters) -> the error, or None,
+    api_faults: list[Callable[[str, int, dict[str, Any]], Exception | None]] = field(default_factory=list)
     # a release that serves, then fails: (version, seconds after registering it turns unhealthy),
     sick_after: dict[str, int] = field(default_factory=dict)
     # Auto Scaling's ELB health check: replace a server unhealthy this long (None: off),
@@ -148,6 +148,7 @@ class World:
         self._deregistered: dict[tuple[str, str], float] = {}
         self._commands: dict[str, dict[str, Any]] = {}
         self._unhealthy_since: dict[str, float] = {}
+        self._tagged_at_boot: set[str] = set()
         self.replaced: list[str] = []
         _ACTIVE.append(self)
         self._outcomes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -245,11 +246,11 @@ class World:
         """The functions' client, counting its calls (made once: creating clients is slow)."""
         if name not in _COUNTED:
             made = boto3.client(name, region_name=REGION)
-            def before_call(model: Any, **_: Any) -> None:
+            def before_call(model: Any, params: dict[str, Any], **_: Any) -> None:
                 world = _ACTIVE[-1]
                 world.calls.update([model.name])
                 for fault in world.api_faults:
-                    error = fault(model.name, world.calls[model.name])
+                    error = fault(model.name, world.calls[model.name], params)
                     if error is not None:
                         raise error
 
@@ -397,6 +398,18 @@ class World:
                     )
                     self.versions.setdefault(instance.id, deployed)
 
+    def _bootstrap_tags(self) -> None:
+        """A server that finished booting tags itself with the version it booted (bootstrap.sh)."""
+        done = [
+            iid for iid, seen in self._seen.items()
+            if iid not in self._tagged_at_boot and seen != START and self.clock >= seen + self.timing.boot
+            and iid in self.versions
+        ]
+        for iid in done:
+            self._tagged_at_boot.add(iid)
+            if iid in self.instances("web") + self.instances("worker"):
+                self.tag([iid], self.versions[iid])
+
     def booting(self, iid: str) -> bool:
         return self.clock < self._seen.get(iid, START) + self.timing.boot and self._seen.get(iid) != START
 
@@ -511,6 +524,7 @@ class World:
 
     def record_capacity(self) -> None:
         self.observe()
+        self._bootstrap_tags()
         group = self.group("web")
         in_service = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
         healthy = [i for i in in_service if all(self.health(tg, i) == "healthy" for tg in self.target_groups)]

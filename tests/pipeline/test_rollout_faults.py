@@ -20,6 +20,7 @@ from collections.abc import Callable
 import pytest
 from botocore.exceptions import ClientError
 
+from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import names
 from lambdas.rollout.plan import SURGE_TIMEOUT
 from tests.pipeline.harness import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
@@ -184,7 +185,7 @@ def test_a_call_that_fails_half_way_through_a_step_is_completed_by_the_retry(fle
     watch(world)
     # Its 1st and 3rd calls fail after the step's earlier calls succeeded.
     world.api_faults.append(
-        lambda name, count: throttled(name) if name == operation and count in (1, 3) else None
+        lambda name, count, params: throttled(name) if name == operation and count in (1, 3) else None
     )
     world.set_desired(NEW)
     # The notice is sent before the record that says so: if that write fails, the retried
@@ -205,7 +206,9 @@ def test_a_call_failing_half_way_through_a_rollback_still_restores_every_server(
     in_rollback: list[bool] = []
     world.hooks.append(lambda world, state, count: in_rollback.append(True) if state == "Rollback" else None)
     world.api_faults.append(
-        lambda name, count: throttled(name) if in_rollback and name == operation and count % 4 == 0 else None
+        lambda name, count, params: (
+            throttled(name) if in_rollback and name == operation and count % 4 == 0 else None
+        )
     )
     world.set_desired(NEW)
     rolled_back(world, world.roll())
@@ -358,7 +361,7 @@ def test_a_failed_rollback_is_reported_as_such_not_as_restored(fleet):
 def test_a_failed_invalidation_is_not_reported_as_done(fleet):
     world = fleet(web=2, timing=QUICK)
     world.api_faults.append(
-        lambda name, count: (
+        lambda name, count, params: (
             ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, name)
             if name == "CreateInvalidation"
             else None
@@ -433,7 +436,7 @@ def test_random_faults_interleaved_with_the_rollout_keep_every_invariant(fleet, 
     watch(world, min_healthy=0 if web == 1 else 1)
     world.lose_answer = lambda state, count: rng.random() < 0.15
     world.api_faults.append(
-        lambda name, count: throttled(name) if name in MUTATING and rng.random() < 0.05 else None
+        lambda name, count, params: throttled(name) if name in MUTATING and rng.random() < 0.05 else None
     )
     events: list[str] = []
 
@@ -484,3 +487,143 @@ def test_random_faults_interleaved_with_the_rollout_keep_every_invariant(fleet, 
     assert world.journals() == {}, events
     json.loads(world.parameter(HANDLED))
     assert NEWER not in message
+
+
+# ---------------------------------------------------------------- found by the review
+def client_error(code: str, operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code}}, operation)
+
+
+def test_an_instance_ec2_does_not_know_yet_is_taken_for_booting_not_for_gone(fleet):
+    # EC2 is eventually consistent: just after a launch, DescribeInstances may not know
+    # the new instance. That must never read as "every server left".
+    world = fleet(web=1, timing=QUICK)
+    watch(world)
+    world.api_faults.append(  # asked by id, EC2 refuses the whole call
+        lambda name, count, params: (
+            client_error("InvalidInstanceID.NotFound", name)
+            if name == "DescribeInstances" and "InstanceIds" in params
+            else None
+        )
+    )
+    ec2 = rollout_aws._clients["ec2"]
+    describe = ec2.describe_instances
+
+    def forgetful(**kwargs):  # by filter, EC2 leaves out what it launched in the last minute
+        answer = describe(**kwargs)
+        for reservation in answer["Reservations"]:
+            reservation["Instances"] = [
+                i for i in reservation["Instances"] if i["LaunchTime"].timestamp() < world.clock - 60
+            ]
+        return answer
+
+    ec2.describe_instances = forgetful
+    try:
+        world.set_desired(NEW)
+        succeeded(world, world.roll())
+    finally:
+        ec2.describe_instances = describe
+
+
+def test_after_a_failed_rollback_putting_the_previous_version_again_repairs_the_fleet(fleet):
+    world = fleet(web=2, timing=QUICK)
+    broken = {"yes"}
+    world.command_faults.append(lambda iid, line: "no space left" if broken and " deploy v" in line else None)
+    world.set_desired(NEW)
+    assert world.roll().status == "FAILED"
+    assert "failed too" in world.notifications()[0][1]
+    broken.clear()  # the operator frees the disk
+    world.set_desired(OLD)  # as the notice says
+    result = world.roll()
+    assert result.status == "SUCCEEDED", result.output.get("failure")
+    for iid in world.instances("web"):
+        assert world.versions[iid] == OLD and world.in_target_groups(iid), iid
+    assert world.journals() == {}
+    assert not any(i["ProtectedFromScaleIn"] for i in world.group("web")["Instances"])
+
+
+def test_a_server_that_shuts_down_as_it_is_sent_its_deploy_does_not_roll_the_upgrade_back(fleet):
+    world = fleet(web=3, batch=2, timing=QUICK)
+    watch(world)
+    dying: list[str] = []
+
+    def refuse(name: str, count: int, params: dict) -> Exception | None:
+        if name == "SendCommand" and any(i in dying for i in params.get("InstanceIds", [])):
+            return client_error("InvalidInstanceId", name)
+        return None
+
+    def reclaim_one_of_the_batch(world: World) -> None:
+        drained = [i for i in world.instances("web") if not world.in_target_groups(i)]
+        dying.append(drained[0])
+
+    on_step(world, "Web", 2, reclaim_one_of_the_batch)
+    world.hooks.append(
+        lambda world, state, count: (
+            world.terminate(dying[0])
+            if dying and state == "Web" and count == 8 and dying[0] in world.instances("web")
+            else None
+        )
+    )
+    world.api_faults.append(refuse)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+
+
+def test_a_retried_migration_step_finds_its_command_even_before_the_worker_lists_it(fleet):
+    world = fleet(web=2, timing=QUICK)
+    watch(world)  # at most one migration per phase
+    ssm = rollout_aws._clients["ssm"]
+    listed = ssm.list_commands
+
+    def not_yet_on_the_node(**kwargs):
+        if "InstanceId" in kwargs:  # a command that has not reached the node is not listed by node
+            return {"Commands": []}
+        return listed(**kwargs)
+
+    ssm.list_commands = not_yet_on_the_node
+    try:
+        world.lose_answer = lambda state, count: state in ("PreMigrate", "PostMigrate") and count == 1
+        world.set_desired(NEW)
+        succeeded(world, world.roll())
+    finally:
+        ssm.list_commands = listed
+
+
+def test_a_failed_pre_deployment_migration_touches_no_server_even_one_launched_since(fleet):
+    world = fleet(web=1, timing=QUICK)
+    on_step(world, "Begin", 1, lambda w: w.terminate(w.instances("web")[0]))  # replaced before the rollout
+    world.command_faults.append(lambda iid, line: "PG::DuplicateColumn" if "migrate pre" in line else None)
+    world.advance(0)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "FAILED"
+    assert [line for line in world.commands_sent() if " deploy v" in line] == []
+    assert world.calls["SetDesiredCapacity"] == 0, "a lone server was surged to 'restore' it"
+
+
+def test_scaling_is_not_held_during_the_post_deployment_migrations(fleet):
+    world = fleet(web=2, timing=Timing(**{**QUICK.__dict__, "post": 600}))
+    seen: list[set[str]] = []
+    world.hooks.append(
+        lambda world, state, count: (
+            seen.append({p["ProcessName"] for p in world.group("web")["SuspendedProcesses"]})
+            if state == "PostMigrate"
+            else None
+        )
+    )
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert seen and all(s == set() for s in seen), seen
+
+
+def test_two_servers_of_a_batch_reclaimed_together_do_not_roll_the_upgrade_back(fleet):
+    world = fleet(web=4, batch=2, timing=QUICK)
+    watch(world)
+
+    def reclaim_the_batch(world: World) -> None:
+        for iid in [i for i in world.instances("web") if not world.in_target_groups(i)]:
+            world.terminate(iid)
+
+    on_step(world, "Web", 4, reclaim_the_batch)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())

@@ -140,8 +140,12 @@ def test_each_server_reads_only_what_it_needs(template):
         "secretsmanager:GetSecretValue", "ssm:GetParameter", "ec2:GetManagedPrefixListEntries",
         "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
         "cloudformation:DescribeStackResource",
-        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "ec2:CreateTags",
     }
+    (tagging,) = [s for s in statements if s["Action"] == ["ec2:CreateTags"]]
+    # Only its own instance (bootstrap.sh tags the version it booted), only the version key.
+    assert tagging["Condition"]["StringEquals"] == {"aws:ARN": "${ec2:SourceInstanceARN}"}
+    assert tagging["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["mastodon:version"]}
     managed = props(template, "ServerRole")["ManagedPolicyArns"]
     assert managed == [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}]
 
