@@ -62,3 +62,13 @@ def test_stateful_logical_ids_never_change(template, name):
     # A renamed logical ID is a new resource: CloudFormation would delete the old one.
     assert name in template["Resources"]
     assert name in stack_policy.PROTECTED_RESOURCES
+
+
+def test_the_database_names_only_its_major_version_so_rds_may_retire_and_upgrade_minors(template):
+    database = props(template, "Database")
+    # "17", never "17.9": a pinned minor fails new stacks once RDS retires it, and
+    # updates once AutoMinorVersionUpgrade has moved the instance past it.
+    assert database["EngineVersion"].isdigit(), database["EngineVersion"]
+    assert database["AutoMinorVersionUpgrade"] is True
+    family = props(template, "DatabaseParameterGroup")["Family"]
+    assert family == f"postgres{database['EngineVersion']}"
