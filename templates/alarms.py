@@ -161,7 +161,8 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
     cache = {"CacheClusterId": Join("", [Ref(data.cache), "-001"])}
     alarms += [
         _alarm(t, "CacheMemoryAlarm", topic, "cache memory high",
-               "Redis is near maxmemory and will evict keys: choose a larger CacheNodeType.",
+               "Redis is near maxmemory; full, it refuses writes (noeviction keeps Sidekiq's "
+               "jobs), so new jobs and cache entries fail: choose a larger CacheNodeType.",
                "AWS/ElastiCache", "DatabaseMemoryUsagePercentage", cache,
                Threshold("Maximum", "GreaterThanThreshold", CACHE_MEMORY_PERCENT, 300, 3, 3)),
         _alarm(t, "CacheEvictionsAlarm", topic, "cache evicts keys",

@@ -35,6 +35,10 @@ POSTGRES_MAJOR_VERSION = "17"
 # patch updates by itself (the EngineVersion stays "8.0") and never a minor upgrade, so
 # this cannot drift from what runs.
 VALKEY_VERSION = "8.0"
+# Sidekiq keeps its queues, retries and schedule in this Redis: full memory must refuse
+# writes (Mastodon logs the error and the memory alarm fires), never evict a job.
+# ElastiCache's default group evicts keys that carry a TTL (volatile-lru).
+CACHE_SETTINGS = {"maxmemory-policy": "noeviction"}
 
 
 @dataclass(frozen=True)
@@ -149,12 +153,19 @@ def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGr
         Description="Isolated subnets of the Mastodon cache",
         SubnetIds=[Ref(s) for s in network.data_subnets],
     ))
+    settings = t.add_resource(elasticache.ParameterGroup(
+        "CacheParameterGroup",
+        Description="Mastodon: Sidekiq's jobs are never evicted",
+        CacheParameterGroupFamily=f"valkey{VALKEY_VERSION.split('.')[0]}",
+        Properties=CACHE_SETTINGS,
+    ))
     return t.add_resource(elasticache.ReplicationGroup(
         CACHE,
         ReplicationGroupDescription="Mastodon Redis (Valkey)",
         Engine="valkey",
         EngineVersion=VALKEY_VERSION,
         CacheNodeType=Ref(p.cache_node_type),
+        CacheParameterGroupName=Ref(settings),
         NumCacheClusters=1,
         AutomaticFailoverEnabled=False,
         Port=CACHE_PORT,
