@@ -45,6 +45,10 @@ SWAP_DISK_MARGIN_MIB=256
 # of the root volume by default (~800 MiB of 8 GiB); a quarter of that keeps days of
 # output for a look on the server and leaves the rest to images and swap.
 JOURNAL_MAX_USE=200M
+# Containers log through the awslogs driver without blocking: when CloudWatch Logs
+# throttles or is out of reach, lines beyond this buffer are dropped instead of
+# stalling Puma, streaming or Sidekiq on a full pipe.
+LOG_BUFFER_SIZE=4m
 
 DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-1200}
 DB_POLL_INTERVAL=${BOOTSTRAP_DB_POLL_INTERVAL:-15}
@@ -123,25 +127,53 @@ signal_once() {
   return 1
 }
 
+# PutLogEvents takes at most 1,048,576 bytes a call, counted as each message's UTF-8
+# bytes plus 26, and 10,000 events: the log goes in as many batches as it needs.
+PUT_LOG_EVENTS_MAX_BYTES=1048576
+PUT_LOG_EVENTS_MAX_EVENTS=10000
+
 ship_log() {
   [ -n "${LOG_GROUP_SYSTEM:-}" ] || return 0
-  local events
-  events=$(mktemp)
-  python3 - "$LOG_FILE" "$events" <<'PY' || return 0
-import json, sys, time
-lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()[-5000:]
+  local batches batch
+  batches=$(mktemp -d)
+  python3 - "$LOG_FILE" "$batches" "$PUT_LOG_EVENTS_MAX_BYTES" "$PUT_LOG_EVENTS_MAX_EVENTS" <<'PY' || {
+import json, os, sys, time
+log, out, max_bytes, max_events = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+OVERHEAD, LINE_BYTES = 26, 8000
+lines = open(log, encoding="utf-8", errors="replace").read().splitlines()[-5000:]
 now = int(time.time() * 1000)
-events = [{"timestamp": now, "message": line[:8000] or " "} for line in lines]
-json.dump(events, open(sys.argv[2], "w"))
+batches, batch, size = [], [], 0
+for line in lines:
+    # Cut by bytes, not characters, and never inside a character.
+    message = line.encode()[:LINE_BYTES].decode(errors="ignore") or " "
+    cost = len(message.encode()) + OVERHEAD
+    if batch and (size + cost > max_bytes or len(batch) == max_events):
+        batches.append(batch)
+        batch, size = [], 0
+    batch.append({"timestamp": now, "message": message})
+    size += cost
+if batch:
+    batches.append(batch)
+for number, events in enumerate(batches):
+    with open(os.path.join(out, f"{number:04d}.json"), "w") as f:
+        json.dump(events, f)
 PY
+    rm -rf "$batches"
+    return 0
+  }
   local -a region
   mapfile -t region < <(region_args)
   aws logs create-log-stream "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
     --log-stream-name "$INSTANCE_ID/bootstrap" >/dev/null 2>&1 || true
-  aws logs put-log-events "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
-    --log-stream-name "$INSTANCE_ID/bootstrap" --log-events "file://$events" >/dev/null ||
-    log "could not ship the bootstrap log to $LOG_GROUP_SYSTEM"
-  rm -f "$events"
+  for batch in "$batches"/*.json; do
+    [ -e "$batch" ] || continue
+    aws logs put-log-events "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
+      --log-stream-name "$INSTANCE_ID/bootstrap" --log-events "file://$batch" >/dev/null || {
+      log "could not ship the bootstrap log to $LOG_GROUP_SYSTEM"
+      break
+    }
+  done
+  rm -rf "$batches"
 }
 
 on_exit() {
@@ -498,6 +530,8 @@ ExecStart=$DOCKER run --rm --name $name --network host \\
   --log-opt awslogs-region=$AWS_REGION \\
   --log-opt awslogs-group=$log_group \\
   --log-opt awslogs-stream=$INSTANCE_ID \\
+  --log-opt mode=non-blocking \\
+  --log-opt max-buffer-size=$LOG_BUFFER_SIZE \\
   $options \\
   $image:\${MASTODON_VERSION}${command:+ \\
   $command}

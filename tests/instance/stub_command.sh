@@ -49,7 +49,7 @@ case $name in
         ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
-        cp "${events#file://}" "$STUB_DIR/shipped-log-$$.json"
+        cp "${events#file://}" "$STUB_DIR/shipped-log-$(date +%s%N)-$$.json"
         echo '{"nextSequenceToken": "1"}'
         ;;
     esac

@@ -377,3 +377,37 @@ def test_a_first_boot_still_short_of_disk_fails_with_the_reason_and_pulls_nothin
 def test_a_first_boot_with_room_removes_no_image(web):
     assert web.commands("docker", "image", "prune") == [] and web.commands("docker", "rmi") == []
     assert web.commands("docker", "images") == []
+
+
+def test_no_container_ever_blocks_on_its_logs(web_run, worker_run):
+    # awslogs blocks a container's writes by default when CloudWatch Logs throttles.
+    for run, names in ((web_run, ("mastodon-web", "mastodon-streaming")), (worker_run, ("mastodon-sidekiq",))):
+        for name in names:
+            command = exec_start(run.unit(name))
+            assert "--log-opt mode=non-blocking" in command, name
+            size = command.split("--log-opt max-buffer-size=", 1)[1].split()[0]
+            assert size[:-1].isdigit() and size[-1] == "m" and 1 <= int(size[:-1]) <= 16, size
+
+
+def put_log_events_bytes(events: list[dict]) -> int:
+    """PutLogEvents' own measure of a batch: UTF-8 bytes of each message plus 26."""
+    return sum(len(event["message"].encode()) + 26 for event in events)
+
+
+def test_a_large_bootstrap_log_is_shipped_in_batches_putlogevents_accepts(bootstrap, tmp_path):
+    # 3,000 lines of 2,000 UTF-8 bytes (1,000 two-byte characters) before this boot:
+    # about 6 MiB, six times what one PutLogEvents call takes.
+    log = tmp_path / "root/var/log/mastodon-bootstrap.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"{n:05d} " + "é" * 1000 + "\n" for n in range(3000)))
+    run = bootstrap("web")
+    assert run.returncode == 0, run.output
+    batches = [c["events"] for c in run.calls if c["cmd"] == "aws-log-events"]
+    assert len(batches) > 1
+    for events in batches:
+        assert put_log_events_bytes(events) <= 1_048_576
+        assert len(events) <= 10_000
+    shipped = [event["message"] for events in batches for event in events]
+    # Every line of the tail is shipped, in order, the boot's own lines last.
+    assert shipped[0].startswith("00000 ") and "bootstrap complete" in shipped[-1]
+    assert [m[:5] for m in shipped[:3000]] == [f"{n:05d}" for n in range(3000)]
