@@ -59,8 +59,10 @@ WORKER_STABLE_SECONDS=${BOOTSTRAP_WORKER_STABLE_SECONDS:-30}
 RETRY_ATTEMPTS=${BOOTSTRAP_RETRY_ATTEMPTS:-3}
 RETRY_BACKOFF=${BOOTSTRAP_RETRY_BACKOFF:-10}
 
-# `rails runner` exit code meaning "connected, but the schema is not loaded".
+# `rails runner` exit codes: "connected, but the schema is not loaded", and "schema
+# loaded, but the seeds never ran" (db:setup died between schema load and seeds).
 DB_EMPTY_EXIT=10
+DB_UNSEEDED_EXIT=11
 
 STEP="starting"
 SUCCEEDED=false
@@ -590,10 +592,21 @@ one_off() {
     "$MASTODON_IMAGE:$MASTODON_VERSION" "$@"
 }
 
-# 0: schema loaded; DB_EMPTY_EXIT: reachable but empty; anything else: an error.
+# What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is
+# harmless): the web app's OAuth application (01_web_app), the instance actor, account
+# -99 (02_instance_actor), and the default roles beside "everyone", role -99 (03_roles).
+# Plain SQL, so that it holds whatever the models are called in a release.
+SEEDS_PRESENT_SQL="SELECT EXISTS (SELECT 1 FROM oauth_applications WHERE superapp) \
+AND EXISTS (SELECT 1 FROM accounts WHERE id = -99) \
+AND EXISTS (SELECT 1 FROM user_roles WHERE id <> -99)"
+
+# 0: schema loaded and seeded; DB_UNSEEDED_EXIT: schema loaded, seeds missing;
+# DB_EMPTY_EXIT: reachable but empty; anything else: an error.
 database_state() {
   one_off bundle exec rails runner \
-    "c = ActiveRecord::Base.connection; exit(c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive? ? 0 : $DB_EMPTY_EXIT)"
+    "c = ActiveRecord::Base.connection; \
+exit($DB_EMPTY_EXIT) unless c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive?; \
+exit(ActiveRecord::Type::Boolean.new.cast(c.select_value(\"$SEEDS_PRESENT_SQL\")) ? 0 : $DB_UNSEEDED_EXIT)"
 }
 
 initialize_database() {
@@ -607,7 +620,7 @@ initialize_database() {
         log "the database is already initialized; not touching it"
         return 0
         ;;
-      "$DB_EMPTY_EXIT") break ;;
+      "$DB_EMPTY_EXIT" | "$DB_UNSEEDED_EXIT") break ;;
     esac
     if [ "$attempt" -ge "$DB_CHECK_ATTEMPTS" ]; then
       fail "cannot tell whether the database is initialized (rails runner exit $rc)"
@@ -616,11 +629,17 @@ initialize_database() {
     attempt=$((attempt + 1))
     sleep "$DB_POLL_INTERVAL"
   done
-  log "empty database: running rails db:setup (schema load and seeds)"
-  one_off bundle exec rails db:setup || fail "rails db:setup failed"
+  if [ "$rc" = "$DB_EMPTY_EXIT" ]; then
+    log "empty database: running rails db:setup (schema load and seeds)"
+    one_off bundle exec rails db:setup || fail "rails db:setup failed"
+  else
+    # Never db:setup here: it would load the schema over existing tables.
+    log "the schema is loaded but the seeds never ran (an interrupted first setup): running rails db:seed"
+    one_off bundle exec rails db:seed || fail "rails db:seed failed"
+  fi
   rc=0
   database_state || rc=$?
-  [ "$rc" -eq 0 ] || fail "the database is still not initialized after db:setup (exit $rc)"
+  [ "$rc" -eq 0 ] || fail "the database is still not initialized and seeded (exit $rc)"
   log "database initialized"
 }
 
@@ -630,10 +649,11 @@ wait_for_database() {
   while :; do
     rc=0
     database_state || rc=$?
-    [ "$rc" -eq 0 ] && {
+    # Seeds missing: the worker repairs them, Puma may serve meanwhile.
+    if [ "$rc" -eq 0 ] || [ "$rc" -eq "$DB_UNSEEDED_EXIT" ]; then
       log "the database is initialized"
       return 0
-    }
+    fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       fail "the database was not initialized within ${DB_WAIT_TIMEOUT}s (last check exit $rc); is the worker up?"
     fi

@@ -70,12 +70,17 @@ case $name in
             case $state in
               initialized) exit 0 ;;
               error) echo "PG::ConnectionBad: connection refused" >&2; exit 1 ;;
+              # Schema loaded, seeds never run: db:setup died half-way.
+              unseeded) exit 11 ;;
               *) exit 10 ;;
             esac
             ;;
           *" db:setup "*)
             echo initialized >"$STUB_DIR/db_state"
             echo "Database 'mastodon' already exists"
+            ;;
+          *" db:seed "*)
+            [ "$state" = unseeded ] && echo initialized >"$STUB_DIR/db_state"
             ;;
         esac
         ;;

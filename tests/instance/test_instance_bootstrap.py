@@ -411,3 +411,38 @@ def test_a_large_bootstrap_log_is_shipped_in_batches_putlogevents_accepts(bootst
     # Every line of the tail is shipped, in order, the boot's own lines last.
     assert shipped[0].startswith("00000 ") and "bootstrap complete" in shipped[-1]
     assert [m[:5] for m in shipped[:3000]] == [f"{n:05d}" for n in range(3000)]
+
+
+def seed_runs(run) -> int:
+    return sum(1 for args in run.commands("docker", "run") if "db:seed" in args)
+
+
+def test_a_worker_repairs_a_first_setup_that_died_before_the_seeds(bootstrap):
+    # db:setup = create, schema load, seed: a setup killed after the schema load leaves
+    # no instance actor, no roles and no web app, and the schema check alone passes.
+    run = bootstrap("worker", db_state="unseeded")
+    assert run.returncode == 0, run.output
+    assert run.db_setup_runs() == 0, "db:setup over a loaded schema would fail or wipe it"
+    assert seed_runs(run) == 1
+    seed = next(args for args in run.commands("docker", "run") if "db:seed" in args)
+    assert seed[-4:] == ["bundle", "exec", "rails", "db:seed"]
+    assert run.db_state() == "initialized"
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+    # What the check looks for is what Mastodon's db/seeds/*.rb create.
+    check = next(args[-1] for args in run.commands("docker", "run") if "runner" in args)
+    for seeded in ("oauth_applications WHERE superapp", "accounts WHERE id = -99", "user_roles"):
+        assert seeded in check
+
+
+def test_a_seeded_database_is_not_seeded_again(worker_run, bootstrap):
+    assert seed_runs(worker_run) == 0, "db:setup already seeds a fresh database"
+    again = bootstrap("worker", db_state="initialized")
+    assert again.returncode == 0, again.output
+    assert seed_runs(again) == 0 and again.db_setup_runs() == 0
+
+
+def test_a_web_server_serves_while_the_worker_repairs_the_seeds(bootstrap):
+    run = bootstrap("web", db_state="unseeded")
+    assert run.returncode == 0, run.output
+    assert seed_runs(run) == 0 and run.db_setup_runs() == 0, "only the worker writes to the database"
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
