@@ -53,7 +53,7 @@ from troposphere.policies import (
 
 from templates import capacity, parameters, policies
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
-from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
+from templates.load_balancing import STREAMING_PORT, TARGET_KEEP_ALIVE_SECONDS, WEB_PORT, LoadBalancing
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
 from templates.options import MASTODON_IMAGE, STREAMING_IMAGE
@@ -158,6 +158,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "DB_CONNECTION_RESERVE": str(capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS),
             "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(lb.cloudfront_prefix_list, "Id"),
             "VPC_CIDR": VPC_CIDR,
+            "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
         }
 
     web_template = _launch_template(

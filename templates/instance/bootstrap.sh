@@ -25,6 +25,7 @@ SWAP_FILE="$ROOT/swapfile"
 FSTAB_FILE="$ROOT/etc/fstab"
 SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
 JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
+KEEP_ALIVE_FILE="$ROOT/etc/mastodon/streaming-keep-alive.cjs"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +34,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
 RUNTIME_VERSION_FILE=/etc/mastodon/version.env
 RUNTIME_SWAP_FILE=/swapfile
+RUNTIME_KEEP_ALIVE_FILE=/etc/mastodon/streaming-keep-alive.cjs
 DOCKER=/usr/bin/docker
 
 # Swap holds what Sidekiq's peaks and one-off containers push out; with a low
@@ -273,11 +275,13 @@ load_stack_env() {
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
-    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR; do
+    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR TARGET_KEEP_ALIVE_SECONDS; do
     [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
   done
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  [[ $TARGET_KEEP_ALIVE_SECONDS =~ ^[1-9][0-9]*$ ]] ||
+    fail "TARGET_KEEP_ALIVE_SECONDS must be a number of seconds, not '$TARGET_KEEP_ALIVE_SECONDS'"
   case $ROLE in
     web | worker) ;;
     *) fail "ROLE must be web or worker, not '$ROLE'" ;;
@@ -548,6 +552,37 @@ WantedBy=multi-user.target
 EOF
 }
 
+# Keep-alive of both targets: longer than the load balancer's idle timeout, so that
+# the load balancer never reuses a connection the target is closing (a 502).
+# Puma: config/puma.rb reads PERSISTENT_TIMEOUT (Mastodon's default, 20 s). The
+# streaming server creates its http.Server with Node's default keepAliveTimeout (5 s,
+# 65 s in the newest Node releases) and reads no setting for it; Node has no flag
+# for it either. What Node does take from NODE_OPTIONS is --require: this module,
+# loaded before the server's own code, sets the timeout on every server it creates.
+# headersTimeout stays above it, so Node never answers a reused connection with 408.
+write_keep_alive_module() {
+  cat >"$KEEP_ALIVE_FILE" <<'JS'
+// Written by bootstrap.sh; loaded through NODE_OPTIONS=--require into the streaming server.
+'use strict';
+const http = require('node:http');
+const seconds = Number(process.env.MASTODON_KEEP_ALIVE_SECONDS);
+if (Number.isInteger(seconds) && seconds > 0) {
+  const createServer = http.createServer;
+  http.createServer = function createServerWithKeepAlive(...args) {
+    const server = createServer.apply(this, args);
+    server.keepAliveTimeout = seconds * 1000;
+    server.headersTimeout = Math.max(server.headersTimeout, server.keepAliveTimeout + 1000);
+    if (server.requestTimeout > 0) {
+      server.requestTimeout = Math.max(server.requestTimeout, server.headersTimeout);
+    }
+    return server;
+  };
+}
+JS
+  # The container runs as the image's mastodon user: readable by all, written by root.
+  chmod 0644 "$KEEP_ALIVE_FILE"
+}
+
 write_units() {
   step "write systemd units"
   mkdir -p "$UNIT_DIR"
@@ -555,11 +590,12 @@ write_units() {
   printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$ETC_DIR/version.env"
   chmod 0644 "$ETC_DIR/version.env"
   if [ "$ROLE" = web ]; then
+    write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
-      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL" \
+      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify"
+      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
     # The streaming image's CMD starts the server (node ./streaming/index.js today); using
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)

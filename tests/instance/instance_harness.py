@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +97,7 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "DB_CONNECTION_RESERVE": "10",
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
         "VPC_CIDR": VPC_CIDR,
+        "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
     }
     env.update(overrides)
     return env

@@ -381,7 +381,8 @@ def test_a_first_boot_with_room_removes_no_image(web):
 
 def test_no_container_ever_blocks_on_its_logs(web_run, worker_run):
     # awslogs blocks a container's writes by default when CloudWatch Logs throttles.
-    for run, names in ((web_run, ("mastodon-web", "mastodon-streaming")), (worker_run, ("mastodon-sidekiq",))):
+    units = ((web_run, ("mastodon-web", "mastodon-streaming")), (worker_run, ("mastodon-sidekiq",)))
+    for run, names in units:
         for name in names:
             command = exec_start(run.unit(name))
             assert "--log-opt mode=non-blocking" in command, name
