@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from templates.compute import BOOT_DATABASE_WAIT_SECONDS, BOOT_HEALTH_WAIT_SECONDS
 from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION
 
@@ -98,6 +99,8 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
         "VPC_CIDR": VPC_CIDR,
         "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
+        "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
+        "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
     }
     env.update(overrides)
     return env
