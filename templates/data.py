@@ -131,8 +131,8 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
         Metadata={
             "cfn-lint": {"config": {"ignore_checks": ["W3691"]}},
             "cfn-lint-reasons": {"W3691": (
-                f"cfn-lint lists the bare major '{POSTGRES_MAJOR_VERSION}' among deprecated versions "
-                "because some of its minors are retired, and among valid ones too (E3691 still "
+                f"cfn-lint's data lists the bare major '{POSTGRES_MAJOR_VERSION}' among deprecated "
+                "versions, beside its retired minors, and among valid ones too (E3691 still "
                 "checks it); RDS resolves a bare major to its current default minor.")},
             "checkov": {"skip": [
                 {"id": "CKV_AWS_161", "comment": "Mastodon authenticates with a password; IAM "
