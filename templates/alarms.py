@@ -72,9 +72,13 @@ class Threshold:
 
 
 def _alarm(t: Template, name: str, topic: sns.Topic, summary: str, advice: str, namespace: str,
-           metric: str, dimensions: dict[str, object], trigger: Threshold) -> cloudwatch.Alarm:
+           metric: str, dimensions: dict[str, object], trigger: Threshold,
+           after: list[str] | None = None) -> cloudwatch.Alarm:
     return t.add_resource(cloudwatch.Alarm(
         name,
+        # Only created once `after` exists: an alarm that counts a missing metric as
+        # breaching would otherwise fire while the first servers boot.
+        **({"DependsOn": after} if after else {}),
         AlarmName=Sub(f"${{AWS::StackName}} {summary}"),
         AlarmDescription=f"{summary}. {advice}",
         Namespace=namespace,
@@ -127,11 +131,15 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
                    "group replaces it.",
                    "AWS/ApplicationELB", "UnHealthyHostCount", dimensions,
                    Threshold("Maximum", "GreaterThanOrEqualToThreshold", 1, 60, 5, 5)),
-            # No data means no target reports at all: as bad as none healthy.
+            # No data means no target reports at all: as bad as none healthy. Created after
+            # the web group, which CloudFormation completes only once its first servers
+            # have signalled that they serve; Maximum: a minute with a healthy target
+            # (a rollout's surge keeps one) is no outage.
             _alarm(t, f"{kind}NoHealthyTargetAlarm", topic, f"no healthy {kind.lower()} target",
                    "The instance is down for everyone: see the web group's activity and logs.",
                    "AWS/ApplicationELB", "HealthyHostCount", dimensions,
-                   Threshold("Minimum", "LessThanThreshold", 1, 60, 2, 2, "breaching")),
+                   Threshold("Maximum", "LessThanThreshold", 1, 60, 2, 2, "breaching"),
+                   after=[compute.web_group.title]),
         ]
     database = {"DBInstanceIdentifier": Ref(data.database)}
     alarms += [
@@ -161,7 +169,8 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
     cache = {"CacheClusterId": Join("", [Ref(data.cache), "-001"])}
     alarms += [
         _alarm(t, "CacheMemoryAlarm", topic, "cache memory high",
-               "Redis is near maxmemory and will evict keys: choose a larger CacheNodeType.",
+               "Redis is near maxmemory; full, it refuses writes (noeviction keeps Sidekiq's "
+               "jobs), so new jobs and cache entries fail: choose a larger CacheNodeType.",
                "AWS/ElastiCache", "DatabaseMemoryUsagePercentage", cache,
                Threshold("Maximum", "GreaterThanThreshold", CACHE_MEMORY_PERCENT, 300, 3, 3)),
         _alarm(t, "CacheEvictionsAlarm", topic, "cache evicts keys",

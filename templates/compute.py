@@ -54,7 +54,7 @@ from troposphere.policies import (
 from lambdas.rollout.names import VERSION_TAG
 from templates import capacity, parameters, policies
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
-from templates.load_balancing import STREAMING_PORT, WEB_PORT, LoadBalancing
+from templates.load_balancing import STREAMING_PORT, TARGET_KEEP_ALIVE_SECONDS, WEB_PORT, LoadBalancing
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
@@ -77,7 +77,19 @@ AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-
 # on a 1 GiB instance and a capped journal; deploy.sh and bootstrap.sh make room (or
 # refuse, with the reason) before a pull that would not fit.
 ROOT_VOLUME_GIB = 8
-SIGNAL_TIMEOUT = "PT30M"
+# bootstrap.sh's own limits, handed to it in stack.env (the one place they are set): how
+# long a web server waits for the worker to initialize the database, and how long any
+# server waits for its containers to turn healthy. Its other steps (Docker's install,
+# the image pulls with their retries, the worker's db:setup) get an allowance on top.
+BOOT_DATABASE_WAIT_SECONDS = 1200
+BOOT_HEALTH_WAIT_SECONDS = 600
+BOOT_OTHER_STEPS_SECONDS = 600
+# A server's worst legitimate boot. Auto Scaling does not replace a server on the load
+# balancer's health before it is over, and CloudFormation waits that long for a signal
+# (bootstrap.sh signals FAILURE itself, with the reason, when one of its waits runs out).
+BOOT_WORST_CASE_SECONDS = BOOT_DATABASE_WAIT_SECONDS + BOOT_HEALTH_WAIT_SECONDS + BOOT_OTHER_STEPS_SECONDS
+HEALTH_CHECK_GRACE_SECONDS = BOOT_WORST_CASE_SECONDS
+SIGNAL_TIMEOUT = f"PT{-(-BOOT_WORST_CASE_SECONDS // 60)}M"
 # EC2 refuses user data above 16 KB (before base64).
 USER_DATA_LIMIT = 16384
 # Room kept for each value CloudFormation fills in (ARNs, host names).
@@ -164,6 +176,9 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "DB_CONNECTION_RESERVE": str(capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS),
             "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(lb.cloudfront_prefix_list, "Id"),
             "VPC_CIDR": VPC_CIDR,
+            "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
+            "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
+            "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
         }
 
     web_template = _launch_template(
@@ -184,7 +199,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         CapacityRebalance=If(parameters.USE_SPOT, True, False),
         TargetGroupARNs=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
         HealthCheckType="ELB",
-        HealthCheckGracePeriod=900,
+        HealthCheckGracePeriod=HEALTH_CHECK_GRACE_SECONDS,
         Tags=[autoscaling.Tag("Name", "mastodon-web", True),
               autoscaling.Tag("mastodon:role", "web", True)],
         CreationPolicy=CreationPolicy(
@@ -202,7 +217,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
         MixedInstancesPolicy=_market(worker_template, Ref(p.worker_instance_type)),
         HealthCheckType="EC2",
-        HealthCheckGracePeriod=900,
+        HealthCheckGracePeriod=HEALTH_CHECK_GRACE_SECONDS,
         Tags=[autoscaling.Tag("Name", "mastodon-worker", True),
               autoscaling.Tag("mastodon:role", "worker", True)],
         CreationPolicy=CreationPolicy(

@@ -51,6 +51,16 @@ UNHEALTHY_THRESHOLD = 3
 # it takes the load balancer to call it unhealthy: the rollout's settling window.
 SETTLE_SECONDS = HEALTH_CHECK_INTERVAL_SECONDS * UNHEALTHY_THRESHOLD
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+# How long the load balancer keeps an idle connection, to viewers and to targets.
+# Streaming connections send data well within it (SSE a heartbeat every 15 s,
+# WebSockets a ping every 30 s), so they stay open.
+IDLE_TIMEOUT_SECONDS = 120
+# How long every target keeps an idle keep-alive connection: longer than the load
+# balancer, so that it is always the load balancer that closes one. A target that
+# closed first could do so just as the load balancer reuses the connection for a
+# request, which the viewer then gets as a 502 (ELB guide, "Connection idle timeout").
+# The servers get this very number (compute.py → stack.env → bootstrap.sh).
+TARGET_KEEP_ALIVE_SECONDS = IDLE_TIMEOUT_SECONDS + 10
 
 
 class ManagedPrefixList(AWSObject):
@@ -96,8 +106,8 @@ def create_load_balancing(t: Template, p: Parameters, network: Network, secrets:
         LoadBalancerAttributes=[
             elb.LoadBalancerAttributes(Key="routing.http.drop_invalid_header_fields.enabled", Value="true"),
             elb.LoadBalancerAttributes(Key="routing.http.desync_mitigation_mode", Value="strictest"),
-            # Streaming connections send a heartbeat well within a minute.
-            elb.LoadBalancerAttributes(Key="idle_timeout.timeout_seconds", Value="120"),
+            elb.LoadBalancerAttributes(Key="idle_timeout.timeout_seconds",
+                                       Value=str(IDLE_TIMEOUT_SECONDS)),
         ],
         Metadata={"checkov": {"skip": [
             {"id": "CKV_AWS_91", "comment": "Access logs are off by default to keep the "

@@ -25,6 +25,7 @@ SWAP_FILE="$ROOT/swapfile"
 FSTAB_FILE="$ROOT/etc/fstab"
 SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
 JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
+KEEP_ALIVE_FILE="$ROOT/etc/mastodon/streaming-keep-alive.cjs"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +34,7 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
 RUNTIME_VERSION_FILE=/etc/mastodon/version.env
 RUNTIME_SWAP_FILE=/swapfile
+RUNTIME_KEEP_ALIVE_FILE=/etc/mastodon/streaming-keep-alive.cjs
 DOCKER=/usr/bin/docker
 
 # Swap holds what Sidekiq's peaks and one-off containers push out; with a low
@@ -45,18 +47,26 @@ SWAP_DISK_MARGIN_MIB=256
 # of the root volume by default (~800 MiB of 8 GiB); a quarter of that keeps days of
 # output for a look on the server and leaves the rest to images and swap.
 JOURNAL_MAX_USE=200M
+# Containers log through the awslogs driver without blocking: when CloudWatch Logs
+# throttles or is out of reach, lines beyond this buffer are dropped instead of
+# stalling Puma, streaming or Sidekiq on a full pipe.
+LOG_BUFFER_SIZE=4m
 
-DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-1200}
+# The database and health waits come from stack.env (BOOT_*_WAIT_SECONDS: the template
+# sizes the groups' grace period and signal timeout on them); tests may override.
+DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-}
 DB_POLL_INTERVAL=${BOOTSTRAP_DB_POLL_INTERVAL:-15}
 DB_CHECK_ATTEMPTS=${BOOTSTRAP_DB_CHECK_ATTEMPTS:-5}
-HEALTH_TIMEOUT=${BOOTSTRAP_HEALTH_TIMEOUT:-600}
+HEALTH_TIMEOUT=${BOOTSTRAP_HEALTH_TIMEOUT:-}
 HEALTH_INTERVAL=${BOOTSTRAP_HEALTH_INTERVAL:-5}
 WORKER_STABLE_SECONDS=${BOOTSTRAP_WORKER_STABLE_SECONDS:-30}
 RETRY_ATTEMPTS=${BOOTSTRAP_RETRY_ATTEMPTS:-3}
 RETRY_BACKOFF=${BOOTSTRAP_RETRY_BACKOFF:-10}
 
-# `rails runner` exit code meaning "connected, but the schema is not loaded".
+# `rails runner` exit codes: "connected, but the schema is not loaded", and "schema
+# loaded, but the seeds never ran" (db:setup died between schema load and seeds).
 DB_EMPTY_EXIT=10
+DB_UNSEEDED_EXIT=11
 
 STEP="starting"
 SUCCEEDED=false
@@ -123,25 +133,53 @@ signal_once() {
   return 1
 }
 
+# PutLogEvents takes at most 1,048,576 bytes a call, counted as each message's UTF-8
+# bytes plus 26, and 10,000 events: the log goes in as many batches as it needs.
+PUT_LOG_EVENTS_MAX_BYTES=1048576
+PUT_LOG_EVENTS_MAX_EVENTS=10000
+
 ship_log() {
   [ -n "${LOG_GROUP_SYSTEM:-}" ] || return 0
-  local events
-  events=$(mktemp)
-  python3 - "$LOG_FILE" "$events" <<'PY' || return 0
-import json, sys, time
-lines = open(sys.argv[1], encoding="utf-8", errors="replace").read().splitlines()[-5000:]
+  local batches batch
+  batches=$(mktemp -d)
+  python3 - "$LOG_FILE" "$batches" "$PUT_LOG_EVENTS_MAX_BYTES" "$PUT_LOG_EVENTS_MAX_EVENTS" <<'PY' || {
+import json, os, sys, time
+log, out, max_bytes, max_events = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+OVERHEAD, LINE_BYTES = 26, 8000
+lines = open(log, encoding="utf-8", errors="replace").read().splitlines()[-5000:]
 now = int(time.time() * 1000)
-events = [{"timestamp": now, "message": line[:8000] or " "} for line in lines]
-json.dump(events, open(sys.argv[2], "w"))
+batches, batch, size = [], [], 0
+for line in lines:
+    # Cut by bytes, not characters, and never inside a character.
+    message = line.encode()[:LINE_BYTES].decode(errors="ignore") or " "
+    cost = len(message.encode()) + OVERHEAD
+    if batch and (size + cost > max_bytes or len(batch) == max_events):
+        batches.append(batch)
+        batch, size = [], 0
+    batch.append({"timestamp": now, "message": message})
+    size += cost
+if batch:
+    batches.append(batch)
+for number, events in enumerate(batches):
+    with open(os.path.join(out, f"{number:04d}.json"), "w") as f:
+        json.dump(events, f)
 PY
+    rm -rf "$batches"
+    return 0
+  }
   local -a region
   mapfile -t region < <(region_args)
   aws logs create-log-stream "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
     --log-stream-name "$INSTANCE_ID/bootstrap" >/dev/null 2>&1 || true
-  aws logs put-log-events "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
-    --log-stream-name "$INSTANCE_ID/bootstrap" --log-events "file://$events" >/dev/null ||
-    log "could not ship the bootstrap log to $LOG_GROUP_SYSTEM"
-  rm -f "$events"
+  for batch in "$batches"/*.json; do
+    [ -e "$batch" ] || continue
+    aws logs put-log-events "${region[@]}" --log-group-name "$LOG_GROUP_SYSTEM" \
+      --log-stream-name "$INSTANCE_ID/bootstrap" --log-events "file://$batch" >/dev/null || {
+      log "could not ship the bootstrap log to $LOG_GROUP_SYSTEM"
+      break
+    }
+  done
+  rm -rf "$batches"
 }
 
 on_exit() {
@@ -246,11 +284,17 @@ load_stack_env() {
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
-    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR RELEASE_TAG_PATTERN VERSION_TAG; do
+    CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS \
+    BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG; do
     [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
   done
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
+    [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
+  done
+  DB_WAIT_TIMEOUT=${DB_WAIT_TIMEOUT:-$BOOT_DATABASE_WAIT_SECONDS}
+  HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-$BOOT_HEALTH_WAIT_SECONDS}
   case $ROLE in
     web | worker) ;;
     *) fail "ROLE must be web or worker, not '$ROLE'" ;;
@@ -505,6 +549,8 @@ ExecStart=$DOCKER run --rm --name $name --network host \\
   --log-opt awslogs-region=$AWS_REGION \\
   --log-opt awslogs-group=$log_group \\
   --log-opt awslogs-stream=$INSTANCE_ID \\
+  --log-opt mode=non-blocking \\
+  --log-opt max-buffer-size=$LOG_BUFFER_SIZE \\
   $options \\
   $image:\${MASTODON_VERSION}${command:+ \\
   $command}
@@ -519,6 +565,37 @@ WantedBy=multi-user.target
 EOF
 }
 
+# Keep-alive of both targets: longer than the load balancer's idle timeout, so that
+# the load balancer never reuses a connection the target is closing (a 502).
+# Puma: config/puma.rb reads PERSISTENT_TIMEOUT (Mastodon's default, 20 s). The
+# streaming server creates its http.Server with Node's default keepAliveTimeout (5 s,
+# 65 s in the newest Node releases) and reads no setting for it; Node has no flag
+# for it either. What Node does take from NODE_OPTIONS is --require: this module,
+# loaded before the server's own code, sets the timeout on every server it creates.
+# headersTimeout stays above it, so Node never answers a reused connection with 408.
+write_keep_alive_module() {
+  cat >"$KEEP_ALIVE_FILE" <<'JS'
+// Written by bootstrap.sh; loaded through NODE_OPTIONS=--require into the streaming server.
+'use strict';
+const http = require('node:http');
+const seconds = Number(process.env.MASTODON_KEEP_ALIVE_SECONDS);
+if (Number.isInteger(seconds) && seconds > 0) {
+  const createServer = http.createServer;
+  http.createServer = function createServerWithKeepAlive(...args) {
+    const server = createServer.apply(this, args);
+    server.keepAliveTimeout = seconds * 1000;
+    server.headersTimeout = Math.max(server.headersTimeout, server.keepAliveTimeout + 1000);
+    if (server.requestTimeout > 0) {
+      server.requestTimeout = Math.max(server.requestTimeout, server.headersTimeout);
+    }
+    return server;
+  };
+}
+JS
+  # The container runs as the image's mastodon user: readable by all, written by root.
+  chmod 0644 "$KEEP_ALIVE_FILE"
+}
+
 write_units() {
   step "write systemd units"
   mkdir -p "$UNIT_DIR"
@@ -526,11 +603,12 @@ write_units() {
   printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$ETC_DIR/version.env"
   chmod 0644 "$ETC_DIR/version.env"
   if [ "$ROLE" = web ]; then
+    write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
-      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL" \
+      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify"
+      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
     # The streaming image's CMD starts the server (node ./streaming/index.js today); using
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
@@ -563,10 +641,21 @@ one_off() {
     "$MASTODON_IMAGE:$MASTODON_VERSION" "$@"
 }
 
-# 0: schema loaded; DB_EMPTY_EXIT: reachable but empty; anything else: an error.
+# What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is
+# harmless): the web app's OAuth application (01_web_app), the instance actor, account
+# -99 (02_instance_actor), and the default roles beside "everyone", role -99 (03_roles).
+# Plain SQL, so that it holds whatever the models are called in a release.
+SEEDS_PRESENT_SQL="SELECT EXISTS (SELECT 1 FROM oauth_applications WHERE superapp) \
+AND EXISTS (SELECT 1 FROM accounts WHERE id = -99) \
+AND EXISTS (SELECT 1 FROM user_roles WHERE id <> -99)"
+
+# 0: schema loaded and seeded; DB_UNSEEDED_EXIT: schema loaded, seeds missing;
+# DB_EMPTY_EXIT: reachable but empty; anything else: an error.
 database_state() {
   one_off bundle exec rails runner \
-    "c = ActiveRecord::Base.connection; exit(c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive? ? 0 : $DB_EMPTY_EXIT)"
+    "c = ActiveRecord::Base.connection; \
+exit($DB_EMPTY_EXIT) unless c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive?; \
+exit(ActiveRecord::Type::Boolean.new.cast(c.select_value(\"$SEEDS_PRESENT_SQL\")) ? 0 : $DB_UNSEEDED_EXIT)"
 }
 
 initialize_database() {
@@ -580,7 +669,7 @@ initialize_database() {
         log "the database is already initialized; not touching it"
         return 0
         ;;
-      "$DB_EMPTY_EXIT") break ;;
+      "$DB_EMPTY_EXIT" | "$DB_UNSEEDED_EXIT") break ;;
     esac
     if [ "$attempt" -ge "$DB_CHECK_ATTEMPTS" ]; then
       fail "cannot tell whether the database is initialized (rails runner exit $rc)"
@@ -589,11 +678,17 @@ initialize_database() {
     attempt=$((attempt + 1))
     sleep "$DB_POLL_INTERVAL"
   done
-  log "empty database: running rails db:setup (schema load and seeds)"
-  one_off bundle exec rails db:setup || fail "rails db:setup failed"
+  if [ "$rc" = "$DB_EMPTY_EXIT" ]; then
+    log "empty database: running rails db:setup (schema load and seeds)"
+    one_off bundle exec rails db:setup || fail "rails db:setup failed"
+  else
+    # Never db:setup here: it would load the schema over existing tables.
+    log "the schema is loaded but the seeds never ran (an interrupted first setup): running rails db:seed"
+    one_off bundle exec rails db:seed || fail "rails db:seed failed"
+  fi
   rc=0
   database_state || rc=$?
-  [ "$rc" -eq 0 ] || fail "the database is still not initialized after db:setup (exit $rc)"
+  [ "$rc" -eq 0 ] || fail "the database is still not initialized and seeded (exit $rc)"
   log "database initialized"
 }
 
@@ -603,10 +698,11 @@ wait_for_database() {
   while :; do
     rc=0
     database_state || rc=$?
-    [ "$rc" -eq 0 ] && {
+    # Seeds missing: the worker repairs them, Puma may serve meanwhile.
+    if [ "$rc" -eq 0 ] || [ "$rc" -eq "$DB_UNSEEDED_EXIT" ]; then
       log "the database is initialized"
       return 0
-    }
+    fi
     if [ "$SECONDS" -ge "$deadline" ]; then
       fail "the database was not initialized within ${DB_WAIT_TIMEOUT}s (last check exit $rc); is the worker up?"
     fi

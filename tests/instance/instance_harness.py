@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from templates.compute import BOOT_DATABASE_WAIT_SECONDS, BOOT_HEALTH_WAIT_SECONDS
+from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,6 +100,9 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "VPC_CIDR": VPC_CIDR,
         "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
         "VERSION_TAG": "mastodon:version",
+        "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
+        "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
+        "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
     }
     env.update(overrides)
     return env

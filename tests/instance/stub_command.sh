@@ -55,7 +55,7 @@ case $name in
         ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
-        cp "${events#file://}" "$STUB_DIR/shipped-log-$$.json"
+        cp "${events#file://}" "$STUB_DIR/shipped-log-$(date +%s%N)-$$.json"
         echo '{"nextSequenceToken": "1"}'
         ;;
     esac
@@ -76,12 +76,17 @@ case $name in
             case $state in
               initialized) exit 0 ;;
               error) echo "PG::ConnectionBad: connection refused" >&2; exit 1 ;;
+              # Schema loaded, seeds never run: db:setup died half-way.
+              unseeded) exit 11 ;;
               *) exit 10 ;;
             esac
             ;;
           *" db:setup "*)
             echo initialized >"$STUB_DIR/db_state"
             echo "Database 'mastodon' already exists"
+            ;;
+          *" db:seed "*)
+            [ "$state" = unseeded ] && echo initialized >"$STUB_DIR/db_state"
             ;;
         esac
         ;;

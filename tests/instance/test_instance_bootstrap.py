@@ -393,3 +393,73 @@ def test_a_server_that_cannot_tag_itself_still_boots(bootstrap):
     run = bootstrap("web", tag_state="denied")
     assert run.returncode == 0, run.output
     assert "could not tag" in run.log and run.signals()[-1]["status"] == "SUCCESS"
+
+
+def test_no_container_ever_blocks_on_its_logs(web_run, worker_run):
+    # awslogs blocks a container's writes by default when CloudWatch Logs throttles.
+    units = ((web_run, ("mastodon-web", "mastodon-streaming")), (worker_run, ("mastodon-sidekiq",)))
+    for run, names in units:
+        for name in names:
+            command = exec_start(run.unit(name))
+            assert "--log-opt mode=non-blocking" in command, name
+            size = command.split("--log-opt max-buffer-size=", 1)[1].split()[0]
+            assert size[:-1].isdigit() and size[-1] == "m" and 1 <= int(size[:-1]) <= 16, size
+
+
+def put_log_events_bytes(events: list[dict]) -> int:
+    """PutLogEvents' own measure of a batch: UTF-8 bytes of each message plus 26."""
+    return sum(len(event["message"].encode()) + 26 for event in events)
+
+
+def test_a_large_bootstrap_log_is_shipped_in_batches_putlogevents_accepts(bootstrap, tmp_path):
+    # 3,000 lines of 2,000 UTF-8 bytes (1,000 two-byte characters) before this boot:
+    # about 6 MiB, six times what one PutLogEvents call takes.
+    log = tmp_path / "root/var/log/mastodon-bootstrap.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"{n:05d} " + "é" * 1000 + "\n" for n in range(3000)))
+    run = bootstrap("web")
+    assert run.returncode == 0, run.output
+    batches = [c["events"] for c in run.calls if c["cmd"] == "aws-log-events"]
+    assert len(batches) > 1
+    for events in batches:
+        assert put_log_events_bytes(events) <= 1_048_576
+        assert len(events) <= 10_000
+    shipped = [event["message"] for events in batches for event in events]
+    # Every line of the tail is shipped, in order, the boot's own lines last.
+    assert shipped[0].startswith("00000 ") and "bootstrap complete" in shipped[-1]
+    assert [m[:5] for m in shipped[:3000]] == [f"{n:05d}" for n in range(3000)]
+
+
+def seed_runs(run) -> int:
+    return sum(1 for args in run.commands("docker", "run") if "db:seed" in args)
+
+
+def test_a_worker_repairs_a_first_setup_that_died_before_the_seeds(bootstrap):
+    # db:setup = create, schema load, seed: a setup killed after the schema load leaves
+    # no instance actor, no roles and no web app, and the schema check alone passes.
+    run = bootstrap("worker", db_state="unseeded")
+    assert run.returncode == 0, run.output
+    assert run.db_setup_runs() == 0, "db:setup over a loaded schema would fail or wipe it"
+    assert seed_runs(run) == 1
+    seed = next(args for args in run.commands("docker", "run") if "db:seed" in args)
+    assert seed[-4:] == ["bundle", "exec", "rails", "db:seed"]
+    assert run.db_state() == "initialized"
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]
+    # What the check looks for is what Mastodon's db/seeds/*.rb create.
+    check = next(args[-1] for args in run.commands("docker", "run") if "runner" in args)
+    for seeded in ("oauth_applications WHERE superapp", "accounts WHERE id = -99", "user_roles"):
+        assert seeded in check
+
+
+def test_a_seeded_database_is_not_seeded_again(worker_run, bootstrap):
+    assert seed_runs(worker_run) == 0, "db:setup already seeds a fresh database"
+    again = bootstrap("worker", db_state="initialized")
+    assert again.returncode == 0, again.output
+    assert seed_runs(again) == 0 and again.db_setup_runs() == 0
+
+
+def test_a_web_server_serves_while_the_worker_repairs_the_seeds(bootstrap):
+    run = bootstrap("web", db_state="unseeded")
+    assert run.returncode == 0, run.output
+    assert seed_runs(run) == 0 and run.db_setup_runs() == 0, "only the worker writes to the database"
+    assert [s["status"] for s in run.signals()] == ["SUCCESS"]

@@ -348,3 +348,31 @@ def test_every_service_the_topic_admits_may_also_use_its_key(template):
     assert {"kms:Decrypt", "kms:GenerateDataKey"} <= set(publishers["Action"])
     # EventBridge's KMS requests carry no aws:SourceArn: a condition would drop its notices.
     assert "Condition" not in publishers
+
+
+def _groups_behind(template, alarm):
+    """The Auto Scaling groups whose servers make the alarm's metric."""
+    dimensions = {d["Name"]: d["Value"] for d in alarm["Properties"]["Dimensions"]}
+    groups = set(resources(template, "AWS::AutoScaling::AutoScalingGroup"))
+    if "AutoScalingGroupName" in dimensions:
+        return {dimensions["AutoScalingGroupName"]["Ref"]}
+    target_group = dimensions["TargetGroup"]["Fn::GetAtt"][0]
+    return {g for g in groups if {"Ref": target_group} in props(template, g).get("TargetGroupARNs", [])}
+
+
+def test_an_alarm_that_counts_a_missing_metric_as_down_waits_for_the_servers_it_watches(template):
+    # Created before its group has signalled, such an alarm would find no data (or no
+    # healthy target) while the first servers legitimately boot, and mail an outage.
+    for name, alarm in _alarms(template).items():
+        if alarm["Properties"]["TreatMissingData"] != "breaching":
+            continue
+        groups = _groups_behind(template, alarm)
+        assert groups, name
+        after = set(alarm.get("DependsOn", [])) | refs(alarm["Properties"])
+        assert groups <= after, f"{name} may be created before {groups - after} has signalled"
+
+
+def test_no_healthy_target_means_none_in_the_whole_minute(template):
+    # A rollout's surge, or a replacement, keeps a healthy target in every minute.
+    for kind in ("Web", "Streaming"):
+        assert props(template, f"{kind}NoHealthyTargetAlarm")["Statistic"] == "Maximum"

@@ -62,3 +62,28 @@ def test_stateful_logical_ids_never_change(template, name):
     # A renamed logical ID is a new resource: CloudFormation would delete the old one.
     assert name in template["Resources"]
     assert name in stack_policy.PROTECTED_RESOURCES
+
+
+def test_the_database_names_only_its_major_version_so_rds_may_retire_and_upgrade_minors(template):
+    database = props(template, "Database")
+    # "17", never "17.9": a pinned minor fails new stacks once RDS retires it, and
+    # updates once AutoMinorVersionUpgrade has moved the instance past it.
+    assert database["EngineVersion"].isdigit(), database["EngineVersion"]
+    assert database["AutoMinorVersionUpgrade"] is True
+    family = props(template, "DatabaseParameterGroup")["Family"]
+    assert family == f"postgres{database['EngineVersion']}"
+
+
+def test_sidekiqs_redis_refuses_writes_when_full_instead_of_evicting_jobs(template):
+    cache = props(template, "Cache")
+    group = cache["CacheParameterGroupName"]["Ref"]
+    settings = template["Resources"][group]
+    assert settings["Type"] == "AWS::ElastiCache::ParameterGroup"
+    assert settings["Properties"]["Properties"]["maxmemory-policy"] == "noeviction"
+    # A parameter group of another engine major is refused by ElastiCache.
+    major = cache["EngineVersion"].split(".")[0]
+    assert settings["Properties"]["CacheParameterGroupFamily"] == f"{cache['Engine']}{major}"
+    # Full memory now means refused writes: the memory alarm is what warns first.
+    memory = props(template, "CacheMemoryAlarm")
+    assert memory["MetricName"] == "DatabaseMemoryUsagePercentage"
+    assert memory["Dimensions"][0]["Value"] == {"Fn::Join": ["", [{"Ref": "Cache"}, "-001"]]}

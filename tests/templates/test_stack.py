@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.template_values import Evaluator, parameter_values
-from templates import capacity, parameters
+from templates import capacity, compute, parameters
 from templates.options import MASTODON_VERSION, RELEASE_TAG
 from tests.support import has_properties, one, props, resources
 
@@ -111,7 +111,8 @@ def test_creation_waits_for_every_server_to_signal(template):
     web = template["Resources"]["WebAutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]
     worker = template["Resources"]["WorkerAutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]
     assert web["Count"] == {"Ref": "WebMinSize"} and worker["Count"] == 1
-    assert web["Timeout"] == worker["Timeout"] == "PT30M"
+    # As long as a boot's worst case (tests/instance/test_instance_boot_limits.py).
+    assert web["Timeout"] == worker["Timeout"] == compute.SIGNAL_TIMEOUT
 
 
 def test_servers_run_amazon_linux_2023_graviton_unless_x86_is_chosen(template):
