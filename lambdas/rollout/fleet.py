@@ -87,6 +87,7 @@ def tick(state: State, role: str, target: str) -> Tick:
         moment=moment,
         drain_seconds=config.drain_seconds,
         settle_seconds=config.settle_seconds,
+        boot_grace=config.boot_grace,
         last_flight=state.flight.get(role, []),
     )
     state.flight[role] = plan.flight

@@ -32,8 +32,9 @@ BOOT_POLL = 15  # while a new server boots
 DRAIN_MARGIN = 120  # beyond the deregistration delay, before draining counts as stuck
 DEPLOY_TIMEOUT = 1800  # pulls of two images and a restart
 HEALTH_TIMEOUT = 600  # the load balancer's checks after rejoining, settling included
-BOOT_GRACE = 900  # a server still booting is left alone this long (the groups' grace period)
-SURGE_TIMEOUT = 1800  # for the surge server to launch, boot and serve
+# A server still booting is left alone for the groups' health check grace period
+# (config.boot_grace, which covers bootstrap's own worst case); the surge server gets
+# that plus its deploy and health checks to serve.
 # Servers that vanish while running the target and failing their health checks: Auto
 # Scaling replaced them as unhealthy (or, once, a spot server went at that moment); a
 # second one says the release itself fails, whatever the planner's health timeout.
@@ -219,6 +220,7 @@ def plan_group(
     moment: float,
     drain_seconds: int,
     settle_seconds: int,
+    boot_grace: int,
     last_flight: list[str] | tuple[str, ...] = (),
 ) -> Plan:
     """The next actions for one group towards `target`.
@@ -322,9 +324,10 @@ def plan_group(
             plan.retire.append(extra[0].id)
             plan.wait = max(drain_seconds, POLL)
             return plan
-        if not on_target and moment > surge.at + SURGE_TIMEOUT:
+        surge_timeout = surge_seconds(boot_grace)
+        if not on_target and moment > surge.at + surge_timeout:
             plan.failure = (
-                f"the surge server did not serve within {SURGE_TIMEOUT}s of raising the web group's "
+                f"the surge server did not serve within {surge_timeout}s of raising the web group's "
                 "desired capacity (no EC2 capacity for its type, or it failed to boot)"
             )
             return plan
@@ -335,7 +338,7 @@ def plan_group(
         if not (s.in_service or s.standby):
             return False
         settled = (s.healthy or s.standby) if balanced else s.version is not None
-        return settled or s.journal is not None or moment > s.launched + BOOT_GRACE
+        return settled or s.journal is not None or moment > s.launched + boot_grace
 
     candidates = [s for s in pending if ready(s)]
     booting = [s for s in pending if not ready(s)]
@@ -387,6 +390,11 @@ def plan_group(
     elif booting:
         plan.wait = BOOT_POLL
     return plan
+
+
+def surge_seconds(boot_grace: int) -> int:
+    """How long the surge server may take to launch, boot, take the target and serve."""
+    return boot_grace + DEPLOY_TIMEOUT // 3 + HEALTH_TIMEOUT
 
 
 # ---------------------------------------------------------------- other decisions

@@ -30,6 +30,7 @@ class Config:
     batch_size: int
     drain_seconds: int
     settle_seconds: int
+    boot_grace: int
     topic_arn: str
     distribution_id: str
     images: list[str]
@@ -42,7 +43,7 @@ class Config:
             raise ValueError("the state has no 'config' object")
         try:
             values = {f.name: raw[f.name] for f in dataclasses.fields(Config)}
-            for name in ("batch_size", "drain_seconds", "settle_seconds"):
+            for name in ("batch_size", "drain_seconds", "settle_seconds", "boot_grace"):
                 values[name] = int(values[name])
         except KeyError as missing:
             raise ValueError(f"the state's config lacks {missing}") from None

@@ -44,7 +44,6 @@ from lambdas.rollout.names import (
     WORKER,
 )
 from lambdas.rollout.plan import (
-    BOOT_GRACE,
     BOOT_POLL,
     COMMAND_DONE,
     COMMAND_RUNNING,
@@ -127,7 +126,7 @@ def migrate(state: State, phase: str) -> State:
         coming = [s for s in group.servers if not s.gone]
         moment = aws.now()
         waited = float(state.other.get("worker_wait") or moment)
-        if not ready and coming and moment < waited + BOOT_GRACE:  # a worker boots, or EC2 lags
+        if not ready and coming and moment < waited + state.config.boot_grace:  # a worker boots, or EC2 lags
             state.other["worker_wait"] = waited
             return _waiting(state, BOOT_POLL)
         if not ready:

@@ -323,6 +323,7 @@ class World:
             "batch_size": str(self.batch),
             "drain_seconds": self.timing.drain,
             "settle_seconds": self.timing.settle,
+            "boot_grace": 900,
             "topic_arn": self.topic,
             "distribution_id": self.distribution,
             "images": IMAGES,

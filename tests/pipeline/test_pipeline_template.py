@@ -220,3 +220,12 @@ def test_the_desired_version_accepts_a_release_tag_and_the_downgrade_flag_only(t
 
     pattern = props(template, "DesiredVersionParameter")["AllowedPattern"]
     assert bool(re.fullmatch(pattern, value, re.ASCII)) is accepted
+
+
+def test_the_rollout_leaves_a_booting_server_alone_for_the_groups_whole_grace_period(template):
+    """A server is ready for the rollout when Auto Scaling would judge its health (item 10)."""
+    from tests.support import props as properties
+
+    config = definition(template)["States"]["Configure"]["Parameters"]["config"]
+    for group in ("WebAutoScalingGroup", "WorkerAutoScalingGroup"):
+        assert config["boot_grace"] == properties(template, group)["HealthCheckGracePeriod"]

@@ -63,7 +63,7 @@ from moto.awslambda_simple.models import LambdaSimpleBackend, lambda_simple_back
 from moto.core import DEFAULT_ACCOUNT_ID
 
 import tests.lambdas.conftest  # noqa: F401  (fake AWS credentials and region first)
-from templates.compute import DEPLOY_SCRIPT
+from templates.compute import DEPLOY_SCRIPT, HEALTH_CHECK_GRACE_SECONDS
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from tests.support import props
@@ -107,6 +107,7 @@ CONFIG = {
     "distribution_id": RESOLVED["DistributionId"],
     "images": [MASTODON_IMAGE, STREAMING_IMAGE],
     "settle_seconds": SETTLE_SECONDS,
+    "boot_grace": HEALTH_CHECK_GRACE_SECONDS,
     "tag_pattern": RELEASE_TAG_PATTERN,
     "deploy_script": DEPLOY_SCRIPT,
 }
