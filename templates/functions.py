@@ -34,7 +34,7 @@ CHECKOV_SKIPS = [
     {"id": "CKV_AWS_117", "comment": "Calls only public AWS APIs; a VPC would need NAT or "
      "endpoints for nothing."},
     {"id": "CKV_AWS_173", "comment": "The function has no environment variables with "
-     "secrets; only Powertools settings."},
+     "secrets; only Powertools settings and resource identifiers."},
 ]
 
 
@@ -56,6 +56,8 @@ def inline_function(
     retention: Ref,
     timeout: int = 60,
     description: str = "",
+    memory: int = 256,
+    environment: dict[str, object] | None = None,
 ) -> awslambda.Function:
     """Add function `name` running `code`, its log group and its least-privilege role."""
     log_group = t.add_resource(logs.LogGroup(
@@ -72,13 +74,14 @@ def inline_function(
         Code=awslambda.Code(ZipFile=code),
         Role=GetAtt(role, "Arn"),
         Timeout=timeout,
-        MemorySize=256,
+        MemorySize=memory,
         Layers=[POWERTOOLS_LAYER],
         LoggingConfig=awslambda.LoggingConfig(LogGroup=Ref(log_group)),
         Environment=awslambda.Environment(Variables={
             "POWERTOOLS_SERVICE_NAME": name,
             "POWERTOOLS_METRICS_NAMESPACE": "Mastodon",
             "POWERTOOLS_TRACE_DISABLED": "true",
+            **(environment or {}),
         }),
         Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
     ))

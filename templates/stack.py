@@ -20,6 +20,7 @@ from templates import (
     load_balancing,
     mail,
     maintenance,
+    media_invalidation,
     network,
     operations,
     parameters,
@@ -62,6 +63,8 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
+    media_invalidation.create_media_invalidation(t, p, stores.bucket, cdn.distribution,
+                                                 assets.lambdas["media_invalidation"])
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
                                    servers, assets.instance_scripts)
     scaling.create_web_scaling(t, p, fleet)
