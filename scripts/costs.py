@@ -8,7 +8,8 @@ minimum size, on-demand or spot), their EBS volumes and public IPv4 addresses, l
 balancers and their public addresses (none for an internal one), NAT gateways, RDS
 instances and storage (Multi-AZ doubles both), ElastiCache nodes, Secrets Manager
 secrets, KMS keys, CloudWatch alarms (per metric watched), WAF web ACLs and rules,
-and the log ingestion of idle servers. Usage-priced services (CloudFront, S3,
+the log ingestion of idle servers, and functions a schedule runs (with the CloudFront
+invalidation paths the media one is assumed to ask for). Usage-priced services (CloudFront, S3,
 Lambda, Step Functions, SNS, data transfer, LCUs) cost nothing before traffic and
 are named in one zero line. Conditions on the region are judged in the price
 table's region.
@@ -213,6 +214,41 @@ class _Counter:
             self.add("WAF", f"{name}: web ACL + {rules} rule(s) (requests are traffic)",
                      float(self.prices["waf_web_acl_month"]) + rules * float(self.prices["waf_rule_month"]))
 
+    def scheduled_functions(self) -> None:
+        """A function a schedule runs bills whether or not there is traffic: requests, duration,
+        its queue's receives and its log lines; one that invalidates CloudFront also pays paths."""
+        assumptions = self.prices["assumptions"]
+        for name, rule in self.of_type("AWS::Events::Rule"):
+            runs = _runs_per_month(rule["Properties"].get("ScheduleExpression", ""),
+                                   float(self.prices["hours_per_month"]))
+            for target in rule["Properties"].get("Targets", []) if runs else []:
+                function = self.template["Resources"].get(_getatt_arn(target.get("Arn")) or "", {})
+                if function.get("Type") != "AWS::Lambda::Function":
+                    continue
+                properties = function["Properties"]
+                variables = properties.get("Environment", {}).get("Variables", {})
+                seconds = float(assumptions["scheduled_run_seconds"])
+                gb_seconds = runs * seconds * float(properties.get("MemorySize", 128)) / 1024
+                queue_requests = runs * float(assumptions["scheduled_run_queue_requests"]) * (
+                    "QUEUE_URL" in variables)
+                log_gb = runs * float(assumptions["scheduled_run_log_kb"]) / 1024 / 1024
+                memory = properties.get("MemorySize", 128)
+                self.add("scheduled functions",
+                         f"{name}: {runs:,.0f} runs × ~{seconds:g} s at {memory} MB"
+                         + (", one queue receive each" if queue_requests else ""),
+                         runs * float(self.prices["lambda_request"])
+                         + gb_seconds * float(self.prices["lambda_gb_second_arm"])
+                         + queue_requests * float(self.prices["sqs_request"])
+                         + log_gb * float(self.prices["logs_ingestion_gb"]))
+                if "DISTRIBUTION_ID" in variables:
+                    paths = float(assumptions["media_invalidation_paths_month"])
+                    free = float(self.prices["cloudfront_free_invalidation_paths"])
+                    self.add("invalidation paths",
+                             f"~{paths:g} paths a month assumed (see pricing assumptions); the first "
+                             f"{free:g} of an account are free, then "
+                             f"${self.prices['cloudfront_invalidation_path']} each",
+                             max(paths - free, 0) * float(self.prices["cloudfront_invalidation_path"]))
+
     def logs(self) -> None:
         if not self.servers:
             return
@@ -223,6 +259,22 @@ class _Counter:
                  f"~{stored:g} GB kept ({retention:g} days)",
                  gigabytes * float(self.prices["logs_ingestion_gb"])
                  + stored * float(self.prices["logs_storage_gb_month"]))
+
+
+def _runs_per_month(expression: str, hours: float) -> float:
+    """Runs a month of rate(N minute[s]|hour[s]|day[s]); 0 for anything else (cron counts elsewhere)."""
+    parts = expression.removeprefix("rate(").removesuffix(")").split()
+    if not expression.startswith("rate(") or len(parts) != 2 or not parts[0].isdigit():
+        return 0.0
+    minutes = {"minute": 1, "hour": 60, "day": 1440}.get(parts[1].rstrip("s"), 0) * int(parts[0])
+    return hours * 60 / minutes if minutes else 0.0
+
+
+def _getatt_arn(value: Any) -> str | None:
+    getatt = value.get("Fn::GetAtt") if isinstance(value, dict) else None
+    if isinstance(getatt, list) and getatt[1:] == ["Arn"]:
+        return str(getatt[0])
+    return None
 
 
 def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, prices: Mapping[str, Any],
@@ -248,6 +300,7 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.dashboards()
     counter.firewall()
     counter.logs()
+    counter.scheduled_functions()
     counter.add("usage-priced", USAGE_ONLY, 0.0)
     notes = [f"spot: {prices.get('spot_note', '')}"] if spot else []
     return Estimate(items=tuple(counter.items), region=str(prices["region"]), as_of=str(prices["as_of"]),

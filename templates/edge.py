@@ -50,6 +50,7 @@ from templates.secrets import Secrets
 DISTRIBUTION = "Distribution"
 CLOUDFRONT_CERTIFICATE = "CloudFrontCertificate"
 MEDIA_PATH = "/system"
+MEDIA_HEADERS_POLICY = "MediaResponseHeadersPolicy"
 CACHED_ASSET_PATHS = ("/packs/*", "/assets/*")
 STREAMING_PATH = "/api/v1/streaming*"
 # CloudFront's hosted zone for alias records, the same in every partition region.
@@ -135,10 +136,20 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
         ),
     ))
     media_headers = t.add_resource(cloudfront.ResponseHeadersPolicy(
-        "MediaResponseHeadersPolicy",
+        MEDIA_HEADERS_POLICY,
         ResponseHeadersPolicyConfig=cloudfront.ResponseHeadersPolicyConfig(
             Name=_global_name("media-headers"),
-            Comment="Uploaded files never run as a page",
+            Comment="Uploaded files never run as a page; any site may load them",
+            # Third-party web clients load media cross-origin (fetch, canvas, video).
+            CorsConfig=cloudfront.CorsConfig(
+                AccessControlAllowOrigins=cloudfront.AccessControlAllowOrigins(Items=["*"]),
+                AccessControlAllowHeaders=cloudfront.AccessControlAllowHeaders(Items=["*"]),
+                AccessControlAllowMethods=cloudfront.AccessControlAllowMethods(
+                    Items=["GET", "HEAD", "OPTIONS"]),
+                AccessControlAllowCredentials=False,
+                AccessControlMaxAgeSec=86400,
+                OriginOverride=True,
+            ),
             SecurityHeadersConfig=cloudfront.SecurityHeadersConfig(
                 ContentSecurityPolicy=cloudfront.ContentSecurityPolicy(
                     ContentSecurityPolicy="default-src 'none'; form-action 'none'", Override=True),

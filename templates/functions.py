@@ -26,26 +26,16 @@ POWERTOOLS_LAYER = (
 # CloudFormation or Step Functions calls synchronously, has no environment secrets and
 # only calls AWS APIs. The reasons travel with each function.
 CHECKOV_SKIPS = [
-    {
-        "id": "CKV_AWS_115",
-        "comment": "Called a few times per stack operation or rollout; "
-        "reserved concurrency would only take capacity from the account.",
-    },
-    {
-        "id": "CKV_AWS_116",
-        "comment": "Invoked synchronously by CloudFormation or as a Step "
-        "Functions task (the certificate function also by itself, to keep waiting); every failure "
-        "goes back to its caller, which reports or retries it: a dead-letter queue would hold "
-        "nothing.",
-    },
-    {
-        "id": "CKV_AWS_117",
-        "comment": "Calls only public AWS APIs; a VPC would need NAT or endpoints for nothing.",
-    },
-    {
-        "id": "CKV_AWS_173",
-        "comment": "The function has no environment variables with secrets; only Powertools settings.",
-    },
+    {"id": "CKV_AWS_115", "comment": "Called a few times per stack operation or rollout; "
+     "reserved concurrency would only take capacity from the account."},
+    {"id": "CKV_AWS_116", "comment": "Invoked synchronously by CloudFormation or as a Step "
+     "Functions task (the certificate function also by itself, to keep waiting); every failure "
+     "goes back to its caller, which reports or retries it: a dead-letter queue would hold "
+     "nothing."},
+    {"id": "CKV_AWS_117", "comment": "Calls only public AWS APIs; a VPC would need NAT or "
+     "endpoints for nothing."},
+    {"id": "CKV_AWS_173", "comment": "The function has no environment variables with "
+     "secrets; only Powertools settings and resource identifiers."},
 ]
 
 
@@ -100,6 +90,8 @@ def inline_function(
     retention: Ref,
     timeout: int = 60,
     description: str = "",
+    memory: int = 256,
+    environment: dict[str, object] | None = None,
 ) -> awslambda.Function:
     """Add function `name` running `code`, its log group and its least-privilege role."""
     log_group = t.add_resource(
@@ -110,27 +102,24 @@ def inline_function(
         )
     )
     role = lambda_role(t, name, statements, log_group)
-    function = t.add_resource(
-        awslambda.Function(
-            name,
-            Description=description,
-            Runtime=RUNTIME,
-            Architectures=[ARCHITECTURE],
-            Handler="index.lambda_handler",
-            Code=awslambda.Code(ZipFile=code),
-            Role=GetAtt(role, "Arn"),
-            Timeout=timeout,
-            MemorySize=256,
-            Layers=[POWERTOOLS_LAYER],
-            LoggingConfig=awslambda.LoggingConfig(LogGroup=Ref(log_group)),
-            Environment=awslambda.Environment(
-                Variables={
-                    "POWERTOOLS_SERVICE_NAME": name,
-                    "POWERTOOLS_METRICS_NAMESPACE": "Mastodon",
-                    "POWERTOOLS_TRACE_DISABLED": "true",
-                }
-            ),
-            Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
-        )
-    )
+    function = t.add_resource(awslambda.Function(
+        name,
+        Description=description,
+        Runtime=RUNTIME,
+        Architectures=[ARCHITECTURE],
+        Handler="index.lambda_handler",
+        Code=awslambda.Code(ZipFile=code),
+        Role=GetAtt(role, "Arn"),
+        Timeout=timeout,
+        MemorySize=memory,
+        Layers=[POWERTOOLS_LAYER],
+        LoggingConfig=awslambda.LoggingConfig(LogGroup=Ref(log_group)),
+        Environment=awslambda.Environment(Variables={
+            "POWERTOOLS_SERVICE_NAME": name,
+            "POWERTOOLS_METRICS_NAMESPACE": "Mastodon",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            **(environment or {}),
+        }),
+        Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
+    ))
     return function

@@ -20,6 +20,7 @@ from templates import (
     load_balancing,
     mail,
     maintenance,
+    media_invalidation,
     network,
     operations,
     parameters,
@@ -30,6 +31,14 @@ from templates import (
     waf,
 )
 from templates.options import BuildOptions
+
+OWNER_ACCOUNT_OUTPUT = "OwnerAccount"
+# The same path as scripts/tootctl.py's owner subcommand and the README's first steps.
+OWNER_ACCOUNT_HOWTO = (
+    "python scripts/tootctl.py --region ${AWS::Region} ${AWS::StackName} owner NAME --email EMAIL "
+    "creates a confirmed, approved Owner account and prints its password once; sign in and change "
+    "it at once (Run Command's history keeps the output)"
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
+    media_invalidation.create_media_invalidation(t, p, stores.bucket, cdn.distribution,
+                                                 assets.lambdas["media_invalidation"])
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
                                    servers, assets.instance_scripts)
     scaling.create_web_scaling(t, p, fleet)
@@ -100,6 +111,11 @@ def _outputs(t: Template, p: parameters.Parameters, cdn: edge.Edge, outgoing_mai
                         Description="Overwrite this SSM parameter with a release tag to upgrade"))
     t.add_output(Output("DeployedVersionParameter", Value=Ref(version_parameters.deployed),
                         Description="The version every process runs; new servers boot it"))
+    t.add_output(Output(
+        OWNER_ACCOUNT_OUTPUT,
+        Description="Registrations start closed and SES in its sandbox: create the owner this way",
+        Value=Sub(OWNER_ACCOUNT_HOWTO),
+    ))
     t.add_output(Output("MailSetup", Condition=parameters.USE_SES,
                         Description="SES starts in its sandbox",
                         Value=Sub("Request SES production access for ${AWS::Region} so Mastodon "

@@ -88,6 +88,39 @@ case $name in
           *" db:seed "*)
             [ "$state" = unseeded ] && echo initialized >"$STUB_DIR/db_state"
             ;;
+          *" bin/tootctl accounts "*)
+            # tootctl's answers (lib/mastodon/cli/accounts.rb, v4.7): Thor errors on
+            # stderr with exit 1, "say" on stdout. The file accounts holds one
+            # "username email" line per account made so far.
+            while [ "$1" != bin/tootctl ]; do shift; done
+            user=$4
+            known() { awk -v f="$1" -v v="$2" 'tolower($f) == tolower(v) { found = 1 } END { exit !found }' \
+              "$STUB_DIR/accounts" 2>/dev/null; }
+            case $3 in
+              create)
+                email=$(option --email "$@")
+                if ! printf '%s' "$user" | grep -Eq '^[A-Za-z0-9_]{1,30}$'; then
+                  printf 'Failure/Error: account.username\n    invalid\n' >&2
+                  exit 1
+                fi
+                if known 1 "$user"; then
+                  printf 'Failure/Error: account.username\n    taken\n' >&2
+                  exit 1
+                fi
+                if known 2 "$email"; then
+                  printf 'Failure/Error: email\n    taken\n' >&2
+                  exit 1
+                fi
+                echo "$user $email" >>"$STUB_DIR/accounts"
+                echo OK
+                echo "New password: $(setting new_password 0123456789abcdef0123456789abcdef)"
+                ;;
+              approve)
+                known 1 "$user" || { echo "No such account" >&2; exit 1; }
+                echo OK
+                ;;
+            esac
+            ;;
         esac
         ;;
       ps)

@@ -34,6 +34,7 @@ REVIEWED_SKIPS = {
     ("CKV_AWS_91", "AWS::ElasticLoadBalancingV2::LoadBalancer"),  # access logs cost
     ("CKV_AWS_18", "AWS::S3::Bucket"),               # access logs need a second bucket
     ("CKV_AWS_88", "AWS::EC2::LaunchTemplate"),      # public IPv4 instead of a NAT gateway
+    ("CKV_AWS_27", "AWS::SQS::Queue"),               # SSE-SQS; deleted keys only, no KMS cost
 }
 
 

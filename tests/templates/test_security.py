@@ -162,7 +162,11 @@ def test_functions_carry_no_secret_in_their_environment(template):
     for name, function in resources(template, "AWS::Lambda::Function").items():
         variables = function["Properties"].get("Environment", {}).get("Variables", {})
         assert set(variables) <= {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE",
-                                  "POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_LOG_LEVEL"}, name
+                                  "POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_LOG_LEVEL",
+                                  "QUEUE_URL", "DISTRIBUTION_ID"}, name
+        # Resource identifiers, never a value read from a secret.
+        assert refs({k: variables[k] for k in ("QUEUE_URL", "DISTRIBUTION_ID") if k in variables}) <= {
+            "MediaDeletionQueue", "Distribution"}, name
 
 
 def test_no_output_reveals_a_secret(template):
