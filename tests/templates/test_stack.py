@@ -332,3 +332,10 @@ def test_subnets_use_the_zones_chosen_once_by_zone_id(template):
         for kind in ("Public", "Data"):
             assert props(template, f"{kind}Subnet{letter}")["AvailabilityZone"] == {
                 "Fn::GetAtt": ["AvailabilityZones", f"Zone{number}"]}
+
+
+def test_the_secrets_resource_checks_the_sender_against_the_domain_before_the_database(template):
+    values = template["Resources"]["AppSecretValues"]["Properties"]
+    assert values["MailFromAddress"] == {"Ref": "MailFromAddress"}
+    assert values["DomainName"] == {"Ref": "DomainName"}
+    assert "AppSecretValues" in template["Resources"]["Database"]["DependsOn"]
