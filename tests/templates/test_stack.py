@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scripts.template_values import Evaluator, parameter_values
-from templates import capacity, parameters
+from templates import capacity, compute, parameters
 from templates.options import MASTODON_VERSION, RELEASE_TAG
 from tests.support import has_properties, one, props, resources
 
@@ -141,9 +141,10 @@ def test_each_server_reads_only_what_it_needs(template):
         "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
         "cloudformation:DescribeStackResource",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+        # The SSM Agent (Session Manager, Run Command) instead of AmazonSSMManagedInstanceCore.
+        *compute.SSM_AGENT_INSTANCE_ACTIONS, *compute.SSM_AGENT_CHANNEL_ACTIONS,
     }
-    managed = props(template, "ServerRole")["ManagedPolicyArns"]
-    assert managed == [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}]
+    assert "ManagedPolicyArns" not in props(template, "ServerRole")
 
 
 def test_the_database_is_postgresql_with_backups_and_growing_storage(template):
