@@ -18,8 +18,9 @@ while the stack is still in progress, this script keeps watching until it settle
 and only then sets the stack policy.
 
 Every parameter of the file is passed on every run. Keys left out of the file keep
-their previous values on an update (`aws cloudformation deploy` reuses them), not
-their defaults: to return a parameter to its default, write the default in the file.
+their previous values on an update (`aws cloudformation deploy` sends UsePreviousValue
+for them; only parameters new to the template take their defaults): to return a
+parameter to its default, write the default in the file.
 
 A stack whose first create failed cannot be updated: in ROLLBACK_COMPLETE it must be
 deleted first, in ROLLBACK_FAILED what could not be deleted must be dealt with first;
