@@ -69,6 +69,7 @@ class DatabaseSettings(AWSObject):
         "DBInstanceIdentifier": (str, True),
         "DeletionProtection": (str, True),
         "LogExports": ([str], False),
+        "DatabaseSettingsInputs": ([str], False),
     }
 
 
@@ -116,6 +117,11 @@ def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
         DBInstanceIdentifier=Ref(data.database),
         DeletionProtection=Ref(data.deletion_protection),
         LogExports=["postgresql"],
+        # Every parameter that modifies the database: an update that changes the database
+        # runs this resource again afterwards, so protection holds even if CloudFormation's
+        # modification of the instance resets what the template leaves unset.
+        DatabaseSettingsInputs=[Ref(p.database_class), Ref(p.database_storage), Ref(p.database_max_storage),
+                                Ref(p.database_multi_az), Ref(p.database_backup_days)],
         # The export starts only once the stack's log group exists.
         DependsOn=[log_group.title, *after],
     ))

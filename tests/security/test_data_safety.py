@@ -60,6 +60,11 @@ def test_a_failed_first_create_can_delete_the_database(template):
     assert props(template, "Database").get("DeletionProtection") in (None, False)
     # ...and protected only after the resources whose failure is the likely end of a first
     # create: the servers' signals and CloudFront.
+    # Any update that modifies the database updates the settings resource after it.
+    inputs = template["Resources"]["DatabaseSettings"]["Properties"]["DatabaseSettingsInputs"]
+    shaping = {v["Ref"] for v in props(template, "Database").values()
+               if isinstance(v, dict) and "Ref" in v and v["Ref"] in template["Parameters"]}
+    assert shaping <= {i["Ref"] for i in inputs}
     waits_for = _depends_on(template, "DatabaseSettings")
     assert {"Database", "WebAutoScalingGroup", "WorkerAutoScalingGroup", "Distribution"} <= waits_for
     # Its failed-create Delete (lambdas/database_settings.py) may only touch this database.
