@@ -165,6 +165,28 @@ def parse_properties(properties: Mapping[str, Any]) -> tuple[str, str, str]:
     return secret_id, user, region
 
 
+def sender_problem(properties: Mapping[str, Any]) -> str:
+    """Why SES would refuse MailFromAddress, or ''.
+
+    The stack's SES identity and SMTP user cover DomainName (SES lets a verified domain
+    send from its subdomains too), so an address on any other domain fails every mail.
+    A CloudFormation rule cannot compare two parameters' suffixes (rule functions have
+    no string operations), so the first custom resource checks it, before the database.
+    """
+    sender = str(properties.get("MailFromAddress") or "")
+    domain = str(properties.get("DomainName") or "").lower().rstrip(".")
+    if not properties.get("SmtpUserName") or not sender or not domain:
+        return ""  # external SMTP decides for itself; empty means notifications@domain
+    host = sender.rpartition("@")[2].lower().rstrip(".")
+    if host == domain or host.endswith("." + domain):
+        return ""
+    return (
+        f"MailFromAddress must be on {domain} or one of its subdomains: the stack's SES "
+        f"identity covers only {domain}, so SES would refuse mail from {host}. Use "
+        "an address on the domain, or an external SMTP server (SmtpServer) for another one."
+    )
+
+
 # ---------------------------------------------------------------- AWS calls
 def read_secret(client: Any, secret_id: str) -> dict[str, str]:
     try:
@@ -215,6 +237,9 @@ def create_access_key(client: Any, user: str) -> tuple[str, str]:
 def fill_secret(properties: Mapping[str, Any], old_properties: Mapping[str, Any]) -> list[str]:
     """Create/Update: returns the names of the keys added or replaced (never values)."""
     secret_id, user, region = parse_properties(properties)
+    problem = sender_problem(properties)
+    if problem:
+        raise ValueError(problem)
     old_user = str(old_properties.get("SmtpUserName") or "")
     secretsmanager, iam = boto3.client("secretsmanager"), boto3.client("iam")
     current = read_secret(secretsmanager, secret_id)

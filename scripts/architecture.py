@@ -25,7 +25,7 @@ TIERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("balancing", "Load balancing", ("AWS::ElasticLoadBalancingV2::", "Custom::ManagedPrefixList")),
     ("servers", "Servers", ("AWS::AutoScaling::", "AWS::EC2::LaunchTemplate", "AWS::IAM::InstanceProfile",
                             "AWS::CloudFormation::WaitConditionHandle", "AWS::ApplicationAutoScaling::")),
-    ("data", "Data", ("AWS::RDS::", "AWS::ElastiCache::", "AWS::S3::")),
+    ("data", "Data", ("AWS::RDS::", "AWS::ElastiCache::", "AWS::S3::", "Custom::DatabaseSettings")),
     ("network", "Network", ("AWS::EC2::", "Custom::AvailabilityZones")),
     ("secrets", "Secrets and identity", ("AWS::SecretsManager::", "AWS::KMS::", "AWS::IAM::", "Custom::")),
     ("mail", "Mail and DNS", ("AWS::SES::", "AWS::Route53::")),

@@ -11,6 +11,20 @@ because it is above CloudFormation's 51,200-byte inline limit), printing the sta
 events until it settles. Then prints the outputs, the instance URL first; after a
 failure, the resources that failed and why. Exit status: 0 deployed (or nothing to
 change), 1 the deploy failed, 2 bad arguments or parameter file.
+
+A first create can outlast the 60 minutes `aws cloudformation deploy` waits (the
+database, CloudFront's VPC origin, certificate validation): when the CLI gives up
+while the stack is still in progress, this script keeps watching until it settles,
+and only then sets the stack policy.
+
+Every parameter of the file is passed on every run. Keys left out of the file keep
+their previous values on an update (`aws cloudformation deploy` sends UsePreviousValue
+for them; only parameters new to the template take their defaults): to return a
+parameter to its default, write the default in the file.
+
+A stack whose first create failed cannot be updated: in ROLLBACK_COMPLETE it must be
+deleted first, in ROLLBACK_FAILED what could not be deleted must be dealt with first;
+the script refuses both, saying what to run.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ if str(ROOT) not in sys.path:
 from scripts import awscli, parameter_files  # noqa: E402
 
 INLINE_BODY_LIMIT = 51_200
+SUCCEEDED = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE")
 CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_NAMED_IAM")
 FIRST_OUTPUT = "InstanceUrl"
 
@@ -89,13 +104,85 @@ class EventWatcher:
                 self.failures.append(event)
 
 
+def stack_status(stack: str, region: str | None) -> str | None:
+    """The stack's status, or None when there is no such stack."""
+    try:
+        answer = awscli.run(["cloudformation", "describe-stacks", "--stack-name", stack], region)
+    except awscli.AwsError as error:
+        if "does not exist" in str(error):
+            return None
+        raise
+    status: str = answer["Stacks"][0]["StackStatus"]
+    return status
+
+
+def settling(status: str | None) -> bool:
+    """CloudFormation is still working on the stack (a change set under review is not)."""
+    return bool(status) and str(status).endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS"
+
+
+def wait_until_settled(stack: str, region: str | None, watcher: EventWatcher, poll: float) -> str | None:
+    """Follow the events until the stack leaves every *_IN_PROGRESS state; its final status."""
+    status = stack_status(stack, region)
+    while settling(status):
+        time.sleep(poll)
+        watcher.poll()
+        status = stack_status(stack, region)
+    watcher.poll()
+    return status
+
+
+def failed_create_advice(stack: str, status: str | None, region: str | None) -> str | None:
+    """What the operator must do before a stack in this state can be deployed, or None."""
+    where = f" --region {region}" if region else ""
+    if status == "ROLLBACK_COMPLETE":
+        return (f"{stack} is in ROLLBACK_COMPLETE: its first create failed and was rolled back "
+                "(see its events for the first CREATE_FAILED). CloudFormation cannot update such a "
+                "stack. The database, if it was created, left a final snapshot; the media bucket "
+                "and the app secret are retained. Delete the stack, then run deploy.py again:\n"
+                f"  aws cloudformation delete-stack --stack-name {stack}{where}\n"
+                f"  aws cloudformation wait stack-delete-complete --stack-name {stack}{where}")
+    if status == "ROLLBACK_FAILED":
+        lines = [f"{stack} is in ROLLBACK_FAILED: its first create failed and the rollback could not "
+                 "delete some resources, which still exist (and may bill):"]
+        for resource in delete_failures(stack, region):
+            lines.append(f"  {resource['LogicalResourceId']} ({resource['ResourceType']}) "
+                         f"{resource.get('PhysicalResourceId', '')}: "
+                         f"{resource.get('ResourceStatusReason', 'no reason given')}")
+            if resource["ResourceType"] == "AWS::RDS::DBInstance" and resource.get("PhysicalResourceId"):
+                lines.append("    its deletion protection is on; turn it off first:\n"
+                             "    aws rds modify-db-instance --db-instance-identifier "
+                             f"{resource['PhysicalResourceId']} --no-deletion-protection "
+                             f"--apply-immediately{where}")
+        lines.append("Then delete the stack and run deploy.py again (to keep a resource instead, "
+                     "add --retain-resources LOGICAL_ID to delete-stack):\n"
+                     f"  aws cloudformation delete-stack --stack-name {stack}{where}\n"
+                     f"  aws cloudformation wait stack-delete-complete --stack-name {stack}{where}")
+        return "\n".join(lines)
+    if status == "UPDATE_ROLLBACK_FAILED":
+        return (f"{stack} is in UPDATE_ROLLBACK_FAILED: fix what its events name, then\n"
+                f"  aws cloudformation continue-update-rollback --stack-name {stack}{where}")
+    return None
+
+
+def delete_failures(stack: str, region: str | None) -> list[dict[str, Any]]:
+    """The resources whose latest event is DELETE_FAILED: what the rollback left behind."""
+    answer = awscli.run(["cloudformation", "describe-stack-events", "--stack-name", stack], region)
+    latest: dict[str, dict[str, Any]] = {}
+    for event in answer.get("StackEvents", []):  # newest first
+        if event.get("ResourceType") != "AWS::CloudFormation::Stack":
+            latest.setdefault(event["LogicalResourceId"], event)
+    return [e for e in latest.values() if e["ResourceStatus"] == "DELETE_FAILED"]
+
+
 def deploy_command(args: argparse.Namespace, template: Path, values: dict[str, str]) -> list[str]:
     tags = {"project": "mastodon", "environment": args.parameters.stem}
     tags.update(dict(tag.split("=", 1) for tag in args.tag))
     command = ["cloudformation", "deploy", "--template-file", str(template),
                "--stack-name", args.stack_name, "--capabilities", *CAPABILITIES,
                "--no-fail-on-empty-changeset",
-               "--parameter-overrides", *(f"{k}={v}" for k, v in values.items()),
+               # The CLI refuses the flag without a value.
+               *(["--parameter-overrides", *(f"{k}={v}" for k, v in values.items())] if values else []),
                "--tags", *(f"{k}={v}" for k, v in tags.items())]
     if args.s3_bucket:
         command += ["--s3-bucket", args.s3_bucket, "--s3-prefix", args.s3_prefix]
@@ -136,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{INLINE_BODY_LIMIT} CloudFormation takes inline: give --s3-bucket", file=sys.stderr)
         return 2
     try:
+        advice = failed_create_advice(args.stack_name, stack_status(args.stack_name, args.region),
+                                      args.region)
+        if advice:
+            print(f"deploy.py: {advice}", file=sys.stderr)
+            return 1
         watcher = EventWatcher(args.stack_name, args.region)
         print(f"Deploying {template} as {args.stack_name} with {args.parameters}", flush=True)
         process = subprocess.Popen(deploy_command(args, template, values), stdout=subprocess.PIPE,
@@ -145,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
             watcher.poll()
         out, err = process.communicate()
         watcher.poll()
+        if process.returncode != 0 and settling(stack_status(args.stack_name, args.region)):
+            # The CLI stops waiting after 60 minutes; CloudFormation goes on.
+            print("aws cloudformation deploy stopped waiting; following the stack until it settles.",
+                  flush=True)
+            status = wait_until_settled(args.stack_name, args.region, watcher, args.poll)
+            if status in SUCCEEDED:
+                process.returncode, out = 0, ""
+            else:
+                err = f"the stack ended in {status}"
         if process.returncode != 0:
             print(f"deploy failed: {(err or out).strip()}", file=sys.stderr)
             if watcher.failures:
@@ -154,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"{event['ResourceStatus']}: "
                           f"{event.get('ResourceStatusReason', 'no reason given')}",
                           file=sys.stderr)
+            advice = failed_create_advice(args.stack_name, stack_status(args.stack_name, args.region),
+                                          args.region)
+            if advice:
+                print(advice, file=sys.stderr)
             return 1
         if "No changes to deploy" in out:
             print("No changes to deploy: the stack already matches.")

@@ -26,7 +26,7 @@ from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
 from awacs import secretsmanager as awacs_sm
 from awacs import ssm as awacs_ssm
-from awacs.aws import Allow, Condition, ForAllValuesStringEquals, Statement, StringEquals
+from awacs.aws import Action, Allow, Condition, ForAllValuesStringEquals, Statement, StringEquals
 from troposphere import (
     Base64,
     FindInMap,
@@ -328,10 +328,36 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
         Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
                   Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),
     ]
-    # Session Manager and Run Command instead of SSH.
-    return policies.service_role(
-        t, "ServerRole", "ec2.amazonaws.com", "Mastodon", statements,
-        managed_policies=[Sub("arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore")])
+    return policies.service_role(t, "ServerRole", "ec2.amazonaws.com", "Mastodon",
+                                 [*statements, *ssm_agent_statements()])
+
+
+# What the SSM Agent needs for Session Manager and Run Command (tootctl, the rollout, the
+# daily cleanup), instead of AmazonSSMManagedInstanceCore, which also reads every SSM
+# parameter of the account and region (SecureStrings included) and serves State Manager,
+# Inventory and Patch Manager, none of which the stack uses. Sources: the managed
+# policy's document (AWS Managed Policy Reference, v2) and the Session Manager instance
+# profile of the Systems Manager User Guide.
+SSM_AGENT_INSTANCE_ACTIONS = ("ssm:UpdateInstanceInformation", "ssm:ListInstanceAssociations")
+SSM_AGENT_CHANNEL_ACTIONS = (
+    # Session Manager, and Run Command on recent agents.
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    # Run Command's message delivery.
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+)
+
+
+def ssm_agent_statements() -> list[Statement]:
+    return [
+        # Registration and heartbeat: only as an instance of this account and region.
+        Statement(Effect=Allow, Action=[Action(*a.split(":")) for a in SSM_AGENT_INSTANCE_ACTIONS],
+                  Resource=[Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:instance/*")]),
+        # These actions take no resource: the service scopes them to the calling instance.
+        Statement(Effect=Allow, Action=[Action(*a.split(":")) for a in SSM_AGENT_CHANNEL_ACTIONS],
+                  Resource=["*"]),
+    ]
 
 
 def scripts_digest(scripts: dict[str, str]) -> str:

@@ -5,15 +5,38 @@ no route to the internet and admit only the servers' security group; the media
 bucket blocks every public access and is read only by CloudFront. Deleting the
 stack, or an update that would replace them, keeps the data: the database and cache
 leave a final snapshot, the bucket is retained.
+
+Deletion protection and the PostgreSQL log export are applied by a custom resource
+once the rest of the stack stands (create_database_settings): a create that fails
+earlier then rolls back cleanly, database included (its final snapshot kept), instead
+of ending in ROLLBACK_FAILED with a protected database that bills.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import FindInMap, If, Parameter, Ref, Sub, Tags, Template, ec2, elasticache, rds, s3
+from awacs import cloudformation as awacs_cfn
+from awacs import rds as awacs_rds
+from awacs.aws import Allow, Statement
+from troposphere import (
+    AWSObject,
+    FindInMap,
+    GetAtt,
+    If,
+    Parameter,
+    Ref,
+    Sub,
+    Tags,
+    Template,
+    ec2,
+    elasticache,
+    logs,
+    rds,
+    s3,
+)
 
-from templates import parameters
+from templates import functions, parameters
 from templates.network import Network
 from templates.parameters import Parameters
 from templates.secrets import Secrets
@@ -26,6 +49,11 @@ DATABASE_USER = "mastodon"
 DATABASE_PORT = 5432
 CACHE_PORT = 6379
 DATABASE_DELETION_PROTECTION = "DatabaseDeletionProtection"
+DATABASE_SETTINGS = "DatabaseSettings"
+DATABASE_LOGS = "DatabaseLogs"
+# The log group RDS writes the PostgreSQL log to; created first by the stack so that it
+# is encrypted and expires (RDS would create it unencrypted, kept forever).
+DATABASE_LOG_GROUP = "/aws/rds/instance/${Database}/postgresql"
 # A current major version Mastodon supports (it needs 14 or later), and the only
 # version the template names: RDS creates the major's default minor and upgrades minors
 # by itself (AutoMinorVersionUpgrade). A pinned minor would fail new stacks once RDS
@@ -41,20 +69,70 @@ VALKEY_VERSION = "8.0"
 CACHE_SETTINGS = {"maxmemory-policy": "noeviction"}
 
 
+class DatabaseSettings(AWSObject):
+    resource_type = "Custom::DatabaseSettings"
+    props = {
+        "ServiceToken": (str, True),
+        "ServiceTimeout": (int, False),
+        "DBInstanceIdentifier": (str, True),
+        "DeletionProtection": (str, True),
+        "LogExports": ([str], False),
+        "DatabaseSettingsInputs": ([str], False),
+    }
+
+
 @dataclass(frozen=True)
 class Data:
     database: rds.DBInstance
     cache: elasticache.ReplicationGroup
     bucket: s3.Bucket
+    deletion_protection: Parameter
 
 
 def create_data(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
                 secrets: Secrets) -> Data:
+    database, deletion_protection = _database(t, p, network, servers, secrets)
     return Data(
-        database=_database(t, p, network, servers, secrets),
+        database=database,
         cache=_cache(t, p, network, servers, secrets),
         bucket=_media_bucket(t),
+        deletion_protection=deletion_protection,
     )
+
+
+def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
+                             after: list[str]) -> DatabaseSettings:
+    """Protect the database and export its log once the resources `after` exist.
+
+    A failed create before that point deletes the unprotected database (keeping its
+    final snapshot); the function's Delete unprotects it only during a failed create's
+    rollback (see lambdas/database_settings.py), never when the stack is deleted.
+    """
+    log_group = t.add_resource(logs.LogGroup(
+        DATABASE_LOGS, LogGroupName=Sub(DATABASE_LOG_GROUP), RetentionInDays=Ref(p.log_retention)))
+    function = functions.inline_function(
+        t, "DatabaseSettingsFunction", code,
+        [Statement(Effect=Allow, Action=[awacs_rds.DescribeDBInstances, awacs_rds.ModifyDBInstance],
+                   Resource=[Sub("arn:${AWS::Partition}:rds:${AWS::Region}:${AWS::AccountId}:db:${Database}")]),
+         Statement(Effect=Allow, Action=[awacs_cfn.DescribeStacks], Resource=[Ref("AWS::StackId")])],
+        Ref(p.log_retention), timeout=600,
+        description="Turns the database's deletion protection and log export on once the stack stands.",
+    )
+    return t.add_resource(DatabaseSettings(
+        DATABASE_SETTINGS,
+        ServiceToken=GetAtt(function, "Arn"),
+        ServiceTimeout=660,
+        DBInstanceIdentifier=Ref(data.database),
+        DeletionProtection=Ref(data.deletion_protection),
+        LogExports=["postgresql"],
+        # Every parameter that modifies the database: an update that changes the database
+        # runs this resource again afterwards, so protection holds even if CloudFormation's
+        # modification of the instance resets what the template leaves unset.
+        DatabaseSettingsInputs=[Ref(p.database_class), Ref(p.database_storage), Ref(p.database_max_storage),
+                                Ref(p.database_multi_az), Ref(p.database_backup_days)],
+        # The export starts only once the stack's log group exists.
+        DependsOn=[log_group.title, *after],
+    ))
 
 
 def _data_security_group(t: Template, name: str, network: Network, servers: ec2.SecurityGroup,
@@ -75,13 +153,14 @@ def _data_security_group(t: Template, name: str, network: Network, servers: ec2.
 
 
 def _database(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
-              secrets: Secrets) -> rds.DBInstance:
+              secrets: Secrets) -> tuple[rds.DBInstance, Parameter]:
     security_group = _data_security_group(t, "Database", network, servers, DATABASE_PORT)
     deletion_protection = parameters.add_parameter(
         t, parameters.GROUP_DATA, "Database deletion protection", Parameter(
             DATABASE_DELETION_PROTECTION, Type="String", Default="true",
             Description="true: nothing, not even deleting the stack, deletes the database; set "
-            "false first to delete the stack (it still leaves a final snapshot).",
+            "false first to delete the stack (it still leaves a final snapshot). Applied once the "
+            "stack stands, so that a failed first create still rolls back completely.",
             AllowedValues=["true", "false"],
         ))
     subnets = t.add_resource(rds.DBSubnetGroup(
@@ -124,7 +203,9 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
         PreferredMaintenanceWindow="sun:04:30-sun:05:30",
         CopyTagsToSnapshot=True,
         CACertificateIdentifier="rds-ca-rsa2048-g1",
-        DeletionProtection=Ref(deletion_protection),
+        # No DeletionProtection here: DatabaseSettings applies it once the stack stands
+        # (a protected database could not be rolled back by a failed create). Nor a
+        # log export: RDS would create its log group before the stack's encrypted one.
         DeletionPolicy="Snapshot",
         UpdateReplacePolicy="Snapshot",
         DependsOn=[secrets.values.title],
@@ -142,7 +223,7 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
                 {"id": "CKV_AWS_157", "comment": "Multi-AZ is a parameter (off by default for cost)."},
             ]},
         },
-    ))
+    )), deletion_protection
 
 
 def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,

@@ -25,7 +25,17 @@ from awacs import acm as awacs_acm
 from awacs import awslambda as awacs_lambda
 from awacs import route53 as awacs_route53
 from awacs import s3 as awacs_s3
-from awacs.aws import Allow, Bool, Condition, Deny, PolicyDocument, Principal, Statement, StringEquals
+from awacs.aws import (
+    Allow,
+    Bool,
+    Condition,
+    Deny,
+    ForAllValuesStringEquals,
+    PolicyDocument,
+    Principal,
+    Statement,
+    StringEquals,
+)
 from troposphere import (
     AWSObject,
     GetAtt,
@@ -307,8 +317,14 @@ def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFront
     function = functions.inline_function(
         t, "CertificateFunction", code,
         [
-            # RequestCertificate takes no resource ARN.
-            Statement(Effect=Allow, Action=[awacs_acm.RequestCertificate], Resource=["*"]),
+            # RequestCertificate takes no resource ARN; its condition keys (ACM User Guide,
+            # "Use condition keys with ACM") bound it to DNS-validated certificates for
+            # the domain alone.
+            Statement(Effect=Allow, Action=[awacs_acm.RequestCertificate], Resource=["*"],
+                      Condition=Condition([
+                          StringEquals("acm:ValidationMethod", "DNS"),
+                          ForAllValuesStringEquals("acm:DomainNames", [Ref(p.domain)]),
+                      ])),
             Statement(Effect=Allow, Action=[awacs_acm.AddTagsToCertificate, awacs_acm.DescribeCertificate,
                                             awacs_acm.DeleteCertificate],
                       Resource=[Sub(us_east_1_certificates)]),

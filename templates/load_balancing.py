@@ -27,7 +27,7 @@ from troposphere import certificatemanager as acm
 from troposphere import elasticloadbalancingv2 as elb
 
 from templates import functions, parameters
-from templates.network import Network
+from templates.network import VPC_CIDR, Network
 from templates.parameters import USE_VPC_ORIGIN, Parameters
 from templates.secrets import Secrets
 
@@ -93,6 +93,13 @@ def create_load_balancing(t: Template, p: Parameters, network: Network, secrets:
             IpProtocol="tcp", FromPort=443, ToPort=443,
             SourcePrefixListId=GetAtt(prefix_list, "Id"),
         )],
+        # Only to the servers' ports (health checks included); without this rule EC2
+        # allows all egress. The servers' own group admits only this group.
+        SecurityGroupEgress=[
+            ec2.SecurityGroupRule(Description=f"{name} on the servers", IpProtocol="tcp",
+                                  FromPort=port, ToPort=port, CidrIp=VPC_CIDR)
+            for name, port in (("Puma", WEB_PORT), ("Streaming", STREAMING_PORT))
+        ],
         Tags=Tags(Name="mastodon-load-balancer"),
     ))
     load_balancer = t.add_resource(elb.LoadBalancer(

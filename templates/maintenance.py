@@ -53,7 +53,6 @@ def create_maintenance(t: Template, worker_group: autoscaling.AutoScalingGroup) 
                       Condition=Condition(StringEquals(
                           {f"ssm:resourceTag/{GROUP_TAG}": Ref(worker_group)}))),
         ],
-        trust_condition=Condition(StringEquals({"aws:SourceAccount": Ref("AWS::AccountId")})),
     )
     parameters = {"commands": ["set -eu", *CLEANUP_COMMANDS],
                   "executionTimeout": [str(COMMAND_TIMEOUT_SECONDS)]}

@@ -63,6 +63,13 @@ VPC_ORIGIN_REGIONS = (
     "ap-northeast-2", "ap-northeast-3", "eu-central-1", "eu-central-2", "eu-west-1", "eu-west-2",
     "eu-west-3", "eu-south-1", "eu-south-2", "eu-north-1",
 )
+# The commercial regions where CloudFormation has no AWS::SES::EmailIdentity (cfn-lint's
+# regional resource schemas, 1.58; SES has no endpoint there). A stack there mails
+# through an external SMTP server, which a rule requires (_add_rules).
+NO_SES_REGIONS = (
+    "ap-east-1", "ap-east-2", "ap-southeast-4", "ap-southeast-6", "ap-southeast-7", "eu-south-2",
+    "mx-central-1",
+)
 # Fn::Or takes 2 to 10 conditions.
 _OR_LIMIT = 10
 
@@ -157,7 +164,8 @@ def create_parameters(t: Template) -> Parameters:
         )),
         mail_from=add_parameter(t, GROUP_MAIL, "Sender address", Parameter(
             "MailFromAddress", Type="String", Default="",
-            Description="From address of Mastodon's e-mails. Empty: notifications@<domain>.",
+            Description="From address of Mastodon's e-mails. Empty: notifications@<domain>. "
+            "With SES it must be on the domain or a subdomain (SES refuses other senders).",
             AllowedPattern=OPTIONAL_SENDER_PATTERN,
             ConstraintDescription="empty, or an e-mail address without quotes",
         )),
@@ -283,11 +291,14 @@ def _add_mappings(t: Template) -> None:
 def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(HAS_HOSTED_ZONE, Not(Equals(Ref(p.hosted_zone), "")))
     t.add_condition(NO_HOSTED_ZONE, Equals(Ref(p.hosted_zone), ""))
-    t.add_condition(USE_SES, Equals(Ref(p.smtp_server), ""))
+    # The region test is redundant with the rule that refuses SES where it does not
+    # exist, but it keeps the SES resources out of those regions for every reader.
+    ses_available = Not(region_in(NO_SES_REGIONS))
+    t.add_condition(USE_SES, And(Equals(Ref(p.smtp_server), ""), ses_available))
     t.add_condition(USE_SES_WITH_ZONE, And(
-        Equals(Ref(p.smtp_server), ""), Not(Equals(Ref(p.hosted_zone), ""))))
+        Equals(Ref(p.smtp_server), ""), ses_available, Not(Equals(Ref(p.hosted_zone), ""))))
     t.add_condition(USE_SES_WITHOUT_ZONE, And(
-        Equals(Ref(p.smtp_server), ""), Equals(Ref(p.hosted_zone), "")))
+        Equals(Ref(p.smtp_server), ""), ses_available, Equals(Ref(p.hosted_zone), "")))
     t.add_condition(HAS_SMTP_PASSWORD_SECRET, Not(Equals(Ref(p.smtp_password_secret), "")))
     t.add_condition(HAS_MAIL_FROM, Not(Equals(Ref(p.mail_from), "")))
     t.add_condition(IS_MULTI_AZ, Equals(Ref(p.database_multi_az), "true"))
@@ -322,5 +333,14 @@ def _add_rules(t: Template, p: Parameters) -> None:
             ]},
             "AssertDescription": "An external SMTP server needs SmtpLogin and "
             "SmtpPasswordSecretArn.",
+        }],
+    })
+    t.add_rule("ExternalSmtpWhereSesIsMissing", {
+        "RuleCondition": region_in(NO_SES_REGIONS),
+        "Assertions": [{
+            "Assert": {"Fn::Not": [{"Fn::Equals": [Ref(p.smtp_server), ""]}]},
+            "AssertDescription": "Amazon SES does not exist in this region, so the stack cannot "
+            "send mail with it: give an external SMTP server (SmtpServer, SmtpLogin, "
+            "SmtpPasswordSecretArn), or deploy in a region that has SES.",
         }],
     })

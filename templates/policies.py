@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
-from awacs.aws import Allow, Condition, PolicyDocument, Principal, Statement
+from awacs.aws import Allow, ArnLike, Condition, PolicyDocument, Principal, Statement, StringEquals
 from awacs.sts import AssumeRole
-from troposphere import Template, iam
+from troposphere import Ref, Sub, Template, iam
+
+
+def confused_deputy_condition(service: str) -> Condition | None:
+    """The aws:SourceAccount/aws:SourceArn trust condition a service documents, or None.
+
+    A condition on a key the service does not put in its AssumeRole request denies the
+    role to the service itself, so only services whose documentation says they set both
+    keys get one:
+    - events.amazonaws.com: the rule's account and ARN (EventBridge User Guide, "Using
+      IAM policy conditions in Amazon EventBridge").
+    Not ec2.amazonaws.com (instance profiles) nor lambda.amazonaws.com (execution roles):
+    neither service documents these keys for role assumption; a role of theirs can only
+    be passed by a principal of this account with iam:PassRole.
+    """
+    if service == "events.amazonaws.com":
+        return Condition([
+            StringEquals({"aws:SourceAccount": Ref("AWS::AccountId")}),
+            ArnLike({"aws:SourceArn": Sub(
+                "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*")}),
+        ])
+    return None
 
 
 def service_role(
@@ -18,8 +39,9 @@ def service_role(
 ) -> iam.Role:
     """A role only `service` (e.g. "lambda.amazonaws.com") may assume, allowed `statements`."""
     trust = Statement(Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", service))
-    if trust_condition is not None:
-        trust.Condition = trust_condition
+    condition = trust_condition if trust_condition is not None else confused_deputy_condition(service)
+    if condition is not None:
+        trust.Condition = condition
     role = iam.Role(
         title,
         AssumeRolePolicyDocument=PolicyDocument(Statement=[trust]),

@@ -34,6 +34,8 @@ class AppSecretValues(AWSObject):
         "SecretId": (str, True),
         "SmtpUserName": (str, False),
         "SmtpRegion": (str, False),
+        "MailFromAddress": (str, False),
+        "DomainName": (str, False),
     }
 
 
@@ -83,5 +85,8 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         SecretId=Ref(secret),
         SmtpUserName=If(parameters.USE_SES, smtp_user, "") if smtp_user is not None else "",
         SmtpRegion=Ref("AWS::Region"),
+        # Checked here, before the database exists: SES sends only from the domain.
+        MailFromAddress=Ref(p.mail_from),
+        DomainName=Ref(p.domain),
     ))
     return Secrets(secret=secret, values=values)

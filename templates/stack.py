@@ -67,6 +67,10 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
                                                  assets.lambdas["media_invalidation"])
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
                                    servers, assets.instance_scripts)
+    # Last of the create: protection on once the servers serve and CloudFront stands.
+    data.create_database_settings(
+        t, p, stores, assets.lambdas["database_settings"],
+        after=[fleet.web_group.title, fleet.worker_group.title, cdn.distribution.title])
     scaling.create_web_scaling(t, p, fleet)
     maintenance.create_maintenance(t, fleet.worker_group)
     operations_key = keys.create_operations_key(t)

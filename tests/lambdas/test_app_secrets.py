@@ -365,3 +365,43 @@ def test_no_secret_value_reaches_the_logs_or_the_response(
     hidden = [v for k, v in values.items() if k not in {"SMTP_LOGIN", "VAPID_PUBLIC_KEY"}]
     for value in [*hidden, secret_key.secret_access_key]:
         assert value not in output
+
+
+# ---------------------------------------------------------------- the sender's domain
+@pytest.mark.parametrize(
+    ("sender", "accepted"),
+    [
+        ("", True),  # notifications@<domain>
+        ("notifications@social.example.com", True),
+        ("Notifications@Social.Example.com", True),
+        ("bot@mail.social.example.com", True),  # SES sends from a verified domain's subdomains
+        ("admin@example.com", False),  # the parent is not covered
+        ("me@gmail.com", False),
+        ("me@evilsocial.example.com", False),  # a suffix, not a subdomain
+        ("me@social.example.com.evil.net", False),
+    ],
+)
+def test_with_ses_the_sender_must_be_on_the_domain_or_a_subdomain(sender: str, accepted: bool) -> None:
+    properties = {"SecretId": "s", "SmtpUserName": "u", "SmtpRegion": "eu-west-1",
+                  "MailFromAddress": sender, "DomainName": "social.example.com"}
+    problem = app_secrets.sender_problem(properties)
+    assert (problem == "") is accepted, problem
+    if not accepted:
+        assert "social.example.com or one of its subdomains" in problem
+
+
+def test_with_external_smtp_any_sender_is_the_servers_business() -> None:
+    assert app_secrets.sender_problem({"SmtpUserName": "", "MailFromAddress": "me@gmail.com",
+                                       "DomainName": "social.example.com"}) == ""
+
+
+def test_a_sender_on_another_domain_fails_the_create_before_anything_is_written(
+    aws: dict[str, Any], answers: Any, cfn_event: Any, context: Any
+) -> None:
+    event = cfn_event("Create", {**properties(aws), "MailFromAddress": "me@gmail.com",
+                                 "DomainName": "social.example.com"})
+    app_secrets.lambda_handler(event, context)
+    assert answers.last["Status"] == "FAILED"
+    assert "MailFromAddress must be on social.example.com" in answers.last["Reason"]
+    assert key_ids(aws) == []
+    assert versions(aws) == 0

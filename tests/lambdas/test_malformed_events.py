@@ -6,10 +6,17 @@ from typing import Any
 
 import pytest
 
-from lambdas import app_secrets, availability_zones, cloudfront_certificate, initial_parameter, prefix_list
+from lambdas import (
+    app_secrets,
+    availability_zones,
+    cloudfront_certificate,
+    database_settings,
+    initial_parameter,
+    prefix_list,
+)
 
 HANDLERS = {"app_secrets": app_secrets, "availability_zones": availability_zones,
-            "cloudfront_certificate": cloudfront_certificate,
+            "cloudfront_certificate": cloudfront_certificate, "database_settings": database_settings,
             "initial_parameter": initial_parameter, "prefix_list": prefix_list}
 
 # handler, properties, what the reason must mention
@@ -26,6 +33,10 @@ CASES = [
     ("cloudfront_certificate", {}, "DomainName"),
     ("cloudfront_certificate", {"DomainName": "social.example.com"}, "HostedZoneId"),
     ("cloudfront_certificate", {"DomainName": 42, "HostedZoneId": "Z123"}, "domain"),
+    ("database_settings", {}, "DBInstanceIdentifier"),
+    ("database_settings", {"DBInstanceIdentifier": "db-1", "DeletionProtection": True}, "DeletionProtection"),
+    ("database_settings", {"DBInstanceIdentifier": "db-1", "DeletionProtection": "true",
+                           "LogExports": ["audit"]}, "LogExports"),
     ("initial_parameter", {}, "Name"),
     ("initial_parameter", {"Name": "/mastodon/x/deployed-version", "Value": 4}, "Value"),
     ("prefix_list", {}, "PrefixListName"),

@@ -10,6 +10,7 @@ follow the events, print the outputs, report failures — not the template's.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,143 @@ def test_the_deploy_command_acknowledges_iam_and_tolerates_an_empty_change_set(t
     assert command[command.index("--s3-bucket") + 1] == "b"
     assert command[-2:] == ["--region", "eu-central-1"]
     assert "DomainName=a.example.com" in command and "environment=staging" in command
+
+
+# ---------------------------------------------------------------- long creates and failed ones
+def cli_that_gives_up_waiting(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    """An `aws` first on PATH whose `cloudformation deploy` gives up as the real one does after
+    60 minutes (its waiter's 120 attempts); every other command is the real CLI's."""
+    from scripts import awscli
+
+    real = awscli.executable()
+    wrapper = tmp_path / "bin" / "aws"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$1" = cloudformation ] && [ "$2" = deploy ]; then
+  touch "{tmp_path}/gave-up"
+  echo "Waiting for stack create/update to complete" >&2
+  echo "Waiter StackCreateComplete failed: Max attempts exceeded" >&2
+  exit 255
+fi
+exec "{real}" "$@"
+""")
+    wrapper.chmod(0o755)
+    return {**env, "PATH": f"{wrapper.parent}:{env['PATH']}"}
+
+
+def settle_after_the_cli_gave_up(tmp_path: Path, stack, status: str):  # type: ignore[no-untyped-def]
+    """A thread that sets the moto stack's final status a while after the CLI gave up."""
+    import threading
+
+    def settle() -> None:
+        for _ in range(600):
+            if (tmp_path / "gave-up").exists():
+                time.sleep(6.0)  # each aws CLI call of the script takes a second or so
+                stack.status = status
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=settle, daemon=True)
+    thread.start()
+    return thread
+
+
+def moto_stack(name: str):  # type: ignore[no-untyped-def]
+    (found,) = [s for s in cfn_models.cloudformation_backends["123456789012"]["us-east-1"].stacks.values()
+                if s.name == name]
+    return found
+
+
+def test_a_create_that_outlasts_the_cli_is_followed_until_it_completes(aws_env, tmp_path):
+    template = tmp_path / "small.json"
+    template.write_text(json.dumps(SMALL_TEMPLATE))
+    parameters = write_parameters(tmp_path / "slow.json", {"DomainName": "slow.example.com"})
+    # The stack the deploy started, still creating when the CLI gives up: it completes later.
+    client("cloudformation").create_stack(StackName="slow", TemplateBody=json.dumps(SMALL_TEMPLATE),
+                                          Parameters=[{"ParameterKey": "DomainName",
+                                                       "ParameterValue": "slow.example.com"}])
+    slow = moto_stack("slow")
+    slow.status = "CREATE_IN_PROGRESS"
+    settle_after_the_cli_gave_up(tmp_path, slow, "CREATE_COMPLETE")
+    result = run_script("deploy.py", "--stack-name", "slow", "--parameters", str(parameters),
+                        "--template", str(template), "--poll", "0.2",
+                        env=cli_that_gives_up_waiting(tmp_path, aws_env))
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "following the stack until it settles" in result.stdout
+    assert "slow: CREATE_COMPLETE" in result.stdout
+    # The stack policy is set once the stack exists in full, not skipped.
+    policy = json.loads(client("cloudformation").get_stack_policy(StackName="slow")["StackPolicyBody"])
+    assert any(s["Effect"] == "Deny" for s in policy["Statement"])
+
+
+def test_a_create_that_outlasts_the_cli_and_then_fails_is_a_failure(aws_env, tmp_path):
+    template = tmp_path / "small.json"
+    template.write_text(json.dumps(SMALL_TEMPLATE))
+    parameters = write_parameters(tmp_path / "slow.json", {"DomainName": "slow.example.com"})
+    client("cloudformation").create_stack(StackName="slowfail", TemplateBody=json.dumps(SMALL_TEMPLATE),
+                                          Parameters=[{"ParameterKey": "DomainName",
+                                                       "ParameterValue": "slow.example.com"}])
+    slow = moto_stack("slowfail")
+    slow.status = "ROLLBACK_IN_PROGRESS"
+    settle_after_the_cli_gave_up(tmp_path, slow, "ROLLBACK_COMPLETE")
+    result = run_script("deploy.py", "--stack-name", "slowfail", "--parameters", str(parameters),
+                        "--template", str(template), "--poll", "0.2",
+                        env=cli_that_gives_up_waiting(tmp_path, aws_env))
+
+    assert result.returncode == 1
+    assert "the stack ended in ROLLBACK_COMPLETE" in result.stderr
+    assert "aws cloudformation delete-stack --stack-name slowfail" in result.stderr
+    assert not client("cloudformation").get_stack_policy(StackName="slowfail").get("StackPolicyBody")
+
+
+def test_a_stack_whose_first_create_rolled_back_is_refused_with_what_to_do(aws_env, moto_records_failures,
+                                                                          tmp_path):
+    template = tmp_path / "doomed.json"
+    template.write_text(json.dumps({"Resources": {"DoomedSubnet": {"Type": "AWS::EC2::Subnet", "Properties": {
+        "VpcId": "vpc-0000000000doesnotexist", "CidrBlock": "10.9.0.0/24"}}}}))
+    parameters = write_parameters(tmp_path / "none.json", {})
+    args = ("--stack-name", "rolledback", "--parameters", str(parameters), "--template", str(template),
+            "--poll", "0.2")
+    first = run_script("deploy.py", *args, env=aws_env)  # a template without parameters, too
+    assert first.returncode == 1 and stack("rolledback")["StackStatus"] == "ROLLBACK_COMPLETE"
+    assert "delete-stack --stack-name rolledback" in first.stderr  # said at once
+    change_sets = len(client("cloudformation").list_change_sets(StackName="rolledback")["Summaries"])
+
+    again = run_script("deploy.py", *args, env=aws_env)
+
+    assert again.returncode == 1
+    assert "rolledback is in ROLLBACK_COMPLETE" in again.stderr
+    assert "aws cloudformation delete-stack --stack-name rolledback" in again.stderr
+    assert "aws cloudformation wait stack-delete-complete --stack-name rolledback" in again.stderr
+    # Refused before any change set: CloudFormation would only fail it.
+    assert len(client("cloudformation").list_change_sets(StackName="rolledback")["Summaries"]) == change_sets
+
+
+def test_a_stack_whose_rollback_failed_names_what_is_left_and_how_to_remove_it(aws_env, tmp_path):
+    client("cloudformation").create_stack(StackName="stuck", TemplateBody=json.dumps(SMALL_TEMPLATE),
+                                          Parameters=[{"ParameterKey": "DomainName",
+                                                       "ParameterValue": "stuck.example.com"}])
+    stuck = moto_stack("stuck")
+    stuck.events.append(cfn_models.Event(
+        stack_id=stuck.stack_id, stack_name=stuck.name, logical_resource_id="Database",
+        physical_resource_id="stuck-database-1a2b3c", resource_type="AWS::RDS::DBInstance",
+        resource_status="DELETE_FAILED",
+        resource_status_reason="Cannot delete protected DB Instance, please disable deletion protection",
+        resource_properties=None))
+    stuck._add_stack_event("ROLLBACK_FAILED")
+    stuck.status = "ROLLBACK_FAILED"
+    template = tmp_path / "small.json"
+    template.write_text(json.dumps(SMALL_TEMPLATE))
+    parameters = write_parameters(tmp_path / "stuck.json", {"DomainName": "stuck.example.com"})
+
+    result = run_script("deploy.py", "--stack-name", "stuck", "--parameters", str(parameters),
+                        "--template", str(template), "--region", "us-east-1", env=aws_env)
+
+    assert result.returncode == 1
+    assert "stuck is in ROLLBACK_FAILED" in result.stderr
+    assert "Database (AWS::RDS::DBInstance) stuck-database-1a2b3c: Cannot delete protected" in result.stderr
+    assert ("aws rds modify-db-instance --db-instance-identifier stuck-database-1a2b3c "
+            "--no-deletion-protection --apply-immediately --region us-east-1") in result.stderr
+    assert "aws cloudformation delete-stack --stack-name stuck --region us-east-1" in result.stderr
+    assert "SystemLogs" not in result.stderr  # deleted or never failed: nothing to do about it

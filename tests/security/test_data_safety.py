@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from templates import stack_policy
-from tests.support import props
+from tests.support import props, refs
 
 # Types that hold data or the keys to it; any new one must come with a keeping policy.
 STATEFUL_TYPES = {
@@ -34,10 +34,45 @@ def test_every_store_of_data_or_keys_is_kept_on_deletion_and_on_replacement(temp
 
 
 def test_the_database_has_deletion_protection_on_by_default(template):
-    assert props(template, "Database")["DeletionProtection"] == {"Ref": "DatabaseDeletionProtection"}
+    settings = template["Resources"]["DatabaseSettings"]
+    assert settings["Properties"]["DeletionProtection"] == {"Ref": "DatabaseDeletionProtection"}
+    assert settings["Properties"]["DBInstanceIdentifier"] == {"Ref": "Database"}
     parameter = template["Parameters"]["DatabaseDeletionProtection"]
     assert parameter["Default"] == "true"
     assert parameter["AllowedValues"] == ["true", "false"]
+
+
+def _depends_on(template, name):
+    """Every resource `name` waits for: DependsOn, Ref and GetAtt, transitively."""
+    seen, todo = set(), [name]
+    while todo:
+        resource = template["Resources"][todo.pop()]
+        direct = set(resource.get("DependsOn", [])) | refs(resource.get("Properties", {}))
+        for found in direct & set(template["Resources"]) - seen:
+            seen.add(found)
+            todo.append(found)
+    return seen
+
+
+def test_a_failed_first_create_can_delete_the_database(template):
+    # Protected from the start, the database would make a failed create's rollback end in
+    # ROLLBACK_FAILED, with a database that bills. It is created unprotected...
+    assert props(template, "Database").get("DeletionProtection") in (None, False)
+    # ...and protected only after the resources whose failure is the likely end of a first
+    # create: the servers' signals and CloudFront.
+    # Any update that modifies the database updates the settings resource after it.
+    inputs = template["Resources"]["DatabaseSettings"]["Properties"]["DatabaseSettingsInputs"]
+    shaping = {v["Ref"] for v in props(template, "Database").values()
+               if isinstance(v, dict) and "Ref" in v and v["Ref"] in template["Parameters"]}
+    assert shaping <= {i["Ref"] for i in inputs}
+    waits_for = _depends_on(template, "DatabaseSettings")
+    assert {"Database", "WebAutoScalingGroup", "WorkerAutoScalingGroup", "Distribution"} <= waits_for
+    # Its failed-create Delete (lambdas/database_settings.py) may only touch this database.
+    role = props(template, "DatabaseSettingsFunctionRole")
+    statements = role["Policies"][0]["PolicyDocument"]["Statement"]
+    rds = [s for s in statements if any(a.startswith("rds:") for a in s["Action"])]
+    assert rds and all(s["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:rds:${AWS::Region}:"
+                                          "${AWS::AccountId}:db:${Database}"}] for s in rds)
 
 
 def test_the_cache_snapshot_and_database_backups_exist_before_anything_goes_wrong(template):

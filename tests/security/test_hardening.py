@@ -20,6 +20,11 @@ RESOURCE_STAR_ONLY = {
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
     "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
     "logs:DescribeLogGroups",
+    # The SSM Agent's channels (Session Manager, Run Command): no resource types.
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
 }
 POLICY_PROPERTIES = ("PolicyDocument", "AssumeRolePolicyDocument", "KeyPolicy")
 
@@ -115,3 +120,83 @@ def test_the_instances_never_get_more_than_one_metadata_hop(template):
     for name, launch in resources(template, "AWS::EC2::LaunchTemplate").items():
         options = launch["Properties"]["LaunchTemplateData"]["MetadataOptions"]
         assert (options["HttpTokens"], options["HttpPutResponseHopLimit"]) == ("required", 1), name
+
+
+# ---------------------------------------------------------------- least privilege on the servers
+def _role_statements(template, role):
+    return [st for p in props(template, role)["Policies"] for st in p["PolicyDocument"]["Statement"]]
+
+
+def test_the_servers_read_no_ssm_parameter_but_the_deployed_version(template):
+    role = props(template, "ServerRole")
+    # AmazonSSMManagedInstanceCore grants ssm:GetParameter(s) on every parameter of the account.
+    assert not role.get("ManagedPolicyArns"), "a managed policy grants more than the servers need"
+    reads = [st for st in _role_statements(template, "ServerRole")
+             if any(a.startswith(("ssm:GetParameter", "ssm:Describe", "ssm:List", "ssm:GetDocument"))
+                    for a in _as_list(st["Action"]))]
+    for statement in reads:
+        actions = set(_as_list(statement["Action"]))
+        if actions == {"ssm:ListInstanceAssociations", "ssm:UpdateInstanceInformation"}:
+            continue  # the agent's own registration, on instances only
+        assert actions == {"ssm:GetParameter"}, statement
+        assert statement["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:"
+                                          "${AWS::AccountId}:parameter${DeployedVersionParameter}"}]
+
+
+def test_the_servers_keep_what_session_manager_and_run_command_need(template):
+    granted = {a for st in _role_statements(template, "ServerRole") if st["Effect"] == "Allow"
+               for a in _as_list(st["Action"])}
+    # Session Manager (Systems Manager User Guide, instance profile for Session Manager) and
+    # Run Command's message delivery, as AmazonSSMManagedInstanceCore grants them.
+    assert {"ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
+            "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
+            "ec2messages:SendReply"} <= granted
+    (registration,) = [st for st in _role_statements(template, "ServerRole")
+                       if "ssm:UpdateInstanceInformation" in _as_list(st["Action"])]
+    assert registration["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:"
+                                         "${AWS::AccountId}:instance/*"}]
+
+
+def test_the_load_balancer_reaches_only_the_servers_ports(template):
+    egress = props(template, "LoadBalancerSecurityGroup")["SecurityGroupEgress"]
+    assert sorted((r["IpProtocol"], r["FromPort"], r["ToPort"], r["CidrIp"]) for r in egress) == [
+        ("tcp", 3000, 3000, "10.42.0.0/16"), ("tcp", 4000, 4000, "10.42.0.0/16")]
+    # No standalone rule re-opens it.
+    for name, rule in resources(template, "AWS::EC2::SecurityGroupEgress").items():
+        assert rule["Properties"]["GroupId"] != {"Ref": "LoadBalancerSecurityGroup"}, name
+
+
+def test_eventbridge_roles_admit_only_this_accounts_rules(template):
+    roles = {n: r for n, r in resources(template, "AWS::IAM::Role").items()
+             if r["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+             == {"Service": "events.amazonaws.com"}}
+    assert len(roles) >= 2
+    for name, role in roles.items():
+        (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}, name
+        assert trust["Condition"]["ArnLike"] == {"aws:SourceArn": {"Fn::Sub": (
+            "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*")}}, name
+
+
+def test_the_certificate_function_may_request_only_dns_validated_certificates_for_the_domain(template):
+    (request,) = [st for st in _role_statements(template, "CertificateFunctionRole")
+                  if "acm:RequestCertificate" in _as_list(st["Action"])]
+    assert request["Condition"] == {
+        "StringEquals": {"acm:ValidationMethod": "DNS"},
+        "ForAllValues:StringEquals": {"acm:DomainNames": [{"Ref": "DomainName"}]},
+    }
+
+
+def test_the_postgresql_log_goes_to_an_encrypted_group_with_retention(template):
+    group = props(template, "DatabaseLogs")
+    # RDS writes to this very name; created first, it is the stack's (encrypted, expiring).
+    assert group["LogGroupName"] == {"Fn::Sub": "/aws/rds/instance/${Database}/postgresql"}
+    assert group["KmsKeyId"] == {"Fn::GetAtt": ["OperationsKey", "Arn"]}
+    assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    settings = template["Resources"]["DatabaseSettings"]
+    assert settings["Properties"]["LogExports"] == ["postgresql"]
+    assert "DatabaseLogs" in settings["DependsOn"]  # the export starts once the group exists
+    # Not on the instance itself: RDS would create the group first, unencrypted, kept forever.
+    assert "EnableCloudwatchLogsExports" not in props(template, "Database")

@@ -8,15 +8,21 @@ from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint
+from cfnlint.helpers import REGIONS
+from cfnlint.schema import PROVIDER_SCHEMA_MANAGER, ResourceNotFoundError
 
-# Regions on three continents, including ones that lack some instance types.
-REGIONS = ["us-east-1", "eu-central-1", "ap-northeast-1", "sa-east-1"]
-# The one commercial region cfn-lint knows where CloudFront has no VPC origins: the
-# internet-facing load balancer's branch. SES does not exist there (an external SMTP
-# server is the only way to mail), which cfn-lint reports whatever the condition says.
-FALLBACK_REGION = "ap-southeast-6"
-FALLBACK_KNOWN = {"E3006 Resource type 'AWS::SES::EmailIdentity' does not exist in 'ap-southeast-6' "
-                  "(Resources/EmailIdentity/Type)"}
+from templates import parameters
+
+# Every commercial region cfn-lint knows (not China, GovCloud, ISO or the European
+# Sovereign Cloud, which are other partitions). The template must deploy in each: where
+# a service is missing (SES in eu-south-2, ap-southeast-6...), a condition keeps its
+# resources out and a rule asks for the alternative.
+COMMERCIAL_REGIONS = [r for r in REGIONS
+                      if not r.startswith(("cn-", "us-gov-", "us-iso", "eu-isoe", "eusc-"))]
+# cfn-lint's time grows faster than linearly with the regions of one call (it solves the
+# template's region conditions for all of them together): small batches are far quicker.
+BATCH = 5
+BATCHES = [COMMERCIAL_REGIONS[i:i + BATCH] for i in range(0, len(COMMERCIAL_REGIONS), BATCH)]
 
 
 def findings(template: dict[str, Any], regions: list[str]) -> list[str]:
@@ -24,12 +30,51 @@ def findings(template: dict[str, Any], regions: list[str]) -> list[str]:
     return [f"{m.rule.id} {m.message} ({'/'.join(map(str, m.path))})" for m in matches]
 
 
-def test_the_template_has_no_error_and_no_warning_in_any_region(template):
-    assert findings(template, REGIONS) == []
+def test_every_commercial_region_is_linted():
+    assert {"us-east-1", "eu-south-2", "ap-southeast-6", "mx-central-1", "af-south-1"} <= set(
+        COMMERCIAL_REGIONS)
+    assert sorted(r for batch in BATCHES for r in batch) == sorted(COMMERCIAL_REGIONS)
 
 
-def test_the_region_without_vpc_origins_has_nothing_new(template):
-    assert set(findings(template, [FALLBACK_REGION])) <= FALLBACK_KNOWN
+@pytest.mark.slow
+@pytest.mark.parametrize("regions", BATCHES, ids=["+".join(b) for b in BATCHES])
+def test_the_template_has_no_error_and_no_warning_in_any_commercial_region(template, regions):
+    assert findings(template, regions) == []
+
+
+def test_ses_is_kept_out_of_exactly_the_regions_that_lack_it():
+    # The regions the template treats as lacking SES are those where CloudFormation has
+    # no AWS::SES::EmailIdentity, by cfn-lint's regional schemas: neither more nor fewer.
+    lacking = set()
+    for region in COMMERCIAL_REGIONS:
+        try:
+            PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, "AWS::SES::EmailIdentity")
+        except ResourceNotFoundError:
+            lacking.add(region)
+    assert lacking and lacking == set(parameters.NO_SES_REGIONS)
+
+
+def test_where_ses_is_missing_the_template_asks_for_an_external_smtp_server(template):
+    rule = template["Rules"]["ExternalSmtpWhereSesIsMissing"]
+    assert "Amazon SES does not exist in this region" in rule["Assertions"][0]["AssertDescription"]
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SmtpServer"}, ""]}]}
+    mentioned = {e["Fn::Equals"][1] for e in _region_tests(rule["RuleCondition"])}
+    assert mentioned == set(parameters.NO_SES_REGIONS)
+    # Every SES resource depends on a condition that is false there.
+    for name in ("EmailIdentity", "SmtpUser"):
+        condition = template["Resources"][name]["Condition"]
+        assert {e["Fn::Equals"][1] for e in _region_tests(template["Conditions"][condition])} == mentioned
+
+
+def _region_tests(node: Any) -> list[dict[str, Any]]:
+    """Every {"Fn::Equals": [{"Ref": "AWS::Region"}, region]} inside a condition."""
+    if isinstance(node, dict):
+        if node.get("Fn::Equals", [None])[0] == {"Ref": "AWS::Region"}:
+            return [node]
+        return [t for v in node.values() for t in _region_tests(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _region_tests(v)]
+    return []
 
 
 def test_the_linter_would_catch_a_broken_property(template):

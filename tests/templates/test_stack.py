@@ -142,13 +142,14 @@ def test_each_server_reads_only_what_it_needs(template):
         "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
         "cloudformation:DescribeStackResource",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "ec2:CreateTags",
+        # The SSM Agent (Session Manager, Run Command) instead of AmazonSSMManagedInstanceCore.
+        *compute.SSM_AGENT_INSTANCE_ACTIONS, *compute.SSM_AGENT_CHANNEL_ACTIONS,
     }
     (tagging,) = [s for s in statements if s["Action"] == ["ec2:CreateTags"]]
     # Only its own instance (bootstrap.sh tags the version it booted), only the version key.
     assert tagging["Condition"]["StringEquals"] == {"aws:ARN": "${ec2:SourceInstanceARN}"}
     assert tagging["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["mastodon:version"]}
-    managed = props(template, "ServerRole")["ManagedPolicyArns"]
-    assert managed == [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}]
+    assert "ManagedPolicyArns" not in props(template, "ServerRole")
 
 
 def test_the_database_is_postgresql_with_backups_and_growing_storage(template):
@@ -339,3 +340,10 @@ def test_subnets_use_the_zones_chosen_once_by_zone_id(template):
         for kind in ("Public", "Data"):
             assert props(template, f"{kind}Subnet{letter}")["AvailabilityZone"] == {
                 "Fn::GetAtt": ["AvailabilityZones", f"Zone{number}"]}
+
+
+def test_the_secrets_resource_checks_the_sender_against_the_domain_before_the_database(template):
+    values = template["Resources"]["AppSecretValues"]["Properties"]
+    assert values["MailFromAddress"] == {"Ref": "MailFromAddress"}
+    assert values["DomainName"] == {"Ref": "DomainName"}
+    assert "AppSecretValues" in template["Resources"]["Database"]["DependsOn"]
