@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,7 +62,8 @@ def test_vapid_pair_is_a_real_p256_key_pair_in_the_webpush_gem_format() -> None:
         3,
         app_secrets.N - 1,
         2**255 + 12345,
-        secrets.randbelow(app_secrets.N - 1) + 1,
+        # A fixed pseudo-random scalar: every test worker collects the same cases.
+        random.Random(20261204).randrange(1, app_secrets.N),
     ],
 )
 def test_p256_scalar_multiplication_agrees_with_openssl(scalar: int) -> None:
