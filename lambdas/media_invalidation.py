@@ -25,6 +25,14 @@ suspension deleting thousands of files still costs a few paths ($0.005 each afte
 CloudFront's 1,000 free a month) and stays under CloudFront's 15 wildcard paths in
 progress. Over-invalidating costs only cache misses, served again from S3.
 
+The bill is bounded per month, not only per run: a federated instance deletes objects
+all day (remote media replaced or expired, the daily cleanup), and a run every few
+minutes could ask for tens of thousands of paths a month. Once the distribution has
+had FULL_RATE_INVALIDATIONS invalidations this month (the rollout's included), a run
+acts at most once an hour, with at most ECONOMY_PATHS paths; deletions wait in the
+queue meanwhile. Ceiling: FULL_RATE_INVALIDATIONS x MAX_PATHS + 24 x 31 x ECONOMY_PATHS
+paths a month (2,088; at most $5.44 beyond CloudFront's 1,000 free paths).
+
 Duplicates and retries: the same S3 event delivered twice (same key and sequencer)
 counts once; the caller reference is derived from the set of deletions, so a run
 repeated with the same messages gets CloudFront's existing invalidation back instead
@@ -35,6 +43,7 @@ the queue's visibility timeout and the next run retries them with newer deletion
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -50,8 +59,15 @@ from botocore.exceptions import ClientError
 logger = Logger()
 
 # Mastodon's media are served under /system (edge.MEDIA_PATH); the keys have no prefix.
+# The /system/* behaviour's viewer-request function strips /system, so CloudFront caches
+# each file under the stripped URI: both are invalidated, as the CloudFront guide says
+# to when a viewer-request function changes the URI ("What you need to know when
+# invalidating paths"). Each folder costs two paths.
 MEDIA_PATH = "/system"
-MAX_PATHS = 5
+MAX_PATHS = 6
+FULL_RATE_INVALIDATIONS = 100  # of this distribution this month, before the economy rate
+ECONOMY_INTERVAL = 3600  # seconds between invalidations at the economy rate
+ECONOMY_PATHS = 2  # one folder, both URIs
 # Paperclip: the last two key components are style/filename.
 FILE_LEVELS = 2
 MAX_MESSAGES = 5000
@@ -97,16 +113,18 @@ def _drop_covered(prefixes: set[tuple[str, ...]]) -> set[tuple[str, ...]]:
 
 
 def invalidation_paths(keys: list[str], max_paths: int = MAX_PATHS) -> list[str]:
-    """Wildcard paths under MEDIA_PATH covering every key, at most max_paths of them.
+    """Wildcard paths covering every key as viewers ask for it (under MEDIA_PATH) and as
+    CloudFront caches it (the stripped URI), at most max_paths of them.
 
-    While there are too many, the deepest folders are replaced by their parents
-    (at worst, MEDIA_PATH/* alone).
+    While there are too many folders, the deepest are replaced by their parents (at
+    worst, the whole media tree).
     """
     prefixes = _drop_covered({folder(k) for k in keys if folder(k)})
-    while len(prefixes) > max_paths:
+    while len(prefixes) > max(max_paths // 2, 1):
         deepest = max(len(p) for p in prefixes)
         prefixes = _drop_covered({p[:-1] if len(p) == deepest else p for p in prefixes})
-    return sorted(MEDIA_PATH + "/" + "/".join((*p, "*")) for p in prefixes)
+    stripped = {"/" + "/".join((*p, "*")) for p in prefixes}
+    return sorted(stripped | {MEDIA_PATH + path for path in stripped})
 
 
 def caller_reference(deletions: list[Deletion]) -> str:
@@ -143,6 +161,36 @@ def receive(queue_url: str, context: LambdaContext) -> list[dict[str, Any]]:
     return list(messages.values())
 
 
+def now() -> datetime.datetime:
+    """The clock; tests replace it."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+def this_months_invalidations(distribution_id: str, moment: datetime.datetime) -> list[datetime.datetime]:
+    """When each invalidation of the distribution this month was made (at most a few pages read)."""
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    made: list[datetime.datetime] = []
+    request: dict[str, Any] = {"DistributionId": distribution_id, "MaxItems": "100"}
+    for _ in range(3):  # past 300, the economy rate applies anyway
+        listing = client("cloudfront").list_invalidations(**request)["InvalidationList"]
+        made += [i["CreateTime"] for i in listing.get("Items", []) if i["CreateTime"] >= start]
+        if not listing.get("IsTruncated"):
+            break
+        request["Marker"] = listing["NextMarker"]
+    return made
+
+
+def rate(distribution_id: str) -> int | None:
+    """How many paths this run may ask for (None: none now, wait for the next hour)."""
+    moment = now()
+    made = this_months_invalidations(distribution_id, moment)
+    if len(made) < FULL_RATE_INVALIDATIONS:
+        return MAX_PATHS
+    if max(made) > moment - datetime.timedelta(seconds=ECONOMY_INTERVAL):
+        return None
+    return ECONOMY_PATHS
+
+
 def forget(queue_url: str, messages: list[dict[str, Any]]) -> None:
     for start in range(0, len(messages), RECEIVE_BATCH):
         chunk = messages[start:start + RECEIVE_BATCH]
@@ -155,7 +203,12 @@ def drain(queue_url: str, distribution_id: str, context: LambdaContext) -> dict[
     if not messages:
         return {"messages": 0, "paths": []}
     deletions = [d for d in (deletion(m.get("Body", "")) for m in messages) if d is not None]
-    paths = invalidation_paths([d.key for d in deletions])
+    allowed = rate(distribution_id) if deletions else MAX_PATHS
+    if allowed is None:  # the month's full-rate invalidations are spent: once an hour
+        logger.info("Economy rate: deletions wait for the next hourly invalidation",
+                    extra={"messages": len(messages)})
+        return {"messages": len(messages), "paths": [], "deferred": True}
+    paths = invalidation_paths([d.key for d in deletions], allowed)
     result: dict[str, Any] = {"messages": len(messages), "deletions": len(set(deletions)), "paths": paths}
     if paths:
         try:

@@ -82,7 +82,8 @@ def create_media_invalidation(t: Template, p: Parameters, bucket: s3.Bucket,
         [
             Statement(Effect=Allow, Action=[awacs_sqs.ReceiveMessage, awacs_sqs.DeleteMessage],
                       Resource=[GetAtt(queue, "Arn")]),
-            Statement(Effect=Allow, Action=[awacs_cloudfront.CreateInvalidation], Resource=[Sub(
+            Statement(Effect=Allow, Action=[awacs_cloudfront.CreateInvalidation,
+                                            awacs_cloudfront.ListInvalidations], Resource=[Sub(
                 "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
                 f"${{{distribution.title}}}")]),
         ],

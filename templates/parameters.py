@@ -64,8 +64,11 @@ VPC_ORIGIN_REGIONS = (
     "eu-west-3", "eu-south-1", "eu-south-2", "eu-north-1",
 )
 # The commercial regions where CloudFormation has no AWS::SES::EmailIdentity (cfn-lint's
-# regional resource schemas, 1.58; SES has no endpoint there). A stack there mails
-# through an external SMTP server, which a rule requires (_add_rules).
+# regional resource schemas, 1.58). SES itself may answer there (botocore lists an SMTP
+# endpoint in most of them), but the stack cannot create its identity: a stack there
+# mails through an external SMTP server, which a rule requires (_add_rules) — SES's SMTP
+# endpoint of another region is one. Revisit when cfn-lint's schemas change (a test
+# compares this list with them).
 NO_SES_REGIONS = (
     "ap-east-1", "ap-east-2", "ap-southeast-4", "ap-southeast-6", "ap-southeast-7", "eu-south-2",
     "mx-central-1",
@@ -339,8 +342,9 @@ def _add_rules(t: Template, p: Parameters) -> None:
         "RuleCondition": region_in(NO_SES_REGIONS),
         "Assertions": [{
             "Assert": {"Fn::Not": [{"Fn::Equals": [Ref(p.smtp_server), ""]}]},
-            "AssertDescription": "Amazon SES does not exist in this region, so the stack cannot "
-            "send mail with it: give an external SMTP server (SmtpServer, SmtpLogin, "
-            "SmtpPasswordSecretArn), or deploy in a region that has SES.",
+            "AssertDescription": "CloudFormation cannot create an Amazon SES identity in this "
+            "region, so the stack cannot set up mail itself: give an SMTP server (SmtpServer, "
+            "SmtpLogin, SmtpPasswordSecretArn; SES's SMTP endpoint of another region works), or "
+            "deploy in a region where it can.",
         }],
     })

@@ -39,7 +39,23 @@ def covered(key: str, paths: list[str]) -> bool:
 def test_every_style_of_one_attachment_becomes_one_wildcard_on_its_folder():
     keys = [f"{ATTACHMENT}/{style}/8d2e4f.jpeg" for style in ("original", "small")] + [
         f"{ATTACHMENT}/original/8d2e4f.mp4"]
-    assert mi.invalidation_paths(keys) == [f"/system/{ATTACHMENT}/*"]
+    assert mi.invalidation_paths(keys) == [f"/{ATTACHMENT}/*", f"/system/{ATTACHMENT}/*"]
+
+
+def test_the_edge_s_cache_key_is_invalidated_too_not_only_the_viewer_s_uri():
+    """The /system/* behaviour's viewer-request function strips /system before CloudFront
+    looks up its cache: the file is cached under the stripped URI (found by the review)."""
+    from templates.edge import STRIP_MEDIA_PREFIX
+
+    offset = int(STRIP_MEDIA_PREFIX.split("substring(")[1].split(")")[0])
+    viewer_uri = f"/system/{ATTACHMENT}/original/8d2e4f.jpeg"
+    cached_uri = viewer_uri[offset:]
+    paths = mi.invalidation_paths([f"{ATTACHMENT}/original/8d2e4f.jpeg"])
+    assert covered_uri(cached_uri, paths) and covered_uri(viewer_uri, paths)
+
+
+def covered_uri(uri: str, paths: list[str]) -> bool:
+    return any(uri.startswith(p[:-1]) if p.endswith("*") else uri == p for p in paths)
 
 
 def test_many_deleted_files_become_a_few_wildcards_that_still_cover_every_one():
@@ -52,22 +68,25 @@ def test_many_deleted_files_become_a_few_wildcards_that_still_cover_every_one():
     paths = mi.invalidation_paths(keys)
 
     assert 1 <= len(paths) <= mi.MAX_PATHS
-    assert all(p.startswith("/system/") and p.endswith("/*") for p in paths)
-    assert all(covered(k, paths) for k in keys)
+    assert all(p.endswith("/*") for p in paths)
+    assert {p for p in paths if p.startswith("/system/")} == {"/system" + p for p in paths
+                                                             if not p.startswith("/system/")}
+    assert all(covered(k, [p for p in paths if p.startswith("/system/")]) for k in keys)
     # Collapsing stops as soon as it fits: not the whole media tree.
-    assert "/system/*" not in paths
+    assert "/system/*" not in paths and "/*" not in paths
 
 
 def test_a_few_folders_are_kept_exact():
     keys = [f"media_attachments/files/110/123/456/789/012/{n:03d}/original/x.png"
-            for n in range(mi.MAX_PATHS)]
+            for n in range(mi.MAX_PATHS // 2)]
     assert len(mi.invalidation_paths(keys)) == mi.MAX_PATHS
 
 
 def test_a_shallow_key_is_invalidated_as_it_is_and_a_folder_inside_another_is_dropped():
-    assert mi.invalidation_paths(["robots.txt"]) == ["/system/robots.txt/*"]
+    assert mi.invalidation_paths(["robots.txt"]) == ["/robots.txt/*", "/system/robots.txt/*"]
     keys = [f"{ATTACHMENT}/original/x.png", "media_attachments/files/110/original/y.png"]
-    assert mi.invalidation_paths(keys) == ["/system/media_attachments/files/110/*"]
+    assert mi.invalidation_paths(keys) == ["/media_attachments/files/110/*",
+                                           "/system/media_attachments/files/110/*"]
 
 
 def test_only_s3_object_deleted_events_are_deletions():
@@ -104,6 +123,9 @@ class Recorder:
             raise ClientError({"Error": {"Code": "TooManyInvalidationsInProgress", "Message": "slow down"}},
                               "CreateInvalidation")
         return self.real.create_invalidation(**kwargs)
+
+    def list_invalidations(self, **kwargs: Any) -> Any:
+        return self.real.list_invalidations(**kwargs)
 
 
 @pytest.fixture
@@ -172,7 +194,7 @@ def test_the_same_event_delivered_twice_costs_one_path_and_one_reference(aws, co
     put(aws, event, event)
     mi.lambda_handler({}, context)
     (call,) = aws["recorder"].calls
-    assert call["InvalidationBatch"]["Paths"]["Items"] == [f"/system/{ATTACHMENT}/*"]
+    assert call["InvalidationBatch"]["Paths"]["Items"] == [f"/{ATTACHMENT}/*", f"/system/{ATTACHMENT}/*"]
     assert call["InvalidationBatch"]["CallerReference"] == mi.caller_reference(
         [mi.Deletion(f"{ATTACHMENT}/original/f.png", "0A")])
 
@@ -236,3 +258,39 @@ def test_a_run_stops_receiving_before_its_time_runs_out(aws, context):
     context.remaining_ms = mi.RESERVE_MS - 1
     assert mi.lambda_handler({}, context) == {"messages": 0, "paths": []}
     assert queued(aws) == 30
+
+
+# ---------------------------------------------------------------- the monthly bound (found by review)
+def spend_the_full_rate(aws: dict[str, Any]) -> None:
+    for n in range(mi.FULL_RATE_INVALIDATIONS):
+        aws["cloudfront"].create_invalidation(DistributionId=aws["distribution"], InvalidationBatch={
+            "Paths": {"Quantity": 1, "Items": ["/*"]}, "CallerReference": f"earlier-{n}"})
+
+
+def test_past_the_months_full_rate_deletions_wait_for_the_next_hour(aws, context):
+    spend_the_full_rate(aws)
+    put(aws, deleted_event(f"{ATTACHMENT}/original/f.png", "0A"))
+    result = mi.lambda_handler({}, context)
+    assert result["deferred"] and aws["recorder"].calls == []
+    assert queued(aws) == 1, "the deletion was dropped instead of kept for the next hour"
+
+
+def test_at_the_economy_rate_one_invalidation_an_hour_covers_every_deletion(aws, context, monkeypatch):
+    import datetime
+
+    spend_the_full_rate(aws)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=mi.ECONOMY_INTERVAL + 60)
+    monkeypatch.setattr(mi, "now", lambda: later)
+    keys = [f"media_attachments/files/110/{n:03d}/000/000/000/001/original/f.png" for n in range(10)]
+    put(aws, *(deleted_event(k, f"{n:02X}") for n, k in enumerate(keys)))
+    mi.lambda_handler({}, context)
+    (call,) = aws["recorder"].calls
+    paths = call["InvalidationBatch"]["Paths"]["Items"]
+    assert len(paths) <= mi.ECONOMY_PATHS
+    assert all(covered(k, [p for p in paths if p.startswith("/system/")]) for k in keys)
+    assert queued(aws) == 0
+
+
+def test_the_monthly_ceiling_is_what_the_estimate_says():
+    ceiling = mi.FULL_RATE_INVALIDATIONS * mi.MAX_PATHS + 24 * 31 * mi.ECONOMY_PATHS
+    assert ceiling == 2088 and round((ceiling - 1000) * 0.005, 2) == 5.44

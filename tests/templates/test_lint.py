@@ -56,7 +56,8 @@ def test_ses_is_kept_out_of_exactly_the_regions_that_lack_it():
 
 def test_where_ses_is_missing_the_template_asks_for_an_external_smtp_server(template):
     rule = template["Rules"]["ExternalSmtpWhereSesIsMissing"]
-    assert "Amazon SES does not exist in this region" in rule["Assertions"][0]["AssertDescription"]
+    description = rule["Assertions"][0]["AssertDescription"]
+    assert "cannot create an Amazon SES identity in this region" in description
     assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "SmtpServer"}, ""]}]}
     mentioned = {e["Fn::Equals"][1] for e in _region_tests(rule["RuleCondition"])}
     assert mentioned == set(parameters.NO_SES_REGIONS)

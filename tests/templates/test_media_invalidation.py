@@ -52,7 +52,9 @@ def test_the_function_may_only_drain_its_queue_and_invalidate_this_distribution(
     others = {(a, r) for a, r in granted if not a.startswith("logs:")}
     distribution = [r for a, r in others if a == "cloudfront:CreateInvalidation"]
     assert {a for a, _ in others} == {"sqs:ReceiveMessage", "sqs:DeleteMessage",
-                                      "cloudfront:CreateInvalidation"}
+                                      "cloudfront:CreateInvalidation", "cloudfront:ListInvalidations"}
+    listing = [r for a, r in others if a == "cloudfront:ListInvalidations"]
+    assert listing == distribution, "the monthly bound reads this distribution's invalidations only"
     assert {r for a, r in others if a.startswith("sqs:")} == {json.dumps(QUEUE_ARN)}
     assert len(distribution) == 1 and "distribution/${Distribution}" in distribution[0]
     assert all(s["Effect"] == "Allow" and "*" not in json.dumps(s["Action"]) for s in statements)
