@@ -138,8 +138,9 @@ def failed_create_advice(stack: str, status: str | None, region: str | None) -> 
     if status == "ROLLBACK_COMPLETE":
         return (f"{stack} is in ROLLBACK_COMPLETE: its first create failed and was rolled back "
                 "(see its events for the first CREATE_FAILED). CloudFormation cannot update such a "
-                "stack. The database, if it was created, left a final snapshot; the media bucket "
-                "and the app secret are retained. Delete the stack, then run deploy.py again:\n"
+                "stack. The database and the cache, if they were created, left a final snapshot "
+                "(delete it if unwanted); the media bucket and the app secret were removed with the "
+                "rollback. Delete the stack, then run deploy.py again:\n"
                 f"  aws cloudformation delete-stack --stack-name {stack}{where}\n"
                 f"  aws cloudformation wait stack-delete-complete --stack-name {stack}{where}")
     if status == "ROLLBACK_FAILED":

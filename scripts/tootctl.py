@@ -67,7 +67,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.arguments[0] == OWNER:
         owner = argparse.ArgumentParser(prog=f"{parser.prog} STACK {OWNER}",
                                         description="Create the instance's Owner account")
-        owner.add_argument("username", help="letters, digits and _, at most 30")
+        owner.add_argument("username", help="letters, digits and _, at most 30; not a name Mastodon "
+                           "reserves (admin, owner, root, support, staff...)")
         owner.add_argument("--email", required=True, help="the owner's e-mail address (no mail is sent)")
         args.owner = owner.parse_args(args.arguments[1:])
         if not USERNAME.fullmatch(args.owner.username):
@@ -109,7 +110,9 @@ def owner_outcome(username: str, stdout: str, stderr: str, code: int) -> tuple[i
                 f"modify {username} --role {OWNER_ROLE} --confirm --approve (add --reset-password for "
                 "a new password)")
     elif "account.username" in stderr:
-        hint = f"Mastodon refuses the username {username!r}"
+        hint = (f"Mastodon refuses the username {username!r}: names it reserves (admin, owner, root, "
+                "support, staff and the other blocked usernames of its seeds) cannot be registered; "
+                "pick another")
     elif "email" in stderr and "taken" in stderr:
         hint = "another account already uses that e-mail address"
     else:

@@ -291,7 +291,9 @@ def _media_bucket(t: Template) -> s3.Bucket:
             ),
         ]),
         Tags=Tags(Name=Sub("${AWS::StackName}-media")),
-        DeletionPolicy="Retain",
+        # Kept when the stack is deleted; removed when the create that made it fails (it
+        # is empty then), so a failed first create leaves nothing that bills.
+        DeletionPolicy="RetainExceptOnCreate",
         UpdateReplacePolicy="Retain",
         Metadata={"checkov": {"skip": [
             {"id": "CKV_AWS_18", "comment": "Access logging would need a second bucket and costs "

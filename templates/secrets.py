@@ -53,8 +53,9 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
     secret = t.add_resource(secretsmanager.Secret(
         APP_SECRET,
         Description=Sub("Mastodon keys and passwords of stack ${AWS::StackName}"),
-        # Deleting the stack must not destroy the keys that decrypt users' data.
-        DeletionPolicy="Retain",
+        # Deleting the stack must not destroy the keys that decrypt users' data; a failed
+        # first create, which encrypted nothing with them, removes the secret.
+        DeletionPolicy="RetainExceptOnCreate",
         UpdateReplacePolicy="Retain",
         Metadata={"checkov": {"skip": [
             {"id": "CKV_AWS_149", "comment": "The secret outlives the stack (retained on "

@@ -13,8 +13,10 @@ STATEFUL_TYPES = {
     "AWS::RDS::DBCluster": {"Snapshot"},
     "AWS::ElastiCache::ReplicationGroup": {"Snapshot"},
     "AWS::ElastiCache::CacheCluster": {"Snapshot"},
-    "AWS::S3::Bucket": {"Retain"},
-    "AWS::SecretsManager::Secret": {"Retain"},
+    # RetainExceptOnCreate: kept like Retain, but removed by the rollback of the create that
+    # made it (empty then), so a failed first create leaves no bucket or secret billing.
+    "AWS::S3::Bucket": {"Retain", "RetainExceptOnCreate"},
+    "AWS::SecretsManager::Secret": {"Retain", "RetainExceptOnCreate"},
     "AWS::EFS::FileSystem": {"Retain", "Snapshot"},
     "AWS::DynamoDB::Table": {"Retain", "Snapshot"},
 }
@@ -30,7 +32,14 @@ def test_every_store_of_data_or_keys_is_kept_on_deletion_and_on_replacement(temp
     for name, resource in stateful.items():
         keeps = STATEFUL_TYPES[resource["Type"]]
         assert resource.get("DeletionPolicy") in keeps, f"{name} is lost when the stack is deleted"
-        assert resource.get("UpdateReplacePolicy") in keeps, f"{name} is lost when an update replaces it"
+        # UpdateReplacePolicy has no RetainExceptOnCreate: a replacement always keeps the old one.
+        assert resource.get("UpdateReplacePolicy") in keeps - {"RetainExceptOnCreate"}, (
+            f"{name} is lost when an update replaces it")
+
+
+def test_a_failed_first_create_leaves_no_empty_bucket_or_secret_behind(template):
+    for name in ("MediaBucket", "AppSecret"):
+        assert template["Resources"][name]["DeletionPolicy"] == "RetainExceptOnCreate", name
 
 
 def test_the_database_has_deletion_protection_on_by_default(template):

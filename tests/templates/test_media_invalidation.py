@@ -19,7 +19,7 @@ def test_the_media_bucket_sends_its_events_to_eventbridge(template):
     configuration = props(template, MEDIA_BUCKET)["NotificationConfiguration"]
     assert configuration["EventBridgeConfiguration"] == {"EventBridgeEnabled": True}
     # The bucket itself is kept as it was: retained, never replaced.
-    assert template["Resources"][MEDIA_BUCKET]["DeletionPolicy"] == "Retain"
+    assert template["Resources"][MEDIA_BUCKET]["UpdateReplacePolicy"] == "Retain"
 
 
 def test_every_deletion_request_on_this_bucket_and_nothing_else_is_queued(template):

@@ -180,7 +180,8 @@ def test_no_output_reveals_a_secret(template):
 
 def test_the_app_secret_and_media_survive_stack_deletion(template):
     for name in ("AppSecret", "MediaBucket"):
-        assert template["Resources"][name]["DeletionPolicy"] == "Retain"
+        # Kept on deletion; removed only by the rollback of the create that made them.
+        assert template["Resources"][name]["DeletionPolicy"] == "RetainExceptOnCreate"
         assert template["Resources"][name]["UpdateReplacePolicy"] == "Retain"
     for name in ("Database", "Cache"):
         assert template["Resources"][name]["DeletionPolicy"] == "Snapshot"
