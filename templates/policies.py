@@ -15,15 +15,19 @@ def confused_deputy_condition(service: str) -> Condition | None:
     keys get one:
     - events.amazonaws.com: the rule's account and ARN (EventBridge User Guide, "Using
       IAM policy conditions in Amazon EventBridge").
+    - states.amazonaws.com: the state machine's account and ARN (Step Functions
+      Developer Guide, cross-service confused deputy prevention; the roles its console
+      creates carry exactly this condition).
     Not ec2.amazonaws.com (instance profiles) nor lambda.amazonaws.com (execution roles):
     neither service documents these keys for role assumption; a role of theirs can only
     be passed by a principal of this account with iam:PassRole.
     """
-    if service == "events.amazonaws.com":
+    sources = {"events.amazonaws.com": "events:${AWS::Region}:${AWS::AccountId}:rule/*",
+               "states.amazonaws.com": "states:${AWS::Region}:${AWS::AccountId}:stateMachine:*"}
+    if service in sources:
         return Condition([
             StringEquals({"aws:SourceAccount": Ref("AWS::AccountId")}),
-            ArnLike({"aws:SourceArn": Sub(
-                "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*")}),
+            ArnLike({"aws:SourceArn": Sub("arn:${AWS::Partition}:" + sources[service])}),
         ])
     return None
 

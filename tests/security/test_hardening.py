@@ -180,6 +180,14 @@ def test_eventbridge_roles_admit_only_this_accounts_rules(template):
             "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:rule/*")}}, name
 
 
+def test_the_rollout_state_machines_role_admits_only_this_accounts_state_machines(template):
+    (trust,) = props(template, "RolloutStateMachineRole")["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "states.amazonaws.com"}
+    assert trust["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert trust["Condition"]["ArnLike"] == {"aws:SourceArn": {"Fn::Sub": (
+        "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:*")}}
+
+
 def test_the_certificate_function_may_request_only_dns_validated_certificates_for_the_domain(template):
     (request,) = [st for st in _role_statements(template, "CertificateFunctionRole")
                   if "acm:RequestCertificate" in _as_list(st["Action"])]
