@@ -643,8 +643,10 @@ one_off() {
 
 # What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is
 # harmless): the web app's OAuth application (01_web_app), the instance actor, account
-# -99 (02_instance_actor), and the default roles beside "everyone", role -99 (03_roles).
-# Plain SQL, so that it holds whatever the models are called in a release.
+# -99 (02_instance_actor), the default roles beside "everyone", role -99 (03_roles), and
+# the reserved usernames (05_blocked_usernames: admin, owner, root...; checked only in
+# releases that have the table, see database_state). Plain SQL, so that it holds
+# whatever the models are called in a release.
 SEEDS_PRESENT_SQL="SELECT EXISTS (SELECT 1 FROM oauth_applications WHERE superapp) \
 AND EXISTS (SELECT 1 FROM accounts WHERE id = -99) \
 AND EXISTS (SELECT 1 FROM user_roles WHERE id <> -99)"
@@ -655,7 +657,8 @@ database_state() {
   one_off bundle exec rails runner \
     "c = ActiveRecord::Base.connection; \
 exit($DB_EMPTY_EXIT) unless c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive?; \
-exit(ActiveRecord::Type::Boolean.new.cast(c.select_value(\"$SEEDS_PRESENT_SQL\")) ? 0 : $DB_UNSEEDED_EXIT)"
+reserved = !c.table_exists?('username_blocks') || c.select_value('SELECT COUNT(*) FROM username_blocks').to_i.positive?; \
+exit(reserved && ActiveRecord::Type::Boolean.new.cast(c.select_value(\"$SEEDS_PRESENT_SQL\")) ? 0 : $DB_UNSEEDED_EXIT)"
 }
 
 initialize_database() {

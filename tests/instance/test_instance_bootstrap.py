@@ -449,6 +449,8 @@ def test_a_worker_repairs_a_first_setup_that_died_before_the_seeds(bootstrap):
     check = next(args[-1] for args in run.commands("docker", "run") if "runner" in args)
     for seeded in ("oauth_applications WHERE superapp", "accounts WHERE id = -99", "user_roles"):
         assert seeded in check
+    # 05_blocked_usernames, in the releases whose schema has its table (found by review).
+    assert "table_exists?('username_blocks')" in check and "FROM username_blocks" in check
 
 
 def test_a_seeded_database_is_not_seeded_again(worker_run, bootstrap):
