@@ -195,13 +195,8 @@ def protect(group: str, instances: list[str], protected: bool) -> None:
     )
 
 
-def set_sizes(group: str, desired: int | None = None, max_size: int | None = None) -> None:
-    sizes: dict[str, int] = {}
-    if desired is not None:
-        sizes["DesiredCapacity"] = desired
-    if max_size is not None:
-        sizes["MaxSize"] = max_size
-    client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=group, **sizes)
+def set_max_size(group: str, size: int) -> None:
+    client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=group, MaxSize=size)
 
 
 def terminate(instance: str) -> None:

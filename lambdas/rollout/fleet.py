@@ -197,7 +197,7 @@ def start_surge(group: Group, me: str, moment: float) -> None:
         record = Surge(me, group.desired, group.max_size, max(group.max_size, group.desired + 1), moment)
         aws.tag_group(group.name, SURGE_TAG, record.encode())
     if group.max_size < record.desired + 1:
-        aws.set_sizes(group.name, max_size=record.desired + 1)
+        aws.set_max_size(group.name, record.desired + 1)
     if group.desired < record.desired + 1:
         aws.client("autoscaling").set_desired_capacity(
             AutoScalingGroupName=group.name, DesiredCapacity=record.desired + 1
@@ -220,7 +220,7 @@ def release_surge(group: Group, me: str | None) -> str | None:
         did.append(f"desired capacity back to {desired}")
     if group.max_size == record.raised and record.raised != record.max_size:
         restored = max(record.max_size, desired)
-        aws.set_sizes(group.name, max_size=restored)
+        aws.set_max_size(group.name, restored)
         did.append(f"maximum size back to {restored}")
     aws.untag_group(group.name, SURGE_TAG)
     return ", ".join(did) or None

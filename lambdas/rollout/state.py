@@ -63,32 +63,6 @@ class Migration:
     done: bool = False
 
 
-OWN = {
-    "config",
-    "execution",
-    "state_machine",
-    "next",
-    "wait",
-    "target",
-    "previous",
-    "desired_version",
-    "allow_downgrade",
-    "started",
-    "queued_since",
-    "migration",
-    "flight",
-    "lost",
-    "recorded",
-    "switched",
-    "verify_since",
-    "verify_started",
-    "rolling_back",
-    "rollback_started",
-    "restored",
-    "failure",
-}
-
-
 @dataclass
 class State:
     config: Config
@@ -113,6 +87,9 @@ class State:
     rollback_started: float | None = None
     restored: bool | None = None  # after a rollback: verified on the previous version
     failure: str | None = None
+    held: bool = False  # the web group's scaling is held (its hold tag is the record)
+    worker_wait: float | None = None  # since when migrate has waited for a worker in service
+    finish_tries: int = 0  # finish's attempts to resume scaling
     other: dict[str, Any] = field(default_factory=dict)  # keys of others, passed through
 
     @staticmethod
@@ -152,3 +129,7 @@ class State:
             return self.failure
         error = self.other.get("error")
         return failure_reason(error) if error else None
+
+
+# The keys this function owns; any other key of the state is passed through as it came.
+OWN = {f.name for f in dataclasses.fields(State)} - {"other"}

@@ -125,9 +125,9 @@ def migrate(state: State, phase: str) -> State:
         ready = sorted((s for s in group.servers if s.in_service), key=lambda s: -s.launched)
         coming = [s for s in group.servers if not s.gone]
         moment = aws.now()
-        waited = float(state.other.get("worker_wait") or moment)
+        waited = state.worker_wait or moment
         if not ready and coming and moment < waited + state.config.boot_grace:  # a worker boots, or EC2 lags
-            state.other["worker_wait"] = waited
+            state.worker_wait = waited
             return _waiting(state, BOOT_POLL)
         if not ready:
             states = ", ".join(f"{s.id} {s.lifecycle}" for s in group.servers) or "none"
@@ -136,7 +136,7 @@ def migrate(state: State, phase: str) -> State:
                 f"no worker is in service to run the {label} migrations of {state.target} "
                 f"(worker servers: {states})",
             )
-        state.other.pop("worker_wait", None)
+        state.worker_wait = None
         comment = aws.marker(state.short_execution, f"migrate {phase} {state.target}")
         # A retried step: the migration may have been sent already; never start a second one.
         found = aws.find_command(comment, state.started or aws.now())
@@ -184,10 +184,10 @@ def _group_step(state: State, role: str, target: str) -> State:
 
 def _hold(state: State) -> None:
     """Scaling held while the rollout moves web servers (recorded first: see fleet.hold_scaling)."""
-    if not state.other.get("held"):
+    if not state.held:
         processes = fleet.hold_scaling(state)
         logger.info("Web group scaling held", extra={"processes": processes})
-        state.other["held"] = True
+        state.held = True
 
 
 def web(state: State) -> State:
@@ -250,7 +250,7 @@ def verify(state: State, phase: str) -> State:
         state.switched = True  # from here on the post-deployment migrations may run: no way back
     # Nothing moves web servers until the final check: scaling works during the migrations.
     if fleet.release_scaling(state) is None:
-        state.other["held"] = False
+        state.held = False
     state.next = DONE
     return state
 
@@ -298,10 +298,9 @@ def finish(state: State) -> State:
     config = state.config
     failure = state.forward_failure() if state.target or state.failure or state.other.get("error") else None
     scaling = fleet.release_scaling(state)
-    tries = int(state.other.get("finish_tries", 0))
-    if scaling and tries < FINISH_TRIES:  # ask again shortly rather than leave scaling suspended
-        state.other["finish_tries"] = tries + 1
-        return _waiting(state, 10 * 2**tries)
+    if scaling and state.finish_tries < FINISH_TRIES:  # ask again rather than leave scaling held
+        state.finish_tries += 1
+        return _waiting(state, 10 * 2 ** (state.finish_tries - 1))
     problems: list[str] = [scaling] if scaling else []
     stray: list[str] = []
     deployed = "unknown"

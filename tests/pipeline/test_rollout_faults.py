@@ -494,7 +494,7 @@ def client_error(code: str, operation: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": code}}, operation)
 
 
-def test_an_instance_ec2_does_not_know_yet_is_taken_for_booting_not_for_gone(fleet):
+def test_an_instance_ec2_does_not_know_yet_is_taken_for_booting_not_for_gone(fleet, monkeypatch):
     # EC2 is eventually consistent: just after a launch, DescribeInstances may not know
     # the new instance. That must never read as "every server left".
     world = fleet(web=1, timing=QUICK)
@@ -517,12 +517,9 @@ def test_an_instance_ec2_does_not_know_yet_is_taken_for_booting_not_for_gone(fle
             ]
         return answer
 
-    ec2.describe_instances = forgetful
-    try:
-        world.set_desired(NEW)
-        succeeded(world, world.roll())
-    finally:
-        ec2.describe_instances = describe
+    monkeypatch.setattr(ec2, "describe_instances", forgetful)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
 
 
 def test_after_a_failed_rollback_putting_the_previous_version_again_repairs_the_fleet(fleet):
@@ -569,7 +566,7 @@ def test_a_server_that_shuts_down_as_it_is_sent_its_deploy_does_not_roll_the_upg
     succeeded(world, world.roll())
 
 
-def test_a_retried_migration_step_finds_its_command_even_before_the_worker_lists_it(fleet):
+def test_a_retried_migration_step_finds_its_command_even_before_the_worker_lists_it(fleet, monkeypatch):
     world = fleet(web=2, timing=QUICK)
     watch(world)  # at most one migration per phase
     ssm = rollout_aws._clients["ssm"]
@@ -580,20 +577,16 @@ def test_a_retried_migration_step_finds_its_command_even_before_the_worker_lists
             return {"Commands": []}
         return listed(**kwargs)
 
-    ssm.list_commands = not_yet_on_the_node
-    try:
-        world.lose_answer = lambda state, count: state in ("PreMigrate", "PostMigrate") and count == 1
-        world.set_desired(NEW)
-        succeeded(world, world.roll())
-    finally:
-        ssm.list_commands = listed
+    monkeypatch.setattr(ssm, "list_commands", not_yet_on_the_node)
+    world.lose_answer = lambda state, count: state in ("PreMigrate", "PostMigrate") and count == 1
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
 
 
 def test_a_failed_pre_deployment_migration_touches_no_server_even_one_launched_since(fleet):
     world = fleet(web=1, timing=QUICK)
     on_step(world, "Begin", 1, lambda w: w.terminate(w.instances("web")[0]))  # replaced before the rollout
     world.command_faults.append(lambda iid, line: "PG::DuplicateColumn" if "migrate pre" in line else None)
-    world.advance(0)
     world.set_desired(NEW)
     result = world.roll()
     assert result.status == "FAILED"
