@@ -8,8 +8,7 @@ minimum size, on-demand or spot), their EBS volumes and public IPv4 addresses, l
 balancers and their public addresses (none for an internal one), NAT gateways, RDS
 instances and storage (Multi-AZ doubles both), ElastiCache nodes, Secrets Manager
 secrets, KMS keys, CloudWatch alarms (per metric watched), WAF web ACLs and rules,
-the log ingestion of idle servers, and functions a schedule runs (with the CloudFront
-invalidation paths the media one is assumed to ask for). Usage-priced services (CloudFront, S3,
+the log ingestion of idle servers, and functions a schedule runs. Usage-priced services (CloudFront, S3,
 Lambda, Step Functions, SNS, data transfer, LCUs) cost nothing before traffic and
 are named in one zero line. Conditions on the region are judged in the price
 table's region.
@@ -240,14 +239,6 @@ class _Counter:
                          + gb_seconds * float(self.prices["lambda_gb_second_arm"])
                          + queue_requests * float(self.prices["sqs_request"])
                          + log_gb * float(self.prices["logs_ingestion_gb"]))
-                if "DISTRIBUTION_ID" in variables:
-                    paths = float(assumptions["media_invalidation_paths_month"])
-                    free = float(self.prices["cloudfront_free_invalidation_paths"])
-                    self.add("invalidation paths",
-                             f"~{paths:g} paths a month assumed (see pricing assumptions); the first "
-                             f"{free:g} of an account are free, then "
-                             f"${self.prices['cloudfront_invalidation_path']} each",
-                             max(paths - free, 0) * float(self.prices["cloudfront_invalidation_path"]))
 
     def logs(self) -> None:
         if not self.servers:

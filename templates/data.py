@@ -279,9 +279,6 @@ def _media_bucket(t: Template) -> s3.Bucket:
         OwnershipControls=s3.OwnershipControls(Rules=[
             s3.OwnershipControlsRule(ObjectOwnership="BucketOwnerEnforced")]),
         VersioningConfiguration=s3.VersioningConfiguration(Status="Enabled"),
-        # Deletions reach CloudFront's invalidation through EventBridge (media_invalidation.py).
-        NotificationConfiguration=s3.NotificationConfiguration(
-            EventBridgeConfiguration=s3.EventBridgeConfiguration(EventBridgeEnabled=True)),
         LifecycleConfiguration=s3.LifecycleConfiguration(Rules=[
             # Versioning guards against mistakes; old versions need not be kept forever.
             s3.LifecycleRule(

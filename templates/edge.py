@@ -1,8 +1,9 @@
 """CloudFront on the Mastodon domain, its certificate and the domain's DNS records.
 
 One distribution serves everything:
-- /system/*: media from the private S3 bucket through Origin Access Control, cached;
-  a CloudFront function strips the /system prefix (Mastodon's object keys have none).
+- /system/*: media from the private S3 bucket through Origin Access Control, cached
+  at the edge for at most MEDIA_EDGE_TTL_SECONDS (see there); a CloudFront function
+  strips the /system prefix (Mastodon's object keys have none).
 - fingerprinted assets (/packs/*, /assets/*): from the load balancer, cached.
 - /api/v1/streaming*: to the load balancer uncached, WebSocket upgrade passed through.
 - everything else: to the load balancer uncached, with Host, cookies and query string.
@@ -61,6 +62,17 @@ DISTRIBUTION = "Distribution"
 CLOUDFRONT_CERTIFICATE = "CloudFrontCertificate"
 MEDIA_PATH = "/system"
 MEDIA_HEADERS_POLICY = "MediaResponseHeadersPolicy"
+MEDIA_CACHE_POLICY = "MediaCachePolicy"
+# Media that Mastodon deletes (a removed post, a deleted or purged account, a takedown)
+# must stop being served within minutes. Mastodon uploads every file with a ten-year
+# Cache-Control max-age; CloudFront keeps an object for the lesser of max-age and the
+# cache policy's maximum TTL, and passes the origin's header on to browsers ("Managing
+# how long content stays in the cache", CloudFront developer guide). So the edge asks
+# S3 again after five minutes (a conditional GET that S3 answers 304 while the file
+# exists, 403 once it is gone), while browsers keep caching for years. An edge location
+# may refresh from the regional edge cache, itself up to that old: ten minutes at worst.
+# No invalidation to pay or to get throttled on; the bound holds for every deletion.
+MEDIA_EDGE_TTL_SECONDS = 300
 CACHED_ASSET_PATHS = ("/packs/*", "/assets/*")
 STREAMING_PATH = "/api/v1/streaming*"
 # CloudFront's hosted zone for alias records, the same in every partition region.
@@ -145,6 +157,23 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             QueryStringsConfig=cloudfront.OriginRequestQueryStringsConfig(QueryStringBehavior="none"),
         ),
     ))
+    media_cache = t.add_resource(cloudfront.CachePolicy(
+        MEDIA_CACHE_POLICY,
+        CachePolicyConfig=cloudfront.CachePolicyConfig(
+            Name=_global_name("media-cache"),
+            Comment="Media: the path only; at most a few minutes at the edge",
+            MinTTL=0,
+            DefaultTTL=MEDIA_EDGE_TTL_SECONDS,
+            MaxTTL=MEDIA_EDGE_TTL_SECONDS,
+            ParametersInCacheKeyAndForwardedToOrigin=cloudfront.ParametersInCacheKeyAndForwardedToOrigin(
+                CookiesConfig=cloudfront.CacheCookiesConfig(CookieBehavior="none"),
+                HeadersConfig=cloudfront.CacheHeadersConfig(HeaderBehavior="none"),
+                QueryStringsConfig=cloudfront.CacheQueryStringsConfig(QueryStringBehavior="none"),
+                EnableAcceptEncodingGzip=True,
+                EnableAcceptEncodingBrotli=True,
+            ),
+        ),
+    ))
     media_headers = t.add_resource(cloudfront.ResponseHeadersPolicy(
         MEDIA_HEADERS_POLICY,
         ResponseHeadersPolicyConfig=cloudfront.ResponseHeadersPolicyConfig(
@@ -222,7 +251,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             ViewerProtocolPolicy="redirect-to-https",
             AllowedMethods=["GET", "HEAD", "OPTIONS"],
             CachedMethods=["GET", "HEAD"],
-            CachePolicyId=CACHING_OPTIMIZED,
+            CachePolicyId=Ref(media_cache),
             ResponseHeadersPolicyId=Ref(media_headers),
             FunctionAssociations=[cloudfront.FunctionAssociation(
                 EventType="viewer-request", FunctionARN=GetAtt(strip_prefix, "FunctionARN"))],

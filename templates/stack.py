@@ -20,7 +20,6 @@ from templates import (
     load_balancing,
     mail,
     maintenance,
-    media_invalidation,
     network,
     operations,
     parameters,
@@ -63,8 +62,6 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
-    media_invalidation.create_media_invalidation(t, p, stores.bucket, cdn.distribution,
-                                                 assets.lambdas["media_invalidation"])
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
                                    servers, assets.instance_scripts)
     # Last of the create: protection on once the servers serve and CloudFront stands.

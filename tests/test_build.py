@@ -95,7 +95,7 @@ def test_every_instance_script_and_lambda_is_embedded(template_json):
     assert set(assets.instance_scripts) >= {"bootstrap.sh", "pools.sh"}
     assert set(assets.lambdas) == {"app_secrets", "availability_zones", "cloudfront_certificate",
                                    "prefix_list", "rollout", "invalidate", "initial_parameter",
-                                   "media_invalidation", "database_settings"}
+                                   "database_settings"}
     for launch_template in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
         embedded = json.loads(template_json)["Resources"][launch_template]["Metadata"]["Scripts"]
         assert embedded == assets.instance_scripts
