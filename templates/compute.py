@@ -20,8 +20,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from awacs import autoscaling as awacs_autoscaling
 from awacs import cloudformation as awacs_cfn
 from awacs import ec2 as awacs_ec2
+from awacs import elasticloadbalancing as awacs_elb
 from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
 from awacs import secretsmanager as awacs_sm
@@ -66,6 +68,8 @@ from templates.versions import Versions
 SCRIPTS_DIR = "/opt/mastodon-aws"
 DEPLOY_SCRIPT = f"{SCRIPTS_DIR}/deploy.sh"
 WEB_GROUP = "WebAutoScalingGroup"
+WEB_SERVER_ROLE = "WebServerRole"
+WORKER_SERVER_ROLE = "ServerRole"
 WORKER_GROUP = "WorkerAutoScalingGroup"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
 WEB_LAUNCH_TEMPLATE = "WebLaunchTemplate"
@@ -77,6 +81,10 @@ AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-
 # on a 1 GiB instance and a capped journal; deploy.sh and bootstrap.sh make room (or
 # refuse, with the reason) before a pull that would not fit.
 ROOT_VOLUME_GIB = 8
+# Tags CloudFormation puts on every Auto Scaling group it creates (AWS::AutoScaling::
+# AutoScalingGroup TagProperty, CloudFormation template reference).
+CLOUDFORMATION_STACK_TAG = "aws:cloudformation:stack-id"
+CLOUDFORMATION_LOGICAL_ID_TAG = "aws:cloudformation:logical-id"
 # bootstrap.sh's own limits, handed to it in stack.env (the one place they are set): how
 # long a web server waits for the worker to initialize the database, and how long any
 # server waits for its containers to turn healthy. Its other steps (Docker's install,
@@ -84,11 +92,33 @@ ROOT_VOLUME_GIB = 8
 BOOT_DATABASE_WAIT_SECONDS = 1200
 BOOT_HEALTH_WAIT_SECONDS = 600
 BOOT_OTHER_STEPS_SECONDS = 600
-# A server's worst legitimate boot. Auto Scaling does not replace a server on the load
-# balancer's health before it is over, and CloudFormation waits that long for a signal
-# (bootstrap.sh signals FAILURE itself, with the reason, when one of its waits runs out).
-BOOT_WORST_CASE_SECONDS = BOOT_DATABASE_WAIT_SECONDS + BOOT_HEALTH_WAIT_SECONDS + BOOT_OTHER_STEPS_SECONDS
-HEALTH_CHECK_GRACE_SECONDS = BOOT_WORST_CASE_SECONDS
+# A new web server waits in Pending:Wait, outside the target groups, until bootstrap.sh
+# completes the group's launch hook once Puma and streaming answer locally: Auto Scaling
+# registers it only then (EC2 Auto Scaling user guide, "How lifecycle hooks work"), so
+# no target reads unhealthy while it boots and the unhealthy-target alarms stay quiet
+# during creation, scale-out and a rollout's surge. Without the action completed in
+# time (bootstrap died or hung), the server is abandoned: terminated and replaced.
+LAUNCH_HOOK = "mastodon-boot"
+# The hook's clock starts at launch, before the OS and cloud-init start bootstrap.sh.
+BOOT_START_SECONDS = 300
+BOOT_READY_SECONDS = (BOOT_START_SECONDS + BOOT_DATABASE_WAIT_SECONDS + BOOT_HEALTH_WAIT_SECONDS
+                      + BOOT_OTHER_STEPS_SECONDS)
+# Then it waits for both target groups to find it healthy before it signals, so that a
+# first create ends, and the no-healthy-target alarms appear, only once the load balancer
+# serves from it (registering and HealthyThresholdCount checks take ~30 s; a security
+# group or port mistake shows here, with the reason).
+BOOT_TARGET_WAIT_SECONDS = 300
+# A server's worst legitimate boot, from launch to serving: CloudFormation waits that long
+# for a signal (bootstrap.sh signals FAILURE itself, with the reason, when one of its
+# waits runs out), and the rollout leaves a booting server alone that long.
+BOOT_WORST_CASE_SECONDS = BOOT_READY_SECONDS + BOOT_TARGET_WAIT_SECONDS
+# Auto Scaling's health check grace period starts when a server enters service, which
+# for a web server is after the launch hook (EC2 Auto Scaling user guide, "Set the
+# health check grace period"): it needs only the time the target groups take to find
+# it healthy, so a server that fails once it serves is replaced within minutes. The
+# worker has no hook and no target group: its grace covers the whole boot.
+WEB_HEALTH_CHECK_GRACE_SECONDS = BOOT_TARGET_WAIT_SECONDS
+WORKER_HEALTH_CHECK_GRACE_SECONDS = BOOT_WORST_CASE_SECONDS
 SIGNAL_TIMEOUT = f"PT{-(-BOOT_WORST_CASE_SECONDS // 60)}M"
 # EC2 refuses user data above 16 KB (before base64).
 USER_DATA_LIMIT = 16384
@@ -105,7 +135,6 @@ PROCESS_LOGS = ("web", "streaming", "sidekiq", "system")
 class Compute:
     web_group: autoscaling.AutoScalingGroup
     worker_group: autoscaling.AutoScalingGroup
-    role: iam.Role
     log_groups: dict[str, logs.LogGroup]
 
 
@@ -139,8 +168,9 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         ))
         for name in PROCESS_LOGS
     }
-    role = _server_role(t, p, data, secrets, versions, log_groups)
-    profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(role)]))
+    web_role, worker_role = _server_roles(t, p, data, secrets, versions, log_groups)
+    web_profile = t.add_resource(iam.InstanceProfile("WebServerInstanceProfile", Roles=[Ref(web_role)]))
+    worker_profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(worker_role)]))
 
     def stack_env(server_role: str, group: str) -> dict[str, object]:
         return {
@@ -181,12 +211,21 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
         }
 
+    # Only web servers wait in the launch hook and in the target groups.
+    web_env = {
+        **stack_env("web", WEB_GROUP),
+        "LAUNCH_HOOK": LAUNCH_HOOK,
+        "WEB_TARGET_GROUP_ARN": Ref(lb.web_target_group),
+        "STREAMING_TARGET_GROUP_ARN": Ref(lb.streaming_target_group),
+        "BOOT_TARGET_WAIT_SECONDS": str(BOOT_TARGET_WAIT_SECONDS),
+    }
+
     web_template = _launch_template(
-        t, WEB_LAUNCH_TEMPLATE, Ref(p.web_instance_type), parameters.WEB_IS_ARM, profile,
-        server_security_group, user_data(stack_env("web", WEB_GROUP), scripts, WEB_LAUNCH_TEMPLATE),
+        t, WEB_LAUNCH_TEMPLATE, Ref(p.web_instance_type), parameters.WEB_IS_ARM, web_profile,
+        server_security_group, user_data(web_env, scripts, WEB_LAUNCH_TEMPLATE),
         scripts)
     worker_template = _launch_template(
-        t, WORKER_LAUNCH_TEMPLATE, Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, profile,
+        t, WORKER_LAUNCH_TEMPLATE, Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, worker_profile,
         server_security_group,
         user_data(stack_env("worker", WORKER_GROUP), scripts, WORKER_LAUNCH_TEMPLATE), scripts)
 
@@ -199,7 +238,13 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         CapacityRebalance=If(parameters.USE_SPOT, True, False),
         TargetGroupARNs=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
         HealthCheckType="ELB",
-        HealthCheckGracePeriod=HEALTH_CHECK_GRACE_SECONDS,
+        HealthCheckGracePeriod=WEB_HEALTH_CHECK_GRACE_SECONDS,
+        LifecycleHookSpecificationList=[autoscaling.LifecycleHookSpecification(
+            LifecycleHookName=LAUNCH_HOOK,
+            LifecycleTransition="autoscaling:EC2_INSTANCE_LAUNCHING",
+            HeartbeatTimeout=BOOT_READY_SECONDS,
+            DefaultResult="ABANDON",
+        )],
         Tags=[autoscaling.Tag("Name", "mastodon-web", True),
               autoscaling.Tag("mastodon:role", "web", True)],
         CreationPolicy=CreationPolicy(
@@ -217,7 +262,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
         MixedInstancesPolicy=_market(worker_template, Ref(p.worker_instance_type)),
         HealthCheckType="EC2",
-        HealthCheckGracePeriod=HEALTH_CHECK_GRACE_SECONDS,
+        HealthCheckGracePeriod=WORKER_HEALTH_CHECK_GRACE_SECONDS,
         Tags=[autoscaling.Tag("Name", "mastodon-worker", True),
               autoscaling.Tag("mastodon:role", "worker", True)],
         CreationPolicy=CreationPolicy(
@@ -227,7 +272,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             MinInstancesInService=0, MaxBatchSize=1, WaitOnResourceSignals=True,
             PauseTime=SIGNAL_TIMEOUT)),
     ))
-    return Compute(web_group=web, worker_group=worker, role=role, log_groups=log_groups)
+    return Compute(web_group=web, worker_group=worker, log_groups=log_groups)
 
 
 def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.MixedInstancesPolicy:
@@ -293,8 +338,9 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
     ))
 
 
-def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versions: Versions,
-                 log_groups: dict[str, logs.LogGroup]) -> iam.Role:
+def _server_roles(t: Template, p: Parameters, data: Data, secrets: Secrets, versions: Versions,
+                  log_groups: dict[str, logs.LogGroup]) -> tuple[iam.Role, iam.Role]:
+    """The web servers' role and the worker's: the same reads, and the web's launch hook."""
     def parameter_arn(parameter: object) -> Sub:
         return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                    f"${{{parameter.title}}}")  # type: ignore[attr-defined]
@@ -327,9 +373,28 @@ def _server_role(t: Template, p: Parameters, data: Data, secrets: Secrets, versi
         Statement(Effect=Allow, Action=[awacs_s3.ListBucket], Resource=[GetAtt(data.bucket, "Arn")]),
         Statement(Effect=Allow, Action=[awacs_s3.GetObject, awacs_s3.PutObject, awacs_s3.DeleteObject],
                   Resource=[Join("", [GetAtt(data.bucket, "Arn"), "/*"])]),
+        *ssm_agent_statements(),
     ]
-    return policies.service_role(t, "ServerRole", "ec2.amazonaws.com", "Mastodon",
-                                 [*statements, *ssm_agent_statements()])
+    # Web servers only: a web server completes its own launch hook (only the web group
+    # of this stack, which CloudFormation tags with its stack and logical ID: the role
+    # cannot name the group, which is created after it) and reads its health in the
+    # target groups. The worker, which handles remote media, cannot touch web boots.
+    launch = [
+        Statement(Effect=Allow, Action=[awacs_autoscaling.CompleteLifecycleAction],
+                  Resource=[Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:"
+                                "autoScalingGroup:*:autoScalingGroupName/*")],
+                  Condition=Condition(StringEquals({
+                      f"aws:ResourceTag/{CLOUDFORMATION_STACK_TAG}": Ref("AWS::StackId"),
+                      f"aws:ResourceTag/{CLOUDFORMATION_LOGICAL_ID_TAG}": WEB_GROUP,
+                  }))),
+        # These accept no resource ARN: AWS grants them only on "*".
+        Statement(Effect=Allow, Resource=["*"], Action=[
+            awacs_autoscaling.DescribeAutoScalingInstances, awacs_elb.DescribeTargetHealth]),
+    ]
+    return (
+        policies.service_role(t, WEB_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", [*statements, *launch]),
+        policies.service_role(t, WORKER_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", statements),
+    )
 
 
 # What the SSM Agent needs for Session Manager and Run Command (tootctl, the rollout, the

@@ -52,7 +52,7 @@ from troposphere import (
 
 from lambdas.rollout import names
 from templates import functions, parameters, policies
-from templates.compute import DEPLOY_SCRIPT, HEALTH_CHECK_GRACE_SECONDS, Compute
+from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from templates.parameters import Parameters
@@ -437,7 +437,7 @@ def create_pipeline(
         "batch_size": "${BatchSize}",
         "drain_seconds": DEREGISTRATION_DELAY_SECONDS,
         "settle_seconds": SETTLE_SECONDS,
-        "boot_grace": HEALTH_CHECK_GRACE_SECONDS,
+        "boot_grace": BOOT_WORST_CASE_SECONDS,
         "topic_arn": "${TopicArn}",
         "distribution_id": "${DistributionId}",
         "images": [MASTODON_IMAGE, STREAMING_IMAGE],

@@ -58,6 +58,7 @@ DB_WAIT_TIMEOUT=${BOOTSTRAP_DB_WAIT_TIMEOUT:-}
 DB_POLL_INTERVAL=${BOOTSTRAP_DB_POLL_INTERVAL:-15}
 DB_CHECK_ATTEMPTS=${BOOTSTRAP_DB_CHECK_ATTEMPTS:-5}
 HEALTH_TIMEOUT=${BOOTSTRAP_HEALTH_TIMEOUT:-}
+TARGET_TIMEOUT=${BOOTSTRAP_TARGET_TIMEOUT:-}
 HEALTH_INTERVAL=${BOOTSTRAP_HEALTH_INTERVAL:-5}
 WORKER_STABLE_SECONDS=${BOOTSTRAP_WORKER_STABLE_SECONDS:-30}
 RETRY_ATTEMPTS=${BOOTSTRAP_RETRY_ATTEMPTS:-3}
@@ -192,6 +193,9 @@ on_exit() {
     if [ -n "${STACK_NAME:-}" ] && [ -n "${SIGNAL_RESOURCE:-}" ]; then
       signal FAILURE "$STEP: $reason" || log "could not signal FAILURE"
     fi
+    if [ "${ROLE:-}" = web ] && [ -n "${LAUNCH_HOOK:-}" ] && [ "$INSTANCE_ID" != unknown ]; then
+      complete_launch ABANDON || log "could not abandon the launch; Auto Scaling does when the hook times out"
+    fi
   fi
   ship_log
   exec >&- 2>&-
@@ -296,7 +300,15 @@ load_stack_env() {
   DB_WAIT_TIMEOUT=${DB_WAIT_TIMEOUT:-$BOOT_DATABASE_WAIT_SECONDS}
   HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-$BOOT_HEALTH_WAIT_SECONDS}
   case $ROLE in
-    web | worker) ;;
+    web)
+      for key in LAUNCH_HOOK WEB_TARGET_GROUP_ARN STREAMING_TARGET_GROUP_ARN BOOT_TARGET_WAIT_SECONDS; do
+        [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
+      done
+      [[ $BOOT_TARGET_WAIT_SECONDS =~ ^[1-9][0-9]*$ ]] ||
+        fail "BOOT_TARGET_WAIT_SECONDS must be a number of seconds, not '$BOOT_TARGET_WAIT_SECONDS'"
+      TARGET_TIMEOUT=${TARGET_TIMEOUT:-$BOOT_TARGET_WAIT_SECONDS}
+      ;;
+    worker) ;;
     *) fail "ROLE must be web or worker, not '$ROLE'" ;;
   esac
 }
@@ -741,6 +753,57 @@ wait_for_web_health() {
   done
 }
 
+# A new web server waits in Pending:Wait, outside the target groups, until it lets the
+# group's launch hook go on (LAUNCH_HOOK, templates/compute.py); Auto Scaling registers
+# it only then. A failed boot lets it go with ABANDON, so that Auto Scaling replaces
+# the server now rather than when the hook times out.
+launch_state() {
+  aws autoscaling describe-auto-scaling-instances --region "$AWS_REGION" --instance-ids "$INSTANCE_ID" \
+    --query 'AutoScalingInstances[0].[AutoScalingGroupName,LifecycleState]' --output text
+}
+
+complete_launch() {
+  local result=$1 answer group="" state=""
+  answer=$(retry launch_state) || { log "cannot read this server's lifecycle state"; return 1; }
+  read -r group state <<<"$answer"
+  if [ "$state" != Pending:Wait ]; then
+    log "no launch hook waits for this server (${state:-not in a group}): nothing to complete"
+    return 0
+  fi
+  log "completing the launch hook of $group with $result"
+  retry aws autoscaling complete-lifecycle-action --region "$AWS_REGION" --auto-scaling-group-name "$group" \
+    --lifecycle-hook-name "$LAUNCH_HOOK" --instance-id "$INSTANCE_ID" --lifecycle-action-result "$result" \
+    >/dev/null && return 0
+  # A completion whose answer was lost is refused when retried: the state tells.
+  answer=$(retry launch_state) && read -r group state <<<"$answer" && [ "$state" != Pending:Wait ]
+}
+
+let_launch_continue() {
+  step "join the load balancer"
+  complete_launch CONTINUE || fail "could not complete the launch hook $LAUNCH_HOOK"
+}
+
+target_state() {
+  aws elbv2 describe-target-health --region "$AWS_REGION" --target-group-arn "$1" --targets "Id=$INSTANCE_ID" \
+    --query 'TargetHealthDescriptions[0].TargetHealth.State' --output text
+}
+
+# Signal only once the load balancer serves from this server: a first create ends,
+# and its no-healthy-target alarms appear, with a healthy target in both groups.
+wait_for_targets() {
+  step "wait for the load balancer"
+  local deadline=$((SECONDS + TARGET_TIMEOUT)) group state
+  for group in "$WEB_TARGET_GROUP_ARN" "$STREAMING_TARGET_GROUP_ARN"; do
+    until state=$(target_state "$group") && [ "$state" = healthy ]; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        fail "healthy on the server but ${state:-unknown} in target group ${group##*:targetgroup/} after ${TARGET_TIMEOUT}s: check that the load balancer reaches the servers (security groups, health check path)"
+      fi
+      sleep "$HEALTH_INTERVAL"
+    done
+  done
+  log "healthy in both target groups"
+}
+
 running_sidekiq() {
   docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
 }
@@ -797,6 +860,8 @@ main() {
   start_units
   if [ "$ROLE" = web ]; then
     wait_for_web_health
+    let_launch_continue
+    wait_for_targets
   else
     wait_for_worker_health
   fi

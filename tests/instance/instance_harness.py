@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from templates.compute import BOOT_DATABASE_WAIT_SECONDS, BOOT_HEALTH_WAIT_SECONDS
+from templates.compute import (
+    BOOT_DATABASE_WAIT_SECONDS,
+    BOOT_HEALTH_WAIT_SECONDS,
+    BOOT_TARGET_WAIT_SECONDS,
+    LAUNCH_HOOK,
+)
 from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
 
@@ -24,6 +29,9 @@ STUBBED_COMMANDS = (
 )
 
 INSTANCE_ID = "i-0123456789abcdef0"
+TARGET_GROUPS = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup"
+WEB_TARGET_GROUP_ARN = f"{TARGET_GROUPS}/mastodon-web/0123456789abcdef"
+STREAMING_TARGET_GROUP_ARN = f"{TARGET_GROUPS}/mastodon-streaming/fedcba9876543210"
 APP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-app-AbCdEf"
 SMTP_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-smtp-GhIjKl"
 VERSION_PARAMETER = "/mastodon/test/deployed-version"
@@ -57,6 +65,7 @@ FAST = {
     "BOOTSTRAP_DB_POLL_INTERVAL": "0.05",
     "BOOTSTRAP_DB_CHECK_ATTEMPTS": "2",
     "BOOTSTRAP_HEALTH_TIMEOUT": "1",
+    "BOOTSTRAP_TARGET_TIMEOUT": "1",
     "BOOTSTRAP_HEALTH_INTERVAL": "0.05",
     "BOOTSTRAP_WORKER_STABLE_SECONDS": "0",
     "BOOTSTRAP_RETRY_ATTEMPTS": "3",
@@ -104,6 +113,13 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
         "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
     }
+    if role == "web":
+        env |= {
+            "LAUNCH_HOOK": LAUNCH_HOOK,
+            "WEB_TARGET_GROUP_ARN": WEB_TARGET_GROUP_ARN,
+            "STREAMING_TARGET_GROUP_ARN": STREAMING_TARGET_GROUP_ARN,
+            "BOOT_TARGET_WAIT_SECONDS": str(BOOT_TARGET_WAIT_SECONDS),
+        }
     env.update(overrides)
     return env
 

@@ -53,6 +53,39 @@ case $name in
           exit 254
         fi
         ;;
+      "autoscaling describe-auto-scaling-instances")
+        # The web group's launch hook holds a new server in Pending:Wait (the file
+        # lifecycle_state) until bootstrap completes the action.
+        printf '%s\t%s\n' "$(setting group_name mastodon-test-WebAutoScalingGroup-1A2B3C)" \
+          "$(setting lifecycle_state Pending:Wait)"
+        ;;
+      "autoscaling complete-lifecycle-action")
+        # complete_fail: refused (always), lost (done, but the answer never arrives).
+        if [ "$(setting lifecycle_state Pending:Wait)" != Pending:Wait ] ||
+          [ "$(setting complete_fail none)" = refused ]; then
+          echo "An error occurred (ValidationError) when calling the CompleteLifecycleAction operation: No active Lifecycle Action found with instance ID $(option --instance-id "$@")" >&2
+          exit 254
+        fi
+        echo Pending:Proceed >"$STUB_DIR/lifecycle_state"
+        if [ "$(setting complete_fail none)" = lost ]; then
+          echo "Connection was closed before we received a valid response from endpoint URL" >&2
+          exit 255
+        fi
+        ;;
+      "elbv2 describe-target-health")
+        # Not a target before the launch goes on; then one state a call from the file
+        # target_health (the last one staying), healthy unless told otherwise.
+        if [ "$(setting lifecycle_state Pending:Wait)" = Pending:Wait ]; then
+          echo unused
+        elif [ -s "$STUB_DIR/target_health" ]; then
+          head -n 1 "$STUB_DIR/target_health"
+          if [ "$(wc -l <"$STUB_DIR/target_health")" -gt 1 ]; then
+            sed -i 1d "$STUB_DIR/target_health"
+          fi
+        else
+          echo healthy
+        fi
+        ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
         cp "${events#file://}" "$STUB_DIR/shipped-log-$(date +%s%N)-$$.json"

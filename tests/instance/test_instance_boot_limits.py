@@ -24,11 +24,17 @@ def iso_minutes(duration: str) -> int:
     ("WorkerAutoScalingGroup", "WorkerLaunchTemplate"),
 ])
 def test_the_grace_period_and_the_signal_timeout_cover_bootstraps_own_waits(template, group, launch_template):
-    waits = sum(int(stack_env_value(template, launch_template, key))
-                for key in ("BOOT_DATABASE_WAIT_SECONDS", "BOOT_HEALTH_WAIT_SECONDS"))
+    keys = ["BOOT_DATABASE_WAIT_SECONDS", "BOOT_HEALTH_WAIT_SECONDS"]
+    if group == "WebAutoScalingGroup":
+        keys.append("BOOT_TARGET_WAIT_SECONDS")  # then the wait for the target groups
+    waits = sum(int(stack_env_value(template, launch_template, key)) for key in keys)
     resource = template["Resources"][group]
-    # Both waits and some time for everything else (Docker's install, the pulls).
-    assert props(template, group)["HealthCheckGracePeriod"] > waits
+    # Both waits and some time for everything else (Docker's install, the pulls). A web
+    # server's grace starts only once its launch hook has let it in (it covers the wait
+    # for the target groups), the hook covering the boot before that.
+    covered = props(template, group)["HealthCheckGracePeriod"] + sum(
+        hook["HeartbeatTimeout"] for hook in props(template, group).get("LifecycleHookSpecificationList", []))
+    assert covered > waits
     assert iso_minutes(resource["CreationPolicy"]["ResourceSignal"]["Timeout"]) * 60 > waits
     rolling = resource.get("UpdatePolicy", {}).get("AutoScalingRollingUpdate")
     if rolling:
@@ -51,3 +57,20 @@ def test_a_boot_without_its_waits_in_stack_env_fails_with_the_reason(bootstrap):
     run = bootstrap("web", stack={"BOOT_HEALTH_WAIT_SECONDS": ""})
     assert run.returncode != 0
     assert "BOOT_HEALTH_WAIT_SECONDS is not set in stack.env" in run.log
+
+
+def test_a_web_server_that_fails_once_it_serves_is_replaced_within_minutes(template):
+    # The grace period starts when the launch hook lets the server in: beyond the time
+    # the target groups take to find it healthy, it would only delay a replacement.
+    from templates import compute
+
+    web = props(template, compute.WEB_GROUP)
+    assert web["HealthCheckGracePeriod"] <= compute.BOOT_TARGET_WAIT_SECONDS
+    (hook,) = web["LifecycleHookSpecificationList"]
+    # The hook's clock starts at launch: it outlasts every one of bootstrap's own waits
+    # plus its allowances, so bootstrap, not the hook, ends a slow boot, with the reason.
+    timeout = hook["HeartbeatTimeout"]
+    assert timeout > compute.BOOT_DATABASE_WAIT_SECONDS + compute.BOOT_HEALTH_WAIT_SECONDS \
+        + compute.BOOT_OTHER_STEPS_SECONDS
+    signal = template["Resources"][compute.WEB_GROUP]["CreationPolicy"]["ResourceSignal"]["Timeout"]
+    assert iso_minutes(signal) * 60 >= timeout + compute.BOOT_TARGET_WAIT_SECONDS

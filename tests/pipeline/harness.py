@@ -124,8 +124,11 @@ class World:
     replace_unhealthy_after: int | None = None
     # no EC2 capacity for new web servers.
     no_capacity: bool = False
+    # the web group's launch hook (templates/compute.LAUNCH_HOOK): a booting server is no target.
+    launch_hook: bool = True
     # checks run after every step of the state machine (the invariants)
     after_step: list[Callable[[World, str], None]] = field(default_factory=list)
+    unhealthy_targets: list[tuple[float, int]] = field(default_factory=list)  # (time, count)
     lost_answers: int = 0
     retries: int = 0
     cloudfront_throttles: int = 0
@@ -212,17 +215,31 @@ class World:
 
         def attach_new_only(backend: Any, group_name: str) -> None:
             # moto re-registers every instance of the group on each capacity change, which
-            # would undo a rollout's deregistration; AWS registers only the new instances.
+            # would undo a rollout's deregistration; AWS registers only the new instances,
+            # and a server the web group's launch hook holds (Pending:Wait) only once its
+            # bootstrap lets the launch go on (world._finish_launches).
             group = backend.autoscaling_groups[group_name]
+            world.observe()
+            for s in group.instance_states:
+                held = world.launch_hook and bool(group.target_group_arns)
+                if held and s.lifecycle_state == "InService" and world.booting(s.instance.id):
+                    s.lifecycle_state = "Pending:Wait"
             for arn in group.target_group_arns:
                 fresh = [
                     {"Id": s.instance.id}
                     for s in group.instance_states
-                    if (arn, s.instance.id) not in world._ever_registered
+                    if (arn, s.instance.id) not in world._ever_registered and s.lifecycle_state == "InService"
                 ]
                 if fresh:
                     backend.elbv2_backend.register_targets(arn, fresh)
 
+        def active_instances(group: Any) -> list[Any]:
+            # Auto Scaling counts a launching server (Pending, Pending:Wait) toward the
+            # desired capacity; moto counts only InService ones, and would launch more.
+            counted = ("InService", "Pending")
+            return [s for s in group.instance_states if s.lifecycle_state.startswith(counted)]
+
+        self._patch(autoscaling_models.FakeAutoScalingGroup, "active_instances", active_instances)
         self._patch(autoscaling_models.AutoScalingBackend, "update_attached_target_groups", attach_new_only)
         replace = autoscaling_models.FakeAutoScalingGroup.replace_autoscaling_group_instances
 
@@ -411,14 +428,29 @@ class World:
             if iid in self.instances("web") + self.instances("worker"):
                 self.tag([iid], self.versions[iid])
 
+    def _finish_launches(self) -> None:
+        """A booted web server completes the launch hook: in service, then registered (bootstrap.sh)."""
+        import moto.autoscaling.models as autoscaling_models
+
+        backend = autoscaling_models.autoscaling_backends[DEFAULT_ACCOUNT_ID][REGION]
+        for group in backend.autoscaling_groups.values():
+            for s in group.instance_states:
+                if s.lifecycle_state == "Pending:Wait" and not self.booting(s.instance.id):
+                    s.lifecycle_state = "InService"
+                    for arn in group.target_group_arns:
+                        if (arn, s.instance.id) not in self._ever_registered:
+                            backend.elbv2_backend.register_targets(arn, [{"Id": s.instance.id}])
+
     def booting(self, iid: str) -> bool:
         return self.clock < self._seen.get(iid, START) + self.timing.boot and self._seen.get(iid) != START
 
     def health(self, tg: str, iid: str) -> str:
         if (tg, iid) in self._registered:
             since = self._registered[(tg, iid)]
-            if self.booting(iid) or self.clock < since + self.timing.health:
+            if self.clock < since + self.timing.health:
                 return "initial"
+            if self.booting(iid):  # a target that does not answer yet fails its checks
+                return "unhealthy"
             version = self.versions.get(iid, "")
             if (iid, version) in self.unhealthy:
                 return "unhealthy"
@@ -525,10 +557,14 @@ class World:
 
     def record_capacity(self) -> None:
         self.observe()
+        self._finish_launches()
         self._bootstrap_tags()
         group = self.group("web")
         in_service = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
         healthy = [i for i in in_service if all(self.health(tg, i) == "healthy" for tg in self.target_groups)]
+        # What the unhealthy-target alarms count: every registered target reading unhealthy.
+        self.unhealthy_targets.append((self.clock, sum(
+            self.health(tg, iid) == "unhealthy" for tg, iid in self._registered)))
         # The size the minimum is measured against: servers that have finished booting
         # (a scale-out raises the bar only once its server can serve).
         settled = [i for i in in_service if not self.booting(i)]

@@ -222,10 +222,16 @@ def test_the_desired_version_accepts_a_release_tag_and_the_downgrade_flag_only(t
     assert bool(re.fullmatch(pattern, value, re.ASCII)) is accepted
 
 
-def test_the_rollout_leaves_a_booting_server_alone_for_the_groups_whole_grace_period(template):
-    """A server is ready for the rollout when Auto Scaling would judge its health (item 10)."""
+def test_the_rollout_leaves_a_booting_server_alone_as_long_as_auto_scaling_does(template):
+    """A server is ready for the rollout when Auto Scaling would judge its health (item 10).
+
+    The worker's grace runs from launch; a web server's from the end of its launch hook,
+    which lasts at most the hook's timeout.
+    """
     from tests.support import props as properties
 
     config = definition(template)["States"]["Configure"]["Parameters"]["config"]
-    for group in ("WebAutoScalingGroup", "WorkerAutoScalingGroup"):
-        assert config["boot_grace"] == properties(template, group)["HealthCheckGracePeriod"]
+    assert config["boot_grace"] == properties(template, "WorkerAutoScalingGroup")["HealthCheckGracePeriod"]
+    web = properties(template, "WebAutoScalingGroup")
+    (hook,) = web["LifecycleHookSpecificationList"]
+    assert config["boot_grace"] >= hook["HeartbeatTimeout"] + web["HealthCheckGracePeriod"]

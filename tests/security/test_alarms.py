@@ -376,3 +376,33 @@ def test_no_healthy_target_means_none_in_the_whole_minute(template):
     # A rollout's surge, or a replacement, keeps a healthy target in every minute.
     for kind in ("Web", "Streaming"):
         assert props(template, f"{kind}NoHealthyTargetAlarm")["Statistic"] == "Maximum"
+
+
+def test_a_booting_web_server_is_no_target_so_the_unhealthy_target_alarms_stay_quiet(template):
+    # Auto Scaling registers a server behind a target group as soon as it launches,
+    # unless a launch hook holds it: without one, a boot (pulls, database wait) longer
+    # than the alarm's window reads as an unhealthy target during creation, scale-out
+    # and every rollout's surge. The hook is held for bootstrap's own worst case up to
+    # local health, and a server that never says it serves is abandoned, not let in.
+    from templates import compute, load_balancing
+    from tests.instance.test_instance_keep_alive import stack_env_value
+
+    (hook,) = props(template, compute.WEB_GROUP)["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert hook["DefaultResult"] == "ABANDON"
+    assert hook["LifecycleHookName"] == stack_env_value(template, compute.WEB_LAUNCH_TEMPLATE, "LAUNCH_HOOK")
+    waits = sum(int(stack_env_value(template, compute.WEB_LAUNCH_TEMPLATE, key))
+                for key in ("BOOT_DATABASE_WAIT_SECONDS", "BOOT_HEALTH_WAIT_SECONDS"))
+    assert waits < hook["HeartbeatTimeout"] <= 7200  # Auto Scaling's maximum
+    # Once let in, a server that serves turns healthy well within the alarm's window.
+    for kind in ("Web", "Streaming"):
+        alarm = props(template, f"{kind}UnhealthyTargetsAlarm")
+        target_group = props(template, f"{kind}TargetGroup")
+        to_healthy = target_group["HealthyThresholdCount"] * (
+            target_group["HealthCheckIntervalSeconds"] + target_group["HealthCheckTimeoutSeconds"])
+        assert 2 * to_healthy < alarm["Period"] * alarm["DatapointsToAlarm"]
+        assert target_group["HealthCheckIntervalSeconds"] == load_balancing.HEALTH_CHECK_INTERVAL_SECONDS
+    # The worker is in no target group, and its in-service count is the worker-down
+    # alarm's metric: a hook would make every boot of the worker read as an outage.
+    assert "LifecycleHookSpecificationList" not in props(template, compute.WORKER_GROUP)
+    assert "TargetGroupARNs" not in props(template, compute.WORKER_GROUP)

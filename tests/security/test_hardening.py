@@ -7,6 +7,8 @@ security group rules, and encryption of logs and the alert topic.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.support import props, resources
 
 # Actions AWS grants only on "*": they accept no resource ARN (Service Authorization Reference).
@@ -15,6 +17,8 @@ RESOURCE_STAR_ONLY = {
     "acm:RequestCertificate",
     # The rollout reads the fleet's state; these Describe/Get calls take no resource.
     "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups",
+    # A web server reads its own lifecycle state (bootstrap.sh, the launch hook).
+    "autoscaling:DescribeAutoScalingInstances",
     "elasticloadbalancing:DescribeTargetHealth", "ssm:GetCommandInvocation", "ssm:ListCommands",
     # Step Functions logging to CloudWatch Logs (vended log delivery; Step Functions guide).
     "logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
@@ -127,11 +131,15 @@ def _role_statements(template, role):
     return [st for p in props(template, role)["Policies"] for st in p["PolicyDocument"]["Statement"]]
 
 
-def test_the_servers_read_no_ssm_parameter_but_the_deployed_version(template):
-    role = props(template, "ServerRole")
+SERVER_ROLES = ("WebServerRole", "ServerRole")
+
+
+@pytest.mark.parametrize("server_role", SERVER_ROLES)
+def test_the_servers_read_no_ssm_parameter_but_the_deployed_version(template, server_role):
+    role = props(template, server_role)
     # AmazonSSMManagedInstanceCore grants ssm:GetParameter(s) on every parameter of the account.
     assert not role.get("ManagedPolicyArns"), "a managed policy grants more than the servers need"
-    reads = [st for st in _role_statements(template, "ServerRole")
+    reads = [st for st in _role_statements(template, server_role)
              if any(a.startswith(("ssm:GetParameter", "ssm:Describe", "ssm:List", "ssm:GetDocument"))
                     for a in _as_list(st["Action"]))]
     for statement in reads:
@@ -143,8 +151,9 @@ def test_the_servers_read_no_ssm_parameter_but_the_deployed_version(template):
                                           "${AWS::AccountId}:parameter${DeployedVersionParameter}"}]
 
 
-def test_the_servers_keep_what_session_manager_and_run_command_need(template):
-    granted = {a for st in _role_statements(template, "ServerRole") if st["Effect"] == "Allow"
+@pytest.mark.parametrize("server_role", SERVER_ROLES)
+def test_the_servers_keep_what_session_manager_and_run_command_need(template, server_role):
+    granted = {a for st in _role_statements(template, server_role) if st["Effect"] == "Allow"
                for a in _as_list(st["Action"])}
     # Session Manager (Systems Manager User Guide, instance profile for Session Manager) and
     # Run Command's message delivery, as AmazonSSMManagedInstanceCore grants them.
@@ -153,7 +162,7 @@ def test_the_servers_keep_what_session_manager_and_run_command_need(template):
             "ssmmessages:OpenDataChannel", "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage",
             "ec2messages:FailMessage", "ec2messages:GetEndpoint", "ec2messages:GetMessages",
             "ec2messages:SendReply"} <= granted
-    (registration,) = [st for st in _role_statements(template, "ServerRole")
+    (registration,) = [st for st in _role_statements(template, server_role)
                        if "ssm:UpdateInstanceInformation" in _as_list(st["Action"])]
     assert registration["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:"
                                          "${AWS::AccountId}:instance/*"}]

@@ -135,13 +135,20 @@ def test_root_volumes_are_the_ami_snapshot_size_of_8_gib(template):
 
 
 def test_each_server_reads_only_what_it_needs(template):
-    statements = props(template, "ServerRole")["Policies"][0]["PolicyDocument"]["Statement"]
+    statements = props(template, compute.WEB_SERVER_ROLE)["Policies"][0]["PolicyDocument"]["Statement"]
+    worker = props(template, compute.WORKER_SERVER_ROLE)["Policies"][0]["PolicyDocument"]["Statement"]
     actions = {a for s in statements for a in s["Action"]}
+    launch = {"autoscaling:DescribeAutoScalingInstances", "autoscaling:CompleteLifecycleAction",
+              "elasticloadbalancing:DescribeTargetHealth"}
+    # The worker (which handles remote media) reads the same, but cannot touch web boots.
+    assert {a for s in worker for a in s["Action"]} == actions - launch
     assert actions == {
         "secretsmanager:GetSecretValue", "ssm:GetParameter", "ec2:GetManagedPrefixListEntries",
         "logs:CreateLogStream", "logs:PutLogEvents", "cloudformation:SignalResource",
         "cloudformation:DescribeStackResource",
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject", "ec2:CreateTags",
+        # A web server lets its own launch hook go on, then waits for the target groups.
+        *launch,
         # The SSM Agent (Session Manager, Run Command) instead of AmazonSSMManagedInstanceCore.
         *compute.SSM_AGENT_INSTANCE_ACTIONS, *compute.SSM_AGENT_CHANNEL_ACTIONS,
     }
@@ -149,7 +156,15 @@ def test_each_server_reads_only_what_it_needs(template):
     # Only its own instance (bootstrap.sh tags the version it booted), only the version key.
     assert tagging["Condition"]["StringEquals"] == {"aws:ARN": "${ec2:SourceInstanceARN}"}
     assert tagging["Condition"]["ForAllValues:StringEquals"] == {"aws:TagKeys": ["mastodon:version"]}
-    assert "ManagedPolicyArns" not in props(template, "ServerRole")
+    assert "ManagedPolicyArns" not in props(template, compute.WEB_SERVER_ROLE)
+    assert "ManagedPolicyArns" not in props(template, compute.WORKER_SERVER_ROLE)
+    # The launch hook: only this stack's web group, found by the tags CloudFormation puts
+    # on it (the role is created before the group and cannot name it).
+    (hook,) = [s for s in statements if s["Action"] == ["autoscaling:CompleteLifecycleAction"]]
+    assert hook["Condition"]["StringEquals"] == {
+        "aws:ResourceTag/aws:cloudformation:stack-id": {"Ref": "AWS::StackId"},
+        "aws:ResourceTag/aws:cloudformation:logical-id": compute.WEB_GROUP,
+    }
 
 
 def test_the_database_is_postgresql_with_backups_and_growing_storage(template):
