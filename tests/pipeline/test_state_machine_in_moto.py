@@ -63,7 +63,7 @@ from moto.awslambda_simple.models import LambdaSimpleBackend, lambda_simple_back
 from moto.core import DEFAULT_ACCOUNT_ID
 
 import tests.lambdas.conftest  # noqa: F401  (fake AWS credentials and region first)
-from templates.compute import DEPLOY_SCRIPT, HEALTH_CHECK_GRACE_SECONDS
+from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from tests.support import props
@@ -107,7 +107,7 @@ CONFIG = {
     "distribution_id": RESOLVED["DistributionId"],
     "images": [MASTODON_IMAGE, STREAMING_IMAGE],
     "settle_seconds": SETTLE_SECONDS,
-    "boot_grace": HEALTH_CHECK_GRACE_SECONDS,
+    "boot_grace": BOOT_WORST_CASE_SECONDS,
     "tag_pattern": RELEASE_TAG_PATTERN,
     "deploy_script": DEPLOY_SCRIPT,
 }
@@ -188,7 +188,9 @@ class Machine:
     functions: dict[str, str]  # substitution key -> function ARN
     runs: int = 0
 
-    def run(self, script: list[tuple[str, str | Raise]], deadline: float = 5.0) -> Run:
+    # A bound against a Wait that really sleeps or a loop, not a speed test: an execution
+    # takes well under a second here, but a loaded CI machine may be many times slower.
+    def run(self, script: list[tuple[str, str | Raise]], deadline: float = 120.0) -> Run:
         """Queues one answer per task of `script` ((task state, next or Raise)), runs an execution.
 
         Checks the data flow on the way: each task got the right function, action and
