@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from awacs import cloudfront as awacs_cloudfront
 from awacs import sqs as awacs_sqs
 from awacs.aws import Allow, ArnEquals, Condition, PolicyDocument, Principal, Statement
-from troposphere import GetAtt, Ref, Sub, Template, awslambda, cloudfront, events, s3, sqs
+from troposphere import GetAtt, Ref, Template, awslambda, events, s3, sqs
 
 from templates import functions
+from templates.edge import Edge
 from templates.parameters import Parameters
 
 FUNCTION = "MediaInvalidationFunction"
@@ -41,7 +42,7 @@ class MediaInvalidation:
 
 
 def create_media_invalidation(t: Template, p: Parameters, bucket: s3.Bucket,
-                              distribution: cloudfront.Distribution, code: str) -> MediaInvalidation:
+                              cdn: Edge, code: str) -> MediaInvalidation:
     queue = t.add_resource(sqs.Queue(
         QUEUE,
         SqsManagedSseEnabled=True,
@@ -83,13 +84,12 @@ def create_media_invalidation(t: Template, p: Parameters, bucket: s3.Bucket,
             Statement(Effect=Allow, Action=[awacs_sqs.ReceiveMessage, awacs_sqs.DeleteMessage],
                       Resource=[GetAtt(queue, "Arn")]),
             Statement(Effect=Allow, Action=[awacs_cloudfront.CreateInvalidation,
-                                            awacs_cloudfront.ListInvalidations], Resource=[Sub(
-                "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
-                f"${{{distribution.title}}}")]),
+                                            awacs_cloudfront.ListInvalidations],
+                      Resource=[cdn.distribution_arn()]),
         ],
         Ref(p.log_retention), timeout=FUNCTION_TIMEOUT, memory=FUNCTION_MEMORY,
         description="Invalidates the CloudFront paths of media deleted from the bucket.",
-        environment={"QUEUE_URL": Ref(queue), "DISTRIBUTION_ID": Ref(distribution)},
+        environment={"QUEUE_URL": Ref(queue), "DISTRIBUTION_ID": Ref(cdn.distribution)},
     )
     function.Metadata = {"checkov": {"skip": [
         *(s for s in functions.CHECKOV_SKIPS if s["id"] != "CKV_AWS_116"),

@@ -63,7 +63,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
-    media_invalidation.create_media_invalidation(t, p, stores.bucket, cdn.distribution,
+    media_invalidation.create_media_invalidation(t, p, stores.bucket, cdn,
                                                  assets.lambdas["media_invalidation"])
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
                                    servers, assets.instance_scripts)
@@ -77,7 +77,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     alerts = operations.create_alert_topic(t, p, operations_key)
     alarms.create_alarms(t, p, lb, stores, fleet, alerts)
     rollout = pipeline.create_pipeline(
-        t, p, version_parameters, fleet, lb, cdn.distribution, alerts, operations_key,
+        t, p, version_parameters, fleet, lb, cdn, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
     failure_notice = alarms.create_rollout_failure_notice(t, p, rollout.state_machine, alerts)
     # Every publisher the topic admits: the alarms, and the rules that target it.
