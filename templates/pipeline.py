@@ -38,7 +38,6 @@ from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
     Output,
-    Parameter,
     Ref,
     Sub,
     Template,
@@ -50,7 +49,7 @@ from troposphere import (
 )
 
 from lambdas.rollout import names
-from templates import functions, parameters, policies
+from templates import functions, policies
 from templates.compute import DEPLOY_SCRIPT, HEALTH_CHECK_GRACE_SECONDS, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
@@ -336,22 +335,6 @@ def create_pipeline(
     rollout_code: str,
     invalidate_code: str,
 ) -> Pipeline:
-    batch = parameters.add_parameter(
-        t,
-        parameters.GROUP_OPERATIONS,
-        "Upgrade batch size",
-        Parameter(
-            "RollingBatchSize",
-            Type="Number",
-            Default="1",
-            MinValue=1,
-            MaxValue=5,
-            Description="Web servers an upgrade takes out of service at once. Serving capacity never "
-            "drops below the group's size minus this (and never to zero: a lone server is "
-            "replaced by a new one that serves first).",
-            ConstraintDescription="a whole number from 1 to 5",
-        ),
-    )
     state_parameter = t.add_resource(
         ssm.Parameter(
             ROLLOUT_STATE,
@@ -451,7 +434,7 @@ def create_pipeline(
                 "DesiredParameter": Ref(versions.desired),
                 "DeployedParameter": Ref(versions.deployed),
                 "StateParameter": Ref(state_parameter),
-                "BatchSize": Ref(batch),
+                "BatchSize": Ref(p.rolling_batch_size),
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
                 "DistributionId": Ref(cdn.distribution),  # type: ignore[arg-type]
             },

@@ -59,7 +59,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
     servers = compute.create_server_security_group(t, net, lb)
     stores = data.create_data(t, p, net, servers, stack_secrets)
-    firewall = waf.create_waf_parameters(t)
+    firewall = waf.create_waf_conditions(t, p)
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)

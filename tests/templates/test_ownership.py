@@ -142,6 +142,11 @@ def test_no_module_spells_a_logical_id_another_module_owns(watch):
     assert names.foreign() == []
 
 
+def test_every_parameter_is_declared_in_the_parameters_module(watch):
+    names = watch(lambda: build_template(BuildOptions(), build.load_assets()))
+    assert {module for module in names.parameters.values()} == {PARAMETERS_MODULE}
+
+
 def test_the_watch_finds_a_role_rebuilt_from_its_owners_naming_rule(watch):
     """The check can fail: this module spells a role that templates/policies.py added."""
     def make() -> None:
