@@ -19,31 +19,10 @@ from typing import Any
 import pytest
 from moto import mock_aws
 
-from lambdas import (
-    app_secrets,
-    availability_zones,
-    cloudfront_certificate,
-    custom_resource,
-    database_settings,
-    initial_parameter,
-    prefix_list,
-)
+from lambdas import app_secrets, custom_resource
 from lambdas.custom_resource import Answer, handle
-from tests.lambdas.conftest import LambdaContext
-
-FUNCTIONS = {"app_secrets": app_secrets, "availability_zones": availability_zones,
-             "cloudfront_certificate": cloudfront_certificate, "database_settings": database_settings,
-             "initial_parameter": initial_parameter, "prefix_list": prefix_list}
-
-
-class Response:
-    status = 200
-
-    def __enter__(self) -> Response:
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        return None
+from tests.lambdas.conftest import LambdaContext, Response
+from tests.lambdas.test_malformed_events import HANDLERS as FUNCTIONS
 
 
 class FlakyS3:
