@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ STACK_POLICY_NAME = "policy/stack-policy.json"
 PRICES = ROOT / "pricing" / "us-east-1.json"
 DOCS_PICTURE = ROOT / "docs" / "architecture.svg"
 PICTURE_NAME = "architecture.svg"
+# A Lambda module is a function when it defines lambda_handler at its top level; it
+# shares the modules of lambdas/ it imports at its top level (`from lambdas.x import ...`
+# or `from lambdas import x`). Read from the text: parsing every module takes too long.
+HANDLER = re.compile(r"^def lambda_handler\(", re.MULTILINE)
+SHARED_IMPORT = re.compile(r"^from lambdas(?:\.(\w+))? import ([\w, ]+)$", re.MULTILINE)
 
 # CloudFormation quotas (Service Quotas, CloudFormation): a template body passed
 # inline may hold 51,200 bytes, one read from S3 1 MB, and a stack 500 resources.
@@ -53,13 +59,21 @@ OUTPUT_LIMIT = 200
 def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPTS) -> Assets:
     """Read each Lambda module and instance script the template embeds.
 
-    A function is a module of lambdas/, or a package of modules (its __init__.py lists
-    them in MODULES, the last one holding lambda_handler) assembled into one file.
+    A function is a module of lambdas/ that defines lambda_handler, or a package of
+    modules (its __init__.py lists them in MODULES, the last one holding lambda_handler).
+    A module that imports shared modules of lambdas/ (lambdas/custom_resource.py) is
+    assembled with them into one file; one that imports none is inlined as it is.
     """
-    functions = {
-        path.stem: path.read_text()
-        for path in sorted(lambdas_dir.glob("*.py")) if not path.name.startswith("_")
-    }
+    functions = {}
+    for path in sorted(lambdas_dir.glob("*.py")):
+        if not HANDLER.search(path.read_text()):
+            continue  # a shared module, not a function
+        order = shared_modules(lambdas_dir, path.stem)
+        if order == [path.stem]:
+            functions[path.stem] = path.read_text()
+        else:
+            modules = [(name, (lambdas_dir / f"{name}.py").read_text()) for name in order]
+            functions[path.stem] = assemble("lambdas", modules, path.stem)
     for init in sorted(lambdas_dir.glob("*/__init__.py")):
         order = ast.literal_eval(next(
             node.value for node in ast.parse(init.read_text()).body
@@ -70,6 +84,24 @@ def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPT
         functions[init.parent.name] = assemble(package, modules, order[-1])
     scripts = {path.name: path.read_text() for path in sorted(scripts_dir.glob("*.sh"))}
     return Assets(lambdas=functions, instance_scripts=scripts)
+
+
+def shared_modules(lambdas_dir: Path, name: str) -> list[str]:
+    """Module `name` after the modules of lambdas/ it imports, each after its own imports."""
+    order: list[str] = []
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        if module in path:
+            raise ValueError(f"lambdas/{module}.py imports itself through {' -> '.join(path)}")
+        if module in order:
+            return
+        for submodule, names in SHARED_IMPORT.findall((lambdas_dir / f"{module}.py").read_text()):
+            for dependency in [submodule] if submodule else [n.strip() for n in names.split(",")]:
+                visit(dependency, (*path, module))
+        order.append(module)
+
+    visit(name, ())
+    return order
 
 
 @dataclass(frozen=True)

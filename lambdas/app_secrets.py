@@ -26,7 +26,6 @@ import json
 import re
 import secrets
 import string
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,6 +36,8 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -277,35 +278,6 @@ def remove_smtp_keys(properties: Mapping[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- CloudFormation
-def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1000],
-            "PhysicalResourceId": physical_id,
-            "StackId": event.get("StackId", ""),
-            "RequestId": event.get("RequestId", ""),
-            "LogicalResourceId": event.get("LogicalResourceId", ""),
-            "NoEcho": True,
-            "Data": {},
-        }
-    ).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url,
-        data=body,
-        method="PUT",
-        headers={"Content-Type": "", "Content-Length": str(len(body))},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info(
-            "Answered CloudFormation",
-            extra={"status": status, "http_status": response.status},
-        )
-
-
 def safe_reason(error: Exception) -> str:
     """A reason that names the failure but can never carry a secret value."""
     if isinstance(error, ClientError):
@@ -315,25 +287,22 @@ def safe_reason(error: Exception) -> str:
     return f"{type(error).__name__} (see the function's log)"
 
 
+def fill(event: CloudFormationCustomResourceEvent, physical_id: str) -> Answer:
+    if event.request_type == "Delete":
+        remove_smtp_keys(event.resource_properties)
+    else:
+        old = event.old_resource_properties if event.request_type == "Update" else {}
+        changed = fill_secret(event.resource_properties, old)
+        logger.info("Secret filled", extra={"changed_keys": changed})
+    return Answer(physical_id)
+
+
 @logger.inject_lambda_context
 def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
     # Stable for the resource's life: a new id would make CloudFormation "delete" the
     # old one, and Delete removes the SMTP user's keys.
     stack_name = [*str(raw_event.get("StackId", "")).split("/"), "", ""][1] or "stack"
-    physical_id = (
-        event.physical_resource_id or f"{stack_name}-{raw_event.get('LogicalResourceId', 'AppSecrets')}"
-    )
-    try:
-        if event.request_type not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {event.request_type!r}")
-        if event.request_type == "Delete":
-            remove_smtp_keys(event.resource_properties)
-        else:
-            old = event.old_resource_properties if event.request_type == "Update" else {}
-            changed = fill_secret(event.resource_properties, old)
-            logger.info("Secret filled", extra={"changed_keys": changed})
-        send_response(raw_event, "SUCCESS", "", physical_id)
-    except Exception as error:
-        logger.exception("Request failed")
-        send_response(raw_event, "FAILED", safe_reason(error), physical_id)
+    logical_id = raw_event.get("LogicalResourceId", "AppSecrets")
+    physical_id = raw_event.get("PhysicalResourceId") or f"{stack_name}-{logical_id}"
+    handle(raw_event, context, lambda event: fill(event, physical_id), logger, physical_id,
+           reason=safe_reason, no_echo=True)

@@ -14,9 +14,7 @@ creates), so the update does not replace them.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +24,8 @@ from aws_lambda_powertools.utilities.data_classes import (
     CloudFormationCustomResourceEvent,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -221,40 +221,6 @@ def stack_subnets(stack_id: str) -> list[dict[str, Any]]:
     return [subnet for page in pages for subnet in page["Subnets"]]
 
 
-def send_response(
-    event: Mapping[str, Any],
-    status: str,
-    reason: str,
-    physical_id: str,
-    data: Mapping[str, str] | None = None,
-) -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1000],
-            "PhysicalResourceId": physical_id,
-            "StackId": event.get("StackId", ""),
-            "RequestId": event.get("RequestId", ""),
-            "LogicalResourceId": event.get("LogicalResourceId", ""),
-            "Data": dict(data or {}),
-        }
-    ).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url,
-        data=body,
-        method="PUT",
-        headers={"Content-Type": "", "Content-Length": str(len(body))},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info(
-            "Answered CloudFormation",
-            extra={"status": status, "http_status": response.status},
-        )
-
-
 # ---------------------------------------------------------------- handler
 def created_zones(
     stack_id: str, logical_ids: Sequence[str], count: int, excluded: Sequence[str]
@@ -281,32 +247,27 @@ def created_zones(
     return adopted
 
 
+def locate(event: CloudFormationCustomResourceEvent, physical_id: str) -> Answer:
+    kind = event.request_type
+    if kind == "Delete":  # nothing was created
+        return Answer(physical_id)
+    count, excluded = parse_properties(event.resource_properties)
+    logical_ids = parse_subnet_logical_ids(event.resource_properties)
+    zones, region = available_zones()
+    # Update: the zones stay (moving them replaces subnets and the database's subnet
+    # group) unless Count changed.
+    chosen = keep(event.physical_resource_id, count, zones) if kind == "Update" else None
+    kept = chosen is not None
+    if chosen is None:
+        adopted = created_zones(event.stack_id, logical_ids, count, excluded) if kind == "Create" else []
+        chosen = choose(zones, count, excluded, region, adopted)
+    elif now_excluded := [z["ZoneId"] for z in chosen if z["ZoneId"] in excluded]:
+        logger.warning("Keeping zones that are now excluded", extra={"zone_ids": now_excluded})
+    logger.info("Zones", extra={"region": region, "kept": kept, "zones": as_data(chosen)})
+    return Answer(physical_id_of(chosen), as_data(chosen))
+
+
 @logger.inject_lambda_context
 def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
-    physical_id = event.physical_resource_id or f"no-zones-{raw_event.get('RequestId', '')}"
-    try:
-        kind = event.request_type
-        if kind not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {kind!r}")
-        if kind == "Delete":  # nothing was created
-            send_response(raw_event, "SUCCESS", "", physical_id)
-            return
-        count, excluded = parse_properties(event.resource_properties)
-        logical_ids = parse_subnet_logical_ids(event.resource_properties)
-        zones, region = available_zones()
-        # Update: the zones stay (moving them replaces subnets and the database's subnet
-        # group) unless Count changed.
-        chosen = keep(event.physical_resource_id, count, zones) if kind == "Update" else None
-        kept = chosen is not None
-        if chosen is None:
-            adopted = created_zones(event.stack_id, logical_ids, count, excluded) if kind == "Create" else []
-            chosen = choose(zones, count, excluded, region, adopted)
-        elif now_excluded := [z["ZoneId"] for z in chosen if z["ZoneId"] in excluded]:
-            logger.warning("Keeping zones that are now excluded", extra={"zone_ids": now_excluded})
-        logger.info("Zones", extra={"region": region, "kept": kept, "zones": as_data(chosen)})
-        send_response(raw_event, "SUCCESS", "", physical_id_of(chosen), as_data(chosen))
-    except Exception as error:
-        logger.exception("Request failed")
-        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        send_response(raw_event, "FAILED", reason, physical_id)
+    physical_id = raw_event.get("PhysicalResourceId") or f"no-zones-{raw_event.get('RequestId', '')}"
+    handle(raw_event, context, lambda event: locate(event, physical_id), logger, physical_id)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import re
 import time
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +24,8 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -235,62 +236,37 @@ def keep(event: dict[str, Any]) -> tuple[str, str, str]:
 
 
 # ---------------------------------------------------------------- CloudFormation
-def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1000],
-            "PhysicalResourceId": physical_id,
-            "StackId": event.get("StackId", ""),
-            "RequestId": event.get("RequestId", ""),
-            "LogicalResourceId": event.get("LogicalResourceId", ""),
-            "Data": {"Arn": physical_id}
-            if status == "SUCCESS" and CERTIFICATE_ARN.match(physical_id)
-            else {},
-        }
-    ).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url,
-        data=body,
-        method="PUT",
-        headers={"Content-Type": "", "Content-Length": str(len(body))},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info(
-            "Answered CloudFormation",
-            extra={"status": status, "http_status": response.status},
-        )
+def answer(status: str, reason: str, physical_id: str) -> Answer:
+    """GetAtt Arn: the certificate, once issued."""
+    issued = status == "SUCCESS" and CERTIFICATE_ARN.match(physical_id)
+    return Answer(physical_id, {"Arn": physical_id} if issued else {}, status, reason)
+
+
+def certify(
+    event: CloudFormationCustomResourceEvent, physical_id: str, context: LambdaContext
+) -> Answer | None:
+    raw_event = event.raw_event
+    kind = event.request_type
+    if kind == "Delete":
+        if CERTIFICATE_ARN.match(physical_id):
+            delete_certificate(acm_client(), physical_id, context)
+        result: tuple[str, str, str] | None = ("SUCCESS", "", physical_id)
+    elif (
+        kind == "Update"
+        and "CertificateArn" not in raw_event
+        and CERTIFICATE_ARN.match(physical_id)
+        and not names_changed(event.resource_properties, event.old_resource_properties)
+    ):
+        result = keep(raw_event)
+    else:
+        result = provide(raw_event, context)  # Create, or Update to new names: new id
+    return None if result is None else answer(*result)
 
 
 @logger.inject_lambda_context
 def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
     # Until a certificate exists, the id says so; a Delete of it does nothing.
-    physical_id = event.physical_resource_id or f"no-certificate-{raw_event.get('RequestId', '')}"
-    try:
-        kind = event.request_type
-        if kind not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {kind!r}")
-        if kind == "Delete":
-            if CERTIFICATE_ARN.match(physical_id):
-                delete_certificate(acm_client(), physical_id, context)
-            result: tuple[str, str, str] | None = ("SUCCESS", "", physical_id)
-        elif (
-            kind == "Update"
-            and "CertificateArn" not in raw_event
-            and CERTIFICATE_ARN.match(physical_id)
-            and not names_changed(event.resource_properties, event.old_resource_properties)
-        ):
-            result = keep(raw_event)
-        else:
-            result = provide(raw_event, context)  # Create, or Update to new names: new id
-        if result is not None:
-            send_response(raw_event, *result)
-    except Exception as error:
-        logger.exception("Request failed")
-        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        arn = str(raw_event.get("CertificateArn") or "")
-        send_response(raw_event, "FAILED", reason, arn or physical_id)
+    physical_id = raw_event.get("PhysicalResourceId") or f"no-certificate-{raw_event.get('RequestId', '')}"
+    # A failure once a certificate was requested names it: the Delete that follows removes it.
+    failed_id = str(raw_event.get("CertificateArn") or "") or physical_id
+    handle(raw_event, context, lambda event: certify(event, physical_id, context), logger, failed_id)

@@ -17,10 +17,8 @@ to, so that RDS never creates an unencrypted one that keeps logs forever.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +29,8 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -117,55 +117,29 @@ def stack_status(stack_id: str) -> str | None:
     return status
 
 
-def send_response(event: Mapping[str, Any], status: str, reason: str, physical_id: str) -> None:
-    body = json.dumps({
-        "Status": status,
-        "Reason": reason[:1000],
-        "PhysicalResourceId": physical_id,
-        "StackId": event.get("StackId", ""),
-        "RequestId": event.get("RequestId", ""),
-        "LogicalResourceId": event.get("LogicalResourceId", ""),
-        "Data": {},
-    }).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info("Answered CloudFormation", extra={"status": status, "http_status": response.status})
-
-
 # ---------------------------------------------------------------- handler
-@logger.inject_lambda_context
-def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
-    physical_id = event.physical_resource_id or f"database-settings-{raw_event.get('RequestId', '')}"
-
+def settle(event: CloudFormationCustomResourceEvent, physical_id: str, context: LambdaContext) -> Answer:
     def time_left() -> float:
         return float(context.get_remaining_time_in_millis()) / 1000
 
-    try:
-        kind = event.request_type
-        if kind not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {kind!r}")
-        if kind == "Delete":
-            status = stack_status(str(raw_event.get("StackId", "")))
-            identifier = str(event.resource_properties.get("DBInstanceIdentifier") or "")
-            rds = boto3.client("rds")
-            if unprotect_on_delete(status) and IDENTIFIER.match(identifier) and describe(rds, identifier):
-                made = apply(rds, identifier, False, [], time_left)
-                logger.info("Create rolled back: protection off", extra={"database": identifier,
-                                                                          "changes": made})
-            else:
-                logger.info("Settings left as they are", extra={"stack_status": status})
-            send_response(raw_event, "SUCCESS", "", physical_id)
-            return
-        identifier, protection, log_types = parse_properties(event.resource_properties)
-        made = apply(boto3.client("rds"), identifier, protection, log_types, time_left)
-        logger.info("Database settings applied", extra={"database": identifier, "changes": made})
-        send_response(raw_event, "SUCCESS", "", f"{identifier}-settings")
-    except Exception as error:
-        logger.exception("Request failed")
-        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        send_response(raw_event, "FAILED", reason, physical_id)
+    if event.request_type == "Delete":
+        status = stack_status(str(event.get("StackId", "")))
+        identifier = str(event.resource_properties.get("DBInstanceIdentifier") or "")
+        rds = boto3.client("rds")
+        if unprotect_on_delete(status) and IDENTIFIER.match(identifier) and describe(rds, identifier):
+            made = apply(rds, identifier, False, [], time_left)
+            logger.info("Create rolled back: protection off", extra={"database": identifier,
+                                                                      "changes": made})
+        else:
+            logger.info("Settings left as they are", extra={"stack_status": status})
+        return Answer(physical_id)
+    identifier, protection, log_types = parse_properties(event.resource_properties)
+    made = apply(boto3.client("rds"), identifier, protection, log_types, time_left)
+    logger.info("Database settings applied", extra={"database": identifier, "changes": made})
+    return Answer(f"{identifier}-settings")
+
+
+@logger.inject_lambda_context
+def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
+    physical_id = raw_event.get("PhysicalResourceId") or f"database-settings-{raw_event.get('RequestId', '')}"
+    handle(raw_event, context, lambda event: settle(event, physical_id, context), logger, physical_id)

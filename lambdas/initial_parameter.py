@@ -16,9 +16,7 @@ for instead of the build's: a stack update never changes the desired version.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +27,8 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -83,51 +83,23 @@ def delete(name: str) -> None:
             raise
 
 
-def send_response(
-    event: Mapping[str, Any], status: str, reason: str, physical_id: str,
-    data: Mapping[str, str] | None = None,
-) -> None:
-    body = json.dumps({
-        "Status": status,
-        "Reason": reason[:1000],
-        "PhysicalResourceId": physical_id,
-        "StackId": event.get("StackId", ""),
-        "RequestId": event.get("RequestId", ""),
-        "LogicalResourceId": event.get("LogicalResourceId", ""),
-        "Data": dict(data or {}),
-    }).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info("Answered CloudFormation", extra={"status": status, "http_status": response.status})
-
-
 # ---------------------------------------------------------------- handler
+def ensure(event: CloudFormationCustomResourceEvent, physical_id: str) -> Answer:
+    if event.request_type == "Delete":
+        if NAME.match(physical_id):  # a failed Create left nothing to delete
+            delete(physical_id)
+        return Answer(physical_id)
+    name, value, description, report = parse_properties(event.resource_properties)
+    # Update: a new name is a new parameter (CloudFormation then deletes the old id);
+    # the same name keeps whatever value the pipeline has written since.
+    written = create_if_missing(name, value, description)
+    data = {"ReportedValue": (current_value(report) if report else None) or value}
+    logger.info("Parameter ensured", extra={"parameter": name, "written": written, **data})
+    return Answer(name, data)
+
+
 @logger.inject_lambda_context
 def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
     # The physical id is the parameter's name: Ref gives the name, like AWS::SSM::Parameter.
-    physical_id = event.physical_resource_id or f"no-parameter-{raw_event.get('RequestId', '')}"
-    try:
-        kind = event.request_type
-        if kind not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {kind!r}")
-        if kind == "Delete":
-            if NAME.match(physical_id):  # a failed Create left nothing to delete
-                delete(physical_id)
-            send_response(raw_event, "SUCCESS", "", physical_id)
-            return
-        name, value, description, report = parse_properties(event.resource_properties)
-        # Update: a new name is a new parameter (CloudFormation then deletes the old id);
-        # the same name keeps whatever value the pipeline has written since.
-        written = create_if_missing(name, value, description)
-        data = {"ReportedValue": (current_value(report) if report else None) or value}
-        logger.info("Parameter ensured", extra={"parameter": name, "written": written, **data})
-        send_response(raw_event, "SUCCESS", "", name, data)
-    except Exception as error:
-        logger.exception("Request failed")
-        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        send_response(raw_event, "FAILED", reason, physical_id)
+    physical_id = raw_event.get("PhysicalResourceId") or f"no-parameter-{raw_event.get('RequestId', '')}"
+    handle(raw_event, context, lambda event: ensure(event, physical_id), logger, physical_id)

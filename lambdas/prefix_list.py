@@ -7,9 +7,7 @@ origin-facing list ("com.amazonaws.global.cloudfront.origin-facing").
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +17,8 @@ from aws_lambda_powertools.utilities.data_classes import (
     CloudFormationCustomResourceEvent,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from lambdas.custom_resource import Answer, handle
 
 logger = Logger()
 
@@ -52,55 +52,16 @@ def find_prefix_lists(name: str) -> tuple[list[dict[str, Any]], str]:
     return [p for page in pages for p in page["PrefixLists"]], ec2.meta.region_name
 
 
-def send_response(
-    event: Mapping[str, Any],
-    status: str,
-    reason: str,
-    physical_id: str,
-    data: Mapping[str, str] | None = None,
-) -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason[:1000],
-            "PhysicalResourceId": physical_id,
-            "StackId": event.get("StackId", ""),
-            "RequestId": event.get("RequestId", ""),
-            "LogicalResourceId": event.get("LogicalResourceId", ""),
-            "Data": dict(data or {}),
-        }
-    ).encode()
-    url = str(event["ResponseURL"])
-    if not url.startswith("https://"):
-        raise ValueError("ResponseURL is not an https URL")
-    request = urllib.request.Request(  # noqa: S310 - https only, checked above
-        url,
-        data=body,
-        method="PUT",
-        headers={"Content-Type": "", "Content-Length": str(len(body))},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - https only
-        logger.info(
-            "Answered CloudFormation",
-            extra={"status": status, "http_status": response.status},
-        )
+def resolve(event: CloudFormationCustomResourceEvent, physical_id: str) -> Answer:
+    if event.request_type == "Delete":  # nothing was created
+        return Answer(physical_id)
+    name = parse_name(event.resource_properties)
+    lists, region = find_prefix_lists(name)
+    data = choose(lists, name, region)
+    return Answer(data["Id"], data)
 
 
 @logger.inject_lambda_context
 def lambda_handler(raw_event: dict[str, Any], context: LambdaContext) -> None:
-    event = CloudFormationCustomResourceEvent(raw_event)
-    physical_id = event.physical_resource_id or f"no-prefix-list-{raw_event.get('RequestId', '')}"
-    try:
-        if event.request_type not in ("Create", "Update", "Delete"):
-            raise ValueError(f"unknown RequestType {event.request_type!r}")
-        if event.request_type == "Delete":  # nothing was created
-            send_response(raw_event, "SUCCESS", "", physical_id)
-            return
-        name = parse_name(event.resource_properties)
-        lists, region = find_prefix_lists(name)
-        data = choose(lists, name, region)
-        send_response(raw_event, "SUCCESS", "", data["Id"], data)
-    except Exception as error:
-        logger.exception("Request failed")
-        reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
-        send_response(raw_event, "FAILED", reason, physical_id)
+    physical_id = raw_event.get("PhysicalResourceId") or f"no-prefix-list-{raw_event.get('RequestId', '')}"
+    handle(raw_event, context, lambda event: resolve(event, physical_id), logger, physical_id)

@@ -86,7 +86,6 @@ DATABASE_CLASSES: tuple[DatabaseClass, ...] = (
     DatabaseClass("db.r7g.large", 16384, 1600),
 )
 
-DATABASE_CLASSES_BY_NAME = {d.name: d for d in DATABASE_CLASSES}
 
 DEFAULT_DATABASE_CLASS = "db.t4g.micro"
 

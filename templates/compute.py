@@ -137,6 +137,11 @@ class Compute:
     worker_group: autoscaling.AutoScalingGroup
     log_groups: dict[str, logs.LogGroup]
 
+    def web_group_arn(self) -> Sub:
+        """For grants on the web group itself (its tags, sizes and processes)."""
+        return Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:"
+                   f"autoScalingGroupName/${{{self.web_group.title}}}")
+
 
 def create_server_security_group(t: Template, network: Network, lb: LoadBalancing) -> ec2.SecurityGroup:
     """The servers admit Puma and streaming traffic from the load balancer only."""
@@ -168,7 +173,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         ))
         for name in PROCESS_LOGS
     }
-    web_role, worker_role = _server_roles(t, p, data, secrets, versions, log_groups)
+    web_role, worker_role = _server_roles(t, p, lb, data, secrets, versions, log_groups)
     web_profile = t.add_resource(iam.InstanceProfile("WebServerInstanceProfile", Roles=[Ref(web_role)]))
     worker_profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(worker_role)]))
 
@@ -338,13 +343,9 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
     ))
 
 
-def _server_roles(t: Template, p: Parameters, data: Data, secrets: Secrets, versions: Versions,
-                  log_groups: dict[str, logs.LogGroup]) -> tuple[iam.Role, iam.Role]:
+def _server_roles(t: Template, p: Parameters, lb: LoadBalancing, data: Data, secrets: Secrets,
+                  versions: Versions, log_groups: dict[str, logs.LogGroup]) -> tuple[iam.Role, iam.Role]:
     """The web servers' role and the worker's: the same reads, and the web's launch hook."""
-    def parameter_arn(parameter: object) -> Sub:
-        return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
-                   f"${{{parameter.title}}}")  # type: ignore[attr-defined]
-
     statements = [
         Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue], Resource=[
             Ref(secrets.secret),
@@ -352,11 +353,10 @@ def _server_roles(t: Template, p: Parameters, data: Data, secrets: Secrets, vers
         ]),
         Statement(Effect=Allow, Action=[awacs_ssm.GetParameter], Resource=[
             # Servers boot the deployed version; the desired one is the pipeline's.
-            parameter_arn(versions.deployed),
+            versions.deployed_arn(),
         ]),
-        # AWS-managed prefix lists belong to the account "aws".
-        Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries], Resource=[
-            Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:aws:prefix-list/${CloudFrontPrefixList.Id}")]),
+        Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries],
+                  Resource=[lb.prefix_list_arn()]),
         Statement(Effect=Allow, Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
                   Resource=[GetAtt(g, "Arn") for g in log_groups.values()]),
         # Signal the groups; read the instance scripts from the stack (see _launch_template).

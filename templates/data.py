@@ -24,7 +24,6 @@ from troposphere import (
     FindInMap,
     GetAtt,
     If,
-    Parameter,
     Ref,
     Sub,
     Tags,
@@ -48,7 +47,6 @@ DATABASE_NAME = "mastodon"
 DATABASE_USER = "mastodon"
 DATABASE_PORT = 5432
 CACHE_PORT = 6379
-DATABASE_DELETION_PROTECTION = "DatabaseDeletionProtection"
 DATABASE_SETTINGS = "DatabaseSettings"
 DATABASE_LOGS = "DatabaseLogs"
 # The log group RDS writes the PostgreSQL log to; created first by the stack so that it
@@ -86,17 +84,14 @@ class Data:
     database: rds.DBInstance
     cache: elasticache.ReplicationGroup
     bucket: s3.Bucket
-    deletion_protection: Parameter
 
 
 def create_data(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
                 secrets: Secrets) -> Data:
-    database, deletion_protection = _database(t, p, network, servers, secrets)
     return Data(
-        database=database,
+        database=_database(t, p, network, servers, secrets),
         cache=_cache(t, p, network, servers, secrets),
         bucket=_media_bucket(t),
-        deletion_protection=deletion_protection,
     )
 
 
@@ -123,7 +118,7 @@ def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
         ServiceToken=GetAtt(function, "Arn"),
         ServiceTimeout=660,
         DBInstanceIdentifier=Ref(data.database),
-        DeletionProtection=Ref(data.deletion_protection),
+        DeletionProtection=Ref(p.database_deletion_protection),
         LogExports=["postgresql"],
         # Every parameter that modifies the database: an update that changes the database
         # runs this resource again afterwards, so protection holds even if CloudFormation's
@@ -153,16 +148,8 @@ def _data_security_group(t: Template, name: str, network: Network, servers: ec2.
 
 
 def _database(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
-              secrets: Secrets) -> tuple[rds.DBInstance, Parameter]:
+              secrets: Secrets) -> rds.DBInstance:
     security_group = _data_security_group(t, "Database", network, servers, DATABASE_PORT)
-    deletion_protection = parameters.add_parameter(
-        t, parameters.GROUP_DATA, "Database deletion protection", Parameter(
-            DATABASE_DELETION_PROTECTION, Type="String", Default="true",
-            Description="true: nothing, not even deleting the stack, deletes the database; set "
-            "false first to delete the stack (it still leaves a final snapshot). Applied once the "
-            "stack stands, so that a failed first create still rolls back completely.",
-            AllowedValues=["true", "false"],
-        ))
     subnets = t.add_resource(rds.DBSubnetGroup(
         "DatabaseSubnetGroup",
         DBSubnetGroupDescription="Isolated subnets of the Mastodon database",
@@ -223,7 +210,7 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
                 {"id": "CKV_AWS_157", "comment": "Multi-AZ is a parameter (off by default for cost)."},
             ]},
         },
-    )), deletion_protection
+    ))
 
 
 def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,

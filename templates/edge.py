@@ -118,6 +118,11 @@ class CloudFrontCertificate(AWSObject):
 class Edge:
     distribution: cloudfront.Distribution
 
+    def distribution_arn(self) -> Sub:
+        """For the grants of other tiers (CloudFront ARNs have no region)."""
+        return Sub("arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
+                   f"${{{self.distribution.title}}}")
+
 
 def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket,
                 secrets: Secrets, certificate_code: str, web_acl: object = None) -> Edge:
@@ -363,6 +368,7 @@ def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFront
         ],
         Ref(p.log_retention), timeout=900,
         description="Requests and DNS-validates the CloudFront certificate in us-east-1.",
+        condition=parameters.HAS_HOSTED_ZONE,
     )
     # The function re-invokes itself to keep waiting past one invocation's 15 minutes;
     # a resource policy naming its role avoids a role-function dependency cycle.
@@ -371,11 +377,8 @@ def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFront
         Condition=parameters.HAS_HOSTED_ZONE,
         Action=awacs_lambda.InvokeFunction.JSONrepr(),
         FunctionName=Ref(function),
-        Principal=GetAtt(f"{function.title}Role", "Arn"),
+        Principal=GetAtt(functions.role_of(t, function), "Arn"),
     ))
-    function.Condition = parameters.HAS_HOSTED_ZONE
-    for name in (f"{function.title}Role", f"{function.title}Logs"):
-        t.resources[name].Condition = parameters.HAS_HOSTED_ZONE
     certificate = t.add_resource(CloudFrontCertificate(
         CLOUDFRONT_CERTIFICATE,
         Condition=parameters.HAS_HOSTED_ZONE,

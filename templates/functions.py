@@ -1,7 +1,8 @@
 """Lambda functions embedded in the template, each with its own role and log group.
 
-The code of each function is a module of `lambdas/`, or a package of modules
-(`lambdas/rollout/`) that `assemble` joins into one file, inlined (Code.ZipFile), so
+The code of each function is a module of `lambdas/` (with the shared modules of
+`lambdas/` it imports, such as custom_resource), or a package of modules
+(`lambdas/rollout/`), that `assemble` joins into one file, inlined (Code.ZipFile), so
 a single template file is all a quick-create link needs, in any region. Powertools
 comes from its public layer, resolved in the stack's region from the SSM parameter
 AWS publishes for it.
@@ -72,14 +73,27 @@ def assemble(package: str, modules: list[tuple[str, str]], entry: str) -> str:
     return "".join(parts)
 
 
-def lambda_role(t: Template, name: str, statements: list[Statement], log_group: logs.LogGroup) -> iam.Role:
+def _role_title(function_name: str) -> str:
+    return f"{function_name}Role"
+
+
+def lambda_role(t: Template, name: str, statements: list[Statement], log_group: logs.LogGroup,
+                condition: str | None = None) -> iam.Role:
     """A role the function alone assumes, allowed its statements and its own logs."""
     logging = Statement(
         Effect=Allow,
         Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
         Resource=[GetAtt(log_group, "Arn")],
     )
-    return policies.service_role(t, f"{name}Role", "lambda.amazonaws.com", name, [logging, *statements])
+    return policies.service_role(t, _role_title(name), "lambda.amazonaws.com", name, [logging, *statements],
+                                 condition=condition)
+
+
+def role_of(t: Template, function: awslambda.Function) -> iam.Role:
+    """The role inline_function gave `function`, for grants its tier adds later."""
+    role = t.resources[_role_title(function.title)]
+    assert isinstance(role, iam.Role), f"{function.title} was not made by inline_function"
+    return role
 
 
 def inline_function(
@@ -92,16 +106,19 @@ def inline_function(
     description: str = "",
     memory: int = 256,
     environment: dict[str, object] | None = None,
+    condition: str | None = None,
 ) -> awslambda.Function:
-    """Add function `name` running `code`, its log group and its least-privilege role."""
-    log_group = t.add_resource(
-        logs.LogGroup(
-            f"{name}Logs",
-            RetentionInDays=retention,
-            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
-        )
+    """Add function `name` running `code`, its log group and its least-privilege role, all
+    three under the template condition `condition` when one is given."""
+    log_group = logs.LogGroup(
+        f"{name}Logs",
+        RetentionInDays=retention,
+        LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
     )
-    role = lambda_role(t, name, statements, log_group)
+    if condition is not None:
+        log_group.Condition = condition
+    t.add_resource(log_group)
+    role = lambda_role(t, name, statements, log_group, condition)
     function = t.add_resource(awslambda.Function(
         name,
         Description=description,
@@ -122,4 +139,6 @@ def inline_function(
         }),
         Metadata={"checkov": {"skip": CHECKOV_SKIPS}},
     ))
+    if condition is not None:
+        function.Condition = condition
     return function

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from awacs import ec2 as awacs_ec2
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, If, Ref, Tags, Template, ec2
+from troposphere import AWSObject, GetAtt, If, Ref, Sub, Tags, Template, ec2
 from troposphere import certificatemanager as acm
 from troposphere import elasticloadbalancingv2 as elb
 
@@ -79,6 +79,11 @@ class LoadBalancing:
     web_target_group: elb.TargetGroup
     streaming_target_group: elb.TargetGroup
     cloudfront_prefix_list: ManagedPrefixList
+
+    def prefix_list_arn(self) -> Sub:
+        """CloudFront's origin-facing list, for reading its entries (AWS-managed: account "aws")."""
+        return Sub("arn:${AWS::Partition}:ec2:${AWS::Region}:aws:prefix-list/"
+                   f"${{{self.cloudfront_prefix_list.title}.Id}}")
 
 
 def create_load_balancing(t: Template, p: Parameters, network: Network, secrets: Secrets,

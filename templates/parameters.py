@@ -21,8 +21,7 @@ GROUP_MAIL = "Outgoing mail"
 GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
-
-GROUPS = (GROUP_REQUIRED, GROUP_TLS, GROUP_MAIL, GROUP_COMPUTE, GROUP_DATA, GROUP_OPERATIONS)
+GROUP_WAF = "Web application firewall (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -49,6 +48,8 @@ HOSTED_ZONE_PATTERN = r"^$|^Z[A-Z0-9]{1,31}$"
 CERTIFICATE_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}$"
 SECRET_ARN_PATTERN = r"^$|^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$"
 OPTIONAL_HOSTNAME_PATTERN = r"^$|" + HOSTNAME_PATTERN[1:]
+WEB_ACL_ARN_PATTERN = (r"^$|^arn:aws[a-z-]*:wafv2:us-east-1:\d{12}:global/webacl/"
+                       r"[A-Za-z0-9_-]{1,128}/[0-9a-f-]{36}$")
 
 # The commercial regions where CloudFront supports VPC origins, from the CloudFront
 # Developer Guide ("Restrict access with VPC origins", supported Regions, 2025-2026).
@@ -117,6 +118,11 @@ class Parameters:
     cache_node_type: Parameter
     log_retention: Parameter
     load_balancer_scheme: Parameter
+    database_deletion_protection: Parameter
+    waf_enabled: Parameter
+    waf_web_acl_arn: Parameter
+    waf_rate_limit: Parameter
+    rolling_batch_size: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -274,6 +280,42 @@ def create_parameters(t: Template) -> Parameters:
             "before VPC origins (changing a stack's scheme replaces its load balancer, which "
             "CloudFormation cannot do in place).",
             AllowedValues=["auto", "internet-facing"],
+        )),
+        # Listed last in their groups (the order of the console and of the template).
+        database_deletion_protection=add_parameter(t, GROUP_DATA, "Database deletion protection", Parameter(
+            "DatabaseDeletionProtection", Type="String", Default="true",
+            Description="true: nothing, not even deleting the stack, deletes the database; set "
+            "false first to delete the stack (it still leaves a final snapshot). Applied once the "
+            "stack stands, so that a failed first create still rolls back completely.",
+            AllowedValues=["true", "false"],
+        )),
+        waf_enabled=add_parameter(t, GROUP_WAF, "Create a web ACL (us-east-1 only)", Parameter(
+            "WafEnabled", Type="String", Default="false",
+            Description="true: create an AWS WAF web ACL for CloudFront in this stack (managed "
+            "common, IP reputation and bad-input rules, plus a per-IP rate limit; about $9/month "
+            "plus $0.60 per million requests). Possible only when the stack is in us-east-1; "
+            "elsewhere give WafWebAclArn.",
+            AllowedValues=["true", "false"],
+        )),
+        waf_web_acl_arn=add_parameter(t, GROUP_WAF, "Existing web ACL ARN", Parameter(
+            "WafWebAclArn", Type="String", Default="",
+            Description="ARN of an existing AWS WAF web ACL of scope CLOUDFRONT (it lives in "
+            "us-east-1) to attach to the distribution. Leave empty for none.",
+            AllowedPattern=WEB_ACL_ARN_PATTERN,
+            ConstraintDescription="empty, or a WAFv2 global web ACL ARN in us-east-1",
+        )),
+        waf_rate_limit=add_parameter(t, GROUP_WAF, "Rate limit (requests per IP per 5 minutes)", Parameter(
+            "WafRateLimit", Type="Number", Default="3000",
+            Description="With WafEnabled: requests one IP may make in five minutes before WAF "
+            "answers 429 (ActivityPub inbox deliveries are not counted).",
+            MinValue=100, MaxValue=2000000000,
+        )),
+        rolling_batch_size=add_parameter(t, GROUP_OPERATIONS, "Upgrade batch size", Parameter(
+            "RollingBatchSize", Type="Number", Default="1", MinValue=1, MaxValue=5,
+            Description="Web servers an upgrade takes out of service at once. Serving capacity never "
+            "drops below the group's size minus this (and never to zero: a lone server is "
+            "replaced by a new one that serves first).",
+            ConstraintDescription="a whole number from 1 to 5",
         )),
     )
     _add_mappings(t)

@@ -38,11 +38,9 @@ from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
     Output,
-    Parameter,
     Ref,
     Sub,
     Template,
-    cloudfront,
     events,
     iam,
     logs,
@@ -51,8 +49,9 @@ from troposphere import (
 )
 
 from lambdas.rollout import names
-from templates import functions, parameters, policies
+from templates import functions, policies
 from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
+from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
 from templates.parameters import Parameters
@@ -229,10 +228,6 @@ def _parameter_arn(parameter: object) -> Sub:
     return _arn("ssm", f"parameter${{{parameter.title}}}")  # type: ignore[attr-defined]
 
 
-def _group_arn(group: object) -> Sub:
-    return _arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/${{{group.title}}}")  # type: ignore[attr-defined]
-
-
 def rollout_statements(
     versions: Versions,
     state_parameter: ssm.Parameter,
@@ -247,15 +242,15 @@ def rollout_statements(
             Effect=Allow,
             Action=[awacs_ssm.GetParameter],
             Resource=[
-                _parameter_arn(versions.desired),
-                _parameter_arn(versions.deployed),
+                versions.desired_arn(),
+                versions.deployed_arn(),
                 _parameter_arn(state_parameter),
             ],
         ),
         Statement(
             Effect=Allow,
             Action=[awacs_ssm.PutParameter],
-            Resource=[_parameter_arn(versions.deployed), _parameter_arn(state_parameter)],
+            Resource=[versions.deployed_arn(), _parameter_arn(state_parameter)],
         ),
         # Run Command: the shell document, on this stack's servers only.
         Statement(
@@ -297,13 +292,13 @@ def rollout_statements(
                 awacs_autoscaling.SuspendProcesses,
                 awacs_autoscaling.ResumeProcesses,
             ],
-            Resource=[_group_arn(compute.web_group)],
+            Resource=[compute.web_group_arn()],
         ),
         # The records of what a rollout held and raised, on the web group, written first.
         Statement(
             Effect=Allow,
             Action=[awacs_autoscaling.CreateOrUpdateTags, awacs_autoscaling.DeleteTags],
-            Resource=[_group_arn(compute.web_group)],
+            Resource=[compute.web_group_arn()],
             Condition=Condition(ForAllValuesStringEquals("aws:TagKeys", [names.HOLD_TAG, names.SURGE_TAG])),
         ),
         # These accept no resource ARN: AWS grants them only on "*".
@@ -334,28 +329,12 @@ def create_pipeline(
     versions: Versions,
     compute: Compute,
     lb: LoadBalancing,
-    distribution: cloudfront.Distribution,
+    cdn: Edge,
     alerts: object,
     alerts_key: object,
     rollout_code: str,
     invalidate_code: str,
 ) -> Pipeline:
-    batch = parameters.add_parameter(
-        t,
-        parameters.GROUP_OPERATIONS,
-        "Upgrade batch size",
-        Parameter(
-            "RollingBatchSize",
-            Type="Number",
-            Default="1",
-            MinValue=1,
-            MaxValue=5,
-            Description="Web servers an upgrade takes out of service at once. Serving capacity never "
-            "drops below the group's size minus this (and never to zero: a lone server is "
-            "replaced by a new one that serves first).",
-            ConstraintDescription="a whole number from 1 to 5",
-        ),
-    )
     state_parameter = t.add_resource(
         ssm.Parameter(
             ROLLOUT_STATE,
@@ -382,12 +361,7 @@ def create_pipeline(
             Statement(
                 Effect=Allow,
                 Action=[awacs_cloudfront.CreateInvalidation, awacs_cloudfront.GetInvalidation],
-                Resource=[
-                    Sub(
-                        "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/"
-                        "${" + str(distribution.title) + "}"
-                    )
-                ],
+                Resource=[cdn.distribution_arn()],
             )
         ],  # type: ignore[attr-defined]
         Ref(p.log_retention),
@@ -460,9 +434,9 @@ def create_pipeline(
                 "DesiredParameter": Ref(versions.desired),
                 "DeployedParameter": Ref(versions.deployed),
                 "StateParameter": Ref(state_parameter),
-                "BatchSize": Ref(batch),
+                "BatchSize": Ref(p.rolling_batch_size),
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
-                "DistributionId": Ref(distribution),  # type: ignore[arg-type]
+                "DistributionId": Ref(cdn.distribution),  # type: ignore[arg-type]
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",
@@ -483,7 +457,7 @@ def create_pipeline(
         iam.PolicyType(
             "RolloutQueuePolicy",
             PolicyName="RolloutQueue",
-            Roles=[Ref(f"{ROLLOUT_FUNCTION}Role")],
+            Roles=[Ref(functions.role_of(t, rollout))],
             PolicyDocument=PolicyDocument(
                 Version="2012-10-17",
                 Statement=[

@@ -40,12 +40,14 @@ def service_role(
     statements: list[Statement],
     managed_policies: list[object] | None = None,
     trust_condition: Condition | None = None,
+    condition: str | None = None,
 ) -> iam.Role:
-    """A role only `service` (e.g. "lambda.amazonaws.com") may assume, allowed `statements`."""
+    """A role only `service` (e.g. "lambda.amazonaws.com") may assume, allowed `statements`;
+    `condition` names the template condition under which the role exists (always if None)."""
     trust = Statement(Effect=Allow, Action=[AssumeRole], Principal=Principal("Service", service))
-    condition = trust_condition if trust_condition is not None else confused_deputy_condition(service)
-    if condition is not None:
-        trust.Condition = condition
+    trusted_if = trust_condition if trust_condition is not None else confused_deputy_condition(service)
+    if trusted_if is not None:
+        trust.Condition = trusted_if
     role = iam.Role(
         title,
         AssumeRolePolicyDocument=PolicyDocument(Statement=[trust]),
@@ -54,4 +56,6 @@ def service_role(
     )
     if managed_policies:
         role.ManagedPolicyArns = managed_policies
+    if condition is not None:
+        role.Condition = condition
     return t.add_resource(role)

@@ -58,7 +58,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
     servers = compute.create_server_security_group(t, net, lb)
     stores = data.create_data(t, p, net, servers, stack_secrets)
-    firewall = waf.create_waf_parameters(t)
+    firewall = waf.create_waf_conditions(t, p)
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
@@ -74,7 +74,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     alerts = operations.create_alert_topic(t, p, operations_key)
     alarms.create_alarms(t, p, lb, stores, fleet, alerts)
     rollout = pipeline.create_pipeline(
-        t, p, version_parameters, fleet, lb, cdn.distribution, alerts, operations_key,
+        t, p, version_parameters, fleet, lb, cdn, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
     failure_notice = alarms.create_rollout_failure_notice(t, p, rollout.state_machine, alerts)
     # Every publisher the topic admits: the alarms, and the rules that target it.

@@ -57,6 +57,18 @@ class Versions:
     desired: ssm.Parameter
     deployed: InitialParameter
 
+    def desired_arn(self) -> Sub:
+        return _parameter_arn(self.desired)
+
+    def deployed_arn(self) -> Sub:
+        return _parameter_arn(self.deployed)
+
+
+def _parameter_arn(parameter: ssm.Parameter | InitialParameter) -> Sub:
+    # Both names start with "/": Ref gives the name, which ends the ARN.
+    return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+               f"${{{parameter.title}}}")
+
 
 def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str) -> Versions:
     desired_name = Sub(f"{PARAMETER_PREFIX}/desired-version")

@@ -27,15 +27,12 @@ from dataclasses import dataclass
 
 from troposphere import And, Equals, GetAtt, If, Not, Parameter, Ref, Template, wafv2
 
-from templates.parameters import add_parameter
+from templates.parameters import Parameters
 
-GROUP_WAF = "Web application firewall (optional)"
 WEB_ACL = "WebAcl"
 CREATE_WAF = "CreateWaf"
 ATTACH_WAF = "AttachExistingWaf"
 WAF_RULE = "WafInUsEast1"
-WEB_ACL_ARN_PATTERN = (r"^$|^arn:aws[a-z-]*:wafv2:us-east-1:\d{12}:global/webacl/"
-                       r"[A-Za-z0-9_-]{1,128}/[0-9a-f-]{36}$")
 
 MANAGED_RULE_GROUPS = (
     ("AWSManagedRulesAmazonIpReputationList", ()),
@@ -45,19 +42,6 @@ MANAGED_RULE_GROUPS = (
 RATE_LIMIT_RULE = "RateLimitPerIp"
 INBOX_SUFFIX = "/inbox"
 
-# AWS WAF prices (us-east-1, 2025): per web ACL, per rule, per million requests.
-# AWS managed rule groups other than Bot Control, ATP and ACFP cost only their rule.
-WEB_ACL_MONTHLY_USD = 5.00
-RULE_MONTHLY_USD = 1.00
-MILLION_REQUESTS_USD = 0.60
-RULE_COUNT = 1 + len(MANAGED_RULE_GROUPS)
-
-
-def monthly_cost_usd(million_requests: float = 0.0) -> float:
-    """What the web ACL adds to the bill when enabled."""
-    return WEB_ACL_MONTHLY_USD + RULE_COUNT * RULE_MONTHLY_USD + million_requests * MILLION_REQUESTS_USD
-
-
 @dataclass(frozen=True)
 class Waf:
     enabled: Parameter
@@ -66,28 +50,9 @@ class Waf:
     web_acl_id: If  # for DistributionConfig.WebACLId
 
 
-def create_waf_parameters(t: Template) -> Waf:
-    enabled = add_parameter(t, GROUP_WAF, "Create a web ACL (us-east-1 only)", Parameter(
-        "WafEnabled", Type="String", Default="false",
-        Description="true: create an AWS WAF web ACL for CloudFront in this stack (managed "
-        "common, IP reputation and bad-input rules, plus a per-IP rate limit; about $9/month "
-        "plus $0.60 per million requests). Possible only when the stack is in us-east-1; "
-        "elsewhere give WafWebAclArn.",
-        AllowedValues=["true", "false"],
-    ))
-    arn = add_parameter(t, GROUP_WAF, "Existing web ACL ARN", Parameter(
-        "WafWebAclArn", Type="String", Default="",
-        Description="ARN of an existing AWS WAF web ACL of scope CLOUDFRONT (it lives in "
-        "us-east-1) to attach to the distribution. Leave empty for none.",
-        AllowedPattern=WEB_ACL_ARN_PATTERN,
-        ConstraintDescription="empty, or a WAFv2 global web ACL ARN in us-east-1",
-    ))
-    rate_limit = add_parameter(t, GROUP_WAF, "Rate limit (requests per IP per 5 minutes)", Parameter(
-        "WafRateLimit", Type="Number", Default="3000",
-        Description="With WafEnabled: requests one IP may make in five minutes before WAF "
-        "answers 429 (ActivityPub inbox deliveries are not counted).",
-        MinValue=100, MaxValue=2000000000,
-    ))
+def create_waf_conditions(t: Template, p: Parameters) -> Waf:
+    """The conditions and the rule over the WAF parameters, and the ACL to attach."""
+    enabled, arn = p.waf_enabled, p.waf_web_acl_arn
     t.add_condition(CREATE_WAF, Equals(Ref(enabled), "true"))
     t.add_condition(ATTACH_WAF, And(Equals(Ref(enabled), "false"), Not(Equals(Ref(arn), ""))))
     t.add_rule(WAF_RULE, {
@@ -103,7 +68,7 @@ def create_waf_parameters(t: Template) -> Waf:
     })
     web_acl_id = If(CREATE_WAF, GetAtt(WEB_ACL, "Arn"),
                     If(ATTACH_WAF, Ref(arn), Ref("AWS::NoValue")))
-    return Waf(enabled=enabled, web_acl_arn=arn, rate_limit=rate_limit, web_acl_id=web_acl_id)
+    return Waf(enabled=enabled, web_acl_arn=arn, rate_limit=p.waf_rate_limit, web_acl_id=web_acl_id)
 
 
 def _visibility(name: str) -> wafv2.VisibilityConfig:

@@ -108,3 +108,20 @@ def test_dist_json_files_are_all_templates_and_the_stack_policy_sits_apart(tmp_p
         assert "Resources" in json.loads(path.read_text()), path.name
     policy = json.loads((tmp_path / build.STACK_POLICY_NAME).read_text())
     assert any(s["Effect"] == "Deny" for s in policy["Statement"])
+
+
+def test_a_function_is_inlined_after_the_shared_modules_it_imports_and_theirs(tmp_path):
+    (tmp_path / "shared.py").write_text("from lambdas import base\n")
+    (tmp_path / "base.py").write_text("X = 1\n")
+    (tmp_path / "alone.py").write_text("def lambda_handler(event, context):\n    return 1\n")
+    (tmp_path / "fn.py").write_text("from lambdas.shared import y\n\n\ndef lambda_handler(event, context):\n"
+                                    "    return y\n")
+    assets = build.load_assets(tmp_path, tmp_path)
+    assert set(assets.lambdas) == {"alone", "fn"}  # modules without lambda_handler are shared ones
+    assert assets.lambdas["alone"] == (tmp_path / "alone.py").read_text()  # nothing shared: as it is
+    code = assets.lambdas["fn"]
+    assert code.index("_module('lambdas.base'") < code.index("_module('lambdas.shared'") < code.index(
+        "_module('lambdas.fn'")
+    (tmp_path / "base.py").write_text("from lambdas.shared import z\n")
+    with pytest.raises(ValueError, match="imports itself"):
+        build.load_assets(tmp_path, tmp_path)

@@ -100,18 +100,21 @@ class Answers:
         return self.bodies[-1]
 
 
+class Response:
+    """What urlopen gives back for a PUT that S3 accepted."""
+
+    status = 200
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
 @pytest.fixture
 def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
     captured = Answers()
-
-    class Response:
-        status = 200
-
-        def __enter__(self) -> Self:
-            return self
-
-        def __exit__(self, *args: object) -> None:
-            return None
 
     def urlopen(request: urllib.request.Request, timeout: float = 0) -> Response:
         assert request.full_url == RESPONSE_URL

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from templates import waf
 from tests.support import props
 
 
@@ -41,8 +40,3 @@ def test_media_uploads_and_federation_are_not_blocked(template):
     scope = rate["Statement"]["RateBasedStatement"]["ScopeDownStatement"]["NotStatement"]["Statement"]
     match = scope["ByteMatchStatement"]
     assert (match["SearchString"], match["PositionalConstraint"]) == ("/inbox", "ENDS_WITH")
-
-
-def test_the_estimate_knows_what_waf_costs():
-    assert waf.monthly_cost_usd() == 5.0 + 4 * 1.0
-    assert waf.monthly_cost_usd(million_requests=10) == 9.0 + 6.0
