@@ -92,7 +92,8 @@ def test_preview_creates_the_bucket_and_the_change_set_and_executes_nothing(aws_
 
 
 CHANGES = [
-    {"ResourceChange": {"Action": "Add", "LogicalResourceId": "NewAlarm", "ResourceType": "AWS::CloudWatch::Alarm"}},
+    {"ResourceChange": {"Action": "Add", "LogicalResourceId": "NewAlarm",
+                        "ResourceType": "AWS::CloudWatch::Alarm"}},
     {"ResourceChange": {"Action": "Modify", "Replacement": "False", "LogicalResourceId": "WebGroup",
                         "ResourceType": "AWS::AutoScaling::AutoScalingGroup"}},
     {"ResourceChange": {"Action": "Modify", "Replacement": "True", "LogicalResourceId": "Database",
