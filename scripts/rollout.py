@@ -172,9 +172,8 @@ def servers(groups: list[str], target: str | None, region: str | None) -> tuple[
     return sum(1 for v in versions if target and v == target), len(ids)
 
 
-def look(stack: str, region: str | None, where: str) -> Rollout | None:
-    """The running rollout, else the newest; None when none has run."""
-    machine = awscli.stack_resource(stack, STATE_MACHINE, region, where)
+def look(machine: str, region: str | None) -> Rollout | None:
+    """The state machine's running rollout, else its newest; None when none has run."""
     listed = awscli.run(["stepfunctions", "list-executions", "--state-machine-arn", machine,
                          "--status-filter", "RUNNING"], region)["executions"]
     if not listed:
@@ -221,9 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         region, where = awscli.region_in_use(args.region)
+        machine = awscli.stack_resource(args.stack, STATE_MACHINE, region, where)
         shown = ""
         while True:
-            rollout = look(args.stack, region, where)
+            rollout = look(machine, region)
             if rollout is None:
                 print(f"{args.stack}: no rollout has run yet in {region} (put a version in "
                       f"/mastodon/{args.stack}/desired-version to start one)")

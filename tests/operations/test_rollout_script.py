@@ -112,7 +112,7 @@ def start(stack: Stack) -> str:
 def test_status_shows_the_running_rollouts_version_step_and_servers(aws_env, rollout_stack, history):
     start(rollout_stack)
     history[:] = [entered("Web", state()), exited("PreMigrate", state())]
-    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env)
+    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env, timeout=280)
     assert result.returncode == 0, result.stderr
     first = result.stdout.splitlines()[0]
     assert first.startswith(
@@ -128,7 +128,7 @@ def test_status_of_a_failed_rollout_gives_the_reason_from_its_record(aws_env, ro
         "desired_version": 3, "version": NEW, "result": "failed", "execution": execution.rsplit(":", 2)[-2]
         + ":" + execution.rsplit(":", 1)[-1], "reason": reason}))
     history[:] = [exited("Finish", state(rolling_back=True)), entered("Finish", state())]
-    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env)
+    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env, timeout=280)
     assert result.returncode == 1
     assert f"rollout of {NEW} (from {OLD}): FAILED (aborted)" in result.stdout
     assert f"reason: {reason}" in result.stdout
@@ -150,7 +150,8 @@ def test_watch_follows_until_the_rollout_ends(aws_env, rollout_stack, history, m
             return [entered("Done", state())]
 
     monkeypatch.setattr(sfn_models.Execution, "get_execution_history", next_look)
-    result = run_script("rollout.py", "--poll", "0.1", rollout_stack.name, "watch", env=aws_env)
+    result = run_script("rollout.py", "--poll", "0.1", rollout_stack.name, "watch", env=aws_env,
+                        timeout=280)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(": ")[1].split(",")[0] for line in lines] == [
@@ -159,13 +160,14 @@ def test_watch_follows_until_the_rollout_ends(aws_env, rollout_stack, history, m
 
 
 def test_a_stack_in_another_region_is_named_with_the_region_looked_in(aws_env):
-    result = run_script("rollout.py", "--region", "eu-central-1", "nowhere", "status", env=aws_env)
+    result = run_script("rollout.py", "--region", "eu-central-1", "nowhere", "status", env=aws_env,
+                        timeout=280)
     assert result.returncode == 1
     assert "no stack nowhere in eu-central-1 (region from --region)" in result.stderr
 
 
 def test_no_rollout_yet_says_how_to_start_one(aws_env, rollout_stack, history):
-    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env)
+    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env, timeout=280)
     assert result.returncode == 0
     assert "no rollout has run yet in us-east-1" in result.stdout
 
