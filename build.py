@@ -172,7 +172,10 @@ class Request:
 
 
 def parse_args(argv: list[str]) -> Request:
+    from scripts.version import version_action
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
     parser.add_argument("--mastodon-version", default=BuildOptions.mastodon_version,
                         help="Mastodon release new stacks boot (default: %(default)s)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "dist",

@@ -45,6 +45,7 @@ class Estimate:
     as_of: str
     source: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    spot: bool = False  # the servers are priced as spot capacity
 
     @property
     def total(self) -> float:
@@ -56,8 +57,10 @@ class Estimate:
     def lines(self) -> list[str]:
         width = max(len(i.component) for i in self.items)
         out = [f"{i.component:<{width}}  {i.monthly:>8.2f}  {i.detail}" for i in self.items]
-        out.append(f"{'total':<{width}}  {self.total:>8.2f}  USD/month in {self.region}, "
-                   f"on-demand prices of {self.as_of}, before traffic")
+        basis = f"prices of {self.as_of}: servers on SPOT, the rest on-demand" if self.spot else \
+            f"on-demand prices of {self.as_of}"
+        out.append(f"{'total':<{width}}  {self.total:>8.2f}  USD/month in {self.region}, {basis}, "
+                   "before traffic")
         return out + list(self.notes)
 
 
@@ -295,4 +298,4 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.add("usage-priced", USAGE_ONLY, 0.0)
     notes = [f"spot: {prices.get('spot_note', '')}"] if spot else []
     return Estimate(items=tuple(counter.items), region=str(prices["region"]), as_of=str(prices["as_of"]),
-                    source=str(prices["source"]), notes=tuple(notes))
+                    source=str(prices["source"]), notes=tuple(notes), spot=spot)

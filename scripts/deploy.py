@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from scripts import awscli, parameter_files  # noqa: E402
+from scripts import awscli, parameter_files, quick_create  # noqa: E402
+from scripts.version import version_action  # noqa: E402
 
 INLINE_BODY_LIMIT = 51_200
 SUCCEEDED = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE")
@@ -49,19 +51,44 @@ CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_NAMED_IAM")
 FIRST_OUTPUT = "InstanceUrl"
 
 
+def tag(text: str) -> str:
+    """A --tag value: KEY=VALUE with a non-empty key (argparse turns the error into exit status 2)."""
+    key, equals, _ = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. owner=ops")
+    return text
+
+
+def stack_name(text: str) -> str:
+    if not quick_create.STACK_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid stack name: letters, digits and "
+                                         "hyphens, starting with a letter, at most 128 characters")
+    return text
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stack-name", required=True)
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
+    parser.add_argument("--stack-name", required=True, type=stack_name,
+                        help="the CloudFormation stack to create or update, e.g. mastodon")
     parser.add_argument("--parameters", type=Path, required=True, metavar="FILE",
                         help="an AWS-CLI parameter file, e.g. parameters/production.json")
-    parser.add_argument("--s3-bucket", help="bucket the template is uploaded to (needed above 51,200 bytes)")
-    parser.add_argument("--s3-prefix", default="mastodon-templates")
-    parser.add_argument("--region", help="default: the aws CLI's configured region")
+    parser.add_argument("--s3-bucket", help="bucket the template is uploaded to (needed above 51,200 bytes); "
+                        "it must be in the stack's region")
+    parser.add_argument("--create-bucket", action="store_true",
+                        help="create --s3-bucket in the stack's region when it does not exist")
+    parser.add_argument("--s3-prefix", default="mastodon-templates",
+                        help="key prefix of the uploaded template")
+    parser.add_argument("--region", help="the stack's region; default: the aws CLI's (AWS_DEFAULT_REGION, "
+                        "then the profile's configuration)")
     parser.add_argument("--template", type=Path, metavar="JSON",
                         help="deploy this pre-built JSON template instead of building dist/mastodon.json")
-    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", type=tag,
                         help="a stack tag (repeatable); project=mastodon and environment=<file name> "
                         "are always set")
+    parser.add_argument("--preview", action="store_true",
+                        help="create the change set, show what it would add, modify, replace or remove "
+                        "(replaced data in red), and stop without executing it")
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between event polls")
     return parser.parse_args(argv)
 
@@ -190,6 +217,96 @@ def deploy_command(args: argparse.Namespace, template: Path, values: dict[str, s
     return awscli.command(command, args.region)
 
 
+def artifact_bucket_problem(bucket: str, region: str, create: bool) -> str | None:
+    """Why the template cannot travel through this bucket, or None (after creating it if asked).
+
+    `aws cloudformation deploy` hands CloudFormation the object's URL on the stack region's
+    S3 endpoint (awscli's S3Uploader.to_path_style_s3_url), so the bucket must be in that region.
+    """
+    try:
+        located = awscli.run(["s3api", "get-bucket-location", "--bucket", bucket], region) or {}
+    except awscli.AwsError as error:
+        if "NoSuchBucket" not in str(error) and "does not exist" not in str(error):
+            return (f"cannot read the location of bucket {bucket}: {error}. The bucket must be one you "
+                    f"own in {region}; --create-bucket makes a new one there")
+        if not create:
+            return (f"bucket {bucket} does not exist: create it in {region} (the stack's region) with "
+                    f"--create-bucket, or aws s3 mb s3://{bucket} --region {region}")
+        awscli.run(["s3", "mb", f"s3://{bucket}"], region)
+        print(f"Created bucket {bucket} in {region}.", flush=True)
+        return None
+    # get-bucket-location answers null for us-east-1 and "EU" for the oldest eu-west-1 buckets.
+    actual = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(located.get("LocationConstraint"),
+                                                                        located.get("LocationConstraint"))
+    if actual != region:
+        return (f"bucket {bucket} is in {actual}, the stack in {region}: CloudFormation reads the template "
+                f"from the stack's region. Use a bucket in {region} (--create-bucket makes one), or "
+                f"--region {actual} to deploy there")
+    return None
+
+
+# Types whose replacement or removal loses data or the keys to it (besides the stack
+# policy's PROTECTED_RESOURCES, by logical ID).
+DATA_TYPES = ("AWS::RDS::DBInstance", "AWS::ElastiCache::ReplicationGroup", "AWS::S3::Bucket",
+              "AWS::SecretsManager::Secret")
+RED, RESET = "\033[31m", "\033[0m"
+CHANGE_SET_ARN = re.compile(r"--change-set-name (arn:\S+)")
+
+
+def change_lines(changes: list[dict[str, Any]], color: bool) -> list[str]:
+    """One line per resource change of a change set; a data resource that would be replaced
+    (or might be: Replacement "Conditional") or removed is marked, and red when color is on."""
+    from templates.stack_policy import PROTECTED_RESOURCES
+
+    lines = []
+    for change in changes:
+        resource = change.get("ResourceChange", {})
+        action, replacement = resource.get("Action", "?"), resource.get("Replacement", "")
+        logical, kind = resource.get("LogicalResourceId", "?"), resource.get("ResourceType", "")
+        verb = {"Add": "add", "Remove": "REMOVE", "Dynamic": "decided at deploy time"}.get(action, "modify")
+        if action == "Modify" and replacement == "True":
+            verb = "REPLACE"
+        elif action == "Modify" and replacement == "Conditional":
+            verb = "modify, may REPLACE"
+        data = logical in PROTECTED_RESOURCES or kind in DATA_TYPES
+        lost = data and (action == "Remove" or replacement in ("True", "Conditional"))
+        line = f"  {'!! ' if lost else '   '}{verb:<22} {logical} ({kind})"
+        if lost:
+            line += ": DATA — the stack policy refuses this; a replaced or removed resource loses its data"
+            line = f"{RED}{line}{RESET}" if color else line
+        lines.append(line)
+    return lines
+
+
+def preview(args: argparse.Namespace, template: Path, values: dict[str, str]) -> int:
+    """Create the change set without executing it and show what it would change."""
+    print(f"Previewing {template} as {args.stack_name} with {args.parameters} (nothing is executed)",
+          flush=True)
+    result = subprocess.run([*deploy_command(args, template, values), "--no-execute-changeset"],
+                            capture_output=True, text=True, check=False)
+    if "No changes to deploy" in result.stdout:
+        print("No changes to deploy: the stack already matches.")
+        return 0
+    found = CHANGE_SET_ARN.search(result.stdout)
+    if result.returncode != 0 or not found:
+        print(f"deploy.py: the change set could not be created: {(result.stderr or result.stdout).strip()}",
+              file=sys.stderr)
+        return 1
+    arn = found.group(1)
+    answer = awscli.run(["cloudformation", "describe-change-set", "--change-set-name", arn], args.region)
+    changes = answer.get("Changes", [])
+    print(f"Change set {arn}: {len(changes)} resource change(s)")
+    for line in change_lines(changes, color=sys.stdout.isatty()):
+        print(line)
+    where = f" --region {args.region}"
+    print(f"Not executed. To apply it as previewed: aws cloudformation execute-change-set "
+          f"--change-set-name {arn}{where} (or run deploy.py without --preview); to discard it: "
+          f"aws cloudformation delete-change-set --change-set-name {arn}{where}"
+          + (" (a new stack waits in REVIEW_IN_PROGRESS until then; delete it with delete-stack)"
+             if answer.get("ChangeSetType") == "CREATE" else ""))
+    return 0
+
+
 def protect_data(stack: str, region: str | None) -> None:
     """Set the stack policy that refuses updates replacing or deleting the data (idempotent)."""
     from templates.stack_policy import stack_policy
@@ -213,17 +330,37 @@ def print_outputs(stack: str, region: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        args.region, where = awscli.region_in_use(args.region)
+    except awscli.AwsError as error:
+        print(f"deploy.py: error: {error}", file=sys.stderr)
+        return 2
+    if not args.region:
+        print(f"deploy.py: error: no region to deploy in ({where}): give --region", file=sys.stderr)
+        return 2
+    try:
         template = args.template or built_template()
         body = json.loads(template.read_text())
         values = parameter_files.load(args.parameters, body, args.region)
     except (OSError, json.JSONDecodeError, parameter_files.ParameterFileError) as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)
         return 2
+    for warning in [*parameter_files.unchecked_rules(body, values, args.region),
+                    *parameter_files.example_values(values)]:
+        print(f"deploy.py: warning: {warning}", file=sys.stderr)
     if template.stat().st_size > INLINE_BODY_LIMIT and not args.s3_bucket:
         print(f"deploy.py: error: the template is {template.stat().st_size} bytes, above the "
-              f"{INLINE_BODY_LIMIT} CloudFormation takes inline: give --s3-bucket", file=sys.stderr)
+              f"{INLINE_BODY_LIMIT} CloudFormation takes inline: give --s3-bucket (a bucket in "
+              f"{args.region}; --create-bucket makes it)", file=sys.stderr)
         return 2
+    print(f"Region {args.region} (from {where}).", flush=True)
     try:
+        if args.s3_bucket:
+            problem = artifact_bucket_problem(args.s3_bucket, args.region, args.create_bucket)
+            if problem:
+                print(f"deploy.py: error: {problem}", file=sys.stderr)
+                return 2
+        if args.preview:
+            return preview(args, template, values)
         advice = failed_create_advice(args.stack_name, stack_status(args.stack_name, args.region),
                                       args.region)
         if advice:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from scripts.template_values import Evaluator, parameter_values
+from scripts.template_values import Evaluator, Unevaluable, parameter_values
 
 
 class ParameterFileError(ValueError):
@@ -58,8 +58,33 @@ def problems(template: Mapping[str, Any], values: Mapping[str, str], region: str
                 found.append(f"{name} is required (it has no default)")
             continue
         found += [f"{name}={values[name]!r}: {p}" for p in _constraint_problems(spec, values[name])]
+        if name == "HostedZoneId" and values[name].startswith(ZONE_PREFIX):
+            found.append(f"{name}: drop the {ZONE_PREFIX} prefix that Route 53 shows, give the ID alone: "
+                         f"{values[name][len(ZONE_PREFIX):]}")
     if not found:
         found += _rule_problems(template, parameter_values(template, values), region)
+    return found
+
+
+# Values of the example files (parameters/*.json) that no real deployment has: the
+# domains RFC 2606 reserves for examples, and the examples' made-up hosted zone ID.
+EXAMPLE_DOMAIN = re.compile(r"(^|.*\.)example\.(com|net|org)$")
+EXAMPLE_ZONE_ID = "Z0123456789ABCDEFGHIJ"
+# What Route 53's console and API show before a zone's ID.
+ZONE_PREFIX = "/hostedzone/"
+
+
+def example_values(values: Mapping[str, str]) -> list[str]:
+    """The values left as in the example files, each with what to put instead."""
+    found = []
+    if EXAMPLE_DOMAIN.match(values.get("DomainName", "")):
+        found.append(f"DomainName={values['DomainName']} is an example domain: put your own")
+    if values.get("HostedZoneId") == EXAMPLE_ZONE_ID:
+        found.append(f"HostedZoneId={EXAMPLE_ZONE_ID} is the examples' made-up zone: put your domain's "
+                     "(aws route53 list-hosted-zones-by-name --dns-name YOUR.DOMAIN)")
+    for key in ("AlertEmail", "MailFromAddress"):
+        if EXAMPLE_DOMAIN.match(values.get(key, "").rpartition("@")[2]):
+            found.append(f"{key}={values[key]} is an example address: alerts would go nowhere")
     return found
 
 
@@ -86,16 +111,32 @@ def _constraint_problems(spec: Mapping[str, Any], value: str) -> list[str]:
 
 
 def _rule_problems(template: Mapping[str, Any], values: Mapping[str, str], region: str | None) -> list[str]:
-    evaluator = Evaluator(template, {**values, **({"AWS::Region": region} if region else {})})
+    return [problem for problem, _ in _judge_rules(template, values, region) if problem]
+
+
+def unchecked_rules(template: Mapping[str, Any], values: Mapping[str, str],
+                    region: str | None = None) -> list[str]:
+    """The Rules this module could not judge for these values, each with the reason;
+    CloudFormation still checks them when the stack is created or updated."""
+    return [reason for _, reason in _judge_rules(template, parameter_values(template, values), region)
+            if reason]
+
+
+def _judge_rules(template: Mapping[str, Any], values: Mapping[str, str],
+                 region: str | None) -> list[tuple[str, str]]:
+    """(problem, why unchecked) per broken or unjudged assertion; a rule is judged only when
+    every function and value it uses is known here (strict evaluation), never assumed to hold."""
+    evaluator = Evaluator(template, {**values, **({"AWS::Region": region} if region else {})}, strict=True)
     found = []
     for name, rule in template.get("Rules", {}).items():
-        if region is None and '"AWS::Region"' in json.dumps(rule):
-            continue  # CloudFormation checks it in the stack's region
-        if "RuleCondition" in rule and not evaluator.value(rule["RuleCondition"]):
-            continue
-        for assertion in rule.get("Assertions", []):
-            if not evaluator.value(assertion["Assert"]):
-                found.append(f"rule {name}: {assertion.get('AssertDescription', 'does not hold')}")
+        try:
+            if "RuleCondition" in rule and not evaluator.value(rule["RuleCondition"]):
+                continue
+            for assertion in rule.get("Assertions", []):
+                if not evaluator.value(assertion["Assert"]):
+                    found.append((f"rule {name}: {assertion.get('AssertDescription', 'does not hold')}", ""))
+        except Unevaluable as error:
+            found.append(("", f"rule {name} not checked here ({error}); CloudFormation checks it"))
     return found
 
 

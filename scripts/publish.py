@@ -25,19 +25,23 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import awscli, parameter_files, quick_create  # noqa: E402
+from scripts.version import version_action  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
     parser.add_argument("--bucket", required=True, help="bucket name; {region} is replaced per region")
     parser.add_argument("--region", action="append", required=True, dest="regions",
                         help="a region to publish in (repeatable)")
-    parser.add_argument("--stack-name", default="mastodon")
+    parser.add_argument("--stack-name", default="mastodon", help="the stack name the links fill in")
     parser.add_argument("--parameters", type=Path, metavar="FILE",
-                        help="pre-fill the link with this AWS-CLI parameter file's values")
+                        help="pre-fill the link with this AWS-CLI parameter file's values (checked "
+                        "against the template in every region given)")
     parser.add_argument("--template", type=Path, metavar="JSON", help="a pre-built JSON template")
-    parser.add_argument("--prefix", default="mastodon")
-    parser.add_argument("--create-buckets", action="store_true")
+    parser.add_argument("--prefix", default="mastodon", help="key prefix of the uploaded template")
+    parser.add_argument("--create-buckets", action="store_true",
+                        help="create each region's bucket, in that region, when it does not exist")
     return parser.parse_args(argv)
 
 
@@ -50,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             from scripts.deploy import built_template
             template = built_template()
         body = json.loads(template.read_text())
-        values = parameter_files.load(args.parameters, body) if args.parameters else {}
+        # Checked in each region: a Rule may hold in one and not another (WafEnabled outside us-east-1).
+        values = {}
+        for region in args.regions if args.parameters else []:
+            try:
+                values = parameter_files.load(args.parameters, body, region)
+            except parameter_files.ParameterFileError as error:
+                raise ValueError(f"in {region}: {error}") from None
         if not quick_create.STACK_NAME.match(args.stack_name):
             raise ValueError(f"stack name {args.stack_name!r} is not valid for CloudFormation")
     except (OSError, json.JSONDecodeError, ValueError) as error:

@@ -1,8 +1,11 @@
 """Evaluate a built template's parameters, conditions and simple intrinsics for given values.
 
 Just enough of CloudFormation's semantics (Ref to a parameter, Fn::Equals, Not, And,
-Or, If, FindInMap, Condition) to tell which resources a parameter set creates and
-what a property resolves to; anything else evaluates to None.
+Or, If, FindInMap, Condition, and the rule functions Contains, EachMemberEquals and
+EachMemberIn) to tell which resources a parameter set creates, what a property
+resolves to and whether a template Rule holds; anything else evaluates to None, or,
+for a Rule (`Evaluator.strict`), raises Unevaluable so that no rule is called checked
+that was not.
 """
 
 from __future__ import annotations
@@ -11,6 +14,16 @@ from collections.abc import Mapping
 from typing import Any
 
 Template = Mapping[str, Any]
+
+# Every function CloudFormation allows in a Rule (User Guide, "Rule functions") that
+# this module evaluates. Fn::ValueOf, Fn::ValueOfAll and Fn::RefAll read the account
+# (a parameter's AWS-specific attributes, every VPC...), which only CloudFormation can.
+RULE_FUNCTIONS = frozenset({"Ref", "Fn::And", "Fn::Or", "Fn::Not", "Fn::Equals", "Fn::Contains",
+                            "Fn::EachMemberEquals", "Fn::EachMemberIn"})
+
+
+class Unevaluable(ValueError):
+    """An expression uses a function this module cannot evaluate (named in the message)."""
 
 
 def parameter_values(template: Template, given: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -24,9 +37,10 @@ def parameter_values(template: Template, given: Mapping[str, str] | None = None)
 class Evaluator:
     """Resolves template expressions against one set of parameter values."""
 
-    def __init__(self, template: Template, values: Mapping[str, str]) -> None:
+    def __init__(self, template: Template, values: Mapping[str, str], strict: bool = False) -> None:
         self.template = template
         self.values = dict(values)
+        self.strict = strict  # raise Unevaluable instead of answering None
         self._conditions: dict[str, bool] = {}
 
     def condition(self, name: str) -> bool:
@@ -46,6 +60,8 @@ class Evaluator:
         if key == "Ref":
             if argument == "AWS::NoValue":
                 return None
+            if self.strict and argument not in self.values:
+                raise Unevaluable(f"{argument} is not known here")
             return self.values.get(argument)
         if key == "Condition":
             return self.condition(argument)
@@ -64,7 +80,29 @@ class Evaluator:
         if key == "Fn::FindInMap":
             mapping, top, second = (self.value(a) for a in argument)
             return self.template.get("Mappings", {}).get(mapping, {}).get(top, {}).get(second)
+        if key == "Fn::Contains":  # [list of strings, string]: the string is one of them
+            members, item = self.value(argument[0]), self.value(argument[1])
+            return str(item) in [str(self.value(m)) for m in self._members(members)]
+        if key == "Fn::EachMemberEquals":  # [list of strings, string]: every member equals it
+            members, item = self.value(argument[0]), self.value(argument[1])
+            return all(str(self.value(m)) == str(item) for m in self._members(members))
+        if key == "Fn::EachMemberIn":  # [list, list]: every member of the first is in the second
+            members, allowed = self.value(argument[0]), self.value(argument[1])
+            return {str(self.value(m)) for m in self._members(members)} <= {
+                str(self.value(m)) for m in self._members(allowed)}
+        if self.strict:
+            raise Unevaluable(f"{key} cannot be evaluated outside CloudFormation")
         return None
+
+    def _members(self, node: Any) -> list[Any]:
+        """A list argument: a literal list, or a list parameter's value (comma-separated)."""
+        if isinstance(node, list):
+            return node
+        if node is None:
+            if self.strict:
+                raise Unevaluable("a list argument that cannot be evaluated")
+            return []
+        return [part.strip() for part in str(node).split(",")]
 
     def number(self, node: Any, default: float = 0) -> float:
         resolved = self.value(node)

@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import awscli  # noqa: E402
+from scripts.version import version_action  # noqa: E402
 from templates.compute import WORKER_GROUP  # noqa: E402
 from templates.maintenance import RUN_SHELL_SCRIPT, TOOTCTL  # noqa: E402
 
@@ -53,7 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         epilog=f"{OWNER} NAME --email EMAIL: create the Owner account (confirmed, approved) without open "
         "registrations or mail, and print its password once; change it at first sign-in, because "
         "Run Command's history keeps the output.")
-    parser.add_argument("--region", help="default: the aws CLI's configured region")
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
+    parser.add_argument("--region", help="the stack's region; default: the aws CLI's (AWS_DEFAULT_REGION, "
+                        "then the profile's configuration)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds tootctl may run")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between status checks")
     parser.add_argument("stack", help="the stack's name")
@@ -120,10 +123,20 @@ def owner_outcome(username: str, stdout: str, stderr: str, code: int) -> tuple[i
     return code if code > 0 else 1, "", f"{stderr}tootctl.py: {hint}\n"
 
 
-def worker_instance(stack: str, region: str | None) -> str:
-    resource = awscli.run(["cloudformation", "describe-stack-resource", "--stack-name", stack,
-                           "--logical-resource-id", WORKER_GROUP], region)
-    group = resource["StackResourceDetail"]["PhysicalResourceId"]
+# While tootctl runs (a media cleanup can take an hour), say so this often.
+WAITING_NOTE_SECONDS = 30.0
+
+
+def waiting_note(status: str, waited: float, noted: float) -> str | None:
+    """A line saying the command still runs, once per WAITING_NOTE_SECONDS of waiting."""
+    if waited - noted < WAITING_NOTE_SECONDS:
+        return None
+    minutes, seconds = divmod(int(waited), 60)
+    return f"  still waiting for tootctl ({status}, {minutes}m{seconds:02d}s)"
+
+
+def worker_instance(stack: str, region: str | None, where: str = "--region") -> str:
+    group = awscli.stack_resource(stack, WORKER_GROUP, region, where)
     groups = awscli.run(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names", group],
                         region)["AutoScalingGroups"]
     serving = [i["InstanceId"] for g in groups for i in g["Instances"] if i["LifecycleState"] == "InService"]
@@ -135,7 +148,8 @@ def worker_instance(stack: str, region: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        instance = worker_instance(args.stack, args.region)
+        args.region, where = awscli.region_in_use(args.region)
+        instance = worker_instance(args.stack, args.region, where)
         if args.owner:
             lines = owner_commands(args.owner.username, args.owner.email)
             comment = f"tootctl owner {args.owner.username}"
@@ -147,9 +161,15 @@ def main(argv: list[str] | None = None) -> int:
             "ssm", "send-command", "--instance-ids", instance, "--document-name", RUN_SHELL_SCRIPT,
             "--comment", comment[:100],
             "--parameters", json.dumps(parameters)], args.region)["Command"]["CommandId"]
-        print(f"tootctl on {instance} (command {command_id})", file=sys.stderr, flush=True)
+        print(f"tootctl on {instance} (command {command_id}), waiting for it to end", file=sys.stderr,
+              flush=True)
+        started, noted, status = time.monotonic(), 0.0, "Pending"
         while True:
             time.sleep(args.poll)
+            note = waiting_note(status, time.monotonic() - started, noted)
+            if note:
+                print(note, file=sys.stderr, flush=True)
+                noted = time.monotonic() - started
             try:
                 invocation = awscli.run(["ssm", "get-command-invocation", "--command-id", command_id,
                                          "--instance-id", instance], args.region)
@@ -157,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "InvocationDoesNotExist" in str(error):
                     continue  # not registered yet
                 raise
-            if invocation["Status"] not in RUNNING:
+            status = invocation["Status"]
+            if status not in RUNNING:
                 break
     except awscli.AwsError as error:
         print(f"tootctl.py: error: {error}", file=sys.stderr)

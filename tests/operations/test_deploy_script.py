@@ -255,7 +255,9 @@ def settle_after_the_cli_gave_up(tmp_path: Path, stack, status: str):  # type: i
     def settle() -> None:
         for _ in range(600):
             if (tmp_path / "gave-up").exists():
-                time.sleep(6.0)  # each aws CLI call of the script takes a second or so
+                # After the CLI gives up the script makes two aws calls before it looks at the
+                # status; each takes a second or so, several on a loaded machine.
+                time.sleep(15.0)
                 stack.status = status
                 return
             time.sleep(0.1)

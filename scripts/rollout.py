@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Show a stack's current or last rollout (Mastodon upgrade), or watch it until it ends.
+
+    python scripts/rollout.py --region eu-central-1 mastodon status
+    python scripts/rollout.py --region eu-central-1 mastodon watch
+
+Reads the rollout's state machine (the stack's RolloutStateMachine): the running
+execution, else the newest one. From the execution's history it takes the step it is
+at and the rollout's state (lambdas/rollout/state.py: the version rolled out, the one
+it replaces, the failure); from EC2 the servers of both groups and the version each
+runs (its mastodon:version tag); from the rollout-last parameter the result of a
+finished one. `status` prints one summary; `watch` prints a line whenever something
+changes until the execution ends. Exit status: 0 the rollout succeeded, is running
+(status) or none ran yet; 1 it failed, or the stack or its state machine was not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lambdas.rollout.names import VERSION_TAG  # noqa: E402
+from scripts import awscli  # noqa: E402
+from scripts.version import version_action  # noqa: E402
+from templates.pipeline import STATE_MACHINE  # noqa: E402
+
+# What each state of templates/pipeline.py's definition is doing, for people.
+STEPS = {
+    "Configure": "starting",
+    "Begin": "checking the desired version",
+    "Queued": "waiting for an earlier rollout to end",
+    "Validate": "checking the release tag and its images",
+    "PreMigrate": "pre-deployment migrations",
+    "Web": "upgrading the web servers",
+    "Worker": "upgrading the worker",
+    "Record": "recording the deployed version",
+    "Verify": "checking the fleet",
+    "PostMigrate": "post-deployment migrations",
+    "FinalCheck": "checking the fleet again",
+    "Invalidate": "invalidating CloudFront",
+    "InvalidateCheck": "invalidating CloudFront",
+    "InvalidateRetry": "invalidating CloudFront",
+    "Rollback": "ROLLING BACK",
+    "Finish": "finishing (scaling resumed, notification)",
+    "Done": "done",
+    "Failed": "failed",
+}
+HISTORY_EVENTS = 100
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
+    parser.add_argument("--region", help="the stack's region; default: the aws CLI's (AWS_DEFAULT_REGION, "
+                        "then the profile's configuration)")
+    parser.add_argument("--poll", type=float, default=15.0, help="seconds between looks (watch)")
+    parser.add_argument("stack", help="the stack's name")
+    parser.add_argument("command", choices=("status", "watch"),
+                        help="status: one summary; watch: follow until the rollout ends")
+    return parser.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What one look at the rollout found."""
+
+    execution: str
+    status: str  # the execution's: RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED
+    step: str  # the state machine's state it is at (or ended in)
+    started: datetime | None
+    stopped: datetime | None
+    target: str | None
+    previous: str | None
+    failure: str | None
+    rolling_back: bool
+    done: int  # servers on the target version
+    total: int  # servers in both groups
+
+    def line(self, now: datetime) -> str:
+        end = self.stopped or now
+        elapsed = _duration((end - self.started).total_seconds()) if self.started else "?"
+        what = f"rollout of {self.target}" if self.target else "rollout"
+        if self.previous and self.target and self.previous != self.target:
+            what += f" (from {self.previous})"
+        base = self.step.removesuffix("Wait").removesuffix("Next")
+        doing = STEPS.get(base, base)
+        servers = f"{self.done} of {self.total} servers on {self.target}" if self.target else \
+            f"{self.total} servers"
+        if self.status == "RUNNING":
+            text = f"{what}: {doing}, {servers}, {elapsed} elapsed"
+        else:
+            result = "FAILED" if self.failed else "succeeded"
+            if self.status not in ("SUCCEEDED", "FAILED"):
+                result += f" ({self.status.lower().replace('_', ' ')})"
+            text = f"{what}: {result} after {elapsed}, {servers}"
+        if self.failure:
+            text += f"\n  reason: {self.failure}"
+        return text
+
+    @property
+    def failed(self) -> bool:
+        return self.status != "RUNNING" and (self.status != "SUCCEEDED" or bool(self.failure))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return (f"{hours}h" if hours else "") + f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _details(event: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = next((v for k, v in event.items() if k.endswith("EventDetails")), {})
+    return found
+
+
+def read_history(events: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(the state it is at, the rollout's latest state) from history events, newest first."""
+    step: str = ""
+    state: dict[str, Any] = {}
+    for event in events:
+        details = _details(event)
+        if not step and event.get("type", "").endswith("StateEntered"):
+            step = str(details.get("name", ""))
+        if not state:
+            for key in ("output", "input"):
+                try:
+                    candidate = json.loads(details.get(key) or "null")
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(candidate, dict) and "config" in candidate:
+                    state = candidate
+                    break
+        if step and state:
+            break
+    return step, state
+
+
+def servers(groups: list[str], target: str | None, region: str | None) -> tuple[int, int]:
+    """(servers on the target version, servers) of the groups: what Auto Scaling holds now."""
+    groups = [g for g in groups if g]
+    if not groups:
+        return 0, 0
+    described = awscli.run(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
+                            *groups], region)["AutoScalingGroups"]
+    ids = [i["InstanceId"] for g in described for i in g["Instances"]
+           if i.get("LifecycleState") not in ("Terminating", "Terminated", "Terminating:Wait",
+                                              "Terminating:Proceed")]
+    if not ids:
+        return 0, 0
+    reservations = awscli.run(["ec2", "describe-instances", "--instance-ids", *ids], region)["Reservations"]
+    versions = [next((t["Value"] for t in i.get("Tags", []) if t["Key"] == VERSION_TAG), None)
+                for r in reservations for i in r["Instances"]]
+    return sum(1 for v in versions if target and v == target), len(ids)
+
+
+def look(machine: str, region: str | None) -> Rollout | None:
+    """The state machine's running rollout, else its newest; None when none has run."""
+    listed = awscli.run(["stepfunctions", "list-executions", "--state-machine-arn", machine,
+                         "--status-filter", "RUNNING"], region)["executions"]
+    if not listed:
+        listed = awscli.run(["stepfunctions", "list-executions", "--state-machine-arn", machine], region)[
+            "executions"]
+    if not listed:
+        return None
+    newest = max(listed, key=lambda e: str(e.get("startDate", "")))
+    execution = awscli.run(["stepfunctions", "describe-execution", "--execution-arn",
+                            newest["executionArn"]], region)
+    events = awscli.run(["stepfunctions", "get-execution-history", "--execution-arn", newest["executionArn"],
+                         "--reverse-order", "--max-items", str(HISTORY_EVENTS)], region)["events"]
+    step, state = read_history(events)
+    config = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
+    failure = state.get("failure")
+    if execution["status"] != "RUNNING":
+        record = _handled(config.get("handled_parameter"), region)
+        if record.get("execution") and str(newest["executionArn"]).endswith(str(record["execution"])):
+            failure = (record.get("reason") or failure) if record.get("result") == "failed" else failure
+        if execution["status"] != "SUCCEEDED" and not failure:
+            cause = execution.get("cause", "")
+            failure = f"{execution.get('error', execution['status'])}: {cause}".strip(": ")
+    done, total = servers([config.get("web_group", ""), config.get("worker_group", "")],
+                          state.get("target"), region)
+    return Rollout(
+        execution=str(newest["executionArn"]), status=str(execution["status"]), step=step,
+        started=_time(execution.get("startDate")), stopped=_time(execution.get("stopDate")),
+        target=state.get("target"), previous=state.get("previous"), failure=failure or None,
+        rolling_back=bool(state.get("rolling_back")), done=done, total=total)
+
+
+def _handled(name: str | None, region: str | None) -> dict[str, Any]:
+    if not name:
+        return {}
+    try:
+        value = awscli.run(["ssm", "get-parameter", "--name", name], region)["Parameter"]["Value"]
+        record = json.loads(value)
+    except (awscli.AwsError, ValueError, KeyError, TypeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        region, where = awscli.region_in_use(args.region)
+        machine = awscli.stack_resource(args.stack, STATE_MACHINE, region, where)
+        shown = ""
+        while True:
+            rollout = look(machine, region)
+            if rollout is None:
+                print(f"{args.stack}: no rollout has run yet in {region} (put a version in "
+                      f"/mastodon/{args.stack}/desired-version to start one)")
+                return 0
+            text = rollout.line(datetime.now(UTC))
+            if args.command == "status":
+                print(text)
+                print(f"  execution: {rollout.execution}")
+                return 1 if rollout.failed else 0
+            if text.split(", ")[:2] != shown.split(", ")[:2] or rollout.status != "RUNNING":
+                print(text, flush=True)  # a new step or server count, not every tick of the clock
+                shown = text
+            if rollout.status != "RUNNING":
+                return 1 if rollout.failed else 0
+            time.sleep(args.poll)
+    except awscli.AwsError as error:
+        print(f"rollout.py: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
