@@ -63,8 +63,18 @@ from troposphere import Template  # noqa: E402
 
 from lambdas.rollout.names import DOWNGRADE_FLAG, VERSION_TAG  # noqa: E402
 from lambdas.rollout.plan import read_handled  # noqa: E402
-from templates import compute, data, edge, load_balancing, maintenance  # noqa: E402
-from templates import media_invalidation, operations, parameters, pipeline, versions  # noqa: E402
+from templates import (  # noqa: E402  # noqa: E402
+    compute,
+    data,
+    edge,
+    load_balancing,
+    maintenance,
+    media_invalidation,
+    operations,
+    parameters,
+    pipeline,
+    versions,
+)
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 MARKS = {PASS: "✓", FAIL: "✗", SKIP: "–"}
@@ -123,8 +133,12 @@ class Network:
     `cafile` replaces the system's trust store (tests trust their own authority only).
     """
 
-    def __init__(self, timeout: float = 10.0, cafile: str | None = None,
-                 routes: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        cafile: str | None = None,
+        routes: dict[tuple[str, int], tuple[str, int]] | None = None,
+    ) -> None:
         self.timeout = timeout
         self.cafile = cafile
         self.routes = routes or {}
@@ -156,8 +170,9 @@ class Network:
                 error = failed
         raise error
 
-    def tls(self, host: str, port: int = 443, alpn: list[str] | None = None,
-            verify: bool = True) -> ssl.SSLSocket:
+    def tls(
+        self, host: str, port: int = 443, alpn: list[str] | None = None, verify: bool = True
+    ) -> ssl.SSLSocket:
         raw = self.connect(host, port)
         try:
             return self.context(alpn, verify).wrap_socket(raw, server_hostname=host)
@@ -165,8 +180,17 @@ class Network:
             raw.close()
             raise
 
-    def request(self, host: str, path: str, *, port: int = 443, tls: bool = True, method: str = "GET",
-                headers: dict[str, str] | None = None, verify: bool = True) -> Response:
+    def request(
+        self,
+        host: str,
+        path: str,
+        *,
+        port: int = 443,
+        tls: bool = True,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        verify: bool = True,
+    ) -> Response:
         sock: socket.socket = self.tls(host, port, verify=verify) if tls else self.connect(host, port)
         connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
         connection.sock = sock
@@ -183,13 +207,21 @@ class Network:
             connection.close()
 
 
-def websocket_heartbeat(net: Network, host: str, path: str, wait: float,
-                        token: str | None = None) -> tuple[int, str]:
+def websocket_heartbeat(
+    net: Network, host: str, path: str, wait: float, token: str | None = None
+) -> tuple[int, str]:
     """Open a WebSocket and wait for the server's ping. (HTTP status, what happened)."""
     key = base64.b64encode(secrets.token_bytes(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", f"Origin: https://{host}",
-             "User-Agent: mastodon-aws-check"]
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        f"Origin: https://{host}",
+        "User-Agent: mastodon-aws-check",
+    ]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     sock = net.tls(host)
@@ -210,7 +242,9 @@ def websocket_heartbeat(net: Network, host: str, path: str, wait: float,
         if status != 101:
             return status, status_line
         headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        expected = base64.b64encode(hashlib.sha1((key + WEBSOCKET_GUID).encode(), usedforsecurity=False).digest()).decode()
+        expected = base64.b64encode(
+            hashlib.sha1((key + WEBSOCKET_GUID).encode(), usedforsecurity=False).digest()
+        ).decode()
         if headers.get("sec-websocket-accept") != expected:
             return status, "the upgrade answer has a wrong Sec-WebSocket-Accept"
         deadline = time.monotonic() + wait
@@ -261,7 +295,7 @@ def _read_frame(sock: socket.socket, buffer: bytes, deadline: float) -> tuple[in
         offset += 4  # servers do not mask; skip a mask should one come
     if not need(offset + length):
         return None
-    return opcode, buffer[offset:offset + length], buffer[offset + length:]
+    return opcode, buffer[offset : offset + length], buffer[offset + length :]
 
 
 def _client_frame(opcode: int, payload: bytes) -> bytes:
@@ -291,10 +325,14 @@ def load_stack(session: Any, name: str) -> Stack:
     cloudformation = session.client("cloudformation")
     (described,) = cloudformation.describe_stacks(StackName=name)["Stacks"]
     stack = Stack(
-        name=name, region=session.region_name, status=described["StackStatus"],
+        name=name,
+        region=session.region_name,
+        status=described["StackStatus"],
         reason=described.get("StackStatusReason", ""),
-        parameters={p["ParameterKey"]: p.get("ResolvedValue", p.get("ParameterValue", ""))
-                    for p in described.get("Parameters", [])},
+        parameters={
+            p["ParameterKey"]: p.get("ResolvedValue", p.get("ParameterValue", ""))
+            for p in described.get("Parameters", [])
+        },
         outputs={o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},
     )
     stack.resources = stack_resources(session, name)
@@ -303,7 +341,9 @@ def load_stack(session: Any, name: str) -> Stack:
 
 def stack_resources(session: Any, name: str) -> dict[str, str]:
     found: dict[str, str] = {}
-    for page in session.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=name):
+    for page in (
+        session.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=name)
+    ):
         for summary in page["StackResourceSummaries"]:
             if summary.get("PhysicalResourceId"):
                 found[summary["LogicalResourceId"]] = summary["PhysicalResourceId"]
@@ -341,11 +381,20 @@ class Checker:
             self.clients[service] = self.session.client(service)
         return self.clients[service]
 
-    def add(self, group: str, name: str, ok: bool | None, detail: str = "", cause: str = "", step: str = "",
-            required: bool = True) -> bool:
+    def add(
+        self,
+        group: str,
+        name: str,
+        ok: bool | None,
+        detail: str = "",
+        cause: str = "",
+        step: str = "",
+        required: bool = True,
+    ) -> bool:
         status = SKIP if ok is None else PASS if ok else FAIL
-        self.results.append(Result(group, name, status, detail, "" if ok else cause, "" if ok else step,
-                                   required))
+        self.results.append(
+            Result(group, name, status, detail, "" if ok else cause, "" if ok else step, required)
+        )
         return bool(ok)
 
     def guard(self, group: str, name: str, cause: str, step: str) -> Callable[[Callable[[], None]], None]:
@@ -369,39 +418,67 @@ class Checker:
     def check_stack(self) -> None:
         s, g = self.stack, "stack"
         where = f" --region {s.region}"
-        self.add(g, "status", s.status in SETTLED, f"{s.name}: {s.status} {s.reason}".strip(),
-                 "the last create or update did not complete" if "ROLLBACK" in s.status or "FAILED" in s.status
-                 else "CloudFormation is still working on the stack",
-                 f"read the first *_FAILED event: aws cloudformation describe-stack-events --stack-name "
-                 f"{s.name}{where}; or wait until it settles")
-        self.add(g, "parameters", bool(self.domain),
-                 f"domain {self.domain}; " + ", ".join(f"{k}={v}" for k, v in sorted(s.parameters.items())
-                                                        if v and "Arn" not in k)[:300],
-                 "the stack has no domain parameter", "is this a Mastodon stack of this project?")
-        self.guard(g, "versions agree", "an upgrade is pending, running or failed",
-                   "see the rollout lines below")(self._versions)
-        self.guard(g, "no rollout running or failed", "the rollout state machine cannot be read",
-                   "check your permissions (states:ListExecutions, ssm:GetParameter)")(self._rollout)
-        self.guard(g, "alarms", "the alarms cannot be read",
-                   "check your permissions (cloudwatch:DescribeAlarms)")(self._alarms)
+        self.add(
+            g,
+            "status",
+            s.status in SETTLED,
+            f"{s.name}: {s.status} {s.reason}".strip(),
+            "the last create or update did not complete"
+            if "ROLLBACK" in s.status or "FAILED" in s.status
+            else "CloudFormation is still working on the stack",
+            f"read the first *_FAILED event: aws cloudformation describe-stack-events --stack-name "
+            f"{s.name}{where}; or wait until it settles",
+        )
+        self.add(
+            g,
+            "parameters",
+            bool(self.domain),
+            f"domain {self.domain}; "
+            + ", ".join(f"{k}={v}" for k, v in sorted(s.parameters.items()) if v and "Arn" not in k)[:300],
+            "the stack has no domain parameter",
+            "is this a Mastodon stack of this project?",
+        )
+        self.guard(
+            g, "versions agree", "an upgrade is pending, running or failed", "see the rollout lines below"
+        )(self._versions)
+        self.guard(
+            g,
+            "no rollout running or failed",
+            "the rollout state machine cannot be read",
+            "check your permissions (states:ListExecutions, ssm:GetParameter)",
+        )(self._rollout)
+        self.guard(
+            g, "alarms", "the alarms cannot be read", "check your permissions (cloudwatch:DescribeAlarms)"
+        )(self._alarms)
 
     def _versions(self) -> None:
         ssm = self.client("ssm")
         desired_name = self.stack.resource(versions.DESIRED_VERSION)
         deployed_name = self.stack.resource(versions.DEPLOYED_VERSION)
         if not desired_name or not deployed_name:
-            self.add("stack", "versions agree", False, "the version parameters are not in the stack",
-                     "the stack is incomplete", "redeploy with scripts/deploy.py")
+            self.add(
+                "stack",
+                "versions agree",
+                False,
+                "the version parameters are not in the stack",
+                "the stack is incomplete",
+                "redeploy with scripts/deploy.py",
+            )
             return
         desired = ssm.get_parameter(Name=desired_name)["Parameter"]["Value"]
         deployed = ssm.get_parameter(Name=deployed_name)["Parameter"]["Value"]
         self.deployed_version = deployed
         wanted = desired.removesuffix(f" {DOWNGRADE_FLAG}")
-        self.add("stack", "versions agree", wanted == deployed, f"desired {desired}, deployed {deployed}",
-                 "the rollout to the desired version is pending, running or failed (a failed rollout keeps "
-                 "the last good version)",
-                 f"watch the rollout (output {pipeline.STATE_MACHINE}Arn), or set {desired_name} back to "
-                 f"{deployed}: aws ssm put-parameter --overwrite --name {desired_name} --value {deployed}")
+        self.add(
+            "stack",
+            "versions agree",
+            wanted == deployed,
+            f"desired {desired}, deployed {deployed}",
+            "the rollout to the desired version is pending, running or failed (a failed rollout keeps "
+            "the last good version)",
+            f"watch the rollout (output {pipeline.STATE_MACHINE}Arn), or set {desired_name} back to "
+            f"{deployed}: aws ssm put-parameter --overwrite --name {desired_name} --value {deployed}",
+        )
 
     def _rollout(self) -> None:
         machine = self.stack.resource(pipeline.STATE_MACHINE)
@@ -410,22 +487,34 @@ class Checker:
             self.add("stack", "no rollout running or failed", None, "the stack has no rollout state machine")
             return
         running = self.client("stepfunctions").list_executions(
-            stateMachineArn=machine, statusFilter="RUNNING", maxResults=10)["executions"]
+            stateMachineArn=machine, statusFilter="RUNNING", maxResults=10
+        )["executions"]
         if running:
-            self.add("stack", "no rollout running or failed", False,
-                     f"{len(running)} running: {running[0]['name']} since {running[0]['startDate']}",
-                     "an upgrade is rolling: servers are being replaced and checks may fail meanwhile",
-                     "wait for its notice (alert e-mail), then run the check again")
+            self.add(
+                "stack",
+                "no rollout running or failed",
+                False,
+                f"{len(running)} running: {running[0]['name']} since {running[0]['startDate']}",
+                "an upgrade is rolling: servers are being replaced and checks may fail meanwhile",
+                "wait for its notice (alert e-mail), then run the check again",
+            )
             return
-        record = read_handled(self.client("ssm").get_parameter(Name=record_name)["Parameter"]["Value"]) \
-            if record_name else {}
+        record = (
+            read_handled(self.client("ssm").get_parameter(Name=record_name)["Parameter"]["Value"])
+            if record_name
+            else {}
+        )
         failed = record.get("result") == "failed"
-        self.add("stack", "no rollout running or failed", not failed,
-                 f"last rollout: {record.get('version', 'none')} {record.get('result', '')}".strip(),
-                 f"the last rollout failed: {record.get('reason', 'no reason recorded')}",
-                 "read the failure notice (alert e-mail) and the execution "
-                 f"{record.get('execution', '')} in the Step Functions console; fix, then set the desired "
-                 "version again")
+        self.add(
+            "stack",
+            "no rollout running or failed",
+            not failed,
+            f"last rollout: {record.get('version', 'none')} {record.get('result', '')}".strip(),
+            f"the last rollout failed: {record.get('reason', 'no reason recorded')}",
+            "read the failure notice (alert e-mail) and the execution "
+            f"{record.get('execution', '')} in the Step Functions console; fix, then set the desired "
+            "version again",
+        )
 
     def _alarms(self) -> None:
         topic = self.stack.resource(operations.ALERT_TOPIC)
@@ -433,19 +522,35 @@ class Checker:
         for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate():
             found += [a for a in page["MetricAlarms"] if topic and topic in a.get("AlarmActions", [])]
         if not found:
-            self.add("stack", "alarms", False, "no alarm notifies the stack's alert topic",
-                     "the alarms were not created", "redeploy with scripts/deploy.py")
+            self.add(
+                "stack",
+                "alarms",
+                False,
+                "no alarm notifies the stack's alert topic",
+                "the alarms were not created",
+                "redeploy with scripts/deploy.py",
+            )
             return
         firing = [a for a in found if a["StateValue"] == "ALARM"]
         for alarm in firing:
-            self.add("stack", f"alarm {alarm['AlarmName']}", False, alarm.get("StateReason", "")[:200],
-                     alarm.get("AlarmDescription", "")[:300] or "the alarm's metric crossed its threshold",
-                     "see the alarm in the CloudWatch console and the stack's dashboard")
+            self.add(
+                "stack",
+                f"alarm {alarm['AlarmName']}",
+                False,
+                alarm.get("StateReason", "")[:200],
+                alarm.get("AlarmDescription", "")[:300] or "the alarm's metric crossed its threshold",
+                "see the alarm in the CloudWatch console and the stack's dashboard",
+            )
         waiting = [a["AlarmName"] for a in found if a["StateValue"] == "INSUFFICIENT_DATA"]
-        self.add("stack", "alarms", not firing,
-                 f"{len(found)} alarms, {len(firing)} in ALARM"
-                 + (f", {len(waiting)} without data yet" if waiting else ""),
-                 "see the lines above", "see the lines above")
+        self.add(
+            "stack",
+            "alarms",
+            not firing,
+            f"{len(found)} alarms, {len(firing)} in ALARM"
+            + (f", {len(waiting)} without data yet" if waiting else ""),
+            "see the lines above",
+            "see the lines above",
+        )
 
     # ---- 2. the edge
 
@@ -455,69 +560,118 @@ class Checker:
             self.add(g, "edge", None, "no domain to check")
             return
         self.guard(g, "certificate", "the domain does not reach CloudFront", f"check DNS: dig {d}")(
-            self._certificate)
-        self.guard(g, "HTTP redirects to HTTPS", "plain HTTP is not answered by CloudFront",
-                   f"check DNS for {d} and the distribution's viewer protocol policy")(self._redirect)
-        self.guard(g, "/health through CloudFront", "CloudFront cannot reach the web servers",
-                   "see the servers group below and the load balancer's target health")(self._health)
+            self._certificate
+        )
+        self.guard(
+            g,
+            "HTTP redirects to HTTPS",
+            "plain HTTP is not answered by CloudFront",
+            f"check DNS for {d} and the distribution's viewer protocol policy",
+        )(self._redirect)
+        self.guard(
+            g,
+            "/health through CloudFront",
+            "CloudFront cannot reach the web servers",
+            "see the servers group below and the load balancer's target health",
+        )(self._health)
         self.guard(g, "HTTP/2", "the TLS handshake failed", "see the certificate line")(self._http2)
-        self.guard(g, "load balancer not reachable directly", "the load balancer cannot be described",
-                   "check your permissions (elasticloadbalancing:Describe*)")(self._origin_closed)
-        self.guard(g, "listener requires the secret header", "the listener cannot be described",
-                   "check your permissions (elasticloadbalancing:Describe*)")(self._secret_header)
+        self.guard(
+            g,
+            "load balancer not reachable directly",
+            "the load balancer cannot be described",
+            "check your permissions (elasticloadbalancing:Describe*)",
+        )(self._origin_closed)
+        self.guard(
+            g,
+            "listener requires the secret header",
+            "the listener cannot be described",
+            "check your permissions (elasticloadbalancing:Describe*)",
+        )(self._secret_header)
 
     def _certificate(self) -> None:
         try:
             sock = self.net.tls(self.domain)
         except ssl.SSLCertVerificationError as error:
-            self.add("edge", "certificate", False, error.verify_message or str(error),
-                     f"the certificate CloudFront presents is not valid for {self.domain} (another name, "
-                     "expired, or not yet attached: the distribution's alias or certificate is wrong)",
-                     "check the distribution's alternate domain name and its ACM certificate in us-east-1")
+            self.add(
+                "edge",
+                "certificate",
+                False,
+                error.verify_message or str(error),
+                f"the certificate CloudFront presents is not valid for {self.domain} (another name, "
+                "expired, or not yet attached: the distribution's alias or certificate is wrong)",
+                "check the distribution's alternate domain name and its ACM certificate in us-east-1",
+            )
             return
         with sock:
             certificate = sock.getpeercert() or {}
         expires = datetime.datetime.strptime(str(certificate.get("notAfter")), "%b %d %H:%M:%S %Y %Z")
         days = (expires - datetime.datetime.utcnow()).days
-        self.add("edge", "certificate", days >= CERTIFICATE_WARNING_DAYS,
-                 f"valid for {self.domain}, expires in {days} days",
-                 "ACM has not renewed the certificate (its DNS validation record is missing?)",
-                 "check the certificate's renewal status in ACM (us-east-1)")
+        self.add(
+            "edge",
+            "certificate",
+            days >= CERTIFICATE_WARNING_DAYS,
+            f"valid for {self.domain}, expires in {days} days",
+            "ACM has not renewed the certificate (its DNS validation record is missing?)",
+            "check the certificate's renewal status in ACM (us-east-1)",
+        )
 
     def _redirect(self) -> None:
         answer = self.net.request(self.domain, "/health", port=80, tls=False)
         location = answer.header("location")
-        self.add("edge", "HTTP redirects to HTTPS", answer.status in (301, 302, 307, 308)
-                 and location.startswith(f"https://{self.domain}/"),
-                 f"{answer.status} → {location or 'no Location'}",
-                 "plain HTTP is served instead of redirected",
-                 "set ViewerProtocolPolicy redirect-to-https on every behaviour (redeploy)")
+        self.add(
+            "edge",
+            "HTTP redirects to HTTPS",
+            answer.status in (301, 302, 307, 308) and location.startswith(f"https://{self.domain}/"),
+            f"{answer.status} → {location or 'no Location'}",
+            "plain HTTP is served instead of redirected",
+            "set ViewerProtocolPolicy redirect-to-https on every behaviour (redeploy)",
+        )
 
     def _health(self) -> None:
         answer = self.net.request(self.domain, load_balancing.WEB_HEALTH_PATH)
         hsts = answer.header("strict-transport-security")
-        self.add("edge", "/health through CloudFront", answer.status == 200 and answer.via_cloudfront,
-                 f"{answer.status} {answer.body[:40]!r}, "
-                 f"{'via CloudFront' if answer.via_cloudfront else 'no CloudFront headers'}",
-                 {403: "the load balancer refused the request: CloudFront does not send the secret header, "
-                       "or the origin-facing prefix list does not admit it",
-                  502: "CloudFront cannot connect to the load balancer (TLS name or security group)",
-                  503: "no healthy web server", 504: "the load balancer or the web servers do not answer"}
-                 .get(answer.status, "the answer does not come from Mastodon through CloudFront"),
-                 "see the servers group, then the load balancer's target health in the EC2 console")
+        self.add(
+            "edge",
+            "/health through CloudFront",
+            answer.status == 200 and answer.via_cloudfront,
+            f"{answer.status} {answer.body[:40]!r}, "
+            f"{'via CloudFront' if answer.via_cloudfront else 'no CloudFront headers'}",
+            {
+                403: "the load balancer refused the request: CloudFront does not send the secret header, "
+                "or the origin-facing prefix list does not admit it",
+                502: "CloudFront cannot connect to the load balancer (TLS name or security group)",
+                503: "no healthy web server",
+                504: "the load balancer or the web servers do not answer",
+            }.get(answer.status, "the answer does not come from Mastodon through CloudFront"),
+            "see the servers group, then the load balancer's target health in the EC2 console",
+        )
         about = self.net.request(self.domain, "/about")
-        missing = [h for h in ("strict-transport-security", "x-content-type-options", "content-security-policy")
-                   if not about.header(h)]
-        self.add("edge", "security headers", about.status == 200 and not missing,
-                 f"/about {about.status}; " + ("all present" if not missing else f"missing {', '.join(missing)}")
-                 + (f"; HSTS {hsts}" if hsts else ""),
-                 "Mastodon's headers are stripped on the way, or Mastodon does not see HTTPS",
-                 "check the origin request policy (all viewer headers) and LOCAL_HTTPS on the servers")
+        missing = [
+            h
+            for h in ("strict-transport-security", "x-content-type-options", "content-security-policy")
+            if not about.header(h)
+        ]
+        self.add(
+            "edge",
+            "security headers",
+            about.status == 200 and not missing,
+            f"/about {about.status}; "
+            + ("all present" if not missing else f"missing {', '.join(missing)}")
+            + (f"; HSTS {hsts}" if hsts else ""),
+            "Mastodon's headers are stripped on the way, or Mastodon does not see HTTPS",
+            "check the origin request policy (all viewer headers) and LOCAL_HTTPS on the servers",
+        )
         if self._http3_enabled():
             alt = about.header("alt-svc")
-            self.add("edge", "HTTP/3 advertised", "h3" in alt, f"Alt-Svc: {alt or 'none'}",
-                     "CloudFront does not offer HTTP/3 although the distribution enables it",
-                     "check the distribution's HttpVersion (http2and3)", required=False)
+            self.add(
+                "edge",
+                "HTTP/3 advertised",
+                "h3" in alt,
+                f"Alt-Svc: {alt or 'none'}",
+                "CloudFront does not offer HTTP/3 although the distribution enables it",
+                "check the distribution's HttpVersion (http2and3)",
+                required=False,
+            )
         else:
             self.add("edge", "HTTP/3 advertised", None, "the distribution does not enable HTTP/3")
 
@@ -531,8 +685,14 @@ class Checker:
     def _http2(self) -> None:
         with self.net.tls(self.domain, alpn=["h2", "http/1.1"]) as sock:
             chosen = sock.selected_alpn_protocol()
-        self.add("edge", "HTTP/2", chosen == "h2", f"ALPN: {chosen or 'none'}",
-                 "CloudFront does not negotiate HTTP/2", "check the distribution's HttpVersion")
+        self.add(
+            "edge",
+            "HTTP/2",
+            chosen == "h2",
+            f"ALPN: {chosen or 'none'}",
+            "CloudFront does not negotiate HTTP/2",
+            "check the distribution's HttpVersion",
+        )
 
     def _load_balancer(self) -> dict[str, Any] | None:
         arn = self.stack.resource(load_balancing.LOAD_BALANCER)
@@ -545,8 +705,14 @@ class Checker:
         balancer = self._load_balancer()
         name = "load balancer not reachable directly"
         if balancer is None:
-            self.add("edge", name, False, "no load balancer in the stack", "the stack is incomplete",
-                     "redeploy with scripts/deploy.py")
+            self.add(
+                "edge",
+                name,
+                False,
+                "no load balancer in the stack",
+                "the stack is incomplete",
+                "redeploy with scripts/deploy.py",
+            )
             return
         host = balancer["DNSName"]
         try:
@@ -555,9 +721,14 @@ class Checker:
             endpoints = []
         public = [a for a, _ in endpoints if ipaddress.ip_address(a).is_global]
         if balancer.get("Scheme") == "internal" and public:
-            self.add("edge", name, False, f"{host} is internal but resolves to {', '.join(public)}",
-                     "the load balancer is not behind the VPC origin it should be",
-                     "check the LoadBalancerScheme parameter and the region's VPC origin support")
+            self.add(
+                "edge",
+                name,
+                False,
+                f"{host} is internal but resolves to {', '.join(public)}",
+                "the load balancer is not behind the VPC origin it should be",
+                "check the LoadBalancerScheme parameter and the region's VPC origin support",
+            )
             return
         answered = []
         for address in endpoints:
@@ -566,51 +737,82 @@ class Checker:
                     answered.append(address[0])
             except OSError:
                 continue
-        self.add("edge", name, not answered,
-                 f"{balancer.get('Scheme')} {host}: "
-                 + (f"answers at {', '.join(answered)}" if answered else
-                    f"no answer from {len(endpoints)} address(es)" if endpoints else "no address from here"),
-                 "the load balancer's security group admits more than CloudFront's origin-facing prefix list",
-                 f"check the inbound rules of the load balancer's security group (only the "
-                 f"{load_balancing.CLOUDFRONT_PREFIX_LIST} on 443)")
+        self.add(
+            "edge",
+            name,
+            not answered,
+            f"{balancer.get('Scheme')} {host}: "
+            + (
+                f"answers at {', '.join(answered)}"
+                if answered
+                else f"no answer from {len(endpoints)} address(es)"
+                if endpoints
+                else "no address from here"
+            ),
+            "the load balancer's security group admits more than CloudFront's origin-facing prefix list",
+            f"check the inbound rules of the load balancer's security group (only the "
+            f"{load_balancing.CLOUDFRONT_PREFIX_LIST} on 443)",
+        )
         if answered:
             self._refuses_without_header(host)
 
     def _refuses_without_header(self, host: str) -> None:
         # Its certificate is for the domain, not its own name: only the answer matters here.
-        answer = self.net.request(host, load_balancing.WEB_HEALTH_PATH, headers={"Host": self.domain},
-                                  verify=False)
-        self.add("edge", "direct request refused", answer.status == 403, f"{answer.status} without the header",
-                 f"the load balancer serves requests without the {load_balancing.ORIGIN_VERIFY_HEADER} header",
-                 "check the HTTPS listener's rules: each forward needs the header condition")
+        answer = self.net.request(
+            host, load_balancing.WEB_HEALTH_PATH, headers={"Host": self.domain}, verify=False
+        )
+        self.add(
+            "edge",
+            "direct request refused",
+            answer.status == 403,
+            f"{answer.status} without the header",
+            f"the load balancer serves requests without the {load_balancing.ORIGIN_VERIFY_HEADER} header",
+            "check the HTTPS listener's rules: each forward needs the header condition",
+        )
 
     def _secret_header(self) -> None:
         arn = self.stack.resource(load_balancing.HTTPS_LISTENER)
         name = "listener requires the secret header"
         if not arn:
-            self.add("edge", name, False, "no HTTPS listener in the stack", "the stack is incomplete",
-                     "redeploy with scripts/deploy.py")
+            self.add(
+                "edge",
+                name,
+                False,
+                "no HTTPS listener in the stack",
+                "the stack is incomplete",
+                "redeploy with scripts/deploy.py",
+            )
             return
         elb = self.client("elbv2")
         (listener,) = elb.describe_listeners(ListenerArns=[arn])["Listeners"]
         default = listener.get("DefaultActions", [])
-        refuses = [a for a in default if a.get("Type") == "fixed-response"
-                   and a.get("FixedResponseConfig", {}).get("StatusCode") == "403"]
+        refuses = [
+            a
+            for a in default
+            if a.get("Type") == "fixed-response"
+            and a.get("FixedResponseConfig", {}).get("StatusCode") == "403"
+        ]
         header = load_balancing.ORIGIN_VERIFY_HEADER.lower()
         loose = []
         for rule in elb.describe_rules(ListenerArn=arn)["Rules"]:
             if rule.get("IsDefault"):
                 continue
-            guarded = any(c.get("Field") == "http-header" and str(
-                c.get("HttpHeaderConfig", {}).get("HttpHeaderName", "")).lower() == header
-                for c in rule.get("Conditions", []))
+            guarded = any(
+                c.get("Field") == "http-header"
+                and str(c.get("HttpHeaderConfig", {}).get("HttpHeaderName", "")).lower() == header
+                for c in rule.get("Conditions", [])
+            )
             if not guarded and any(a.get("Type") == "forward" for a in rule.get("Actions", [])):
                 loose.append(rule.get("Priority", "?"))
-        self.add("edge", name, bool(refuses) and not loose,
-                 ("default action 403" if refuses else f"default action {[a.get('Type') for a in default]}")
-                 + (f"; rules forwarding without the header: {', '.join(map(str, loose))}" if loose else ""),
-                 f"a request without {load_balancing.ORIGIN_VERIFY_HEADER} would reach the servers",
-                 "redeploy: the template's listener answers 403 unless the header matches")
+        self.add(
+            "edge",
+            name,
+            bool(refuses) and not loose,
+            ("default action 403" if refuses else f"default action {[a.get('Type') for a in default]}")
+            + (f"; rules forwarding without the header: {', '.join(map(str, loose))}" if loose else ""),
+            f"a request without {load_balancing.ORIGIN_VERIFY_HEADER} would reach the servers",
+            "redeploy: the template's listener answers 403 unless the header matches",
+        )
 
     # ---- 3. Mastodon
 
@@ -624,9 +826,15 @@ class Checker:
         self.guard(g, "WebFinger", "Mastodon does not answer WebFinger", step)(self._webfinger)
         self.guard(g, "NodeInfo", "Mastodon does not answer NodeInfo", step)(self._nodeinfo)
         self.guard(g, "host-meta", "Mastodon does not answer host-meta", step)(self._host_meta)
-        self.guard(g, "streaming health", "the streaming server does not answer", step)(self._streaming_health)
-        self.guard(g, "WebSocket heartbeat", "the WebSocket cannot be opened through CloudFront",
-                   "see the streaming health line and the streaming log group")(self._websocket)
+        self.guard(g, "streaming health", "the streaming server does not answer", step)(
+            self._streaming_health
+        )
+        self.guard(
+            g,
+            "WebSocket heartbeat",
+            "the WebSocket cannot be opened through CloudFront",
+            "see the streaming health line and the streaming log group",
+        )(self._websocket)
 
     def _expected_version(self) -> str | None:
         return self.deployed_version.removeprefix("v") if self.deployed_version else None
@@ -638,27 +846,45 @@ class Checker:
     def _instance(self) -> None:
         answer = self.net.request(self.domain, "/api/v2/instance", headers={"Accept": "application/json"})
         if answer.status != 200:
-            self.add("mastodon", "instance API", False, f"/api/v2/instance {answer.status}",
-                     "Mastodon does not answer its API", "see the edge group and the web log group")
+            self.add(
+                "mastodon",
+                "instance API",
+                False,
+                f"/api/v2/instance {answer.status}",
+                "Mastodon does not answer its API",
+                "see the edge group and the web log group",
+            )
             return
         self.instance = answer.json()
         domain, reported = self.instance.get("domain"), str(self.instance.get("version", ""))
-        self.add("mastodon", "instance API", domain == self.domain, f"domain {domain}",
-                 f"Mastodon's LOCAL_DOMAIN is {domain}, not {self.domain}",
-                 "LOCAL_DOMAIN cannot change after the first boot: redeploy with the right DomainName")
-        self.add("mastodon", "version", self._version_matches(reported),
-                 f"Mastodon {reported}, deployed-version {self.deployed_version or 'unknown'}",
-                 "the web servers run another version than the stack recorded (a stale server, or a "
-                 "rollout that did not finish)",
-                 "see the servers group: replace the stale server (terminate it; its group launches one "
-                 "at the deployed version)")
+        self.add(
+            "mastodon",
+            "instance API",
+            domain == self.domain,
+            f"domain {domain}",
+            f"Mastodon's LOCAL_DOMAIN is {domain}, not {self.domain}",
+            "LOCAL_DOMAIN cannot change after the first boot: redeploy with the right DomainName",
+        )
+        self.add(
+            "mastodon",
+            "version",
+            self._version_matches(reported),
+            f"Mastodon {reported}, deployed-version {self.deployed_version or 'unknown'}",
+            "the web servers run another version than the stack recorded (a stale server, or a "
+            "rollout that did not finish)",
+            "see the servers group: replace the stale server (terminate it; its group launches one "
+            "at the deployed version)",
+        )
 
     def _webfinger(self) -> None:
         contact = ((self.instance or {}).get("contact") or {}).get("account") or {}
         username = contact.get("username")
         probe = username or f"check-{uuid.uuid4().hex[:8]}"
-        answer = self.net.request(self.domain, f"/.well-known/webfinger?resource=acct:{probe}@{self.domain}",
-                                  headers={"Accept": "application/jrd+json"})
+        answer = self.net.request(
+            self.domain,
+            f"/.well-known/webfinger?resource=acct:{probe}@{self.domain}",
+            headers={"Accept": "application/jrd+json"},
+        )
         if username:
             ok = answer.status == 200 and answer.json().get("subject") == f"acct:{username}@{self.domain}"
             detail = f"acct:{username}@{self.domain} → {answer.status}"
@@ -666,64 +892,109 @@ class Checker:
             # No owner yet: Mastodon's 404 for an unknown account proves the route reaches Rails.
             ok = answer.status == 404 and answer.via_cloudfront and b"Forbidden" not in answer.body
             detail = f"no contact account yet; unknown account → {answer.status} (expected 404 from Mastodon)"
-        self.add("mastodon", "WebFinger", ok, detail,
-                 "other servers cannot find accounts here: federation fails",
-                 "see the edge group; WebFinger must reach the web servers uncached")
+        self.add(
+            "mastodon",
+            "WebFinger",
+            ok,
+            detail,
+            "other servers cannot find accounts here: federation fails",
+            "see the edge group; WebFinger must reach the web servers uncached",
+        )
 
     def _nodeinfo(self) -> None:
         index = self.net.request(self.domain, "/.well-known/nodeinfo")
         links = index.json().get("links", []) if index.status == 200 else []
-        href = next((str(link.get("href")) for link in links if str(link.get("rel", "")).endswith("/2.0")), "")
+        href = next(
+            (str(link.get("href")) for link in links if str(link.get("rel", "")).endswith("/2.0")), ""
+        )
         if not href.startswith(f"https://{self.domain}/"):
-            self.add("mastodon", "NodeInfo", False, f"/.well-known/nodeinfo {index.status}, 2.0 link {href!r}",
-                     "Mastodon's NodeInfo index is missing or names another host",
-                     "check LOCAL_DOMAIN and the edge group")
+            self.add(
+                "mastodon",
+                "NodeInfo",
+                False,
+                f"/.well-known/nodeinfo {index.status}, 2.0 link {href!r}",
+                "Mastodon's NodeInfo index is missing or names another host",
+                "check LOCAL_DOMAIN and the edge group",
+            )
             return
         document = self.net.request(self.domain, "/" + href.split("/", 3)[3])
         software = document.json().get("software", {}) if document.status == 200 else {}
-        self.add("mastodon", "NodeInfo", software.get("name") == "mastodon"
-                 and self._version_matches(str(software.get("version", ""))),
-                 f"{href} → {document.status} {software.get('name')} {software.get('version')}",
-                 "NodeInfo does not report this Mastodon and version",
-                 "see the version line; then the web log group")
+        self.add(
+            "mastodon",
+            "NodeInfo",
+            software.get("name") == "mastodon" and self._version_matches(str(software.get("version", ""))),
+            f"{href} → {document.status} {software.get('name')} {software.get('version')}",
+            "NodeInfo does not report this Mastodon and version",
+            "see the version line; then the web log group",
+        )
 
     def _host_meta(self) -> None:
         answer = self.net.request(self.domain, "/.well-known/host-meta")
         template = f"https://{self.domain}/.well-known/webfinger?resource="
-        self.add("mastodon", "host-meta", answer.status == 200 and template.encode() in answer.body,
-                 f"{answer.status}", "host-meta does not point at this domain's WebFinger",
-                 "check LOCAL_DOMAIN and the edge group")
+        self.add(
+            "mastodon",
+            "host-meta",
+            answer.status == 200 and template.encode() in answer.body,
+            f"{answer.status}",
+            "host-meta does not point at this domain's WebFinger",
+            "check LOCAL_DOMAIN and the edge group",
+        )
 
     def _streaming_health(self) -> None:
         answer = self.net.request(self.domain, load_balancing.STREAMING_HEALTH_PATH)
-        self.add("mastodon", "streaming health", answer.status == 200 and answer.body.strip() == b"OK",
-                 f"{answer.status} {answer.body[:40]!r}",
-                 "the streaming server does not answer through CloudFront and the load balancer",
-                 f"check the streaming target group's health and the {edge.STREAMING_PATH} behaviour")
+        self.add(
+            "mastodon",
+            "streaming health",
+            answer.status == 200 and answer.body.strip() == b"OK",
+            f"{answer.status} {answer.body[:40]!r}",
+            "the streaming server does not answer through CloudFront and the load balancer",
+            f"check the streaming target group's health and the {edge.STREAMING_PATH} behaviour",
+        )
 
     def _websocket(self) -> None:
         path = "/api/v1/streaming?stream=public:local"
-        status, what = websocket_heartbeat(self.net, self.domain, path, self.options.heartbeat_wait,
-                                           self.options.access_token)
+        status, what = websocket_heartbeat(
+            self.net, self.domain, path, self.options.heartbeat_wait, self.options.access_token
+        )
         name = "WebSocket heartbeat"
         if status == 401 and not self.options.access_token:
-            self.add("mastodon", "WebSocket reaches the streaming server", True,
-                     "401 without a token: the upgrade went through CloudFront to Mastodon")
-            self.add("mastodon", name, None, "Mastodon wants a token for WebSockets: give --access-token "
-                     "(or MASTODON_ACCESS_TOKEN) to wait for a heartbeat")
+            self.add(
+                "mastodon",
+                "WebSocket reaches the streaming server",
+                True,
+                "401 without a token: the upgrade went through CloudFront to Mastodon",
+            )
+            self.add(
+                "mastodon",
+                name,
+                None,
+                "Mastodon wants a token for WebSockets: give --access-token "
+                "(or MASTODON_ACCESS_TOKEN) to wait for a heartbeat",
+            )
             return
-        causes = {0: "the connection broke during the handshake",
-                  400: "the upgrade headers were lost on the way (CloudFront or the load balancer)",
-                  401: "the access token was refused",
-                  403: "the load balancer refused the upgrade: the secret header is missing",
-                  404: f"the {edge.STREAMING_PATH} behaviour or the listener rule does not route to streaming",
-                  502: "CloudFront cannot reach the load balancer for WebSockets (VPC origin support?)",
-                  504: "the streaming server does not answer"}
-        self.add("mastodon", name, status == 101 and what == "heartbeat received", f"{status}: {what}",
-                 causes.get(status, "the streaming server accepted the WebSocket but sent no heartbeat"
-                            if status == 101 else "the WebSocket upgrade was not accepted"),
-                 "check the streaming target group's health, the streaming log group and the "
-                 "load balancer's idle timeout")
+        causes = {
+            0: "the connection broke during the handshake",
+            400: "the upgrade headers were lost on the way (CloudFront or the load balancer)",
+            401: "the access token was refused",
+            403: "the load balancer refused the upgrade: the secret header is missing",
+            404: f"the {edge.STREAMING_PATH} behaviour or the listener rule does not route to streaming",
+            502: "CloudFront cannot reach the load balancer for WebSockets (VPC origin support?)",
+            504: "the streaming server does not answer",
+        }
+        self.add(
+            "mastodon",
+            name,
+            status == 101 and what == "heartbeat received",
+            f"{status}: {what}",
+            causes.get(
+                status,
+                "the streaming server accepted the WebSocket but sent no heartbeat"
+                if status == 101
+                else "the WebSocket upgrade was not accepted",
+            ),
+            "check the streaming target group's health, the streaming log group and the "
+            "load balancer's idle timeout",
+        )
 
     # ---- 4. media
 
@@ -738,21 +1009,34 @@ class Checker:
         try:
             put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain")
         except Exception as error:
-            self.add("media", "probe object", False, f"{type(error).__name__}: {error}",
-                     "the probe cannot be written to the media bucket",
-                     "check your permissions (s3:PutObject, s3:DeleteObject on the media bucket)")
+            self.add(
+                "media",
+                "probe object",
+                False,
+                f"{type(error).__name__}: {error}",
+                "the probe cannot be written to the media bucket",
+                "check your permissions (s3:PutObject, s3:DeleteObject on the media bucket)",
+            )
             return
         versions_to_remove = [put.get("VersionId")]
         try:
-            self.guard("media", "served through CloudFront", "CloudFront cannot read the bucket",
-                       "check the Origin Access Control and the bucket policy")(
-                lambda: self._served(key, body))
-            self.guard("media", "bucket not public", "the bucket address cannot be asked",
-                       "check DNS and the network")(lambda: self._bucket_closed(bucket, key))
+            self.guard(
+                "media",
+                "served through CloudFront",
+                "CloudFront cannot read the bucket",
+                "check the Origin Access Control and the bucket policy",
+            )(lambda: self._served(key, body))
+            self.guard(
+                "media",
+                "bucket not public",
+                "the bucket address cannot be asked",
+                "check DNS and the network",
+            )(lambda: self._bucket_closed(bucket, key))
             deleted = s3.delete_object(Bucket=bucket, Key=key)
             versions_to_remove.append(deleted.get("VersionId"))  # the delete marker, when versioned
-            self.guard("media", "gone from the edge after deletion", "the edge cannot be asked",
-                       "see the edge group")(lambda: self._expired(key))
+            self.guard(
+                "media", "gone from the edge after deletion", "the edge cannot be asked", "see the edge group"
+            )(lambda: self._expired(key))
         finally:
             self._remove_probe(bucket, key, [v for v in versions_to_remove if v])
 
@@ -764,39 +1048,64 @@ class Checker:
             if not version_ids:
                 s3.delete_object(Bucket=bucket, Key=key)
         except Exception as error:
-            self.add("media", "probe removed", False, f"{type(error).__name__}: {error}",
-                     f"the probe object s3://{bucket}/{key} was left behind",
-                     f"aws s3api delete-object --bucket {bucket} --key {key} (each version)")
+            self.add(
+                "media",
+                "probe removed",
+                False,
+                f"{type(error).__name__}: {error}",
+                f"the probe object s3://{bucket}/{key} was left behind",
+                f"aws s3api delete-object --bucket {bucket} --key {key} (each version)",
+            )
 
     def _served(self, key: str, body: bytes) -> None:
         path = f"{edge.MEDIA_PATH}/{key}"
         origin = {"Origin": "https://client.example"}
         first = self.net.request(self.domain, path, headers=origin)
         second = self.net.request(self.domain, path, headers=origin)
-        self.add("media", "served through CloudFront", first.status == 200 and first.body == body,
-                 f"{path} → {first.status}",
-                 {403: "CloudFront may not read the bucket (Origin Access Control, bucket policy) or the "
-                       "path prefix is not stripped",
-                  404: "the media behaviour does not route /system/* to the bucket"}
-                 .get(first.status, "the media answer is not the object"),
-                 "check the distribution's media behaviour, its function and the bucket policy")
+        self.add(
+            "media",
+            "served through CloudFront",
+            first.status == 200 and first.body == body,
+            f"{path} → {first.status}",
+            {
+                403: "CloudFront may not read the bucket (Origin Access Control, bucket policy) or the "
+                "path prefix is not stripped",
+                404: "the media behaviour does not route /system/* to the bucket",
+            }.get(first.status, "the media answer is not the object"),
+            "check the distribution's media behaviour, its function and the bucket policy",
+        )
         cors = second.header("access-control-allow-origin")
         missing = [h for h in ("x-content-type-options", "content-security-policy") if not second.header(h)]
-        self.add("media", "media headers", cors == "*" and not missing,
-                 f"CORS {cors or 'none'}; " + ("nosniff and CSP present" if not missing
-                                               else f"missing {', '.join(missing)}"),
-                 "the media response headers policy is not attached",
-                 f"check {edge.MEDIA_HEADERS_POLICY} on the media behaviour")
+        self.add(
+            "media",
+            "media headers",
+            cors == "*" and not missing,
+            f"CORS {cors or 'none'}; "
+            + ("nosniff and CSP present" if not missing else f"missing {', '.join(missing)}"),
+            "the media response headers policy is not attached",
+            f"check {edge.MEDIA_HEADERS_POLICY} on the media behaviour",
+        )
         cached = "hit" in second.header("x-cache").lower()
-        self.add("media", "media cached at the edge", cached, f"X-Cache: {second.header('x-cache') or 'none'}",
-                 "CloudFront does not cache media", "check the media behaviour's cache policy")
+        self.add(
+            "media",
+            "media cached at the edge",
+            cached,
+            f"X-Cache: {second.header('x-cache') or 'none'}",
+            "CloudFront does not cache media",
+            "check the media behaviour's cache policy",
+        )
 
     def _bucket_closed(self, bucket: str, key: str) -> None:
         host = self.options.s3_host(bucket, self.stack.region)
         answer = self.net.request(host, f"/{key}")
-        self.add("media", "bucket not public", answer.status == 403, f"https://{host}/{key} → {answer.status}",
-                 "the media bucket answers anonymous requests: anyone can read media around CloudFront",
-                 "turn on the bucket's public access block and remove public statements from its policy")
+        self.add(
+            "media",
+            "bucket not public",
+            answer.status == 403,
+            f"https://{host}/{key} → {answer.status}",
+            "the media bucket answers anonymous requests: anyone can read media around CloudFront",
+            "turn on the bucket's public access block and remove public statements from its policy",
+        )
 
     def _expired(self, key: str) -> None:
         name = "gone from the edge after deletion"
@@ -816,12 +1125,16 @@ class Checker:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(self.options.poll, max(0.0, deadline - time.monotonic())))
-        self.add("media", name, False,
-                 f"{path} still {answer.status} after {self.options.media_wait:g} s",
-                 "the deletion did not reach CloudFront: the bucket's EventBridge switch, the "
-                 f"{media_invalidation.DELETION_RULE}, the queue or the {media_invalidation.FUNCTION}",
-                 f"read the {media_invalidation.FUNCTION} log group; check the {media_invalidation.QUEUE} "
-                 "for waiting messages")
+        self.add(
+            "media",
+            name,
+            False,
+            f"{path} still {answer.status} after {self.options.media_wait:g} s",
+            "the deletion did not reach CloudFront: the bucket's EventBridge switch, the "
+            f"{media_invalidation.DELETION_RULE}, the queue or the {media_invalidation.FUNCTION}",
+            f"read the {media_invalidation.FUNCTION} log group; check the {media_invalidation.QUEUE} "
+            "for waiting messages",
+        )
 
     # ---- 5. mail
 
@@ -832,15 +1145,31 @@ class Checker:
             self.add(g, "SMTP settings", True, f"external SMTP server {server}")
             self.add(g, "SES identity", None, "the stack mails through an external SMTP server")
         else:
-            self.add(g, "SMTP settings", True,
-                     f"SES email-smtp.{self.stack.region}.amazonaws.com:587, from the stack's SMTP user")
-            self.guard(g, "SES identity", "the identity cannot be read",
-                       "check your permissions (ses:GetEmailIdentity)")(self._ses_identity)
-            self.guard(g, "SES sending status", "the account cannot be read",
-                       "check your permissions (ses:GetAccount)")(self._ses_account)
+            self.add(
+                g,
+                "SMTP settings",
+                True,
+                f"SES email-smtp.{self.stack.region}.amazonaws.com:587, from the stack's SMTP user",
+            )
+            self.guard(
+                g,
+                "SES identity",
+                "the identity cannot be read",
+                "check your permissions (ses:GetEmailIdentity)",
+            )(self._ses_identity)
+            self.guard(
+                g,
+                "SES sending status",
+                "the account cannot be read",
+                "check your permissions (ses:GetAccount)",
+            )(self._ses_account)
         if self.options.mail_to:
-            self.guard(g, "test mail", "the test mail could not be sent",
-                       "see the worker's sidekiq log group (mailers queue)")(self._send_mail)
+            self.guard(
+                g,
+                "test mail",
+                "the test mail could not be sent",
+                "see the worker's sidekiq log group (mailers queue)",
+            )(self._send_mail)
         else:
             self.add(g, "test mail", None, "give --mail-to ADDRESS to send one")
 
@@ -848,44 +1177,63 @@ class Checker:
         identity = self.client("sesv2").get_email_identity(EmailIdentity=self.domain)
         dkim = identity.get("DkimAttributes", {}).get("Status", "NOT_STARTED")
         verified = identity.get("VerifiedForSendingStatus", False)
-        self.add("mail", "SES identity", bool(verified) and dkim == "SUCCESS",
-                 f"{self.domain}: verified {verified}, DKIM {dkim}",
-                 "SES has not found the DKIM records (or they are wrong)",
-                 "check the three DKIM CNAME records (the stack's DkimRecord outputs without a hosted zone)")
+        self.add(
+            "mail",
+            "SES identity",
+            bool(verified) and dkim == "SUCCESS",
+            f"{self.domain}: verified {verified}, DKIM {dkim}",
+            "SES has not found the DKIM records (or they are wrong)",
+            "check the three DKIM CNAME records (the stack's DkimRecord outputs without a hosted zone)",
+        )
 
     def _ses_account(self) -> None:
         account = self.client("sesv2").get_account()
         production = bool(account.get("ProductionAccessEnabled"))
         sending = bool(account.get("SendingEnabled", True))
-        self.add("mail", "SES sending status", sending and production,
-                 f"{'production' if production else 'sandbox'}, sending {'enabled' if sending else 'paused'}",
-                 "in the SES sandbox only verified addresses receive mail" if sending
-                 else "SES paused sending for this account",
-                 f"request production access for {self.stack.region} in the SES console",
-                 required=not sending)
+        self.add(
+            "mail",
+            "SES sending status",
+            sending and production,
+            f"{'production' if production else 'sandbox'}, sending {'enabled' if sending else 'paused'}",
+            "in the SES sandbox only verified addresses receive mail"
+            if sending
+            else "SES paused sending for this account",
+            f"request production access for {self.stack.region} in the SES console",
+            required=not sending,
+        )
 
     def _send_mail(self) -> None:
         """A throwaway unconfirmed account: Mastodon mails it the confirmation through Sidekiq and SMTP."""
         username = f"mailcheck{secrets.token_hex(4)}"
         commands = [
             "set -eu",
-            shlex.join([maintenance.TOOTCTL, "accounts", "create", username, "--email", self.options.mail_to
-                        or ""]),
+            shlex.join(
+                [maintenance.TOOTCTL, "accounts", "create", username, "--email", self.options.mail_to or ""]
+            ),
             "sleep 60",  # the mailers queue sends it meanwhile; deleting the account first would drop it
             shlex.join([maintenance.TOOTCTL, "accounts", "delete", username]),
         ]
-        status, output = run_on_worker(self.session, self.stack, commands, "check: test mail",
-                                       self.options.poll)
-        self.add("mail", "test mail", status == "Success",
-                 f"{status}: confirmation mail for {username} to {self.options.mail_to}; look in that inbox",
-                 f"tootctl failed: {output[-300:]}",
-                 "see the worker's sidekiq log group (mailers queue) and the SES sending statistics")
+        status, output = run_on_worker(
+            self.session, self.stack, commands, "check: test mail", self.options.poll
+        )
+        self.add(
+            "mail",
+            "test mail",
+            status == "Success",
+            f"{status}: confirmation mail for {username} to {self.options.mail_to}; look in that inbox",
+            f"tootctl failed: {output[-300:]}",
+            "see the worker's sidekiq log group (mailers queue) and the SES sending statistics",
+        )
 
     # ---- 6. servers
 
     def check_servers(self) -> None:
-        self.guard("servers", "servers", "the servers cannot be described",
-                   "check your permissions (autoscaling:Describe*, ec2:DescribeInstances)")(self._servers)
+        self.guard(
+            "servers",
+            "servers",
+            "the servers cannot be described",
+            "check your permissions (autoscaling:Describe*, ec2:DescribeInstances)",
+        )(self._servers)
 
     def _group(self, logical_id: str) -> dict[str, Any] | None:
         name = self.stack.resource(logical_id)
@@ -898,14 +1246,22 @@ class Checker:
         g = "servers"
         web, worker = self._group(compute.WEB_GROUP), self._group(compute.WORKER_GROUP)
         if web is None or worker is None:
-            self.add(g, "groups", False, "a server group is missing from the stack", "the stack is incomplete",
-                     "redeploy with scripts/deploy.py")
+            self.add(
+                g,
+                "groups",
+                False,
+                "a server group is missing from the stack",
+                "the stack is incomplete",
+                "redeploy with scripts/deploy.py",
+            )
             return
         servers = {i["InstanceId"]: ("web", i) for i in web["Instances"]}
         servers.update({i["InstanceId"]: ("worker", i) for i in worker["Instances"]})
         tags: dict[str, dict[str, str]] = {}
         if servers:
-            for reservation in self.client("ec2").describe_instances(InstanceIds=list(servers))["Reservations"]:
+            for reservation in self.client("ec2").describe_instances(InstanceIds=list(servers))[
+                "Reservations"
+            ]:
                 for instance in reservation["Instances"]:
                     tags[instance["InstanceId"]] = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         registered = self._ssm_registered(list(servers))
@@ -914,40 +1270,74 @@ class Checker:
         for iid, (role, instance) in sorted(servers.items(), key=lambda s: (s[1][0], s[0])):
             label = f"{role} {iid}"
             version = tags.get(iid, {}).get(VERSION_TAG)
-            self.add(g, f"{label} in service", instance["LifecycleState"] == "InService"
-                     and instance.get("HealthStatus") == "Healthy",
-                     f"{instance['LifecycleState']}, {instance.get('HealthStatus')}",
-                     "the server is not in service (booting, draining, or failing its health checks)",
-                     "wait for its boot to end, or read its system log group")
-            self.add(g, f"{label} version", expected is None or version == expected,
-                     f"{VERSION_TAG} {version or 'untagged'}, deployed {expected or 'unknown'}",
-                     "a server runs another version than the stack recorded",
-                     "terminate it: its group replaces it with a server at the deployed version")
+            self.add(
+                g,
+                f"{label} in service",
+                instance["LifecycleState"] == "InService" and instance.get("HealthStatus") == "Healthy",
+                f"{instance['LifecycleState']}, {instance.get('HealthStatus')}",
+                "the server is not in service (booting, draining, or failing its health checks)",
+                "wait for its boot to end, or read its system log group",
+            )
+            self.add(
+                g,
+                f"{label} version",
+                expected is None or version == expected,
+                f"{VERSION_TAG} {version or 'untagged'}, deployed {expected or 'unknown'}",
+                "a server runs another version than the stack recorded",
+                "terminate it: its group replaces it with a server at the deployed version",
+            )
             if registered is None:
-                self.add(g, f"{label} SSM", None, "registration unknown (ssm:DescribeInstanceInformation refused)")
+                self.add(
+                    g, f"{label} SSM", None, "registration unknown (ssm:DescribeInstanceInformation refused)"
+                )
             else:
-                self.add(g, f"{label} SSM", iid in registered, registered.get(iid, "not registered"),
-                         "the SSM agent on the server is not registered: no Run Command, no rollout, no tootctl",
-                         "check the instance role and the server's access to the SSM endpoints")
+                self.add(
+                    g,
+                    f"{label} SSM",
+                    iid in registered,
+                    registered.get(iid, "not registered"),
+                    "the SSM agent on the server is not registered: no Run Command, no rollout, no tootctl",
+                    "check the instance role and the server's access to the SSM endpoints",
+                )
             if role == "web":
                 states = {name: groups.get(iid, "not registered") for name, groups in health.items()}
-                self.add(g, f"{label} targets", all(s == "healthy" for s in states.values()),
-                         ", ".join(f"{n} {s}" for n, s in states.items()),
-                         "the load balancer does not send traffic to this server",
-                         "read the web and streaming log groups of the server")
+                self.add(
+                    g,
+                    f"{label} targets",
+                    all(s == "healthy" for s in states.values()),
+                    ", ".join(f"{n} {s}" for n, s in states.items()),
+                    "the load balancer does not send traffic to this server",
+                    "read the web and streaming log groups of the server",
+                )
         if not web["Instances"]:
-            self.add(g, "web servers", False, "the web group has no server", "the web group cannot launch",
-                     "see the group's activity history in the EC2 console")
-        serving = [i for i in worker["Instances"] if i["LifecycleState"] in ("InService", "Pending",
-                                                                             "Pending:Wait", "Pending:Proceed")]
-        self.add(g, "Sidekiq scheduler in exactly one process",
-                 len(serving) == 1 and int(worker["MaxSize"]) <= 1,
-                 f"worker group: {len(serving)} server(s), at most {worker['MaxSize']}",
-                 "the scheduler queue must run in exactly one Sidekiq process: none runs the cron jobs, or "
-                 "two run them twice",
-                 "set the worker group back to one server (min = max = desired = 1)")
-        self.add(g, "queue latency", None, "the stack has no Sidekiq queue-latency alarm; the alarms line "
-                 "covers what it watches")
+            self.add(
+                g,
+                "web servers",
+                False,
+                "the web group has no server",
+                "the web group cannot launch",
+                "see the group's activity history in the EC2 console",
+            )
+        serving = [
+            i
+            for i in worker["Instances"]
+            if i["LifecycleState"] in ("InService", "Pending", "Pending:Wait", "Pending:Proceed")
+        ]
+        self.add(
+            g,
+            "Sidekiq scheduler in exactly one process",
+            len(serving) == 1 and int(worker["MaxSize"]) <= 1,
+            f"worker group: {len(serving)} server(s), at most {worker['MaxSize']}",
+            "the scheduler queue must run in exactly one Sidekiq process: none runs the cron jobs, or "
+            "two run them twice",
+            "set the worker group back to one server (min = max = desired = 1)",
+        )
+        self.add(
+            g,
+            "queue latency",
+            None,
+            "the stack has no Sidekiq queue-latency alarm; the alarms line covers what it watches",
+        )
 
     def _ssm_registered(self, instance_ids: list[str]) -> dict[str, str] | None:
         if not instance_ids:
@@ -969,24 +1359,33 @@ class Checker:
             if not arn:
                 continue
             described = self.client("elbv2").describe_target_health(TargetGroupArn=arn)
-            found[logical_id] = {d["Target"]["Id"]: d["TargetHealth"]["State"]
-                                 for d in described["TargetHealthDescriptions"]}
+            found[logical_id] = {
+                d["Target"]["Id"]: d["TargetHealth"]["State"] for d in described["TargetHealthDescriptions"]
+            }
         return found
 
 
-def run_on_worker(session: Any, stack: Stack, commands: list[str], comment: str, poll: float,
-                  timeout: float = 600) -> tuple[str, str]:
+def run_on_worker(
+    session: Any, stack: Stack, commands: list[str], comment: str, poll: float, timeout: float = 600
+) -> tuple[str, str]:
     """Run shell lines on the worker through Run Command, as scripts/tootctl.py does; (status, output)."""
     group = stack.resource(compute.WORKER_GROUP)
     groups = session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
-    serving = [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]
-               if i["LifecycleState"] == "InService"]
+    serving = [
+        i["InstanceId"]
+        for g in groups["AutoScalingGroups"]
+        for i in g["Instances"]
+        if i["LifecycleState"] == "InService"
+    ]
     if not serving:
         return "NoWorker", "the worker group has no server in service"
     ssm = session.client("ssm")
-    command = ssm.send_command(InstanceIds=serving[:1], DocumentName=maintenance.RUN_SHELL_SCRIPT,
-                               Comment=comment[:100], Parameters={"commands": commands,
-                                                                  "executionTimeout": [str(int(timeout))]})
+    command = ssm.send_command(
+        InstanceIds=serving[:1],
+        DocumentName=maintenance.RUN_SHELL_SCRIPT,
+        Comment=comment[:100],
+        Parameters={"commands": commands, "executionTimeout": [str(int(timeout))]},
+    )
     command_id = command["Command"]["CommandId"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -998,8 +1397,9 @@ def run_on_worker(session: Any, stack: Stack, commands: list[str], comment: str,
                 continue
             raise
         if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
-            return str(invocation["Status"]), str(invocation.get("StandardErrorContent", "")
-                                                  or invocation.get("StandardOutputContent", ""))
+            return str(invocation["Status"]), str(
+                invocation.get("StandardErrorContent", "") or invocation.get("StandardOutputContent", "")
+            )
     return "TimedOut", f"no result within {timeout:g} s"
 
 
@@ -1025,14 +1425,17 @@ def render(results: list[Result]) -> Iterator[str]:
                 yield f"      likely cause: {r.cause}"
                 yield f"      next step: {r.step}"
     code, counts = summary(results)
-    yield (f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped: "
-           + ("all required checks pass" if code == 0 else "some required checks FAIL"))
+    yield (
+        f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped: "
+        + ("all required checks pass" if code == 0 else "some required checks FAIL")
+    )
 
 
 def as_json(stack: str, results: list[Result]) -> str:
     code, counts = summary(results)
-    return json.dumps({"stack": stack, "ok": code == 0, "counts": counts,
-                       "checks": [asdict(r) for r in results]}, indent=2)
+    return json.dumps(
+        {"stack": stack, "ok": code == 0, "counts": counts, "checks": [asdict(r) for r in results]}, indent=2
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -1040,14 +1443,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stack-name", required=True)
     parser.add_argument("--region", help="default: your configured region")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("--mail-to", metavar="ADDRESS",
-                        help="send a real mail through Mastodon to this address (a throwaway account's "
-                        "confirmation, deleted after a minute)")
-    parser.add_argument("--access-token", default=os.environ.get("MASTODON_ACCESS_TOKEN"),
-                        help="a Mastodon access token for the WebSocket heartbeat (default: "
-                        "$MASTODON_ACCESS_TOKEN)")
-    parser.add_argument("--media-wait", type=float, default=MEDIA_PROMISE_SECONDS,
-                        help="seconds a deleted probe may stay at the edge (the stack's promise; 0 skips)")
+    parser.add_argument(
+        "--mail-to",
+        metavar="ADDRESS",
+        help="send a real mail through Mastodon to this address (a throwaway account's "
+        "confirmation, deleted after a minute)",
+    )
+    parser.add_argument(
+        "--access-token",
+        default=os.environ.get("MASTODON_ACCESS_TOKEN"),
+        help="a Mastodon access token for the WebSocket heartbeat (default: $MASTODON_ACCESS_TOKEN)",
+    )
+    parser.add_argument(
+        "--media-wait",
+        type=float,
+        default=MEDIA_PROMISE_SECONDS,
+        help="seconds a deleted probe may stay at the edge (the stack's promise; 0 skips)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds for each network operation")
     parser.add_argument("--only", choices=GROUPS, action="append", help="run only this group (repeatable)")
     args = parser.parse_args(argv)
@@ -1056,14 +1468,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def check(session: Any, stack_name: str, net: Network, options: Options,
-          groups: tuple[str, ...] = GROUPS) -> list[Result]:
+def check(
+    session: Any, stack_name: str, net: Network, options: Options, groups: tuple[str, ...] = GROUPS
+) -> list[Result]:
     try:
         stack = load_stack(session, stack_name)
     except Exception as error:
-        return [Result("stack", "status", FAIL, f"{type(error).__name__}: {error}",
-                       "the stack cannot be read (wrong name or region, or no permission)",
-                       "check --stack-name, --region and your AWS credentials")]
+        return [
+            Result(
+                "stack",
+                "status",
+                FAIL,
+                f"{type(error).__name__}: {error}",
+                "the stack cannot be read (wrong name or region, or no permission)",
+                "check --stack-name, --region and your AWS credentials",
+            )
+        ]
     checker = Checker(session, stack, net, options)
     if "stack" not in groups:
         checker.guard("stack", "versions agree", "the versions cannot be read", "")(checker._versions)

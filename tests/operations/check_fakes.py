@@ -42,30 +42,42 @@ class Authority:
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "check test authority")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.certificate = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256()))
+            .sign(self.key, hashes.SHA256())
+        )
         self.cafile = directory / "authority.pem"
         self.cafile.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, host: str, days: int = 90) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         certificate = (
-            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(self.certificate.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-            .sign(self.key, hashes.SHA256()))
+            .sign(self.key, hashes.SHA256())
+        )
         cert_path, key_path = self.directory / f"{host}-{days}.pem", self.directory / f"{host}-{days}.key"
         cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return cert_path, key_path
 
 
@@ -131,13 +143,14 @@ class Edge:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 edge.behaviour.requests.append(self.path)
                 edge.handle(self)
 
         alpn = ["h2", "http/1.1"] if behaviour.http2 else ["http/1.1"]
-        self.https = _serve(Handler, _tls(authority, behaviour.certificate_host, behaviour.certificate_days,
-                                          alpn))
+        self.https = _serve(
+            Handler, _tls(authority, behaviour.certificate_host, behaviour.certificate_days, alpn)
+        )
 
         class Plain(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -145,7 +158,7 @@ class Edge:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if edge.behaviour.redirect_http:
                     edge.send(self, 301, b"", {"Location": f"https://{DOMAIN}{self.path}"})
                 else:
@@ -153,8 +166,14 @@ class Edge:
 
         self.http = _serve(Plain, None)
 
-    def send(self, handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
-             headers: dict[str, str], cache: str = "Miss from cloudfront") -> None:
+    def send(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        cache: str = "Miss from cloudfront",
+    ) -> None:
         handler.send_response(status)
         if self.behaviour.cloudfront_headers:
             handler.send_header("Via", "1.1 abcdef.cloudfront.net (CloudFront)")
@@ -171,20 +190,32 @@ class Edge:
     def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
         b = self.behaviour
         path, _, query = h.path.partition("?")
-        mastodon = {"Strict-Transport-Security": "max-age=63072000; includeSubDomains",
-                    "X-Content-Type-Options": "nosniff",
-                    "Content-Security-Policy": "default-src 'none'"} if b.security_headers else {}
+        mastodon = (
+            {
+                "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'",
+            }
+            if b.security_headers
+            else {}
+        )
         as_json = {"Content-Type": "application/json", **mastodon}
         if h.headers.get("Upgrade", "").lower() == "websocket":
             self.websocket(h)
         elif path == "/health":
-            self.send(h, b.health_status, b"OK" if b.health_status == 200 else b"Service Unavailable", mastodon)
+            self.send(
+                h, b.health_status, b"OK" if b.health_status == 200 else b"Service Unavailable", mastodon
+            )
         elif path == "/about":
             self.send(h, 200, b"<html>about</html>", {"Content-Type": "text/html", **mastodon})
         elif path == "/api/v2/instance":
             contact = {"email": "", "account": {"username": b.contact} if b.contact else None}
-            self.send(h, 200, json.dumps({"domain": b.instance_domain, "version": b.version,
-                                          "contact": contact}).encode(), as_json)
+            self.send(
+                h,
+                200,
+                json.dumps({"domain": b.instance_domain, "version": b.version, "contact": contact}).encode(),
+                as_json,
+            )
         elif path == "/.well-known/webfinger":
             wanted = f"resource=acct:{b.contact}@{DOMAIN}"
             if b.webfinger and b.contact and query == wanted:
@@ -192,16 +223,28 @@ class Edge:
             else:
                 self.send(h, 404, b"", mastodon)
         elif path == "/.well-known/nodeinfo":
-            links = [{"rel": "http://nodeinfo.diaspora.software/ns/schema/2.0",
-                      "href": f"https://{b.nodeinfo_host}/nodeinfo/2.0"}]
+            links = [
+                {
+                    "rel": "http://nodeinfo.diaspora.software/ns/schema/2.0",
+                    "href": f"https://{b.nodeinfo_host}/nodeinfo/2.0",
+                }
+            ]
             self.send(h, 200, json.dumps({"links": links}).encode(), as_json)
         elif path == "/nodeinfo/2.0":
-            self.send(h, 200, json.dumps({"version": "2.0", "software": {"name": "mastodon",
-                                                                        "version": b.version}}).encode(), as_json)
+            self.send(
+                h,
+                200,
+                json.dumps(
+                    {"version": "2.0", "software": {"name": "mastodon", "version": b.version}}
+                ).encode(),
+                as_json,
+            )
         elif path == "/.well-known/host-meta":
             template = f"https://{DOMAIN}/.well-known/webfinger?resource={{uri}}"
-            body = (f'<?xml version="1.0"?><XRD xmlns="http://docs.oasis-open.org/ns/xri/xrd-1.0">'
-                    f'<Link rel="lrdd" template="{template}"/></XRD>').encode()
+            body = (
+                f'<?xml version="1.0"?><XRD xmlns="http://docs.oasis-open.org/ns/xri/xrd-1.0">'
+                f'<Link rel="lrdd" template="{template}"/></XRD>'
+            ).encode()
             self.send(h, 200, body, {"Content-Type": "application/xrd+xml", **mastodon})
         elif path == "/api/v1/streaming/health":
             self.send(h, b.streaming_health, b"OK" if b.streaming_health == 200 else b"", {})
@@ -212,9 +255,15 @@ class Edge:
 
     def media(self, h: http.server.BaseHTTPRequestHandler, key: str) -> None:
         b = self.behaviour
-        headers = {"Access-Control-Allow-Origin": "*", "X-Content-Type-Options": "nosniff",
-                   "Content-Security-Policy": "default-src 'none'; form-action 'none'"} \
-            if b.media_headers and h.headers.get("Origin") else {}
+        headers = (
+            {
+                "Access-Control-Allow-Origin": "*",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; form-action 'none'",
+            }
+            if b.media_headers and h.headers.get("Origin")
+            else {}
+        )
         if b.media_status is not None:
             self.send(h, b.media_status, b"", headers)
             return
@@ -240,8 +289,9 @@ class Edge:
             body = b'{"error":"Missing access token"}' if b.websocket == "401" else b"Forbidden"
             self.send(h, int(b.websocket), body, {})
             return
-        accept = base64.b64encode(hashlib.sha1((h.headers["Sec-WebSocket-Key"] + GUID).encode(),
-                                               usedforsecurity=False).digest()).decode()
+        accept = base64.b64encode(
+            hashlib.sha1((h.headers["Sec-WebSocket-Key"] + GUID).encode(), usedforsecurity=False).digest()
+        ).decode()
         h.send_response(101)
         h.send_header("Upgrade", "websocket")
         h.send_header("Connection", "Upgrade")
@@ -275,7 +325,7 @@ class Fixed:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = b"Forbidden" if fixed.status == 403 else b"OK"
                 self.send_response(fixed.status)
                 self.send_header("Content-Length", str(len(body)))

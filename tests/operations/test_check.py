@@ -51,7 +51,6 @@ SECRET = "secret-value"
 
 class _Ok:
     status_code = 200
-    headers: dict[str, str] = {}
 
 
 @dataclass
@@ -65,28 +64,38 @@ class World:
     load_balancer_status: int | None = None  # None: nothing answers at its address
     bucket_status: int = 403
     ssm_online: set[str] | None = None
-    ses_identity: dict[str, Any] = field(default_factory=lambda: {
-        "VerifiedForSendingStatus": True, "DkimAttributes": {"Status": "SUCCESS"}})
-    ses_account: dict[str, Any] = field(default_factory=lambda: {
-        "ProductionAccessEnabled": True, "SendingEnabled": True})
+    ses_identity: dict[str, Any] = field(
+        default_factory=lambda: {"VerifiedForSendingStatus": True, "DkimAttributes": {"Status": "SUCCESS"}}
+    )
+    ses_account: dict[str, Any] = field(
+        default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
+    )
     commands: list[dict[str, Any]] = field(default_factory=list)
-    options: check.Options = field(default_factory=lambda: check.Options(
-        media_wait=2, poll=0.05, heartbeat_wait=1.0, s3_host=lambda bucket, region: S3_HOST))
+    options: check.Options = field(
+        default_factory=lambda: check.Options(
+            media_wait=2, poll=0.05, heartbeat_wait=1.0, s3_host=lambda bucket, region: S3_HOST
+        )
+    )
 
     def client(self, name: str) -> Any:
         return self.session.client(name)
 
     def instances(self, logical_id: str) -> list[str]:
         (group,) = self.client("autoscaling").describe_auto_scaling_groups(
-            AutoScalingGroupNames=[self.resources[logical_id]])["AutoScalingGroups"]
+            AutoScalingGroupNames=[self.resources[logical_id]]
+        )["AutoScalingGroups"]
         return [i["InstanceId"] for i in group["Instances"]]
 
     def network(self) -> check.Network:
         edge_server = Edge(self.authority, self.behaviour, self.client("s3"), BUCKET)
         balancer = self.client("elbv2").describe_load_balancers(
-            LoadBalancerArns=[self.resources[load_balancing.LOAD_BALANCER]])["LoadBalancers"][0]
-        balancer_port = closed_port() if self.load_balancer_status is None else \
-            Fixed(self.authority, "internal.example", self.load_balancer_status).port
+            LoadBalancerArns=[self.resources[load_balancing.LOAD_BALANCER]]
+        )["LoadBalancers"][0]
+        balancer_port = (
+            closed_port()
+            if self.load_balancer_status is None
+            else Fixed(self.authority, "internal.example", self.load_balancer_status).port
+        )
         routes = {
             (DOMAIN, 443): ("127.0.0.1", port_of(edge_server.https)),
             (DOMAIN, 80): ("127.0.0.1", port_of(edge_server.http)),
@@ -95,7 +104,9 @@ class World:
         }
         return check.Network(timeout=2.0, cafile=str(self.authority.cafile), routes=routes)
 
-    def run(self, groups: tuple[str, ...] = check.GROUPS, net: check.Network | None = None) -> list[check.Result]:
+    def run(
+        self, groups: tuple[str, ...] = check.GROUPS, net: check.Network | None = None
+    ) -> list[check.Result]:
         return check.check(self.session, STACK, net or self.network(), self.options, groups)
 
 
@@ -110,13 +121,19 @@ def _short_circuit(world: World) -> None:
     def answer(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
         def handler(params: dict[str, Any], **_: Any) -> Any:
             return _Ok(), body(sent(params))
+
         return handler
 
     def instance_information(params: dict[str, Any]) -> dict[str, Any]:
         wanted = params["Filters"][0]["Values"]
         online = set(wanted) if world.ssm_online is None else world.ssm_online
-        return {"InstanceInformationList": [{"InstanceId": i, "PingStatus": "Online", "AgentVersion": "3.3"}
-                                            for i in wanted if i in online]}
+        return {
+            "InstanceInformationList": [
+                {"InstanceId": i, "PingStatus": "Online", "AgentVersion": "3.3"}
+                for i in wanted
+                if i in online
+            ]
+        }
 
     def send_command(params: dict[str, Any]) -> None:
         world.commands.append(params)
@@ -137,73 +154,151 @@ TEMPLATE = {
 def _build(session: Any) -> dict[str, str]:
     """The stack's resources that the check reads, by their logical IDs."""
     names = check._parameter_names()
-    template = json.loads(json.dumps(TEMPLATE).replace("DomainName", names.domain.title)
-                          .replace("SmtpServer", names.smtp_server.title))
+    template = json.loads(
+        json.dumps(TEMPLATE)
+        .replace("DomainName", names.domain.title)
+        .replace("SmtpServer", names.smtp_server.title)
+    )
     c = session.client
-    c("cloudformation").create_stack(StackName=STACK, TemplateBody=json.dumps(template),
-                                     Parameters=[{"ParameterKey": names.domain.title, "ParameterValue": DOMAIN}])
+    c("cloudformation").create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": names.domain.title, "ParameterValue": DOMAIN}],
+    )
     resources = check.stack_resources(session, STACK)
     ssm = c("ssm")
-    for logical_id, name, value in ((versions.DESIRED_VERSION, "desired-version", VERSION),
-                                    (versions.DEPLOYED_VERSION, "deployed-version", VERSION),
-                                    (pipeline.ROLLOUT_STATE, "rollout-last", "{}")):
+    for logical_id, name, value in (
+        (versions.DESIRED_VERSION, "desired-version", VERSION),
+        (versions.DEPLOYED_VERSION, "deployed-version", VERSION),
+        (pipeline.ROLLOUT_STATE, "rollout-last", "{}"),
+    ):
         resources[logical_id] = f"/mastodon/{STACK}/{name}"
         ssm.put_parameter(Name=resources[logical_id], Value=value, Type="String")
     resources[pipeline.STATE_MACHINE] = c("stepfunctions").create_state_machine(
-        name="rollout", roleArn="arn:aws:iam::123456789012:role/rollout",
-        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}))["stateMachineArn"]
+        name="rollout",
+        roleArn="arn:aws:iam::123456789012:role/rollout",
+        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+    )["stateMachineArn"]
     for name in ("web-5xx", "database-cpu"):
         c("cloudwatch").put_metric_alarm(
-            AlarmName=name, MetricName="m", Namespace="n", Statistic="Average", Period=60, EvaluationPeriods=1,
-            Threshold=1, ComparisonOperator="GreaterThanThreshold", AlarmDescription=f"{name}: what to do",
-            AlarmActions=[resources[operations.ALERT_TOPIC]])
+            AlarmName=name,
+            MetricName="m",
+            Namespace="n",
+            Statistic="Average",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="GreaterThanThreshold",
+            AlarmDescription=f"{name}: what to do",
+            AlarmActions=[resources[operations.ALERT_TOPIC]],
+        )
         c("cloudwatch").set_alarm_state(AlarmName=name, StateValue="OK", StateReason="fine")
-    resources[edge.DISTRIBUTION] = c("cloudfront").create_distribution(DistributionConfig={
-        "CallerReference": "check", "Comment": "", "Enabled": True, "HttpVersion": "http2and3",
-        "Origins": {"Quantity": 1, "Items": [{"Id": "o", "DomainName": "o.example.com", "CustomOriginConfig": {
-            "HTTPPort": 80, "HTTPSPort": 443, "OriginProtocolPolicy": "https-only"}}]},
-        "DefaultCacheBehavior": {"TargetOriginId": "o", "ViewerProtocolPolicy": "redirect-to-https",
-                                 "CachePolicyId": edge.CACHING_DISABLED}})["Distribution"]["Id"]
+    resources[edge.DISTRIBUTION] = c("cloudfront").create_distribution(
+        DistributionConfig={
+            "CallerReference": "check",
+            "Comment": "",
+            "Enabled": True,
+            "HttpVersion": "http2and3",
+            "Origins": {
+                "Quantity": 1,
+                "Items": [
+                    {
+                        "Id": "o",
+                        "DomainName": "o.example.com",
+                        "CustomOriginConfig": {
+                            "HTTPPort": 80,
+                            "HTTPSPort": 443,
+                            "OriginProtocolPolicy": "https-only",
+                        },
+                    }
+                ],
+            },
+            "DefaultCacheBehavior": {
+                "TargetOriginId": "o",
+                "ViewerProtocolPolicy": "redirect-to-https",
+                "CachePolicyId": edge.CACHING_DISABLED,
+            },
+        }
+    )["Distribution"]["Id"]
     ec2 = c("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{n}.0/24", AvailabilityZone=f"{REGION}{z}")
-               ["Subnet"]["SubnetId"] for n, z in ((0, "a"), (1, "b"))]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{n}.0/24", AvailabilityZone=f"{REGION}{z}")["Subnet"][
+            "SubnetId"
+        ]
+        for n, z in ((0, "a"), (1, "b"))
+    ]
     elb = c("elbv2")
-    balancer = elb.create_load_balancer(Name="mastodon", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+    balancer = elb.create_load_balancer(Name="mastodon", Subnets=subnets)["LoadBalancers"][0][
+        "LoadBalancerArn"
+    ]
     resources[load_balancing.LOAD_BALANCER] = balancer
     groups = {}
-    for logical_id, port in ((load_balancing.WEB_TARGET_GROUP, load_balancing.WEB_PORT),
-                             (load_balancing.STREAMING_TARGET_GROUP, load_balancing.STREAMING_PORT)):
-        groups[logical_id] = elb.create_target_group(Name=logical_id[:20], Protocol="HTTP", Port=port,
-                                                     VpcId=vpc)["TargetGroups"][0]["TargetGroupArn"]
+    for logical_id, port in (
+        (load_balancing.WEB_TARGET_GROUP, load_balancing.WEB_PORT),
+        (load_balancing.STREAMING_TARGET_GROUP, load_balancing.STREAMING_PORT),
+    ):
+        groups[logical_id] = elb.create_target_group(
+            Name=logical_id[:20], Protocol="HTTP", Port=port, VpcId=vpc
+        )["TargetGroups"][0]["TargetGroupArn"]
         resources[logical_id] = groups[logical_id]
     certificate = c("acm").request_certificate(DomainName=DOMAIN)["CertificateArn"]
     listener = elb.create_listener(
-        LoadBalancerArn=balancer, Protocol="HTTPS", Port=443, Certificates=[{"CertificateArn": certificate}],
-        DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {
-            "StatusCode": "403", "ContentType": "text/plain", "MessageBody": "Forbidden"}}])["Listeners"][0]
+        LoadBalancerArn=balancer,
+        Protocol="HTTPS",
+        Port=443,
+        Certificates=[{"CertificateArn": certificate}],
+        DefaultActions=[
+            {
+                "Type": "fixed-response",
+                "FixedResponseConfig": {
+                    "StatusCode": "403",
+                    "ContentType": "text/plain",
+                    "MessageBody": "Forbidden",
+                },
+            }
+        ],
+    )["Listeners"][0]
     resources[load_balancing.HTTPS_LISTENER] = listener["ListenerArn"]
-    header = {"Field": "http-header", "HttpHeaderConfig": {
-        "HttpHeaderName": load_balancing.ORIGIN_VERIFY_HEADER, "Values": [SECRET]}}
-    for priority, (logical_id, paths) in enumerate(((load_balancing.STREAMING_TARGET_GROUP,
-                                                     load_balancing.STREAMING_PATHS),
-                                                    (load_balancing.WEB_TARGET_GROUP, ["/*"])), start=1):
-        elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=priority, Conditions=[
-            header, {"Field": "path-pattern", "PathPatternConfig": {"Values": paths}}],
-            Actions=[{"Type": "forward", "TargetGroupArn": groups[logical_id]}])
+    header = {
+        "Field": "http-header",
+        "HttpHeaderConfig": {"HttpHeaderName": load_balancing.ORIGIN_VERIFY_HEADER, "Values": [SECRET]},
+    }
+    for priority, (logical_id, paths) in enumerate(
+        (
+            (load_balancing.STREAMING_TARGET_GROUP, load_balancing.STREAMING_PATHS),
+            (load_balancing.WEB_TARGET_GROUP, ["/*"]),
+        ),
+        start=1,
+    ):
+        elb.create_rule(
+            ListenerArn=listener["ListenerArn"],
+            Priority=priority,
+            Conditions=[header, {"Field": "path-pattern", "PathPatternConfig": {"Values": paths}}],
+            Actions=[{"Type": "forward", "TargetGroupArn": groups[logical_id]}],
+        )
     image = "ami-12c6146b"  # one of moto's stock images (listing them all is slow)
-    template = ec2.create_launch_template(LaunchTemplateName="servers", LaunchTemplateData={
-        "ImageId": image, "InstanceType": "t4g.small"})["LaunchTemplate"]["LaunchTemplateId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName="servers", LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
     autoscaling = c("autoscaling")
-    for logical_id, size, target_groups in ((compute.WEB_GROUP, 1, list(groups.values())),
-                                            (compute.WORKER_GROUP, 1, [])):
+    for logical_id, size, target_groups in (
+        (compute.WEB_GROUP, 1, list(groups.values())),
+        (compute.WORKER_GROUP, 1, []),
+    ):
         resources[logical_id] = f"{STACK}-{logical_id}"
         autoscaling.create_auto_scaling_group(
-            AutoScalingGroupName=resources[logical_id], MinSize=size, MaxSize=size + (logical_id == compute.WEB_GROUP),
-            DesiredCapacity=size, LaunchTemplate={"LaunchTemplateId": template}, VPCZoneIdentifier=subnets[0],
-            TargetGroupARNs=target_groups)
-        (group,) = autoscaling.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[resources[logical_id]])["AutoScalingGroups"]
+            AutoScalingGroupName=resources[logical_id],
+            MinSize=size,
+            MaxSize=size + (logical_id == compute.WEB_GROUP),
+            DesiredCapacity=size,
+            LaunchTemplate={"LaunchTemplateId": template},
+            VPCZoneIdentifier=subnets[0],
+            TargetGroupARNs=target_groups,
+        )
+        (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[resources[logical_id]])[
+            "AutoScalingGroups"
+        ]
         ids = [i["InstanceId"] for i in group["Instances"]]
         ec2.create_tags(Resources=ids, Tags=[{"Key": VERSION_TAG, "Value": VERSION}])
     s3 = c("s3")
@@ -249,19 +344,48 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
     assert failing(results) == [], "\n".join(check.render(results))
     assert check.summary(results)[0] == 0
     passed = {r.name for r in results if r.status == check.PASS}
-    assert {"status", "versions agree", "no rollout running or failed", "alarms", "certificate",
-            "HTTP redirects to HTTPS", "/health through CloudFront", "security headers", "HTTP/2",
-            "HTTP/3 advertised", "load balancer not reachable directly", "listener requires the secret header",
-            "instance API", "version", "WebFinger", "NodeInfo", "host-meta", "streaming health",
-            "WebSocket heartbeat", "served through CloudFront", "media headers", "media cached at the edge",
-            "bucket not public", "gone from the edge after deletion", "SES identity", "SES sending status",
-            "Sidekiq scheduler in exactly one process"} <= passed
+    assert {
+        "status",
+        "versions agree",
+        "no rollout running or failed",
+        "alarms",
+        "certificate",
+        "HTTP redirects to HTTPS",
+        "/health through CloudFront",
+        "security headers",
+        "HTTP/2",
+        "HTTP/3 advertised",
+        "load balancer not reachable directly",
+        "listener requires the secret header",
+        "instance API",
+        "version",
+        "WebFinger",
+        "NodeInfo",
+        "host-meta",
+        "streaming health",
+        "WebSocket heartbeat",
+        "served through CloudFront",
+        "media headers",
+        "media cached at the edge",
+        "bucket not public",
+        "gone from the edge after deletion",
+        "SES identity",
+        "SES sending status",
+        "Sidekiq scheduler in exactly one process",
+    } <= passed
     for iid in world.instances(compute.WEB_GROUP):
-        assert {f"web {iid} in service", f"web {iid} version", f"web {iid} SSM", f"web {iid} targets"} <= passed
+        assert {
+            f"web {iid} in service",
+            f"web {iid} version",
+            f"web {iid} SSM",
+            f"web {iid} targets",
+        } <= passed
     (worker,) = world.instances(compute.WORKER_GROUP)
     assert f"worker {worker} version" in passed
     # The probe went in, was served, and is gone with every version and delete marker.
-    assert any(path.startswith(f"{edge.MEDIA_PATH}/{check.PROBE_PREFIX}/") for path in world.behaviour.requests)
+    assert any(
+        path.startswith(f"{edge.MEDIA_PATH}/{check.PROBE_PREFIX}/") for path in world.behaviour.requests
+    )
     listed = world.client("s3").list_object_versions(Bucket=BUCKET)
     assert not listed.get("Versions") and not listed.get("DeleteMarkers")
 
@@ -307,9 +431,11 @@ def _unhealthy_streaming(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _loose_rule(world: World) -> None:
     world.client("elbv2").create_rule(
-        ListenerArn=world.resources[load_balancing.HTTPS_LISTENER], Priority=50,
+        ListenerArn=world.resources[load_balancing.HTTPS_LISTENER],
+        Priority=50,
         Conditions=[{"Field": "path-pattern", "Values": ["/open/*"]}],
-        Actions=[{"Type": "forward", "TargetGroupArn": world.resources[load_balancing.WEB_TARGET_GROUP]}])
+        Actions=[{"Type": "forward", "TargetGroupArn": world.resources[load_balancing.WEB_TARGET_GROUP]}],
+    )
 
 
 def _stack_rolled_back(world: World) -> None:
@@ -319,58 +445,124 @@ def _stack_rolled_back(world: World) -> None:
 
 
 def _failed_rollout(world: World) -> None:
-    world.client("ssm").put_parameter(Name=world.resources[pipeline.ROLLOUT_STATE], Overwrite=True, Value=(
-        handled_record(2, "v4.7.7", "failed", "arn:execution:x", "web servers failed their health checks")))
+    world.client("ssm").put_parameter(
+        Name=world.resources[pipeline.ROLLOUT_STATE],
+        Overwrite=True,
+        Value=(
+            handled_record(2, "v4.7.7", "failed", "arn:execution:x", "web servers failed their health checks")
+        ),
+    )
 
 
 FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     ("stack rolled back", _stack_rolled_back, ["status"]),
-    ("versions differ", lambda w: w.client("ssm").put_parameter(
-        Name=w.resources[versions.DESIRED_VERSION], Value="v4.7.7", Overwrite=True), ["versions agree"]),
-    ("rollout running", lambda w: w.client("stepfunctions").start_execution(
-        stateMachineArn=w.resources[pipeline.STATE_MACHINE]), ["no rollout running or failed"]),
+    (
+        "versions differ",
+        lambda w: w.client("ssm").put_parameter(
+            Name=w.resources[versions.DESIRED_VERSION], Value="v4.7.7", Overwrite=True
+        ),
+        ["versions agree"],
+    ),
+    (
+        "rollout running",
+        lambda w: w.client("stepfunctions").start_execution(
+            stateMachineArn=w.resources[pipeline.STATE_MACHINE]
+        ),
+        ["no rollout running or failed"],
+    ),
     ("rollout failed", _failed_rollout, ["no rollout running or failed"]),
-    ("alarm in ALARM", lambda w: w.client("cloudwatch").set_alarm_state(
-        AlarmName="web-5xx", StateValue="ALARM", StateReason="5xx"), ["alarm web-5xx", "alarms"]),
-    ("wrong certificate", lambda w: setattr(w.behaviour, "certificate_host", "other.example.org"),
-     ["certificate"]),
+    (
+        "alarm in ALARM",
+        lambda w: w.client("cloudwatch").set_alarm_state(
+            AlarmName="web-5xx", StateValue="ALARM", StateReason="5xx"
+        ),
+        ["alarm web-5xx", "alarms"],
+    ),
+    (
+        "wrong certificate",
+        lambda w: setattr(w.behaviour, "certificate_host", "other.example.org"),
+        ["certificate"],
+    ),
     ("certificate about to expire", lambda w: setattr(w.behaviour, "certificate_days", 3), ["certificate"]),
-    ("plain HTTP served", lambda w: setattr(w.behaviour, "redirect_http", False), ["HTTP redirects to HTTPS"]),
-    ("no healthy web server", lambda w: setattr(w.behaviour, "health_status", 503),
-     ["/health through CloudFront"]),
-    ("not through CloudFront", lambda w: setattr(w.behaviour, "cloudfront_headers", False),
-     ["/health through CloudFront", "media cached at the edge"]),
-    ("security headers stripped", lambda w: setattr(w.behaviour, "security_headers", False),
-     ["security headers"]),
+    (
+        "plain HTTP served",
+        lambda w: setattr(w.behaviour, "redirect_http", False),
+        ["HTTP redirects to HTTPS"],
+    ),
+    (
+        "no healthy web server",
+        lambda w: setattr(w.behaviour, "health_status", 503),
+        ["/health through CloudFront"],
+    ),
+    (
+        "not through CloudFront",
+        lambda w: setattr(w.behaviour, "cloudfront_headers", False),
+        ["/health through CloudFront", "media cached at the edge"],
+    ),
+    (
+        "security headers stripped",
+        lambda w: setattr(w.behaviour, "security_headers", False),
+        ["security headers"],
+    ),
     ("no HTTP/2", lambda w: setattr(w.behaviour, "http2", False), ["HTTP/2"]),
-    ("origin reachable", lambda w: setattr(w, "load_balancer_status", 403),
-     ["load balancer not reachable directly"]),
-    ("origin reachable and open", lambda w: setattr(w, "load_balancer_status", 200),
-     ["load balancer not reachable directly", "direct request refused"]),
+    (
+        "origin reachable",
+        lambda w: setattr(w, "load_balancer_status", 403),
+        ["load balancer not reachable directly"],
+    ),
+    (
+        "origin reachable and open",
+        lambda w: setattr(w, "load_balancer_status", 200),
+        ["load balancer not reachable directly", "direct request refused"],
+    ),
     ("a rule forwards without the header", _loose_rule, ["listener requires the secret header"]),
-    ("another domain", lambda w: setattr(w.behaviour, "instance_domain", "other.example.org"), ["instance API"]),
+    (
+        "another domain",
+        lambda w: setattr(w.behaviour, "instance_domain", "other.example.org"),
+        ["instance API"],
+    ),
     ("stale version", lambda w: setattr(w.behaviour, "version", "4.7.5"), ["version", "NodeInfo"]),
     ("owner not found", lambda w: setattr(w.behaviour, "webfinger", False), ["WebFinger"]),
-    ("NodeInfo names another host", lambda w: setattr(w.behaviour, "nodeinfo_host", "other.example.org"),
-     ["NodeInfo"]),
+    (
+        "NodeInfo names another host",
+        lambda w: setattr(w.behaviour, "nodeinfo_host", "other.example.org"),
+        ["NodeInfo"],
+    ),
     ("streaming down", lambda w: setattr(w.behaviour, "streaming_health", 502), ["streaming health"]),
     ("no heartbeat", lambda w: setattr(w.behaviour, "websocket", "silent"), ["WebSocket heartbeat"]),
-    ("WebSocket closed at once", lambda w: setattr(w.behaviour, "websocket", "close"), ["WebSocket heartbeat"]),
-    ("WebSocket refused by the load balancer", lambda w: setattr(w.behaviour, "websocket", "403"),
-     ["WebSocket heartbeat"]),
-    ("media not served", lambda w: setattr(w.behaviour, "media_status", 403), [
-        "served through CloudFront", "media cached at the edge"]),
+    (
+        "WebSocket closed at once",
+        lambda w: setattr(w.behaviour, "websocket", "close"),
+        ["WebSocket heartbeat"],
+    ),
+    (
+        "WebSocket refused by the load balancer",
+        lambda w: setattr(w.behaviour, "websocket", "403"),
+        ["WebSocket heartbeat"],
+    ),
+    (
+        "media not served",
+        lambda w: setattr(w.behaviour, "media_status", 403),
+        ["served through CloudFront", "media cached at the edge"],
+    ),
     ("media headers missing", lambda w: setattr(w.behaviour, "media_headers", False), ["media headers"]),
-    ("media still served after delete", lambda w: setattr(w.behaviour, "invalidates", False),
-     ["gone from the edge after deletion"]),
+    (
+        "media still served after delete",
+        lambda w: setattr(w.behaviour, "invalidates", False),
+        ["gone from the edge after deletion"],
+    ),
     ("bucket public", lambda w: setattr(w, "bucket_status", 200), ["bucket not public"]),
     ("DKIM pending", lambda w: w.ses_identity["DkimAttributes"].update(Status="PENDING"), ["SES identity"]),
     ("SES paused", lambda w: w.ses_account.update(SendingEnabled=False), ["SES sending status"]),
     ("stale server", _stale_server, ["version"]),
     ("server not in SSM", lambda w: setattr(w, "ssm_online", set()), ["SSM"]),
-    ("two schedulers possible", lambda w: w.client("autoscaling").update_auto_scaling_group(
-        AutoScalingGroupName=w.resources[compute.WORKER_GROUP], MaxSize=2),
-     ["Sidekiq scheduler in exactly one process"]),
+    (
+        "two schedulers possible",
+        lambda w: w.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=w.resources[compute.WORKER_GROUP], MaxSize=2
+        ),
+        ["Sidekiq scheduler in exactly one process"],
+    ),
 ]
 
 
@@ -382,8 +574,7 @@ def _matches(name: str, expected: str) -> bool:
 
 
 @pytest.mark.parametrize(("case", "fault", "expected"), FAULTS, ids=[f[0] for f in FAULTS])
-def test_each_check_fails_with_a_cause_and_a_next_step_when_its_fake_misbehaves(
-        world, case, fault, expected):
+def test_each_check_fails_with_a_cause_and_a_next_step_when_its_fake_misbehaves(world, case, fault, expected):
     fault(world)
 
     results = world.run()
@@ -391,13 +582,15 @@ def test_each_check_fails_with_a_cause_and_a_next_step_when_its_fake_misbehaves(
     failed = [r for r in results if r.status == check.FAIL]
     for name in expected:
         assert any(_matches(r.name, name) for r in failed), f"{case}: {name} did not fail\n" + "\n".join(
-            check.render(results))
+            check.render(results)
+        )
     for result in failed:
         assert result.cause and result.step, result
     # Nothing else fails: the fault is found where it is, not everywhere (but a certificate
     # CloudFront cannot present breaks every request after it).
-    assert case in CASCADES or all(any(_matches(r.name, name) for name in expected) for r in failed), "\n".join(
-        check.render(results))
+    assert case in CASCADES or all(any(_matches(r.name, name) for name in expected) for r in failed), (
+        "\n".join(check.render(results))
+    )
     assert check.summary(results)[0] == 1
 
 
@@ -510,9 +703,14 @@ def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(w
     cloudformation = world.client("cloudformation")
     template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
     cloudformation.delete_stack(StackName=STACK)
-    cloudformation.create_stack(StackName=STACK, TemplateBody=json.dumps(template), Parameters=[
-        {"ParameterKey": names.domain.title, "ParameterValue": DOMAIN},
-        {"ParameterKey": names.smtp_server.title, "ParameterValue": "smtp.example.org"}])
+    cloudformation.create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(template),
+        Parameters=[
+            {"ParameterKey": names.domain.title, "ParameterValue": DOMAIN},
+            {"ParameterKey": names.smtp_server.title, "ParameterValue": "smtp.example.org"},
+        ],
+    )
 
     results = world.run(("stack", "mail"))
 
@@ -527,3 +725,30 @@ def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_ad
     assert check.parse_args(["--stack-name", "s"]).access_token == "from-env"
     with pytest.raises(SystemExit):
         check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
+
+
+# ---------------------------------------------------------------- after a deploy
+
+
+def test_a_deploy_ends_with_the_check_whose_status_it_returns_unless_told_not_to(aws_env, tmp_path):
+    from tests.operations.conftest import run_script
+    from tests.operations.test_deploy_script import SMALL_TEMPLATE, write_parameters
+
+    template = tmp_path / "small.json"
+    template.write_text(json.dumps(SMALL_TEMPLATE))
+    # .invalid never resolves (RFC 2606): the edge checks fail at once, the stack's are read from moto.
+    parameters = write_parameters(tmp_path / "checked.json", {"DomainName": "checked.example.invalid"})
+    args = ("--stack-name", "checked", "--parameters", str(parameters), "--template", str(template),
+            "--poll", "0.2", "--region", REGION)
+
+    checked = run_script("deploy.py", *args, env=aws_env)
+
+    assert "checked: CREATE_COMPLETE" in checked.stdout
+    lines = checked.stdout.splitlines()
+    assert lines[lines.index("stack") + 1].startswith("  ✓ status: checked: CREATE_COMPLETE")
+    assert lines[-1].endswith("some required checks FAIL")
+    assert checked.returncode == 1  # the domain answers nothing: the deploy is not done
+
+    unchecked = run_script("deploy.py", *args[2:], "--stack-name", "unchecked", "--no-check", env=aws_env)
+    assert unchecked.returncode == 0, unchecked.stderr + unchecked.stdout
+    assert "stack" not in unchecked.stdout.splitlines()
