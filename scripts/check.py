@@ -90,7 +90,7 @@ CERTIFICATE_WARNING_DAYS = 14
 BODY_LIMIT = 1 << 20
 
 
-def _parameter_names() -> parameters.Parameters:
+def parameter_names() -> parameters.Parameters:
     """The stack's parameters, whose titles are the names the stack reports them by."""
     return parameters.create_parameters(Template())
 
@@ -370,7 +370,7 @@ class Checker:
         self.session, self.stack, self.net, self.options = session, stack, net, options
         self.results: list[Result] = []
         self.clients: dict[str, Any] = {}
-        names = _parameter_names()
+        names = parameter_names()
         self.domain = stack.parameters.get(names.domain.title, "")
         self.smtp_server_key = names.smtp_server.title
         self.deployed_version: str | None = None

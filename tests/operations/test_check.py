@@ -153,7 +153,7 @@ TEMPLATE = {
 
 def _build(session: Any) -> dict[str, str]:
     """The stack's resources that the check reads, by their logical IDs."""
-    names = check._parameter_names()
+    names = check.parameter_names()
     template = json.loads(
         json.dumps(TEMPLATE)
         .replace("DomainName", names.domain.title)
@@ -699,7 +699,7 @@ def test_mail_to_sends_a_confirmation_through_mastodon_and_removes_the_account(w
 
 
 def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
-    names = check._parameter_names()
+    names = check.parameter_names()
     cloudformation = world.client("cloudformation")
     template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
     cloudformation.delete_stack(StackName=STACK)
