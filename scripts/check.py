@@ -574,6 +574,9 @@ class Checker:
             "CloudFront cannot reach the web servers",
             "see the servers group below and the load balancer's target health",
         )(self._health)
+        self.guard(g, "security headers", "Mastodon's pages do not come through", "see the lines above")(
+            self._security_headers
+        )
         self.guard(g, "HTTP/2", "the TLS handshake failed", "see the certificate line")(self._http2)
         self.guard(
             g,
@@ -629,7 +632,6 @@ class Checker:
 
     def _health(self) -> None:
         answer = self.net.request(self.domain, load_balancing.WEB_HEALTH_PATH)
-        hsts = answer.header("strict-transport-security")
         self.add(
             "edge",
             "/health through CloudFront",
@@ -645,7 +647,10 @@ class Checker:
             }.get(answer.status, "the answer does not come from Mastodon through CloudFront"),
             "see the servers group, then the load balancer's target health in the EC2 console",
         )
+
+    def _security_headers(self) -> None:
         about = self.net.request(self.domain, "/about")
+        hsts = about.header("strict-transport-security")
         missing = [
             h
             for h in ("strict-transport-security", "x-content-type-options", "content-security-policy")
@@ -1003,7 +1008,8 @@ class Checker:
         if not bucket or not self.domain:
             self.add("media", "media", None, "no media bucket or domain in the stack")
             return
-        key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}.txt"
+        # Shaped like Mastodon's keys (folder/style/file): the invalidation covers its folder.
+        key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}/original/probe.txt"
         body = f"mastodon-aws check {key}\n".encode()
         s3 = self.client("s3")
         try:
