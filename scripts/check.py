@@ -735,6 +735,10 @@ class Checker:
                 "check the LoadBalancerScheme parameter and the region's VPC origin support",
             )
             return
+        if balancer.get("Scheme") == "internal":
+            # Behind a VPC origin: no public address, nothing to try from here.
+            self.add("edge", name, True, f"internal {host}: private addresses only")
+            return
         answered = []
         for address in endpoints:
             try:
@@ -1068,6 +1072,10 @@ class Checker:
         origin = {"Origin": "https://client.example"}
         first = self.net.request(self.domain, path, headers=origin)
         second = self.net.request(self.domain, path, headers=origin)
+        for _ in range(2):  # a POP has several caches: the next request may meet another one
+            if "hit" in second.header("x-cache").lower():
+                break
+            second = self.net.request(self.domain, path, headers=origin)
         self.add(
             "media",
             "served through CloudFront",

@@ -752,3 +752,17 @@ def test_a_deploy_ends_with_the_check_whose_status_it_returns_unless_told_not_to
     unchecked = run_script("deploy.py", *args[2:], "--stack-name", "unchecked", "--no-check", env=aws_env)
     assert unchecked.returncode == 0, unchecked.stderr + unchecked.stdout
     assert "stack" not in unchecked.stdout.splitlines()
+
+
+def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside(world):
+    from moto.elbv2.models import elbv2_backends
+
+    world.load_balancer_status = 200  # something would answer, were it tried
+    arn = world.resources[load_balancing.LOAD_BALANCER]
+    elbv2_backends[DEFAULT_ACCOUNT_ID][REGION].load_balancers[arn].scheme = "internal"
+
+    results = world.run(("stack", "edge"))
+
+    closed = by_name(results, "load balancer not reachable directly")
+    assert closed.status == check.PASS and closed.detail.startswith("internal ")
+    assert "direct request refused" not in {r.name for r in results}
