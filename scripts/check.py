@@ -63,6 +63,7 @@ from troposphere import Template  # noqa: E402
 
 from lambdas.rollout.names import DOWNGRADE_FLAG, VERSION_TAG  # noqa: E402
 from lambdas.rollout.plan import read_handled  # noqa: E402
+from scripts.deploy import FIRST_OUTPUT  # noqa: E402
 from templates import (  # noqa: E402  # noqa: E402
     compute,
     data,
@@ -437,6 +438,15 @@ class Checker:
             + ", ".join(f"{k}={v}" for k, v in sorted(s.parameters.items()) if v and "Arn" not in k)[:300],
             "the stack has no domain parameter",
             "is this a Mastodon stack of this project?",
+        )
+        url = s.outputs.get(FIRST_OUTPUT, "")
+        self.add(
+            g,
+            "outputs",
+            url == f"https://{self.domain}/",
+            f"{len(s.outputs)} outputs; {FIRST_OUTPUT} {url or 'missing'}",
+            "the stack's outputs are missing or name another domain (a create that did not finish?)",
+            f"aws cloudformation describe-stacks --stack-name {s.name}{where}",
         )
         self.guard(
             g, "versions agree", "an upgrade is pending, running or failed", "see the rollout lines below"

@@ -20,6 +20,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from lambdas.rollout.names import VERSION_TAG
 from lambdas.rollout.plan import handled_record
 from scripts import check
+from scripts.deploy import FIRST_OUTPUT
 from templates import (
     compute,
     data,
@@ -148,6 +149,7 @@ def _short_circuit(world: World) -> None:
 TEMPLATE = {
     "Parameters": {"DomainName": {"Type": "String"}, "SmtpServer": {"Type": "String", "Default": ""}},
     "Resources": {operations.ALERT_TOPIC: {"Type": "AWS::SNS::Topic"}},
+    "Outputs": {FIRST_OUTPUT: {"Value": {"Fn::Join": ["", ["https://", {"Ref": "DomainName"}, "/"]]}}},
 }
 
 
@@ -444,6 +446,16 @@ def _stack_rolled_back(world: World) -> None:
     stack.status = "UPDATE_ROLLBACK_COMPLETE"
 
 
+def _no_outputs(world: World) -> None:
+    """The stack as a create that never finished leaves it: no outputs."""
+    cloudformation = world.client("cloudformation")
+    template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
+    template.pop("Outputs")
+    cloudformation.delete_stack(StackName=STACK)
+    cloudformation.create_stack(StackName=STACK, TemplateBody=json.dumps(template), Parameters=[
+        {"ParameterKey": check.parameter_names().domain.title, "ParameterValue": DOMAIN}])
+
+
 def _failed_rollout(world: World) -> None:
     world.client("ssm").put_parameter(
         Name=world.resources[pipeline.ROLLOUT_STATE],
@@ -456,6 +468,7 @@ def _failed_rollout(world: World) -> None:
 
 FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     ("stack rolled back", _stack_rolled_back, ["status"]),
+    ("no outputs", _no_outputs, ["outputs"]),
     (
         "versions differ",
         lambda w: w.client("ssm").put_parameter(
