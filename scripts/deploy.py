@@ -90,6 +90,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="create the change set, show what it would add, modify, replace or remove "
                         "(replaced data in red), and stop without executing it")
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between event polls")
+    parser.add_argument("--no-check", action="store_true",
+                        help="do not run scripts/check.py on the stack once it is deployed")
     return parser.parse_args(argv)
 
 
@@ -405,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     except awscli.AwsError as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)
         return 1
-    return 0
+    if args.no_check:
+        return 0
+    from scripts import check  # its exit status: 0 only when every required check passes
+
+    return check.main(["--stack-name", args.stack_name, *(["--region", args.region] if args.region else [])])
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def test_the_stack_is_created_from_a_parameter_file_through_the_bucket(aws_env, 
 
     created = run_script("deploy.py", "--stack-name", "mastodon-prod", "--parameters", str(production),
                          "--s3-bucket", "deploy-artifacts", "--template", str(prepared), "--poll", "0.2",
-                         "--tag", "owner=ops", env=aws_env)
+                         "--tag", "owner=ops", "--no-check", env=aws_env)
 
     assert created.returncode == 0, created.stderr + created.stdout
     described = stack("mastodon-prod")
@@ -106,7 +106,7 @@ def test_a_create_then_an_update_with_a_changed_parameter(aws_env, tmp_path):
     template.write_text(json.dumps(SMALL_TEMPLATE))
     staging = write_parameters(tmp_path / "staging.json", {"DomainName": "staging.example.com"})
     args = ("--stack-name", "mastodon-staging", "--parameters", str(staging), "--template", str(template),
-            "--poll", "0.2")
+            "--poll", "0.2", "--no-check")
 
     created = run_script("deploy.py", *args, env=aws_env)
     assert created.returncode == 0, created.stderr + created.stdout
@@ -285,7 +285,7 @@ def test_a_create_that_outlasts_the_cli_is_followed_until_it_completes(aws_env, 
     slow.status = "CREATE_IN_PROGRESS"
     settle_after_the_cli_gave_up(tmp_path, slow, "CREATE_COMPLETE")
     result = run_script("deploy.py", "--stack-name", "slow", "--parameters", str(parameters),
-                        "--template", str(template), "--poll", "0.2",
+                        "--template", str(template), "--poll", "0.2", "--no-check",
                         env=cli_that_gives_up_waiting(tmp_path, aws_env))
 
     assert result.returncode == 0, result.stderr + result.stdout

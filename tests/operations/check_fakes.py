@@ -1,0 +1,351 @@
+"""Local stand-ins for what scripts/check.py talks to: CloudFront on the domain, the load
+balancer's own address, the bucket's own address (TLS servers on loopback under a test
+certificate authority), and a moto account holding the stack's resources.
+
+`Edge` behaves like CloudFront in front of Mastodon: it adds CloudFront's headers, redirects
+plain HTTP, serves Mastodon's discovery documents, its API and its streaming server (a
+WebSocket that pings like Mastodon's, every `ping_after` seconds), and serves /system/KEY
+from the moto bucket with a cache that forgets a deleted object only when `invalidates`
+is on (the stack bounds how long the edge keeps media; a broken bound keeps it).
+Every misbehaviour a check must catch is one field of `Behaviour`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import http.server
+import json
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+DOMAIN = "social.example.com"
+S3_HOST = "media-bucket.s3.test"
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+
+
+class Authority:
+    """A certificate authority of the test's own, and certificates it signs for a name."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "check test authority")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.cafile = directory / "authority.pem"
+        self.cafile.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, host: str, days: int = 90) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path, key_path = self.directory / f"{host}-{days}.pem", self.directory / f"{host}-{days}.key"
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        return cert_path, key_path
+
+
+@dataclass
+class Behaviour:
+    """How the fake edge answers; each field off its default is one fault."""
+
+    certificate_host: str = DOMAIN
+    certificate_days: int = 90
+    redirect_http: bool = True
+    health_status: int = 200
+    cloudfront_headers: bool = True
+    security_headers: bool = True
+    alt_svc: str = 'h3=":443"; ma=86400'
+    http2: bool = True
+    instance_domain: str = DOMAIN
+    version: str = "4.7.6"
+    contact: str | None = "owner"
+    webfinger: bool = True  # WebFinger knows the contact account
+    nodeinfo_host: str = DOMAIN
+    streaming_health: int = 200
+    websocket: str = "ping"  # ping | silent | 401 | 403 | close
+    ping_after: float = 0.05
+    media_status: int | None = None  # forced status for /system/*
+    media_headers: bool = True
+    invalidates: bool = True  # a deleted object leaves the cache
+    requests: list[str] = field(default_factory=list)
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(handler: type[http.server.BaseHTTPRequestHandler], context: ssl.SSLContext | None) -> _Server:
+    server = _Server(("127.0.0.1", 0), handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _tls(authority: Authority, host: str, days: int = 90, alpn: list[str] | None = None) -> ssl.SSLContext:
+    cert, key = authority.issue(host, days)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+class Edge:
+    """CloudFront on the domain in front of a Mastodon, plus plain HTTP on another port."""
+
+    def __init__(self, authority: Authority, behaviour: Behaviour, s3: Any, bucket: str) -> None:
+        self.behaviour, self.s3, self.bucket = behaviour, s3, bucket
+        self.cache: dict[str, bytes] = {}
+        edge = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                edge.behaviour.requests.append(self.path)
+                edge.handle(self)
+
+        alpn = ["h2", "http/1.1"] if behaviour.http2 else ["http/1.1"]
+        self.https = _serve(
+            Handler, _tls(authority, behaviour.certificate_host, behaviour.certificate_days, alpn)
+        )
+
+        class Plain(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if edge.behaviour.redirect_http:
+                    edge.send(self, 301, b"", {"Location": f"https://{DOMAIN}{self.path}"})
+                else:
+                    edge.send(self, 200, b"OK", {})
+
+        self.http = _serve(Plain, None)
+
+    def send(
+        self,
+        handler: http.server.BaseHTTPRequestHandler,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        cache: str = "Miss from cloudfront",
+    ) -> None:
+        handler.send_response(status)
+        if self.behaviour.cloudfront_headers:
+            handler.send_header("Via", "1.1 abcdef.cloudfront.net (CloudFront)")
+            handler.send_header("X-Amz-Cf-Id", "fake-id")
+            handler.send_header("X-Cache", cache)
+        if self.behaviour.alt_svc:
+            handler.send_header("Alt-Svc", self.behaviour.alt_svc)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def handle(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        b = self.behaviour
+        path, _, query = h.path.partition("?")
+        mastodon = (
+            {
+                "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'",
+            }
+            if b.security_headers
+            else {}
+        )
+        as_json = {"Content-Type": "application/json", **mastodon}
+        if h.headers.get("Upgrade", "").lower() == "websocket":
+            self.websocket(h)
+        elif path == "/health":
+            self.send(
+                h, b.health_status, b"OK" if b.health_status == 200 else b"Service Unavailable", mastodon
+            )
+        elif path == "/about":
+            self.send(h, 200, b"<html>about</html>", {"Content-Type": "text/html", **mastodon})
+        elif path == "/api/v2/instance":
+            contact = {"email": "", "account": {"username": b.contact} if b.contact else None}
+            self.send(
+                h,
+                200,
+                json.dumps({"domain": b.instance_domain, "version": b.version, "contact": contact}).encode(),
+                as_json,
+            )
+        elif path == "/.well-known/webfinger":
+            wanted = f"resource=acct:{b.contact}@{DOMAIN}"
+            if b.webfinger and b.contact and query == wanted:
+                self.send(h, 200, json.dumps({"subject": f"acct:{b.contact}@{DOMAIN}"}).encode(), as_json)
+            else:
+                self.send(h, 404, b"", mastodon)
+        elif path == "/.well-known/nodeinfo":
+            links = [
+                {
+                    "rel": "http://nodeinfo.diaspora.software/ns/schema/2.0",
+                    "href": f"https://{b.nodeinfo_host}/nodeinfo/2.0",
+                }
+            ]
+            self.send(h, 200, json.dumps({"links": links}).encode(), as_json)
+        elif path == "/nodeinfo/2.0":
+            self.send(
+                h,
+                200,
+                json.dumps(
+                    {"version": "2.0", "software": {"name": "mastodon", "version": b.version}}
+                ).encode(),
+                as_json,
+            )
+        elif path == "/.well-known/host-meta":
+            template = f"https://{DOMAIN}/.well-known/webfinger?resource={{uri}}"
+            body = (
+                f'<?xml version="1.0"?><XRD xmlns="http://docs.oasis-open.org/ns/xri/xrd-1.0">'
+                f'<Link rel="lrdd" template="{template}"/></XRD>'
+            ).encode()
+            self.send(h, 200, body, {"Content-Type": "application/xrd+xml", **mastodon})
+        elif path == "/api/v1/streaming/health":
+            self.send(h, b.streaming_health, b"OK" if b.streaming_health == 200 else b"", {})
+        elif path.startswith("/system/"):
+            self.media(h, path.removeprefix("/system/"))
+        else:
+            self.send(h, 404, b"", mastodon)
+
+    def media(self, h: http.server.BaseHTTPRequestHandler, key: str) -> None:
+        b = self.behaviour
+        headers = (
+            {
+                "Access-Control-Allow-Origin": "*",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; form-action 'none'",
+            }
+            if b.media_headers and h.headers.get("Origin")
+            else {}
+        )
+        if b.media_status is not None:
+            self.send(h, b.media_status, b"", headers)
+            return
+        if b.invalidates and key in self.cache:
+            try:
+                self.s3.head_object(Bucket=self.bucket, Key=key)
+            except Exception:
+                del self.cache[key]  # the edge's bound has passed
+        if key in self.cache:
+            self.send(h, 200, self.cache[key], headers, cache="Hit from cloudfront")
+            return
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception:
+            self.send(h, 403, b"AccessDenied", {})  # S3 through OAC answers 403 for a missing key
+            return
+        self.cache[key] = body
+        self.send(h, 200, body, headers)
+
+    def websocket(self, h: http.server.BaseHTTPRequestHandler) -> None:
+        b = self.behaviour
+        if b.websocket in ("401", "403"):
+            body = b'{"error":"Missing access token"}' if b.websocket == "401" else b"Forbidden"
+            self.send(h, int(b.websocket), body, {})
+            return
+        accept = base64.b64encode(
+            hashlib.sha1((h.headers["Sec-WebSocket-Key"] + GUID).encode(), usedforsecurity=False).digest()
+        ).decode()
+        h.send_response(101)
+        h.send_header("Upgrade", "websocket")
+        h.send_header("Connection", "Upgrade")
+        h.send_header("Sec-WebSocket-Accept", accept)
+        h.end_headers()
+        h.wfile.flush()
+        time.sleep(b.ping_after)
+        try:
+            if b.websocket == "ping":
+                h.wfile.write(bytes([0x89, 0]))  # a ping, as Mastodon's streaming server sends
+            elif b.websocket == "close":
+                h.wfile.write(bytes([0x88, 2]) + (1000).to_bytes(2, "big"))
+            h.wfile.flush()
+            h.connection.settimeout(2)
+            h.connection.recv(1024)  # the client's pong or close, or silence until it leaves
+        except OSError:
+            pass
+        h.close_connection = True
+
+
+class Fixed:
+    """A TLS server that answers every request with one status (the load balancer, the bucket)."""
+
+    def __init__(self, authority: Authority, host: str, status: int) -> None:
+        self.status = status
+        fixed = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = b"Forbidden" if fixed.status == 403 else b"OK"
+                self.send_response(fixed.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = _serve(Handler, _tls(authority, host))
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_of(server: _Server) -> int:
+    return int(server.server_address[1])

@@ -1,0 +1,779 @@
+"""scripts/check.py against local fakes: CloudFront and Mastodon on loopback (check_fakes.py),
+the stack's resources in moto. Every check passes on the healthy fakes and fails, with a
+cause and a next step, when the fake it reads misbehaves."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import moto.elbv2.models as elbv2_models
+import pytest
+from moto import mock_aws
+from moto.cloudformation.models import cloudformation_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+
+from lambdas.rollout.names import VERSION_TAG
+from lambdas.rollout.plan import handled_record
+from scripts import check
+from scripts.deploy import FIRST_OUTPUT
+from templates import (
+    compute,
+    data,
+    edge,
+    load_balancing,
+    maintenance,
+    operations,
+    pipeline,
+    versions,
+)
+from tests.operations.check_fakes import (
+    DOMAIN,
+    S3_HOST,
+    Authority,
+    Behaviour,
+    Edge,
+    Fixed,
+    closed_port,
+    port_of,
+)
+
+REGION = "us-east-1"
+STACK = "mastodon"
+VERSION = "v4.7.6"
+BUCKET = "mastodon-media-bucket"
+SECRET = "secret-value"
+
+
+class _Ok:
+    status_code = 200
+
+
+@dataclass
+class World:
+    """The stack in moto, the fakes on loopback, and what the check asked of them."""
+
+    session: Any
+    authority: Authority
+    resources: dict[str, str]
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    load_balancer_status: int | None = None  # None: nothing answers at its address
+    bucket_status: int = 403
+    ssm_online: set[str] | None = None
+    ses_identity: dict[str, Any] = field(
+        default_factory=lambda: {"VerifiedForSendingStatus": True, "DkimAttributes": {"Status": "SUCCESS"}}
+    )
+    ses_account: dict[str, Any] = field(
+        default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
+    )
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    options: check.Options = field(
+        default_factory=lambda: check.Options(
+            media_wait=2, poll=0.05, heartbeat_wait=1.0, s3_host=lambda bucket, region: S3_HOST
+        )
+    )
+
+    def client(self, name: str) -> Any:
+        return self.session.client(name)
+
+    def instances(self, logical_id: str) -> list[str]:
+        (group,) = self.client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[self.resources[logical_id]]
+        )["AutoScalingGroups"]
+        return [i["InstanceId"] for i in group["Instances"]]
+
+    def network(self) -> check.Network:
+        edge_server = Edge(self.authority, self.behaviour, self.client("s3"), BUCKET)
+        balancer = self.client("elbv2").describe_load_balancers(
+            LoadBalancerArns=[self.resources[load_balancing.LOAD_BALANCER]]
+        )["LoadBalancers"][0]
+        balancer_port = (
+            closed_port()
+            if self.load_balancer_status is None
+            else Fixed(self.authority, "internal.example", self.load_balancer_status).port
+        )
+        routes = {
+            (DOMAIN, 443): ("127.0.0.1", port_of(edge_server.https)),
+            (DOMAIN, 80): ("127.0.0.1", port_of(edge_server.http)),
+            (balancer["DNSName"], 443): ("127.0.0.1", balancer_port),
+            (S3_HOST, 443): ("127.0.0.1", Fixed(self.authority, S3_HOST, self.bucket_status).port),
+        }
+        return check.Network(timeout=2.0, cafile=str(self.authority.cafile), routes=routes)
+
+    def run(
+        self, groups: tuple[str, ...] = check.GROUPS, net: check.Network | None = None
+    ) -> list[check.Result]:
+        return check.check(self.session, STACK, net or self.network(), self.options, groups)
+
+
+def _short_circuit(world: World) -> None:
+    """Answers for the calls moto lacks, from the world's fields (botocore's before-call hook)."""
+
+    def sent(request: dict[str, Any]) -> dict[str, Any]:
+        """The call's parameters: botocore hands over the serialized request (JSON protocols)."""
+        body = request.get("body") or b"{}"
+        return dict(json.loads(body if isinstance(body, str) else body.decode()))
+
+    def answer(body: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+        def handler(params: dict[str, Any], **_: Any) -> Any:
+            return _Ok(), body(sent(params))
+
+        return handler
+
+    def instance_information(params: dict[str, Any]) -> dict[str, Any]:
+        wanted = params["Filters"][0]["Values"]
+        online = set(wanted) if world.ssm_online is None else world.ssm_online
+        return {
+            "InstanceInformationList": [
+                {"InstanceId": i, "PingStatus": "Online", "AgentVersion": "3.3"}
+                for i in wanted
+                if i in online
+            ]
+        }
+
+    def send_command(params: dict[str, Any]) -> None:
+        world.commands.append(params)
+
+    events = world.session.events
+    events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
+    events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
+    events.register("before-call.sesv2.GetAccount", answer(lambda _: world.ses_account))
+    events.register("before-call.ssm.SendCommand", lambda params, **_: send_command(sent(params)))
+
+
+TEMPLATE = {
+    "Parameters": {"DomainName": {"Type": "String"}, "SmtpServer": {"Type": "String", "Default": ""}},
+    "Resources": {operations.ALERT_TOPIC: {"Type": "AWS::SNS::Topic"}},
+    "Outputs": {FIRST_OUTPUT: {"Value": {"Fn::Join": ["", ["https://", {"Ref": "DomainName"}, "/"]]}}},
+}
+
+
+def _build(session: Any) -> dict[str, str]:
+    """The stack's resources that the check reads, by their logical IDs."""
+    names = check.parameter_names()
+    template = json.loads(
+        json.dumps(TEMPLATE)
+        .replace("DomainName", names.domain.title)
+        .replace("SmtpServer", names.smtp_server.title)
+    )
+    c = session.client
+    c("cloudformation").create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": names.domain.title, "ParameterValue": DOMAIN}],
+    )
+    resources = check.stack_resources(session, STACK)
+    ssm = c("ssm")
+    for logical_id, name, value in (
+        (versions.DESIRED_VERSION, "desired-version", VERSION),
+        (versions.DEPLOYED_VERSION, "deployed-version", VERSION),
+        (pipeline.ROLLOUT_STATE, "rollout-last", "{}"),
+    ):
+        resources[logical_id] = f"/mastodon/{STACK}/{name}"
+        ssm.put_parameter(Name=resources[logical_id], Value=value, Type="String")
+    resources[pipeline.STATE_MACHINE] = c("stepfunctions").create_state_machine(
+        name="rollout",
+        roleArn="arn:aws:iam::123456789012:role/rollout",
+        definition=json.dumps({"StartAt": "P", "States": {"P": {"Type": "Pass", "End": True}}}),
+    )["stateMachineArn"]
+    for name in ("web-5xx", "database-cpu"):
+        c("cloudwatch").put_metric_alarm(
+            AlarmName=name,
+            MetricName="m",
+            Namespace="n",
+            Statistic="Average",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="GreaterThanThreshold",
+            AlarmDescription=f"{name}: what to do",
+            AlarmActions=[resources[operations.ALERT_TOPIC]],
+        )
+        c("cloudwatch").set_alarm_state(AlarmName=name, StateValue="OK", StateReason="fine")
+    resources[edge.DISTRIBUTION] = c("cloudfront").create_distribution(
+        DistributionConfig={
+            "CallerReference": "check",
+            "Comment": "",
+            "Enabled": True,
+            "HttpVersion": "http2and3",
+            "Origins": {
+                "Quantity": 1,
+                "Items": [
+                    {
+                        "Id": "o",
+                        "DomainName": "o.example.com",
+                        "CustomOriginConfig": {
+                            "HTTPPort": 80,
+                            "HTTPSPort": 443,
+                            "OriginProtocolPolicy": "https-only",
+                        },
+                    }
+                ],
+            },
+            "DefaultCacheBehavior": {
+                "TargetOriginId": "o",
+                "ViewerProtocolPolicy": "redirect-to-https",
+                "CachePolicyId": edge.CACHING_DISABLED,
+            },
+        }
+    )["Distribution"]["Id"]
+    ec2 = c("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.42.{n}.0/24", AvailabilityZone=f"{REGION}{z}")["Subnet"][
+            "SubnetId"
+        ]
+        for n, z in ((0, "a"), (1, "b"))
+    ]
+    elb = c("elbv2")
+    balancer = elb.create_load_balancer(Name="mastodon", Subnets=subnets)["LoadBalancers"][0][
+        "LoadBalancerArn"
+    ]
+    resources[load_balancing.LOAD_BALANCER] = balancer
+    groups = {}
+    for logical_id, port in (
+        (load_balancing.WEB_TARGET_GROUP, load_balancing.WEB_PORT),
+        (load_balancing.STREAMING_TARGET_GROUP, load_balancing.STREAMING_PORT),
+    ):
+        groups[logical_id] = elb.create_target_group(
+            Name=logical_id[:20], Protocol="HTTP", Port=port, VpcId=vpc
+        )["TargetGroups"][0]["TargetGroupArn"]
+        resources[logical_id] = groups[logical_id]
+    certificate = c("acm").request_certificate(DomainName=DOMAIN)["CertificateArn"]
+    listener = elb.create_listener(
+        LoadBalancerArn=balancer,
+        Protocol="HTTPS",
+        Port=443,
+        Certificates=[{"CertificateArn": certificate}],
+        DefaultActions=[
+            {
+                "Type": "fixed-response",
+                "FixedResponseConfig": {
+                    "StatusCode": "403",
+                    "ContentType": "text/plain",
+                    "MessageBody": "Forbidden",
+                },
+            }
+        ],
+    )["Listeners"][0]
+    resources[load_balancing.HTTPS_LISTENER] = listener["ListenerArn"]
+    header = {
+        "Field": "http-header",
+        "HttpHeaderConfig": {"HttpHeaderName": load_balancing.ORIGIN_VERIFY_HEADER, "Values": [SECRET]},
+    }
+    for priority, (logical_id, paths) in enumerate(
+        (
+            (load_balancing.STREAMING_TARGET_GROUP, load_balancing.STREAMING_PATHS),
+            (load_balancing.WEB_TARGET_GROUP, ["/*"]),
+        ),
+        start=1,
+    ):
+        elb.create_rule(
+            ListenerArn=listener["ListenerArn"],
+            Priority=priority,
+            Conditions=[header, {"Field": "path-pattern", "PathPatternConfig": {"Values": paths}}],
+            Actions=[{"Type": "forward", "TargetGroupArn": groups[logical_id]}],
+        )
+    image = "ami-12c6146b"  # one of moto's stock images (listing them all is slow)
+    template = ec2.create_launch_template(
+        LaunchTemplateName="servers", LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    autoscaling = c("autoscaling")
+    for logical_id, size, target_groups in (
+        (compute.WEB_GROUP, 1, list(groups.values())),
+        (compute.WORKER_GROUP, 1, []),
+    ):
+        resources[logical_id] = f"{STACK}-{logical_id}"
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=resources[logical_id],
+            MinSize=size,
+            MaxSize=size + (logical_id == compute.WEB_GROUP),
+            DesiredCapacity=size,
+            LaunchTemplate={"LaunchTemplateId": template},
+            VPCZoneIdentifier=subnets[0],
+            TargetGroupARNs=target_groups,
+        )
+        (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[resources[logical_id]])[
+            "AutoScalingGroups"
+        ]
+        ids = [i["InstanceId"] for i in group["Instances"]]
+        ec2.create_tags(Resources=ids, Tags=[{"Key": VERSION_TAG, "Value": VERSION}])
+    s3 = c("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    resources[data.MEDIA_BUCKET] = BUCKET
+    c("sesv2").create_email_identity(EmailIdentity=DOMAIN)
+    return resources
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch) -> Iterator[World]:
+    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        resources = _build(session)
+        # moto's CloudFormation holds only the stack's shell: the rest was made beside it.
+        monkeypatch.setattr(check, "stack_resources", lambda *_: dict(resources))
+        created = World(session=session, authority=Authority(tmp_path), resources=resources)
+        _short_circuit(created)
+        yield created
+
+
+def failing(results: list[check.Result]) -> list[str]:
+    return [r.name for r in results if r.status == check.FAIL]
+
+
+def by_name(results: list[check.Result], name: str) -> check.Result:
+    (found,) = [r for r in results if r.name == name]
+    return found
+
+
+# ---------------------------------------------------------------- the healthy stack
+
+
+def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world):
+    results = world.run()
+
+    assert failing(results) == [], "\n".join(check.render(results))
+    assert check.summary(results)[0] == 0
+    passed = {r.name for r in results if r.status == check.PASS}
+    assert {
+        "status",
+        "versions agree",
+        "no rollout running or failed",
+        "alarms",
+        "certificate",
+        "HTTP redirects to HTTPS",
+        "/health through CloudFront",
+        "security headers",
+        "HTTP/2",
+        "HTTP/3 advertised",
+        "load balancer not reachable directly",
+        "listener requires the secret header",
+        "instance API",
+        "version",
+        "WebFinger",
+        "NodeInfo",
+        "host-meta",
+        "streaming health",
+        "WebSocket heartbeat",
+        "served through CloudFront",
+        "media headers",
+        "media cached at the edge",
+        "bucket not public",
+        "gone from the edge after deletion",
+        "SES identity",
+        "SES sending status",
+        "Sidekiq scheduler in exactly one process",
+    } <= passed
+    for iid in world.instances(compute.WEB_GROUP):
+        assert {
+            f"web {iid} in service",
+            f"web {iid} version",
+            f"web {iid} SSM",
+            f"web {iid} targets",
+        } <= passed
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    assert f"worker {worker} version" in passed
+    # The probe went in, was served, and is gone with every version and delete marker.
+    assert any(
+        path.startswith(f"{edge.MEDIA_PATH}/{check.PROBE_PREFIX}/") for path in world.behaviour.requests
+    )
+    listed = world.client("s3").list_object_versions(Bucket=BUCKET)
+    assert not listed.get("Versions") and not listed.get("DeleteMarkers")
+
+
+def test_the_lines_are_grouped_marked_and_summed_up_and_json_says_the_same(world):
+    world.behaviour.streaming_health = 502
+    results = world.run()
+
+    lines = list(check.render(results))
+    assert lines[0] == "stack"
+    assert [line for line in lines if not line.startswith(" ")][:-1] == list(check.GROUPS)
+    failed = lines.index(next(line for line in lines if line.startswith("  ✗ streaming health")))
+    assert lines[failed + 1].startswith("      likely cause: the streaming server does not answer")
+    assert lines[failed + 2].startswith("      next step: check the streaming target group")
+    assert any(line.startswith("  ✓ ") for line in lines) and any(line.startswith("  – ") for line in lines)
+    assert lines[-1].endswith("some required checks FAIL")
+    document = json.loads(check.as_json(STACK, results))
+    assert document["ok"] is False and document["counts"]["fail"] == 1
+    (streaming,) = [c for c in document["checks"] if c["name"] == "streaming health"]
+    assert streaming["status"] == "fail" and streaming["cause"] and streaming["step"]
+
+
+# ---------------------------------------------------------------- each check fails on its fault
+
+
+def _stale_server(world: World) -> None:
+    (iid, *_) = world.instances(compute.WEB_GROUP)
+    world.client("ec2").create_tags(Resources=[iid], Tags=[{"Key": VERSION_TAG, "Value": "v4.7.5"}])
+
+
+def _unhealthy_streaming(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    streaming = world.resources[load_balancing.STREAMING_TARGET_GROUP]
+    original = elbv2_models.FakeTargetGroup.health_for
+
+    def health_for(group: Any, target: Any, ec2_backend: Any) -> Any:
+        found = original(group, target, ec2_backend)
+        if group.arn == streaming:
+            found.status, found.reason = "unhealthy", "Target.FailedHealthChecks"
+        return found
+
+    monkeypatch.setattr(elbv2_models.FakeTargetGroup, "health_for", health_for)
+
+
+def _loose_rule(world: World) -> None:
+    world.client("elbv2").create_rule(
+        ListenerArn=world.resources[load_balancing.HTTPS_LISTENER],
+        Priority=50,
+        Conditions=[{"Field": "path-pattern", "Values": ["/open/*"]}],
+        Actions=[{"Type": "forward", "TargetGroupArn": world.resources[load_balancing.WEB_TARGET_GROUP]}],
+    )
+
+
+def _stack_rolled_back(world: World) -> None:
+    backend = cloudformation_backends[DEFAULT_ACCOUNT_ID][REGION]
+    (stack,) = [s for s in backend.stacks.values() if s.name == STACK]
+    stack.status = "UPDATE_ROLLBACK_COMPLETE"
+
+
+def _no_outputs(world: World) -> None:
+    """The stack as a create that never finished leaves it: no outputs."""
+    cloudformation = world.client("cloudformation")
+    template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
+    template.pop("Outputs")
+    cloudformation.delete_stack(StackName=STACK)
+    cloudformation.create_stack(StackName=STACK, TemplateBody=json.dumps(template), Parameters=[
+        {"ParameterKey": check.parameter_names().domain.title, "ParameterValue": DOMAIN}])
+
+
+def _failed_rollout(world: World) -> None:
+    world.client("ssm").put_parameter(
+        Name=world.resources[pipeline.ROLLOUT_STATE],
+        Overwrite=True,
+        Value=(
+            handled_record(2, "v4.7.7", "failed", "arn:execution:x", "web servers failed their health checks")
+        ),
+    )
+
+
+FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
+    ("stack rolled back", _stack_rolled_back, ["status"]),
+    ("no outputs", _no_outputs, ["outputs"]),
+    (
+        "versions differ",
+        lambda w: w.client("ssm").put_parameter(
+            Name=w.resources[versions.DESIRED_VERSION], Value="v4.7.7", Overwrite=True
+        ),
+        ["versions agree"],
+    ),
+    (
+        "rollout running",
+        lambda w: w.client("stepfunctions").start_execution(
+            stateMachineArn=w.resources[pipeline.STATE_MACHINE]
+        ),
+        ["no rollout running or failed"],
+    ),
+    ("rollout failed", _failed_rollout, ["no rollout running or failed"]),
+    (
+        "alarm in ALARM",
+        lambda w: w.client("cloudwatch").set_alarm_state(
+            AlarmName="web-5xx", StateValue="ALARM", StateReason="5xx"
+        ),
+        ["alarm web-5xx", "alarms"],
+    ),
+    (
+        "wrong certificate",
+        lambda w: setattr(w.behaviour, "certificate_host", "other.example.org"),
+        ["certificate"],
+    ),
+    ("certificate about to expire", lambda w: setattr(w.behaviour, "certificate_days", 3), ["certificate"]),
+    (
+        "plain HTTP served",
+        lambda w: setattr(w.behaviour, "redirect_http", False),
+        ["HTTP redirects to HTTPS"],
+    ),
+    (
+        "no healthy web server",
+        lambda w: setattr(w.behaviour, "health_status", 503),
+        ["/health through CloudFront"],
+    ),
+    (
+        "not through CloudFront",
+        lambda w: setattr(w.behaviour, "cloudfront_headers", False),
+        ["/health through CloudFront", "media cached at the edge"],
+    ),
+    (
+        "security headers stripped",
+        lambda w: setattr(w.behaviour, "security_headers", False),
+        ["security headers"],
+    ),
+    ("no HTTP/2", lambda w: setattr(w.behaviour, "http2", False), ["HTTP/2"]),
+    (
+        "origin reachable",
+        lambda w: setattr(w, "load_balancer_status", 403),
+        ["load balancer not reachable directly"],
+    ),
+    (
+        "origin reachable and open",
+        lambda w: setattr(w, "load_balancer_status", 200),
+        ["load balancer not reachable directly", "direct request refused"],
+    ),
+    ("a rule forwards without the header", _loose_rule, ["listener requires the secret header"]),
+    (
+        "another domain",
+        lambda w: setattr(w.behaviour, "instance_domain", "other.example.org"),
+        ["instance API"],
+    ),
+    ("stale version", lambda w: setattr(w.behaviour, "version", "4.7.5"), ["version", "NodeInfo"]),
+    ("owner not found", lambda w: setattr(w.behaviour, "webfinger", False), ["WebFinger"]),
+    (
+        "NodeInfo names another host",
+        lambda w: setattr(w.behaviour, "nodeinfo_host", "other.example.org"),
+        ["NodeInfo"],
+    ),
+    ("streaming down", lambda w: setattr(w.behaviour, "streaming_health", 502), ["streaming health"]),
+    ("no heartbeat", lambda w: setattr(w.behaviour, "websocket", "silent"), ["WebSocket heartbeat"]),
+    (
+        "WebSocket closed at once",
+        lambda w: setattr(w.behaviour, "websocket", "close"),
+        ["WebSocket heartbeat"],
+    ),
+    (
+        "WebSocket refused by the load balancer",
+        lambda w: setattr(w.behaviour, "websocket", "403"),
+        ["WebSocket heartbeat"],
+    ),
+    (
+        "media not served",
+        lambda w: setattr(w.behaviour, "media_status", 403),
+        ["served through CloudFront", "media cached at the edge"],
+    ),
+    ("media headers missing", lambda w: setattr(w.behaviour, "media_headers", False), ["media headers"]),
+    (
+        "media still served after delete",
+        lambda w: setattr(w.behaviour, "invalidates", False),
+        ["gone from the edge after deletion"],
+    ),
+    ("bucket public", lambda w: setattr(w, "bucket_status", 200), ["bucket not public"]),
+    ("DKIM pending", lambda w: w.ses_identity["DkimAttributes"].update(Status="PENDING"), ["SES identity"]),
+    ("SES paused", lambda w: w.ses_account.update(SendingEnabled=False), ["SES sending status"]),
+    ("stale server", _stale_server, ["version"]),
+    ("server not in SSM", lambda w: setattr(w, "ssm_online", set()), ["SSM"]),
+    (
+        "two schedulers possible",
+        lambda w: w.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=w.resources[compute.WORKER_GROUP], MaxSize=2
+        ),
+        ["Sidekiq scheduler in exactly one process"],
+    ),
+]
+
+
+CASCADES = {"wrong certificate"}
+
+
+def _matches(name: str, expected: str) -> bool:
+    return name == expected or name.endswith(f" {expected}")
+
+
+@pytest.mark.parametrize(("case", "fault", "expected"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_each_check_fails_with_a_cause_and_a_next_step_when_its_fake_misbehaves(world, case, fault, expected):
+    fault(world)
+
+    results = world.run()
+
+    failed = [r for r in results if r.status == check.FAIL]
+    for name in expected:
+        assert any(_matches(r.name, name) for r in failed), f"{case}: {name} did not fail\n" + "\n".join(
+            check.render(results)
+        )
+    for result in failed:
+        assert result.cause and result.step, result
+    # Nothing else fails: the fault is found where it is, not everywhere (but a certificate
+    # CloudFront cannot present breaks every request after it).
+    assert case in CASCADES or all(any(_matches(r.name, name) for name in expected) for r in failed), (
+        "\n".join(check.render(results))
+    )
+    assert check.summary(results)[0] == 1
+
+
+def test_an_unhealthy_target_fails_its_server(world, monkeypatch):
+    _unhealthy_streaming(world, monkeypatch)
+
+    results = world.run(("stack", "servers"))
+
+    (iid,) = world.instances(compute.WEB_GROUP)
+    assert by_name(results, f"web {iid} targets").status == check.FAIL
+    assert "unhealthy" in by_name(results, f"web {iid} targets").detail
+
+
+def test_the_sandbox_is_reported_but_does_not_fail_the_run(world):
+    world.ses_account["ProductionAccessEnabled"] = False
+
+    results = world.run(("stack", "mail"))
+
+    status = by_name(results, "SES sending status")
+    assert status.status == check.FAIL and not status.required and "sandbox" in status.detail
+    assert "production access" in status.step
+    assert check.summary(results)[0] == 0
+    assert "(advisory)" in "\n".join(check.render(results))
+
+
+def test_a_missing_alt_svc_is_advisory_where_http3_is_on(world):
+    world.behaviour.alt_svc = ""
+
+    results = world.run(("stack", "edge"))
+
+    assert by_name(results, "HTTP/3 advertised").status == check.FAIL
+    assert check.summary(results)[0] == 0
+
+
+# ---------------------------------------------------------------- the streaming server's token
+
+
+def test_a_websocket_refused_for_want_of_a_token_proves_the_route_and_asks_for_one(world):
+    world.behaviour.websocket = "401"
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    heartbeat = by_name(results, "WebSocket heartbeat")
+    assert heartbeat.status == check.SKIP and "--access-token" in heartbeat.detail
+    assert check.summary(results)[0] == 0
+
+
+def test_with_a_token_the_websocket_must_be_accepted(world):
+    world.behaviour.websocket = "401"
+    world.options.access_token = "refused"
+
+    results = world.run(("stack", "mastodon"))
+
+    heartbeat = by_name(results, "WebSocket heartbeat")
+    assert heartbeat.status == check.FAIL and heartbeat.cause == "the access token was refused"
+
+
+# ---------------------------------------------------------------- bounded waits
+
+
+def test_an_edge_that_never_answers_fails_within_the_timeouts(world):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections (the kernel's backlog) and never says a word
+    try:
+        net = world.network()
+        net.timeout = 0.3
+        for port in (443, 80):
+            net.routes[(DOMAIN, port)] = silent.getsockname()
+
+        results = world.run(("stack", "edge", "mastodon"), net=net)
+    finally:
+        silent.close()
+
+    assert by_name(results, "certificate").status == check.FAIL
+    assert "Timeout" in by_name(results, "certificate").detail
+    assert by_name(results, "WebSocket heartbeat").status == check.FAIL
+
+
+def test_a_stack_that_cannot_be_read_is_one_failure_that_says_what_to_check(world):
+    results = check.check(world.session, "no-such-stack", world.network(), world.options)
+
+    (only,) = results
+    assert only.status == check.FAIL and "--stack-name" in only.step
+
+
+# ---------------------------------------------------------------- mail
+
+
+def test_mail_to_sends_a_confirmation_through_mastodon_and_removes_the_account(world):
+    world.options.mail_to = "admin@example.org"
+
+    results = world.run(("stack", "mail"))
+
+    assert by_name(results, "test mail").status == check.PASS
+    (sent,) = world.commands
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    assert sent["InstanceIds"] == [worker] and sent["DocumentName"] == maintenance.RUN_SHELL_SCRIPT
+    lines = sent["Parameters"]["commands"]
+    create = next(line for line in lines if " accounts create " in line)
+    assert create.startswith(f"{maintenance.TOOTCTL} accounts create mailcheck")
+    assert create.endswith("--email admin@example.org") and "--confirmed" not in create
+    username = create.split()[3]
+    assert lines.index(create) < lines.index(f"{maintenance.TOOTCTL} accounts delete {username}")
+
+
+def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
+    names = check.parameter_names()
+    cloudformation = world.client("cloudformation")
+    template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
+    cloudformation.delete_stack(StackName=STACK)
+    cloudformation.create_stack(
+        StackName=STACK,
+        TemplateBody=json.dumps(template),
+        Parameters=[
+            {"ParameterKey": names.domain.title, "ParameterValue": DOMAIN},
+            {"ParameterKey": names.smtp_server.title, "ParameterValue": "smtp.example.org"},
+        ],
+    )
+
+    results = world.run(("stack", "mail"))
+
+    assert world.commands == []
+    assert by_name(results, "test mail").status == check.SKIP
+    assert by_name(results, "SES identity").status == check.SKIP
+    assert "smtp.example.org" in by_name(results, "SMTP settings").detail
+
+
+def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_address(monkeypatch):
+    monkeypatch.setenv("MASTODON_ACCESS_TOKEN", "from-env")
+    assert check.parse_args(["--stack-name", "s"]).access_token == "from-env"
+    with pytest.raises(SystemExit):
+        check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
+
+
+# ---------------------------------------------------------------- after a deploy
+
+
+def test_a_deploy_ends_with_the_check_whose_status_it_returns_unless_told_not_to(aws_env, tmp_path):
+    from tests.operations.conftest import run_script
+    from tests.operations.test_deploy_script import SMALL_TEMPLATE, write_parameters
+
+    template = tmp_path / "small.json"
+    template.write_text(json.dumps(SMALL_TEMPLATE))
+    # .invalid never resolves (RFC 2606): the edge checks fail at once, the stack's are read from moto.
+    parameters = write_parameters(tmp_path / "checked.json", {"DomainName": "checked.example.invalid"})
+    args = ("--stack-name", "checked", "--parameters", str(parameters), "--template", str(template),
+            "--poll", "0.2", "--region", REGION)
+
+    checked = run_script("deploy.py", *args, env=aws_env)
+
+    assert "checked: CREATE_COMPLETE" in checked.stdout
+    lines = checked.stdout.splitlines()
+    assert lines[lines.index("stack") + 1].startswith("  ✓ status: checked: CREATE_COMPLETE")
+    assert lines[-1].endswith("some required checks FAIL")
+    assert checked.returncode == 1  # the domain answers nothing: the deploy is not done
+
+    unchecked = run_script("deploy.py", *args[2:], "--stack-name", "unchecked", "--no-check", env=aws_env)
+    assert unchecked.returncode == 0, unchecked.stderr + unchecked.stdout
+    assert "stack" not in unchecked.stdout.splitlines()
+
+
+def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside(world):
+    from moto.elbv2.models import elbv2_backends
+
+    world.load_balancer_status = 200  # something would answer, were it tried
+    arn = world.resources[load_balancing.LOAD_BALANCER]
+    elbv2_backends[DEFAULT_ACCOUNT_ID][REGION].load_balancers[arn].scheme = "internal"
+
+    results = world.run(("stack", "edge"))
+
+    closed = by_name(results, "load balancer not reachable directly")
+    assert closed.status == check.PASS and closed.detail.startswith("internal ")
+    assert "direct request refused" not in {r.name for r in results}
