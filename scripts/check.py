@@ -1022,7 +1022,7 @@ class Checker:
         if not bucket or not self.domain:
             self.add("media", "media", None, "no media bucket or domain in the stack")
             return
-        # Shaped like Mastodon's keys (folder/style/file): the invalidation covers its folder.
+        # Shaped like Mastodon's keys (folder/style/file).
         key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}/original/probe.txt"
         body = f"mastodon-aws check {key}\n".encode()
         s3 = self.client("s3")
