@@ -29,6 +29,12 @@ KEEP_ALIVE_FILE="$ROOT/etc/mastodon/streaming-keep-alive.cjs"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LOG_NAME=bootstrap
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh" || {
+  echo "bootstrap: cannot read $SCRIPT_DIR/common.sh" >&2
+  exit 1
+}
 
 # Paths as the containers and units see them on the instance (never redirected).
 RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
@@ -75,17 +81,6 @@ INSTANCE_ID=unknown
 mkdir -p "$(dirname "$LOG_FILE")"
 exec > >(tee -a "$LOG_FILE") 2>&1
 TEE_PID=$!
-
-# Logs go to stderr, so that a function's stdout stays its result.
-log() {
-  printf '%s bootstrap [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$STEP" "$*" >&2
-}
-
-fail() {
-  FAILURE_REASON=$1
-  log "FAILED: $1"
-  exit 1
-}
 
 step() {
   STEP=$1
@@ -201,19 +196,6 @@ on_exit() {
 trap on_exit EXIT
 
 # --- helpers ---------------------------------------------------------------------
-
-retry() {
-  local attempt=1 delay=$RETRY_BACKOFF
-  until "$@"; do
-    if [ "$attempt" -ge "$RETRY_ATTEMPTS" ]; then
-      return 1
-    fi
-    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
-    sleep "$delay"
-    attempt=$((attempt + 1))
-    delay=$((delay * 2))
-  done
-}
 
 # Reads a JSON document on stdin and prints one value. Secrets only ever travel on
 # stdin and stdout, never on a command line.

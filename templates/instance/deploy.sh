@@ -36,27 +36,13 @@ RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
 
-log() { printf '%s deploy %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
-fail() {
-  log "FAILED: $1"
-  exit "${2:-1}"
-}
-
-usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
-
+LOG_NAME=deploy
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh"
 # shellcheck source=SCRIPTDIR/disk.sh
 . "$SCRIPT_DIR/disk.sh"
 
-retry() {
-  local attempt=1 delay=$RETRY_BACKOFF
-  until "$@"; do
-    [ "$attempt" -lt "$RETRY_ATTEMPTS" ] || return 1
-    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
-    sleep "$delay"
-    attempt=$((attempt + 1))
-    delay=$((delay * 2))
-  done
-}
+usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
 
 load_stack_env() {
   [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing: is this a Mastodon server?"

@@ -1,0 +1,41 @@
+# shellcheck shell=bash
+# What bootstrap.sh, deploy.sh and tootctl.sh share, written once: where the stack's
+# files are, logging, retries, the health probes, the worker's stability watch, pulls
+# that make room first, and the one-off container. Sourced before anything else;
+# defines paths and functions, runs nothing.
+#
+# The caller sets LOG_NAME (the first word of each log line) and, for retry,
+# RETRY_ATTEMPTS and RETRY_BACKOFF; bootstrap.sh also sets STEP, which each of its
+# lines names. The functions that take a setting from stack.env (the images, the
+# ports and health paths) run after the caller has sourced it. pull_with_room uses
+# disk.sh (sourced by the caller) and DOCKER_DATA_ROOT.
+#
+# Tests redirect every path with MASTODON_ROOT.
+
+# Logs go to stderr, so that a function's stdout stays its result.
+log() {
+  printf '%s %s%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LOG_NAME" "${STEP:+ [$STEP]}" "$*" >&2
+}
+
+# fail REASON [EXIT_CODE]: logs the reason (the last line on stderr) and exits (1).
+fail() {
+  # shellcheck disable=SC2034  # bootstrap.sh's exit trap signals this reason
+  FAILURE_REASON=$1
+  log "FAILED: $1"
+  exit "${2:-1}"
+}
+
+# retry COMMAND...: runs COMMAND up to RETRY_ATTEMPTS times, waiting RETRY_BACKOFF
+# seconds after the first failure and twice as long after each next one.
+retry() {
+  local attempt=1 delay=$RETRY_BACKOFF
+  until "$@"; do
+    if [ "$attempt" -ge "$RETRY_ATTEMPTS" ]; then
+      return 1
+    fi
+    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+}
