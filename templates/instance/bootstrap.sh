@@ -706,9 +706,8 @@ wait_for_web_health() {
   step "wait for local health"
   local deadline=$((SECONDS + HEALTH_TIMEOUT)) web=false streaming=false
   while :; do
-    [ "$web" = true ] || { curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health && web=true; } || true
-    [ "$streaming" = true ] ||
-      { curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health && streaming=true; } || true
+    [ "$web" = true ] || { web_health_ok && web=true; } || true
+    [ "$streaming" = true ] || { streaming_health_ok && streaming=true; } || true
     if [ "$web" = true ] && [ "$streaming" = true ]; then
       log "web and streaming are healthy"
       return 0
@@ -723,10 +722,6 @@ wait_for_web_health() {
   done
 }
 
-running_sidekiq() {
-  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
-}
-
 wait_for_worker_health() {
   step "wait for sidekiq"
   local deadline=$((SECONDS + HEALTH_TIMEOUT)) id=""
@@ -738,15 +733,10 @@ wait_for_worker_health() {
     sleep "$HEALTH_INTERVAL"
   done
   log "sidekiq container ${id:0:12} running; watching it for ${WORKER_STABLE_SECONDS}s"
-  local stable_until=$((SECONDS + WORKER_STABLE_SECONDS)) now_id
-  while [ "$SECONDS" -lt "$stable_until" ]; do
-    sleep "$HEALTH_INTERVAL"
-    now_id=$(running_sidekiq || true)
-    if [ "$now_id" != "$id" ]; then
-      container_logs mastodon-sidekiq
-      fail "mastodon-sidekiq stopped or restarted within ${WORKER_STABLE_SECONDS}s"
-    fi
-  done
+  if ! sidekiq_stays "$id" "$WORKER_STABLE_SECONDS" "$HEALTH_INTERVAL"; then
+    container_logs mastodon-sidekiq
+    fail "mastodon-sidekiq stopped or restarted within ${WORKER_STABLE_SECONDS}s"
+  fi
 }
 
 # The version this server runs, for the rollout (lambdas/rollout): without the tag it

@@ -39,3 +39,35 @@ retry() {
     delay=$((delay * 2))
   done
 }
+
+# --- health ------------------------------------------------------------------------
+
+# Each succeeds when the process answers its health path on this server.
+web_health_ok() {
+  curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health
+}
+
+streaming_health_ok() {
+  curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health
+}
+
+web_healthy() {
+  web_health_ok && streaming_health_ok
+}
+
+# The full id of the running Sidekiq container, or nothing.
+running_sidekiq() {
+  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
+}
+
+# sidekiq_stays ID SECONDS INTERVAL: succeeds when the Sidekiq container keeps the id
+# ID for SECONDS, looking every INTERVAL; a Sidekiq that crashes at boot restarts in a
+# loop under a new id each time.
+sidekiq_stays() {
+  local id=$1 stable_until=$((SECONDS + $2)) interval=$3 now_id
+  while [ "$SECONDS" -lt "$stable_until" ]; do
+    sleep "$interval"
+    now_id=$(running_sidekiq || true)
+    [ "$now_id" = "$id" ] || return 1
+  done
+}

@@ -86,15 +86,6 @@ pull() {
   done
 }
 
-web_healthy() {
-  curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health &&
-    curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health
-}
-
-running_sidekiq() {
-  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
-}
-
 healthy_now() {
   if [ "$ROLE" = web ]; then
     web_healthy
@@ -117,13 +108,10 @@ wait_for_health() {
   done
   if [ "$ROLE" = worker ]; then
     # Sidekiq that crashes at boot restarts in a loop: it must keep one container id.
-    local id now_id stable_until=$((SECONDS + WORKER_STABLE_SECONDS))
+    local id
     id=$(running_sidekiq)
-    while [ "$SECONDS" -lt "$stable_until" ]; do
-      sleep "$HEALTH_INTERVAL"
-      now_id=$(running_sidekiq || true)
-      [ "$now_id" = "$id" ] || fail "mastodon-sidekiq restarted after starting $1"
-    done
+    sidekiq_stays "$id" "$WORKER_STABLE_SECONDS" "$HEALTH_INTERVAL" ||
+      fail "mastodon-sidekiq restarted after starting $1"
   fi
 }
 
