@@ -606,16 +606,9 @@ write_units() {
 
 pull_images() {
   step "pull images"
-  local image reason
   local images=("$MASTODON_IMAGE:$MASTODON_VERSION")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$MASTODON_VERSION")
-  if [ -n "$(mastodon_missing_images "${images[@]}")" ]; then
-    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${images[@]}") ||
-      fail "not enough disk to pull $MASTODON_VERSION: $reason"
-  fi
-  for image in "${images[@]}"; do
-    retry docker pull "$image" || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
-  done
+  pull_with_room "${images[@]}"
 }
 
 one_off() {

@@ -71,3 +71,29 @@ sidekiq_stays() {
     [ "$now_id" = "$id" ] || return 1
   done
 }
+
+# --- images --------------------------------------------------------------------------
+
+# The version the units run (version.env, rewritten by every deploy), or nothing.
+current_version() {
+  sed -n 's/^MASTODON_VERSION=//p' "$ETC_DIR/version.env" 2>/dev/null || true
+}
+
+# pull_with_room IMAGE...: pulls each IMAGE (repository:tag). When one is missing, first
+# makes room for the pull on the root volume (disk.sh), keeping the IMAGEs and those of
+# the version the units run (a rollback then needs no pull); fails, before anything
+# changes, when there is still not enough.
+pull_with_room() {
+  local image reason current
+  if [ -n "$(mastodon_missing_images "$@")" ]; then
+    local -a protected=("$@")
+    current=$(current_version)
+    [ -z "$current" ] || protected+=("$MASTODON_IMAGE:$current" "$STREAMING_IMAGE:$current")
+    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${protected[@]}") ||
+      fail "not enough disk to pull ${*}: $reason"
+  fi
+  for image in "$@"; do
+    log "pulling $image"
+    retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
+  done
+}

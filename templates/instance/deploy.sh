@@ -66,26 +66,6 @@ is_release_tag() {
   [[ $1 =~ $RELEASE_TAG_PATTERN ]]
 }
 
-current_version() {
-  sed -n 's/^MASTODON_VERSION=//p' "$ETC_DIR/version.env" 2>/dev/null || true
-}
-
-pull() {
-  local image reason current
-  if [ -n "$(mastodon_missing_images "$@")" ]; then
-    # Keep what is being pulled and what runs now (a rollback needs no pull then).
-    local -a protected=("$@")
-    current=$(current_version)
-    [ -z "$current" ] || protected+=("$MASTODON_IMAGE:$current" "$STREAMING_IMAGE:$current")
-    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${protected[@]}") ||
-      fail "not enough disk to pull ${*}: $reason"
-  fi
-  for image in "$@"; do
-    log "pulling $image"
-    retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
-  done
-}
-
 healthy_now() {
   if [ "$ROLE" = web ]; then
     web_healthy
@@ -143,7 +123,7 @@ deploy() {
   previous=$(current_version)
   local images=("$MASTODON_IMAGE:$version")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$version")
-  pull "${images[@]}"
+  pull_with_room "${images[@]}"
   if [ "$previous" = "$version" ] && healthy_now; then
     log "already running $version and healthy; nothing to restart"
     echo "deployed $version on $ROLE (unchanged)"
@@ -170,7 +150,7 @@ migrate() {
     post) ;;
     *) usage ;;
   esac
-  pull "$MASTODON_IMAGE:$version"
+  pull_with_room "$MASTODON_IMAGE:$version"
   log "running the $phase-deployment migrations of $version"
   docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 "${skip[@]}" \
     "$MASTODON_IMAGE:$version" bundle exec rails db:migrate ||
