@@ -15,19 +15,6 @@
 # shellcheck disable=SC2153 source-path=SCRIPTDIR
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
-UNIT_DIR="$ROOT/etc/systemd/system"
-LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
-MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
-SWAPS_FILE=${SWAPS_FILE:-/proc/swaps}
-SWAP_FILE="$ROOT/swapfile"
-FSTAB_FILE="$ROOT/etc/fstab"
-SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
-JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
-KEEP_ALIVE_FILE="$ROOT/etc/mastodon/streaming-keep-alive.cjs"
-DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
-IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOG_NAME=bootstrap
 # shellcheck source=SCRIPTDIR/common.sh
@@ -36,11 +23,20 @@ LOG_NAME=bootstrap
   exit 1
 }
 
+UNIT_DIR="$ROOT/etc/systemd/system"
+LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
+MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
+SWAPS_FILE=${SWAPS_FILE:-/proc/swaps}
+SWAP_FILE="$ROOT/swapfile"
+FSTAB_FILE="$ROOT/etc/fstab"
+SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
+JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
+KEEP_ALIVE_FILE="$ETC_DIR/streaming-keep-alive.cjs"
+IMDS_URL=${IMDS_URL:-http://169.254.169.254}
+
 # Paths as the containers and units see them on the instance (never redirected).
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
-RUNTIME_VERSION_FILE=/etc/mastodon/version.env
 RUNTIME_SWAP_FILE=/swapfile
-RUNTIME_KEEP_ALIVE_FILE=/etc/mastodon/streaming-keep-alive.cjs
+RUNTIME_KEEP_ALIVE_FILE="$RUNTIME_ETC_DIR/streaming-keep-alive.cjs"
 DOCKER=/usr/bin/docker
 
 # Swap holds what Sidekiq's peaks and one-off containers push out; with a low
@@ -611,9 +607,9 @@ pull_images() {
   pull_with_room "${images[@]}"
 }
 
-one_off() {
-  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 \
-    "$MASTODON_IMAGE:$MASTODON_VERSION" "$@"
+# Rails in a one-off container of the version being booted.
+one_off_rails() {
+  one_off 2 "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails "$@"
 }
 
 # What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is
@@ -629,7 +625,7 @@ AND EXISTS (SELECT 1 FROM user_roles WHERE id <> -99)"
 # 0: schema loaded and seeded; DB_UNSEEDED_EXIT: schema loaded, seeds missing;
 # DB_EMPTY_EXIT: reachable but empty; anything else: an error.
 database_state() {
-  one_off bundle exec rails runner \
+  one_off_rails runner \
     "c = ActiveRecord::Base.connection; \
 exit($DB_EMPTY_EXIT) unless c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive?; \
 reserved = !c.table_exists?('username_blocks') || c.select_value('SELECT COUNT(*) FROM username_blocks').to_i.positive?; \
@@ -658,11 +654,11 @@ initialize_database() {
   done
   if [ "$rc" = "$DB_EMPTY_EXIT" ]; then
     log "empty database: running rails db:setup (schema load and seeds)"
-    one_off bundle exec rails db:setup || fail "rails db:setup failed"
+    one_off_rails db:setup || fail "rails db:setup failed"
   else
     # Never db:setup here: it would load the schema over existing tables.
     log "the schema is loaded but the seeds never ran (an interrupted first setup): running rails db:seed"
-    one_off bundle exec rails db:seed || fail "rails db:seed failed"
+    one_off_rails db:seed || fail "rails db:seed failed"
   fi
   rc=0
   database_state || rc=$?

@@ -11,6 +11,16 @@
 # disk.sh (sourced by the caller) and DOCKER_DATA_ROOT.
 #
 # Tests redirect every path with MASTODON_ROOT.
+# shellcheck disable=SC2034  # the paths are read by the scripts that source this file
+
+ROOT=${MASTODON_ROOT:-}
+# The stack's files on the server; RUNTIME_* are the paths as the containers and units
+# see them (never redirected), ETC_DIR the same directory under the test root.
+RUNTIME_ETC_DIR=/etc/mastodon
+ETC_DIR="$ROOT$RUNTIME_ETC_DIR"
+RUNTIME_ENV_FILE="$RUNTIME_ETC_DIR/mastodon.env"
+RUNTIME_VERSION_FILE="$RUNTIME_ETC_DIR/version.env"
+DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 
 # Logs go to stderr, so that a function's stdout stays its result.
 log() {
@@ -96,4 +106,25 @@ pull_with_room() {
     log "pulling $image"
     retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
   done
+}
+
+# one_off [--exec] DB_POOL IMAGE [DOCKER_RUN_OPTION...] -- COMMAND...: runs COMMAND in a
+# container of IMAGE that is removed when it ends, with the runtime environment and a
+# database pool of DB_POOL; with --exec, in place of the calling script.
+one_off() {
+  local -a launch=(docker)
+  if [ "$1" = --exec ]; then
+    launch=(exec docker)
+    shift
+  fi
+  local pool=$1 image=$2
+  shift 2
+  local -a docker_options=()
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+    docker_options+=("$1")
+    shift
+  done
+  [ "$#" -eq 0 ] || shift
+  "${launch[@]}" run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$pool" \
+    "${docker_options[@]}" "$image" "$@"
 }

@@ -23,24 +23,20 @@
 # shellcheck disable=SC2153 source-path=SCRIPTDIR
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
-LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
-DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+LOG_NAME=deploy
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh"
+# shellcheck source=SCRIPTDIR/disk.sh
+. "$SCRIPT_DIR/disk.sh"
+
+LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
 HEALTH_TIMEOUT=${DEPLOY_HEALTH_TIMEOUT:-300}
 HEALTH_INTERVAL=${DEPLOY_HEALTH_INTERVAL:-3}
 WORKER_STABLE_SECONDS=${DEPLOY_WORKER_STABLE_SECONDS:-20}
 RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
-
-LOG_NAME=deploy
-# shellcheck source=SCRIPTDIR/common.sh
-. "$SCRIPT_DIR/common.sh"
-# shellcheck source=SCRIPTDIR/disk.sh
-. "$SCRIPT_DIR/disk.sh"
 
 usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
 
@@ -152,8 +148,7 @@ migrate() {
   esac
   pull_with_room "$MASTODON_IMAGE:$version"
   log "running the $phase-deployment migrations of $version"
-  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 "${skip[@]}" \
-    "$MASTODON_IMAGE:$version" bundle exec rails db:migrate ||
+  one_off 2 "$MASTODON_IMAGE:$version" "${skip[@]}" -- bundle exec rails db:migrate ||
     fail "the $phase-deployment migrations of $version failed (rails db:migrate)"
   echo "migrated ($phase) to $version"
 }

@@ -7,13 +7,13 @@
 # stack's daily cleanup. Reads the image from stack.env and the version from
 # version.env (what the units run, rewritten by every deploy), and the runtime
 # environment bootstrap.sh rendered. Tests redirect the paths with MASTODON_ROOT.
-# shellcheck disable=SC2153  # MASTODON_IMAGE and MASTODON_VERSION come from the sourced files
+# shellcheck disable=SC2153 source-path=SCRIPTDIR  # MASTODON_IMAGE and MASTODON_VERSION come from the sourced files
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
-# The path as docker sees it on the instance (never redirected).
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LOG_NAME=tootctl
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh"
 # tootctl's threads (--concurrency, 5 by default) each hold a connection; this pool
 # stays within the stack's reserve for one-off containers (capacity.ONE_OFF_CONNECTIONS).
 DB_POOL=6
@@ -33,5 +33,4 @@ done
 # shellcheck source=/dev/null
 . "$ETC_DIR/version.env"
 
-exec docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$DB_POOL" \
-  "$MASTODON_IMAGE:$MASTODON_VERSION" bin/tootctl "$@"
+one_off --exec "$DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bin/tootctl "$@"
