@@ -245,13 +245,6 @@ container_logs() {
 
 # --- steps -----------------------------------------------------------------------
 
-# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
-# C locale so that [0-9] means the ASCII digits only.
-is_release_tag() {
-  local LC_ALL=C
-  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
-}
-
 load_stack_env() {
   step "read stack settings"
   [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"

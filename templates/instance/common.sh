@@ -50,6 +50,13 @@ retry() {
   done
 }
 
+# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
+# C locale so that [0-9] means the ASCII digits only.
+is_release_tag() {
+  local LC_ALL=C
+  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
+}
+
 # --- health ------------------------------------------------------------------------
 
 # Each succeeds when the process answers its health path on this server.

@@ -55,13 +55,6 @@ load_stack_env() {
   [ -n "${RELEASE_TAG_PATTERN:-}" ] || fail "RELEASE_TAG_PATTERN is not set in stack.env"
 }
 
-# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
-# C locale so that [0-9] means the ASCII digits only.
-is_release_tag() {
-  local LC_ALL=C
-  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
-}
-
 healthy_now() {
   if [ "$ROLE" = web ]; then
     web_healthy
