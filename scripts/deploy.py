@@ -7,10 +7,10 @@
 Builds the template (or takes a pre-built JSON one, --template), checks the
 parameter file against it, then runs `aws cloudformation deploy` (creating or
 updating the stack through a change set; the template travels through the S3 bucket
-because it is above CloudFormation's 51,200-byte inline limit), printing the stack's
-events until it settles. Then prints the outputs, the instance URL first; after a
-failure, the resources that failed and why. Exit status: 0 deployed (or nothing to
-change), 1 the deploy failed, 2 bad arguments or parameter file.
+because it is above CloudFormation's inline limit, templates.options.INLINE_TEMPLATE_LIMIT),
+printing the stack's events until it settles. Then prints the outputs, the instance URL
+first; after a failure, the resources that failed and why. Exit status: 0 deployed (or
+nothing to change), 1 the deploy failed, 2 bad arguments or parameter file.
 
 A first create can outlast the 60 minutes `aws cloudformation deploy` waits (the
 database, CloudFront's VPC origin, certificate validation): when the CLI gives up
@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import awscli, parameter_files  # noqa: E402
+from templates.options import INLINE_TEMPLATE_LIMIT  # noqa: E402
 
-INLINE_BODY_LIMIT = 51_200
 SUCCEEDED = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE")
 CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_NAMED_IAM")
 FIRST_OUTPUT = "InstanceUrl"
@@ -54,7 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stack-name", required=True)
     parser.add_argument("--parameters", type=Path, required=True, metavar="FILE",
                         help="an AWS-CLI parameter file, e.g. parameters/production.json")
-    parser.add_argument("--s3-bucket", help="bucket the template is uploaded to (needed above 51,200 bytes)")
+    parser.add_argument("--s3-bucket",
+                        help=f"bucket the template travels through (above {INLINE_TEMPLATE_LIMIT:,} bytes)")
     parser.add_argument("--s3-prefix", default="mastodon-templates")
     parser.add_argument("--region", help="default: the aws CLI's configured region")
     parser.add_argument("--template", type=Path, metavar="JSON",
@@ -219,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, json.JSONDecodeError, parameter_files.ParameterFileError) as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)
         return 2
-    if template.stat().st_size > INLINE_BODY_LIMIT and not args.s3_bucket:
+    if template.stat().st_size > INLINE_TEMPLATE_LIMIT and not args.s3_bucket:
         print(f"deploy.py: error: the template is {template.stat().st_size} bytes, above the "
-              f"{INLINE_BODY_LIMIT} CloudFormation takes inline: give --s3-bucket", file=sys.stderr)
+              f"{INLINE_TEMPLATE_LIMIT} CloudFormation takes inline: give --s3-bucket", file=sys.stderr)
         return 2
     try:
         advice = failed_create_advice(args.stack_name, stack_status(args.stack_name, args.region),

@@ -57,7 +57,7 @@ from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import STREAMING_PORT, TARGET_KEEP_ALIVE_SECONDS, WEB_PORT, LoadBalancing
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions
@@ -134,7 +134,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
     log_groups = {
         name: t.add_resource(logs.LogGroup(
             f"{name.capitalize()}Logs",
-            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/{name}"),
+            LogGroupName=Sub(f"{STACK_PREFIX}/{name}"),
             RetentionInDays=Ref(p.log_retention),
         ))
         for name in PROCESS_LOGS

@@ -14,6 +14,7 @@ from awacs.aws import Allow, Statement
 from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam, logs
 
 from templates import policies
+from templates.options import STACK_PREFIX
 
 RUNTIME = "python3.13"
 ARCHITECTURE = "arm64"
@@ -98,7 +99,7 @@ def inline_function(
         logs.LogGroup(
             f"{name}Logs",
             RetentionInDays=retention,
-            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
+            LogGroupName=Sub(f"{STACK_PREFIX}/lambda/{name}"),
         )
     )
     role = lambda_role(t, name, statements, log_group)

@@ -54,7 +54,7 @@ from lambdas.rollout import names
 from templates import functions, parameters, policies
 from templates.compute import DEPLOY_SCRIPT, HEALTH_CHECK_GRACE_SECONDS, Compute
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.versions import PARAMETER_PREFIX, Versions
 
@@ -399,7 +399,7 @@ def create_pipeline(
         logs.LogGroup(
             "RolloutLogs",
             RetentionInDays=Ref(p.log_retention),
-            LogGroupName=Sub("/mastodon/${AWS::StackName}/rollout"),
+            LogGroupName=Sub(f"{STACK_PREFIX}/rollout"),
         )
     )
     role = policies.service_role(
