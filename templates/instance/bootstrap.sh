@@ -1,9 +1,9 @@
 #!/bin/bash
 # Boots one Mastodon instance (web or worker) on Amazon Linux 2023, as root, from user data.
 #
-# Reads /etc/mastodon/stack.env (written by user data), adds swap below 2 GiB of RAM
-# (a micro worker), caps the journal, installs Docker, renders
-# /etc/mastodon/mastodon.env from Secrets Manager, SSM and the CloudFront prefix list,
+# Reads stack.env (written by user data), adds swap below 2 GiB of RAM (a micro
+# worker), caps the journal, installs Docker, renders mastodon.env (common.sh says
+# where both live) from Secrets Manager, SSM and the CloudFront prefix list,
 # sizes the database pools, writes one systemd unit per container, makes room for and
 # pulls the images, initializes the database once (worker) or waits for it (web),
 # waits for local health and signals the Auto Scaling group. Any failure signals
@@ -32,7 +32,6 @@ FSTAB_FILE="$ROOT/etc/fstab"
 SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
 JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
 KEEP_ALIVE_FILE="$ETC_DIR/streaming-keep-alive.cjs"
-IMDS_URL=${IMDS_URL:-http://169.254.169.254}
 
 # Paths as the containers and units see them on the instance (never redirected).
 RUNTIME_SWAP_FILE=/swapfile
@@ -250,17 +249,16 @@ load_stack_env() {
   [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"
   # shellcheck source=/dev/null
   . "$ETC_DIR/stack.env"
-  local key
-  for key in STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
+  require_stack_env STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
     CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS \
-    BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG; do
-    [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
-  done
+    BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG WEB_PORT WEB_HEALTH_PATH STREAMING_PORT \
+    STREAMING_HEALTH_PATH ONE_OFF_DB_POOL IMDS_URL
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  local key
   for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
     [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
   done
@@ -576,10 +574,10 @@ write_units() {
   if [ "$ROLE" = web ]; then
     write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
-      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
+      "-e PORT=$WEB_PORT -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
+      "-e PORT=$STREAMING_PORT -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
     # The streaming image's CMD starts the server (node ./streaming/index.js today); using
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
@@ -602,7 +600,7 @@ pull_images() {
 
 # Rails in a one-off container of the version being booted.
 one_off_rails() {
-  one_off 2 "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails "$@"
+  one_off "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails "$@"
 }
 
 # What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is

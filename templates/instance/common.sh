@@ -15,7 +15,9 @@
 
 ROOT=${MASTODON_ROOT:-}
 # The stack's files on the server; RUNTIME_* are the paths as the containers and units
-# see them (never redirected), ETC_DIR the same directory under the test root.
+# see them (never redirected), ETC_DIR the same directory under the test root. The
+# directory is the one fact the scripts must know before they can read stack.env, which
+# holds every other (templates/compute.py ETC_DIR; tests/test_facts.py holds the two equal).
 RUNTIME_ETC_DIR=/etc/mastodon
 ETC_DIR="$ROOT$RUNTIME_ETC_DIR"
 RUNTIME_ENV_FILE="$RUNTIME_ETC_DIR/mastodon.env"
@@ -25,6 +27,14 @@ DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 # Logs go to stderr, so that a function's stdout stays its result.
 log() {
   printf '%s %s%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LOG_NAME" "${STEP:+ [$STEP]}" "$*" >&2
+}
+
+# require_stack_env KEY...: fails unless stack.env gave each KEY a value.
+require_stack_env() {
+  local key
+  for key in "$@"; do
+    [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
+  done
 }
 
 # fail REASON [EXIT_CODE]: logs the reason (the last line on stderr) and exits (1).
@@ -59,13 +69,14 @@ is_release_tag() {
 
 # --- health ------------------------------------------------------------------------
 
-# Each succeeds when the process answers its health path on this server.
+# Each succeeds when the process answers its health path (stack.env: the load
+# balancer's port and path of each target group) on this server.
 web_health_ok() {
-  curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health
+  curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$WEB_PORT$WEB_HEALTH_PATH"
 }
 
 streaming_health_ok() {
-  curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health
+  curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$STREAMING_PORT$STREAMING_HEALTH_PATH"
 }
 
 web_healthy() {

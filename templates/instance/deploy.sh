@@ -52,7 +52,8 @@ load_stack_env() {
   if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
     fail "the images are not set in stack.env"
   fi
-  [ -n "${RELEASE_TAG_PATTERN:-}" ] || fail "RELEASE_TAG_PATTERN is not set in stack.env"
+  require_stack_env RELEASE_TAG_PATTERN WEB_PORT WEB_HEALTH_PATH STREAMING_PORT STREAMING_HEALTH_PATH \
+    ONE_OFF_DB_POOL
 }
 
 healthy_now() {
@@ -141,7 +142,7 @@ migrate() {
   esac
   pull_with_room "$MASTODON_IMAGE:$version"
   log "running the $phase-deployment migrations of $version"
-  one_off 2 "$MASTODON_IMAGE:$version" "${skip[@]}" -- bundle exec rails db:migrate ||
+  one_off "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$version" "${skip[@]}" -- bundle exec rails db:migrate ||
     fail "the $phase-deployment migrations of $version failed (rails db:migrate)"
   echo "migrated ($phase) to $version"
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Runs one tootctl command in a one-off container of the version this server runs.
 #
-#   /opt/mastodon-aws/tootctl.sh media remove --days 7
+#   tootctl.sh media remove --days 7
 #
 # Used by the operator (scripts/tootctl.py, through SSM Run Command) and by the
 # stack's daily cleanup. Reads the image from stack.env and the version from
@@ -14,10 +14,6 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOG_NAME=tootctl
 # shellcheck source=SCRIPTDIR/common.sh
 . "$SCRIPT_DIR/common.sh"
-# tootctl's threads (--concurrency, 5 by default) each hold a connection; this pool
-# stays within the stack's reserve for one-off containers (capacity.ONE_OFF_CONNECTIONS).
-DB_POOL=6
-
 if [ $# -eq 0 ]; then
   echo "usage: tootctl.sh COMMAND [ARGS...]   e.g. tootctl.sh accounts modify alice --role Owner" >&2
   exit 2
@@ -32,5 +28,8 @@ done
 . "$ETC_DIR/stack.env"
 # shellcheck source=/dev/null
 . "$ETC_DIR/version.env"
+# tootctl's threads each hold a connection: TOOTCTL_DB_POOL fits them within the stack's
+# reserve for one-off containers (templates/capacity.py).
+require_stack_env MASTODON_IMAGE TOOTCTL_DB_POOL
 
-one_off --exec "$DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bin/tootctl "$@"
+one_off --exec "$TOOTCTL_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bin/tootctl "$@"
