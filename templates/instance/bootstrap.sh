@@ -246,9 +246,9 @@ container_logs() {
 
 load_stack_env() {
   step "read stack settings"
-  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"
+  [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing"
   # shellcheck source=/dev/null
-  . "$ETC_DIR/stack.env"
+  . "$STACK_ENV_FILE"
   require_stack_env STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
@@ -474,7 +474,7 @@ render_environment() {
     fi
   } >"$tmp"
   chmod 0600 "$tmp"
-  mv -f "$tmp" "$ETC_DIR/mastodon.env"
+  mv -f "$tmp" "$ENV_FILE"
   unset SECRET
   log "wrote $RUNTIME_ENV_FILE"
 }
@@ -569,8 +569,8 @@ write_units() {
   step "write systemd units"
   mkdir -p "$UNIT_DIR"
   # The only place the version lives: a deploy rewrites this file and restarts the units.
-  printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$ETC_DIR/version.env"
-  chmod 0644 "$ETC_DIR/version.env"
+  printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$VERSION_FILE"
+  chmod 0644 "$VERSION_FILE"
   if [ "$ROLE" = web ]; then
     write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \

@@ -20,8 +20,14 @@ ROOT=${MASTODON_ROOT:-}
 # holds every other (templates/compute.py ETC_DIR; tests/test_facts.py holds the two equal).
 RUNTIME_ETC_DIR=/etc/mastodon
 ETC_DIR="$ROOT$RUNTIME_ETC_DIR"
+# Written by user data (templates/compute.py STACK_ENV_FILE).
+STACK_ENV_FILE="$ETC_DIR/stack.env"
+# Mastodon's environment, rendered by bootstrap.sh, and the version the units run,
+# rewritten by every deploy.
 RUNTIME_ENV_FILE="$RUNTIME_ETC_DIR/mastodon.env"
+ENV_FILE="$ROOT$RUNTIME_ENV_FILE"
 RUNTIME_VERSION_FILE="$RUNTIME_ETC_DIR/version.env"
+VERSION_FILE="$ROOT$RUNTIME_VERSION_FILE"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 
 # Logs go to stderr, so that a function's stdout stays its result.
@@ -104,7 +110,7 @@ sidekiq_stays() {
 
 # The version the units run (version.env, rewritten by every deploy), or nothing.
 current_version() {
-  sed -n 's/^MASTODON_VERSION=//p' "$ETC_DIR/version.env" 2>/dev/null || true
+  sed -n 's/^MASTODON_VERSION=//p' "$VERSION_FILE" 2>/dev/null || true
 }
 
 # pull_with_room IMAGE...: pulls each IMAGE (repository:tag). When one is missing, first

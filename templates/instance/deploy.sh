@@ -41,9 +41,9 @@ LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
 usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
 
 load_stack_env() {
-  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing: is this a Mastodon server?"
+  [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing: is this a Mastodon server?"
   # shellcheck source=/dev/null
-  . "$ETC_DIR/stack.env"
+  . "$STACK_ENV_FILE"
   case ${ROLE:-} in
     web) UNITS=(mastodon-web mastodon-streaming) ;;
     worker) UNITS=(mastodon-sidekiq) ;;
@@ -123,7 +123,7 @@ deploy() {
   tmp=$(mktemp "$ETC_DIR/.version.env.XXXXXX")
   printf 'MASTODON_VERSION=%s\n' "$version" >"$tmp"
   chmod 0644 "$tmp"
-  mv -f "$tmp" "$ETC_DIR/version.env"
+  mv -f "$tmp" "$VERSION_FILE"
   log "version.env: ${previous:-none} -> $version; restarting ${UNITS[*]}"
   systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
   wait_for_health "$version"

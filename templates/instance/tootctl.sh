@@ -18,16 +18,16 @@ if [ $# -eq 0 ]; then
   echo "usage: tootctl.sh COMMAND [ARGS...]   e.g. tootctl.sh accounts modify alice --role Owner" >&2
   exit 2
 fi
-for file in stack.env version.env mastodon.env; do
-  if [ ! -r "$ETC_DIR/$file" ]; then
-    echo "tootctl.sh: $ETC_DIR/$file is missing: this server has not finished booting" >&2
+for file in "$STACK_ENV_FILE" "$VERSION_FILE" "$ENV_FILE"; do
+  if [ ! -r "$file" ]; then
+    echo "tootctl.sh: $file is missing: this server has not finished booting" >&2
     exit 3
   fi
 done
 # shellcheck source=/dev/null
-. "$ETC_DIR/stack.env"
+. "$STACK_ENV_FILE"
 # shellcheck source=/dev/null
-. "$ETC_DIR/version.env"
+. "$VERSION_FILE"
 # tootctl's threads each hold a connection: TOOTCTL_DB_POOL fits them within the stack's
 # reserve for one-off containers (templates/capacity.py).
 require_stack_env MASTODON_IMAGE TOOTCTL_DB_POOL
