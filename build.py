@@ -27,7 +27,7 @@ from typing import Any
 from scripts import architecture, costs, parameter_files
 from templates.compute import UserDataTooLarge
 from templates.functions import assemble
-from templates.options import BuildOptions, OptionsError
+from templates.options import INLINE_TEMPLATE_LIMIT, BuildOptions, OptionsError
 from templates.stack import Assets, build_template
 from templates.stack_policy import stack_policy
 
@@ -48,8 +48,8 @@ HANDLER = re.compile(r"^def lambda_handler\(", re.MULTILINE)
 SHARED_IMPORT = re.compile(r"^from lambdas(?:\.(\w+))? import ([\w, ]+)$", re.MULTILINE)
 
 # CloudFormation quotas (Service Quotas, CloudFormation): a template body passed
-# inline may hold 51,200 bytes, one read from S3 1 MB, and a stack 500 resources.
-INLINE_BODY_LIMIT = 51_200
+# inline may hold INLINE_TEMPLATE_LIMIT bytes (templates/options.py), one read from S3
+# 1 MB, and a stack 500 resources.
 S3_BODY_LIMIT = 1_000_000
 RESOURCE_LIMIT = 500
 PARAMETER_LIMIT = 200
@@ -115,7 +115,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         smallest = min(self.json_bytes, self.yaml_bytes)
-        if smallest <= INLINE_BODY_LIMIT:
+        if smallest <= INLINE_TEMPLATE_LIMIT:
             deploy = "fits inline (--template-body)"
         elif smallest <= S3_BODY_LIMIT:
             deploy = "needs an S3 bucket to deploy (above the inline limit)"
@@ -125,10 +125,10 @@ class Summary:
             f"resources   {self.resources:>7} of {RESOURCE_LIMIT}",
             f"parameters  {self.parameters:>7} of {PARAMETER_LIMIT}",
             f"outputs     {self.outputs:>7} of {OUTPUT_LIMIT}",
-            f"JSON        {self.json_bytes:>7} bytes ({self.json_bytes / INLINE_BODY_LIMIT:.0%} of "
-            f"{INLINE_BODY_LIMIT} inline, {self.json_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
-            f"YAML        {self.yaml_bytes:>7} bytes ({self.yaml_bytes / INLINE_BODY_LIMIT:.0%} of "
-            f"{INLINE_BODY_LIMIT} inline, {self.yaml_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
+            f"JSON        {self.json_bytes:>7} bytes ({self.json_bytes / INLINE_TEMPLATE_LIMIT:.0%} of "
+            f"{INLINE_TEMPLATE_LIMIT} inline, {self.json_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
+            f"YAML        {self.yaml_bytes:>7} bytes ({self.yaml_bytes / INLINE_TEMPLATE_LIMIT:.0%} of "
+            f"{INLINE_TEMPLATE_LIMIT} inline, {self.yaml_bytes / S3_BODY_LIMIT:.0%} of 1 MB from S3)",
             f"deploy      {deploy}",
         ]
 

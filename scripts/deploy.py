@@ -7,10 +7,10 @@
 Builds the template (or takes a pre-built JSON one, --template), checks the
 parameter file against it, then runs `aws cloudformation deploy` (creating or
 updating the stack through a change set; the template travels through the S3 bucket
-because it is above CloudFormation's 51,200-byte inline limit), printing the stack's
-events until it settles. Then prints the outputs, the instance URL first; after a
-failure, the resources that failed and why. Exit status: 0 deployed (or nothing to
-change), 1 the deploy failed, 2 bad arguments or parameter file.
+because it is above CloudFormation's inline limit, templates.options.INLINE_TEMPLATE_LIMIT),
+printing the stack's events until it settles. Then prints the outputs, the instance URL
+first; after a failure, the resources that failed and why. Exit status: 0 deployed (or
+nothing to change), 1 the deploy failed, 2 bad arguments or parameter file.
 
 A first create can outlast the 60 minutes `aws cloudformation deploy` waits (the
 database, CloudFront's VPC origin, certificate validation): when the CLI gives up
@@ -44,8 +44,8 @@ if str(ROOT) not in sys.path:
 
 from scripts import awscli, parameter_files, quick_create  # noqa: E402
 from scripts.version import version_action  # noqa: E402
+from templates.options import INLINE_TEMPLATE_LIMIT  # noqa: E402
 
-INLINE_BODY_LIMIT = 51_200
 SUCCEEDED = ("CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE")
 CAPABILITIES = ("CAPABILITY_IAM", "CAPABILITY_NAMED_IAM")
 FIRST_OUTPUT = "InstanceUrl"
@@ -73,8 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the CloudFormation stack to create or update, e.g. mastodon")
     parser.add_argument("--parameters", type=Path, required=True, metavar="FILE",
                         help="an AWS-CLI parameter file, e.g. parameters/production.json")
-    parser.add_argument("--s3-bucket", help="bucket the template is uploaded to (needed above 51,200 bytes); "
-                        "it must be in the stack's region")
+    parser.add_argument("--s3-bucket", help=f"bucket the template is uploaded to (needed above "
+                        f"{INLINE_TEMPLATE_LIMIT:,} bytes); it must be in the stack's region")
     parser.add_argument("--create-bucket", action="store_true",
                         help="create --s3-bucket in the stack's region when it does not exist")
     parser.add_argument("--s3-prefix", default="mastodon-templates",
@@ -349,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     for warning in [*parameter_files.unchecked_rules(body, values, args.region),
                     *parameter_files.example_values(values)]:
         print(f"deploy.py: warning: {warning}", file=sys.stderr)
-    if template.stat().st_size > INLINE_BODY_LIMIT and not args.s3_bucket:
+    if template.stat().st_size > INLINE_TEMPLATE_LIMIT and not args.s3_bucket:
         print(f"deploy.py: error: the template is {template.stat().st_size} bytes, above the "
-              f"{INLINE_BODY_LIMIT} CloudFormation takes inline: give --s3-bucket (a bucket in "
+              f"{INLINE_TEMPLATE_LIMIT} CloudFormation takes inline: give --s3-bucket (a bucket in "
               f"{args.region}; --create-bucket makes it)", file=sys.stderr)
         return 2
     print(f"Region {args.region} (from {where}).", flush=True)

@@ -6,7 +6,7 @@
     python scripts/tootctl.py --region eu-central-1 mastodon media usage
 
 Finds the stack's worker instance (its worker Auto Scaling group), sends
-/opt/mastodon-aws/tootctl.sh with the arguments (each shell-quoted) as
+tootctl.sh (templates.maintenance.TOOTCTL) with the arguments (each shell-quoted) as
 AWS-RunShellScript, waits for it and prints its output; the exit status is
 tootctl's. Run Command returns at most 24,000 characters of output.
 

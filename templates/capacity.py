@@ -100,3 +100,8 @@ ROLLOUT_SURGE = 1
 # a Rails console) each open a small pool on the worker.
 RESERVED_CONNECTIONS = 3
 ONE_OFF_CONNECTIONS = 7
+# The pools of those one-off containers (the servers receive them in stack.env): the
+# bootstrap's database checks and db:setup, and the migrations, use few connections;
+# tootctl's threads (--concurrency, 5 by default) each hold one. Both fit the reserve.
+ONE_OFF_DB_POOL = 2
+TOOTCTL_DB_POOL = 6

@@ -4,7 +4,7 @@ Amazon Linux 2023 from AWS's public SSM AMI parameter (Graviton unless an x86 ty
 is chosen), IMDSv2 only, no SSH (Session Manager and Run Command instead), and a
 role that reads only this stack's secret, version parameter and media bucket.
 
-User data writes the stack's facts to /etc/mastodon/stack.env, fetches the scripts
+User data writes the stack's facts to stack.env (STACK_ENV_FILE), fetches the scripts
 of templates/instance/ from the stack's metadata (user data is limited to 16 KB),
 checks their digest and runs bootstrap.sh, which signals CloudFormation: stack
 creation and instance replacement wait for each server to serve, and fail with the
@@ -56,17 +56,33 @@ from troposphere.policies import (
 from lambdas.rollout.names import VERSION_TAG
 from templates import capacity, parameters, policies
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
-from templates.load_balancing import STREAMING_PORT, TARGET_KEEP_ALIVE_SECONDS, WEB_PORT, LoadBalancing
+from templates.load_balancing import (
+    STREAMING_HEALTH_PATH,
+    STREAMING_PORT,
+    TARGET_KEEP_ALIVE_SECONDS,
+    WEB_HEALTH_PATH,
+    WEB_PORT,
+    LoadBalancing,
+)
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions
 
-# Where user data puts the instance scripts; the rollout runs deploy.sh from there.
+# Where user data writes stack.env, and the instance scripts; the rollout runs deploy.sh
+# and the daily cleanup tootctl.sh from there. The scripts find stack.env in ETC_DIR
+# (templates/instance/common.sh, held equal by tests/test_facts.py) and the rest in it.
+ETC_DIR = "/etc/mastodon"
+STACK_ENV_FILE = f"{ETC_DIR}/stack.env"
 SCRIPTS_DIR = "/opt/mastodon-aws"
+BOOTSTRAP_SCRIPT = f"{SCRIPTS_DIR}/bootstrap.sh"
 DEPLOY_SCRIPT = f"{SCRIPTS_DIR}/deploy.sh"
+# The instance metadata service (IMDSv2): user data and bootstrap.sh read the instance id.
+IMDS_URL = "http://169.254.169.254"
+# The tag that tells a server's role (web or worker) on the groups and their instances.
+ROLE_TAG = "mastodon:role"
 WEB_GROUP = "WebAutoScalingGroup"
 WEB_SERVER_ROLE = "WebServerRole"
 WORKER_SERVER_ROLE = "ServerRole"
@@ -128,6 +144,20 @@ RESOLVED_VALUE_ALLOWANCE = 200
 
 class UserDataTooLarge(ValueError):
     """The instance scripts no longer fit in user data."""
+
+
+# What the instance scripts know from the template and not from the stack: stack.env
+# carries each (with the per-stack values of create_compute), so the scripts never
+# spell them.
+SERVER_FACTS: dict[str, str] = {
+    "WEB_PORT": str(WEB_PORT),
+    "WEB_HEALTH_PATH": WEB_HEALTH_PATH,
+    "STREAMING_PORT": str(STREAMING_PORT),
+    "STREAMING_HEALTH_PATH": STREAMING_HEALTH_PATH,
+    "ONE_OFF_DB_POOL": str(capacity.ONE_OFF_DB_POOL),
+    "TOOTCTL_DB_POOL": str(capacity.TOOTCTL_DB_POOL),
+    "IMDS_URL": IMDS_URL,
+}
 PROCESS_LOGS = ("web", "streaming", "sidekiq", "system")
 
 
@@ -168,7 +198,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
     log_groups = {
         name: t.add_resource(logs.LogGroup(
             f"{name.capitalize()}Logs",
-            LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/{name}"),
+            LogGroupName=Sub(f"{STACK_PREFIX}/{name}"),
             RetentionInDays=Ref(p.log_retention),
         ))
         for name in PROCESS_LOGS
@@ -214,6 +244,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
             "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
+            **SERVER_FACTS,
         }
 
     # Only web servers wait in the launch hook and in the target groups.
@@ -251,7 +282,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             DefaultResult="ABANDON",
         )],
         Tags=[autoscaling.Tag("Name", "mastodon-web", True),
-              autoscaling.Tag("mastodon:role", "web", True)],
+              autoscaling.Tag(ROLE_TAG, "web", True)],
         CreationPolicy=CreationPolicy(
             ResourceSignal=ResourceSignal(Count=Ref(p.web_min_size), Timeout=SIGNAL_TIMEOUT),
             AutoScalingCreationPolicy=AutoScalingCreationPolicy(MinSuccessfulInstancesPercent=100),
@@ -269,7 +300,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         HealthCheckType="EC2",
         HealthCheckGracePeriod=WORKER_HEALTH_CHECK_GRACE_SECONDS,
         Tags=[autoscaling.Tag("Name", "mastodon-worker", True),
-              autoscaling.Tag("mastodon:role", "worker", True)],
+              autoscaling.Tag(ROLE_TAG, "worker", True)],
         CreationPolicy=CreationPolicy(
             ResourceSignal=ResourceSignal(Count=1, Timeout=SIGNAL_TIMEOUT)),
         # Terminate, then launch: never two schedulers.
@@ -437,7 +468,7 @@ def scripts_digest(scripts: dict[str, str]) -> str:
 # launch template was built with, and signal FAILURE if anything goes wrong.
 FETCH_SCRIPTS = r"""fail() {
   echo "user data: $1" >&2
-  imds=http://169.254.169.254/latest
+  imds=@IMDS_URL@/latest
   token=$(curl -fsS -X PUT $imds/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60') || true
   id=$(curl -fsS -H "X-aws-ec2-metadata-token: $token" $imds/meta-data/instance-id) || id=unknown
   aws cloudformation signal-resource --region "$AWS_REGION" --stack-name "$STACK_NAME" \
@@ -446,32 +477,35 @@ FETCH_SCRIPTS = r"""fail() {
 }
 trap 'fail "line $LINENO failed" setup' ERR
 # shellcheck source=/dev/null
-. /etc/mastodon/stack.env
+. @STACK_ENV_FILE@
 for attempt in 1 2 3 4 5; do
   aws cloudformation describe-stack-resource --region "$AWS_REGION" --stack-name "$STACK_NAME" \
     --logical-resource-id "$INSTANCE_SCRIPTS" --query StackResourceDetail.Metadata --output text \
-    > /opt/mastodon-aws/scripts.json && break
+    > @SCRIPTS_DIR@/scripts.json && break
   [ "$attempt" -lt 5 ] || fail "cannot read the instance scripts from the stack" fetch-scripts
   sleep $((attempt * 5))
 done
 mismatch="the stack's scripts are not the ones this launch template was built with"
 python3 - "$SCRIPTS_DIGEST" <<'PY' || fail "$mismatch" digest
 import hashlib, json, os, sys
-scripts = json.load(open("/opt/mastodon-aws/scripts.json"))["Scripts"]
+scripts = json.load(open("@SCRIPTS_DIR@/scripts.json"))["Scripts"]
 digest = hashlib.sha256()
 for name in sorted(scripts):
     digest.update(name.encode() + b"\0" + scripts[name].encode() + b"\0")
 if digest.hexdigest() != sys.argv[1]:
     sys.exit(1)
 for name, text in scripts.items():
-    path = os.path.join("/opt/mastodon-aws", os.path.basename(name))
+    path = os.path.join("@SCRIPTS_DIR@", os.path.basename(name))
     with open(path, "w") as script:
         script.write(text)
     os.chmod(path, 0o755)
 PY
 trap - ERR
-exec /opt/mastodon-aws/bootstrap.sh
+exec @BOOTSTRAP_SCRIPT@
 """
+for _name, _value in (("@IMDS_URL@", IMDS_URL), ("@STACK_ENV_FILE@", STACK_ENV_FILE),
+                      ("@SCRIPTS_DIR@", SCRIPTS_DIR), ("@BOOTSTRAP_SCRIPT@", BOOTSTRAP_SCRIPT)):
+    FETCH_SCRIPTS = FETCH_SCRIPTS.replace(_name, _value)
 
 
 def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource: str) -> Base64:
@@ -479,8 +513,8 @@ def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource:
     parts: list[object] = [
         "#!/bin/bash\n"
         "set -euo pipefail\n"
-        "install -d -m 0755 /etc/mastodon /opt/mastodon-aws\n"
-        "cat > /etc/mastodon/stack.env <<'STACK_ENV'\n"
+        f"install -d -m 0755 {ETC_DIR} {SCRIPTS_DIR}\n"
+        f"cat > {STACK_ENV_FILE} <<'STACK_ENV'\n"
     ]
     for key, value in {**env, "INSTANCE_SCRIPTS": scripts_resource}.items():
         parts += [f"{key}='", value, "'\n"]

@@ -15,6 +15,7 @@ from awacs.aws import Allow, Statement
 from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam, logs
 
 from templates import policies
+from templates.options import STACK_PREFIX
 
 RUNTIME = "python3.13"
 ARCHITECTURE = "arm64"
@@ -113,7 +114,7 @@ def inline_function(
     log_group = logs.LogGroup(
         f"{name}Logs",
         RetentionInDays=retention,
-        LogGroupName=Sub(f"/mastodon/${{AWS::StackName}}/lambda/{name}"),
+        LogGroupName=Sub(f"{STACK_PREFIX}/lambda/{name}"),
     )
     if condition is not None:
         log_group.Condition = condition

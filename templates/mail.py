@@ -15,11 +15,12 @@ from awacs.aws import Allow, PolicyDocument, Statement
 from troposphere import GetAtt, If, Join, Ref, Sub, Template, iam, route53, ses
 
 from templates import parameters
+from templates.options import STACK_PREFIX
 from templates.parameters import Parameters
 
 EMAIL_IDENTITY = "EmailIdentity"
 SMTP_USER = "SmtpUser"
-SMTP_USER_PATH = "/mastodon/${AWS::StackName}/"
+SMTP_USER_PATH = f"{STACK_PREFIX}/"
 DKIM_RECORDS = 3
 
 

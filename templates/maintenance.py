@@ -1,9 +1,9 @@
 """Maintenance: the daily media and preview-card cleanup, run on the worker through SSM.
 
 An EventBridge rule runs AWS-RunShellScript by Run Command once a day on the
-instance of the worker group (found by the `aws:autoscaling:groupName` tag Auto
-Scaling puts on its instances, so two stacks in one account never reach each
-other's worker). The command runs /opt/mastodon-aws/tootctl.sh, the same wrapper
+instance of the worker group (found by the group-name tag Auto Scaling puts on its
+instances, so two stacks in one account never reach each other's worker). The
+command runs tootctl.sh from the servers' scripts directory, the same wrapper
 an operator uses (scripts/tootctl.py), which starts a one-off container of the
 deployed Mastodon version. The rule's role may send only that document, only to
 that group's instances.
@@ -17,13 +17,14 @@ from awacs import ssm as awacs_ssm
 from awacs.aws import Allow, Condition, Statement, StringEquals
 from troposphere import GetAtt, Ref, Sub, Template, autoscaling, events
 
+from lambdas.rollout.names import GROUP_TAG
 from templates import policies
+from templates.compute import SCRIPTS_DIR
 
 CLEANUP_RULE = "DailyCleanupRule"
 CLEANUP_ROLE = "DailyCleanupRole"
-TOOTCTL = "/opt/mastodon-aws/tootctl.sh"
+TOOTCTL = f"{SCRIPTS_DIR}/tootctl.sh"
 RUN_SHELL_SCRIPT = "AWS-RunShellScript"
-GROUP_TAG = "aws:autoscaling:groupName"
 # After the cache snapshot (02-03 UTC), the database backup (03-04) and the Sunday
 # maintenance windows (04:30-06:30): the cleanup never competes with them.
 CLEANUP_SCHEDULE = "cron(0 7 * * ? *)"

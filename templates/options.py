@@ -28,6 +28,14 @@ RELEASE_TAG_PATTERN = (
 )
 RELEASE_TAG = re.compile(RELEASE_TAG_PATTERN, re.ASCII)
 
+# The path every name the stack gives lives under, as a Sub template: its SSM
+# parameters, its log groups (servers, functions, the rollout) and its IAM users.
+STACK_PREFIX = "/mastodon/${AWS::StackName}"
+
+# CloudFormation's quota on a template body passed inline (Service Quotas,
+# CloudFormation); larger templates travel through S3.
+INLINE_TEMPLATE_LIMIT = 51_200
+
 
 class OptionsError(ValueError):
     """A build option has a value the template cannot be built with."""

@@ -53,7 +53,7 @@ from templates import functions, policies
 from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STREAMING_IMAGE
+from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
 from templates.parameters import Parameters
 from templates.versions import PARAMETER_PREFIX, Versions
 
@@ -373,7 +373,7 @@ def create_pipeline(
         logs.LogGroup(
             "RolloutLogs",
             RetentionInDays=Ref(p.log_retention),
-            LogGroupName=Sub("/mastodon/${AWS::StackName}/rollout"),
+            LogGroupName=Sub(f"{STACK_PREFIX}/rollout"),
         )
     )
     role = policies.service_role(

@@ -20,6 +20,7 @@ from awacs.aws import Allow, Statement
 from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template, secretsmanager
 
 from templates import functions, parameters
+from templates.options import STACK_PREFIX
 from templates.parameters import Parameters
 
 APP_SECRET = "AppSecret"
@@ -73,7 +74,7 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
             Effect=Allow,
             Action=[awacs_iam.CreateAccessKey, awacs_iam.DeleteAccessKey, awacs_iam.ListAccessKeys],
             # Only the stack's own SMTP user, by its path (see mail.SMTP_USER_PATH).
-            Resource=[Sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:user/mastodon/${AWS::StackName}/*")],
+            Resource=[Sub(f"arn:${{AWS::Partition}}:iam::${{AWS::AccountId}}:user{STACK_PREFIX}/*")],
         ))
     function = functions.inline_function(
         t, "AppSecretsFunction", code, statements, Ref(p.log_retention), timeout=60,

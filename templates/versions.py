@@ -23,12 +23,12 @@ from troposphere import AWSObject, GetAtt, Ref, Sub, Template, ssm
 
 from lambdas.rollout.names import DOWNGRADE_FLAG
 from templates import functions
-from templates.options import RELEASE_TAG_PATTERN, BuildOptions
+from templates.options import RELEASE_TAG_PATTERN, STACK_PREFIX, BuildOptions
 from templates.parameters import Parameters
 
 DESIRED_VERSION = "DesiredVersionParameter"
 DEPLOYED_VERSION = "DeployedVersionParameter"
-PARAMETER_PREFIX = "/mastodon/${AWS::StackName}"
+PARAMETER_PREFIX = STACK_PREFIX
 
 
 class InitialParameter(AWSObject):

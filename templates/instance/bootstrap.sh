@@ -1,9 +1,9 @@
 #!/bin/bash
 # Boots one Mastodon instance (web or worker) on Amazon Linux 2023, as root, from user data.
 #
-# Reads /etc/mastodon/stack.env (written by user data), adds swap below 2 GiB of RAM
-# (a micro worker), caps the journal, installs Docker, renders
-# /etc/mastodon/mastodon.env from Secrets Manager, SSM and the CloudFront prefix list,
+# Reads stack.env (written by user data), adds swap below 2 GiB of RAM (a micro
+# worker), caps the journal, installs Docker, renders mastodon.env (common.sh says
+# where both live) from Secrets Manager, SSM and the CloudFront prefix list,
 # sizes the database pools, writes one systemd unit per container, makes room for and
 # pulls the images, initializes the database once (worker) or waits for it (web),
 # waits for local health and signals the Auto Scaling group. Any failure signals
@@ -15,8 +15,14 @@
 # shellcheck disable=SC2153 source-path=SCRIPTDIR
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LOG_NAME=bootstrap
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh" || {
+  echo "bootstrap: cannot read $SCRIPT_DIR/common.sh" >&2
+  exit 1
+}
+
 UNIT_DIR="$ROOT/etc/systemd/system"
 LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
 MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
@@ -25,16 +31,11 @@ SWAP_FILE="$ROOT/swapfile"
 FSTAB_FILE="$ROOT/etc/fstab"
 SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
 JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
-KEEP_ALIVE_FILE="$ROOT/etc/mastodon/streaming-keep-alive.cjs"
-DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
-IMDS_URL=${IMDS_URL:-http://169.254.169.254}
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KEEP_ALIVE_FILE="$ETC_DIR/streaming-keep-alive.cjs"
 
 # Paths as the containers and units see them on the instance (never redirected).
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
-RUNTIME_VERSION_FILE=/etc/mastodon/version.env
 RUNTIME_SWAP_FILE=/swapfile
-RUNTIME_KEEP_ALIVE_FILE=/etc/mastodon/streaming-keep-alive.cjs
+RUNTIME_KEEP_ALIVE_FILE="$RUNTIME_ETC_DIR/streaming-keep-alive.cjs"
 DOCKER=/usr/bin/docker
 
 # Swap holds what Sidekiq's peaks and one-off containers push out; with a low
@@ -76,17 +77,6 @@ INSTANCE_ID=unknown
 mkdir -p "$(dirname "$LOG_FILE")"
 exec > >(tee -a "$LOG_FILE") 2>&1
 TEE_PID=$!
-
-# Logs go to stderr, so that a function's stdout stays its result.
-log() {
-  printf '%s bootstrap [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$STEP" "$*" >&2
-}
-
-fail() {
-  FAILURE_REASON=$1
-  log "FAILED: $1"
-  exit 1
-}
 
 step() {
   STEP=$1
@@ -206,19 +196,6 @@ trap on_exit EXIT
 
 # --- helpers ---------------------------------------------------------------------
 
-retry() {
-  local attempt=1 delay=$RETRY_BACKOFF
-  until "$@"; do
-    if [ "$attempt" -ge "$RETRY_ATTEMPTS" ]; then
-      return 1
-    fi
-    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
-    sleep "$delay"
-    attempt=$((attempt + 1))
-    delay=$((delay * 2))
-  done
-}
-
 # Reads a JSON document on stdin and prints one value. Secrets only ever travel on
 # stdin and stdout, never on a command line.
 json_get() {
@@ -271,29 +248,21 @@ container_logs() {
 
 # --- steps -----------------------------------------------------------------------
 
-# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
-# C locale so that [0-9] means the ASCII digits only.
-is_release_tag() {
-  local LC_ALL=C
-  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
-}
-
 load_stack_env() {
   step "read stack settings"
-  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing"
+  [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing"
   # shellcheck source=/dev/null
-  . "$ETC_DIR/stack.env"
-  local key
-  for key in STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
+  . "$STACK_ENV_FILE"
+  require_stack_env STACK_NAME AWS_REGION ROLE SIGNAL_RESOURCE LOCAL_DOMAIN MASTODON_IMAGE STREAMING_IMAGE \
     DEPLOYED_VERSION_PARAMETER APP_SECRET_ARN DB_HOST DB_PORT DB_NAME DB_USER REDIS_HOST REDIS_PORT \
     S3_BUCKET S3_ALIAS_HOST SMTP_SERVER SMTP_PORT SMTP_FROM_ADDRESS LOG_GROUP_WEB LOG_GROUP_STREAMING \
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
     CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS \
-    BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG; do
-    [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
-  done
+    BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG WEB_PORT WEB_HEALTH_PATH STREAMING_PORT \
+    STREAMING_HEALTH_PATH ONE_OFF_DB_POOL IMDS_URL
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  local key
   for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
     [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
   done
@@ -517,7 +486,7 @@ render_environment() {
     fi
   } >"$tmp"
   chmod 0600 "$tmp"
-  mv -f "$tmp" "$ETC_DIR/mastodon.env"
+  mv -f "$tmp" "$ENV_FILE"
   unset SECRET
   log "wrote $RUNTIME_ENV_FILE"
 }
@@ -612,15 +581,15 @@ write_units() {
   step "write systemd units"
   mkdir -p "$UNIT_DIR"
   # The only place the version lives: a deploy rewrites this file and restarts the units.
-  printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$ETC_DIR/version.env"
-  chmod 0644 "$ETC_DIR/version.env"
+  printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$VERSION_FILE"
+  chmod 0644 "$VERSION_FILE"
   if [ "$ROLE" = web ]; then
     write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
-      "-e PORT=3000 -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
+      "-e PORT=$WEB_PORT -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=4000 -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
+      "-e PORT=$STREAMING_PORT -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
     # The streaming image's CMD starts the server (node ./streaming/index.js today); using
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
@@ -636,21 +605,14 @@ write_units() {
 
 pull_images() {
   step "pull images"
-  local image reason
   local images=("$MASTODON_IMAGE:$MASTODON_VERSION")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$MASTODON_VERSION")
-  if [ -n "$(mastodon_missing_images "${images[@]}")" ]; then
-    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${images[@]}") ||
-      fail "not enough disk to pull $MASTODON_VERSION: $reason"
-  fi
-  for image in "${images[@]}"; do
-    retry docker pull "$image" || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
-  done
+  pull_with_room "${images[@]}"
 }
 
-one_off() {
-  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 \
-    "$MASTODON_IMAGE:$MASTODON_VERSION" "$@"
+# Rails in a one-off container of the version being booted.
+one_off_rails() {
+  one_off "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails "$@"
 }
 
 # What db:seed leaves (db/seeds/*.rb, each a find_or_create_by, so running it again is
@@ -666,7 +628,7 @@ AND EXISTS (SELECT 1 FROM user_roles WHERE id <> -99)"
 # 0: schema loaded and seeded; DB_UNSEEDED_EXIT: schema loaded, seeds missing;
 # DB_EMPTY_EXIT: reachable but empty; anything else: an error.
 database_state() {
-  one_off bundle exec rails runner \
+  one_off_rails runner \
     "c = ActiveRecord::Base.connection; \
 exit($DB_EMPTY_EXIT) unless c.table_exists?('schema_migrations') && c.select_value('SELECT COUNT(*) FROM schema_migrations').to_i.positive?; \
 reserved = !c.table_exists?('username_blocks') || c.select_value('SELECT COUNT(*) FROM username_blocks').to_i.positive?; \
@@ -695,11 +657,11 @@ initialize_database() {
   done
   if [ "$rc" = "$DB_EMPTY_EXIT" ]; then
     log "empty database: running rails db:setup (schema load and seeds)"
-    one_off bundle exec rails db:setup || fail "rails db:setup failed"
+    one_off_rails db:setup || fail "rails db:setup failed"
   else
     # Never db:setup here: it would load the schema over existing tables.
     log "the schema is loaded but the seeds never ran (an interrupted first setup): running rails db:seed"
-    one_off bundle exec rails db:seed || fail "rails db:seed failed"
+    one_off_rails db:seed || fail "rails db:seed failed"
   fi
   rc=0
   database_state || rc=$?
@@ -736,9 +698,8 @@ wait_for_web_health() {
   step "wait for local health"
   local deadline=$((SECONDS + HEALTH_TIMEOUT)) web=false streaming=false
   while :; do
-    [ "$web" = true ] || { curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health && web=true; } || true
-    [ "$streaming" = true ] ||
-      { curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health && streaming=true; } || true
+    [ "$web" = true ] || { web_health_ok && web=true; } || true
+    [ "$streaming" = true ] || { streaming_health_ok && streaming=true; } || true
     if [ "$web" = true ] && [ "$streaming" = true ]; then
       log "web and streaming are healthy"
       return 0
@@ -804,10 +765,6 @@ wait_for_targets() {
   log "healthy in both target groups"
 }
 
-running_sidekiq() {
-  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
-}
-
 wait_for_worker_health() {
   step "wait for sidekiq"
   local deadline=$((SECONDS + HEALTH_TIMEOUT)) id=""
@@ -819,15 +776,10 @@ wait_for_worker_health() {
     sleep "$HEALTH_INTERVAL"
   done
   log "sidekiq container ${id:0:12} running; watching it for ${WORKER_STABLE_SECONDS}s"
-  local stable_until=$((SECONDS + WORKER_STABLE_SECONDS)) now_id
-  while [ "$SECONDS" -lt "$stable_until" ]; do
-    sleep "$HEALTH_INTERVAL"
-    now_id=$(running_sidekiq || true)
-    if [ "$now_id" != "$id" ]; then
-      container_logs mastodon-sidekiq
-      fail "mastodon-sidekiq stopped or restarted within ${WORKER_STABLE_SECONDS}s"
-    fi
-  done
+  if ! sidekiq_stays "$id" "$WORKER_STABLE_SECONDS" "$HEALTH_INTERVAL"; then
+    container_logs mastodon-sidekiq
+    fail "mastodon-sidekiq stopped or restarted within ${WORKER_STABLE_SECONDS}s"
+  fi
 }
 
 # The version this server runs, for the rollout (lambdas/rollout): without the tag it

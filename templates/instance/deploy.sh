@@ -23,12 +23,14 @@
 # shellcheck disable=SC2153 source-path=SCRIPTDIR
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
-LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
-DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
+LOG_NAME=deploy
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh"
+# shellcheck source=SCRIPTDIR/disk.sh
+. "$SCRIPT_DIR/disk.sh"
+
+LOCK_FILE="$ROOT/run/mastodon-deploy.lock"
 HEALTH_TIMEOUT=${DEPLOY_HEALTH_TIMEOUT:-300}
 HEALTH_INTERVAL=${DEPLOY_HEALTH_INTERVAL:-3}
 WORKER_STABLE_SECONDS=${DEPLOY_WORKER_STABLE_SECONDS:-20}
@@ -36,32 +38,12 @@ RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
 
-log() { printf '%s deploy %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
-fail() {
-  log "FAILED: $1"
-  exit "${2:-1}"
-}
-
 usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
 
-# shellcheck source=SCRIPTDIR/disk.sh
-. "$SCRIPT_DIR/disk.sh"
-
-retry() {
-  local attempt=1 delay=$RETRY_BACKOFF
-  until "$@"; do
-    [ "$attempt" -lt "$RETRY_ATTEMPTS" ] || return 1
-    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
-    sleep "$delay"
-    attempt=$((attempt + 1))
-    delay=$((delay * 2))
-  done
-}
-
 load_stack_env() {
-  [ -r "$ETC_DIR/stack.env" ] || fail "$ETC_DIR/stack.env is missing: is this a Mastodon server?"
+  [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing: is this a Mastodon server?"
   # shellcheck source=/dev/null
-  . "$ETC_DIR/stack.env"
+  . "$STACK_ENV_FILE"
   case ${ROLE:-} in
     web) UNITS=(mastodon-web mastodon-streaming) ;;
     worker) UNITS=(mastodon-sidekiq) ;;
@@ -70,43 +52,8 @@ load_stack_env() {
   if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
     fail "the images are not set in stack.env"
   fi
-  [ -n "${RELEASE_TAG_PATTERN:-}" ] || fail "RELEASE_TAG_PATTERN is not set in stack.env"
-}
-
-# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
-# C locale so that [0-9] means the ASCII digits only.
-is_release_tag() {
-  local LC_ALL=C
-  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
-}
-
-current_version() {
-  sed -n 's/^MASTODON_VERSION=//p' "$ETC_DIR/version.env" 2>/dev/null || true
-}
-
-pull() {
-  local image reason current
-  if [ -n "$(mastodon_missing_images "$@")" ]; then
-    # Keep what is being pulled and what runs now (a rollback needs no pull then).
-    local -a protected=("$@")
-    current=$(current_version)
-    [ -z "$current" ] || protected+=("$MASTODON_IMAGE:$current" "$STREAMING_IMAGE:$current")
-    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${protected[@]}") ||
-      fail "not enough disk to pull ${*}: $reason"
-  fi
-  for image in "$@"; do
-    log "pulling $image"
-    retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
-  done
-}
-
-web_healthy() {
-  curl -fsS -m 5 -o /dev/null http://127.0.0.1:3000/health &&
-    curl -fsS -m 5 -o /dev/null http://127.0.0.1:4000/api/v1/streaming/health
-}
-
-running_sidekiq() {
-  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
+  require_stack_env RELEASE_TAG_PATTERN WEB_PORT WEB_HEALTH_PATH STREAMING_PORT STREAMING_HEALTH_PATH \
+    ONE_OFF_DB_POOL
 }
 
 healthy_now() {
@@ -131,13 +78,10 @@ wait_for_health() {
   done
   if [ "$ROLE" = worker ]; then
     # Sidekiq that crashes at boot restarts in a loop: it must keep one container id.
-    local id now_id stable_until=$((SECONDS + WORKER_STABLE_SECONDS))
+    local id
     id=$(running_sidekiq)
-    while [ "$SECONDS" -lt "$stable_until" ]; do
-      sleep "$HEALTH_INTERVAL"
-      now_id=$(running_sidekiq || true)
-      [ "$now_id" = "$id" ] || fail "mastodon-sidekiq restarted after starting $1"
-    done
+    sidekiq_stays "$id" "$WORKER_STABLE_SECONDS" "$HEALTH_INTERVAL" ||
+      fail "mastodon-sidekiq restarted after starting $1"
   fi
 }
 
@@ -169,7 +113,7 @@ deploy() {
   previous=$(current_version)
   local images=("$MASTODON_IMAGE:$version")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$version")
-  pull "${images[@]}"
+  pull_with_room "${images[@]}"
   if [ "$previous" = "$version" ] && healthy_now; then
     log "already running $version and healthy; nothing to restart"
     echo "deployed $version on $ROLE (unchanged)"
@@ -179,7 +123,7 @@ deploy() {
   tmp=$(mktemp "$ETC_DIR/.version.env.XXXXXX")
   printf 'MASTODON_VERSION=%s\n' "$version" >"$tmp"
   chmod 0644 "$tmp"
-  mv -f "$tmp" "$ETC_DIR/version.env"
+  mv -f "$tmp" "$VERSION_FILE"
   log "version.env: ${previous:-none} -> $version; restarting ${UNITS[*]}"
   systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
   wait_for_health "$version"
@@ -196,10 +140,9 @@ migrate() {
     post) ;;
     *) usage ;;
   esac
-  pull "$MASTODON_IMAGE:$version"
+  pull_with_room "$MASTODON_IMAGE:$version"
   log "running the $phase-deployment migrations of $version"
-  docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL=2 "${skip[@]}" \
-    "$MASTODON_IMAGE:$version" bundle exec rails db:migrate ||
+  one_off "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$version" "${skip[@]}" -- bundle exec rails db:migrate ||
     fail "the $phase-deployment migrations of $version failed (rails db:migrate)"
   echo "migrated ($phase) to $version"
 }

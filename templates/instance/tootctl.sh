@@ -1,37 +1,35 @@
 #!/bin/bash
 # Runs one tootctl command in a one-off container of the version this server runs.
 #
-#   /opt/mastodon-aws/tootctl.sh media remove --days 7
+#   tootctl.sh media remove --days 7
 #
 # Used by the operator (scripts/tootctl.py, through SSM Run Command) and by the
 # stack's daily cleanup. Reads the image from stack.env and the version from
 # version.env (what the units run, rewritten by every deploy), and the runtime
 # environment bootstrap.sh rendered. Tests redirect the paths with MASTODON_ROOT.
-# shellcheck disable=SC2153  # MASTODON_IMAGE and MASTODON_VERSION come from the sourced files
+# shellcheck disable=SC2153 source-path=SCRIPTDIR  # MASTODON_IMAGE and MASTODON_VERSION come from the sourced files
 set -euo pipefail
 
-ROOT=${MASTODON_ROOT:-}
-ETC_DIR="$ROOT/etc/mastodon"
-# The path as docker sees it on the instance (never redirected).
-RUNTIME_ENV_FILE=/etc/mastodon/mastodon.env
-# tootctl's threads (--concurrency, 5 by default) each hold a connection; this pool
-# stays within the stack's reserve for one-off containers (capacity.ONE_OFF_CONNECTIONS).
-DB_POOL=6
-
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LOG_NAME=tootctl
+# shellcheck source=SCRIPTDIR/common.sh
+. "$SCRIPT_DIR/common.sh"
 if [ $# -eq 0 ]; then
   echo "usage: tootctl.sh COMMAND [ARGS...]   e.g. tootctl.sh accounts modify alice --role Owner" >&2
   exit 2
 fi
-for file in stack.env version.env mastodon.env; do
-  if [ ! -r "$ETC_DIR/$file" ]; then
-    echo "tootctl.sh: $ETC_DIR/$file is missing: this server has not finished booting" >&2
+for file in "$STACK_ENV_FILE" "$VERSION_FILE" "$ENV_FILE"; do
+  if [ ! -r "$file" ]; then
+    echo "tootctl.sh: $file is missing: this server has not finished booting" >&2
     exit 3
   fi
 done
 # shellcheck source=/dev/null
-. "$ETC_DIR/stack.env"
+. "$STACK_ENV_FILE"
 # shellcheck source=/dev/null
-. "$ETC_DIR/version.env"
+. "$VERSION_FILE"
+# tootctl's threads each hold a connection: TOOTCTL_DB_POOL fits them within the stack's
+# reserve for one-off containers (templates/capacity.py).
+require_stack_env MASTODON_IMAGE TOOTCTL_DB_POOL
 
-exec docker run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$DB_POOL" \
-  "$MASTODON_IMAGE:$MASTODON_VERSION" bin/tootctl "$@"
+one_off --exec "$TOOTCTL_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bin/tootctl "$@"

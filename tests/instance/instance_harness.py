@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from lambdas.rollout.names import VERSION_TAG
 from templates.compute import (
     BOOT_DATABASE_WAIT_SECONDS,
     BOOT_HEALTH_WAIT_SECONDS,
     BOOT_TARGET_WAIT_SECONDS,
     LAUNCH_HOOK,
+    SERVER_FACTS,
 )
 from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
@@ -108,10 +110,11 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
         "VPC_CIDR": VPC_CIDR,
         "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
-        "VERSION_TAG": "mastodon:version",
+        "VERSION_TAG": VERSION_TAG,
         "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
         "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
         "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
+        **SERVER_FACTS,
     }
     if role == "web":
         env |= {

@@ -15,11 +15,16 @@ import pytest
 from scripts import tootctl as tootctl_script
 from templates import capacity, maintenance, stack
 from templates.compute import WORKER_GROUP
-from tests.instance.instance_harness import INSTANCE_DIR, STUB
+from tests.instance.instance_harness import INSTANCE_DIR, STUB, stack_env
 from tests.operations.conftest import REPO, client, run_script
 from tests.support import props
 
 WRAPPER = INSTANCE_DIR / "tootctl.sh"
+
+
+def write_stack_env(etc: Path, **overrides: str) -> None:
+    settings = {key: value for key, value in stack_env("worker", **overrides).items() if value != "-"}
+    (etc / "stack.env").write_text("".join(f"{key}='{value}'\n" for key, value in settings.items()))
 
 
 @pytest.fixture
@@ -27,7 +32,7 @@ def worker_env(tmp_path):
     """A fake server root with the files bootstrap.sh leaves, and a stub docker: the environment."""
     etc = tmp_path / "root" / "etc" / "mastodon"
     etc.mkdir(parents=True)
-    (etc / "stack.env").write_text("MASTODON_IMAGE='ghcr.io/mastodon/mastodon'\nROLE='worker'\n")
+    write_stack_env(etc)
     (etc / "version.env").write_text("MASTODON_VERSION=v4.7.9\n")
     (etc / "mastodon.env").write_text("LOCAL_DOMAIN=social.example.com\n")
     bin_dir = tmp_path / "bin"
@@ -82,10 +87,26 @@ def test_the_wrapper_without_arguments_prints_its_usage(instance):
     assert result.returncode == 2 and "usage" in result.stderr and calls == []
 
 
-def test_the_wrapper_pool_fits_the_one_off_reserve_and_the_cleanup_threads():
-    pool = int(next(line.split("=")[1] for line in WRAPPER.read_text().splitlines()
-                    if line.startswith("DB_POOL=")))
-    assert maintenance.CLEANUP_CONCURRENCY < pool <= capacity.ONE_OFF_CONNECTIONS
+def test_the_one_off_pools_fit_the_reserve_and_the_cleanup_threads():
+    assert maintenance.CLEANUP_CONCURRENCY < capacity.TOOTCTL_DB_POOL <= capacity.ONE_OFF_CONNECTIONS
+    assert capacity.ONE_OFF_DB_POOL <= capacity.ONE_OFF_CONNECTIONS
+
+
+def test_the_wrapper_takes_its_pool_from_stack_env(instance):
+    run, etc = instance
+    write_stack_env(etc, TOOTCTL_DB_POOL="5")
+    result, calls = run("media", "usage")
+    assert result.returncode == 0, result.stderr
+    (call,) = calls
+    assert call[call.index("ghcr.io/mastodon/mastodon:v4.7.9") - 1] == "DB_POOL=5"
+
+
+def test_the_wrapper_refuses_a_stack_env_without_its_pool(instance):
+    run, etc = instance
+    write_stack_env(etc, TOOTCTL_DB_POOL="-")
+    result, calls = run("media", "usage")
+    assert result.returncode != 0 and "TOOTCTL_DB_POOL is not set in stack.env" in result.stderr
+    assert calls == []
 
 
 def test_the_daily_cleanup_runs_both_removals_on_this_stacks_worker_only(template):

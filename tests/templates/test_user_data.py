@@ -123,13 +123,16 @@ def test_the_built_user_data_runs_the_real_scripts_digest(template, tmp_path):
         assert (tmp_path / "opt" / name).read_text() == body
 
 
-def test_user_data_passes_every_setting_bootstrap_requires(template):
+def test_user_data_passes_every_setting_the_instance_scripts_require(template):
     text = user_data_text(template, "WebLaunchTemplate", {k: "x" for k in stack_env("web")})
     written = set(re.findall(r"^(\w+)='", text, re.M))
     assert written - {"INSTANCE_SCRIPTS"} == set(stack_env("web"))
-    bootstrap = (Path(compute.__file__).parent / "instance" / "bootstrap.sh").read_text()
-    checked = re.search(r"for key in (STACK_NAME .*?); do", bootstrap, re.S).group(1)
-    required = set(checked.replace("\\", " ").split())
+    required = set()
+    for script in ("bootstrap.sh", "deploy.sh", "tootctl.sh"):
+        source = (Path(compute.__file__).parent / "instance" / script).read_text()
+        for keys in re.findall(r"^ *require_stack_env ((?:[^\n]*\\\n)*[^\n]*)", source, re.M):
+            required |= set(keys.replace("\\", " ").split())
+    assert "STACK_NAME" in required and "WEB_PORT" in required and "TOOTCTL_DB_POOL" in required
     assert required <= written
 
 

@@ -1,0 +1,154 @@
+# shellcheck shell=bash
+# What bootstrap.sh, deploy.sh and tootctl.sh share, written once: where the stack's
+# files are, logging, retries, the health probes, the worker's stability watch, pulls
+# that make room first, and the one-off container. Sourced before anything else;
+# defines paths and functions, runs nothing.
+#
+# The caller sets LOG_NAME (the first word of each log line) and, for retry,
+# RETRY_ATTEMPTS and RETRY_BACKOFF; bootstrap.sh also sets STEP, which each of its
+# lines names. The functions that take a setting from stack.env (the images, the
+# ports and health paths) run after the caller has sourced it. pull_with_room uses
+# disk.sh (sourced by the caller) and DOCKER_DATA_ROOT.
+#
+# Tests redirect every path with MASTODON_ROOT.
+# shellcheck disable=SC2034  # the paths are read by the scripts that source this file
+
+ROOT=${MASTODON_ROOT:-}
+# The stack's files on the server; RUNTIME_* are the paths as the containers and units
+# see them (never redirected), ETC_DIR the same directory under the test root. The
+# directory is the one fact the scripts must know before they can read stack.env, which
+# holds every other (templates/compute.py ETC_DIR; tests/test_facts.py holds the two equal).
+RUNTIME_ETC_DIR=/etc/mastodon
+ETC_DIR="$ROOT$RUNTIME_ETC_DIR"
+# Written by user data (templates/compute.py STACK_ENV_FILE).
+STACK_ENV_FILE="$ETC_DIR/stack.env"
+# Mastodon's environment, rendered by bootstrap.sh, and the version the units run,
+# rewritten by every deploy.
+RUNTIME_ENV_FILE="$RUNTIME_ETC_DIR/mastodon.env"
+ENV_FILE="$ROOT$RUNTIME_ENV_FILE"
+RUNTIME_VERSION_FILE="$RUNTIME_ETC_DIR/version.env"
+VERSION_FILE="$ROOT$RUNTIME_VERSION_FILE"
+DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
+
+# Logs go to stderr, so that a function's stdout stays its result.
+log() {
+  printf '%s %s%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LOG_NAME" "${STEP:+ [$STEP]}" "$*" >&2
+}
+
+# require_stack_env KEY...: fails unless stack.env gave each KEY a value.
+require_stack_env() {
+  local key
+  for key in "$@"; do
+    [ -n "${!key:-}" ] || fail "$key is not set in stack.env"
+  done
+}
+
+# fail REASON [EXIT_CODE]: logs the reason (the last line on stderr) and exits (1).
+fail() {
+  # shellcheck disable=SC2034  # bootstrap.sh's exit trap signals this reason
+  FAILURE_REASON=$1
+  log "FAILED: $1"
+  exit "${2:-1}"
+}
+
+# retry COMMAND...: runs COMMAND up to RETRY_ATTEMPTS times, waiting RETRY_BACKOFF
+# seconds after the first failure and twice as long after each next one.
+retry() {
+  local attempt=1 delay=$RETRY_BACKOFF
+  until "$@"; do
+    if [ "$attempt" -ge "$RETRY_ATTEMPTS" ]; then
+      return 1
+    fi
+    log "attempt $attempt of $RETRY_ATTEMPTS failed: $*; retrying in ${delay}s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+    delay=$((delay * 2))
+  done
+}
+
+# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
+# C locale so that [0-9] means the ASCII digits only.
+is_release_tag() {
+  local LC_ALL=C
+  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
+}
+
+# --- health ------------------------------------------------------------------------
+
+# Each succeeds when the process answers its health path (stack.env: the load
+# balancer's port and path of each target group) on this server.
+web_health_ok() {
+  curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$WEB_PORT$WEB_HEALTH_PATH"
+}
+
+streaming_health_ok() {
+  curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$STREAMING_PORT$STREAMING_HEALTH_PATH"
+}
+
+web_healthy() {
+  web_health_ok && streaming_health_ok
+}
+
+# The full id of the running Sidekiq container, or nothing.
+running_sidekiq() {
+  docker ps --quiet --no-trunc --filter name=^mastodon-sidekiq$ --filter status=running
+}
+
+# sidekiq_stays ID SECONDS INTERVAL: succeeds when the Sidekiq container keeps the id
+# ID for SECONDS, looking every INTERVAL; a Sidekiq that crashes at boot restarts in a
+# loop under a new id each time.
+sidekiq_stays() {
+  local id=$1 stable_until=$((SECONDS + $2)) interval=$3 now_id
+  while [ "$SECONDS" -lt "$stable_until" ]; do
+    sleep "$interval"
+    now_id=$(running_sidekiq || true)
+    [ "$now_id" = "$id" ] || return 1
+  done
+}
+
+# --- images --------------------------------------------------------------------------
+
+# The version the units run (version.env, rewritten by every deploy), or nothing.
+current_version() {
+  sed -n 's/^MASTODON_VERSION=//p' "$VERSION_FILE" 2>/dev/null || true
+}
+
+# pull_with_room IMAGE...: pulls each IMAGE (repository:tag). When one is missing, first
+# makes room for the pull on the root volume (disk.sh), keeping the IMAGEs and those of
+# the version the units run (a rollback then needs no pull); fails, before anything
+# changes, when there is still not enough.
+pull_with_room() {
+  local image reason current
+  if [ -n "$(mastodon_missing_images "$@")" ]; then
+    local -a protected=("$@")
+    current=$(current_version)
+    [ -z "$current" ] || protected+=("$MASTODON_IMAGE:$current" "$STREAMING_IMAGE:$current")
+    reason=$(mastodon_make_room "$DOCKER_DATA_ROOT" "$MASTODON_PULL_MIB" "${protected[@]}") ||
+      fail "not enough disk to pull ${*}: $reason"
+  fi
+  for image in "$@"; do
+    log "pulling $image"
+    retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
+  done
+}
+
+# one_off [--exec] DB_POOL IMAGE [DOCKER_RUN_OPTION...] -- COMMAND...: runs COMMAND in a
+# container of IMAGE that is removed when it ends, with the runtime environment and a
+# database pool of DB_POOL; with --exec, in place of the calling script.
+one_off() {
+  local -a launch=(docker)
+  if [ "$1" = --exec ]; then
+    launch=(exec docker)
+    shift
+  fi
+  local pool=$1 image=$2
+  shift 2
+  local -a docker_options=()
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+    docker_options+=("$1")
+    shift
+  done
+  [ "$#" -eq 0 ] || shift
+  "${launch[@]}" run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$pool" \
+    "${docker_options[@]}" "$image" "$@"
+}
