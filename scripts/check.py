@@ -10,7 +10,7 @@ Read-only, but for one probe object it puts into the media bucket and removes ag
   stack     status, parameters, the two version parameters agree, no rollout running or
             failed, every alarm's state
   edge      HTTPS with a valid certificate for the domain, HTTP redirected to HTTPS,
-            /health through CloudFront, security headers, HTTP/2 (and HTTP/3 where the
+            the health check through CloudFront, security headers, HTTP/2 (and HTTP/3 where the
             distribution enables it), the load balancer not reachable from here, and its
             listener refusing a request without the stack's secret header
   mastodon  WebFinger, NodeInfo, host-meta, the instance API (domain, version), the
@@ -580,7 +580,7 @@ class Checker:
         )(self._redirect)
         self.guard(
             g,
-            "/health through CloudFront",
+            f"{load_balancing.WEB_HEALTH_PATH} through CloudFront",
             "CloudFront cannot reach the web servers",
             "see the servers group below and the load balancer's target health",
         )(self._health)
@@ -629,7 +629,7 @@ class Checker:
         )
 
     def _redirect(self) -> None:
-        answer = self.net.request(self.domain, "/health", port=80, tls=False)
+        answer = self.net.request(self.domain, load_balancing.WEB_HEALTH_PATH, port=80, tls=False)
         location = answer.header("location")
         self.add(
             "edge",
@@ -644,7 +644,7 @@ class Checker:
         answer = self.net.request(self.domain, load_balancing.WEB_HEALTH_PATH)
         self.add(
             "edge",
-            "/health through CloudFront",
+            f"{load_balancing.WEB_HEALTH_PATH} through CloudFront",
             answer.status == 200 and answer.via_cloudfront,
             f"{answer.status} {answer.body[:40]!r}, "
             f"{'via CloudFront' if answer.via_cloudfront else 'no CloudFront headers'}",

@@ -8,7 +8,7 @@ Reads the rollout's state machine (the stack's RolloutStateMachine): the running
 execution, else the newest one. From the execution's history it takes the step it is
 at and the rollout's state (lambdas/rollout/state.py: the version rolled out, the one
 it replaces, the failure); from EC2 the servers of both groups and the version each
-runs (its mastodon:version tag); from the rollout-last parameter the result of a
+runs (its version tag); from the rollout-last parameter the result of a
 finished one. `status` prints one summary; `watch` prints a line whenever something
 changes until the execution ends. Exit status: 0 the rollout succeeded, is running
 (status) or none ran yet; 1 it failed, or the stack or its state machine was not found.

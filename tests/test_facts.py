@@ -55,7 +55,7 @@ def port(number: int) -> re.Pattern[str]:
 
 FACTS = (
     Fact("web port", port(load_balancing.WEB_PORT), ("templates/load_balancing.py",),
-         unrelated=(("templates/waf.py", "the default rate limit, requests per five minutes"),)),
+         unrelated=(("templates/parameters.py", "WAF's default rate limit, requests per five minutes"),)),
     Fact("streaming port", port(load_balancing.STREAMING_PORT), ("templates/load_balancing.py",)),
     Fact("web health path", literal(load_balancing.WEB_HEALTH_PATH, alone=True),
          ("templates/load_balancing.py",)),
