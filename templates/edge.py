@@ -4,9 +4,17 @@ One distribution serves everything:
 - /system/*: media from the private S3 bucket through Origin Access Control, cached
   at the edge for at most MEDIA_EDGE_TTL_SECONDS (see there); a CloudFront function
   strips the /system prefix (Mastodon's object keys have none).
-- fingerprinted assets (/packs/*, /assets/*): from the load balancer, cached.
+- the static files of Mastodon's public/ directory (STATIC_FILE_LIFETIMES: /packs,
+  /assets, /emoji, /sounds, ...): from the load balancer, cached as long as Mastodon's
+  nginx configuration lets caches keep them, keyed by path alone (no cookie, credential
+  or query reaches the origin, so nothing personal can be cached).
 - /api/v1/streaming*: to the load balancer uncached, WebSocket upgrade passed through.
-- everything else: to the load balancer uncached, with Host, cookies and query string.
+- everything else (pages, API, ActivityPub): to the load balancer with every viewer
+  header, cookie and query; cached only when Mastodon says `public` (the origin's
+  Cache-Control is honoured, so its default `private, no-store` is never cached), and
+  then under a key holding every header Mastodon varies on (PAGE_KEY_HEADERS), every
+  cookie and the query, because CloudFront ignores Vary. That cache policy is also what
+  lets CloudFront compress HTML, CSS, JavaScript and JSON on the way to the viewer.
 CloudFront always adds the secret header the load balancer checks. Where the region
 supports it, CloudFront reaches the internal load balancer through a VPC origin
 (the UseVpcOrigin condition); elsewhere, the internet-facing one by its public name.
@@ -73,7 +81,22 @@ MEDIA_CACHE_POLICY = "MediaCachePolicy"
 # may refresh from the regional edge cache, itself up to that old: ten minutes at worst.
 # No invalidation to pay or to get throttled on; the bound holds for every deletion.
 MEDIA_EDGE_TTL_SECONDS = 300
-CACHED_ASSET_PATHS = ("/packs/*", "/assets/*")
+# The static paths Mastodon's dist/nginx.conf serves from public/ with a cache lifetime
+# (PublicFileServerMiddleware sends the same when Puma serves them), in seconds: the
+# one place they are counted. Each lifetime has its own cache policy.
+STATIC_FILE_LIFETIMES: dict[str, int] = {
+    **{f"/{folder}/*": 28 * 86400
+       for folder in ("assets", "avatars", "emoji", "headers", "packs", "shortcuts", "sounds")},
+    "/sw.js": 7 * 86400,
+}
+# Request headers Mastodon's cacheable responses depend on: its `vary_by` names Accept,
+# Accept-Language, Cookie and Signature; Rack::Cors answers only a request with Origin;
+# Authorization is a credential (and CloudFront forwards it on GET only from the key).
+# CloudFront ignores Vary, so each must be in the key. Cookies and query are in it too.
+PAGE_KEY_HEADERS = ("Accept", "Accept-Language", "Authorization", "Origin", "Signature")
+# The longest CloudFront keeps what Mastodon marks public (it asks for at most 3 days,
+# WebFinger); an upgrade invalidates everything anyway.
+PAGE_MAX_TTL = 86400
 STREAMING_PATH = "/api/v1/streaming*"
 # CloudFront's hosted zone for alias records, the same in every partition region.
 CLOUDFRONT_HOSTED_ZONE_ID = "Z2FDTNDATAQYW2"
@@ -240,15 +263,14 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
         OriginAccessControlId=GetAtt(access_control, "Id"),
         S3OriginConfig=cloudfront.S3OriginConfig(OriginAccessIdentity=""),
     )
-    uncached = dict(
+    to_load_balancer = dict(
         TargetOriginId="load-balancer",
         ViewerProtocolPolicy="redirect-to-https",
         AllowedMethods=ALL_METHODS,
         CachedMethods=["GET", "HEAD"],
-        CachePolicyId=CACHING_DISABLED,
         OriginRequestPolicyId=ALL_VIEWER,
-        Compress=True,
     )
+    static_policies = _static_cache_policies(t)
     behaviors = [
         cloudfront.CacheBehavior(
             PathPattern=f"{MEDIA_PATH}/*",
@@ -262,18 +284,23 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
                 EventType="viewer-request", FunctionARN=GetAtt(strip_prefix, "FunctionARN"))],
             Compress=True,
         ),
-        cloudfront.CacheBehavior(PathPattern=STREAMING_PATH, **uncached),
+        # Never cached, never compressed: a WebSocket or an event stream must not wait
+        # for a body to end.
+        cloudfront.CacheBehavior(PathPattern=STREAMING_PATH, CachePolicyId=CACHING_DISABLED,
+                                 Compress=False, **to_load_balancer),
         *[cloudfront.CacheBehavior(
             PathPattern=path,
             TargetOriginId="load-balancer",
             ViewerProtocolPolicy="redirect-to-https",
             AllowedMethods=["GET", "HEAD"],
             CachedMethods=["GET", "HEAD"],
-            CachePolicyId=CACHING_OPTIMIZED,
+            CachePolicyId=Ref(static_policies[lifetime]),
             OriginRequestPolicyId=Ref(host_only),
             Compress=True,
-        ) for path in CACHED_ASSET_PATHS],
+        ) for path, lifetime in STATIC_FILE_LIFETIMES.items()],
     ]
+    pages = cloudfront.DefaultCacheBehavior(
+        CachePolicyId=Ref(_page_cache_policy(t)), Compress=True, **to_load_balancer)
     distribution = t.add_resource(cloudfront.Distribution(
         DISTRIBUTION,
         DistributionConfig=cloudfront.DistributionConfig(
@@ -285,7 +312,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             PriceClass="PriceClass_100",
             WebACLId=web_acl if web_acl is not None else Ref("AWS::NoValue"),
             Origins=[load_balancer_origin, media_origin],
-            DefaultCacheBehavior=cloudfront.DefaultCacheBehavior(**uncached),
+            DefaultCacheBehavior=pages,
             CacheBehaviors=behaviors,
             ViewerCertificate=cloudfront.ViewerCertificate(
                 AcmCertificateArn=certificate_arn,
@@ -317,6 +344,63 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
                 DNSName=GetAtt(distribution, "DomainName"), HostedZoneId=CLOUDFRONT_HOSTED_ZONE_ID),
         ))
     return Edge(distribution=distribution)
+
+
+def _static_cache_policies(t: Template) -> dict[int, cloudfront.CachePolicy]:
+    """One cache policy per static-file lifetime: the path alone is the key.
+
+    The lifetime is the default (Puma sends it anyway) and the cap; a minimum of 0 lets
+    a `no-store` from the origin (a missing file's error page) keep its word.
+    """
+    policies = {}
+    for lifetime in sorted(set(STATIC_FILE_LIFETIMES.values())):
+        days = lifetime // 86400
+        policies[lifetime] = t.add_resource(cloudfront.CachePolicy(
+            f"StaticFilesCachePolicy{days}Days",
+            CachePolicyConfig=cloudfront.CachePolicyConfig(
+                Name=_global_name(f"static-{days}d"),
+                Comment=f"Mastodon's static files, {days} days as its nginx configuration says",
+                MinTTL=0,
+                DefaultTTL=lifetime,
+                MaxTTL=lifetime,
+                ParametersInCacheKeyAndForwardedToOrigin=cloudfront.ParametersInCacheKeyAndForwardedToOrigin(
+                    EnableAcceptEncodingGzip=True,
+                    EnableAcceptEncodingBrotli=True,
+                    HeadersConfig=cloudfront.CacheHeadersConfig(HeaderBehavior="none"),
+                    CookiesConfig=cloudfront.CacheCookiesConfig(CookieBehavior="none"),
+                    QueryStringsConfig=cloudfront.CacheQueryStringsConfig(QueryStringBehavior="none"),
+                ),
+            ),
+        ))
+    return policies
+
+
+def _page_cache_policy(t: Template) -> cloudfront.CachePolicy:
+    """What Mastodon itself marks public is cached, under a key of all it varies on.
+
+    Minimum and default TTL 0: a response without Cache-Control, or with `private`,
+    `no-store` or `no-cache` (Mastodon's default, and what it sends whenever a request
+    carries a cookie, Authorization or Signature its answer varies on), is not cached.
+    A maximum above 0 is what allows the Accept-Encoding settings, and so compression.
+    """
+    return t.add_resource(cloudfront.CachePolicy(
+        "PageCachePolicy",
+        CachePolicyConfig=cloudfront.CachePolicyConfig(
+            Name=_global_name("pages"),
+            Comment="Honours Mastodon's Cache-Control; keyed by all it varies on",
+            MinTTL=0,
+            DefaultTTL=0,
+            MaxTTL=PAGE_MAX_TTL,
+            ParametersInCacheKeyAndForwardedToOrigin=cloudfront.ParametersInCacheKeyAndForwardedToOrigin(
+                EnableAcceptEncodingGzip=True,
+                EnableAcceptEncodingBrotli=True,
+                HeadersConfig=cloudfront.CacheHeadersConfig(
+                    HeaderBehavior="whitelist", Headers=list(PAGE_KEY_HEADERS)),
+                CookiesConfig=cloudfront.CacheCookiesConfig(CookieBehavior="all"),
+                QueryStringsConfig=cloudfront.CacheQueryStringsConfig(QueryStringBehavior="all"),
+            ),
+        ),
+    ))
 
 
 def _media_bucket_policy(t: Template, bucket: s3.Bucket, distribution: cloudfront.Distribution) -> None:
