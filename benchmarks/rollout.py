@@ -2,7 +2,7 @@
 
     python -m benchmarks.rollout [--quick] [--budget SECONDS]
 
-Runs whole rollouts in moto (tests/pipeline/harness.py) with a simulated clock and
+Runs whole rollouts in moto (simulation/world.py) with a simulated clock and
 realistic durations, for 1 to 32 web servers and a few batch sizes, and prints one
 line per case: the rollout's simulated duration, the lower bound (the waits no
 rollout can avoid: migrations, draining, deploys, health checks, a surge server's
@@ -24,7 +24,7 @@ for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
     os.environ.setdefault(key, "testing")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
-from tests.pipeline.harness import NEW, Timing, World  # noqa: E402
+from simulation.world import NEW, Timing, World  # noqa: E402
 
 SIZES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 5)

@@ -1,6 +1,6 @@
 """The whole rollout against moto: the real state machine definition, the real handlers.
 
-Each test builds a fleet (harness.World), sets the desired version as an operator
+Each test builds a fleet (simulation.world.World), sets the desired version as an operator
 would, runs the execution EventBridge would start, and checks the end state: which
 version every server runs, the two version parameters, the notification, and that
 healthy web capacity never fell below max(1, size - batch) at any step.
@@ -18,7 +18,7 @@ from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import steps
 from tests.lambdas.conftest import LambdaContext
-from tests.pipeline.harness import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
+from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 
 # Short durations keep the simulated rollouts (and the tests) quick; the benchmark
 # uses realistic ones.
