@@ -25,7 +25,9 @@ from lambdas.rollout import names
 from lambdas.rollout.plan import surge_seconds
 from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 
-QUICK = Timing(drain=10, deploy=10, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5)
+QUICK = Timing(
+    drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5
+)
 HELD = {"AlarmNotification", "ScheduledActions", "AZRebalance"}
 
 
