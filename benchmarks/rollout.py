@@ -2,11 +2,12 @@
 
     python -m benchmarks.rollout [--quick] [--budget SECONDS]
 
-Runs whole rollouts in moto (tests/pipeline/harness.py) with a simulated clock and
+Runs whole rollouts in moto (simulation/world.py) with a simulated clock and
 realistic durations, for 1 to 32 web servers and a few batch sizes, and prints one
 line per case: the rollout's simulated duration, the lower bound (the waits no
-rollout can avoid: migrations, draining, deploys, health checks, a surge server's
-boot, the worker, the invalidation), their ratio (target: at most 1.10), and the
+rollout can avoid: the pulls ahead beside the pre-deployment migrations, then per
+batch draining, restart, health checks and settling, a surge server's boot, the
+worker, the invalidation), their ratio (target: at most 1.10), and the
 AWS API calls per server (target: flat as servers grow). Stops starting new cases
 once the time budget is spent.
 """
@@ -24,7 +25,7 @@ for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
     os.environ.setdefault(key, "testing")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 
-from tests.pipeline.harness import NEW, Timing, World  # noqa: E402
+from simulation.world import NEW, Timing, World  # noqa: E402
 
 SIZES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 5)
@@ -33,18 +34,24 @@ BATCHES = (1, 2, 5)
 def lower_bound(web: int, batch: int, timing: Timing) -> float:
     """The waits no rollout can avoid, with this design's order of steps.
 
-    A batch is done once its servers have stayed healthy for the settling window (as
-    long as the load balancer takes to call a target unhealthy), and the whole fleet is
-    watched for one window before and one after the post-deployment migrations: these
-    are waits of the design, counted here, not overhead.
+    While the worker pulls and runs the pre-deployment migrations, every web server
+    pulls the new images, still serving; then each batch is out of service only to
+    drain, restart and turn healthy. A batch is done once its servers have stayed
+    healthy for the settling window (as long as the load balancer takes to call a
+    target unhealthy), and the whole fleet is watched for one window before and one
+    after the post-deployment migrations: these are waits of the design, counted
+    here, not overhead. A lone web server is surged first: a new server boots the
+    deployed version (it was not there to pull ahead), takes the new one (a pull and
+    a restart), settles, then the old one drains.
     """
-    cycle = timing.drain + timing.deploy + timing.health + timing.settle
-    if web == 1:  # a new server boots (old version), is converted, then the old one drains
-        web_time = timing.boot + cycle + timing.drain
+    ahead = max(timing.pull, timing.pull + timing.pre)  # the worker's pull comes before its migration
+    cycle = timing.drain + timing.restart + timing.health + timing.settle
+    if web == 1:
+        web_time = timing.boot + cycle + timing.pull + timing.drain
     else:
         web_time = math.ceil(web / min(batch, web - 1)) * cycle
     checks = 2 * timing.settle
-    return timing.pre + web_time + timing.worker + checks + timing.post + timing.invalidation
+    return ahead + web_time + timing.worker + checks + timing.post + timing.invalidation
 
 
 def run_case(web: int, batch: int, timing: Timing) -> tuple[float, float, float, int]:
@@ -66,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     timing = Timing()
     started = time.perf_counter()
     print(
-        f"timing: drain {timing.drain}s, deploy {timing.deploy}s, health {timing.health}s, "
-        f"boot {timing.boot}s, migrations {timing.pre}+{timing.post}s, worker {timing.worker}s, "
+        f"timing: drain {timing.drain}s, pull {timing.pull}s, restart {timing.restart}s, "
+        f"health {timing.health}s, boot {timing.boot}s, migrations {timing.pre}+{timing.post}s, "
+        f"worker {timing.worker}s, "
         f"invalidation {timing.invalidation}s, settling {timing.settle}s"
     )
     print(f"{'web':>4} {'batch':>5} {'rollout s':>10} {'bound s':>8} {'ratio':>6} {'calls/server':>13}")

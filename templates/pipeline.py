@@ -5,8 +5,9 @@ machine. Its tasks are two Lambda functions (lambdas/rollout.py, lambdas/invalid
 that each do one short step and say how long to wait; the state machine does the
 waiting (Wait states), so a rollout may last hours while no invocation lasts more
 than seconds. The order: queue behind any older rollout → validate the tag and the
-images → pre-deployment migrations on the worker → the web group in batches (drain,
-deploy.sh through Run Command, healthy again; a lone server is surged first) → the
+images → pre-deployment migrations on the worker, while every other serving server
+pulls the new images (deploy.sh pull) → the web group in batches (drain, deploy.sh
+through Run Command, healthy again; a lone server is surged first) → the
 worker → post-deployment migrations → the deployed (boot) version → CloudFront
 invalidation → an SNS notice. Any failure before the post-deployment migrations
 rolls the changed servers back; the deployed version stays the last good one.

@@ -223,8 +223,8 @@ def marker(execution: str, words: str) -> str:
     return f"mastodon-rollout {execution[-40:]} {words}"[:100]
 
 
-def find_command(comment: str, since: float, instance: str | None = None) -> str | None:
-    """The newest command sent since `since` with this marker (to `instance`), or None.
+def find_commands(comment: str, since: float) -> list[tuple[str, list[str]]]:
+    """(id, instances) of every command sent since `since` with this marker, oldest first.
 
     Not filtered by instance: a command that has not reached its instance yet is not
     listed by instance.
@@ -236,17 +236,18 @@ def find_command(comment: str, since: float, instance: str | None = None) -> str
     matching: list[dict[str, Any]] = []
     while True:
         page = client("ssm").list_commands(**request)
-        matching += [
-            c
-            for c in page.get("Commands", [])
-            if c.get("Comment") == comment and (instance is None or instance in c.get("InstanceIds", []))
-        ]
+        matching += [c for c in page.get("Commands", []) if c.get("Comment") == comment]
         if not page.get("NextToken"):
             break
         request["NextToken"] = page["NextToken"]
-    if not matching:
-        return None
-    return str(max(matching, key=lambda c: str(c.get("RequestedDateTime") or ""))["CommandId"])
+    matching.sort(key=lambda c: str(c.get("RequestedDateTime") or ""))
+    return [(str(c["CommandId"]), [str(i) for i in c.get("InstanceIds", [])]) for c in matching]
+
+
+def find_command(comment: str, since: float, instance: str | None = None) -> str | None:
+    """The newest command sent since `since` with this marker (to `instance`), or None."""
+    found = [c for c, ids in find_commands(comment, since) if instance is None or instance in ids]
+    return found[-1] if found else None
 
 
 def send(instances: list[str], script: str, arguments: str, timeout: int, comment: str) -> str:

@@ -397,6 +397,71 @@ def surge_seconds(boot_grace: int) -> int:
     return boot_grace + DEPLOY_TIMEOUT // 3 + HEALTH_TIMEOUT
 
 
+# ---------------------------------------------------------------- pulling ahead
+@dataclass
+class PullPlan:
+    """One look at the pull-ahead: the new images fetched on every serving server while it serves."""
+
+    send: list[str] = field(default_factory=list)  # serving servers the pull has not been sent to
+    done: list[str] = field(default_factory=list)  # their pull finished
+    dropped: list[str] = field(default_factory=list)  # left the group: nothing to pull there any more
+    pending: bool = False  # a pull still runs
+    failure: str | None = None
+
+
+def plan_pulls(
+    servers: list[Server],
+    balanced: set[str],
+    pulls: dict[str, tuple[str, float]],
+    pulled: list[str] | tuple[str, ...],
+    statuses: dict[str, tuple[str, str]],
+    *,
+    target: str,
+    moment: float,
+) -> PullPlan:
+    """What the pull-ahead does next.
+
+    servers: both groups' servers (the worker running the migration left out: it pulls
+    the image itself). balanced: the ids of web servers. pulls: {server: (command, sent
+    at)}; statuses: the Run Command status of those not yet pulled. A serving server
+    (web: healthy in every target group; worker: settled on a version) that runs
+    another version gets a pull; one still booting is left to its deploy, which pulls
+    what it needs. A server that leaves drops out; a pull that fails, or outlasts
+    DEPLOY_TIMEOUT, on a server that still serves fails the rollout.
+    """
+    plan = PullPlan()
+    present = {s.id: s for s in servers if not s.gone}
+    for iid, (command, sent) in pulls.items():
+        if iid in pulled:
+            continue
+        server = present.get(iid)
+        if server is None:
+            plan.dropped.append(iid)
+            continue
+        status, reason = statuses.get(iid, ("Pending", ""))
+        if status in COMMAND_DONE:
+            plan.done.append(iid)
+        elif not server.in_service:
+            plan.dropped.append(iid)  # in Standby or leaving: its deploy pulls, should it come back
+        elif status not in COMMAND_RUNNING:
+            plan.failure = plan.failure or (
+                f"pulling the images of {target} ahead failed on {iid} ({status}): {reason}; "
+                "no server had left the load balancer"
+            )
+        elif moment > sent + DEPLOY_TIMEOUT:
+            plan.failure = plan.failure or (
+                f"pulling the images of {target} ahead on {iid} did not finish within {DEPLOY_TIMEOUT}s "
+                f"(command {command}); no server had left the load balancer"
+            )
+        else:
+            plan.pending = True
+    for s in present.values():
+        serving = s.in_service and (s.healthy if s.id in balanced else s.version is not None)
+        if serving and s.id not in pulls and s.version != target:
+            plan.send.append(s.id)
+    return plan
+
+
 # ---------------------------------------------------------------- other decisions
 def failure_reason(error: Any) -> str:
     """A short reason from a Step Functions Catch output ({"Error", "Cause"})."""

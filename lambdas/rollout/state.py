@@ -77,6 +77,11 @@ class State:
     started: float | None = None
     queued_since: float | None = None
     migration: Migration | None = None
+    # The pull-ahead (with the pre-deployment migrations): {server: [command, sent at]},
+    # the servers whose pull finished, and a pull's failure, reported once the migration ends.
+    pulls: dict[str, list[Any]] = field(default_factory=dict)
+    pulled: list[str] = field(default_factory=list)
+    pull_failure: str | None = None
     flight: dict[str, list[str]] = field(default_factory=dict)  # per group: on the target, failing checks
     lost: list[str] = field(default_factory=list)  # servers that vanished while failing on the target
     recorded: bool = False  # deployed-version was set to the target

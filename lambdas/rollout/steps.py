@@ -4,7 +4,11 @@
             desired and deployed versions; nothing to do if the change was handled
   validate  a release tag (the stack's rule), no silent downgrade, both images exist
   migrate   a one-off `deploy.sh migrate pre|post` on the worker, found again by its
-            marker if the step is retried, failed at once if its worker is lost
+            marker if the step is retried, failed at once if its worker is lost; with
+            the pre-deployment migrations, every other serving server pulls the new
+            images meanwhile (`deploy.sh pull`), so that a batch is out of service only
+            to restart; a failed pull fails the rollout before any server leaves the
+            load balancer
   web       one tick over the web group (drain, deploy, rejoin, settle; surge when one
             server serves alone); the first tick holds the group's scaling
   worker    one tick over the worker group
@@ -47,18 +51,21 @@ from lambdas.rollout.plan import (
     BOOT_POLL,
     COMMAND_DONE,
     COMMAND_RUNNING,
+    DEPLOY_TIMEOUT,
     HEALTH_TIMEOUT,
     POLL,
     check_tag,
     downgrade_refusal,
     handled_record,
     parse_desired,
+    plan_pulls,
     queue_position,
     read_handled,
 )
 from lambdas.rollout.state import Migration, State
 
 QUEUE_POLL = 60  # while an older rollout runs
+SEND_LIMIT = 50  # instance ids one SendCommand accepts
 FINISH_TRIES = 3  # finish asks again this often before it reports scaling left suspended
 
 
@@ -154,6 +161,8 @@ def migrate(state: State, phase: str) -> State:
                 comment,
             )
         state.migration = Migration(phase, command, instance, aws.now())
+        if phase == PRE:
+            pull_ahead(state, instance)
         return _waiting(state, POLL)
     worker = next((s for s in group.servers if s.id == migration.instance), None)
     if worker is None or worker.gone:
@@ -165,13 +174,62 @@ def migrate(state: State, phase: str) -> State:
         )
     status, reason = aws.command_status(migration.id, migration.instance)
     moment = aws.now()
-    if status in COMMAND_DONE:
-        migration.done = True
-        state.next = DONE
-        return state
-    if status in COMMAND_RUNNING and moment < migration.since + MIGRATION_TIMEOUT:
+    running = status in COMMAND_RUNNING and moment < migration.since + MIGRATION_TIMEOUT
+    if status not in COMMAND_DONE and not running:
+        return _failed(state, f"{label} migrations of {state.target} failed ({status}): {reason}")
+    migration.done = status in COMMAND_DONE
+    pulling = pull_ahead(state, migration.instance) if phase == PRE else False
+    if state.pull_failure and not running:  # reported once the migration has ended, never mid-way
+        return _failed(state, state.pull_failure)
+    if running:
         return _waiting(state, min(POLL * 6, max(POLL, int((moment - migration.since) / 10))))
-    return _failed(state, f"{label} migrations of {state.target} failed ({status}): {reason}")
+    if pulling:
+        return _waiting(state, POLL)
+    state.next = DONE
+    return state
+
+
+def pull_ahead(state: State, busy: str) -> bool:
+    """Every serving server of both groups pulls the target's images while it serves (deploy.sh
+    pull); whether a pull still runs. `busy`: the worker running the migration, which pulls
+    the image itself. Sent pulls are found again by their marker when a step is retried, and
+    a server that comes into service meanwhile gets its pull at the next look."""
+    config, target, me = state.config, state.target, state.short_execution
+    assert target is not None
+    web = aws.describe_group(config.web_group, config.target_groups)
+    workers = aws.describe_group(config.worker_group, [])
+    servers = web.servers + [s for s in workers.servers if s.id != busy]
+    present = {s.id for s in servers if not s.gone}
+    pulls = {iid: (str(sent[0]), float(sent[1])) for iid, sent in state.pulls.items()}
+    statuses = {
+        iid: aws.command_status(command, iid)
+        for iid, (command, _) in pulls.items()
+        if iid in present and iid not in state.pulled
+    }
+    moment = aws.now()
+    plan = plan_pulls(
+        servers, {s.id for s in web.servers}, pulls, state.pulled, statuses, target=target, moment=moment
+    )
+    state.pulled += plan.done
+    for iid in plan.dropped:
+        state.pulls.pop(iid, None)
+    state.pull_failure = state.pull_failure or plan.failure
+    if not plan.send or state.pull_failure:
+        return plan.pending
+    comment = aws.marker(me, f"pull {target}")
+    for command, ids in aws.find_commands(comment, state.started or moment):  # sent by a lost answer
+        for iid in set(ids) & set(plan.send):
+            state.pulls[iid] = [command, moment]
+    unsent = [i for i in plan.send if i not in state.pulls]
+
+    def send(ids: list[str]) -> None:
+        command = aws.send(ids, config.deploy_script, f"pull {target}", DEPLOY_TIMEOUT, comment)
+        for iid in ids:
+            state.pulls[iid] = [command, moment]
+
+    for start in range(0, len(unsent), SEND_LIMIT):
+        fleet.per_server(send, unsent[start : start + SEND_LIMIT], fleet.GOING)
+    return plan.pending or any(i in state.pulls for i in plan.send)
 
 
 def _group_step(state: State, role: str, target: str) -> State:

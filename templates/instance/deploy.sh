@@ -4,6 +4,8 @@
 #
 #   deploy.sh deploy vX.Y.Z        pull the role's images, point version.env at the tag,
 #                                  restart the role's units, wait for local health
+#   deploy.sh pull vX.Y.Z          only pull the role's images (the rollout's pull-ahead,
+#                                  while the server still serves): nothing else changes
 #   deploy.sh migrate pre vX.Y.Z   db:migrate with SKIP_POST_DEPLOYMENT_MIGRATIONS=true
 #   deploy.sh migrate post vX.Y.Z  the full db:migrate (worker only, like pre)
 #
@@ -38,7 +40,7 @@ RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
 
-usage() { fail "usage: deploy.sh deploy vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
+usage() { fail "usage: deploy.sh deploy|pull vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
 
 load_stack_env() {
   [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing: is this a Mastodon server?"
@@ -131,6 +133,16 @@ deploy() {
   echo "deployed $version on $ROLE (was ${previous:-none})"
 }
 
+# The rollout pulls ahead on every server while it serves, so that its deploy later only
+# restarts; the disk guard of pull applies, and what runs is left untouched.
+pull_ahead() {
+  local version=$1
+  local images=("$MASTODON_IMAGE:$version")
+  [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$version")
+  pull_with_room "${images[@]}"
+  echo "pulled $version on $ROLE"
+}
+
 migrate() {
   local phase=$1 version=$2
   [ "$ROLE" = worker ] || fail "migrations run on the worker, not on a $ROLE server"
@@ -160,6 +172,10 @@ main() {
     deploy)
       [ $# -eq 2 ] || usage
       deploy "$version"
+      ;;
+    pull)
+      [ $# -eq 2 ] || usage
+      pull_ahead "$version"
       ;;
     migrate)
       [ $# -eq 3 ] || usage

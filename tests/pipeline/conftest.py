@@ -1,4 +1,4 @@
-"""Fixtures for the rollout tests: a simulated fleet in moto (see harness.py)."""
+"""Fixtures for the rollout tests: a simulated fleet in moto (see simulation/world.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import tests.lambdas.conftest  # noqa: F401  (sets the Powertools and AWS environment first)
-from tests.pipeline.harness import World
+from simulation.world import World
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The whole rollout against moto: the real state machine definition, the real handlers.
 
-Each test builds a fleet (harness.World), sets the desired version as an operator
+Each test builds a fleet (simulation.world.World), sets the desired version as an operator
 would, runs the execution EventBridge would start, and checks the end state: which
 version every server runs, the two version parameters, the notification, and that
 healthy web capacity never fell below max(1, size - batch) at any step.
@@ -17,12 +17,14 @@ from botocore.exceptions import ClientError
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import steps
+from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 from tests.lambdas.conftest import LambdaContext
-from tests.pipeline.harness import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 
 # Short durations keep the simulated rollouts (and the tests) quick; the benchmark
 # uses realistic ones.
-QUICK = Timing(drain=10, deploy=10, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5)
+QUICK = Timing(
+    drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5
+)
 
 
 def every_server(world: World) -> dict[str, str]:
@@ -48,7 +50,9 @@ def test_a_desired_version_rolls_every_server_in_order_and_records_it(fleet, web
     assert world.group("web")["MaxSize"] == max(web, 2)
     lines = world.commands_sent()
     assert lines[0].endswith(f"migrate pre {NEW}") and lines[-1].endswith(f"migrate post {NEW}")
-    assert all(f"deploy {NEW}" in line for line in lines[1:-1])
+    pulls = [line for line in lines[1:-1] if f" pull {NEW}" in line]
+    assert lines[1 : 1 + len(pulls)] == pulls, "the pulls ahead come before any deploy"
+    assert all(f"deploy {NEW}" in line for line in lines[1 + len(pulls) : -1])
     assert world.invalidations == 1
     assert world.notifications() == [
         (f"Mastodon upgraded to {NEW}", pytest.approx(world.notifications()[0][1]))

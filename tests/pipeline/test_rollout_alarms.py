@@ -16,13 +16,13 @@ from collections.abc import Callable
 import pytest
 
 from lambdas.rollout import aws as rollout_aws
-from tests.pipeline.harness import NEW, Timing, World
+from simulation.world import NEW, Timing, World
 from tests.support import props
 
 # A slow but legitimate boot (slow pulls, a long database wait): seven minutes, longer
 # than the alarm's window and well within bootstrap's own waits; the rest is quick.
-SLOW_BOOT = Timing(drain=10, deploy=10, health=5, boot=420, pre=10, post=10, worker=10, invalidation=5,
-                   settle=5)
+SLOW_BOOT = Timing(drain=10, pull=5, restart=5, health=5, boot=420, pre=10, post=10, worker=10,
+                   invalidation=5, settle=5)
 
 
 def alarm_window(template: dict) -> int:

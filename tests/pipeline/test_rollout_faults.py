@@ -1,7 +1,7 @@
 """The rollout against what AWS and operators do to it while it runs (docs/design.md, fault model).
 
 Each test runs the real state machine definition and handlers against the simulated
-fleet (harness.World), injects one kind of fault, and checks the invariants after
+fleet (simulation.world.World), injects one kind of fault, and checks the invariants after
 every step, not only at the end:
 - healthy web capacity never falls to zero once the rollout has started;
 - no server serves the old version once the post-deployment migrations have begun;
@@ -23,9 +23,11 @@ from botocore.exceptions import ClientError
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import names
 from lambdas.rollout.plan import surge_seconds
-from tests.pipeline.harness import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
+from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
 
-QUICK = Timing(drain=10, deploy=10, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5)
+QUICK = Timing(
+    drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5
+)
 HELD = {"AlarmNotification", "ScheduledActions", "AZRebalance"}
 
 

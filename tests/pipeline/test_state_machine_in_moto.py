@@ -1,6 +1,6 @@
 """The rollout state machine, as the template declares it, run by moto's Step Functions interpreter.
 
-harness.py runs the definition through an interpreter of our own; this module checks
+simulation/world.py runs the definition through an interpreter of our own; this module checks
 that definition against a second, independent one: moto's port of the LocalStack ASL
 engine (`mock_aws(config={"stepfunctions": {"execute_state_machine": True}})`).
 

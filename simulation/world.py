@@ -38,7 +38,6 @@ from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import names
 from templates import pipeline
 from templates.options import RELEASE_TAG_PATTERN
-from tests.lambdas.conftest import LambdaContext
 
 REGION = "us-east-1"
 OLD, NEW, NEWER = "v4.6.2", "v4.7.6", "v4.7.7"
@@ -58,14 +57,30 @@ class Timing:
     """How long the real world takes: the unavoidable waits of a rollout."""
 
     drain: int = 30  # the target groups' deregistration delay
-    deploy: int = 90  # pull two images, restart, local health
+    pull: int = 70  # pull a release's images (deploy.sh pull, or a deploy or migration that must pull)
+    restart: int = 20  # a web server's restart to local health, its images on disk
     health: int = 20  # the load balancer's healthy threshold after registering
     boot: int = 240  # a new server, from launch to healthy
     pre: int = 120
     post: int = 60
-    worker: int = 60
+    worker: int = 60  # the worker's restart and stability watch, its image on disk
     invalidation: int = 60
     settle: int = 30  # the rollout's settling window (the load balancer's unhealthy detection)
+
+
+@dataclass
+class LambdaContext:
+    """The parts of the Lambda context the handlers and Powertools read."""
+
+    function_name: str = "mastodon-rollout"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:mastodon-rollout"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000001"
+    log_group_name: str = "/aws/lambda/mastodon-rollout"
+    log_stream_name: str = "2026/01/01/[$LATEST]0123"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 600_000
 
 
 class Registry:
@@ -111,6 +126,8 @@ class World:
     unhealthy: set[tuple[str, str]] = field(default_factory=set)  # (instance, version) that never serves
     command_faults: list[Callable[[str, str], str | None]] = field(default_factory=list)
     calls: Counter[str] = field(default_factory=Counter)
+    pulled: set[tuple[str, str]] = field(default_factory=set)  # (instance, version) whose images it holds
+    slow_pulls: dict[str, int] = field(default_factory=dict)  # a server's pulls take this much longer
     capacity: list[tuple[float, int, int]] = field(default_factory=list)  # (time, healthy, booted size)
     hooks: list[Callable[[World, str, int], None]] = field(default_factory=list)
     # Faults of the world, beyond the planned path (TESTING.md, "What AWS may do"):
@@ -201,11 +218,16 @@ class World:
         command_init = ssm_models.Command.__init__
 
         def on_command(command: Any, *args: Any, **kwargs: Any) -> None:
+            # moto adds every instance of the region to the ids asked for (its targets
+            # filter is empty): the servers the command reaches are those asked for.
+            asked = list(kwargs.get("instance_ids") or [])
             command_init(command, *args, **kwargs)
+            if asked:  # as AWS lists it (ListCommands)
+                command.instance_ids = list(asked)
             world._commands[command.command_id] = {
                 "sent": world.clock,
                 "line": command.parameters["commands"][0],
-                "instances": list(command.instance_ids),
+                "instances": asked or list(command.instance_ids),
             }
 
         def get_invocation(command: Any, instance_id: str, plugin_name: str | None) -> dict[str, Any]:
@@ -415,6 +437,7 @@ class World:
                         "%Y-%m-%dT%H:%M:%S.000Z"
                     )
                     self.versions.setdefault(instance.id, deployed)
+                    self.pulled.add((instance.id, deployed))  # bootstrap pulled what it runs
 
     def _bootstrap_tags(self) -> None:
         """A server that finished booting tags itself with the version it booted (bootstrap.sh)."""
@@ -468,10 +491,15 @@ class World:
             raise ssm_models.RESTError("InvocationDoesNotExist", "no such invocation")
         words = command["line"].split()
         mode, version = words[1], words[-1]
-        duration = {
-            "deploy": self.timing.worker if iid in self.instances("worker") else self.timing.deploy,
-            "migrate": self.timing.pre if "pre" in words else self.timing.post,
-        }[mode]
+        durations = command.setdefault("durations", {})
+        if iid not in durations:  # fixed when the server starts it: a pull it lacks comes first
+            pulling = 0 if (iid, version) in self.pulled else self.timing.pull + self.slow_pulls.get(iid, 0)
+            durations[iid] = pulling + {
+                "pull": 0,
+                "deploy": self.timing.worker if iid in self.instances("worker") else self.timing.restart,
+                "migrate": self.timing.pre if "pre" in words else self.timing.post,
+            }[mode]
+        duration = durations[iid]
         base = {
             "CommandId": command_id,
             "InstanceId": iid,
@@ -495,6 +523,7 @@ class World:
             else:
                 if mode == "deploy":
                     self.versions[iid] = version
+                self.pulled.add((iid, version))
                 self._outcomes[key] = {
                     "Status": "Success",
                     "StatusDetails": "Success",
@@ -610,6 +639,14 @@ class World:
 
     def commands_sent(self) -> list[str]:
         return [c["line"] for c in self._commands.values()]
+
+    def deregistered(self) -> list[str]:
+        """Servers taken out of a target group so far."""
+        return sorted({iid for _, iid in self._deregistered})
+
+    def commands(self, words: str) -> list[dict[str, Any]]:
+        """The Run Commands whose line holds `words`: line, instances, sent, durations (per server)."""
+        return [c for c in self._commands.values() if words in c["line"]]
 
     # ------------------------------------------------------------ the state machine
     def start_execution(self) -> str:
