@@ -1,15 +1,16 @@
 """Build the Mastodon stack's CloudFormation template into dist/ and summarize it.
 
     python build.py [--mastodon-version vX.Y.Z] [--output-dir dist]
-                    [--parameters parameters/production.json] [--spot] [--docs]
+                    [--parameters parameters/production.json] [--spot] [--docs] [--golden]
 
 Writes dist/mastodon.yaml (for people), dist/mastodon.json (for tools) and
 dist/architecture.svg (a picture drawn from the template), then prints what the
 template holds, how its size compares with CloudFormation's limits, and its monthly
 cost in us-east-1 before traffic, for the template's defaults or a parameter file
 (--spot: as if every server ran on spot). --docs also refreshes the README's
-picture, docs/architecture.svg. Bad options or a parameter file the template would
-refuse end with a message and exit status 2.
+picture, docs/architecture.svg; --golden the reviewed snapshot of the template that
+the tests compare, tests/golden/mastodon.yaml (review its diff). Bad options or a
+parameter file the template would refuse end with a message and exit status 2.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ TEMPLATE_NAME = "mastodon"
 STACK_POLICY_NAME = "policy/stack-policy.json"
 PRICES = ROOT / "pricing" / "us-east-1.json"
 DOCS_PICTURE = ROOT / "docs" / "architecture.svg"
+# The reviewed snapshot of the default template (tests/templates/test_golden.py).
+GOLDEN_TEMPLATE = ROOT / "tests" / "golden" / "mastodon.yaml"
 PICTURE_NAME = "architecture.svg"
 # A Lambda module is a function when it defines lambda_handler at its top level; it
 # shares the modules of lambdas/ it imports at its top level (`from lambdas.x import ...`
@@ -169,6 +172,7 @@ class Request:
     parameters: Path | None = None
     spot: bool = False
     docs: bool = False
+    golden: bool = False
 
 
 def parse_args(argv: list[str]) -> Request:
@@ -187,10 +191,15 @@ def parse_args(argv: list[str]) -> Request:
                         help="estimate the cost as if every server ran on spot")
     parser.add_argument("--docs", action="store_true",
                         help=f"also write the picture to {DOCS_PICTURE.relative_to(ROOT)}")
+    parser.add_argument("--golden", action="store_true",
+                        help="also write the template to tests/golden/mastodon.yaml, the reviewed "
+                        "snapshot the tests compare (default options only)")
     args = parser.parse_args(argv)
+    if args.golden and args.mastodon_version != BuildOptions.mastodon_version:
+        parser.error("--golden records the default template: leave out --mastodon-version")
     try:
         return Request(BuildOptions(mastodon_version=args.mastodon_version), args.output_dir,
-                       args.parameters, args.spot, args.docs)
+                       args.parameters, args.spot, args.docs, args.golden)
     except OptionsError as error:
         parser.error(str(error))  # exits with status 2
 
@@ -210,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         if request.docs:
             DOCS_PICTURE.parent.mkdir(parents=True, exist_ok=True)
             DOCS_PICTURE.write_text(architecture.svg(summary.template))
+        if request.golden:
+            GOLDEN_TEMPLATE.parent.mkdir(parents=True, exist_ok=True)
+            GOLDEN_TEMPLATE.write_text((output_dir / f"{TEMPLATE_NAME}.yaml").read_text())
     except parameter_files.ParameterFileError as error:
         print(f"build.py: error: {error}", file=sys.stderr)
         return 2

@@ -1,68 +1,364 @@
-"""An SVG picture of a built template: its resources by tier and how traffic flows.
+"""An SVG picture of a built template: the flows a newcomer follows through the stack.
 
-Drawn from the template itself, so it changes when the template does. The top row
-follows a request from left to right (viewer → edge → load balancing → servers →
-data); an arrow joins two resources when one refers to the other, directly, through
-the resources it owns (a launch template, a role) or through a connector between
-them (a listener, a bucket policy). The bottom row holds the tiers that serve the
-others (network, secrets and identity, mail and DNS, upgrades and operations); each
-of their resources names the top-row resources that use it. Minor resources are
-counted under their tier instead of drawn.
+Each band is one flow, read from left to right: a request from the viewer to the
+data, media from CloudFront to S3, what the worker uses, what every server reads at
+boot, an upgrade from the desired-version parameter to the servers and the
+invalidation, the alerts, the housekeeping, and the custom resources CloudFormation
+runs once. The flows are declared here (`FLOWS`); the boxes and numbers come from
+the template: a box whose resource the template lacks is left out with its arrows,
+ports, health paths and schedules are read from the resources, and what no flow
+draws is counted by type at the bottom, so the picture changes when the template
+does. Every arrow between two resources is a reference in the template (a test
+checks it; `IMPLIED` lists the few that are not, with the reason).
+
+The geometry is computed before any SVG is written (`layout`): labels sit inside
+their boxes, arrows run only through the gaps between columns, so no arrow crosses
+a label or a heading; the tests check that on the layout and render the SVG.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 from xml.sax.saxutils import escape
 
-# (tier, title, resource type prefixes); top-row tiers first, in the order traffic flows.
-TIERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("edge", "Edge", ("AWS::CloudFront::", "AWS::WAFv2::", "AWS::CertificateManager::",
-                      "Custom::CloudFrontCertificate")),
-    ("balancing", "Load balancing", ("AWS::ElasticLoadBalancingV2::", "Custom::ManagedPrefixList")),
-    ("servers", "Servers", ("AWS::AutoScaling::", "AWS::EC2::LaunchTemplate", "AWS::IAM::InstanceProfile",
-                            "AWS::CloudFormation::WaitConditionHandle", "AWS::ApplicationAutoScaling::")),
-    ("data", "Data", ("AWS::RDS::", "AWS::ElastiCache::", "AWS::S3::", "Custom::DatabaseSettings")),
-    ("network", "Network", ("AWS::EC2::", "Custom::AvailabilityZones")),
-    ("secrets", "Secrets and identity", ("AWS::SecretsManager::", "AWS::KMS::", "AWS::IAM::", "Custom::")),
-    ("mail", "Mail and DNS", ("AWS::SES::", "AWS::Route53::")),
-    ("operations", "Upgrades and operations", ("",)),
+Template = Mapping[str, Any]
+Text = str | Callable[[Template], str]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One box: `key` is unique in its flow; `resource` is the logical ID it stands for."""
+
+    key: str
+    title: Text
+    detail: Text = ""
+    resource: str | None = None
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Columns of boxes, left to right; arrows join boxes of neighbouring columns.
+
+    Without `edges`, every box of a column points to every box of the next one.
+    """
+
+    heading: str
+    columns: tuple[tuple[Step, ...], ...]
+    edges: tuple[tuple[str, str], ...] | None = None
+
+
+def _prop(resource: str, name: str) -> Callable[[Template], str]:
+    return lambda t: str(t["Resources"][resource]["Properties"][name])
+
+
+def _route(target_group: str, rule: str | None) -> Callable[[Template], str]:
+    """The path a listener rule sends to a target group, and the group's port."""
+    def text(t: Template) -> str:
+        port = t["Resources"][target_group]["Properties"]["Port"]
+        if rule is None or rule not in t["Resources"]:
+            return f"everything else → :{port}"
+        paths = [c["PathPatternConfig"]["Values"][0] for c in t["Resources"][rule]["Properties"]["Conditions"]
+                 if c["Field"] == "path-pattern"]
+        return f"{paths[0]} → :{port}"
+    return text
+
+
+def _count(kind: str, what: str) -> Callable[[Template], str]:
+    return lambda t: f"{sum(r['Type'] == kind for r in t['Resources'].values())} {what}"
+
+
+VIEWER = Step("viewer", "viewer", "browser, app, other server")
+CLOUDFRONT = Step("cloudfront", "CloudFront", "one domain, HTTPS, WAF", "Distribution")
+WEB = Step("web", "web servers", "Puma and streaming", "WebAutoScalingGroup")
+WORKER = Step("worker", "worker", "Sidekiq, one server", "WorkerAutoScalingGroup")
+DATABASE = Step("database", "PostgreSQL", "RDS", "Database")
+CACHE = Step("cache", "Valkey", "ElastiCache, TLS", "Cache")
+MEDIA = Step("media", "S3 media bucket", "private", "MediaBucket")
+RUN_COMMAND = Step("run", "Run Command", "SSM, on the servers")
+
+FLOWS: tuple[Flow, ...] = (
+    Flow("Request path: a page, an API call, a WebSocket", (
+        (VIEWER,),
+        (CLOUDFRONT,),
+        (Step("origin", "VPC origin", "private way into the VPC", "LoadBalancerVpcOrigin"),),
+        (Step("alb", "load balancer", "internal, HTTPS only", "LoadBalancer"),),
+        (Step("webtg", "web target group", _route("WebTargetGroup", None), "WebTargetGroup"),
+         Step("streamtg", "streaming target group", _route("StreamingTargetGroup", "StreamingListenerRule"),
+              "StreamingTargetGroup")),
+        (Step("puma", "Puma", "on the web servers", "WebAutoScalingGroup"),
+         Step("streaming", "streaming server", "on the web servers", "WebAutoScalingGroup")),
+        (DATABASE, CACHE),
+    ), edges=(("viewer", "cloudfront"), ("cloudfront", "origin"), ("origin", "alb"), ("alb", "webtg"),
+              ("alb", "streamtg"), ("webtg", "puma"), ("streamtg", "streaming"), ("puma", "database"),
+              ("puma", "cache"), ("streaming", "database"), ("streaming", "cache"))),
+    Flow("Media path: uploaded files", (
+        (VIEWER,),
+        (Step("cloudfront", "CloudFront", "/system/*, cached", "Distribution"),),
+        (Step("media", "S3 media bucket", "private, origin access control", "MediaBucket"),),
+    )),
+    Flow("What the worker uses (the web servers use the same stores)", (
+        (WORKER,),
+        (DATABASE, CACHE, MEDIA, Step("mail", "SES", "mail to users (SMTP)", "EmailIdentity")),
+    )),
+    Flow("What every server reads at boot", (
+        (WEB, WORKER),
+        (Step("secrets", "Secrets Manager", "every secret", "AppSecret"),
+         Step("deployed", "deployed-version", "SSM: the version to boot", "DeployedVersionParameter"),
+         Step("logs", "CloudWatch Logs", "where the containers log", "WebLogs")),
+    )),
+    Flow("Upgrade: the operator writes desired-version", (
+        (Step("desired", "desired-version", "SSM parameter", "DesiredVersionParameter"),),
+        (Step("trigger", "EventBridge rule", "on its change", "RolloutTrigger"),),
+        (Step("machine", "Step Functions", "the rollout, step by step", "RolloutStateMachine"),),
+        (Step("rollout", "rollout (Lambda)", "migrate, deploy, record", "RolloutFunction"),
+         Step("invalidate", "invalidation (Lambda)", "last: clear the cache", "InvalidateFunction")),
+        (RUN_COMMAND, Step("cloudfront", "CloudFront", "invalidated", "Distribution")),
+        (WEB, WORKER),
+    ), edges=(("desired", "trigger"), ("trigger", "machine"), ("machine", "rollout"),
+              ("machine", "invalidate"), ("rollout", "run"), ("invalidate", "cloudfront"),
+              ("run", "web"), ("run", "worker"))),
+    Flow("Alerts", (
+        (Step("alarms", "CloudWatch alarms", _count("AWS::CloudWatch::Alarm", "alarms"),
+              "LoadBalancer5xxAlarm"),
+         Step("failed", "rollout failed", "EventBridge rule", "RolloutFailureNotice"),
+         Step("notice", "rollout notice", "Step Functions, at the end", "RolloutStateMachine")),
+        (Step("topic", "SNS alert topic", "encrypted", "AlertTopic"),),
+        (Step("email", "alert e-mail", "the AlertEmail parameter"),),
+    )),
+    Flow("Daily cleanup of remote media", (
+        (Step("daily", "daily cleanup", _prop("DailyCleanupRule", "ScheduleExpression"),
+              "DailyCleanupRule"),),
+        (Step("run", "Run Command", "tootctl media remove"),),
+        (WORKER,),
+    )),
+    Flow("Deleted media leave CloudFront's cache", (
+        (Step("deleted", "S3 media bucket", "an object is deleted", "MediaBucket"),),
+        (Step("deletion", "EventBridge rule", "S3 event", "MediaDeletionRule"),),
+        (Step("queue", "SQS queue", "deleted paths", "MediaDeletionQueue"),
+         Step("schedule", "EventBridge schedule", _prop("MediaInvalidationSchedule", "ScheduleExpression"),
+              "MediaInvalidationSchedule")),
+        (Step("invalidator", "media invalidation", "Lambda, in batches", "MediaInvalidationFunction"),),
+        (Step("cloudfront", "CloudFront", "invalidated", "Distribution"),),
+    ), edges=(("deleted", "deletion"), ("deletion", "queue"), ("queue", "invalidator"),
+              ("schedule", "invalidator"), ("invalidator", "cloudfront"))),
+    Flow("Stack creation: custom resources CloudFormation runs once", (
+        (Step("f1", "secrets (Lambda)", "generates them", "AppSecretsFunction"),
+         Step("f2", "certificate (Lambda)", "in us-east-1", "CertificateFunction"),
+         Step("f3", "prefix list (Lambda)", "CloudFront's origins", "PrefixListFunction")),
+        (Step("r1", "Secrets Manager", "every secret", "AppSecret"),
+         Step("r2", "CloudFront", "its certificate", "Distribution"),
+         Step("r3", "security group", "admits only CloudFront", "LoadBalancerSecurityGroup")),
+        (Step("f4", "zones (Lambda)", "availability zones", "AvailabilityZonesFunction"),
+         Step("f5", "database settings", "Lambda", "DatabaseSettingsFunction"),
+         Step("f6", "first version (Lambda)", "the parameter's value", "InitialParameterFunction")),
+        (Step("r4", "subnets", "in two zones", "PublicSubnetA"),
+         Step("r5", "PostgreSQL", "its settings", "Database"),
+         Step("r6", "deployed-version", "SSM parameter", "DeployedVersionParameter")),
+    ), edges=(("f1", "r1"), ("f2", "r2"), ("f3", "r3"), ("f4", "r4"), ("f5", "r5"), ("f6", "r6"))),
 )
-TOP_TIERS = ("edge", "balancing", "servers", "data")
 
-# Drawn as boxes; every other resource is counted under its tier.
-MAIN_TYPES = frozenset({
-    "AWS::CloudFront::Distribution", "AWS::WAFv2::WebACL",
-    "AWS::ElasticLoadBalancingV2::LoadBalancer", "AWS::ElasticLoadBalancingV2::TargetGroup",
-    "AWS::AutoScaling::AutoScalingGroup",
-    "AWS::RDS::DBInstance", "AWS::ElastiCache::ReplicationGroup", "AWS::S3::Bucket",
-    "AWS::EC2::VPC", "AWS::EC2::NatGateway",
-    "AWS::SecretsManager::Secret", "AWS::KMS::Key",
-    "AWS::SES::EmailIdentity",
-    "AWS::SSM::Parameter", "AWS::Events::Rule", "AWS::Scheduler::Schedule",
-    "AWS::StepFunctions::StateMachine", "AWS::Lambda::Function", "AWS::SNS::Topic",
+# Arrows that are no reference in the template, and why they are true all the same.
+IMPLIED = frozenset({
+    ("worker", "mail"),  # SMTP credentials of the SES identity's domain, from the secret
+    ("web", "logs"), ("worker", "logs"),  # through the instance role and the launch template
 })
-# Resources that join two others without either referring to the other.
-CONNECTOR_TYPES = frozenset({
-    "AWS::ElasticLoadBalancingV2::Listener", "AWS::ElasticLoadBalancingV2::ListenerRule",
-    "AWS::S3::BucketPolicy", "AWS::WAFv2::WebACLAssociation",
-})
-# Referring to one of these says nothing about what it refers to in turn.
-OPAQUE_TYPES = ("AWS::EC2::SecurityGroup", "AWS::EC2::Subnet", "Custom::")
 
-BOX_W, BOX_H, COL_W, ROW_H = 220, 46, 280, 62
-MARGIN, TOP = 30, 120
+BOX_W, BOX_H, GAP, ROW_GAP = 192, 50, 40, 12
+MARGIN, HEADING_H, FLOW_GAP = 30, 26, 22
+TITLE_SIZE, DETAIL_SIZE, ID_SIZE, HEADING_SIZE = 12.0, 10.5, 9.5, 14.0
+# Widths of characters in ems, on the generous side of the sans-serif fonts a renderer
+# may pick (Helvetica, Arial, DejaVu Sans, the widest); the tests measure the real
+# width with cairo and compare.
+NARROW, MIDDLE, WIDE = frozenset("il.,:;|!'()[]/ "), frozenset("fjrt*-"), frozenset("mwMW@%")
+BOLD_FACTOR, MONO_EM = 1.12, 0.64
+
+
+def char_em(char: str) -> float:
+    if char in NARROW:
+        return 0.34
+    if char in MIDDLE:
+        return 0.45
+    if char in WIDE:
+        return 1.0
+    return 0.78 if char.isupper() else 0.65
 FONT = "font-family='Helvetica, Arial, sans-serif'"
+MONO = "font-family='DejaVu Sans Mono, monospace'"
+COLOURS = ("#e8f0fe", "#fff4e5", "#e6f4ea", "#fce8e6", "#f3e8fd", "#fef7e0", "#e0f7fa", "#f1f3f4")
 
 
-def tier_of(resource_type: str) -> str:
-    for name, _, prefixes in TIERS:
-        if resource_type.startswith(prefixes):
-            return name
-    return "operations"
+@dataclass(frozen=True)
+class Label:
+    text: str
+    x: float  # left
+    baseline: float
+    size: float
+    style: str  # bold, normal or mono
+
+    @property
+    def width(self) -> float:
+        if self.style == "mono":
+            return len(self.text) * self.size * MONO_EM
+        ems = sum(char_em(c) for c in self.text)
+        return ems * self.size * (BOLD_FACTOR if self.style == "bold" else 1.0)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom), from the ascent and descent of the font."""
+        return (self.x, self.baseline - self.size * 0.95,
+                self.x + self.width, self.baseline + self.size * 0.3)
+
+
+@dataclass(frozen=True)
+class Box:
+    flow: int
+    key: str
+    resource: str | None
+    x: float
+    y: float
+    labels: tuple[Label, ...]
+
+    @property
+    def rect(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.x + BOX_W, self.y + BOX_H)
+
+
+@dataclass(frozen=True)
+class Arrow:
+    flow: int
+    source: Box
+    target: Box
+
+    @property
+    def points(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((self.source.x + BOX_W, self.source.y + BOX_H / 2),
+                (self.target.x, self.target.y + BOX_H / 2))
+
+
+@dataclass
+class Layout:
+    width: float = 0
+    height: float = 0
+    headings: list[Label] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    arrows: list[Arrow] = field(default_factory=list)
+    notes: list[Label] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[Label]:
+        return [*self.headings, *(label for box in self.boxes for label in box.labels), *self.notes]
+
+
+def _text(value: Text, template: Template) -> str:
+    return value if isinstance(value, str) else value(template)
+
+
+def drawn_resources(template: Template) -> set[str]:
+    resources = template["Resources"]
+    return {step.resource for flow in FLOWS for column in flow.columns for step in column
+            if step.resource is not None and step.resource in resources}
+
+
+def layout(template: Template, title: str = "Mastodon on AWS") -> Layout:
+    resources = template["Resources"]
+    result = Layout()
+    result.headings.append(Label(title, MARGIN, 40, 22, "bold"))
+    result.notes.append(Label(f"Generated from the built template ({len(resources)} resources) by "
+                              "scripts/architecture.py. Each band is one flow, read from left to right; "
+                              "white boxes are outside the stack.",
+                              MARGIN, 62, 12, "normal"))
+    y = 90.0
+    widest = 0.0
+    for number, flow in enumerate(FLOWS, start=1):
+        result.headings.append(Label(f"{number}. {flow.heading}", MARGIN, y + HEADING_SIZE,
+                                     HEADING_SIZE, "bold"))
+        top = y + HEADING_H
+        placed: dict[str, Box] = {}
+        columns = [[s for s in column if s.resource is None or s.resource in resources]
+                   for column in flow.columns]
+        columns = [column for column in columns if column]
+        rows = max(len(column) for column in columns)
+        for index, column in enumerate(columns):
+            x = MARGIN + index * (BOX_W + GAP)
+            for row, step in enumerate(column):
+                box_y = top + row * (BOX_H + ROW_GAP)
+                labels = [Label(_text(step.title, template), x + 8, box_y + 17, TITLE_SIZE, "bold"),
+                          Label(_text(step.detail, template), x + 8, box_y + 31, DETAIL_SIZE, "normal")]
+                if step.resource:
+                    labels.append(Label(step.resource, x + 8, box_y + 44, ID_SIZE, "mono"))
+                placed[step.key] = Box(number, step.key, step.resource, x, box_y,
+                                       tuple(label for label in labels if label.text))
+                widest = max(widest, x + BOX_W)
+        result.boxes += placed.values()
+        column_of = {step.key: i for i, column in enumerate(columns) for step in column}
+        edges = flow.edges if flow.edges is not None else tuple(
+            (a.key, b.key) for left, right in pairwise(columns) for a in left for b in right)
+        for source, target in edges:
+            if source not in placed or target not in placed:
+                continue
+            if column_of[target] != column_of[source] + 1:
+                raise ValueError(f"flow {number}: {source} → {target} skips a column")
+            result.arrows.append(Arrow(number, placed[source], placed[target]))
+        y = top + rows * (BOX_H + ROW_GAP) - ROW_GAP + FLOW_GAP
+
+    others: dict[str, int] = {}
+    drawn = drawn_resources(template)
+    for name, resource in resources.items():
+        if name not in drawn:
+            kind = resource["Type"].split("::", 1)[1]
+            others[kind] = others.get(kind, 0) + 1
+    result.headings.append(Label("Also in the template, drawn in no flow", MARGIN, y + HEADING_SIZE,
+                                 HEADING_SIZE, "bold"))
+    y += HEADING_H + 4
+    line = ""
+    for part in [f"{n} {kind}" for kind, n in sorted(others.items())]:
+        longer = f"{line}, {part}" if line else part
+        if line and Label(longer + ",", MARGIN, y, 11, "normal").width > widest - MARGIN:
+            result.notes.append(Label(line + ",", MARGIN, y, 11, "normal"))
+            y += 16
+            line = part
+        else:
+            line = longer
+    if line:
+        result.notes.append(Label(line, MARGIN, y, 11, "normal"))
+        y += 16
+    result.width = widest + MARGIN
+    result.height = y + 14
+    return result
+
+
+def svg(template: Template, title: str = "Mastodon on AWS") -> str:
+    """The picture as SVG text (deterministic: the same template gives the same bytes)."""
+    plan = layout(template, title)
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{plan.width:.0f}' height='{plan.height:.0f}' "
+        f"viewBox='0 0 {plan.width:.0f} {plan.height:.0f}'>",
+        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' "
+        "markerHeight='7' orient='auto-start-reverse'><path d='M 0 0 L 10 5 L 0 10 z' fill='#2a5db0'/>"
+        "</marker></defs>",
+        f"<rect width='{plan.width:.0f}' height='{plan.height:.0f}' fill='#ffffff'/>",
+    ]
+    for arrow in plan.arrows:
+        (x1, y1), (x2, y2) = arrow.points
+        out.append(f"<line x1='{x1:g}' y1='{y1:g}' x2='{x2:g}' y2='{y2:g}' stroke='#2a5db0' "
+                   "stroke-width='1.6' marker-end='url(#arrow)'/>")
+    for box in plan.boxes:
+        fill = COLOURS[(box.flow - 1) % len(COLOURS)] if box.resource else "#ffffff"
+        out.append(f"<rect x='{box.x:g}' y='{box.y:g}' width='{BOX_W}' height='{BOX_H}' rx='6' "
+                   f"fill='{fill}' stroke='#445'/>")
+    for label in plan.labels:
+        out.append(_svg_text(label))
+    return "\n".join([*out, "</svg>"]) + "\n"
+
+
+def _svg_text(label: Label) -> str:
+    style = {"bold": f"font-weight='bold' {FONT}", "normal": f"fill='#334' {FONT}",
+             "mono": f"fill='#667' {MONO}"}[label.style]
+    return (f"<text x='{label.x:g}' y='{label.baseline:g}' font-size='{label.size:g}' {style}>"
+            f"{escape(label.text)}</text>")
 
 
 def _refs(node: Any) -> set[str]:
@@ -85,181 +381,40 @@ def _refs(node: Any) -> set[str]:
     return found
 
 
-@dataclass(frozen=True)
-class Graph:
-    nodes: dict[str, str]  # logical ID → type, main resources only
-    tiers: dict[str, list[str]]  # tier → main logical IDs, sorted
-    others: dict[str, dict[str, int]]  # tier → minor type → count
-    links: set[tuple[str, str]]  # (user, used) between main resources
+# Referring to one of these says nothing about what it refers to in turn.
+OPAQUE_TYPES = ("AWS::EC2::SecurityGroup", "AWS::EC2::Subnet", "AWS::EC2::VPC", "AWS::KMS::",
+                "AWS::SecretsManager::", "AWS::Logs::", "AWS::IAM::User")
+# Resources that join two others without either referring to the other.
+CONNECTOR_TYPES = ("AWS::ElasticLoadBalancingV2::Listener", "AWS::ElasticLoadBalancingV2::ListenerRule",
+                   "AWS::S3::BucketPolicy", "AWS::WAFv2::WebACLAssociation")
 
 
-def graph(template: Mapping[str, Any]) -> Graph:
-    resources: dict[str, dict[str, Any]] = template["Resources"]
+def linked(template: Template, a: str, b: str) -> bool:
+    """Whether one resource uses the other, or a connector joins them.
+
+    "Uses" follows references through resources no flow draws (a launch template,
+    a role, a custom resource), never through a drawn one, nor through a resource
+    many others refer to for their own reasons (a VPC, a subnet, a key, a secret).
+    """
+    resources = template["Resources"]
     direct = {name: {r for r in _refs({k: v for k, v in res.items() if k != "Metadata"}) if r in resources}
               for name, res in resources.items()}
-    nodes = {name: r["Type"] for name, r in resources.items() if r["Type"] in MAIN_TYPES}
+    drawn = drawn_resources(template)
 
-    def reach(name: str) -> set[str]:
-        """Main resources a resource uses, looking through the minor resources it uses.
-
-        A connector looks through other connectors too (a listener rule joins its
-        target group to the load balancer of its listener).
-        """
-        connector = resources[name]["Type"] in CONNECTOR_TYPES
-        seen: set[str] = set()
+    def uses(start: str) -> set[str]:
         found: set[str] = set()
-        stack = list(direct[name])
+        stack = list(direct[start])
         while stack:
             current = stack.pop()
-            if current in seen or current == name:
+            if current in found or current == start:
                 continue
-            seen.add(current)
-            if current in nodes:
-                found.add(current)
-            elif resources[current]["Type"].startswith(OPAQUE_TYPES):
-                continue
-            elif connector or resources[current]["Type"] not in CONNECTOR_TYPES:
+            found.add(current)
+            if current not in drawn and not resources[current]["Type"].startswith(OPAQUE_TYPES):
                 stack.extend(direct[current])
         return found
 
-    links = {(user, used) for user in nodes for used in reach(user)}
-    for name, resource in resources.items():
-        if resource["Type"] in CONNECTOR_TYPES:
-            joined = sorted(reach(name))
-            top = [n for n in joined if tier_of(nodes[n]) in TOP_TIERS]
-            links |= {(a, b) for a in top for b in top if a < b}
-    tiers: dict[str, list[str]] = {name: [] for name, _, _ in TIERS}
-    others: dict[str, dict[str, int]] = {name: {} for name, _, _ in TIERS}
-    for name, resource in sorted(resources.items()):
-        tier = tier_of(resource["Type"])
-        if name in nodes:
-            tiers[tier].append(name)
-        else:
-            short = short_type(resource["Type"])
-            others[tier][short] = others[tier].get(short, 0) + 1
-    return Graph(nodes=nodes, tiers=tiers, others=others, links=links)
-
-
-def short_type(resource_type: str) -> str:
-    return resource_type.split("::", 1)[1].replace("ElasticLoadBalancingV2", "ELBv2")
-
-
-def _box(x: float, y: float, title: str, subtitle: str, fill: str) -> list[str]:
-    return [
-        f"<rect x='{x}' y='{y}' width='{BOX_W}' height='{BOX_H}' rx='6' fill='{fill}' stroke='#445'/>",
-        f"<text x='{x + 8}' y='{y + 19}' font-size='13' font-weight='bold' {FONT}>{escape(title)}</text>",
-        f"<text x='{x + 8}' y='{y + 36}' font-size='11' fill='#334' {FONT}>{escape(subtitle)}</text>",
-    ]
-
-
-COLOURS = {"edge": "#e8f0fe", "balancing": "#fff4e5", "servers": "#e6f4ea", "data": "#fce8e6",
-           "network": "#f1f3f4", "secrets": "#f3e8fd", "mail": "#e0f7fa", "operations": "#fef7e0"}
-
-
-def svg(template: Mapping[str, Any], title: str = "Mastodon on AWS") -> str:
-    """The picture as SVG text (deterministic: the same template gives the same bytes)."""
-    g = graph(template)
-    titles = {name: label for name, label, _ in TIERS}
-    positions: dict[str, tuple[float, float]] = {}
-    out: list[str] = []
-    x: float
-    y: float
-
-    # Top row: viewer, then one column per top tier.
-    viewer_x = MARGIN
-    out += _box(viewer_x, TOP + 30, "viewer", "browsers, apps, other servers", "#ffffff")
-    top_height = 0.0
-    for column, tier in enumerate(TOP_TIERS, start=1):
-        x = MARGIN + column * COL_W
-        out.append(f"<text x='{x}' y='{TOP}' font-size='15' font-weight='bold' {FONT}>{titles[tier]}</text>")
-        y = TOP + 30
-        for name in g.tiers[tier]:
-            positions[name] = (x, y)
-            out += _box(x, y, name, short_type(g.nodes[name]), COLOURS[tier])
-            y += ROW_H
-        y = _minor(out, x, y, g.others[tier])
-        top_height = max(top_height, y)
-
-    edges: list[str] = []
-    column_of = {name: TOP_TIERS.index(tier_of(kind)) for name, kind in g.nodes.items()
-                 if tier_of(kind) in TOP_TIERS}
-    distributions = [n for n, kind in g.nodes.items() if kind == "AWS::CloudFront::Distribution"]
-    for name in distributions:
-        x, y = positions[name]
-        edges.append(_arrow(viewer_x + BOX_W, TOP + 30 + BOX_H / 2, x, y + BOX_H / 2, None))
-    for a, b in sorted(g.links):
-        if a not in column_of or b not in column_of or column_of[a] == column_of[b]:
-            continue
-        source, target = (a, b) if column_of[a] < column_of[b] else (b, a)
-        (x1, y1), (x2, y2) = positions[source], positions[target]
-        edges.append(_arrow(x1 + BOX_W, y1 + BOX_H / 2, x2, y2 + BOX_H / 2,
-                            TOP - 40 if column_of[target] - column_of[source] > 1 else None))
-
-    # Bottom row: the supporting tiers, each resource captioned with its users.
-    bottom = top_height + 50
-    users: dict[str, list[str]] = {}
-    for user, used in g.links:
-        if used in g.nodes and tier_of(g.nodes[used]) not in TOP_TIERS and user != used:
-            users.setdefault(used, []).append(user)
-    bottom_height = bottom
-    for column, tier in enumerate(t for t in titles if t not in TOP_TIERS):
-        x = MARGIN + column * (COL_W + 60)
-        out.append(f"<text x='{x}' y='{bottom}' font-size='15' font-weight='bold' {FONT}>"
-                   f"{titles[tier]}</text>")
-        y = bottom + 14
-        for name in g.tiers[tier]:
-            out += _box(x, y, name, short_type(g.nodes[name]), COLOURS[tier])
-            used_by = sorted(u for u in users.get(name, []) if tier_of(g.nodes[u]) in TOP_TIERS)
-            y += BOX_H + 4
-            if used_by:
-                y = _wrapped(out, x, y + 10, "used by " + ", ".join(used_by), 44)
-            y += 10
-        y = _minor(out, x, y, g.others[tier])
-        bottom_height = max(bottom_height, y)
-
-    width = MARGIN * 2 + max(len(TOP_TIERS) + 1, 0) * COL_W
-    height = bottom_height + 30
-    count = len(template["Resources"])
-    header = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height:.0f}' "
-        f"viewBox='0 0 {width} {height:.0f}'>",
-        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' "
-        "markerHeight='7' orient='auto-start-reverse'><path d='M 0 0 L 10 5 L 0 10 z' fill='#2a5db0'/>"
-        "</marker></defs>",
-        f"<rect width='{width}' height='{height:.0f}' fill='#ffffff'/>",
-        f"<text x='{MARGIN}' y='40' font-size='22' font-weight='bold' {FONT}>{escape(title)}</text>",
-        f"<text x='{MARGIN}' y='64' font-size='12' fill='#334' {FONT}>Generated from the built "
-        f"template ({count} resources) by scripts/architecture.py. Arrows: traffic and use, left to "
-        "right; bottom row: what the tiers above use.</text>",
-    ]
-    return "\n".join([*header, *edges, *out, "</svg>"]) + "\n"
-
-
-def _arrow(x1: float, y1: float, x2: float, y2: float, over: float | None) -> str:
-    if over is None:
-        path = f"M {x1} {y1} C {x1 + 35} {y1}, {x2 - 35} {y2}, {x2} {y2}"
-    else:  # skip the columns in between along the top
-        path = f"M {x1} {y1} C {x1 + 60} {over}, {x2 - 60} {over}, {x2} {y2}"
-    return f"<path d='{path}' fill='none' stroke='#2a5db0' stroke-width='1.6' marker-end='url(#arrow)'/>"
-
-
-def _wrapped(out: list[str], x: float, y: float, text: str, width: int) -> float:
-    line = ""
-    for word in text.split(" "):
-        if line and len(line) + len(word) + 1 > width:
-            out.append(f"<text x='{x + 4}' y='{y}' font-size='10.5' fill='#555' {FONT}>{escape(line)}</text>")
-            y += 13
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    if line:
-        out.append(f"<text x='{x + 4}' y='{y}' font-size='10.5' fill='#555' {FONT}>{escape(line)}</text>")
-        y += 13
-    return y
-
-
-def _minor(out: list[str], x: float, y: float, counts: Mapping[str, int]) -> float:
-    if not counts:
-        return y
-    text = "and " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-    return _wrapped(out, x, y + 12, text, 44)
+    if b in uses(a) or a in uses(b):
+        return True
+    return any(a in joined and b in joined
+               for name, resource in resources.items() if resource["Type"] in CONNECTOR_TYPES
+               for joined in [uses(name)])

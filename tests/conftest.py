@@ -16,6 +16,11 @@ if str(ROOT) not in sys.path:
 import build  # noqa: E402
 from templates.options import BuildOptions  # noqa: E402
 from templates.stack import build_template  # noqa: E402
+from tests.levels import mark_levels  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_levels(items)  # moto, cli, lint, and slow for each: see tests/levels.py
 
 
 @pytest.fixture(scope="session")

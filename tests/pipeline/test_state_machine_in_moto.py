@@ -188,9 +188,7 @@ class Machine:
     functions: dict[str, str]  # substitution key -> function ARN
     runs: int = 0
 
-    # A bound against a Wait that really sleeps or a loop, not a speed test: an execution
-    # takes well under a second here, but a loaded CI machine may be many times slower.
-    def run(self, script: list[tuple[str, str | Raise]], deadline: float = 120.0) -> Run:
+    def run(self, script: list[tuple[str, str | Raise]], hang_guard: float = 120.0) -> Run:
         """Queues one answer per task of `script` ((task state, next or Raise)), runs an execution.
 
         Checks the data flow on the way: each task got the right function, action and
@@ -222,11 +220,17 @@ class Machine:
         sfn = boto3.client("stepfunctions", region_name=REGION)
         started = sfn.start_execution(stateMachineArn=self.arn, name=name, input=json.dumps(EVENT))
         assert started["executionArn"] == execution
-        until = time.monotonic() + deadline
+        # A loop shows as a history far longer than the script could make (each task
+        # adds a handful of events); a Wait that sleeps makes no progress at all. The
+        # clock only guards against a hang, far above what a loaded machine needs.
+        most_events = 20 * (len(script) + 5)
+        until = time.monotonic() + hang_guard
         while (described := sfn.describe_execution(executionArn=execution))["status"] == "RUNNING":
-            if time.monotonic() > until:  # stop it, lest it eat the next test's answers
-                sfn.stop_execution(executionArn=execution)
-                raise AssertionError("the execution did not end: a Wait that sleeps, or a loop?")
+            events = len(sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"])
+            if events > most_events or time.monotonic() > until:
+                sfn.stop_execution(executionArn=execution)  # lest it eat the next test's answers
+                raise AssertionError(f"the execution did not end after {events} events: a loop, or a Wait "
+                                     "that sleeps?")
             time.sleep(0.005)
         history = [
             event

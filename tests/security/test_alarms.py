@@ -92,18 +92,6 @@ def test_an_absent_metric_counts_as_down_only_where_absence_means_down(template)
     assert breaching == {"WebNoHealthyTargetAlarm", "StreamingNoHealthyTargetAlarm", "WorkerDownAlarm"}
 
 
-def test_fixed_thresholds_are_the_documented_ones(template):
-    def threshold(name):
-        return props(template, name)["Threshold"]
-
-    assert threshold("DatabaseCpuAlarm") == 80
-    assert threshold("DatabaseStorageAlarm") == 1024 ** 3
-    assert threshold("CacheMemoryAlarm") == 80
-    assert threshold("CacheEvictionsAlarm") == 0
-    assert threshold("WebNoHealthyTargetAlarm") == threshold("WorkerDownAlarm") == 1
-    assert threshold("LoadBalancer5xxAlarm") == threshold("Target5xxAlarm") == 10
-
-
 def test_database_thresholds_follow_the_chosen_instance_class(template):
     for name, key in (("DatabaseConnectionsAlarm", "Connections"),
                       ("DatabaseMemoryAlarm", "FreeableMemoryBytes")):

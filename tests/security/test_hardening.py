@@ -105,22 +105,20 @@ def test_no_security_group_rule_anywhere_admits_the_internet(template):
         assert {"SourceSecurityGroupId", "SourcePrefixListId"} & rule.keys(), name
 
 
-def test_every_log_group_and_the_alert_topic_are_encrypted_with_a_rotating_key(template):
+def test_every_log_group_and_topic_is_encrypted_with_a_rotating_key(template):
     key = {"Fn::GetAtt": ["OperationsKey", "Arn"]}
     groups = resources(template, "AWS::Logs::LogGroup")
     assert len(groups) >= 4
     for name, group in groups.items():
         assert group["Properties"].get("KmsKeyId") == key, f"{name} is not encrypted"
-    assert props(template, "AlertTopic")["KmsMasterKeyId"] == {"Ref": "OperationsKey"}
+    topics = resources(template, "AWS::SNS::Topic")
+    assert "AlertTopic" in topics
+    for name, topic in topics.items():
+        assert topic["Properties"].get("KmsMasterKeyId") == {"Ref": "OperationsKey"}, name
     assert props(template, "OperationsKey")["EnableKeyRotation"] is True
 
 
-def test_every_topic_is_encrypted(template):
-    for name, topic in resources(template, "AWS::SNS::Topic").items():
-        assert "KmsMasterKeyId" in topic["Properties"], name
-
-
-def test_the_instances_never_get_more_than_one_metadata_hop(template):
+def test_instances_require_imdsv2_and_never_get_more_than_one_metadata_hop(template):
     for name, launch in resources(template, "AWS::EC2::LaunchTemplate").items():
         options = launch["Properties"]["LaunchTemplateData"]["MetadataOptions"]
         assert (options["HttpTokens"], options["HttpPutResponseHopLimit"]) == ("required", 1), name

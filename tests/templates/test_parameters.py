@@ -100,7 +100,6 @@ def test_sizes_offered_are_the_ones_capacity_plans_for(template):
     assert worker == [t.name for t in capacity.WORKER_INSTANCE_TYPES]
     assert set(web) | set(worker) == set(template["Mappings"]["InstanceArchitecture"]), "each finds its AMI"
     assert params["DatabaseInstanceClass"]["AllowedValues"] == [d.name for d in capacity.DATABASE_CLASSES]
-    assert int(params["WebMaxSize"]["MaxValue"]) == capacity.WEB_MAX_SIZE_LIMIT
 
 
 def test_the_worker_may_run_on_a_1_gib_micro_and_does_by_default_but_the_web_servers_may_not(template):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+
 import pytest
 
 from scripts.template_values import Evaluator, parameter_values
 from templates import capacity, compute, parameters
 from templates.options import MASTODON_VERSION, RELEASE_TAG
-from tests.support import has_properties, one, props, resources
+from tests.support import one, props, resources
 
 
 def _behaviors(template):
@@ -31,11 +35,19 @@ def test_media_comes_from_the_private_bucket_through_origin_access_control(templ
     assert origin["DomainName"] == {"Fn::GetAtt": ["MediaBucket", "RegionalDomainName"]}
     assert "OriginAccessControlId" in origin
     assert media["AllowedMethods"] == ["GET", "HEAD", "OPTIONS"]
-    # The function strips "/system" so keys match what Mastodon wrote.
     (association,) = media["FunctionAssociations"]
     assert association["EventType"] == "viewer-request"
+    assert association["FunctionARN"] == {"Fn::GetAtt": ["MediaPathFunction", "FunctionARN"]}
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_media_function_turns_a_viewers_path_into_the_key_mastodon_wrote(template):
+    # Mastodon's S3 keys have no "/system" (S3_ALIAS_HOST serves them under it).
     code = props(template, "MediaPathFunction")["FunctionCode"]
-    assert "substring(7)" in code and len("/system") == 7
+    event = {"request": {"uri": "/system/media_attachments/files/1/original/a.png", "method": "GET"}}
+    run = subprocess.run(["node", "-e", f"{code}\nconsole.log(JSON.stringify(handler({json.dumps(event)})))"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    assert json.loads(run.stdout)["uri"] == "/media_attachments/files/1/original/a.png"
 
 
 def test_static_files_reach_puma_with_the_host_alone_and_the_rest_with_everything(template):
@@ -102,8 +114,6 @@ def test_the_web_group_serves_both_target_groups_and_is_replaced_serve_first(tem
         {"Ref": "WebTargetGroup"}, {"Ref": "StreamingTargetGroup"}]
     assert web["Properties"]["HealthCheckType"] == "ELB"
     assert web["UpdatePolicy"]["AutoScalingReplacingUpdate"]["WillReplace"] is True
-    assert (web["Properties"]["MinSize"], web["Properties"]["MaxSize"]) == \
-        ({"Ref": "WebMinSize"}, {"Ref": "WebMaxSize"})
 
 
 def test_creation_waits_for_every_server_to_signal(template):
@@ -258,11 +268,6 @@ def test_functions_use_the_powertools_layer_of_the_stacks_region(template):
         assert layer.startswith("{{resolve:ssm:/aws/service/powertools/python/arm64/python3.13/"), name
         assert "ZipFile" in function["Properties"]["Code"], f"{name} is not self-contained"
         assert function["Properties"]["Timeout"] <= 900
-
-
-def test_alerts_reach_the_admins_mail(template):
-    assert has_properties(template, "AWS::SNS::Topic",
-                          {"Subscription": [{"Protocol": "email", "Endpoint": {"Ref": "AlertEmail"}}]})
 
 
 def test_cloudfront_names_are_unique_per_stack_and_fit_64_characters(template):
