@@ -64,6 +64,7 @@ from troposphere import Template  # noqa: E402
 from lambdas.rollout.names import DOWNGRADE_FLAG, VERSION_TAG  # noqa: E402
 from lambdas.rollout.plan import read_handled  # noqa: E402
 from scripts.deploy import FIRST_OUTPUT  # noqa: E402
+from scripts.version import version_action  # noqa: E402
 from templates import (  # noqa: E402  # noqa: E402
     compute,
     data,
@@ -84,6 +85,10 @@ WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 # Mastodon's streaming server pings every WebSocket every 30 seconds (streaming/index.js).
 HEARTBEAT_SECONDS = 30
 PROBE_PREFIX = "mastodon-check"
+# What Mastodon uploads every media file with (config/initializers/paperclip.rb, its S3
+# headers): the probe carries it too, so that the edge keeps it exactly as long as it
+# keeps real media (the cache policy's maximum TTL, not its default).
+MEDIA_CACHE_CONTROL = "public, max-age=315576000, immutable"
 # A deleted object leaves the edge once the media behaviour's cache bound has passed at
 # the edge location and at the regional cache in front of it (edge.MEDIA_EDGE_TTL_SECONDS).
 MEDIA_PROMISE_SECONDS = 2 * edge.MEDIA_EDGE_TTL_SECONDS + 60
@@ -1027,7 +1032,8 @@ class Checker:
         body = f"mastodon-aws check {key}\n".encode()
         s3 = self.client("s3")
         try:
-            put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain")
+            put = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain",
+                                CacheControl=MEDIA_CACHE_CONTROL)
         except Exception as error:
             self.add(
                 "media",
@@ -1052,11 +1058,23 @@ class Checker:
                 "the bucket address cannot be asked",
                 "check DNS and the network",
             )(lambda: self._bucket_closed(bucket, key))
-            deleted = s3.delete_object(Bucket=bucket, Key=key)
-            versions_to_remove.append(deleted.get("VersionId"))  # the delete marker, when versioned
-            self.guard(
-                "media", "gone from the edge after deletion", "the edge cannot be asked", "see the edge group"
-            )(lambda: self._expired(key))
+            try:
+                deleted = s3.delete_object(Bucket=bucket, Key=key)
+            except Exception as error:
+                self.add(
+                    "media",
+                    "gone from the edge after deletion",
+                    False,
+                    f"{type(error).__name__}: {error}",
+                    "the probe could not be deleted, so its removal from the edge was not tried",
+                    "check your permissions (s3:DeleteObject on the media bucket)",
+                )
+            else:
+                versions_to_remove.append(deleted.get("VersionId"))  # the delete marker, when versioned
+                self.guard(
+                    "media", "gone from the edge after deletion", "the edge cannot be asked",
+                    "see the edge group",
+                )(lambda: self._expired(key))
         finally:
             self._remove_probe(bucket, key, [v for v in versions_to_remove if v])
 
@@ -1461,7 +1479,8 @@ def as_json(stack: str, results: list[Result]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stack-name", required=True)
+    parser.add_argument("--version", action=version_action(), help="print the project's version and exit")
+    parser.add_argument("--stack-name", required=True, help="the deployed stack to check, e.g. mastodon")
     parser.add_argument("--region", help="default: your configured region")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(

@@ -305,7 +305,7 @@ def preview(args: argparse.Namespace, template: Path, values: dict[str, str]) ->
           f"--change-set-name {arn}{where} (or run deploy.py without --preview); to discard it: "
           f"aws cloudformation delete-change-set --change-set-name {arn}{where}"
           + (" (a new stack waits in REVIEW_IN_PROGRESS until then; delete it with delete-stack)"
-             if answer.get("ChangeSetType") == "CREATE" else ""))
+             if stack_status(args.stack_name, args.region) == "REVIEW_IN_PROGRESS" else ""))
     return 0
 
 

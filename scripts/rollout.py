@@ -33,6 +33,11 @@ from lambdas.rollout.names import VERSION_TAG  # noqa: E402
 from scripts import awscli  # noqa: E402
 from scripts.version import version_action  # noqa: E402
 from templates.pipeline import STATE_MACHINE  # noqa: E402
+from templates.versions import DESIRED_VERSION  # noqa: E402
+
+# After a put-parameter, EventBridge starts the execution within seconds: watch waits this
+# long for it before it says that none started.
+START_WAIT_SECONDS = 120
 
 # What each state of templates/pipeline.py's definition is doing, for people.
 STEPS = {
@@ -64,6 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--region", help="the stack's region; default: the aws CLI's (AWS_DEFAULT_REGION, "
                         "then the profile's configuration)")
     parser.add_argument("--poll", type=float, default=15.0, help="seconds between looks (watch)")
+    parser.add_argument("--start-wait", type=float, default=START_WAIT_SECONDS,
+                        help="seconds watch waits for the rollout of desired-version to start")
     parser.add_argument("stack", help="the stack's name")
     parser.add_argument("command", choices=("status", "watch"),
                         help="status: one summary; watch: follow until the rollout ends")
@@ -216,14 +223,39 @@ def _handled(name: str | None, region: str | None) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
+def desired_version(stack: str, region: str | None, where: str) -> str | None:
+    """The version the operator asked for (without the downgrade flag), or None if unreadable."""
+    try:
+        name = awscli.stack_resource(stack, DESIRED_VERSION, region, where)
+        value = awscli.run(["ssm", "get-parameter", "--name", name], region)["Parameter"]["Value"]
+    except (awscli.AwsError, KeyError, TypeError):
+        return None
+    return str(value).split()[0] if str(value).split() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         region, where = awscli.region_in_use(args.region)
         machine = awscli.stack_resource(args.stack, STATE_MACHINE, region, where)
         shown = ""
+        started_looking = time.monotonic()
         while True:
             rollout = look(machine, region)
+            if args.command == "watch" and (rollout is None or rollout.status != "RUNNING"):
+                # Right after a put-parameter the newest execution may still be the last one.
+                desired = desired_version(args.stack, region, where)
+                if desired and (rollout is None or rollout.target != desired):
+                    if time.monotonic() - started_looking < args.start_wait:
+                        if shown != desired:
+                            print(f"waiting for the rollout of {desired} to start", flush=True)
+                            shown = desired
+                        time.sleep(args.poll)
+                        continue
+                    print(f"rollout.py: no rollout of {desired} started within {args.start_wait:g} s: "
+                          "see the stack's rollout rule in EventBridge and the parameter's history",
+                          file=sys.stderr)
+                    return 1
             if rollout is None:
                 print(f"{args.stack}: no rollout has run yet in {region} (put a version in "
                       f"/mastodon/{args.stack}/desired-version to start one)")

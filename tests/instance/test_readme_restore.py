@@ -48,7 +48,7 @@ while args[i].startswith("-"):
     else:
         sys.exit("fake docker: unknown option " + args[i])
 image, command = args[i], args[i + 1:]
-os.execve("/bin/sh", command if command[0] == "sh" else ["sh", *command], env)
+os.execve("/bin/" + command[0], command, env) if command[0] in ("sh", "bash") else sys.exit("no shell")
 """
 
 FAKE_PG = f"""#!{sys.executable}
@@ -105,6 +105,8 @@ def test_the_restore_copies_the_restored_database_into_the_stacks_with_its_setti
     assert dump["args"] == ["-h", ENDPOINT, "-Fc", DB["DB_NAME"]]
     assert restore["args"][:4] == ["-h", DB["DB_HOST"], "-d", DB["DB_NAME"]]
     assert {"--clean", "--if-exists", "--no-owner", "--exit-on-error"} <= set(restore["args"])
+    # All or nothing: a dump that breaks off never leaves the live database half replaced.
+    assert "--single-transaction" in restore["args"]
     assert restore["stdin"] == "PGDMP-custom-format-dump"  # the dump, piped
 
 
@@ -117,3 +119,26 @@ def test_the_restore_uses_a_client_of_the_databases_major_version_and_pauses_sid
     assert "--network" in docker and docker[docker.index("--network") + 1] == "host"
     calls = [line.split("\x1f") for line in (stub / "calls.log").read_text().splitlines()]
     assert calls == [["systemctl", "stop", "mastodon-sidekiq"], ["systemctl", "start", "mastodon-sidekiq"]]
+
+
+def test_a_dump_that_breaks_off_fails_the_restore(tmp_path):
+    # pg_dump dying half-way must fail the command (pipefail), so that the single
+    # transaction of pg_restore rolls back and nobody takes it for a restore.
+    global FAKE_PG
+    original = FAKE_PG
+    FAKE_PG = original.replace('sys.stdout.write("PGDMP-custom-format-dump")',
+                               'sys.stdout.write("PGDMP-trunc"); sys.exit(1)')
+    try:
+        result, _ = run_restore(tmp_path)
+    finally:
+        FAKE_PG = original
+    assert result.returncode != 0
+
+
+def test_the_web_servers_are_down_before_the_restore_and_back_after():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("**Restore the database"):text.index("## Checking a deployed stack")]
+    down = section.index("--min-size 0 --desired-capacity 0")
+    restore = section.index("pg_restore")
+    up = section.index("--min-size N --desired-capacity N")
+    assert down < restore < up

@@ -136,6 +136,7 @@ class Edge:
     def __init__(self, authority: Authority, behaviour: Behaviour, s3: Any, bucket: str) -> None:
         self.behaviour, self.s3, self.bucket = behaviour, s3, bucket
         self.cache: dict[str, bytes] = {}
+        self.cache_control: dict[str, str] = {}  # what S3 answered for each key it served
         edge = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -277,7 +278,9 @@ class Edge:
             self.send(h, 200, self.cache[key], headers, cache="Hit from cloudfront")
             return
         try:
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            answer = self.s3.get_object(Bucket=self.bucket, Key=key)
+            body = answer["Body"].read()
+            self.cache_control[key] = answer.get("CacheControl", "")
         except Exception:
             self.send(h, 403, b"AccessDenied", {})  # S3 through OAC answers 403 for a missing key
             return

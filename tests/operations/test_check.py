@@ -71,6 +71,7 @@ class World:
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
     )
     commands: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
     options: check.Options = field(
         default_factory=lambda: check.Options(
             media_wait=2, poll=0.05, heartbeat_wait=1.0, s3_host=lambda bucket, region: S3_HOST
@@ -88,6 +89,7 @@ class World:
 
     def network(self) -> check.Network:
         edge_server = Edge(self.authority, self.behaviour, self.client("s3"), BUCKET)
+        self.edges.append(edge_server)
         balancer = self.client("elbv2").describe_load_balancers(
             LoadBalancerArns=[self.resources[load_balancing.LOAD_BALANCER]]
         )["LoadBalancers"][0]
@@ -388,6 +390,39 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
     )
     listed = world.client("s3").list_object_versions(Bucket=BUCKET)
     assert not listed.get("Versions") and not listed.get("DeleteMarkers")
+
+
+def test_the_probe_carries_the_cache_lifetime_mastodon_uploads_media_with(world):
+    # The edge keeps an object for the lesser of its max-age and the policy's maximum TTL:
+    # without Mastodon's ten-year max-age the probe would leave by the default TTL and pass
+    # even when the maximum, which real media meet, had been raised.
+    world.run(("media",))
+    served = {key: value for edge_server in world.edges for key, value in edge_server.cache_control.items()}
+    assert served and set(served.values()) == {check.MEDIA_CACHE_CONTROL}
+    assert "max-age=315576000" in check.MEDIA_CACHE_CONTROL
+
+
+def test_a_probe_that_cannot_be_deleted_is_a_failed_line_not_the_end_of_the_run(world):
+    def refuse(params: dict[str, Any], **_: Any) -> None:
+        if "VersionId" not in params:  # the deletion itself; removing the versions still works
+            raise RuntimeError("AccessDenied: s3:DeleteObject")
+
+    original = world.session.client
+
+    def client(name: str, *args: Any, **kwargs: Any) -> Any:
+        made = original(name, *args, **kwargs)
+        if name == "s3":
+            made.meta.events.register("provide-client-params.s3.DeleteObject", refuse)
+        return made
+
+    world.session.client = client  # type: ignore[method-assign]
+    results = world.run()
+    gone = by_name(results, "gone from the edge after deletion")
+    assert gone.status == check.FAIL and "s3:DeleteObject" in gone.detail
+    # Every later group still ran, and the probe's version was removed all the same.
+    assert {r.group for r in results} >= {"mail", "servers"}
+    listed = world.client("s3").list_object_versions(Bucket=BUCKET)
+    assert not listed.get("Versions")
 
 
 def test_the_lines_are_grouped_marked_and_summed_up_and_json_says_the_same(world):

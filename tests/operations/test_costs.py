@@ -134,3 +134,14 @@ def test_the_readme_states_todays_totals(template):
     readme = (PRICES.parent.parent / "README.md").read_text()
     assert f"**${estimate(template).total:.2f}/month**" in readme
     assert f"**${estimate(template, UseSpotInstances='true').total:.2f}**" in readme
+
+
+@pytest.mark.parametrize("name", ["production", "staging"])
+def test_the_readme_states_what_each_example_file_costs(template, name):
+    # The file's values as build.py --parameters prices them; README cannot drift from them.
+    path = PRICES.parent.parent / "parameters" / f"{name}.json"
+    values = {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(path.read_text())}
+    readme = (PRICES.parent.parent / "README.md").read_text()
+    total = estimate(template, **values).total
+    assert f"`parameters/{name}.json`" in readme
+    assert f"**${total:.2f}/month**" in readme, f"{name}.json costs ${total:.2f}"

@@ -86,6 +86,8 @@ def test_preview_creates_the_bucket_and_the_change_set_and_executes_nothing(aws_
     assert client("s3").get_bucket_location(Bucket="fresh-artifacts")["LocationConstraint"] is None
     assert "add" in result.stdout and "Database (AWS::RDS::DBInstance)" in result.stdout
     assert "Not executed" in result.stdout and "execute-change-set" in result.stdout
+    # A new stack waits, empty, until the change set is executed or the stack deleted.
+    assert "REVIEW_IN_PROGRESS" in result.stdout and "delete-stack" in result.stdout
     (summary,) = stacks("previewed")
     assert summary["StackStatus"] == "REVIEW_IN_PROGRESS"
     assert client("cloudformation").describe_stack_resources(StackName="previewed")["StackResources"] == []

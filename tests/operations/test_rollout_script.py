@@ -159,6 +159,38 @@ def test_watch_follows_until_the_rollout_ends(aws_env, rollout_stack, history, m
         "succeeded after 9m00s"]
 
 
+def _rollout(status: str, target: str) -> rollout.Rollout:
+    return rollout.Rollout(execution="arn:aws:states:us-east-1:123456789012:execution:m:e", status=status,
+                           step="Done", started=None, stopped=None, target=target, previous=OLD,
+                           failure=None, rolling_back=False, done=3, total=3)
+
+
+def test_watch_right_after_a_put_waits_for_that_rollout_not_the_last_one(monkeypatch, capsys):
+    # The README's order: put-parameter, then watch. The newest execution is still the
+    # last rollout (of NEW) while desired-version already asks for another.
+    monkeypatch.setattr(rollout.awscli, "region_in_use", lambda region: ("us-east-1", "--region"))
+    monkeypatch.setattr(rollout.awscli, "stack_resource", lambda *args: "machine")
+    monkeypatch.setattr(rollout, "desired_version", lambda *args: "v4.7.8")
+    monkeypatch.setattr(rollout, "look", lambda machine, region: _rollout("SUCCEEDED", NEW))
+    assert rollout.main(["--poll", "0.01", "--start-wait", "0.1", "mastodon", "watch"]) == 1
+    out = capsys.readouterr()
+    assert "waiting for the rollout of v4.7.8 to start" in out.out
+    assert "no rollout of v4.7.8 started" in out.err
+    assert f"rollout of {NEW}" not in out.out
+
+
+def test_watch_follows_the_asked_for_rollout_once_it_starts(monkeypatch, capsys):
+    looks = iter([_rollout("SUCCEEDED", NEW), _rollout("RUNNING", "v4.7.8"), _rollout("SUCCEEDED", "v4.7.8")])
+    monkeypatch.setattr(rollout.awscli, "region_in_use", lambda region: ("us-east-1", "--region"))
+    monkeypatch.setattr(rollout.awscli, "stack_resource", lambda *args: "machine")
+    monkeypatch.setattr(rollout, "desired_version", lambda *args: "v4.7.8")
+    monkeypatch.setattr(rollout, "look", lambda machine, region: next(looks))
+    assert rollout.main(["--poll", "0.01", "--start-wait", "5", "mastodon", "watch"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "waiting for the rollout of v4.7.8 to start"
+    assert all("v4.7.8" in line for line in lines) and "succeeded" in lines[-1]
+
+
 def test_a_stack_in_another_region_is_named_with_the_region_looked_in(aws_env):
     result = run_script("rollout.py", "--region", "eu-central-1", "nowhere", "status", env=aws_env,
                         timeout=280)

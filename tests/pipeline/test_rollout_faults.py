@@ -468,7 +468,10 @@ def test_random_faults_interleaved_with_the_rollout_keep_every_invariant(fleet, 
     world.hooks.append(chaos)
     world.set_desired(NEW)
     result = world.roll(max_steps=20_000)
-    ((subject, message),) = world.notifications()
+    # One notice, sent again only when the record of it could not be written after it went
+    # (a throttled PutParameter, retried: SNS standard topics cannot deduplicate; the
+    # documented at-least-once limit, docs/design.md): then the very same notice.
+    ((subject, message),) = set(world.notifications())
     standby = [i["InstanceId"] for i in world.group("web")["Instances"] if i["LifecycleState"] == "Standby"]
     serving = [i for i in world.instances("web") if i not in standby]
     if result.status == "SUCCEEDED":
