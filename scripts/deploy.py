@@ -145,6 +145,19 @@ def stack_status(stack: str, region: str | None) -> str | None:
     return status
 
 
+def current_parameters(stack: str, region: str | None) -> dict[str, str]:
+    """The parameter values of a stack an update would keep; {} when there is none to update."""
+    try:
+        (described,) = awscli.run(["cloudformation", "describe-stacks", "--stack-name", stack],
+                                  region)["Stacks"]
+    except (awscli.AwsError, KeyError, ValueError):
+        return {}
+    if described.get("StackStatus") in ("REVIEW_IN_PROGRESS", "ROLLBACK_COMPLETE", "ROLLBACK_FAILED"):
+        return {}  # nothing was created that an update would keep
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])
+            if not p.get("ParameterValue", "").startswith("****")}  # NoEcho values are masked
+
+
 def settling(status: str | None) -> bool:
     """CloudFormation is still working on the stack (a change set under review is not)."""
     return bool(status) and str(status).endswith("_IN_PROGRESS") and status != "REVIEW_IN_PROGRESS"
@@ -184,8 +197,9 @@ def failed_create_advice(stack: str, status: str | None, region: str | None) -> 
                              "    aws rds modify-db-instance --db-instance-identifier "
                              f"{resource['PhysicalResourceId']} --no-deletion-protection "
                              f"--apply-immediately{where}")
-        lines.append("Then delete the stack and run deploy.py again (to keep a resource instead, "
-                     "add --retain-resources LOGICAL_ID to delete-stack):\n"
+        lines.append("Then delete the stack and run deploy.py again (should the deletion end in "
+                     "DELETE_FAILED, delete it again with --retain-resources LOGICAL_ID to keep "
+                     "what could not be deleted):\n"
                      f"  aws cloudformation delete-stack --stack-name {stack}{where}\n"
                      f"  aws cloudformation wait stack-delete-complete --stack-name {stack}{where}")
         return "\n".join(lines)
@@ -342,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = args.template or built_template()
         body = json.loads(template.read_text())
-        values = parameter_files.load(args.parameters, body, args.region)
+        values = parameter_files.load(args.parameters, body, args.region,
+                                      previous=lambda: current_parameters(args.stack_name, args.region))
     except (OSError, json.JSONDecodeError, parameter_files.ParameterFileError) as error:
         print(f"deploy.py: error: {error}", file=sys.stderr)
         return 2

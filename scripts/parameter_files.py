@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +140,21 @@ def _judge_rules(template: Mapping[str, Any], values: Mapping[str, str],
     return found
 
 
-def load(path: Path, template: Mapping[str, Any], region: str | None = None) -> dict[str, str]:
-    """Read and check a parameter file; ParameterFileError lists every problem."""
+def load(path: Path, template: Mapping[str, Any], region: str | None = None,
+         previous: Callable[[], Mapping[str, str]] | None = None) -> dict[str, str]:
+    """Read and check a parameter file; ParameterFileError lists every problem.
+
+    On an update, a key the file leaves out keeps the stack's current value: `previous`
+    gives those values (asked only when the file alone does not fit), and the file is
+    checked as the stack would be after the update.
+    """
     values = read(path)
     found = problems(template, values, region)
+    if found and previous is not None:
+        kept = {key: value for key, value in previous().items()
+                if key not in values and key in template.get("Parameters", {})}
+        if kept:
+            found = problems(template, {**kept, **values}, region)
     if found:
         lines = [f"{path} does not fit the template:", *(f"  {p}" for p in found)]
         raise ParameterFileError("\n".join(lines))
