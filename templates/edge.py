@@ -81,6 +81,11 @@ MEDIA_CACHE_POLICY = "MediaCachePolicy"
 # may refresh from the regional edge cache, itself up to that old: ten minutes at worst.
 # No invalidation to pay or to get throttled on; the bound holds for every deletion.
 MEDIA_EDGE_TTL_SECONDS = 300
+# CloudFront keeps an origin's error 10 seconds by default, per cache key, whatever its
+# Cache-Control says ("Control how long CloudFront caches errors"): a 502 of a server
+# going away, or a Rails error, would then be served to every viewer of that key. The
+# server errors pass through uncached, with the origin's own body.
+UNCACHED_ERRORS = (500, 502, 503, 504)
 # The static paths Mastodon's dist/nginx.conf serves from public/ with a cache lifetime
 # (PublicFileServerMiddleware sends the same when Puma serves them), in seconds: the
 # one place they are counted. Each lifetime has its own cache policy.
@@ -314,6 +319,8 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
             Origins=[load_balancer_origin, media_origin],
             DefaultCacheBehavior=pages,
             CacheBehaviors=behaviors,
+            CustomErrorResponses=[cloudfront.CustomErrorResponse(ErrorCode=code, ErrorCachingMinTTL=0)
+                                  for code in UNCACHED_ERRORS],
             ViewerCertificate=cloudfront.ViewerCertificate(
                 AcmCertificateArn=certificate_arn,
                 SslSupportMethod="sni-only",

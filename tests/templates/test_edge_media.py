@@ -45,3 +45,14 @@ def test_browsers_keep_the_long_cache_lifetime_mastodon_uploaded_with(template):
     custom = policy.get("CustomHeadersConfig", {}).get("Items", [])
     assert all(h["Header"].lower() != "cache-control" for h in custom)
 
+
+
+def test_server_errors_are_never_kept_at_the_edge(template):
+    # Now that pages may be cached, a 5xx kept for CloudFront's default 10 s would reach
+    # every viewer of that key; the origin's own error page passes through unchanged.
+    config = props(template, edge.DISTRIBUTION)["DistributionConfig"]
+    responses = {r["ErrorCode"]: r for r in config["CustomErrorResponses"]}
+    assert set(responses) == {500, 502, 503, 504}
+    for response in responses.values():
+        assert response["ErrorCachingMinTTL"] == 0
+        assert "ResponsePagePath" not in response and "ResponseCode" not in response
