@@ -257,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr)
                     return 1
             if rollout is None:
+                try:
+                    parameter = awscli.stack_resource(args.stack, DESIRED_VERSION, region, where)
+                except awscli.AwsError:
+                    parameter = "the stack's desired-version parameter"
                 print(f"{args.stack}: no rollout has run yet in {region} (put a version in "
-                      f"/mastodon/{args.stack}/desired-version to start one)")
+                      f"{parameter} to start one)")
                 return 0
             text = rollout.line(datetime.now(UTC))
             if args.command == "status":

@@ -67,7 +67,10 @@ FACTS = (
     Fact("servers' settings directory", literal(compute.ETC_DIR), ("templates/compute.py", LIBRARY)),
     Fact("servers' scripts directory", literal(compute.SCRIPTS_DIR), ("templates/compute.py",)),
     Fact("instance metadata service", literal(compute.IMDS_URL.split("//")[1]), ("templates/compute.py",)),
-    Fact("stack name prefix", re.compile(re.escape(options.STACK_PREFIX).replace(r"\$\{", r"\$\{+")),
+    # As written in Sub strings (${AWS::StackName}, {{...}} in f-strings) or with any
+    # stack name put in by an f-string.
+    Fact("stack name prefix", re.compile(
+        re.escape(options.STACK_PREFIX.split("$")[0]) + r"(\$?\{+AWS::StackName|\{(?!\{))"),
          ("templates/options.py",)),
     Fact("inline template limit", re.compile(
         "{}[,_ ]?{}".format(*divmod(options.INLINE_TEMPLATE_LIMIT, 1000)).replace(" ", "") + "(?!\\d)"),
