@@ -71,3 +71,22 @@ def test_no_stack_keeps_nothing(monkeypatch):
 
     monkeypatch.setattr(deploy.awscli, "run", missing)
     assert deploy.current_parameters("mastodon", REGION) == {}
+
+
+def test_a_deploy_without_boto3_skips_its_check_instead_of_failing(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "boto3" else real(name, *a))
+    assert deploy.run_check("mastodon", REGION) == 0
+    assert "pip install boto3" in capsys.readouterr().err
+
+
+def test_the_check_decides_the_deploys_status_when_it_can_run(monkeypatch):
+    from scripts import check
+
+    asked = []
+    monkeypatch.setattr(check, "main", lambda argv: asked.append(argv) or 1)
+    assert deploy.run_check("mastodon", REGION) == 1
+    assert asked == [["--stack-name", "mastodon", "--region", REGION]]
