@@ -36,6 +36,7 @@ from lambdas import invalidate
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import names
+from simulation.context import LambdaContext
 from templates import pipeline
 from templates.options import RELEASE_TAG_PATTERN
 
@@ -68,19 +69,6 @@ class Timing:
     settle: int = 30  # the rollout's settling window (the load balancer's unhealthy detection)
 
 
-@dataclass
-class LambdaContext:
-    """The parts of the Lambda context the handlers and Powertools read."""
-
-    function_name: str = "mastodon-rollout"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:mastodon-rollout"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000001"
-    log_group_name: str = "/aws/lambda/mastodon-rollout"
-    log_stream_name: str = "2026/01/01/[$LATEST]0123"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 600_000
 
 
 class Registry:

@@ -410,13 +410,14 @@ def _server_roles(t: Template, p: Parameters, lb: LoadBalancing, data: Data, sec
     # of this stack, which CloudFormation tags with its stack and logical ID: the role
     # cannot name the group, which is created after it) and reads its health in the
     # target groups. The worker, which handles remote media, cannot touch web boots.
+    # The tag key is Auto Scaling's own (EC2 Auto Scaling user guide, "Tags for security").
     launch = [
         Statement(Effect=Allow, Action=[awacs_autoscaling.CompleteLifecycleAction],
                   Resource=[Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:"
                                 "autoScalingGroup:*:autoScalingGroupName/*")],
                   Condition=Condition(StringEquals({
-                      f"aws:ResourceTag/{CLOUDFORMATION_STACK_TAG}": Ref("AWS::StackId"),
-                      f"aws:ResourceTag/{CLOUDFORMATION_LOGICAL_ID_TAG}": WEB_GROUP,
+                      f"autoscaling:ResourceTag/{CLOUDFORMATION_STACK_TAG}": Ref("AWS::StackId"),
+                      f"autoscaling:ResourceTag/{CLOUDFORMATION_LOGICAL_ID_TAG}": WEB_GROUP,
                   }))),
         # These accept no resource ARN: AWS grants them only on "*".
         Statement(Effect=Allow, Resource=["*"], Action=[

@@ -32,24 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from simulation.context import LambdaContext as SimulatedContext  # noqa: E402
+
 RESPONSE_URL = "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x?sig=1"
 STACK_ID = "arn:aws:cloudformation:us-east-1:123456789012:stack/mastodon/0f6a6c10-0000-0000-0000-000000000000"
 
 
 @dataclass
-class LambdaContext:
-    """The parts of the Lambda context the handlers and Powertools read."""
+class LambdaContext(SimulatedContext):
+    """A custom-resource function's context (the simulation's, under its own name)."""
 
-    remaining_ms: int = 600_000
     function_name: str = "mastodon-custom-resource"
-    memory_limit_in_mb: int = 256
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:mastodon-custom-resource"
-    aws_request_id: str = "00000000-0000-0000-0000-000000000001"
     log_group_name: str = "/aws/lambda/mastodon-custom-resource"
-    log_stream_name: str = "2025/01/01/[$LATEST]0123"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_ms
 
 
 @pytest.fixture

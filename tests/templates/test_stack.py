@@ -171,8 +171,8 @@ def test_each_server_reads_only_what_it_needs(template):
     # on it (the role is created before the group and cannot name it).
     (hook,) = [s for s in statements if s["Action"] == ["autoscaling:CompleteLifecycleAction"]]
     assert hook["Condition"]["StringEquals"] == {
-        "aws:ResourceTag/aws:cloudformation:stack-id": {"Ref": "AWS::StackId"},
-        "aws:ResourceTag/aws:cloudformation:logical-id": compute.WEB_GROUP,
+        "autoscaling:ResourceTag/aws:cloudformation:stack-id": {"Ref": "AWS::StackId"},
+        "autoscaling:ResourceTag/aws:cloudformation:logical-id": compute.WEB_GROUP,
     }
 
 
