@@ -52,20 +52,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from troposphere import Template
 
-from troposphere import Template  # noqa: E402
-
-from lambdas.rollout.names import DOWNGRADE_FLAG, VERSION_TAG  # noqa: E402
-from lambdas.rollout.plan import read_handled  # noqa: E402
-from scripts.deploy import FIRST_OUTPUT  # noqa: E402
-from scripts.version import version_action  # noqa: E402
-from templates import (  # noqa: E402  # noqa: E402
+from lambdas.rollout.names import DOWNGRADE_FLAG, VERSION_TAG
+from lambdas.rollout.plan import read_handled
+from scripts.deploy import FIRST_OUTPUT
+from scripts.version import version_action
+from templates import (
     compute,
     data,
     edge,

@@ -39,8 +39,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from scripts import awscli, parameter_files, quick_create  # noqa: E402
 from scripts.version import version_action  # noqa: E402

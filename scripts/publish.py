@@ -20,12 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import awscli, parameter_files, quick_create  # noqa: E402
-from scripts.version import version_action  # noqa: E402
+from scripts import awscli, parameter_files, quick_create
+from scripts.version import version_action
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -22,18 +22,13 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from lambdas.rollout.names import VERSION_TAG  # noqa: E402
-from scripts import awscli  # noqa: E402
-from scripts.version import version_action  # noqa: E402
-from templates.pipeline import STATE_MACHINE  # noqa: E402
-from templates.versions import DESIRED_VERSION  # noqa: E402
+from lambdas.rollout.names import VERSION_TAG
+from scripts import awscli
+from scripts.version import version_action
+from templates.pipeline import STATE_MACHINE
+from templates.versions import DESIRED_VERSION
 
 # After a put-parameter, EventBridge starts the execution within seconds: watch waits this
 # long for it before it says that none started.

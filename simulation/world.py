@@ -416,14 +416,16 @@ class World:
     # ------------------------------------------------------------ the simulated physics
     def observe(self) -> None:
         """New instances appear at the current simulated time and boot the deployed version."""
-        deployed = ssm_models.ssm_backends[DEFAULT_ACCOUNT_ID][REGION].get_parameter(DEPLOYED).value
+        parameter = ssm_models.ssm_backends[DEFAULT_ACCOUNT_ID][REGION].get_parameter(DEPLOYED)
+        assert parameter is not None, "the world is built with its deployed-version parameter"
+        deployed = parameter.value
         for reservation in ec2_backends[DEFAULT_ACCOUNT_ID][REGION].reservations.values():
             for instance in reservation.instances:
                 if instance.id not in self._seen:
                     self._seen[instance.id] = self.clock
-                    instance.launch_time = datetime.datetime.fromtimestamp(self.clock, datetime.UTC).strftime(
-                        "%Y-%m-%dT%H:%M:%S.000Z"
-                    )
+                    # moto renders launch_time as given; its annotation says datetime.
+                    instance.launch_time = datetime.datetime.fromtimestamp(  # type: ignore[assignment]
+                        self.clock, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
                     self.versions.setdefault(instance.id, deployed)
                     self.pulled.add((instance.id, deployed))  # bootstrap pulled what it runs
 
@@ -616,7 +618,7 @@ class World:
 
     def notifications(self) -> list[tuple[str, str]]:
         topic = sns_backends[DEFAULT_ACCOUNT_ID][REGION].topics[self.topic]
-        return [(subject, message) for _, message, subject, *_ in topic.sent_notifications]
+        return [(subject or "", message) for _, message, subject, *_ in topic.sent_notifications]
 
     def in_target_groups(self, iid: str) -> bool:
         return all((tg, iid) in self._registered for tg in self.target_groups)
@@ -651,7 +653,8 @@ class World:
         execution = execution or self.start_execution()
         handlers = {"rollout": rollout_handler.lambda_handler, "invalidate": invalidate.lambda_handler}
         context = {"Execution": {"Id": execution}, "StateMachine": {"Id": self.state_machine}}
-        states, name, data = self.definition["States"], self.definition["StartAt"], {}
+        states, name = self.definition["States"], self.definition["StartAt"]
+        data: dict[str, Any] = {}
         visited: list[str] = []
         started = self.clock
         counts: Counter[str] = Counter()

@@ -22,7 +22,6 @@ from awacs.aws import Allow, Statement
 from troposphere import (
     AWSObject,
     FindInMap,
-    GetAtt,
     If,
     Ref,
     Sub,
@@ -67,18 +66,6 @@ VALKEY_VERSION = "8.0"
 CACHE_SETTINGS = {"maxmemory-policy": "noeviction"}
 
 
-class DatabaseSettings(AWSObject):
-    resource_type = "Custom::DatabaseSettings"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "DBInstanceIdentifier": (str, True),
-        "DeletionProtection": (str, True),
-        "LogExports": ([str], False),
-        "DatabaseSettingsInputs": ([str], False),
-    }
-
-
 @dataclass(frozen=True)
 class Data:
     database: rds.DBInstance
@@ -96,7 +83,7 @@ def create_data(t: Template, p: Parameters, network: Network, servers: ec2.Secur
 
 
 def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
-                             after: list[str]) -> DatabaseSettings:
+                             after: list[str]) -> AWSObject:
     """Protect the database and export its log once the resources `after` exist.
 
     A failed create before that point deletes the unprotected database (keeping its
@@ -113,10 +100,8 @@ def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
         Ref(p.log_retention), timeout=600,
         description="Turns the database's deletion protection and log export on once the stack stands.",
     )
-    return t.add_resource(DatabaseSettings(
-        DATABASE_SETTINGS,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=660,
+    return functions.provided_resource(
+        t, "DatabaseSettings", DATABASE_SETTINGS, function, 660,
         DBInstanceIdentifier=Ref(data.database),
         DeletionProtection=Ref(p.database_deletion_protection),
         LogExports=["postgresql"],
@@ -127,7 +112,7 @@ def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
                                 Ref(p.database_multi_az), Ref(p.database_backup_days)],
         # The export starts only once the stack's log group exists.
         DependsOn=[log_group.title, *after],
-    ))
+    )
 
 
 def _data_security_group(t: Template, name: str, network: Network, servers: ec2.SecurityGroup,

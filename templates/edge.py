@@ -132,16 +132,6 @@ def _global_name(purpose: str) -> Join:
     return Join("-", ["mastodon", purpose, Select(2, Split("/", Ref("AWS::StackId")))])
 
 
-class CloudFrontCertificate(AWSObject):
-    resource_type = "Custom::CloudFrontCertificate"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "DomainName": (str, True),
-        "HostedZoneId": (str, True),
-    }
-
-
 @dataclass(frozen=True)
 class Edge:
     distribution: cloudfront.Distribution
@@ -437,7 +427,7 @@ def _media_bucket_policy(t: Template, bucket: s3.Bucket, distribution: cloudfron
     ))
 
 
-def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFrontCertificate:
+def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> AWSObject:
     us_east_1_certificates = "arn:${AWS::Partition}:acm:us-east-1:${AWS::AccountId}:certificate/*"
     function = functions.inline_function(
         t, "CertificateFunction", code,
@@ -470,13 +460,11 @@ def _cloudfront_certificate(t: Template, p: Parameters, code: str) -> CloudFront
         FunctionName=Ref(function),
         Principal=GetAtt(functions.role_of(t, function), "Arn"),
     ))
-    certificate = t.add_resource(CloudFrontCertificate(
-        CLOUDFRONT_CERTIFICATE,
+    certificate = functions.provided_resource(
+        t, "CloudFrontCertificate", CLOUDFRONT_CERTIFICATE, function, 3600,
         Condition=parameters.HAS_HOSTED_ZONE,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=3600,
         DomainName=Ref(p.domain),
         HostedZoneId=Ref(p.hosted_zone),
         DependsOn=["CertificateFunctionSelfInvoke"],
-    ))
+    )
     return certificate

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from awacs import logs as awacs_logs
 from awacs.aws import Allow, Statement
-from troposphere import GetAtt, Ref, Sub, Template, awslambda, iam, logs
+from troposphere import GetAtt, Ref, Sub, Template, awslambda, cloudformation, iam, logs
 
 from templates import policies
 from templates.options import STACK_PREFIX
@@ -143,3 +143,13 @@ def inline_function(
     if condition is not None:
         function.Condition = condition
     return function
+
+
+def provided_resource(t: Template, kind: str, title: str, function: awslambda.Function, timeout: int,
+                      **properties: object) -> cloudformation.CustomResource:
+    """Add resource `title` of type Custom::`kind`, which `function` creates, updates and
+    deletes (lambdas/custom_resource.py); CloudFormation waits `timeout` seconds at most
+    for its answer. The function's module documents the properties it reads."""
+    kind_class = type(kind, (cloudformation.CustomResource,), {"resource_type": f"Custom::{kind}"})
+    resource = kind_class(title, ServiceToken=GetAtt(function, "Arn"), ServiceTimeout=timeout, **properties)
+    return t.add_resource(resource)

@@ -63,22 +63,13 @@ IDLE_TIMEOUT_SECONDS = 120
 TARGET_KEEP_ALIVE_SECONDS = IDLE_TIMEOUT_SECONDS + 10
 
 
-class ManagedPrefixList(AWSObject):
-    resource_type = "Custom::ManagedPrefixList"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "PrefixListName": (str, True),
-    }
-
-
 @dataclass(frozen=True)
 class LoadBalancing:
     load_balancer: elb.LoadBalancer
     security_group: ec2.SecurityGroup
     web_target_group: elb.TargetGroup
     streaming_target_group: elb.TargetGroup
-    cloudfront_prefix_list: ManagedPrefixList
+    cloudfront_prefix_list: AWSObject
 
     def prefix_list_arn(self) -> Sub:
         """CloudFront's origin-facing list, for reading its entries (AWS-managed: account "aws")."""
@@ -200,7 +191,7 @@ def _target_group(name: str, network: Network, port: int, health_path: str,
     )
 
 
-def _cloudfront_prefix_list(t: Template, p: Parameters, code: str) -> ManagedPrefixList:
+def _cloudfront_prefix_list(t: Template, p: Parameters, code: str) -> AWSObject:
     function = functions.inline_function(
         t, "PrefixListFunction", code,
         # DescribeManagedPrefixLists accepts no resource-level permission.
@@ -208,9 +199,7 @@ def _cloudfront_prefix_list(t: Template, p: Parameters, code: str) -> ManagedPre
         Ref(p.log_retention), timeout=60,
         description="Looks up the ID of an AWS-managed prefix list in this region.",
     )
-    return t.add_resource(ManagedPrefixList(
-        CLOUDFRONT_PREFIX_LIST,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=120,
+    return functions.provided_resource(
+        t, "ManagedPrefixList", CLOUDFRONT_PREFIX_LIST, function, 120,
         PrefixListName="com.amazonaws.global.cloudfront.origin-facing",
-    ))
+    )

@@ -35,17 +35,6 @@ AVAILABILITY_ZONES = "AvailabilityZones"
 ORIGIN_EXCLUDED_ZONE_IDS = ("use1-az3", "usw1-az2", "cac1-az3", "apne1-az3")
 
 
-class AvailabilityZones(AWSObject):
-    resource_type = "Custom::AvailabilityZones"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "Count": (str, True),
-        "ExcludedZoneIds": (list, False),
-        "SubnetLogicalIds": (list, False),
-    }
-
-
 @dataclass(frozen=True)
 class Network:
     vpc: ec2.VPC
@@ -96,7 +85,7 @@ def create_network(t: Template, p: Parameters, zones_code: str) -> Network:
     return Network(vpc=vpc, public_subnets=public, data_subnets=data)
 
 
-def _availability_zones(t: Template, p: Parameters, code: str) -> AvailabilityZones:
+def _availability_zones(t: Template, p: Parameters, code: str) -> AWSObject:
     function = functions.inline_function(
         t, "AvailabilityZonesFunction", code,
         # Neither Describe call accepts a resource-level permission.
@@ -105,13 +94,11 @@ def _availability_zones(t: Template, p: Parameters, code: str) -> AvailabilityZo
         Ref(p.log_retention), timeout=60,
         description="Picks the availability zones for the subnets, once.",
     )
-    return t.add_resource(AvailabilityZones(
-        AVAILABILITY_ZONES,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=120,
+    return functions.provided_resource(
+        t, "AvailabilityZones", AVAILABILITY_ZONES, function, 120,
         Count=str(len(PUBLIC_SUBNET_CIDRS)),
         # Only a load balancer behind a VPC origin cares which zone IDs it sits in.
         ExcludedZoneIds=If(USE_VPC_ORIGIN, list(ORIGIN_EXCLUDED_ZONE_IDS), []),
         # A stack made before this resource existed keeps its subnets' zones.
         SubnetLogicalIds=[f"PublicSubnet{letter}" for letter in ZONE_LETTERS],
-    ))
+    )

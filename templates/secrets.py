@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from awacs import iam as awacs_iam
 from awacs import secretsmanager as awacs_sm
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template, secretsmanager
+from troposphere import AWSObject, If, Ref, Sub, Template, secretsmanager
 
 from templates import functions, parameters
 from templates.options import STACK_PREFIX
@@ -27,23 +27,10 @@ APP_SECRET = "AppSecret"
 APP_SECRET_VALUES = "AppSecretValues"
 
 
-class AppSecretValues(AWSObject):
-    resource_type = "Custom::AppSecrets"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "SecretId": (str, True),
-        "SmtpUserName": (str, False),
-        "SmtpRegion": (str, False),
-        "MailFromAddress": (str, False),
-        "DomainName": (str, False),
-    }
-
-
 @dataclass(frozen=True)
 class Secrets:
     secret: secretsmanager.Secret
-    values: AppSecretValues
+    values: AWSObject
 
     def reference(self, key: str) -> Sub:
         """A dynamic reference CloudFormation resolves when it creates a resource."""
@@ -80,15 +67,13 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         t, "AppSecretsFunction", code, statements, Ref(p.log_retention), timeout=60,
         description="Fills the stack's secret with Mastodon's keys, once; derives SES SMTP credentials.",
     )
-    values = t.add_resource(AppSecretValues(
-        APP_SECRET_VALUES,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=300,
+    values = functions.provided_resource(
+        t, "AppSecrets", APP_SECRET_VALUES, function, 300,
         SecretId=Ref(secret),
         SmtpUserName=If(parameters.USE_SES, smtp_user, "") if smtp_user is not None else "",
         SmtpRegion=Ref("AWS::Region"),
         # Checked here, before the database exists: SES sends only from the domain.
         MailFromAddress=Ref(p.mail_from),
         DomainName=Ref(p.domain),
-    ))
+    )
     return Secrets(secret=secret, values=values)

@@ -31,21 +31,6 @@ DEPLOYED_VERSION = "DeployedVersionParameter"
 PARAMETER_PREFIX = STACK_PREFIX
 
 
-class InitialParameter(AWSObject):
-    """An SSM parameter written once; Ref gives its name."""
-
-    resource_type = "Custom::InitialParameter"
-    props = {
-        "ServiceToken": (str, True),
-        "ServiceTimeout": (int, False),
-        "Name": (str, True),
-        "Value": (str, True),
-        "Description": (str, False),
-        "ReportValueOf": (object, False),
-        "Reporting": (dict, False),
-    }
-
-
 def desired_pattern() -> str:
     """The desired-version parameter's AllowedPattern: a release tag, perhaps with the downgrade flag."""
     tag = RELEASE_TAG_PATTERN.removeprefix("^").removesuffix("$")
@@ -55,7 +40,7 @@ def desired_pattern() -> str:
 @dataclass(frozen=True)
 class Versions:
     desired: ssm.Parameter
-    deployed: InitialParameter
+    deployed: AWSObject  # Custom::InitialParameter: written once; Ref gives its name
 
     def desired_arn(self) -> Sub:
         return _parameter_arn(self.desired)
@@ -64,7 +49,7 @@ class Versions:
         return _parameter_arn(self.deployed)
 
 
-def _parameter_arn(parameter: ssm.Parameter | InitialParameter) -> Sub:
+def _parameter_arn(parameter: ssm.Parameter | AWSObject) -> Sub:
     # Both names start with "/": Ref gives the name, which ends the ARN.
     return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                f"${{{parameter.title}}}")
@@ -98,16 +83,14 @@ def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str
         Ref(p.log_retention), timeout=30,
         description="Creates an SSM parameter once and never overwrites it.",
     )
-    deployed = t.add_resource(InitialParameter(
-        DEPLOYED_VERSION,
-        ServiceToken=GetAtt(function, "Arn"),
-        ServiceTimeout=120,
+    deployed = functions.provided_resource(
+        t, "InitialParameter", DEPLOYED_VERSION, function, 120,
         Name=Sub(f"{PARAMETER_PREFIX}/deployed-version"),
         Value=options.mastodon_version,
         Description="Mastodon version every process last ran; new servers boot it (set by the pipeline)",
         ReportValueOf=desired_name,
         Reporting=desired_settings,
-    ))
+    )
     desired = t.add_resource(ssm.Parameter(
         DESIRED_VERSION,
         Name=desired_name,

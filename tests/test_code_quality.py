@@ -1,4 +1,4 @@
-"""The house tools agree with the code: ruff (lint) everywhere, mypy on templates and lambdas."""
+"""The house tools agree with the code: ruff (lint) everywhere, mypy on every package setup.cfg names."""
 
 from __future__ import annotations
 

@@ -210,17 +210,18 @@ def test_a_slow_validation_continues_in_a_new_invocation(
     assert len(certificates(aws)) == 1, "the follow-up does not request another certificate"
 
 
-def test_each_follow_up_counts_its_attempt_and_keeps_the_start_time(
-    aws: dict[str, Any],
-    answers: Any,
-    cfn_event: Any,
-    context: Any,
-    reinvocations: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def handed_over(aws: dict[str, Any], answers: Any, cfn_event: Any, context: Any, reinvocations: Any,
+                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create whose certificate never validates, handed over to a follow-up invocation at once."""
     never_validates(monkeypatch)
     context.remaining_ms = 30_000
     certificate.lambda_handler(cfn_event("Create", props(aws)), context)
+
+
+def test_each_follow_up_counts_its_attempt_and_keeps_the_start_time(
+    handed_over: None, context: Any, reinvocations: Any
+) -> None:
     certificate.lambda_handler(reinvocations[0][1], context)
     first, second = (call[1] for call in reinvocations)
     assert second["CertificateAttempt"] == 2
@@ -228,16 +229,8 @@ def test_each_follow_up_counts_its_attempt_and_keeps_the_start_time(
 
 
 def test_after_55_minutes_it_fails_with_the_likely_cause_and_the_certificate_to_clean_up(
-    aws: dict[str, Any],
-    answers: Any,
-    cfn_event: Any,
-    context: Any,
-    reinvocations: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    handed_over: None, aws: dict[str, Any], answers: Any, context: Any, reinvocations: Any
 ) -> None:
-    never_validates(monkeypatch)
-    context.remaining_ms = 30_000
-    certificate.lambda_handler(cfn_event("Create", props(aws)), context)
     follow_up = {**reinvocations[0][1], "CertificateStarted": time.time() - 56 * 60}
 
     certificate.lambda_handler(follow_up, context)

@@ -58,5 +58,5 @@ def client(service: str, region: str = REGION):  # type: ignore[no-untyped-def]
 
 def run_script(name: str, *args: str, env: dict[str, str],
                timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", f"scripts.{Path(name).stem}", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)

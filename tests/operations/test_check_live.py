@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not LIVE, reason="creates a real stack: set MAST
 
 
 def _script(name: str, *args: str, timeout: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", f"scripts.{Path(name).stem}", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout, check=False)
 
 

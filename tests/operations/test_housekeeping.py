@@ -81,7 +81,7 @@ def test_publish_refuses_waf_for_a_region_other_than_us_east_1(tmp_path):
               "HostedZoneId": "Z04000001ABCDEFGHIJK"}
     path = tmp_path / "waf.json"
     path.write_text(json.dumps([{"ParameterKey": k, "ParameterValue": v} for k, v in values.items()]))
-    result = subprocess.run([sys.executable, "scripts/publish.py", "--bucket", "b-{region}", "--region",
+    result = subprocess.run([sys.executable, "-m", "scripts.publish", "--bucket", "b-{region}", "--region",
                              "us-east-1", "--region", "eu-central-1", "--parameters", str(path)], cwd=REPO,
                             capture_output=True, text=True, check=False, timeout=120,
                             env={"PATH": "/nonexistent"})  # no aws CLI: nothing may reach AWS
