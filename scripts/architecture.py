@@ -135,16 +135,6 @@ FLOWS: tuple[Flow, ...] = (
         (Step("run", "Run Command", "tootctl media remove"),),
         (WORKER,),
     )),
-    Flow("Deleted media leave CloudFront's cache", (
-        (Step("deleted", "S3 media bucket", "an object is deleted", "MediaBucket"),),
-        (Step("deletion", "EventBridge rule", "S3 event", "MediaDeletionRule"),),
-        (Step("queue", "SQS queue", "deleted paths", "MediaDeletionQueue"),
-         Step("schedule", "EventBridge schedule", _prop("MediaInvalidationSchedule", "ScheduleExpression"),
-              "MediaInvalidationSchedule")),
-        (Step("invalidator", "media invalidation", "Lambda, in batches", "MediaInvalidationFunction"),),
-        (Step("cloudfront", "CloudFront", "invalidated", "Distribution"),),
-    ), edges=(("deleted", "deletion"), ("deletion", "queue"), ("queue", "invalidator"),
-              ("schedule", "invalidator"), ("invalidator", "cloudfront"))),
     Flow("Stack creation: custom resources CloudFormation runs once", (
         (Step("f1", "secrets (Lambda)", "generates them", "AppSecretsFunction"),
          Step("f2", "certificate (Lambda)", "in us-east-1", "CertificateFunction"),

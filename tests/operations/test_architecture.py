@@ -195,6 +195,13 @@ def test_a_box_whose_resource_is_gone_is_left_out_with_its_arrows(template):
     cairosvg.svg2png(bytestring=architecture.svg(changed).encode(), write_to=io.BytesIO())
 
 
+def test_every_box_of_the_built_template_takes_part_in_its_flow(plan):
+    # A flow whose resources are gone (say, a removed pipeline) must not linger as
+    # stray boxes under its heading: each box drawn is joined by an arrow.
+    joined = {id(box) for arrow in plan.arrows for box in (arrow.source, arrow.target)}
+    assert [f"flow {box.flow}: {box.key}" for box in plan.boxes if id(box) not in joined] == []
+
+
 def test_what_no_flow_draws_is_counted_so_the_picture_changes_with_the_template(template):
     changed = copy.deepcopy(template)
     changed["Resources"]["ExtraTopic"] = {"Type": "AWS::SNS::Topic", "Properties": {}}
