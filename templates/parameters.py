@@ -40,6 +40,10 @@ USE_VPC_ORIGIN = "UseVpcOrigin"
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
 
+# Server counts are listed, not ranged: a Number parameter would also take "02", which the
+# rules comparing sizes (scaling.WEB_SIZE_RULE) match as text and would let through.
+WEB_SIZES = [str(n) for n in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1)]
+
 HOSTNAME_PATTERN = r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 EMAIL_PATTERN = r"^[^@\s]+@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 # The sender reaches the servers' stack.env, which single-quotes values: no quotes.
@@ -211,16 +215,16 @@ def create_parameters(t: Template) -> Parameters:
             AllowedValues=[i.name for i in capacity.WEB_INSTANCE_TYPES],
         )),
         web_min_size=add_parameter(t, GROUP_COMPUTE, "Web servers, minimum", Parameter(
-            "WebMinSize", Type="Number", Default="1",
+            "WebMinSize", Type="String", Default="1",
             Description="Web servers always running. An upgrade takes RollingBatchSize of them "
             "out at a time (a single server is replaced by a new one first).",
-            MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
+            AllowedValues=WEB_SIZES,
         )),
         web_max_size=add_parameter(t, GROUP_COMPUTE, "Web servers, maximum", Parameter(
-            "WebMaxSize", Type="Number", Default="2",
+            "WebMaxSize", Type="String", Default="2",
             Description="Most web servers the group may run (at least the minimum). Each "
             "server's database pools are sized so this many fit the database.",
-            MinValue=capacity.WEB_MIN_SIZE_LIMIT, MaxValue=capacity.WEB_MAX_SIZE_LIMIT,
+            AllowedValues=WEB_SIZES,
         )),
         worker_instance_type=add_parameter(t, GROUP_COMPUTE, "Worker instance type", Parameter(
             "WorkerInstanceType", Type="String", Default=capacity.DEFAULT_WORKER_INSTANCE_TYPE,

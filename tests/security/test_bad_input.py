@@ -50,6 +50,12 @@ def _sizes(low: int, high: int) -> tuple[list[str], list[str]]:
     return [str(low), str(high)], [str(low - 1), str(high + 1), "", "two"]
 
 
+def _listed_sizes(low: int, high: int) -> tuple[list[str], list[str]]:
+    # Text the size rules compare: a number spelled another way must not slip past them.
+    inside, outside = _sizes(low, high)
+    return inside, [*outside, f"0{high}", f"{low}.0", f" {low}"]
+
+
 def _choices(values: list[str], near_misses: list[str]) -> tuple[list[str], list[str]]:
     return values, [*near_misses, ""]
 
@@ -80,8 +86,8 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                                 ["t4g.micro", "t3.micro", "t4g.nano", "T4G.SMALL"]),
     "WorkerInstanceType": _choices([i.name for i in capacity.WORKER_INSTANCE_TYPES],
                                    ["t4g.nano", "t3.nano", "T4G.MICRO"]),
-    "WebMinSize": _sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
-    "WebMaxSize": _sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
+    "WebMinSize": _listed_sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
+    "WebMaxSize": _listed_sizes(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT),
     "DatabaseInstanceClass": _choices([d.name for d in capacity.DATABASE_CLASSES],
                                       ["db.t3.micro", "db.t4g.nano", "t4g.micro"]),
     "DatabaseAllocatedStorage": _sizes(20, 16384),

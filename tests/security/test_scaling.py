@@ -38,7 +38,7 @@ def test_scaling_out_to_the_maximum_fits_the_database_connection_budget(template
             env[part.split("\n")[-1][:-2]] = parts[i + 1]
     assert env["WEB_MAX_SIZE"] == props(template, "WebAutoScalingGroup")["MaxSize"]
     assert env["ROLLOUT_SURGE"] == str(capacity.ROLLOUT_SURGE) and capacity.ROLLOUT_SURGE >= 1
-    assert int(template["Parameters"]["WebMaxSize"]["MaxValue"]) == capacity.WEB_MAX_SIZE_LIMIT
+    assert max(map(int, template["Parameters"]["WebMaxSize"]["AllowedValues"])) == capacity.WEB_MAX_SIZE_LIMIT
 
 
 def test_a_minimum_above_the_maximum_is_rejected_before_anything_is_created(template):
