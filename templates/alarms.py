@@ -107,11 +107,11 @@ def database_thresholds() -> dict[str, dict[str, str]]:
     }
 
 
-def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data: Data,
+def create_alarms(t: Template, p: parameters.Parameters, load_balancing: LoadBalancing, data: Data,
                   compute: Compute, topic: sns.Topic) -> list[cloudwatch.Alarm]:
     """Every alarm of the running stack (a failed rollout is an event: see below)."""
     t.add_mapping(DATABASE_THRESHOLDS_MAP, database_thresholds())
-    lb_name = GetAtt(lb.load_balancer, "LoadBalancerFullName")
+    lb_name = GetAtt(load_balancing.load_balancer, "LoadBalancerFullName")
     per_minute_errors = Threshold("Sum", "GreaterThanOrEqualToThreshold", HTTP_5XX_PER_MINUTE, 60, 5, 3)
     alarms = [
         _alarm(t, "LoadBalancer5xxAlarm", topic, "load balancer answers 5xx",
@@ -123,7 +123,8 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
                "AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", {"LoadBalancer": lb_name},
                per_minute_errors),
     ]
-    for kind, group in (("Web", lb.web_target_group), ("Streaming", lb.streaming_target_group)):
+    for kind, group in (("Web", load_balancing.web_target_group),
+                        ("Streaming", load_balancing.streaming_target_group)):
         dimensions = {"TargetGroup": GetAtt(group, "TargetGroupFullName"), "LoadBalancer": lb_name}
         alarms += [
             _alarm(t, f"{kind}UnhealthyTargetsAlarm", topic, f"{kind.lower()} targets unhealthy",

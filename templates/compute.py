@@ -173,7 +173,8 @@ class Compute:
                    f"autoScalingGroupName/${{{self.web_group.title}}}")
 
 
-def create_server_security_group(t: Template, network: Network, lb: LoadBalancing) -> ec2.SecurityGroup:
+def create_server_security_group(t: Template, network: Network,
+                                 load_balancing: LoadBalancing) -> ec2.SecurityGroup:
     """The servers admit Puma and streaming traffic from the load balancer only."""
     return t.add_resource(ec2.SecurityGroup(
         INSTANCE_SECURITY_GROUP,
@@ -182,7 +183,7 @@ def create_server_security_group(t: Template, network: Network, lb: LoadBalancin
         SecurityGroupIngress=[
             ec2.SecurityGroupRule(Description=f"{name} from the load balancer", IpProtocol="tcp",
                                   FromPort=port, ToPort=port,
-                                  SourceSecurityGroupId=Ref(lb.security_group))
+                                  SourceSecurityGroupId=Ref(load_balancing.security_group))
             for name, port in (("Puma", WEB_PORT), ("Streaming", STREAMING_PORT))
         ],
         # Servers pull images from ghcr.io and federate with the whole fediverse.
@@ -192,7 +193,7 @@ def create_server_security_group(t: Template, network: Network, lb: LoadBalancin
     ))
 
 
-def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalancing, data: Data,
+def create_compute(t: Template, p: Parameters, network: Network, load_balancing: LoadBalancing, data: Data,
                    secrets: Secrets, mail: Mail, versions: Versions,
                    server_security_group: ec2.SecurityGroup, scripts: dict[str, str]) -> Compute:
     log_groups = {
@@ -203,7 +204,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         ))
         for name in PROCESS_LOGS
     }
-    web_role, worker_role = _server_roles(t, p, lb, data, secrets, versions, log_groups)
+    web_role, worker_role = _server_roles(t, p, load_balancing, data, secrets, versions, log_groups)
     web_profile = t.add_resource(iam.InstanceProfile("WebServerInstanceProfile", Roles=[Ref(web_role)]))
     worker_profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(worker_role)]))
 
@@ -239,7 +240,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "WEB_MAX_SIZE": Ref(p.web_max_size),
             "ROLLOUT_SURGE": str(capacity.ROLLOUT_SURGE),
             "DB_CONNECTION_RESERVE": str(capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS),
-            "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(lb.cloudfront_prefix_list, "Id"),
+            "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(load_balancing.cloudfront_prefix_list, "Id"),
             "VPC_CIDR": VPC_CIDR,
             "TARGET_KEEP_ALIVE_SECONDS": str(TARGET_KEEP_ALIVE_SECONDS),
             "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
@@ -251,8 +252,8 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
     web_env = {
         **stack_env("web", WEB_GROUP),
         "LAUNCH_HOOK": LAUNCH_HOOK,
-        "WEB_TARGET_GROUP_ARN": Ref(lb.web_target_group),
-        "STREAMING_TARGET_GROUP_ARN": Ref(lb.streaming_target_group),
+        "WEB_TARGET_GROUP_ARN": Ref(load_balancing.web_target_group),
+        "STREAMING_TARGET_GROUP_ARN": Ref(load_balancing.streaming_target_group),
         "BOOT_TARGET_WAIT_SECONDS": str(BOOT_TARGET_WAIT_SECONDS),
     }
 
@@ -272,7 +273,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
         VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
         MixedInstancesPolicy=_market(web_template, Ref(p.web_instance_type)),
         CapacityRebalance=If(parameters.USE_SPOT, True, False),
-        TargetGroupARNs=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
+        TargetGroupARNs=[Ref(load_balancing.web_target_group), Ref(load_balancing.streaming_target_group)],
         HealthCheckType="ELB",
         HealthCheckGracePeriod=WEB_HEALTH_CHECK_GRACE_SECONDS,
         LifecycleHookSpecificationList=[autoscaling.LifecycleHookSpecification(
@@ -374,7 +375,7 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
     ))
 
 
-def _server_roles(t: Template, p: Parameters, lb: LoadBalancing, data: Data, secrets: Secrets,
+def _server_roles(t: Template, p: Parameters, load_balancing: LoadBalancing, data: Data, secrets: Secrets,
                   versions: Versions, log_groups: dict[str, logs.LogGroup]) -> tuple[iam.Role, iam.Role]:
     """The web servers' role and the worker's: the same reads, and the web's launch hook."""
     statements = [
@@ -387,7 +388,7 @@ def _server_roles(t: Template, p: Parameters, lb: LoadBalancing, data: Data, sec
             versions.deployed_arn(),
         ]),
         Statement(Effect=Allow, Action=[awacs_ec2.GetManagedPrefixListEntries],
-                  Resource=[lb.prefix_list_arn()]),
+                  Resource=[load_balancing.prefix_list_arn()]),
         Statement(Effect=Allow, Action=[awacs_logs.CreateLogStream, awacs_logs.PutLogEvents],
                   Resource=[GetAtt(g, "Arn") for g in log_groups.values()]),
         # Signal the groups; read the instance scripts from the stack (see _launch_template).

@@ -73,11 +73,11 @@ class Data:
     bucket: s3.Bucket
 
 
-def create_data(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+def create_data(t: Template, p: Parameters, network: Network, server_security_group: ec2.SecurityGroup,
                 secrets: Secrets) -> Data:
     return Data(
-        database=_database(t, p, network, servers, secrets),
-        cache=_cache(t, p, network, servers, secrets),
+        database=_database(t, p, network, server_security_group, secrets),
+        cache=_cache(t, p, network, server_security_group, secrets),
         bucket=_media_bucket(t),
     )
 
@@ -115,7 +115,7 @@ def create_database_settings(t: Template, p: Parameters, data: Data, code: str,
     )
 
 
-def _data_security_group(t: Template, name: str, network: Network, servers: ec2.SecurityGroup,
+def _data_security_group(t: Template, name: str, network: Network, server_security_group: ec2.SecurityGroup,
                          port: int) -> ec2.SecurityGroup:
     return t.add_resource(ec2.SecurityGroup(
         f"{name}SecurityGroup",
@@ -123,7 +123,7 @@ def _data_security_group(t: Template, name: str, network: Network, servers: ec2.
         VpcId=Ref(network.vpc),
         SecurityGroupIngress=[ec2.SecurityGroupRule(
             Description="Mastodon servers", IpProtocol="tcp", FromPort=port, ToPort=port,
-            SourceSecurityGroupId=Ref(servers),
+            SourceSecurityGroupId=Ref(server_security_group),
         )],
         # Data stores start no connection of their own.
         SecurityGroupEgress=[ec2.SecurityGroupRule(
@@ -132,9 +132,9 @@ def _data_security_group(t: Template, name: str, network: Network, servers: ec2.
     ))
 
 
-def _database(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+def _database(t: Template, p: Parameters, network: Network, server_security_group: ec2.SecurityGroup,
               secrets: Secrets) -> rds.DBInstance:
-    security_group = _data_security_group(t, "Database", network, servers, DATABASE_PORT)
+    security_group = _data_security_group(t, "Database", network, server_security_group, DATABASE_PORT)
     subnets = t.add_resource(rds.DBSubnetGroup(
         "DatabaseSubnetGroup",
         DBSubnetGroupDescription="Isolated subnets of the Mastodon database",
@@ -198,9 +198,9 @@ def _database(t: Template, p: Parameters, network: Network, servers: ec2.Securit
     ))
 
 
-def _cache(t: Template, p: Parameters, network: Network, servers: ec2.SecurityGroup,
+def _cache(t: Template, p: Parameters, network: Network, server_security_group: ec2.SecurityGroup,
            secrets: Secrets) -> elasticache.ReplicationGroup:
-    security_group = _data_security_group(t, "Cache", network, servers, CACHE_PORT)
+    security_group = _data_security_group(t, "Cache", network, server_security_group, CACHE_PORT)
     subnets = t.add_resource(elasticache.SubnetGroup(
         "CacheSubnetGroup",
         Description="Isolated subnets of the Mastodon cache",

@@ -142,7 +142,7 @@ class Edge:
                    f"${{{self.distribution.title}}}")
 
 
-def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket,
+def create_edge(t: Template, p: Parameters, load_balancing: LoadBalancing, bucket: s3.Bucket,
                 secrets: Secrets, certificate_code: str, web_acl: object = None) -> Edge:
     """The distribution; `web_acl` is a WAFv2 web ACL ARN (or an If of one) to attach."""
     certificate_arn = If(
@@ -228,7 +228,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
         Condition=USE_VPC_ORIGIN,
         VpcOriginEndpointConfig=cloudfront.VpcOriginEndpointConfig(
             Name=_global_name("origin"),
-            Arn=Ref(lb.load_balancer),
+            Arn=Ref(load_balancing.load_balancer),
             HTTPPort=80,
             HTTPSPort=443,
             OriginProtocolPolicy="https-only",
@@ -237,7 +237,7 @@ def create_edge(t: Template, p: Parameters, lb: LoadBalancing, bucket: s3.Bucket
     ))
     load_balancer_origin = cloudfront.Origin(
         Id="load-balancer",
-        DomainName=GetAtt(lb.load_balancer, "DNSName"),
+        DomainName=GetAtt(load_balancing.load_balancer, "DNSName"),
         VpcOriginConfig=If(USE_VPC_ORIGIN, cloudfront.VpcOriginConfig(
             VpcOriginId=GetAtt(vpc_origin, "Id"),
             OriginReadTimeout=ORIGIN_READ_TIMEOUT,

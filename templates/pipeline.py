@@ -233,7 +233,7 @@ def rollout_statements(
     versions: Versions,
     state_parameter: ssm.Parameter,
     compute: Compute,
-    lb: LoadBalancing,
+    load_balancing: LoadBalancing,
     alerts: object,
     alerts_key: object,
 ) -> list[Statement]:
@@ -280,7 +280,7 @@ def rollout_statements(
         Statement(
             Effect=Allow,
             Action=[awacs_elb.RegisterTargets, awacs_elb.DeregisterTargets],
-            Resource=[Ref(lb.web_target_group), Ref(lb.streaming_target_group)],
+            Resource=[Ref(load_balancing.web_target_group), Ref(load_balancing.streaming_target_group)],
         ),
         Statement(
             Effect=Allow,
@@ -329,8 +329,8 @@ def create_pipeline(
     p: Parameters,
     versions: Versions,
     compute: Compute,
-    lb: LoadBalancing,
-    cdn: Edge,
+    load_balancing: LoadBalancing,
+    edge: Edge,
     alerts: object,
     alerts_key: object,
     rollout_code: str,
@@ -349,7 +349,7 @@ def create_pipeline(
         t,
         ROLLOUT_FUNCTION,
         rollout_code,
-        rollout_statements(versions, state_parameter, compute, lb, alerts, alerts_key),
+        rollout_statements(versions, state_parameter, compute, load_balancing, alerts, alerts_key),
         Ref(p.log_retention),
         timeout=FUNCTION_TIMEOUT,
         description="Mastodon rollout: one short step of a rolling upgrade",
@@ -362,7 +362,7 @@ def create_pipeline(
             Statement(
                 Effect=Allow,
                 Action=[awacs_cloudfront.CreateInvalidation, awacs_cloudfront.GetInvalidation],
-                Resource=[cdn.distribution_arn()],
+                Resource=[edge.distribution_arn()],
             )
         ],  # type: ignore[attr-defined]
         Ref(p.log_retention),
@@ -430,14 +430,14 @@ def create_pipeline(
                 "InvalidateFunctionArn": GetAtt(invalidate, "Arn"),
                 "WebGroup": Ref(compute.web_group),
                 "WorkerGroup": Ref(compute.worker_group),
-                "WebTargetGroup": Ref(lb.web_target_group),
-                "StreamingTargetGroup": Ref(lb.streaming_target_group),
+                "WebTargetGroup": Ref(load_balancing.web_target_group),
+                "StreamingTargetGroup": Ref(load_balancing.streaming_target_group),
                 "DesiredParameter": Ref(versions.desired),
                 "DeployedParameter": Ref(versions.deployed),
                 "StateParameter": Ref(state_parameter),
                 "BatchSize": Ref(p.rolling_batch_size),
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
-                "DistributionId": Ref(cdn.distribution),  # type: ignore[arg-type]
+                "DistributionId": Ref(edge.distribution),  # type: ignore[arg-type]
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",

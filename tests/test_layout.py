@@ -60,3 +60,41 @@ def test_every_operator_script_imports_as_a_module():
     for path in sorted((ROOT / "scripts").glob("*.py")):
         if path.stem != "__init__":
             assert importlib.import_module(f"scripts.{path.stem}").__name__ == f"scripts.{path.stem}"
+
+
+def shadowed_modules(root: Path) -> list[str]:
+    """Parameters and assignments named like a module their own file imports."""
+    found = []
+    for folder in ("templates", "lambdas", "scripts", "simulation", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            modules = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    folder_of = root / (node.module or "").replace(".", "/")
+                    modules |= {alias.asname or alias.name for alias in node.names
+                                if (folder_of / f"{alias.name}.py").exists()}
+            for node in ast.walk(tree):
+                names: list[tuple[str, int]] = []
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    names = [(a.arg, node.lineno) for a in [*node.args.args, *node.args.kwonlyargs]]
+                elif isinstance(node, ast.Assign):
+                    names = [(target.id, node.lineno) for target in node.targets
+                             if isinstance(target, ast.Name)]
+                found += [f"{path.relative_to(root)}:{line}: {name}"
+                          for name, line in names if name in modules]
+    return found
+
+
+def test_no_parameter_or_variable_shadows_a_module_its_file_imports():
+    assert shadowed_modules(ROOT) == []
+
+
+def test_the_shadow_check_sees_a_parameter_named_like_an_imported_module(tmp_path):
+    package = tmp_path / "templates"
+    package.mkdir()
+    (package / "edge.py").write_text("")
+    (package / "stack.py").write_text("from templates import edge\n\n\ndef build(edge):\n    return edge\n")
+    assert shadowed_modules(tmp_path) == ["templates/stack.py:4: edge"]

@@ -35,7 +35,8 @@ def test_cfn_lint_finds_nothing_with_the_parameter_file(template, path):
     ("unknown key", {"DomainNmae": "x.example.com"}, "DomainNmae is not a parameter of the template"),
     ("value not allowed", {"WebInstanceType": "t2.micro"}, "WebInstanceType='t2.micro': not one of"),
     ("pattern", {"DomainName": "Social.Example.com"}, "DomainName='Social.Example.com': a lower-case"),
-    ("below minimum", {"WebMinSize": "0"}, "WebMinSize='0': below the minimum 1"),
+    ("below minimum", {"DatabaseBackupRetentionDays": "0"}, "DatabaseBackupRetentionDays='0': below the minimum 1"),
+    ("size spelled otherwise", {"WebMaxSize": "02"}, "WebMaxSize='02': not one of 1, 2"),
     ("not a number", {"DatabaseAllocatedStorage": "lots"}, "not a number"),
     ("rule", {"HostedZoneId": ""}, "rule CertificatesWithoutHostedZone"),
 ])

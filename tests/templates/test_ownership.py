@@ -34,6 +34,9 @@ PARAMETERS_MODULE = "templates/parameters.py"
 SUB_NAME = re.compile(r"\$\{([^!}][^}.]*)")
 # The functions below that stand between troposphere and the project's code.
 WATCHERS = {"added", "add_condition", "init"}
+# Helpers that add a resource under the very title their caller gives: the caller owns it.
+# (inline_function is not one: it derives its role's and log group's names itself.)
+PASS_THROUGH = {("templates/functions.py", "provided_resource")}
 
 
 def _caller() -> str:
@@ -41,7 +44,10 @@ def _caller() -> str:
     frame = sys._getframe(2)
     package = str(Path(troposphere.__file__).parent)
     while frame.f_code.co_filename.startswith(package) or (
-            frame.f_code.co_filename == __file__ and frame.f_code.co_name in WATCHERS):
+            frame.f_code.co_filename == __file__ and frame.f_code.co_name in WATCHERS) or (
+            (str(Path(frame.f_code.co_filename).relative_to(ROOT))
+             if Path(frame.f_code.co_filename).is_relative_to(ROOT) else "",
+             frame.f_code.co_name) in PASS_THROUGH):
         assert frame.f_back is not None
         frame = frame.f_back
     path = Path(frame.f_code.co_filename)
