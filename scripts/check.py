@@ -84,6 +84,9 @@ SETTLED = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 # Mastodon's streaming server pings every WebSocket every 30 seconds (streaming/index.js).
 HEARTBEAT_SECONDS = 30
+# A stream given by query, as Mastodon's web client opens it: the WebSocket layer takes it;
+# the plain-HTTP handler knows streams only by path and refuses this one (400).
+WEBSOCKET_PATH = "/api/v1/streaming?stream=public:local"
 PROBE_PREFIX = "mastodon-check"
 # What Mastodon uploads every media file with (config/initializers/paperclip.rb, its S3
 # headers): the probe carries it too, so that the edge keeps it exactly as long as it
@@ -213,10 +216,20 @@ class Network:
             connection.close()
 
 
+@dataclass
+class Handshake:
+    """What a WebSocket upgrade got: the HTTP status, what happened, and a refusal's headers and body."""
+
+    status: int
+    what: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
 def websocket_heartbeat(
     net: Network, host: str, path: str, wait: float, token: str | None = None
-) -> tuple[int, str]:
-    """Open a WebSocket and wait for the server's ping. (HTTP status, what happened)."""
+) -> Handshake:
+    """Open a WebSocket and wait for the server's ping."""
     key = base64.b64encode(secrets.token_bytes(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",
@@ -237,36 +250,56 @@ def websocket_heartbeat(
         while b"\r\n\r\n" not in buffer:
             chunk = sock.recv(4096)
             if not chunk:
-                return 0, "the connection closed before an answer"
+                return Handshake(0, "the connection closed before an answer")
             buffer += chunk
             if len(buffer) > 65536:
-                return 0, "no end to the answer's headers"
+                return Handshake(0, "no end to the answer's headers")
         head, buffer = buffer.split(b"\r\n\r\n", 1)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers: dict[str, str] = {}
+        for name, _, value in (h.partition(":") for h in header_lines):
+            key_name = name.strip().lower()
+            headers[key_name] = f"{headers[key_name]}, {value.strip()}" if key_name in headers else value.strip()
         if status != 101:
-            return status, status_line
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+            return Handshake(status, status_line, headers, _refusal_body(sock, buffer, headers, net.timeout))
         expected = base64.b64encode(
             hashlib.sha1((key + WEBSOCKET_GUID).encode(), usedforsecurity=False).digest()
         ).decode()
         if headers.get("sec-websocket-accept") != expected:
-            return status, "the upgrade answer has a wrong Sec-WebSocket-Accept"
+            return Handshake(status, "the upgrade answer has a wrong Sec-WebSocket-Accept", headers)
         deadline = time.monotonic() + wait
         while True:
             frame = _read_frame(sock, buffer, deadline)
             if frame is None:
-                return status, f"no heartbeat within {wait:g} s"
+                return Handshake(status, f"no heartbeat within {wait:g} s", headers)
             opcode, payload, buffer = frame
             if opcode == 0x9:
                 sock.sendall(_client_frame(0xA, payload))
                 sock.sendall(_client_frame(0x8, b"\x03\xe8"))
-                return status, "heartbeat received"
+                return Handshake(status, "heartbeat received", headers)
             if opcode == 0x8:
-                return status, "the server closed the WebSocket before a heartbeat"
+                return Handshake(status, "the server closed the WebSocket before a heartbeat", headers)
     finally:
         sock.close()
+
+
+def _refusal_body(sock: socket.socket, buffer: bytes, headers: dict[str, str], timeout: float) -> bytes:
+    """The body of a refused upgrade: by its Content-Length, else until the server closes (bounded)."""
+    length = headers.get("content-length", "")
+    wanted = min(int(length), 4096) if length.isdigit() else 4096
+    deadline = time.monotonic() + timeout
+    while len(buffer) < wanted and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(4096)
+        except (TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer[:wanted]
 
 
 def _read_frame(sock: socket.socket, buffer: bytes, deadline: float) -> tuple[int, bytes, bytes] | None:
@@ -308,6 +341,38 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     mask = secrets.token_bytes(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def refusal_layer(shake: Handshake) -> str:
+    """Which part of Mastodon's streaming server refused an upgrade: "websocket", "http" or "".
+
+    Its upgrade handler writes the refusal itself: no body, the reason in an X-Error-Message
+    header. A request whose Upgrade headers were lost on the way reaches its HTTP (EventSource)
+    handler instead, which answers with a JSON body {"error": ...} and no such header
+    (streaming/index.js: handleUpgrade vs errorMiddleware).
+    """
+    if shake.status == 101:
+        return "websocket"
+    try:
+        document = json.loads(shake.body.decode("utf-8"))
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and "error" in document:
+        return "http"
+    if shake.headers.get("x-error-message") and not shake.body.strip():
+        return "websocket"
+    return ""
+
+
+def refusal_message(shake: Handshake) -> str:
+    """The streaming server's own words for a refusal, if it gave any."""
+    if shake.headers.get("x-error-message"):
+        return f"X-Error-Message: {shake.headers['x-error-message'][:100]}"
+    try:
+        document = json.loads(shake.body.decode("utf-8"))
+    except ValueError:
+        return ""
+    return f"error: {str(document.get('error'))[:100]}" if isinstance(document, dict) else ""
 
 
 # ---------------------------------------------------------------- the stack in AWS
@@ -976,18 +1041,45 @@ class Checker:
         )
 
     def _websocket(self) -> None:
-        path = "/api/v1/streaming?stream=public:local"
-        status, what = websocket_heartbeat(
-            self.net, self.domain, path, self.options.heartbeat_wait, self.options.access_token
+        shake = websocket_heartbeat(
+            self.net, self.domain, WEBSOCKET_PATH, self.options.heartbeat_wait, self.options.access_token
         )
-        name = "WebSocket heartbeat"
-        if status == 401 and not self.options.access_token:
+        layer = refusal_layer(shake)
+        reaches, name = "WebSocket reaches the streaming server", "WebSocket heartbeat"
+        said = refusal_message(shake)
+        step = (
+            f"check the {edge.STREAMING_PATH} behaviour (its origin request policy must pass the viewer's "
+            "Upgrade, Connection and Sec-WebSocket-* headers) and the load balancer's listener rules"
+        )
+        if shake.status == 101 or layer == "websocket":
             self.add(
                 "mastodon",
-                "WebSocket reaches the streaming server",
+                reaches,
                 True,
-                "401 without a token: the upgrade went through CloudFront to Mastodon",
+                "upgraded (101)"
+                if shake.status == 101
+                else f"{shake.status} at the WebSocket upgrade ({said}): the Upgrade headers reached it",
             )
+        elif layer == "http":
+            self.add(
+                "mastodon",
+                reaches,
+                False,
+                f"{shake.status} from its plain-HTTP handler ({said})",
+                "the Upgrade headers were lost on the way: the streaming server answered an ordinary "
+                "request",
+                step,
+            )
+        else:
+            self.add(
+                "mastodon",
+                reaches,
+                False,
+                f"{shake.status}: {shake.what}" + (f" ({said})" if said else ""),
+                "the answer is not the streaming server's (CloudFront or the load balancer answered)",
+                step,
+            )
+        if shake.status == 401 and layer == "websocket" and not self.options.access_token:
             self.add(
                 "mastodon",
                 name,
@@ -999,7 +1091,9 @@ class Checker:
         causes = {
             0: "the connection broke during the handshake",
             400: "the upgrade headers were lost on the way (CloudFront or the load balancer)",
-            401: "the access token was refused",
+            401: "the access token was refused"
+            if layer == "websocket"
+            else "the upgrade headers were lost on the way (CloudFront or the load balancer)",
             403: "the load balancer refused the upgrade: the secret header is missing",
             404: f"the {edge.STREAMING_PATH} behaviour or the listener rule does not route to streaming",
             502: "CloudFront cannot reach the load balancer for WebSockets (VPC origin support?)",
@@ -1008,12 +1102,12 @@ class Checker:
         self.add(
             "mastodon",
             name,
-            status == 101 and what == "heartbeat received",
-            f"{status}: {what}",
+            shake.status == 101 and shake.what == "heartbeat received",
+            f"{shake.status}: {shake.what}" + (f" ({said})" if said and shake.status != 101 else ""),
             causes.get(
-                status,
+                shake.status,
                 "the streaming server accepted the WebSocket but sent no heartbeat"
-                if status == 101
+                if shake.status == 101
                 else "the WebSocket upgrade was not accepted",
             ),
             "check the streaming target group's health, the streaming log group and the "

@@ -100,7 +100,8 @@ class Behaviour:
     webfinger: bool = True  # WebFinger knows the contact account
     nodeinfo_host: str = DOMAIN
     streaming_health: int = 200
-    websocket: str = "ping"  # ping | silent | 401 | 403 | close
+    websocket: str = "ping"  # ping | ping-with-token | silent | 401 (refused at the upgrade) | 403 | close
+    upgrade_headers: bool = True  # False: the edge drops Upgrade and Connection on the way
     ping_after: float = 0.05
     media_status: int | None = None  # forced status for /system/*
     media_headers: bool = True
@@ -202,8 +203,11 @@ class Edge:
             else {}
         )
         as_json = {"Content-Type": "application/json", **mastodon}
-        if h.headers.get("Upgrade", "").lower() == "websocket":
+        upgrade = h.headers.get("Upgrade", "").lower() == "websocket" and b.upgrade_headers
+        if upgrade:
             self.websocket(h)
+        elif path.startswith("/api/v1/streaming") and path != "/api/v1/streaming/health":
+            self.streaming_http(h, path)
         elif path == "/health":
             self.send(
                 h, b.health_status, b"OK" if b.health_status == 200 else b"Service Unavailable", mastodon
@@ -255,6 +259,17 @@ class Edge:
         else:
             self.send(h, 404, b"", mastodon)
 
+    def streaming_http(self, h: http.server.BaseHTTPRequestHandler, path: str) -> None:
+        """The streaming server's plain-HTTP (EventSource) handler: streams by path, errors as JSON."""
+        channels = {"/api/v1/streaming/public", "/api/v1/streaming/public/local", "/api/v1/streaming/user"}
+        as_json = {"Content-Type": "application/json"}
+        if path not in channels:
+            self.send(h, 400, b'{"error":"Unknown channel requested"}', as_json)
+        elif not h.headers.get("Authorization"):
+            self.send(h, 401, b'{"error":"Missing access token"}', as_json)
+        else:
+            self.send(h, 200, b":)\n", {"Content-Type": "text/event-stream"})
+
     def media(self, h: http.server.BaseHTTPRequestHandler, key: str) -> None:
         b = self.behaviour
         headers = (
@@ -289,9 +304,15 @@ class Edge:
 
     def websocket(self, h: http.server.BaseHTTPRequestHandler) -> None:
         b = self.behaviour
-        if b.websocket in ("401", "403"):
-            body = b'{"error":"Missing access token"}' if b.websocket == "401" else b"Forbidden"
-            self.send(h, int(b.websocket), body, {})
+        if b.websocket == "401" or (b.websocket == "ping-with-token" and not h.headers.get("Authorization")):
+            # Mastodon's upgrade handler writes its refusal by hand: no body, the reason in a header.
+            reason = "Invalid access token" if h.headers.get("Authorization") else "Missing access token"
+            headers = {"Connection": "close", "Content-Type": "text/plain", "X-Error-Message": reason}
+            self.send(h, 401, b"", headers)
+            h.close_connection = True
+            return
+        if b.websocket == "403":
+            self.send(h, 403, b"Forbidden", {})  # the load balancer's fixed response
             return
         accept = base64.b64encode(
             hashlib.sha1((h.headers["Sec-WebSocket-Key"] + GUID).encode(), usedforsecurity=False).digest()
@@ -304,7 +325,7 @@ class Edge:
         h.wfile.flush()
         time.sleep(b.ping_after)
         try:
-            if b.websocket == "ping":
+            if b.websocket in ("ping", "ping-with-token"):
                 h.wfile.write(bytes([0x89, 0]))  # a ping, as Mastodon's streaming server sends
             elif b.websocket == "close":
                 h.wfile.write(bytes([0x88, 2]) + (1000).to_bytes(2, "big"))

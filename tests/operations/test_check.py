@@ -365,6 +365,7 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
         "NodeInfo",
         "host-meta",
         "streaming health",
+        "WebSocket reaches the streaming server",
         "WebSocket heartbeat",
         "served through CloudFront",
         "media headers",
@@ -584,7 +585,12 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     (
         "WebSocket refused by the load balancer",
         lambda w: setattr(w.behaviour, "websocket", "403"),
-        ["WebSocket heartbeat"],
+        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+    ),
+    (
+        "Upgrade headers dropped on the way",
+        lambda w: setattr(w.behaviour, "upgrade_headers", False),
+        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
     ),
     (
         "media not served",
@@ -675,11 +681,12 @@ def test_a_missing_alt_svc_is_advisory_where_http3_is_on(world):
 
 
 def test_a_websocket_refused_for_want_of_a_token_proves_the_route_and_asks_for_one(world):
-    world.behaviour.websocket = "401"
+    world.behaviour.websocket = "ping-with-token"  # as Mastodon 4: no WebSocket without a token
 
     results = world.run(("stack", "mastodon"))
 
-    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.PASS and "X-Error-Message: Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.SKIP and "--access-token" in heartbeat.detail
     assert check.summary(results)[0] == 0
@@ -693,6 +700,59 @@ def test_with_a_token_the_websocket_must_be_accepted(world):
 
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.FAIL and heartbeat.cause == "the access token was refused"
+    assert "Invalid access token" in heartbeat.detail
+
+
+def test_with_a_token_a_websocket_mastodon_accepts_receives_its_heartbeat(world):
+    world.behaviour.websocket = "ping-with-token"
+    world.options.access_token = "good"
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, "WebSocket heartbeat").status == check.PASS
+    assert by_name(results, "WebSocket reaches the streaming server").detail == "upgraded (101)"
+
+
+@pytest.mark.parametrize("token", [None, "good"])
+def test_an_edge_that_drops_the_upgrade_headers_fails_with_or_without_a_token(world, token):
+    world.behaviour.websocket = "ping-with-token"
+    world.behaviour.upgrade_headers = False
+    world.options.access_token = token
+
+    results = world.run(("stack", "mastodon"))
+
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.FAIL and "Upgrade headers were lost" in reaches.cause
+    assert "Unknown channel requested" in reaches.detail  # the HTTP handler's own JSON error
+    assert by_name(results, "WebSocket heartbeat").status == check.FAIL
+    assert check.summary(results)[0] == 1
+
+
+def test_a_401_from_the_http_handler_is_not_taken_for_the_upgrade_refusal(world, monkeypatch):
+    # On a stream given by path the HTTP handler, too, answers 401 without a token: its JSON
+    # body, not the status, tells that the Upgrade headers never reached the streaming server.
+    monkeypatch.setattr(check, "WEBSOCKET_PATH", "/api/v1/streaming/public/local")
+    world.behaviour.websocket = "ping-with-token"
+    world.behaviour.upgrade_headers = False
+
+    results = world.run(("stack", "mastodon"))
+
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.FAIL and reaches.detail.startswith("401 ")
+    assert "Missing access token" in reaches.detail
+    heartbeat = by_name(results, "WebSocket heartbeat")
+    assert heartbeat.status == check.FAIL and "upgrade headers were lost" in heartbeat.cause
+
+
+def test_the_fake_edge_routes_the_upgraded_stream_path_as_mastodon_does(world, monkeypatch):
+    # The same path with its Upgrade headers intact is refused at the WebSocket layer instead.
+    monkeypatch.setattr(check, "WEBSOCKET_PATH", "/api/v1/streaming/public/local")
+    world.behaviour.websocket = "ping-with-token"
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    assert by_name(results, "WebSocket heartbeat").status == check.SKIP
 
 
 # ---------------------------------------------------------------- bounded waits
