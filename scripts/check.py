@@ -5,7 +5,9 @@
         [--mail-to you@example.com] [--access-token TOKEN]
 
 Read-only, but for one probe object it puts into the media bucket and removes again
-(and, with --mail-to, one test mail). Prints one line per check, grouped:
+(and, with --mail-to, one test mail). It asks the worker through Run Command (read-only:
+a `bin/rails runner` in its Sidekiq container) what Mastodon mails with and which Sidekiq
+processes are alive. Prints one line per check, grouped:
 
   stack     status, parameters, the two version parameters agree, no rollout running or
             failed, every alarm's state
@@ -20,9 +22,12 @@ Read-only, but for one probe object it puts into the media bucket and removes ag
             headers, not readable at the bucket's own address, gone from the edge after
             deletion within the time the stack promises
   mail      the SES identity verified with DKIM, the account's sending status, the SMTP
-            settings the servers use; with --mail-to, a real mail sent by Mastodon
+            settings Mastodon uses on the worker; with --mail-to, a real mail sent through
+            them, judged by the SMTP server's reply
   servers   each server on the deployed version, registered with SSM, healthy in the
-            target groups; the Sidekiq scheduler in exactly one process
+            target groups; the worker group at one server; the Sidekiq scheduler in exactly
+            one live process (Sidekiq's own process set); queue latency under its alarm's
+            threshold where the Sidekiq metrics option publishes it
 
 ✓ passed, ✗ failed (with the likely cause and the next step), – skipped (and why). The
 exit status is 0 only when every required check passes; 1 otherwise; 2 bad arguments.
@@ -70,6 +75,7 @@ from templates import (  # noqa: E402  # noqa: E402
     data,
     edge,
     load_balancing,
+    mail,
     maintenance,
     operations,
     parameters,
@@ -96,6 +102,50 @@ MEDIA_CACHE_CONTROL = "public, max-age=315576000, immutable"
 # the edge location and at the regional cache in front of it (edge.MEDIA_EDGE_TTL_SECONDS).
 MEDIA_PROMISE_SECONDS = 2 * edge.MEDIA_EDGE_TTL_SECONDS + 60
 CERTIFICATE_WARNING_DAYS = 14
+# The worker's Sidekiq container (bootstrap.sh names its unit and container so). The check
+# asks Mastodon itself, in that container, what it mails with and which Sidekiq processes
+# are alive: `bin/rails runner` with the Ruby below, which prints one line after RESULT_MARK.
+SIDEKIQ_CONTAINER = "mastodon-sidekiq"
+RESULT_MARK = "MASTODON_CHECK_RESULT "
+MAIL_TO_ENV = "MASTODON_CHECK_MAIL_TO"
+SCHEDULER_QUEUE = "scheduler"
+# What ActionMailer (Mastodon's mail) uses, without a secret: the login and password only
+# as present or not; and every live Sidekiq process (its heartbeat in Redis) with its queues.
+SERVER_FACTS_RUBY = f"""
+require "json"
+require "sidekiq/api"
+smtp = ActionMailer::Base.smtp_settings
+processes = Sidekiq::ProcessSet.new.map do |process|
+  {{ "hostname" => process["hostname"].to_s, "queues" => Array(process["queues"]) }}
+end
+puts "{RESULT_MARK}" + JSON.generate(
+  "delivery_method" => ActionMailer::Base.delivery_method.to_s,
+  "address" => smtp[:address].to_s,
+  "port" => smtp[:port].to_s,
+  "user_name" => smtp[:user_name].present?,
+  "password" => smtp[:password].present?,
+  "tls" => smtp[:tls].present? || smtp[:ssl].present?,
+  "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
+  "processes" => processes
+)
+"""
+# One mail through Mastodon's own SMTP settings, sent at once (not queued): the SMTP
+# server's reply is the result (SES answers 250 with its message ID when it takes the mail).
+TEST_MAIL_RUBY = f"""
+require "json"
+settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
+message = Mail.new
+message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
+message.to = ENV.fetch("{MAIL_TO_ENV}")
+message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
+message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
+message.delivery_method(:smtp, settings)
+response = message.delivery_method.deliver!(message)
+puts "{RESULT_MARK}" + JSON.generate(
+  "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
+)
+"""
+RUNNER_TIMEOUT_SECONDS = 300
 BODY_LIMIT = 1 << 20
 
 
@@ -261,7 +311,8 @@ def websocket_heartbeat(
         headers: dict[str, str] = {}
         for name, _, value in (h.partition(":") for h in header_lines):
             key_name = name.strip().lower()
-            headers[key_name] = f"{headers[key_name]}, {value.strip()}" if key_name in headers else value.strip()
+            value = value.strip()
+            headers[key_name] = f"{headers[key_name]}, {value}" if key_name in headers else value
         if status != 101:
             return Handshake(status, status_line, headers, _refusal_body(sock, buffer, headers, net.timeout))
         expected = base64.b64encode(
@@ -431,6 +482,7 @@ class Options:
     heartbeat_wait: float = HEARTBEAT_SECONDS + 10
     access_token: str | None = None
     mail_to: str | None = None
+    runner_timeout: float = RUNNER_TIMEOUT_SECONDS
     s3_host: Callable[[str, str], str] = lambda bucket, region: f"{bucket}.s3.{region}.amazonaws.com"
 
 
@@ -446,6 +498,7 @@ class Checker:
         self.smtp_server_key = names.smtp_server.title
         self.deployed_version: str | None = None
         self.instance: dict[str, Any] | None = None
+        self.facts: tuple[dict[str, Any] | None, str] | None = None
 
     def client(self, service: str) -> Any:
         if service not in self.clients:
@@ -1274,16 +1327,15 @@ class Checker:
     def check_mail(self) -> None:
         g = "mail"
         server = self.stack.parameters.get(self.smtp_server_key, "")
+        self.guard(
+            g,
+            "SMTP settings",
+            "the worker cannot be asked",
+            "see the servers group (SSM line); Run Command needs ssm:SendCommand, ssm:GetCommandInvocation",
+        )(self._smtp_settings)
         if server:
-            self.add(g, "SMTP settings", True, f"external SMTP server {server}")
             self.add(g, "SES identity", None, "the stack mails through an external SMTP server")
         else:
-            self.add(
-                g,
-                "SMTP settings",
-                True,
-                f"SES email-smtp.{self.stack.region}.amazonaws.com:587, from the stack's SMTP user",
-            )
             self.guard(
                 g,
                 "SES identity",
@@ -1335,27 +1387,99 @@ class Checker:
             required=not sending,
         )
 
-    def _send_mail(self) -> None:
-        """A throwaway unconfirmed account: Mastodon mails it the confirmation through Sidekiq and SMTP."""
-        username = f"mailcheck{secrets.token_hex(4)}"
-        commands = [
-            "set -eu",
-            shlex.join(
-                [maintenance.TOOTCTL, "accounts", "create", username, "--email", self.options.mail_to or ""]
-            ),
-            "sleep 60",  # the mailers queue sends it meanwhile; deleting the account first would drop it
-            shlex.join([maintenance.TOOTCTL, "accounts", "delete", username]),
-        ]
-        status, output = run_on_worker(
-            self.session, self.stack, commands, "check: test mail", self.options.poll
+    def server_facts(self) -> tuple[dict[str, Any] | None, str]:
+        """What Mastodon on the worker mails with and which Sidekiq processes live (asked once)."""
+        if self.facts is None:
+            try:
+                status, out, err = run_on_worker(
+                    self.session,
+                    self.stack,
+                    rails_runner(SERVER_FACTS_RUBY),
+                    "check: mail settings and Sidekiq processes",
+                    self.options.poll,
+                    self.options.runner_timeout,
+                )
+            except Exception as error:  # a refused call is this check's failure, with the error
+                self.facts = None, f"{type(error).__name__}: {error}"
+            else:
+                found = runner_result(out) if status == "Success" else None
+                self.facts = found, "" if found is not None else f"{status}: {(err or out)[-300:]}"
+        return self.facts
+
+    def _expected_smtp(self) -> tuple[str, str]:
+        names = parameter_names()
+        server = self.stack.parameters.get(names.smtp_server.title, "")
+        if server:
+            default = str(names.smtp_port.properties.get("Default", ""))
+            return server, self.stack.parameters.get(names.smtp_port.title, default) or default
+        return mail.SES_SMTP_HOST.format(region=self.stack.region), mail.SES_SMTP_PORT
+
+    def _smtp_settings(self) -> None:
+        name = "SMTP settings"
+        facts, error = self.server_facts()
+        if facts is None:
+            self.add(
+                "mail",
+                name,
+                False,
+                f"not read from the worker: {error}",
+                "the worker cannot be asked (no server in service, its SSM agent offline, Run Command "
+                "refused) or Mastodon did not start there",
+                "see the servers group; then the worker's sidekiq log group",
+            )
+            return
+        host, port = self._expected_smtp()
+        address, used_port = str(facts.get("address", "")), str(facts.get("port", ""))
+        implicit_tls = used_port in ("465", "2465")
+        encrypted = bool(facts.get("tls")) if implicit_tls else bool(facts.get("starttls"))
+        problems = []
+        if facts.get("delivery_method") != "smtp":
+            problems.append(f"delivery method {facts.get('delivery_method')}, not smtp")
+        if (address, used_port) != (host, port):
+            problems.append(f"the stack says {host}:{port}")
+        if not (facts.get("user_name") and facts.get("password")):
+            problems.append("no login or password")
+        if not encrypted:
+            problems.append("no TLS")
+        self.add(
+            "mail",
+            name,
+            not problems,
+            f"Mastodon on the worker: {address}:{used_port}, "
+            + ("TLS" if implicit_tls else "STARTTLS")
+            + f", login {'set' if facts.get('user_name') else 'missing'}"
+            + f", password {'set' if facts.get('password') else 'missing'}"
+            + (f"; {'; '.join(problems)}" if problems else ""),
+            "the worker's env file was rendered from other mail settings than the stack's (an older "
+            "boot), or the stack's secret lacks the SMTP credentials",
+            "replace the worker (terminate it: its group boots one from the stack); if it stays, read "
+            "the SMTP entries of the stack's secret and the worker's system log group",
         )
+
+    def _send_mail(self) -> None:
+        """One mail through Mastodon's SMTP settings, on the worker; the SMTP server's reply decides."""
+        address = self.options.mail_to or ""
+        status, out, err = run_on_worker(
+            self.session,
+            self.stack,
+            rails_runner(TEST_MAIL_RUBY, {MAIL_TO_ENV: address}),
+            "check: test mail",
+            self.options.poll,
+            self.options.runner_timeout,
+        )
+        found = runner_result(out) if status == "Success" else None
+        reply = str((found or {}).get("reply", ""))
+        accepted = found is not None and str(found.get("status")) == "250"
         self.add(
             "mail",
             "test mail",
-            status == "Success",
-            f"{status}: confirmation mail for {username} to {self.options.mail_to}; look in that inbox",
-            f"tootctl failed: {output[-300:]}",
-            "see the worker's sidekiq log group (mailers queue) and the SES sending statistics",
+            accepted,
+            f"to {address}: " + (reply or f"{status}: {(err or out)[-300:]}")
+            + ("; look in that inbox" if accepted else ""),
+            f"the SMTP server refused the mail: {reply}"
+            if found is not None
+            else "Mastodon could not hand the mail to the SMTP server (see the error above)",
+            "see the SMTP settings line; in the SES sandbox the address must be verified in SES",
         )
 
     # ---- 6. servers
@@ -1458,15 +1582,59 @@ class Checker:
         ]
         self.add(
             g,
-            "Sidekiq scheduler in exactly one process",
+            "worker group holds one server",
             len(serving) == 1 and int(worker["MaxSize"]) <= 1,
             f"worker group: {len(serving)} server(s), at most {worker['MaxSize']}",
-            "the scheduler queue must run in exactly one Sidekiq process: none runs the cron jobs, or "
-            "two run them twice",
+            "the worker runs the scheduler queue: a second worker would run a second scheduler, none "
+            "runs the cron jobs",
             "set the worker group back to one server (min = max = desired = 1)",
         )
-        self.add(
+        self.guard(
             g,
+            "Sidekiq scheduler in exactly one process",
+            "Sidekiq's process set cannot be read",
+            "see the worker's SSM line",
+        )(self._scheduler)
+        self.guard(
+            g,
+            "queue latency",
+            "the queue-latency metric cannot be read",
+            "check your permissions (cloudwatch:GetMetricStatistics)",
+        )(self._queue_latency)
+
+    def _scheduler(self) -> None:
+        name = "Sidekiq scheduler in exactly one process"
+        facts, error = self.server_facts()
+        if facts is None:
+            self.add(
+                "servers",
+                name,
+                False,
+                f"Sidekiq's process set not read from the worker: {error}",
+                "the worker cannot be asked (no server in service, its SSM agent offline, Run Command "
+                "refused) or Mastodon did not start there",
+                "see the worker's lines above; then its sidekiq log group",
+            )
+            return
+        processes = [p for p in facts.get("processes", []) if isinstance(p, dict)]
+        scheduling = [p for p in processes if SCHEDULER_QUEUE in p.get("queues", [])]
+        self.add(
+            "servers",
+            name,
+            len(scheduling) == 1,
+            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {SCHEDULER_QUEUE} "
+            f"queue" + (f": {', '.join(str(p.get('hostname')) for p in scheduling)}" if scheduling else ""),
+            "no Sidekiq process runs the scheduler queue: Mastodon's periodic jobs (cleanups, "
+            "scheduled statuses) do not run"
+            if not scheduling
+            else "several Sidekiq processes run the scheduler queue: periodic jobs run more than once",
+            "read the worker's sidekiq log group; only the worker's Sidekiq may run the scheduler "
+            "queue (see the worker group line)",
+        )
+
+    def _queue_latency(self) -> None:
+        self.add(
+            "servers",
             "queue latency",
             None,
             "the stack has no Sidekiq queue-latency alarm; the alarms line covers what it watches",
@@ -1498,10 +1666,37 @@ class Checker:
         return found
 
 
+def rails_runner(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """Shell lines that run Ruby in Mastodon on the worker: its Sidekiq container, its environment."""
+    settings = [f"--env={k}={v}" for k, v in (env or {}).items()]
+    return [
+        "set -eu",
+        shlex.join(
+            ["docker", "exec", "--env=RAILS_LOG_LEVEL=warn", *settings, SIDEKIQ_CONTAINER,
+             "bin/rails", "runner", code]
+        ),
+    ]
+
+
+def runner_result(output: str) -> dict[str, Any] | None:
+    """The one document the Ruby printed after RESULT_MARK (its last such line), or None."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(RESULT_MARK):
+            try:
+                found = json.loads(line[len(RESULT_MARK):])
+            except ValueError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
 def run_on_worker(
     session: Any, stack: Stack, commands: list[str], comment: str, poll: float, timeout: float = 600
-) -> tuple[str, str]:
-    """Run shell lines on the worker through Run Command, as scripts/tootctl.py does; (status, output)."""
+) -> tuple[str, str, str]:
+    """Run shell lines on the worker through Run Command, as scripts/tootctl.py does.
+
+    (status, standard output, standard error).
+    """
     group = stack.resource(compute.WORKER_GROUP)
     groups = session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     serving = [
@@ -1511,7 +1706,7 @@ def run_on_worker(
         if i["LifecycleState"] == "InService"
     ]
     if not serving:
-        return "NoWorker", "the worker group has no server in service"
+        return "NoWorker", "", "the worker group has no server in service"
     ssm = session.client("ssm")
     command = ssm.send_command(
         InstanceIds=serving[:1],
@@ -1520,7 +1715,7 @@ def run_on_worker(
         Parameters={"commands": commands, "executionTimeout": [str(int(timeout))]},
     )
     command_id = command["Command"]["CommandId"]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout + 60  # the agent's own timeout ends it first
     while time.monotonic() < deadline:
         time.sleep(poll)
         try:
@@ -1530,10 +1725,12 @@ def run_on_worker(
                 continue
             raise
         if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
-            return str(invocation["Status"]), str(
-                invocation.get("StandardErrorContent", "") or invocation.get("StandardOutputContent", "")
+            return (
+                str(invocation["Status"]),
+                str(invocation.get("StandardOutputContent", "")),
+                str(invocation.get("StandardErrorContent", "")),
             )
-    return "TimedOut", f"no result within {timeout:g} s"
+    return "TimedOut", "", f"no result within {timeout:g} s"
 
 
 # ---------------------------------------------------------------- output

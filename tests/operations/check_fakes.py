@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import http.server
 import json
+import shlex
 import socket
 import socketserver
 import ssl
@@ -373,3 +374,60 @@ def closed_port() -> int:
 
 def port_of(server: _Server) -> int:
     return int(server.server_address[1])
+
+
+@dataclass
+class Worker:
+    """The worker as Run Command reaches it: `docker exec` into its Sidekiq container, where
+    `bin/rails runner` runs the check's Ruby and prints one result line among Rails' own.
+
+    Each field off its default is one fault: the mail settings Mastodon uses, the live
+    Sidekiq processes, the SMTP server's reply to the test mail (or the error it raises).
+    """
+
+    container: str = "mastodon-sidekiq"
+    smtp: dict[str, Any] = field(
+        default_factory=lambda: {
+            "delivery_method": "smtp",
+            "address": "email-smtp.us-east-1.amazonaws.com",
+            "port": "587",
+            "user_name": True,
+            "password": True,
+            "tls": False,
+            "starttls": True,
+        }
+    )
+    processes: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"hostname": "ip-10-0-1-5", "queues": ["default", "push", "ingress", "mailers", "pull",
+                                                   "scheduler", "fasp"]}
+        ]
+    )
+    mail_reply: str = "250 Ok 0100018c3f2e4d5a-6b7c8d9e-test-000000"
+    mail_error: str = ""  # the runner raises this (the SMTP server refused the login, say)
+    status: str = ""  # forced Run Command status (e.g. "Failed" when the container is gone)
+    mails: list[str] = field(default_factory=list)
+
+    def run(self, commands: list[str], mark: str, mail_to_env: str) -> dict[str, str]:
+        """What GetCommandInvocation reports for these shell lines."""
+        exec_line = next((line for line in commands if line.startswith("docker exec ")), "")
+        argv = shlex.split(exec_line)
+        env = dict(a.removeprefix("--env=").split("=", 1) for a in argv if a.startswith("--env="))
+        rest = [a for a in argv[2:] if not a.startswith("--env=")]
+        logs = "W, [2026-12-04T17:00:00] WARN -- : a deprecation notice Rails printed\n"
+        if self.status:
+            return {"Status": self.status, "StandardOutputContent": "", "StandardErrorContent": "forced"}
+        if not rest or rest[0] != self.container or rest[1:3] != ["bin/rails", "runner"]:
+            return {"Status": "Failed", "StandardOutputContent": "",
+                    "StandardErrorContent": f"Error response from daemon: No such container: {rest[:1]}"}
+        if mail_to_env in env:
+            if self.mail_error:
+                return {"Status": "Failed", "StandardOutputContent": logs,
+                        "StandardErrorContent": self.mail_error}
+            self.mails.append(env[mail_to_env])
+            status = self.mail_reply.split(" ", 1)[0]
+            result: dict[str, Any] = {"status": status, "reply": self.mail_reply}
+        else:
+            result = {**self.smtp, "processes": self.processes}
+        return {"Status": "Success", "StandardOutputContent": logs + mark + json.dumps(result) + "\n",
+                "StandardErrorContent": ""}

@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -38,6 +39,7 @@ from tests.operations.check_fakes import (
     Behaviour,
     Edge,
     Fixed,
+    Worker,
     closed_port,
     port_of,
 )
@@ -71,6 +73,8 @@ class World:
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
     )
     commands: list[dict[str, Any]] = field(default_factory=list)
+    worker: Worker = field(default_factory=Worker)
+    invocations: dict[str, dict[str, str]] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     options: check.Options = field(
         default_factory=lambda: check.Options(
@@ -140,11 +144,23 @@ def _short_circuit(world: World) -> None:
     def send_command(params: dict[str, Any]) -> None:
         world.commands.append(params)
 
+    def command_sent(parsed: dict[str, Any], **_: Any) -> None:
+        """moto took the command: the fake worker runs it, GetCommandInvocation reports it."""
+        lines = world.commands[-1]["Parameters"]["commands"]
+        world.invocations[parsed["Command"]["CommandId"]] = world.worker.run(
+            lines, check.RESULT_MARK, check.MAIL_TO_ENV
+        )
+
+    def invocation(params: dict[str, Any]) -> dict[str, Any]:
+        return {"CommandId": params["CommandId"], **world.invocations[params["CommandId"]]}
+
     events = world.session.events
     events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
     events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
     events.register("before-call.sesv2.GetAccount", answer(lambda _: world.ses_account))
     events.register("before-call.ssm.SendCommand", lambda params, **_: send_command(sent(params)))
+    events.register("after-call.ssm.SendCommand", command_sent)
+    events.register("before-call.ssm.GetCommandInvocation", answer(invocation))
 
 
 TEMPLATE = {
@@ -372,8 +388,10 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
         "media cached at the edge",
         "bucket not public",
         "gone from the edge after deletion",
+        "SMTP settings",
         "SES identity",
         "SES sending status",
+        "worker group holds one server",
         "Sidekiq scheduler in exactly one process",
     } <= passed
     for iid in world.instances(compute.WEB_GROUP):
@@ -613,7 +631,39 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
         lambda w: w.client("autoscaling").update_auto_scaling_group(
             AutoScalingGroupName=w.resources[compute.WORKER_GROUP], MaxSize=2
         ),
+        ["worker group holds one server"],
+    ),
+    (
+        "no process runs the scheduler",
+        lambda w: w.worker.processes[0]["queues"].remove("scheduler"),
         ["Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "a second process runs the scheduler",
+        lambda w: w.worker.processes.append({"hostname": "ip-10-0-2-7", "queues": ["scheduler", "default"]}),
+        ["Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "the worker cannot be asked",
+        lambda w: setattr(w.worker, "status", "Failed"),
+        ["SMTP settings", "Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "Sidekiq's container is not there",
+        lambda w: setattr(w.worker, "container", "mastodon-web"),
+        ["SMTP settings", "Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "servers mail through another region",
+        lambda w: w.worker.smtp.update(address="email-smtp.eu-west-1.amazonaws.com"),
+        ["SMTP settings"],
+    ),
+    ("servers have no SMTP password", lambda w: w.worker.smtp.update(password=False), ["SMTP settings"]),
+    ("servers mail without TLS", lambda w: w.worker.smtp.update(starttls=False), ["SMTP settings"]),
+    (
+        "Mastodon does not mail by SMTP",
+        lambda w: w.worker.smtp.update(delivery_method="sendmail"),
+        ["SMTP settings"],
     ),
 ]
 
@@ -787,24 +837,7 @@ def test_a_stack_that_cannot_be_read_is_one_failure_that_says_what_to_check(worl
 # ---------------------------------------------------------------- mail
 
 
-def test_mail_to_sends_a_confirmation_through_mastodon_and_removes_the_account(world):
-    world.options.mail_to = "admin@example.org"
-
-    results = world.run(("stack", "mail"))
-
-    assert by_name(results, "test mail").status == check.PASS
-    (sent,) = world.commands
-    (worker,) = world.instances(compute.WORKER_GROUP)
-    assert sent["InstanceIds"] == [worker] and sent["DocumentName"] == maintenance.RUN_SHELL_SCRIPT
-    lines = sent["Parameters"]["commands"]
-    create = next(line for line in lines if " accounts create " in line)
-    assert create.startswith(f"{maintenance.TOOTCTL} accounts create mailcheck")
-    assert create.endswith("--email admin@example.org") and "--confirmed" not in create
-    username = create.split()[3]
-    assert lines.index(create) < lines.index(f"{maintenance.TOOTCTL} accounts delete {username}")
-
-
-def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
+def _external_smtp(world: World, server: str = "smtp.example.org") -> None:
     names = check.parameter_names()
     cloudformation = world.client("cloudformation")
     template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
@@ -814,16 +847,84 @@ def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(w
         TemplateBody=json.dumps(template),
         Parameters=[
             {"ParameterKey": names.domain.title, "ParameterValue": DOMAIN},
-            {"ParameterKey": names.smtp_server.title, "ParameterValue": "smtp.example.org"},
+            {"ParameterKey": names.smtp_server.title, "ParameterValue": server},
         ],
     )
 
+
+def test_mail_to_sends_one_mail_through_mastodon_on_the_worker_and_shows_the_reply(world):
+    world.options.mail_to = "admin@example.org"
+
     results = world.run(("stack", "mail"))
 
-    assert world.commands == []
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.PASS and world.worker.mail_reply in mailed.detail
+    assert world.worker.mails == ["admin@example.org"]
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    sent = [c for c in world.commands if check.MAIL_TO_ENV in " ".join(c["Parameters"]["commands"])]
+    (one,) = sent
+    assert one["InstanceIds"] == [worker] and one["DocumentName"] == maintenance.RUN_SHELL_SCRIPT
+    # The settings were read once, in the same Run Command as Sidekiq's processes.
+    assert len(world.commands) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("554 Message rejected: Email address is not verified.", ""),
+        ("", "Net::SMTPAuthenticationError: 535 Authentication Credentials Invalid"),
+    ],
+    ids=["refused", "login refused"],
+)
+def test_a_test_mail_the_smtp_server_does_not_take_fails_with_its_words(world, reply, error):
+    world.options.mail_to = "admin@example.org"
+    world.worker.mail_reply, world.worker.mail_error = reply or world.worker.mail_reply, error
+
+    results = world.run(("stack", "mail"))
+
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.FAIL
+    assert (reply or error) in mailed.detail + mailed.cause
+    assert check.summary(results)[0] == 1
+
+
+def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
+    _external_smtp(world)
+    world.worker.smtp.update(address="smtp.example.org")
+
+    results = world.run(("stack", "mail"))
+
+    assert world.worker.mails == []
     assert by_name(results, "test mail").status == check.SKIP
     assert by_name(results, "SES identity").status == check.SKIP
-    assert "smtp.example.org" in by_name(results, "SMTP settings").detail
+    settings = by_name(results, "SMTP settings")
+    assert settings.status == check.PASS and "smtp.example.org:587" in settings.detail
+
+
+def test_servers_still_mailing_through_ses_fail_when_the_stack_names_an_external_server(world):
+    _external_smtp(world)
+
+    results = world.run(("stack", "mail"))
+
+    settings = by_name(results, "SMTP settings")
+    assert settings.status == check.FAIL and "the stack says smtp.example.org:587" in settings.detail
+
+
+def test_the_smtp_settings_never_carry_a_secret(world):
+    world.run(("stack", "mail"))
+
+    (facts,) = world.commands
+    ruby = " ".join(facts["Parameters"]["commands"])
+    # Login and password reach the output only as present or not.
+    assert "smtp[:user_name].present?" in ruby and "smtp[:password].present?" in ruby
+    assert "smtp[:password]" not in ruby.replace("smtp[:password].present?", "")
+
+
+def test_the_container_the_check_asks_is_the_one_bootstrap_runs_sidekiq_in():
+    bootstrap = (Path(check.ROOT) / "templates" / "instance" / "bootstrap.sh").read_text()
+    assert f"write_unit {check.SIDEKIQ_CONTAINER} " in bootstrap
+    assert "--name $name" in bootstrap  # each unit's container is named after its unit
+    assert Worker().container == check.SIDEKIQ_CONTAINER
 
 
 def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_address(monkeypatch):
