@@ -146,6 +146,17 @@ puts "{RESULT_MARK}" + JSON.generate(
 )
 """
 RUNNER_TIMEOUT_SECONDS = 300
+# The queue-latency metric (CloudWatch namespace, metric name) that the optional Sidekiq
+# metrics (issue 13, off by default) publish. The check finds the stack's alarms on it and
+# compares the latest value with each alarm's threshold. Until that option merges this is
+# its expected name; then this line becomes an import of the option's one definition.
+QUEUE_LATENCY_METRIC: tuple[str, str] = ("Mastodon/Sidekiq", "QueueLatency")
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "GreaterThanThreshold": lambda value, threshold: value > threshold,
+    "GreaterThanOrEqualToThreshold": lambda value, threshold: value >= threshold,
+    "LessThanThreshold": lambda value, threshold: value < threshold,
+    "LessThanOrEqualToThreshold": lambda value, threshold: value <= threshold,
+}
 BODY_LIMIT = 1 << 20
 
 
@@ -499,6 +510,7 @@ class Checker:
         self.deployed_version: str | None = None
         self.instance: dict[str, Any] | None = None
         self.facts: tuple[dict[str, Any] | None, str] | None = None
+        self.alarms: list[dict[str, Any]] | None = None
 
     def client(self, service: str) -> Any:
         if service not in self.clients:
@@ -649,11 +661,18 @@ class Checker:
             "version again",
         )
 
+    def stack_alarms(self) -> list[dict[str, Any]]:
+        """Every alarm that notifies the stack's alert topic (read once)."""
+        if self.alarms is None:
+            topic = self.stack.resource(operations.ALERT_TOPIC)
+            found: list[dict[str, Any]] = []
+            for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate():
+                found += [a for a in page["MetricAlarms"] if topic and topic in a.get("AlarmActions", [])]
+            self.alarms = found
+        return self.alarms
+
     def _alarms(self) -> None:
-        topic = self.stack.resource(operations.ALERT_TOPIC)
-        found = []
-        for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate():
-            found += [a for a in page["MetricAlarms"] if topic and topic in a.get("AlarmActions", [])]
+        found = self.stack_alarms()
         if not found:
             self.add(
                 "stack",
@@ -1633,11 +1652,64 @@ class Checker:
         )
 
     def _queue_latency(self) -> None:
+        name, (namespace, metric) = "queue latency", QUEUE_LATENCY_METRIC
+        alarms = [
+            a
+            for a in self.stack_alarms()
+            if (a.get("Namespace"), a.get("MetricName")) == (namespace, metric)
+        ]
+        if not alarms:
+            self.add(
+                "servers",
+                name,
+                None,
+                f"the Sidekiq metrics option is off: no alarm of the stack watches {namespace} {metric}",
+            )
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        readings, missing, over = [], [], []
+        for alarm in alarms:
+            dimensions = alarm.get("Dimensions", [])
+            label = ",".join(str(d.get("Value")) for d in dimensions) or metric
+            period = int(alarm.get("Period", 60))
+            window = max(5 * period, 600)
+            statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic") or "Maximum"
+            wanted = (
+                {"ExtendedStatistics": [statistic]}
+                if alarm.get("ExtendedStatistic")
+                else {"Statistics": [statistic]}
+            )
+            points = self.client("cloudwatch").get_metric_statistics(
+                Namespace=namespace,
+                MetricName=metric,
+                Dimensions=dimensions,
+                StartTime=now - datetime.timedelta(seconds=window),
+                EndTime=now,
+                Period=period,
+                **wanted,
+            )["Datapoints"]
+            if not points:
+                missing.append(f"{label} (none in {window // 60} min)")
+                continue
+            latest = max(points, key=lambda point: point["Timestamp"])
+            extended = bool(alarm.get("ExtendedStatistic"))
+            value = float(latest["ExtendedStatistics"][statistic] if extended else latest[statistic])
+            threshold = float(alarm.get("Threshold", 0))
+            breaches = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
+            readings.append(f"{label} {value:g} (alarm at {threshold:g})")
+            if breaches is None or breaches(value, threshold):
+                over.append(label)
         self.add(
             "servers",
-            "queue latency",
-            None,
-            "the stack has no Sidekiq queue-latency alarm; the alarms line covers what it watches",
+            name,
+            not missing and not over,
+            "; ".join(readings + [f"no data: {m}" for m in missing]),
+            f"jobs wait longer than the alarm allows in {', '.join(over)}: the workers do not keep up"
+            if over
+            else "no queue latency published lately: the metrics publisher stopped, or Sidekiq is down",
+            "see the queue workers' group size and the sidekiq log group"
+            if over
+            else "see the Sidekiq lines above and the metrics publisher's logs",
         )
 
     def _ssm_registered(self, instance_ids: list[str]) -> dict[str, str] | None:

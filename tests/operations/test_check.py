@@ -4,6 +4,7 @@ cause and a next step, when the fake it reads misbehaves."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 from collections.abc import Callable, Iterator
@@ -932,6 +933,79 @@ def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_ad
     assert check.parse_args(["--stack-name", "s"]).access_token == "from-env"
     with pytest.raises(SystemExit):
         check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
+
+
+# ---------------------------------------------------------------- queue latency (issue 13's option)
+
+
+def _latency_option(world: World, values: list[float], threshold: float = 30) -> None:
+    """The Sidekiq metrics option on: its alarm on the stack's topic, and what it published."""
+    namespace, metric = check.QUEUE_LATENCY_METRIC
+    cloudwatch = world.client("cloudwatch")
+    dimensions = [{"Name": "Queue", "Value": "default"}]
+    cloudwatch.put_metric_alarm(
+        AlarmName="sidekiq-latency",
+        Namespace=namespace,
+        MetricName=metric,
+        Dimensions=dimensions,
+        Statistic="Maximum",
+        Period=60,
+        EvaluationPeriods=2,
+        Threshold=threshold,
+        ComparisonOperator="GreaterThanThreshold",
+        AlarmActions=[world.resources[operations.ALERT_TOPIC]],
+    )
+    cloudwatch.set_alarm_state(AlarmName="sidekiq-latency", StateValue="OK", StateReason="fine")
+    published = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=len(values))
+    for minute, value in enumerate(values):  # one a minute, the last a minute ago
+        cloudwatch.put_metric_data(
+            Namespace=namespace,
+            MetricData=[
+                {
+                    "MetricName": metric,
+                    "Dimensions": dimensions,
+                    "Value": value,
+                    "Unit": "Seconds",
+                    "Timestamp": published + datetime.timedelta(minutes=minute),
+                }
+            ],
+        )
+
+
+def test_queue_latency_is_skipped_with_why_when_the_metrics_option_is_off(world):
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.SKIP and "option is off" in latency.detail
+
+
+def test_queue_latency_under_its_alarm_threshold_passes(world):
+    _latency_option(world, [45, 2.5])
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.PASS and "default 2.5 (alarm at 30)" in latency.detail
+
+
+def test_queue_latency_over_its_alarm_threshold_fails(world):
+    _latency_option(world, [3, 45])  # the latest reading counts
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.FAIL and "do not keep up" in latency.cause
+    assert latency.step and check.summary(results)[0] == 1
+
+
+def test_queue_latency_the_option_stopped_publishing_fails(world):
+    _latency_option(world, [])
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.FAIL and "no data: default" in latency.detail
+    assert "publisher stopped" in latency.cause
 
 
 # ---------------------------------------------------------------- after a deploy
