@@ -1047,3 +1047,17 @@ def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside
     closed = by_name(results, "load balancer not reachable directly")
     assert closed.status == check.PASS and closed.detail.startswith("internal ")
     assert "direct request refused" not in {r.name for r in results}
+
+
+def test_the_readme_says_exactly_how_to_run_the_live_check():
+    from tests.operations import test_check_live as live
+
+    readme = (Path(check.ROOT) / "README.md").read_text()
+    section = readme.split("### Checking against a real account (live mode)", 1)[1].split("\n## ", 1)[0]
+    for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED, *live.OPTIONAL):
+        assert f"| `{variable}` |" in section, variable
+    sample = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert all(f"{variable}=" in sample for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED))
+    command = sample.strip().splitlines()[-1].strip()
+    assert command in (live.__doc__ or ""), "the module's docstring runs it the same way"
+    assert command.endswith("tests/operations/test_check_live.py") and "-n 0" in command
