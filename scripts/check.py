@@ -116,7 +116,11 @@ require "json"
 require "sidekiq/api"
 smtp = ActionMailer::Base.smtp_settings
 processes = Sidekiq::ProcessSet.new.map do |process|
-  {{ "hostname" => process["hostname"].to_s, "queues" => Array(process["queues"]) }}
+  {{
+    "hostname" => process["hostname"].to_s,
+    "queues" => Array(process["queues"]),
+    "quiet" => process.stopping?
+  }}
 end
 puts "{RESULT_MARK}" + JSON.generate(
   "delivery_method" => ActionMailer::Base.delivery_method.to_s,
@@ -1635,7 +1639,8 @@ class Checker:
                 "see the worker's lines above; then its sidekiq log group",
             )
             return
-        processes = [p for p in facts.get("processes", []) if isinstance(p, dict)]
+        # A process told to stop (a rollout replacing the worker) fetches no more jobs.
+        processes = [p for p in facts.get("processes", []) if isinstance(p, dict) and not p.get("quiet")]
         scheduling = [p for p in processes if SCHEDULER_QUEUE in p.get("queues", [])]
         self.add(
             "servers",
@@ -1770,6 +1775,8 @@ def run_on_worker(
     (status, standard output, standard error).
     """
     group = stack.resource(compute.WORKER_GROUP)
+    if not group:
+        return "NoWorker", "", "the stack has no worker group"
     groups = session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     serving = [
         i["InstanceId"]

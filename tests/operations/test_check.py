@@ -935,6 +935,16 @@ def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_ad
         check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
 
 
+def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
+    # During a rollout the old worker's Sidekiq is told to stop: it fetches no more jobs.
+    world.worker.processes.append({"hostname": "ip-10-0-9-9", "queues": ["scheduler"], "quiet": True})
+
+    results = world.run(("servers",))
+
+    scheduler = by_name(results, "Sidekiq scheduler in exactly one process")
+    assert scheduler.status == check.PASS and "ip-10-0-9-9" not in scheduler.detail
+
+
 # ---------------------------------------------------------------- queue latency (issue 13's option)
 
 
