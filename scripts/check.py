@@ -1791,10 +1791,10 @@ def run_on_worker(
         InstanceIds=serving[:1],
         DocumentName=maintenance.RUN_SHELL_SCRIPT,
         Comment=comment[:100],
-        Parameters={"commands": commands, "executionTimeout": [str(int(timeout))]},
+        Parameters={"commands": commands, "executionTimeout": [str(max(1, int(timeout)))]},
     )
     command_id = command["Command"]["CommandId"]
-    deadline = time.monotonic() + timeout + 60  # the agent's own timeout ends it first
+    deadline = time.monotonic() + timeout + min(60.0, timeout)  # the agent's own timeout ends it first
     while time.monotonic() < deadline:
         time.sleep(poll)
         try:

@@ -935,6 +935,18 @@ def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_ad
         check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
 
 
+def test_a_run_command_that_never_ends_fails_both_lines_within_its_bound_and_runs_once(world):
+    world.worker.status = "InProgress"  # a dead agent: the command never leaves InProgress
+    world.options.runner_timeout = 0.2
+
+    results = world.run(("mail", "servers"))
+
+    for name in ("SMTP settings", "Sidekiq scheduler in exactly one process"):
+        line = by_name(results, name)
+        assert line.status == check.FAIL and "TimedOut" in line.detail
+    assert len(world.commands) == 1  # asked once, for both
+
+
 def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
     # During a rollout the old worker's Sidekiq is told to stop: it fetches no more jobs.
     world.worker.processes.append({"hostname": "ip-10-0-9-9", "queues": ["scheduler"], "quiet": True})
