@@ -5,7 +5,9 @@
         [--mail-to you@example.com] [--access-token TOKEN]
 
 Read-only, but for one probe object it puts into the media bucket and removes again
-(and, with --mail-to, one test mail). Prints one line per check, grouped:
+(and, with --mail-to, one test mail). It asks the worker through Run Command (read-only:
+a `bin/rails runner` in its Sidekiq container) what Mastodon mails with and which Sidekiq
+processes are alive. Prints one line per check, grouped:
 
   stack     status, parameters, the two version parameters agree, no rollout running or
             failed, every alarm's state
@@ -20,9 +22,12 @@ Read-only, but for one probe object it puts into the media bucket and removes ag
             headers, not readable at the bucket's own address, gone from the edge after
             deletion within the time the stack promises
   mail      the SES identity verified with DKIM, the account's sending status, the SMTP
-            settings the servers use; with --mail-to, a real mail sent by Mastodon
+            settings Mastodon uses on the worker; with --mail-to, a real mail sent through
+            them, judged by the SMTP server's reply
   servers   each server on the deployed version, registered with SSM, healthy in the
-            target groups; the Sidekiq scheduler in exactly one process
+            target groups; the worker group at one server; the Sidekiq scheduler in exactly
+            one live process (Sidekiq's own process set); queue latency under its alarm's
+            threshold where the Sidekiq metrics option publishes it
 
 ✓ passed, ✗ failed (with the likely cause and the next step), – skipped (and why). The
 exit status is 0 only when every required check passes; 1 otherwise; 2 bad arguments.
@@ -65,6 +70,7 @@ from templates import (
     data,
     edge,
     load_balancing,
+    mail,
     maintenance,
     operations,
     parameters,
@@ -79,6 +85,9 @@ SETTLED = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
 # Mastodon's streaming server pings every WebSocket every 30 seconds (streaming/index.js).
 HEARTBEAT_SECONDS = 30
+# A stream given by query, as Mastodon's web client opens it: the WebSocket layer takes it;
+# the plain-HTTP handler knows streams only by path and refuses this one (400).
+WEBSOCKET_PATH = "/api/v1/streaming?stream=public:local"
 PROBE_PREFIX = "mastodon-check"
 # What Mastodon uploads every media file with (config/initializers/paperclip.rb, its S3
 # headers): the probe carries it too, so that the edge keeps it exactly as long as it
@@ -88,6 +97,65 @@ MEDIA_CACHE_CONTROL = "public, max-age=315576000, immutable"
 # the edge location and at the regional cache in front of it (edge.MEDIA_EDGE_TTL_SECONDS).
 MEDIA_PROMISE_SECONDS = 2 * edge.MEDIA_EDGE_TTL_SECONDS + 60
 CERTIFICATE_WARNING_DAYS = 14
+# The worker's Sidekiq container (bootstrap.sh names its unit and container so). The check
+# asks Mastodon itself, in that container, what it mails with and which Sidekiq processes
+# are alive: `bin/rails runner` with the Ruby below, which prints one line after RESULT_MARK.
+SIDEKIQ_CONTAINER = "mastodon-sidekiq"
+RESULT_MARK = "MASTODON_CHECK_RESULT "
+MAIL_TO_ENV = "MASTODON_CHECK_MAIL_TO"
+SCHEDULER_QUEUE = "scheduler"
+# What ActionMailer (Mastodon's mail) uses, without a secret: the login and password only
+# as present or not; and every live Sidekiq process (its heartbeat in Redis) with its queues.
+SERVER_FACTS_RUBY = f"""
+require "json"
+require "sidekiq/api"
+smtp = ActionMailer::Base.smtp_settings
+processes = Sidekiq::ProcessSet.new.map do |process|
+  {{
+    "hostname" => process["hostname"].to_s,
+    "queues" => Array(process["queues"]),
+    "quiet" => process.stopping?
+  }}
+end
+puts "{RESULT_MARK}" + JSON.generate(
+  "delivery_method" => ActionMailer::Base.delivery_method.to_s,
+  "address" => smtp[:address].to_s,
+  "port" => smtp[:port].to_s,
+  "user_name" => smtp[:user_name].present?,
+  "password" => smtp[:password].present?,
+  "tls" => smtp[:tls].present? || smtp[:ssl].present?,
+  "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
+  "processes" => processes
+)
+"""
+# One mail through Mastodon's own SMTP settings, sent at once (not queued): the SMTP
+# server's reply is the result (SES answers 250 with its message ID when it takes the mail).
+TEST_MAIL_RUBY = f"""
+require "json"
+settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
+message = Mail.new
+message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
+message.to = ENV.fetch("{MAIL_TO_ENV}")
+message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
+message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
+message.delivery_method(:smtp, settings)
+response = message.delivery_method.deliver!(message)
+puts "{RESULT_MARK}" + JSON.generate(
+  "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
+)
+"""
+RUNNER_TIMEOUT_SECONDS = 300
+# The queue-latency metric (CloudWatch namespace, metric name) that the optional Sidekiq
+# metrics (issue 13, off by default) publish. The check finds the stack's alarms on it and
+# compares the latest value with each alarm's threshold. Until that option merges this is
+# its expected name; then this line becomes an import of the option's one definition.
+QUEUE_LATENCY_METRIC: tuple[str, str] = ("Mastodon/Sidekiq", "QueueLatency")
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "GreaterThanThreshold": lambda value, threshold: value > threshold,
+    "GreaterThanOrEqualToThreshold": lambda value, threshold: value >= threshold,
+    "LessThanThreshold": lambda value, threshold: value < threshold,
+    "LessThanOrEqualToThreshold": lambda value, threshold: value <= threshold,
+}
 BODY_LIMIT = 1 << 20
 
 
@@ -208,10 +276,20 @@ class Network:
             connection.close()
 
 
+@dataclass
+class Handshake:
+    """What a WebSocket upgrade got: the HTTP status, what happened, and a refusal's headers and body."""
+
+    status: int
+    what: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
 def websocket_heartbeat(
     net: Network, host: str, path: str, wait: float, token: str | None = None
-) -> tuple[int, str]:
-    """Open a WebSocket and wait for the server's ping. (HTTP status, what happened)."""
+) -> Handshake:
+    """Open a WebSocket and wait for the server's ping."""
     key = base64.b64encode(secrets.token_bytes(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",
@@ -232,36 +310,57 @@ def websocket_heartbeat(
         while b"\r\n\r\n" not in buffer:
             chunk = sock.recv(4096)
             if not chunk:
-                return 0, "the connection closed before an answer"
+                return Handshake(0, "the connection closed before an answer")
             buffer += chunk
             if len(buffer) > 65536:
-                return 0, "no end to the answer's headers"
+                return Handshake(0, "no end to the answer's headers")
         head, buffer = buffer.split(b"\r\n\r\n", 1)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
         status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        headers: dict[str, str] = {}
+        for name, _, value in (h.partition(":") for h in header_lines):
+            key_name = name.strip().lower()
+            value = value.strip()
+            headers[key_name] = f"{headers[key_name]}, {value}" if key_name in headers else value
         if status != 101:
-            return status, status_line
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+            return Handshake(status, status_line, headers, _refusal_body(sock, buffer, headers, net.timeout))
         expected = base64.b64encode(
             hashlib.sha1((key + WEBSOCKET_GUID).encode(), usedforsecurity=False).digest()
         ).decode()
         if headers.get("sec-websocket-accept") != expected:
-            return status, "the upgrade answer has a wrong Sec-WebSocket-Accept"
+            return Handshake(status, "the upgrade answer has a wrong Sec-WebSocket-Accept", headers)
         deadline = time.monotonic() + wait
         while True:
             frame = _read_frame(sock, buffer, deadline)
             if frame is None:
-                return status, f"no heartbeat within {wait:g} s"
+                return Handshake(status, f"no heartbeat within {wait:g} s", headers)
             opcode, payload, buffer = frame
             if opcode == 0x9:
                 sock.sendall(_client_frame(0xA, payload))
                 sock.sendall(_client_frame(0x8, b"\x03\xe8"))
-                return status, "heartbeat received"
+                return Handshake(status, "heartbeat received", headers)
             if opcode == 0x8:
-                return status, "the server closed the WebSocket before a heartbeat"
+                return Handshake(status, "the server closed the WebSocket before a heartbeat", headers)
     finally:
         sock.close()
+
+
+def _refusal_body(sock: socket.socket, buffer: bytes, headers: dict[str, str], timeout: float) -> bytes:
+    """The body of a refused upgrade: by its Content-Length, else until the server closes (bounded)."""
+    length = headers.get("content-length", "")
+    wanted = min(int(length), 4096) if length.isdigit() else 4096
+    deadline = time.monotonic() + timeout
+    while len(buffer) < wanted and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(4096)
+        except (TimeoutError, OSError):
+            break
+        if not chunk:
+            break
+        buffer += chunk
+    return buffer[:wanted]
 
 
 def _read_frame(sock: socket.socket, buffer: bytes, deadline: float) -> tuple[int, bytes, bytes] | None:
@@ -303,6 +402,38 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     mask = secrets.token_bytes(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+
+def refusal_layer(shake: Handshake) -> str:
+    """Which part of Mastodon's streaming server refused an upgrade: "websocket", "http" or "".
+
+    Its upgrade handler writes the refusal itself: no body, the reason in an X-Error-Message
+    header. A request whose Upgrade headers were lost on the way reaches its HTTP (EventSource)
+    handler instead, which answers with a JSON body {"error": ...} and no such header
+    (streaming/index.js: handleUpgrade vs errorMiddleware).
+    """
+    if shake.status == 101:
+        return "websocket"
+    try:
+        document = json.loads(shake.body.decode("utf-8"))
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and "error" in document:
+        return "http"
+    if shake.headers.get("x-error-message") and not shake.body.strip():
+        return "websocket"
+    return ""
+
+
+def refusal_message(shake: Handshake) -> str:
+    """The streaming server's own words for a refusal, if it gave any."""
+    if shake.headers.get("x-error-message"):
+        return f"X-Error-Message: {shake.headers['x-error-message'][:100]}"
+    try:
+        document = json.loads(shake.body.decode("utf-8"))
+    except ValueError:
+        return ""
+    return f"error: {str(document.get('error'))[:100]}" if isinstance(document, dict) else ""
 
 
 # ---------------------------------------------------------------- the stack in AWS
@@ -361,6 +492,7 @@ class Options:
     heartbeat_wait: float = HEARTBEAT_SECONDS + 10
     access_token: str | None = None
     mail_to: str | None = None
+    runner_timeout: float = RUNNER_TIMEOUT_SECONDS
     s3_host: Callable[[str, str], str] = lambda bucket, region: f"{bucket}.s3.{region}.amazonaws.com"
 
 
@@ -376,6 +508,8 @@ class Checker:
         self.smtp_server_key = names.smtp_server.title
         self.deployed_version: str | None = None
         self.instance: dict[str, Any] | None = None
+        self.facts: tuple[dict[str, Any] | None, str] | None = None
+        self.alarms: list[dict[str, Any]] | None = None
 
     def client(self, service: str) -> Any:
         if service not in self.clients:
@@ -526,11 +660,18 @@ class Checker:
             "version again",
         )
 
+    def stack_alarms(self) -> list[dict[str, Any]]:
+        """Every alarm that notifies the stack's alert topic (read once)."""
+        if self.alarms is None:
+            topic = self.stack.resource(operations.ALERT_TOPIC)
+            found: list[dict[str, Any]] = []
+            for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate():
+                found += [a for a in page["MetricAlarms"] if topic and topic in a.get("AlarmActions", [])]
+            self.alarms = found
+        return self.alarms
+
     def _alarms(self) -> None:
-        topic = self.stack.resource(operations.ALERT_TOPIC)
-        found = []
-        for page in self.client("cloudwatch").get_paginator("describe_alarms").paginate():
-            found += [a for a in page["MetricAlarms"] if topic and topic in a.get("AlarmActions", [])]
+        found = self.stack_alarms()
         if not found:
             self.add(
                 "stack",
@@ -971,18 +1112,45 @@ class Checker:
         )
 
     def _websocket(self) -> None:
-        path = "/api/v1/streaming?stream=public:local"
-        status, what = websocket_heartbeat(
-            self.net, self.domain, path, self.options.heartbeat_wait, self.options.access_token
+        shake = websocket_heartbeat(
+            self.net, self.domain, WEBSOCKET_PATH, self.options.heartbeat_wait, self.options.access_token
         )
-        name = "WebSocket heartbeat"
-        if status == 401 and not self.options.access_token:
+        layer = refusal_layer(shake)
+        reaches, name = "WebSocket reaches the streaming server", "WebSocket heartbeat"
+        said = refusal_message(shake)
+        step = (
+            f"check the {edge.STREAMING_PATH} behaviour (its origin request policy must pass the viewer's "
+            "Upgrade, Connection and Sec-WebSocket-* headers) and the load balancer's listener rules"
+        )
+        if shake.status == 101 or layer == "websocket":
             self.add(
                 "mastodon",
-                "WebSocket reaches the streaming server",
+                reaches,
                 True,
-                "401 without a token: the upgrade went through CloudFront to Mastodon",
+                "upgraded (101)"
+                if shake.status == 101
+                else f"{shake.status} at the WebSocket upgrade ({said}): the Upgrade headers reached it",
             )
+        elif layer == "http":
+            self.add(
+                "mastodon",
+                reaches,
+                False,
+                f"{shake.status} from its plain-HTTP handler ({said})",
+                "the Upgrade headers were lost on the way: the streaming server answered an ordinary "
+                "request",
+                step,
+            )
+        else:
+            self.add(
+                "mastodon",
+                reaches,
+                False,
+                f"{shake.status}: {shake.what}" + (f" ({said})" if said else ""),
+                "the answer is not the streaming server's (CloudFront or the load balancer answered)",
+                step,
+            )
+        if shake.status == 401 and layer == "websocket" and not self.options.access_token:
             self.add(
                 "mastodon",
                 name,
@@ -994,7 +1162,9 @@ class Checker:
         causes = {
             0: "the connection broke during the handshake",
             400: "the upgrade headers were lost on the way (CloudFront or the load balancer)",
-            401: "the access token was refused",
+            401: "the access token was refused"
+            if layer == "websocket"
+            else "the upgrade headers were lost on the way (CloudFront or the load balancer)",
             403: "the load balancer refused the upgrade: the secret header is missing",
             404: f"the {edge.STREAMING_PATH} behaviour or the listener rule does not route to streaming",
             502: "CloudFront cannot reach the load balancer for WebSockets (VPC origin support?)",
@@ -1003,12 +1173,12 @@ class Checker:
         self.add(
             "mastodon",
             name,
-            status == 101 and what == "heartbeat received",
-            f"{status}: {what}",
+            shake.status == 101 and shake.what == "heartbeat received",
+            f"{shake.status}: {shake.what}" + (f" ({said})" if said and shake.status != 101 else ""),
             causes.get(
-                status,
+                shake.status,
                 "the streaming server accepted the WebSocket but sent no heartbeat"
-                if status == 101
+                if shake.status == 101
                 else "the WebSocket upgrade was not accepted",
             ),
             "check the streaming target group's health, the streaming log group and the "
@@ -1175,16 +1345,15 @@ class Checker:
     def check_mail(self) -> None:
         g = "mail"
         server = self.stack.parameters.get(self.smtp_server_key, "")
+        self.guard(
+            g,
+            "SMTP settings",
+            "the worker cannot be asked",
+            "see the servers group (SSM line); Run Command needs ssm:SendCommand, ssm:GetCommandInvocation",
+        )(self._smtp_settings)
         if server:
-            self.add(g, "SMTP settings", True, f"external SMTP server {server}")
             self.add(g, "SES identity", None, "the stack mails through an external SMTP server")
         else:
-            self.add(
-                g,
-                "SMTP settings",
-                True,
-                f"SES email-smtp.{self.stack.region}.amazonaws.com:587, from the stack's SMTP user",
-            )
             self.guard(
                 g,
                 "SES identity",
@@ -1236,27 +1405,99 @@ class Checker:
             required=not sending,
         )
 
-    def _send_mail(self) -> None:
-        """A throwaway unconfirmed account: Mastodon mails it the confirmation through Sidekiq and SMTP."""
-        username = f"mailcheck{secrets.token_hex(4)}"
-        commands = [
-            "set -eu",
-            shlex.join(
-                [maintenance.TOOTCTL, "accounts", "create", username, "--email", self.options.mail_to or ""]
-            ),
-            "sleep 60",  # the mailers queue sends it meanwhile; deleting the account first would drop it
-            shlex.join([maintenance.TOOTCTL, "accounts", "delete", username]),
-        ]
-        status, output = run_on_worker(
-            self.session, self.stack, commands, "check: test mail", self.options.poll
+    def server_facts(self) -> tuple[dict[str, Any] | None, str]:
+        """What Mastodon on the worker mails with and which Sidekiq processes live (asked once)."""
+        if self.facts is None:
+            try:
+                status, out, err = run_on_worker(
+                    self.session,
+                    self.stack,
+                    rails_runner(SERVER_FACTS_RUBY),
+                    "check: mail settings and Sidekiq processes",
+                    self.options.poll,
+                    self.options.runner_timeout,
+                )
+            except Exception as error:  # a refused call is this check's failure, with the error
+                self.facts = None, f"{type(error).__name__}: {error}"
+            else:
+                found = runner_result(out) if status == "Success" else None
+                self.facts = found, "" if found is not None else f"{status}: {(err or out)[-300:]}"
+        return self.facts
+
+    def _expected_smtp(self) -> tuple[str, str]:
+        names = parameter_names()
+        server = self.stack.parameters.get(names.smtp_server.title, "")
+        if server:
+            default = str(names.smtp_port.properties.get("Default", ""))
+            return server, self.stack.parameters.get(names.smtp_port.title, default) or default
+        return mail.SES_SMTP_HOST.format(region=self.stack.region), mail.SES_SMTP_PORT
+
+    def _smtp_settings(self) -> None:
+        name = "SMTP settings"
+        facts, error = self.server_facts()
+        if facts is None:
+            self.add(
+                "mail",
+                name,
+                False,
+                f"not read from the worker: {error}",
+                "the worker cannot be asked (no server in service, its SSM agent offline, Run Command "
+                "refused) or Mastodon did not start there",
+                "see the servers group; then the worker's sidekiq log group",
+            )
+            return
+        host, port = self._expected_smtp()
+        address, used_port = str(facts.get("address", "")), str(facts.get("port", ""))
+        implicit_tls = used_port in ("465", "2465")
+        encrypted = bool(facts.get("tls")) if implicit_tls else bool(facts.get("starttls"))
+        problems = []
+        if facts.get("delivery_method") != "smtp":
+            problems.append(f"delivery method {facts.get('delivery_method')}, not smtp")
+        if (address, used_port) != (host, port):
+            problems.append(f"the stack says {host}:{port}")
+        if not (facts.get("user_name") and facts.get("password")):
+            problems.append("no login or password")
+        if not encrypted:
+            problems.append("no TLS")
+        self.add(
+            "mail",
+            name,
+            not problems,
+            f"Mastodon on the worker: {address}:{used_port}, "
+            + ("TLS" if implicit_tls else "STARTTLS")
+            + f", login {'set' if facts.get('user_name') else 'missing'}"
+            + f", password {'set' if facts.get('password') else 'missing'}"
+            + (f"; {'; '.join(problems)}" if problems else ""),
+            "the worker's env file was rendered from other mail settings than the stack's (an older "
+            "boot), or the stack's secret lacks the SMTP credentials",
+            "replace the worker (terminate it: its group boots one from the stack); if it stays, read "
+            "the SMTP entries of the stack's secret and the worker's system log group",
         )
+
+    def _send_mail(self) -> None:
+        """One mail through Mastodon's SMTP settings, on the worker; the SMTP server's reply decides."""
+        address = self.options.mail_to or ""
+        status, out, err = run_on_worker(
+            self.session,
+            self.stack,
+            rails_runner(TEST_MAIL_RUBY, {MAIL_TO_ENV: address}),
+            "check: test mail",
+            self.options.poll,
+            self.options.runner_timeout,
+        )
+        found = runner_result(out) if status == "Success" else None
+        reply = str((found or {}).get("reply", ""))
+        accepted = found is not None and str(found.get("status")) == "250"
         self.add(
             "mail",
             "test mail",
-            status == "Success",
-            f"{status}: confirmation mail for {username} to {self.options.mail_to}; look in that inbox",
-            f"tootctl failed: {output[-300:]}",
-            "see the worker's sidekiq log group (mailers queue) and the SES sending statistics",
+            accepted,
+            f"to {address}: " + (reply or f"{status}: {(err or out)[-300:]}")
+            + ("; look in that inbox" if accepted else ""),
+            f"the SMTP server refused the mail: {reply}"
+            if found is not None
+            else "Mastodon could not hand the mail to the SMTP server (see the error above)",
+            "see the SMTP settings line; in the SES sandbox the address must be verified in SES",
         )
 
     # ---- 6. servers
@@ -1359,18 +1600,116 @@ class Checker:
         ]
         self.add(
             g,
-            "Sidekiq scheduler in exactly one process",
+            "worker group holds one server",
             len(serving) == 1 and int(worker["MaxSize"]) <= 1,
             f"worker group: {len(serving)} server(s), at most {worker['MaxSize']}",
-            "the scheduler queue must run in exactly one Sidekiq process: none runs the cron jobs, or "
-            "two run them twice",
+            "the worker runs the scheduler queue: a second worker would run a second scheduler, none "
+            "runs the cron jobs",
             "set the worker group back to one server (min = max = desired = 1)",
         )
-        self.add(
+        self.guard(
+            g,
+            "Sidekiq scheduler in exactly one process",
+            "Sidekiq's process set cannot be read",
+            "see the worker's SSM line",
+        )(self._scheduler)
+        self.guard(
             g,
             "queue latency",
-            None,
-            "the stack has no Sidekiq queue-latency alarm; the alarms line covers what it watches",
+            "the queue-latency metric cannot be read",
+            "check your permissions (cloudwatch:GetMetricStatistics)",
+        )(self._queue_latency)
+
+    def _scheduler(self) -> None:
+        name = "Sidekiq scheduler in exactly one process"
+        facts, error = self.server_facts()
+        if facts is None:
+            self.add(
+                "servers",
+                name,
+                False,
+                f"Sidekiq's process set not read from the worker: {error}",
+                "the worker cannot be asked (no server in service, its SSM agent offline, Run Command "
+                "refused) or Mastodon did not start there",
+                "see the worker's lines above; then its sidekiq log group",
+            )
+            return
+        # A process told to stop (a rollout replacing the worker) fetches no more jobs.
+        processes = [p for p in facts.get("processes", []) if isinstance(p, dict) and not p.get("quiet")]
+        scheduling = [p for p in processes if SCHEDULER_QUEUE in p.get("queues", [])]
+        self.add(
+            "servers",
+            name,
+            len(scheduling) == 1,
+            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {SCHEDULER_QUEUE} "
+            f"queue" + (f": {', '.join(str(p.get('hostname')) for p in scheduling)}" if scheduling else ""),
+            "no Sidekiq process runs the scheduler queue: Mastodon's periodic jobs (cleanups, "
+            "scheduled statuses) do not run"
+            if not scheduling
+            else "several Sidekiq processes run the scheduler queue: periodic jobs run more than once",
+            "read the worker's sidekiq log group; only the worker's Sidekiq may run the scheduler "
+            "queue (see the worker group line)",
+        )
+
+    def _queue_latency(self) -> None:
+        name, (namespace, metric) = "queue latency", QUEUE_LATENCY_METRIC
+        alarms = [
+            a
+            for a in self.stack_alarms()
+            if (a.get("Namespace"), a.get("MetricName")) == (namespace, metric)
+        ]
+        if not alarms:
+            self.add(
+                "servers",
+                name,
+                None,
+                f"the Sidekiq metrics option is off: no alarm of the stack watches {namespace} {metric}",
+            )
+            return
+        now = datetime.datetime.now(datetime.UTC)
+        readings, missing, over = [], [], []
+        for alarm in alarms:
+            dimensions = alarm.get("Dimensions", [])
+            label = ",".join(str(d.get("Value")) for d in dimensions) or metric
+            period = int(alarm.get("Period", 60))
+            window = max(5 * period, 600)
+            statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic") or "Maximum"
+            wanted = (
+                {"ExtendedStatistics": [statistic]}
+                if alarm.get("ExtendedStatistic")
+                else {"Statistics": [statistic]}
+            )
+            points = self.client("cloudwatch").get_metric_statistics(
+                Namespace=namespace,
+                MetricName=metric,
+                Dimensions=dimensions,
+                StartTime=now - datetime.timedelta(seconds=window),
+                EndTime=now,
+                Period=period,
+                **wanted,
+            )["Datapoints"]
+            if not points:
+                missing.append(f"{label} (none in {window // 60} min)")
+                continue
+            latest = max(points, key=lambda point: point["Timestamp"])
+            extended = bool(alarm.get("ExtendedStatistic"))
+            value = float(latest["ExtendedStatistics"][statistic] if extended else latest[statistic])
+            threshold = float(alarm.get("Threshold", 0))
+            breaches = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
+            readings.append(f"{label} {value:g} (alarm at {threshold:g})")
+            if breaches is None or breaches(value, threshold):
+                over.append(label)
+        self.add(
+            "servers",
+            name,
+            not missing and not over,
+            "; ".join(readings + [f"no data: {m}" for m in missing]),
+            f"jobs wait longer than the alarm allows in {', '.join(over)}: the workers do not keep up"
+            if over
+            else "no queue latency published lately: the metrics publisher stopped, or Sidekiq is down",
+            "see the queue workers' group size and the sidekiq log group"
+            if over
+            else "see the Sidekiq lines above and the metrics publisher's logs",
         )
 
     def _ssm_registered(self, instance_ids: list[str]) -> dict[str, str] | None:
@@ -1399,11 +1738,40 @@ class Checker:
         return found
 
 
+def rails_runner(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """Shell lines that run Ruby in Mastodon on the worker: its Sidekiq container, its environment."""
+    settings = [f"--env={k}={v}" for k, v in (env or {}).items()]
+    return [
+        "set -eu",
+        shlex.join(
+            ["docker", "exec", "--env=RAILS_LOG_LEVEL=warn", *settings, SIDEKIQ_CONTAINER,
+             "bin/rails", "runner", code]
+        ),
+    ]
+
+
+def runner_result(output: str) -> dict[str, Any] | None:
+    """The one document the Ruby printed after RESULT_MARK (its last such line), or None."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(RESULT_MARK):
+            try:
+                found = json.loads(line[len(RESULT_MARK):])
+            except ValueError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
 def run_on_worker(
     session: Any, stack: Stack, commands: list[str], comment: str, poll: float, timeout: float = 600
-) -> tuple[str, str]:
-    """Run shell lines on the worker through Run Command, as scripts/tootctl.py does; (status, output)."""
+) -> tuple[str, str, str]:
+    """Run shell lines on the worker through Run Command, as scripts/tootctl.py does.
+
+    (status, standard output, standard error).
+    """
     group = stack.resource(compute.WORKER_GROUP)
+    if not group:
+        return "NoWorker", "", "the stack has no worker group"
     groups = session.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[group])
     serving = [
         i["InstanceId"]
@@ -1412,16 +1780,16 @@ def run_on_worker(
         if i["LifecycleState"] == "InService"
     ]
     if not serving:
-        return "NoWorker", "the worker group has no server in service"
+        return "NoWorker", "", "the worker group has no server in service"
     ssm = session.client("ssm")
     command = ssm.send_command(
         InstanceIds=serving[:1],
         DocumentName=maintenance.RUN_SHELL_SCRIPT,
         Comment=comment[:100],
-        Parameters={"commands": commands, "executionTimeout": [str(int(timeout))]},
+        Parameters={"commands": commands, "executionTimeout": [str(max(1, int(timeout)))]},
     )
     command_id = command["Command"]["CommandId"]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout + min(60.0, timeout)  # the agent's own timeout ends it first
     while time.monotonic() < deadline:
         time.sleep(poll)
         try:
@@ -1431,10 +1799,12 @@ def run_on_worker(
                 continue
             raise
         if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
-            return str(invocation["Status"]), str(
-                invocation.get("StandardErrorContent", "") or invocation.get("StandardOutputContent", "")
+            return (
+                str(invocation["Status"]),
+                str(invocation.get("StandardOutputContent", "")),
+                str(invocation.get("StandardErrorContent", "")),
             )
-    return "TimedOut", f"no result within {timeout:g} s"
+    return "TimedOut", "", f"no result within {timeout:g} s"
 
 
 # ---------------------------------------------------------------- output

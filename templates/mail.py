@@ -22,6 +22,10 @@ EMAIL_IDENTITY = "EmailIdentity"
 SMTP_USER = "SmtpUser"
 SMTP_USER_PATH = f"{STACK_PREFIX}/"
 DKIM_RECORDS = 3
+# Amazon SES's SMTP interface in the stack's region, on its STARTTLS port
+# (scripts/check.py compares what the servers use with these).
+SES_SMTP_HOST = "email-smtp.{region}.amazonaws.com"
+SES_SMTP_PORT = "587"
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def create_mail(t: Template, p: Parameters) -> Mail:
         identity=identity,
         smtp_user=user,
         from_address=from_address,
-        server=If(parameters.USE_SES, Sub("email-smtp.${AWS::Region}.amazonaws.com"), Ref(p.smtp_server)),
-        port=If(parameters.USE_SES, "587", Ref(p.smtp_port)),
+        server=If(parameters.USE_SES, Sub(SES_SMTP_HOST.format(region="${AWS::Region}")), Ref(p.smtp_server)),
+        port=If(parameters.USE_SES, SES_SMTP_PORT, Ref(p.smtp_port)),
         login=If(parameters.USE_SES, "", Ref(p.smtp_login)),
     )

@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import http.server
 import json
+import shlex
 import socket
 import socketserver
 import ssl
@@ -100,7 +101,8 @@ class Behaviour:
     webfinger: bool = True  # WebFinger knows the contact account
     nodeinfo_host: str = DOMAIN
     streaming_health: int = 200
-    websocket: str = "ping"  # ping | silent | 401 | 403 | close
+    websocket: str = "ping"  # ping | ping-with-token | silent | 401 (refused at the upgrade) | 403 | close
+    upgrade_headers: bool = True  # False: the edge drops Upgrade and Connection on the way
     ping_after: float = 0.05
     media_status: int | None = None  # forced status for /system/*
     media_headers: bool = True
@@ -202,8 +204,11 @@ class Edge:
             else {}
         )
         as_json = {"Content-Type": "application/json", **mastodon}
-        if h.headers.get("Upgrade", "").lower() == "websocket":
+        upgrade = h.headers.get("Upgrade", "").lower() == "websocket" and b.upgrade_headers
+        if upgrade:
             self.websocket(h)
+        elif path.startswith("/api/v1/streaming") and path != "/api/v1/streaming/health":
+            self.streaming_http(h, path)
         elif path == "/health":
             self.send(
                 h, b.health_status, b"OK" if b.health_status == 200 else b"Service Unavailable", mastodon
@@ -255,6 +260,17 @@ class Edge:
         else:
             self.send(h, 404, b"", mastodon)
 
+    def streaming_http(self, h: http.server.BaseHTTPRequestHandler, path: str) -> None:
+        """The streaming server's plain-HTTP (EventSource) handler: streams by path, errors as JSON."""
+        channels = {"/api/v1/streaming/public", "/api/v1/streaming/public/local", "/api/v1/streaming/user"}
+        as_json = {"Content-Type": "application/json"}
+        if path not in channels:
+            self.send(h, 400, b'{"error":"Unknown channel requested"}', as_json)
+        elif not h.headers.get("Authorization"):
+            self.send(h, 401, b'{"error":"Missing access token"}', as_json)
+        else:
+            self.send(h, 200, b":)\n", {"Content-Type": "text/event-stream"})
+
     def media(self, h: http.server.BaseHTTPRequestHandler, key: str) -> None:
         b = self.behaviour
         headers = (
@@ -289,9 +305,15 @@ class Edge:
 
     def websocket(self, h: http.server.BaseHTTPRequestHandler) -> None:
         b = self.behaviour
-        if b.websocket in ("401", "403"):
-            body = b'{"error":"Missing access token"}' if b.websocket == "401" else b"Forbidden"
-            self.send(h, int(b.websocket), body, {})
+        if b.websocket == "401" or (b.websocket == "ping-with-token" and not h.headers.get("Authorization")):
+            # Mastodon's upgrade handler writes its refusal by hand: no body, the reason in a header.
+            reason = "Invalid access token" if h.headers.get("Authorization") else "Missing access token"
+            headers = {"Connection": "close", "Content-Type": "text/plain", "X-Error-Message": reason}
+            self.send(h, 401, b"", headers)
+            h.close_connection = True
+            return
+        if b.websocket == "403":
+            self.send(h, 403, b"Forbidden", {})  # the load balancer's fixed response
             return
         accept = base64.b64encode(
             hashlib.sha1((h.headers["Sec-WebSocket-Key"] + GUID).encode(), usedforsecurity=False).digest()
@@ -304,7 +326,7 @@ class Edge:
         h.wfile.flush()
         time.sleep(b.ping_after)
         try:
-            if b.websocket == "ping":
+            if b.websocket in ("ping", "ping-with-token"):
                 h.wfile.write(bytes([0x89, 0]))  # a ping, as Mastodon's streaming server sends
             elif b.websocket == "close":
                 h.wfile.write(bytes([0x88, 2]) + (1000).to_bytes(2, "big"))
@@ -352,3 +374,60 @@ def closed_port() -> int:
 
 def port_of(server: _Server) -> int:
     return int(server.server_address[1])
+
+
+@dataclass
+class Worker:
+    """The worker as Run Command reaches it: `docker exec` into its Sidekiq container, where
+    `bin/rails runner` runs the check's Ruby and prints one result line among Rails' own.
+
+    Each field off its default is one fault: the mail settings Mastodon uses, the live
+    Sidekiq processes, the SMTP server's reply to the test mail (or the error it raises).
+    """
+
+    container: str = "mastodon-sidekiq"
+    smtp: dict[str, Any] = field(
+        default_factory=lambda: {
+            "delivery_method": "smtp",
+            "address": "email-smtp.us-east-1.amazonaws.com",
+            "port": "587",
+            "user_name": True,
+            "password": True,
+            "tls": False,
+            "starttls": True,
+        }
+    )
+    processes: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"hostname": "ip-10-0-1-5", "queues": ["default", "push", "ingress", "mailers", "pull",
+                                                   "scheduler", "fasp"]}
+        ]
+    )
+    mail_reply: str = "250 Ok 0100018c3f2e4d5a-6b7c8d9e-test-000000"
+    mail_error: str = ""  # the runner raises this (the SMTP server refused the login, say)
+    status: str = ""  # forced Run Command status (e.g. "Failed" when the container is gone)
+    mails: list[str] = field(default_factory=list)
+
+    def run(self, commands: list[str], mark: str, mail_to_env: str) -> dict[str, str]:
+        """What GetCommandInvocation reports for these shell lines."""
+        exec_line = next((line for line in commands if line.startswith("docker exec ")), "")
+        argv = shlex.split(exec_line)
+        env = dict(a.removeprefix("--env=").split("=", 1) for a in argv if a.startswith("--env="))
+        rest = [a for a in argv[2:] if not a.startswith("--env=")]
+        logs = "W, [2026-12-04T17:00:00] WARN -- : a deprecation notice Rails printed\n"
+        if self.status:
+            return {"Status": self.status, "StandardOutputContent": "", "StandardErrorContent": "forced"}
+        if not rest or rest[0] != self.container or rest[1:3] != ["bin/rails", "runner"]:
+            return {"Status": "Failed", "StandardOutputContent": "",
+                    "StandardErrorContent": f"Error response from daemon: No such container: {rest[:1]}"}
+        if mail_to_env in env:
+            if self.mail_error:
+                return {"Status": "Failed", "StandardOutputContent": logs,
+                        "StandardErrorContent": self.mail_error}
+            self.mails.append(env[mail_to_env])
+            status = self.mail_reply.split(" ", 1)[0]
+            result: dict[str, Any] = {"status": status, "reply": self.mail_reply}
+        else:
+            result = {**self.smtp, "processes": self.processes}
+        return {"Status": "Success", "StandardOutputContent": logs + mark + json.dumps(result) + "\n",
+                "StandardErrorContent": ""}

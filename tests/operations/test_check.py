@@ -4,10 +4,12 @@ cause and a next step, when the fake it reads misbehaves."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -38,6 +40,7 @@ from tests.operations.check_fakes import (
     Behaviour,
     Edge,
     Fixed,
+    Worker,
     closed_port,
     port_of,
 )
@@ -71,6 +74,8 @@ class World:
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
     )
     commands: list[dict[str, Any]] = field(default_factory=list)
+    worker: Worker = field(default_factory=Worker)
+    invocations: dict[str, dict[str, str]] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
     options: check.Options = field(
         default_factory=lambda: check.Options(
@@ -140,11 +145,23 @@ def _short_circuit(world: World) -> None:
     def send_command(params: dict[str, Any]) -> None:
         world.commands.append(params)
 
+    def command_sent(parsed: dict[str, Any], **_: Any) -> None:
+        """moto took the command: the fake worker runs it, GetCommandInvocation reports it."""
+        lines = world.commands[-1]["Parameters"]["commands"]
+        world.invocations[parsed["Command"]["CommandId"]] = world.worker.run(
+            lines, check.RESULT_MARK, check.MAIL_TO_ENV
+        )
+
+    def invocation(params: dict[str, Any]) -> dict[str, Any]:
+        return {"CommandId": params["CommandId"], **world.invocations[params["CommandId"]]}
+
     events = world.session.events
     events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
     events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
     events.register("before-call.sesv2.GetAccount", answer(lambda _: world.ses_account))
     events.register("before-call.ssm.SendCommand", lambda params, **_: send_command(sent(params)))
+    events.register("after-call.ssm.SendCommand", command_sent)
+    events.register("before-call.ssm.GetCommandInvocation", answer(invocation))
 
 
 TEMPLATE = {
@@ -365,14 +382,17 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
         "NodeInfo",
         "host-meta",
         "streaming health",
+        "WebSocket reaches the streaming server",
         "WebSocket heartbeat",
         "served through CloudFront",
         "media headers",
         "media cached at the edge",
         "bucket not public",
         "gone from the edge after deletion",
+        "SMTP settings",
         "SES identity",
         "SES sending status",
+        "worker group holds one server",
         "Sidekiq scheduler in exactly one process",
     } <= passed
     for iid in world.instances(compute.WEB_GROUP):
@@ -584,7 +604,12 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     (
         "WebSocket refused by the load balancer",
         lambda w: setattr(w.behaviour, "websocket", "403"),
-        ["WebSocket heartbeat"],
+        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+    ),
+    (
+        "Upgrade headers dropped on the way",
+        lambda w: setattr(w.behaviour, "upgrade_headers", False),
+        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
     ),
     (
         "media not served",
@@ -607,7 +632,39 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
         lambda w: w.client("autoscaling").update_auto_scaling_group(
             AutoScalingGroupName=w.resources[compute.WORKER_GROUP], MaxSize=2
         ),
+        ["worker group holds one server"],
+    ),
+    (
+        "no process runs the scheduler",
+        lambda w: w.worker.processes[0]["queues"].remove("scheduler"),
         ["Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "a second process runs the scheduler",
+        lambda w: w.worker.processes.append({"hostname": "ip-10-0-2-7", "queues": ["scheduler", "default"]}),
+        ["Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "the worker cannot be asked",
+        lambda w: setattr(w.worker, "status", "Failed"),
+        ["SMTP settings", "Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "Sidekiq's container is not there",
+        lambda w: setattr(w.worker, "container", "mastodon-web"),
+        ["SMTP settings", "Sidekiq scheduler in exactly one process"],
+    ),
+    (
+        "servers mail through another region",
+        lambda w: w.worker.smtp.update(address="email-smtp.eu-west-1.amazonaws.com"),
+        ["SMTP settings"],
+    ),
+    ("servers have no SMTP password", lambda w: w.worker.smtp.update(password=False), ["SMTP settings"]),
+    ("servers mail without TLS", lambda w: w.worker.smtp.update(starttls=False), ["SMTP settings"]),
+    (
+        "Mastodon does not mail by SMTP",
+        lambda w: w.worker.smtp.update(delivery_method="sendmail"),
+        ["SMTP settings"],
     ),
 ]
 
@@ -675,11 +732,12 @@ def test_a_missing_alt_svc_is_advisory_where_http3_is_on(world):
 
 
 def test_a_websocket_refused_for_want_of_a_token_proves_the_route_and_asks_for_one(world):
-    world.behaviour.websocket = "401"
+    world.behaviour.websocket = "ping-with-token"  # as Mastodon 4: no WebSocket without a token
 
     results = world.run(("stack", "mastodon"))
 
-    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.PASS and "X-Error-Message: Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.SKIP and "--access-token" in heartbeat.detail
     assert check.summary(results)[0] == 0
@@ -693,6 +751,59 @@ def test_with_a_token_the_websocket_must_be_accepted(world):
 
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.FAIL and heartbeat.cause == "the access token was refused"
+    assert "Invalid access token" in heartbeat.detail
+
+
+def test_with_a_token_a_websocket_mastodon_accepts_receives_its_heartbeat(world):
+    world.behaviour.websocket = "ping-with-token"
+    world.options.access_token = "good"
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, "WebSocket heartbeat").status == check.PASS
+    assert by_name(results, "WebSocket reaches the streaming server").detail == "upgraded (101)"
+
+
+@pytest.mark.parametrize("token", [None, "good"])
+def test_an_edge_that_drops_the_upgrade_headers_fails_with_or_without_a_token(world, token):
+    world.behaviour.websocket = "ping-with-token"
+    world.behaviour.upgrade_headers = False
+    world.options.access_token = token
+
+    results = world.run(("stack", "mastodon"))
+
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.FAIL and "Upgrade headers were lost" in reaches.cause
+    assert "Unknown channel requested" in reaches.detail  # the HTTP handler's own JSON error
+    assert by_name(results, "WebSocket heartbeat").status == check.FAIL
+    assert check.summary(results)[0] == 1
+
+
+def test_a_401_from_the_http_handler_is_not_taken_for_the_upgrade_refusal(world, monkeypatch):
+    # On a stream given by path the HTTP handler, too, answers 401 without a token: its JSON
+    # body, not the status, tells that the Upgrade headers never reached the streaming server.
+    monkeypatch.setattr(check, "WEBSOCKET_PATH", "/api/v1/streaming/public/local")
+    world.behaviour.websocket = "ping-with-token"
+    world.behaviour.upgrade_headers = False
+
+    results = world.run(("stack", "mastodon"))
+
+    reaches = by_name(results, "WebSocket reaches the streaming server")
+    assert reaches.status == check.FAIL and reaches.detail.startswith("401 ")
+    assert "Missing access token" in reaches.detail
+    heartbeat = by_name(results, "WebSocket heartbeat")
+    assert heartbeat.status == check.FAIL and "upgrade headers were lost" in heartbeat.cause
+
+
+def test_the_fake_edge_routes_the_upgraded_stream_path_as_mastodon_does(world, monkeypatch):
+    # The same path with its Upgrade headers intact is refused at the WebSocket layer instead.
+    monkeypatch.setattr(check, "WEBSOCKET_PATH", "/api/v1/streaming/public/local")
+    world.behaviour.websocket = "ping-with-token"
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    assert by_name(results, "WebSocket heartbeat").status == check.SKIP
 
 
 # ---------------------------------------------------------------- bounded waits
@@ -727,24 +838,7 @@ def test_a_stack_that_cannot_be_read_is_one_failure_that_says_what_to_check(worl
 # ---------------------------------------------------------------- mail
 
 
-def test_mail_to_sends_a_confirmation_through_mastodon_and_removes_the_account(world):
-    world.options.mail_to = "admin@example.org"
-
-    results = world.run(("stack", "mail"))
-
-    assert by_name(results, "test mail").status == check.PASS
-    (sent,) = world.commands
-    (worker,) = world.instances(compute.WORKER_GROUP)
-    assert sent["InstanceIds"] == [worker] and sent["DocumentName"] == maintenance.RUN_SHELL_SCRIPT
-    lines = sent["Parameters"]["commands"]
-    create = next(line for line in lines if " accounts create " in line)
-    assert create.startswith(f"{maintenance.TOOTCTL} accounts create mailcheck")
-    assert create.endswith("--email admin@example.org") and "--confirmed" not in create
-    username = create.split()[3]
-    assert lines.index(create) < lines.index(f"{maintenance.TOOTCTL} accounts delete {username}")
-
-
-def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
+def _external_smtp(world: World, server: str = "smtp.example.org") -> None:
     names = check.parameter_names()
     cloudformation = world.client("cloudformation")
     template = cloudformation.get_template(StackName=STACK)["TemplateBody"]
@@ -754,16 +848,84 @@ def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(w
         TemplateBody=json.dumps(template),
         Parameters=[
             {"ParameterKey": names.domain.title, "ParameterValue": DOMAIN},
-            {"ParameterKey": names.smtp_server.title, "ParameterValue": "smtp.example.org"},
+            {"ParameterKey": names.smtp_server.title, "ParameterValue": server},
         ],
     )
 
+
+def test_mail_to_sends_one_mail_through_mastodon_on_the_worker_and_shows_the_reply(world):
+    world.options.mail_to = "admin@example.org"
+
     results = world.run(("stack", "mail"))
 
-    assert world.commands == []
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.PASS and world.worker.mail_reply in mailed.detail
+    assert world.worker.mails == ["admin@example.org"]
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    sent = [c for c in world.commands if check.MAIL_TO_ENV in " ".join(c["Parameters"]["commands"])]
+    (one,) = sent
+    assert one["InstanceIds"] == [worker] and one["DocumentName"] == maintenance.RUN_SHELL_SCRIPT
+    # The settings were read once, in the same Run Command as Sidekiq's processes.
+    assert len(world.commands) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        ("554 Message rejected: Email address is not verified.", ""),
+        ("", "Net::SMTPAuthenticationError: 535 Authentication Credentials Invalid"),
+    ],
+    ids=["refused", "login refused"],
+)
+def test_a_test_mail_the_smtp_server_does_not_take_fails_with_its_words(world, reply, error):
+    world.options.mail_to = "admin@example.org"
+    world.worker.mail_reply, world.worker.mail_error = reply or world.worker.mail_reply, error
+
+    results = world.run(("stack", "mail"))
+
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.FAIL
+    assert (reply or error) in mailed.detail + mailed.cause
+    assert check.summary(results)[0] == 1
+
+
+def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
+    _external_smtp(world)
+    world.worker.smtp.update(address="smtp.example.org")
+
+    results = world.run(("stack", "mail"))
+
+    assert world.worker.mails == []
     assert by_name(results, "test mail").status == check.SKIP
     assert by_name(results, "SES identity").status == check.SKIP
-    assert "smtp.example.org" in by_name(results, "SMTP settings").detail
+    settings = by_name(results, "SMTP settings")
+    assert settings.status == check.PASS and "smtp.example.org:587" in settings.detail
+
+
+def test_servers_still_mailing_through_ses_fail_when_the_stack_names_an_external_server(world):
+    _external_smtp(world)
+
+    results = world.run(("stack", "mail"))
+
+    settings = by_name(results, "SMTP settings")
+    assert settings.status == check.FAIL and "the stack says smtp.example.org:587" in settings.detail
+
+
+def test_the_smtp_settings_never_carry_a_secret(world):
+    world.run(("stack", "mail"))
+
+    (facts,) = world.commands
+    ruby = " ".join(facts["Parameters"]["commands"])
+    # Login and password reach the output only as present or not.
+    assert "smtp[:user_name].present?" in ruby and "smtp[:password].present?" in ruby
+    assert "smtp[:password]" not in ruby.replace("smtp[:password].present?", "")
+
+
+def test_the_container_the_check_asks_is_the_one_bootstrap_runs_sidekiq_in():
+    bootstrap = (Path(check.ROOT) / "templates" / "instance" / "bootstrap.sh").read_text()
+    assert f"write_unit {check.SIDEKIQ_CONTAINER} " in bootstrap
+    assert "--name $name" in bootstrap  # each unit's container is named after its unit
+    assert Worker().container == check.SIDEKIQ_CONTAINER
 
 
 def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_address(monkeypatch):
@@ -771,6 +933,101 @@ def test_the_command_line_reads_its_token_from_the_environment_and_checks_the_ad
     assert check.parse_args(["--stack-name", "s"]).access_token == "from-env"
     with pytest.raises(SystemExit):
         check.parse_args(["--stack-name", "s", "--mail-to", "nobody"])
+
+
+def test_a_run_command_that_never_ends_fails_both_lines_within_its_bound_and_runs_once(world):
+    world.worker.status = "InProgress"  # a dead agent: the command never leaves InProgress
+    world.options.runner_timeout = 0.2
+
+    results = world.run(("mail", "servers"))
+
+    for name in ("SMTP settings", "Sidekiq scheduler in exactly one process"):
+        line = by_name(results, name)
+        assert line.status == check.FAIL and "TimedOut" in line.detail
+    assert len(world.commands) == 1  # asked once, for both
+
+
+def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
+    # During a rollout the old worker's Sidekiq is told to stop: it fetches no more jobs.
+    world.worker.processes.append({"hostname": "ip-10-0-9-9", "queues": ["scheduler"], "quiet": True})
+
+    results = world.run(("servers",))
+
+    scheduler = by_name(results, "Sidekiq scheduler in exactly one process")
+    assert scheduler.status == check.PASS and "ip-10-0-9-9" not in scheduler.detail
+
+
+# ---------------------------------------------------------------- queue latency (issue 13's option)
+
+
+def _latency_option(world: World, values: list[float], threshold: float = 30) -> None:
+    """The Sidekiq metrics option on: its alarm on the stack's topic, and what it published."""
+    namespace, metric = check.QUEUE_LATENCY_METRIC
+    cloudwatch = world.client("cloudwatch")
+    dimensions = [{"Name": "Queue", "Value": "default"}]
+    cloudwatch.put_metric_alarm(
+        AlarmName="sidekiq-latency",
+        Namespace=namespace,
+        MetricName=metric,
+        Dimensions=dimensions,
+        Statistic="Maximum",
+        Period=60,
+        EvaluationPeriods=2,
+        Threshold=threshold,
+        ComparisonOperator="GreaterThanThreshold",
+        AlarmActions=[world.resources[operations.ALERT_TOPIC]],
+    )
+    cloudwatch.set_alarm_state(AlarmName="sidekiq-latency", StateValue="OK", StateReason="fine")
+    published = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=len(values))
+    for minute, value in enumerate(values):  # one a minute, the last a minute ago
+        cloudwatch.put_metric_data(
+            Namespace=namespace,
+            MetricData=[
+                {
+                    "MetricName": metric,
+                    "Dimensions": dimensions,
+                    "Value": value,
+                    "Unit": "Seconds",
+                    "Timestamp": published + datetime.timedelta(minutes=minute),
+                }
+            ],
+        )
+
+
+def test_queue_latency_is_skipped_with_why_when_the_metrics_option_is_off(world):
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.SKIP and "option is off" in latency.detail
+
+
+def test_queue_latency_under_its_alarm_threshold_passes(world):
+    _latency_option(world, [45, 2.5])
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.PASS and "default 2.5 (alarm at 30)" in latency.detail
+
+
+def test_queue_latency_over_its_alarm_threshold_fails(world):
+    _latency_option(world, [3, 45])  # the latest reading counts
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.FAIL and "do not keep up" in latency.cause
+    assert latency.step and check.summary(results)[0] == 1
+
+
+def test_queue_latency_the_option_stopped_publishing_fails(world):
+    _latency_option(world, [])
+
+    results = world.run(("servers",))
+
+    latency = by_name(results, "queue latency")
+    assert latency.status == check.FAIL and "no data: default" in latency.detail
+    assert "publisher stopped" in latency.cause
 
 
 # ---------------------------------------------------------------- after a deploy
@@ -812,3 +1069,17 @@ def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside
     closed = by_name(results, "load balancer not reachable directly")
     assert closed.status == check.PASS and closed.detail.startswith("internal ")
     assert "direct request refused" not in {r.name for r in results}
+
+
+def test_the_readme_says_exactly_how_to_run_the_live_check():
+    from tests.operations import test_check_live as live
+
+    readme = (Path(check.ROOT) / "README.md").read_text()
+    section = readme.split("### Checking against a real account (live mode)", 1)[1].split("\n## ", 1)[0]
+    for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED, *live.OPTIONAL):
+        assert f"| `{variable}` |" in section, variable
+    sample = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    assert all(f"{variable}=" in sample for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED))
+    command = sample.strip().splitlines()[-1].strip()
+    assert command in (live.__doc__ or ""), "the module's docstring runs it the same way"
+    assert command.endswith("tests/operations/test_check_live.py") and "-n 0" in command
