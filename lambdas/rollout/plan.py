@@ -384,7 +384,12 @@ def plan_group(
         budget = min(len(serving) - floor, len(stable) - 1)
         busy = sorted((s for s in candidates if s not in idle and s.healthy), key=lambda s: -s.launched)
         chosen = idle[:room]
-        chosen += busy[: max(min(room - len(chosen), budget), 0)]
+        take = max(min(room - len(chosen), budget), 0)
+        if settling and not moving and take < min(room - len(chosen), len(busy)):
+            # Beside a settling batch the next one drains whole or not at all: a part of it
+            # would be restarted out of step with the rest, each part settling on its own.
+            take = 0
+        chosen += busy[:take]
         plan.drain.extend(s.id for s in chosen)
     else:
         budget = 0
