@@ -117,6 +117,10 @@ def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, 
         aws.set_targets(target_groups, plan.redo_out, register=False)
     if plan.redo_in:
         per_server(lambda ids: aws.set_targets(target_groups, ids, register=True), plan.redo_in, GOING)
+    if plan.restore:  # before the flap is journalled: a tick that fails half-way finds it again
+        per_server(lambda ids: aws.set_targets(target_groups, ids, register=True), plan.restore, GOING)
+        per_server(lambda ids: aws.protect(group.name, ids, False), plan.restore, GOING)
+        aws.untag_servers(plan.restore, [JOURNAL_TAG])
     for iid, healthy_at in plan.healthy.items():
         old = journals[iid]
         assert old is not None

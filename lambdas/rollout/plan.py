@@ -196,6 +196,7 @@ class Plan:
     finish: list[str] = field(default_factory=list)  # unprotect, version tag, journal removed
     retire: list[str] = field(default_factory=list)  # journal, protect, deregister (then terminate)
     terminate: list[str] = field(default_factory=list)
+    restore: list[str] = field(default_factory=list)  # drained, not yet restarted: back in (register, untag)
     redo_out: list[str] = field(default_factory=list)  # journalled out but still in or unprotected
     redo_in: list[str] = field(default_factory=list)  # journalled joining but not registered
     flight: list[str] = field(default_factory=list)  # running the target, back in, failing health checks
@@ -231,6 +232,11 @@ def plan_group(
     max(1, size - batch), at least one server that has settled keeps serving while
     others settle, and a lone server is surged first. last_flight: the servers that
     ran the target and failed health checks at the previous tick.
+
+    Batches overlap: once a batch is back in service and healthy, the next one drains
+    while it settles (if a settled server still serves beside it), but is restarted only
+    once it has settled; should it flap meanwhile, the next batch, still on the version
+    it ran, goes back into service (`restore`) and waits.
     """
     plan = Plan()
 
@@ -241,6 +247,10 @@ def plan_group(
     plan.lost = [i for i in last_flight if i not in present]  # present and untagged: it finished
     moving: set[str] = set()  # out of service because of this rollout
     settling: set[str] = set()  # back in, healthy, not yet for settle_seconds
+    rejoining: set[str] = set()  # back in, not healthy (yet, or again)
+    drained: list[str] = []  # out of the load balancer, to restart once nothing settles
+    draining: list[str] = []  # journalled out, not restarted: what a flap puts back
+    flapped: list[str] = []  # healthy since they rejoined, and now not
     waits: list[float] = []
     for s in present.values():
         if not mine(s):
@@ -249,10 +259,12 @@ def plan_group(
         assert journal is not None
         if journal.step in (DRAINING_STEP, RETIRING):
             moving.add(s.id)
+            if journal.step == DRAINING_STEP:
+                draining.append(s.id)
             if s.registered or not s.protected:
                 plan.redo_out.append(s.id)  # the tick that journalled it failed half-way
             if s.drained:
-                (plan.deploy if journal.step == DRAINING_STEP else plan.terminate).append(s.id)
+                (drained if journal.step == DRAINING_STEP else plan.terminate).append(s.id)
             elif moment > journal.since + drain_seconds + DRAIN_MARGIN:
                 plan.failure = (
                     f"{s.id} did not drain from the load balancer within {drain_seconds + DRAIN_MARGIN}s"
@@ -289,9 +301,11 @@ def plan_group(
                     waits.append(journal.healthy_at + settle_seconds - moment)
             else:
                 moving.add(s.id)
+                rejoining.add(s.id)
                 waits.append(POLL)
                 if journal.healthy_at is not None:
                     plan.healthy[s.id] = None  # healthy, then not: the window starts again
+                    flapped.append(s.id)
                 if any(h not in IN_LOAD_BALANCER and h != DRAINING for h in s.health):
                     plan.redo_in.append(s.id)  # not in every target group: a registration failed half-way
                 if moment > journal.since + HEALTH_TIMEOUT:
@@ -301,6 +315,16 @@ def plan_group(
                     )
     if plan.failure:
         return plan
+    if flapped and draining:
+        # A settling server flapped while the next batch drained beside it: that batch has
+        # not been restarted, so it goes back into service on the version it runs, and
+        # waits (a release that keeps failing times out as before and is rolled back).
+        plan.restore = draining
+        plan.redo_out = [i for i in plan.redo_out if i not in draining]
+        moving -= set(draining)
+        drained = []
+    elif not settling and not rejoining:  # drained beside a settling batch: restarted once it settled
+        plan.deploy.extend(drained)
 
     finishing = set(plan.finish)
     serving = [s for s in present.values() if s.in_service and s.healthy and s.id not in moving]
@@ -309,8 +333,12 @@ def plan_group(
     on_target = [s for s in serving if (s.version == target and s.journal is None) or s.id in finishing]
     base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
     floor = max(1, base - batch) if balanced else 0
-    # A batch is done once its servers have settled: the next one waits for that.
-    room = max(batch - len(moving) - len(settling), 0) if balanced else max(batch - len(moving), 0)
+    # A batch is done once its servers have settled. The next one may drain meanwhile, once
+    # every server of this one is back and healthy (its restart waits for the settling: above).
+    if balanced and moving:
+        room = max(batch - len(moving) - len(settling), 0)
+    else:
+        room = max(batch - len(moving), 0)
 
     if surge and balanced and not moving and not settling:
         if len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
@@ -342,12 +370,26 @@ def plan_group(
 
     candidates = [s for s in pending if ready(s)]
     booting = [s for s in pending if not ready(s)]
+    # Registered, its first checks still running (a server put back): about to serve, not idle.
+    warming = [
+        s
+        for s in candidates
+        if s.in_service
+        and s.journal is None
+        and "initial" in s.health
+        and set(s.health) <= {HEALTHY, "initial"}
+    ]
     if balanced:
-        idle = [s for s in candidates if not (s.in_service and s.healthy)]
+        idle = [s for s in candidates if not (s.in_service and s.healthy) and s not in warming]
         budget = min(len(serving) - floor, len(stable) - 1)
-        busy = sorted((s for s in candidates if s not in idle), key=lambda s: -s.launched)
+        busy = sorted((s for s in candidates if s not in idle and s.healthy), key=lambda s: -s.launched)
         chosen = idle[:room]
-        chosen += busy[: max(min(room - len(chosen), budget), 0)]
+        take = max(min(room - len(chosen), budget), 0)
+        if settling and not moving and take < min(room - len(chosen), len(busy)):
+            # Beside a settling batch the next one drains whole or not at all: a part of it
+            # would be restarted out of step with the rest, each part settling on its own.
+            take = 0
+        chosen += busy[:take]
         plan.drain.extend(s.id for s in chosen)
     else:
         budget = 0
@@ -362,12 +404,13 @@ def plan_group(
         and not settling
         and not surge
         and not booting
+        and not warming
         and budget <= 0
     ):
         plan.surge = True
         plan.wait = BOOT_POLL
         return plan
-    if not pending and not moving and not settling:
+    if not pending and not moving and not settling and not plan.restore:
         if surge:
             plan.end_surge = (
                 len([s for s in present.values() if s.in_service]) <= max(base, 0) or not balanced
@@ -382,6 +425,7 @@ def plan_group(
         or plan.terminate
         or plan.adopt
         or plan.redo_in
+        or plan.restore
         or plan.healthy
     ):
         plan.wait = POLL

@@ -1,0 +1,286 @@
+"""Batches overlap: the next batch drains while the last one settles, and is restarted only
+once it has settled (docs/design.md, "The rollout's rules", Capacity).
+
+First plan_group's pure decisions, then whole rollouts in the simulated fleet with the
+faults that matter at the overlap: the settling batch flaps, a tick's answer is lost
+just as the overlap starts, the draining server or the settling one leaves.
+"""
+
+from __future__ import annotations
+
+from lambdas.rollout.plan import DEPLOYING, DRAINING_STEP, JOINING, Journal, Server, plan_group
+from simulation.world import NEW, OLD, Timing, World
+from tests.pipeline.test_rollout_faults import rolled_back, succeeded, watch
+
+ME = "exec"
+HEALTHY = ("healthy", "healthy")
+SETTLE, DRAIN = 30, 30
+
+
+def server(
+    iid: str, version: str = OLD, health=HEALTHY, journal: Journal | None = None, launched=0.0
+) -> Server:
+    return Server(
+        iid,
+        "InService",
+        True,
+        launched,
+        version,
+        journal=journal,
+        health=health,
+        protected=journal is not None,
+    )
+
+
+def settling(iid: str, healthy_at: float = 100.0) -> Server:
+    return server(iid, NEW, journal=Journal(ME, JOINING, NEW, 90.0, "c1", healthy_at))
+
+
+def draining(iid: str, health=("draining", "draining"), since: float = 100.0) -> Server:
+    return server(iid, OLD, health=health, journal=Journal(ME, DRAINING_STEP, NEW, since))
+
+
+def plan(servers: list[Server], moment: float = 110.0, batch: int = 1):
+    return plan_group(
+        servers,
+        {},
+        execution=ME,
+        target=NEW,
+        batch=batch,
+        balanced=True,
+        desired=len(servers),
+        surge=None,
+        moment=moment,
+        drain_seconds=DRAIN,
+        settle_seconds=SETTLE,
+        boot_grace=900,
+    )
+
+
+# ---------------------------------------------------------------- the rule, decision by decision
+def test_the_next_batch_drains_while_the_last_one_settles_beside_a_settled_server():
+    result = plan([settling("k"), server("old-1"), server("old-2")])
+    assert len(result.drain) == 1 and result.drain[0] in ("old-1", "old-2")
+    assert not result.finish and not result.deploy
+
+
+def test_with_no_settled_server_left_beside_the_settling_batch_the_next_one_waits():
+    # Two servers at batch 1: with the old one out, only the unsettled one would serve.
+    assert plan([settling("k"), server("old")]).drain == []
+    # Four at batch 2: the floor (max(1, 4 - 2) = 2) would let both old ones out beside the
+    # settling pair, but one settled server must keep serving; half a batch does not go
+    # early (it would be restarted out of step with its other half): the next batch waits.
+    four = plan([settling("k1"), settling("k2"), server("a"), server("b")], batch=2)
+    assert four.drain == []
+    # Five at batch 2: two out leave the settling pair and one settled server, the floor (3).
+    five = plan([settling("k1"), settling("k2"), server("a"), server("b"), server("c")], batch=2)
+    assert len(five.drain) == 2
+
+
+def test_a_drained_server_is_not_restarted_until_the_settling_batch_has_settled():
+    servers = [settling("k", healthy_at=100.0), draining("next", health=("unused", "unused")), server("old")]
+    early = plan(servers, moment=100.0 + SETTLE - 1)
+    assert early.deploy == [] and early.finish == []
+    assert early.wait <= SETTLE, "the look that ends the settling must come in time"
+    late = plan(servers, moment=100.0 + SETTLE)
+    assert late.finish == ["k"] and late.deploy == ["next"]
+
+
+def test_a_batch_that_flaps_while_the_next_one_drains_puts_that_one_back_into_service():
+    flapping = server(
+        "k", NEW, health=("unhealthy", "healthy"), journal=Journal(ME, JOINING, NEW, 90.0, "c1", 100.0)
+    )
+    for health in (("draining", "draining"), ("unused", "unused")):
+        result = plan([flapping, draining("next", health=health), server("old")], moment=105.0)
+        assert result.restore == ["next"], health
+        assert result.healthy == {"k": None}, "the flapped window must start again"
+        assert not result.deploy and not result.drain and not result.redo_out and result.failure is None
+
+
+def test_a_server_put_back_is_waited_for_while_its_checks_run_never_taken_for_idle():
+    # Not serving yet, it would be taken out again at once were it idle (nothing to lose).
+    back = server("next", health=("initial", "initial"))
+    assert plan([settling("k"), back, server("a"), server("b")]).drain == []
+
+
+def test_a_rejoining_batch_that_is_not_healthy_yet_lets_nothing_new_start():
+    rejoined = server("k", NEW, health=("initial", "initial"), journal=Journal(ME, JOINING, NEW, 100.0, "c1"))
+    assert plan([rejoined, server("a"), server("b")]).drain == []
+
+
+def test_a_restart_already_under_way_is_not_held_back():
+    deploying = server("k", OLD, health=("unused", "unused"), journal=Journal(ME, DEPLOYING, NEW, 90.0, "c1"))
+    result = plan_group(
+        [deploying, server("a"), server("b")],
+        {"k": ("Success", "")},
+        execution=ME,
+        target=NEW,
+        batch=1,
+        balanced=True,
+        desired=3,
+        surge=None,
+        moment=110.0,
+        drain_seconds=DRAIN,
+        settle_seconds=SETTLE,
+        boot_grace=900,
+    )
+    assert result.join == ["k"]
+
+
+# ---------------------------------------------------------------- whole rollouts
+OVERLAP = Timing(
+    drain=20, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=15
+)
+
+
+def steps(world: World) -> dict[str, str]:
+    """Each journalled server's step."""
+    return {iid: value.split("|")[1] for iid, value in world.journals().items()}
+
+
+def web_deploys(world: World) -> list[str]:
+    """The web servers sent a deploy of the new version, once per sending."""
+    workers = set(world.instances("worker"))
+    return [i for c in world.commands(f"deploy {NEW}") for i in c["instances"] if i not in workers]
+
+
+def overlapping(world: World) -> tuple[list[str], list[str]]:
+    """(drained or draining servers, settling or rejoining servers), both of this rollout."""
+    found = steps(world)
+    return (
+        [i for i, s in found.items() if s == DRAINING_STEP],
+        [i for i, s in found.items() if s == JOINING],
+    )
+
+
+def guard(world: World, seen: list[tuple[list[str], list[str]]]) -> None:
+    """After every step: no restart while another server has not settled; no more than a batch
+    out of the load balancer; the overlaps seen are recorded."""
+
+    def check(world: World, step: str) -> None:
+        found = steps(world)
+        restarting = [i for i, s in found.items() if s == DEPLOYING]
+        joining = [i for i, s in found.items() if s == JOINING]
+        assert not (restarting and joining), f"after {step}: {restarting} restarted while {joining} settle"
+        web = world.instances("web")
+        out = [i for i in web if not world.in_target_groups(i) and not world.booting(i)]
+        assert len(out) <= world.batch, f"after {step}: {out} out of the load balancer at once"
+        drains, joins = overlapping(world)
+        if drains and joins:
+            seen.append((drains, joins))
+
+    world.after_step.append(check)
+
+
+def test_a_rollout_overlaps_drains_with_settling_and_keeps_capacity(fleet):
+    world = fleet(web=3, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert seen, "no batch drained while another settled"
+    assert world.min_capacity_margin() >= 0
+    assert len(web_deploys(world)) == 3
+
+
+def test_two_servers_at_batch_one_never_overlap(fleet):
+    world = fleet(web=2, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert not seen, f"the only settled server was taken out: {seen}"
+    assert world.min_capacity_margin() >= 0
+
+
+def test_a_flap_while_the_next_batch_drains_puts_it_back_on_its_version_and_rolls_back(fleet):
+    world = fleet(web=4, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    world.sick_after[NEW] = 5  # healthy for 5 s, then failing: within the 15 s settling window
+    put_back: list[str] = []
+
+    def watch_put_back(world: World, step: str) -> None:
+        for drains, _ in seen:
+            for iid in drains:
+                if iid not in put_back and world.in_target_groups(iid) and world.versions[iid] == OLD:
+                    put_back.append(iid)
+
+    world.after_step.append(watch_put_back)
+    world.set_desired(NEW)
+    result = world.roll()
+    message = rolled_back(world, result)
+    assert "did not stay healthy" in message
+    assert seen, "the next batch never drained beside the settling one: the test proves nothing"
+    assert put_back, "the drained server never went back into the load balancer on its version"
+    assert len(web_deploys(world)) == 1, "a later batch was restarted"
+    assert not any("migrate post" in line for line in world.commands_sent())
+    # Only the release's own failure costs capacity: the flapping batch, until the one
+    # put back passes its checks (the load balancer's healthy threshold).
+    assert world.min_capacity_margin() >= -1
+
+
+def test_an_answer_lost_just_as_the_overlap_starts_is_retried_without_doing_anything_twice(fleet):
+    world = fleet(web=4, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    lost: list[int] = []
+
+    def lose(state: str, count: int) -> bool:
+        drains, joins = overlapping(world)
+        if state == "Web" and drains and joins and len(lost) < 2:
+            lost.append(count)
+            return True
+        return False
+
+    world.lose_answer = lose
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert lost and world.lost_answers == len(lost)
+    per_server = web_deploys(world)
+    assert sorted(per_server) == sorted(set(per_server)) and len(per_server) == 4, per_server
+    assert world.min_capacity_margin() >= 0
+
+
+def test_the_draining_server_terminated_during_the_overlap_is_replaced_and_the_rollout_goes_on(fleet):
+    world = fleet(web=4, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    gone: list[str] = []
+
+    def reclaim(world: World, step: str) -> None:
+        drains, joins = overlapping(world)
+        if step == "Web" and drains and joins and not gone:
+            gone.append(drains[0])
+            world.terminate(drains[0])
+
+    world.after_step.append(reclaim)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert gone and gone[0] not in world.instances("web")
+    assert world.min_capacity_margin() >= 0
+
+
+def test_the_settling_server_replaced_during_its_settle_leaves_the_rollout_consistent(fleet):
+    world = fleet(web=4, timing=OVERLAP)
+    watch(world)
+    seen: list[tuple[list[str], list[str]]] = []
+    guard(world, seen)
+    gone: list[str] = []
+
+    def replace(world: World, step: str) -> None:
+        drains, joins = overlapping(world)
+        if step == "Web" and drains and joins and not gone:
+            gone.append(joins[0])
+            world.terminate(joins[0])
+
+    world.after_step.append(replace)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert gone and gone[0] not in world.instances("web")
+    assert world.min_capacity_margin() >= 0
