@@ -1,6 +1,6 @@
 """Rollout benchmark: simulated duration against the unavoidable waits, and API calls per server.
 
-    python -m benchmarks.rollout [--quick] [--budget SECONDS]
+    python -m benchmarks.rollout [--quick] [--budget SECONDS] [--queue N]
 
 Runs whole rollouts in moto (simulation/world.py) with a simulated clock and
 realistic durations, for 1 to 32 web servers and a few batch sizes, and prints one
@@ -9,7 +9,8 @@ rollout can avoid: the pulls ahead beside the pre-deployment migrations, then pe
 batch draining, restart, health checks and settling, a surge server's boot, the
 worker, the invalidation), their ratio (target: at most 1.10), and the
 AWS API calls per server (target: flat as servers grow). Stops starting new cases
-once the time budget is spent.
+once the time budget is spent. The queue workers' group is empty unless --queue
+gives it servers (rolled beside the worker, in batches of the web group's size).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ SIZES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 5)
 
 
-def lower_bound(web: int, batch: int, timing: Timing) -> float:
+def lower_bound(web: int, batch: int, timing: Timing, queue: int = 0) -> float:
     """The waits no rollout can avoid, with this design's order of steps.
 
     While the worker pulls and runs the pre-deployment migrations, every web server
@@ -42,7 +43,8 @@ def lower_bound(web: int, batch: int, timing: Timing) -> float:
     after the post-deployment migrations: these are waits of the design, counted
     here, not overhead. A lone web server is surged first: a new server boots the
     deployed version (it was not there to pull ahead), takes the new one (a pull and
-    a restart), settles, then the old one drains.
+    a restart), settles, then the old one drains. The queue workers, having pulled
+    ahead too, restart in batches beside the worker.
     """
     ahead = max(timing.pull, timing.pull + timing.pre)  # the worker's pull comes before its migration
     cycle = timing.drain + timing.restart + timing.health + timing.settle
@@ -51,24 +53,26 @@ def lower_bound(web: int, batch: int, timing: Timing) -> float:
     else:
         web_time = math.ceil(web / min(batch, web - 1)) * cycle
     checks = 2 * timing.settle
-    return ahead + web_time + timing.worker + checks + timing.post + timing.invalidation
+    workers = max(1, math.ceil(queue / batch)) * timing.worker
+    return ahead + web_time + workers + checks + timing.post + timing.invalidation
 
 
-def run_case(web: int, batch: int, timing: Timing) -> tuple[float, float, float, int]:
-    with World(web=web, batch=batch, timing=timing) as world:
+def run_case(web: int, batch: int, timing: Timing, queue: int = 0) -> tuple[float, float, float, int]:
+    with World(web=web, batch=batch, timing=timing, queue=queue) as world:
         world.set_desired(NEW)
         result = world.roll(max_steps=200_000)
         assert result.status == "SUCCEEDED", result.output.get("failure")
         assert world.min_capacity_margin() >= 0
         calls = sum(world.calls.values())
-    bound = lower_bound(web, batch, timing)
-    return result.duration, bound, calls / (web + 1), world.min_capacity_margin()
+    bound = lower_bound(web, batch, timing, queue)
+    return result.duration, bound, calls / (web + 1 + queue), world.min_capacity_margin()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 to 8 servers only")
     parser.add_argument("--budget", type=float, default=240, help="wall-clock seconds (default: %(default)s)")
+    parser.add_argument("--queue", type=int, default=0, help="queue workers (default: %(default)s)")
     args = parser.parse_args(argv)
     timing = Timing()
     started = time.perf_counter()
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.perf_counter() - started > args.budget:
                 print(f"(time budget of {args.budget:.0f}s spent; remaining cases skipped)")
                 return 0 if worst <= 1.10 else 1
-            duration, bound, per_server, _ = run_case(web, batch, timing)
+            duration, bound, per_server, _ = run_case(web, batch, timing, args.queue)
             worst = max(worst, duration / bound)
             print(
                 f"{web:>4} {batch:>5} {duration:>10.0f} {bound:>8.0f} {duration / bound:>6.3f} "
