@@ -610,7 +610,8 @@ class World:
     def instances(self, name: str) -> list[str]:
         if name == "queue" and self.queue is None:
             return []
-        return [i["InstanceId"] for i in self.group(name)["Instances"]]
+        groups = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+        return [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
 
     def servers(self) -> list[str]:
         """Every server of every group (the queue workers' included)."""
