@@ -1,6 +1,6 @@
 """Rollout benchmark: simulated duration against the unavoidable waits, and API calls per server.
 
-    python -m benchmarks.rollout [--quick] [--budget SECONDS]
+    python -m benchmarks.rollout [--quick] [--budget SECONDS] [--queue N]
 
 Runs whole rollouts in moto (simulation/world.py) with a simulated clock and
 realistic durations, for 1 to 32 web servers and a few batch sizes, and prints one
@@ -11,7 +11,8 @@ that cannot overlap the next batch's drain, a surge server's boot, the worker, t
 fleet's two settling checks, the invalidation), their ratio (target: at most 1.10),
 the AWS API calls per server (target: flat as servers grow), and the ratio to issue
 12's formula, which counts no settling window at all. Stops starting new cases once
-the time budget is spent.
+the time budget is spent. The queue workers' group is empty unless --queue
+gives it servers (rolled beside the worker, in batches of the web group's size).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ SIZES = (1, 2, 4, 8, 16, 32)
 BATCHES = (1, 2, 5)
 
 
-def lower_bound(web: int, batch: int, timing: Timing) -> float:
+def lower_bound(web: int, batch: int, timing: Timing, queue: int = 0) -> float:
     """The waits no rollout can avoid, with this design's order of steps.
 
     While the worker pulls and runs the pre-deployment migrations, every web server
@@ -48,7 +49,8 @@ def lower_bound(web: int, batch: int, timing: Timing) -> float:
     post-deployment migrations. These are waits of the design, counted here, not
     overhead. A lone web server is surged first: a new server boots the deployed
     version (it was not there to pull ahead), takes the new one (a pull and a restart),
-    settles, then the old one drains.
+    settles, then the old one drains. The queue
+    workers, having pulled ahead too, restart in batches beside the worker.
     """
     ahead = max(timing.pull, timing.pull + timing.pre)  # the worker's pull comes before its migration
     out = timing.drain + timing.restart + timing.health
@@ -62,7 +64,8 @@ def lower_bound(web: int, batch: int, timing: Timing) -> float:
             overlaps = web - settling - following >= 1  # a settled server keeps serving beside them
             web_time += max(timing.settle - timing.drain, 0) if overlaps else timing.settle
     checks = 2 * timing.settle
-    return ahead + web_time + timing.worker + checks + timing.post + timing.invalidation
+    workers = max(1, math.ceil(queue / batch)) * timing.worker
+    return ahead + web_time + workers + checks + timing.post + timing.invalidation
 
 
 def issue_bound(web: int, batch: int, timing: Timing) -> float:
@@ -77,21 +80,22 @@ def issue_bound(web: int, batch: int, timing: Timing) -> float:
     return ahead + web_time + timing.worker + timing.post + timing.invalidation
 
 
-def run_case(web: int, batch: int, timing: Timing) -> tuple[float, float, float, int]:
-    with World(web=web, batch=batch, timing=timing) as world:
+def run_case(web: int, batch: int, timing: Timing, queue: int = 0) -> tuple[float, float, float, int]:
+    with World(web=web, batch=batch, timing=timing, queue=queue) as world:
         world.set_desired(NEW)
         result = world.roll(max_steps=200_000)
         assert result.status == "SUCCEEDED", result.output.get("failure")
         assert world.min_capacity_margin() >= 0
         calls = sum(world.calls.values())
-    bound = lower_bound(web, batch, timing)
-    return result.duration, bound, calls / (web + 1), world.min_capacity_margin()
+    bound = lower_bound(web, batch, timing, queue)
+    return result.duration, bound, calls / (web + 1 + queue), world.min_capacity_margin()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 to 8 servers only")
     parser.add_argument("--budget", type=float, default=240, help="wall-clock seconds (default: %(default)s)")
+    parser.add_argument("--queue", type=int, default=0, help="queue workers (default: %(default)s)")
     args = parser.parse_args(argv)
     timing = Timing()
     started = time.perf_counter()
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.perf_counter() - started > args.budget:
                 print(f"(time budget of {args.budget:.0f}s spent; remaining cases skipped)")
                 return 0 if worst <= 1.10 else 1
-            duration, bound, per_server, _ = run_case(web, batch, timing)
+            duration, bound, per_server, _ = run_case(web, batch, timing, args.queue)
             worst = max(worst, duration / bound)
             issue = issue_bound(web, batch, timing)
             worst_issue = max(worst_issue, duration / issue)

@@ -7,8 +7,8 @@
 Reads the rollout's state machine (the stack's RolloutStateMachine): the running
 execution, else the newest one. From the execution's history it takes the step it is
 at and the rollout's state (lambdas/rollout/state.py: the version rolled out, the one
-it replaces, the failure); from EC2 the servers of both groups and the version each
-runs (its version tag); from the rollout-last parameter the result of a
+it replaces, the failure); from EC2 the servers of every group and the version each
+runs (its version tag), the queue workers' also counted apart; from the rollout-last parameter the result of a
 finished one. `status` prints one summary; `watch` prints a line whenever something
 changes until the execution ends. Exit status: 0 the rollout succeeded, is running
 (status) or none ran yet; 1 it failed, or the stack or its state machine was not found.
@@ -86,7 +86,8 @@ class Rollout:
     failure: str | None
     rolling_back: bool
     done: int  # servers on the target version
-    total: int  # servers in both groups
+    total: int  # servers in every group
+    queue: tuple[int, int] | None = None  # the queue workers' (on the target, servers); None: no group
 
     def line(self, now: datetime) -> str:
         end = self.stopped or now
@@ -98,6 +99,10 @@ class Rollout:
         doing = STEPS.get(base, base)
         servers = f"{self.done} of {self.total} servers on {self.target}" if self.target else \
             f"{self.total} servers"
+        if self.queue is not None:
+            servers += f" (queue workers: {self.queue[0]} of {self.queue[1]})" if self.target else \
+                f" ({self.queue[1]} queue workers)"
+            doing += " and the queue workers" if base == "Worker" else ""
         if self.status == "RUNNING":
             text = f"{what}: {doing}, {servers}, {elapsed} elapsed"
         else:
@@ -156,22 +161,29 @@ def read_history(events: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return step, state
 
 
-def servers(groups: list[str], target: str | None, region: str | None) -> tuple[int, int]:
-    """(servers on the target version, servers) of the groups: what Auto Scaling holds now."""
+def servers(groups: list[str], target: str | None, region: str | None) -> dict[str, tuple[int, int]]:
+    """{group: (servers on the target version, servers)} of the groups: what Auto Scaling holds now."""
     groups = [g for g in groups if g]
     if not groups:
-        return 0, 0
+        return {}
     described = awscli.run(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
                             *groups], region)["AutoScalingGroups"]
-    ids = [i["InstanceId"] for g in described for i in g["Instances"]
-           if i.get("LifecycleState") not in ("Terminating", "Terminated", "Terminating:Wait",
-                                              "Terminating:Proceed")]
-    if not ids:
-        return 0, 0
-    reservations = awscli.run(["ec2", "describe-instances", "--instance-ids", *ids], region)["Reservations"]
-    versions = [next((t["Value"] for t in i.get("Tags", []) if t["Key"] == VERSION_TAG), None)
-                for r in reservations for i in r["Instances"]]
-    return sum(1 for v in versions if target and v == target), len(ids)
+    members = {i["InstanceId"]: g["AutoScalingGroupName"] for g in described for i in g["Instances"]
+               if i.get("LifecycleState") not in ("Terminating", "Terminated", "Terminating:Wait",
+                                                  "Terminating:Proceed")}
+    counts = {g: (0, 0) for g in groups}
+    for group in members.values():
+        counts[group] = (counts[group][0], counts[group][1] + 1)
+    if not members:
+        return counts
+    reservations = awscli.run(["ec2", "describe-instances", "--instance-ids", *members],
+                              region)["Reservations"]
+    for instance in (i for r in reservations for i in r["Instances"]):
+        version = next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == VERSION_TAG), None)
+        group = members.get(instance["InstanceId"])
+        if group and target and version == target:
+            counts[group] = (counts[group][0] + 1, counts[group][1])
+    return counts
 
 
 def look(machine: str, region: str | None) -> Rollout | None:
@@ -198,13 +210,16 @@ def look(machine: str, region: str | None) -> Rollout | None:
         if execution["status"] != "SUCCEEDED" and not failure:
             cause = execution.get("cause", "")
             failure = f"{execution.get('error', execution['status'])}: {cause}".strip(": ")
-    done, total = servers([config.get("web_group", ""), config.get("worker_group", "")],
-                          state.get("target"), region)
+    queue_group = config.get("queue_group") or ""
+    counts = servers([config.get("web_group", ""), config.get("worker_group", ""), queue_group],
+                     state.get("target"), region)
+    done, total = sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
     return Rollout(
         execution=str(newest["executionArn"]), status=str(execution["status"]), step=step,
         started=_time(execution.get("startDate")), stopped=_time(execution.get("stopDate")),
         target=state.get("target"), previous=state.get("previous"), failure=failure or None,
-        rolling_back=bool(state.get("rolling_back")), done=done, total=total)
+        rolling_back=bool(state.get("rolling_back")), done=done, total=total,
+        queue=counts.get(queue_group, (0, 0)) if queue_group else None)
 
 
 def _handled(name: str | None, region: str | None) -> dict[str, Any]:

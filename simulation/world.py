@@ -1,7 +1,7 @@
 """A simulated Mastodon fleet in moto, and a small Step Functions interpreter to roll it.
 
-`World` builds the stack's moving parts in moto (web and worker Auto Scaling groups,
-both target groups, the version parameters, the alert topic, a CloudFront
+`World` builds the stack's moving parts in moto (web, worker and queue workers' Auto
+Scaling groups, both target groups, the version parameters, the alert topic, a CloudFront
 distribution, the rollout state machine) and gives moto a clock and a sense of
 time that it lacks: draining takes the deregistration delay, a deploy or a
 migration takes its duration, a target turns healthy some seconds after it
@@ -47,6 +47,7 @@ DEPLOYED = "/mastodon/test/deployed-version"
 HANDLED = "/mastodon/test/rollout-last"
 IMAGES = ["ghcr.io/mastodon/mastodon", "ghcr.io/mastodon/mastodon-streaming"]
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+QUEUE_MAX = 6  # the queue workers' group's maximum size
 # Clients outlive each mock (moto intercepts every botocore client while active).
 _COUNTED: dict[str, Any] = {}
 _OWN: dict[str, Any] = {}
@@ -108,6 +109,9 @@ class Result:
 class World:
     web: int = 2
     batch: int = 1
+    # The queue workers' group (templates: the queue option): its size; None: the stack has
+    # none (the rollout's config says queue_group "").
+    queue: int | None = 0
     timing: Timing = field(default_factory=Timing)
     clock: float = START
     versions: dict[str, str] = field(default_factory=dict)  # what each server really runs
@@ -304,11 +308,13 @@ class World:
         for name, value in ((DESIRED, OLD), (DEPLOYED, OLD), (HANDLED, "{}")):
             ssm.put_parameter(Name=name, Value=value, Type="String")
         autoscaling = self.aws("autoscaling")
-        for group, size, tgs in (("web", self.web, self.target_groups), ("worker", 1, [])):
+        groups = [("web", self.web, self.target_groups), ("worker", 1, [])]
+        groups += [("queue", self.queue, [])] if self.queue is not None else []
+        for group, size, tgs in groups:
             autoscaling.create_auto_scaling_group(
                 AutoScalingGroupName=group,
                 MinSize=size,
-                MaxSize=max(size, 2) if group == "web" else 1,
+                MaxSize={"web": max(size, 2), "worker": 1}.get(group, QUEUE_MAX),
                 DesiredCapacity=size,
                 VPCZoneIdentifier=subnet,
                 TargetGroupARNs=tgs,
@@ -343,6 +349,7 @@ class World:
         config = {
             "web_group": "web",
             "worker_group": "worker",
+            "queue_group": "queue" if self.queue is not None else "",
             "target_groups": self.target_groups,
             "desired_parameter": DESIRED,
             "deployed_parameter": DEPLOYED,
@@ -370,9 +377,9 @@ class World:
         self._throttling_cloudfront()
         self.observe()
         self.clock += 300  # the fleet has served for a while when the rollout starts
-        for iid in self.instances("web") + self.instances("worker"):
+        for iid in self.servers():
             self.versions[iid] = OLD
-        self.tag(self.instances("web") + self.instances("worker"), OLD)
+        self.tag(self.servers(), OLD)
 
     def _throttling_cloudfront(self) -> None:
         from botocore.exceptions import ClientError
@@ -438,7 +445,7 @@ class World:
         ]
         for iid in done:
             self._tagged_at_boot.add(iid)
-            if iid in self.instances("web") + self.instances("worker"):
+            if iid in self.servers():
                 self.tag([iid], self.versions[iid])
 
     def _finish_launches(self) -> None:
@@ -486,7 +493,7 @@ class World:
             pulling = 0 if (iid, version) in self.pulled else self.timing.pull + self.slow_pulls.get(iid, 0)
             durations[iid] = pulling + {
                 "pull": 0,
-                "deploy": self.timing.worker if iid in self.instances("worker") else self.timing.restart,
+                "deploy": self.timing.restart if iid in self.instances("web") else self.timing.worker,
                 "migrate": self.timing.pre if "pre" in words else self.timing.post,
             }[mode]
         duration = durations[iid]
@@ -560,7 +567,7 @@ class World:
             self.aws("elbv2").deregister_targets(TargetGroupArn=tg, Targets=[{"Id": iid}])
 
     def group_of(self, iid: str) -> str:
-        return "web" if iid in self.instances("web") else "worker"
+        return next((g for g in ("web", "worker", "queue") if iid in self.instances(g)), "web")
 
     def journals(self) -> dict[str, str]:
         """Every journal tag left on a server."""
@@ -603,7 +610,14 @@ class World:
         return _OWN[name]
 
     def instances(self, name: str) -> list[str]:
-        return [i["InstanceId"] for i in self.group(name)["Instances"]]
+        if name == "queue" and self.queue is None:
+            return []
+        groups = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+        return [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
+
+    def servers(self) -> list[str]:
+        """Every server of every group (the queue workers' included)."""
+        return self.instances("web") + self.instances("worker") + self.instances("queue")
 
     def tag(self, instances: list[str], version: str) -> None:
         self.aws("ec2").create_tags(

@@ -166,6 +166,9 @@ class Compute:
     web_group: autoscaling.AutoScalingGroup
     worker_group: autoscaling.AutoScalingGroup
     log_groups: dict[str, logs.LogGroup]
+    # The queue workers' group (issue 13's option; its Condition, if any, is honoured by
+    # templates/pipeline.py), None when the template has none.
+    queue_group: autoscaling.AutoScalingGroup | None = None
 
     def web_group_arn(self) -> Sub:
         """For grants on the web group itself (its tags, sizes and processes)."""

@@ -316,7 +316,8 @@ def create_parameters(t: Template) -> Parameters:
         )),
         rolling_batch_size=add_parameter(t, GROUP_OPERATIONS, "Upgrade batch size", Parameter(
             "RollingBatchSize", Type="Number", Default="1", MinValue=1, MaxValue=5,
-            Description="Web servers an upgrade takes out of service at once. Serving capacity never "
+            Description="Web servers an upgrade takes out of service at once (and queue workers it "
+            "restarts at once). Serving capacity never "
             "drops below the group's size minus this (and never to zero: a lone server is "
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",

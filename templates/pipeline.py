@@ -8,9 +8,10 @@ than seconds. The order: queue behind any older rollout → validate the tag and
 images → pre-deployment migrations on the worker, while every other serving server
 pulls the new images (deploy.sh pull) → the web group in batches (drain, deploy.sh
 through Run Command, healthy again; a lone server is surged first) → the
-worker → post-deployment migrations → the deployed (boot) version → CloudFront
-invalidation → an SNS notice. Any failure before the post-deployment migrations
-rolls the changed servers back; the deployed version stays the last good one.
+worker and the queue workers (when the stack has them) → post-deployment migrations
+→ the deployed (boot) version → CloudFront invalidation → an SNS notice. Any failure
+before the post-deployment migrations rolls the changed servers back; the deployed
+version stays the last good one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from awacs.aws import (
 from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
+    If,
     Output,
     Ref,
     Sub,
@@ -62,6 +64,7 @@ STATE_MACHINE = "RolloutStateMachine"
 ROLLOUT_FUNCTION = "RolloutFunction"
 INVALIDATE_FUNCTION = "InvalidateFunction"
 ROLLOUT_STATE = "RolloutStateParameter"
+QUEUE_WORKERS_POLICY = "RolloutQueueWorkersPolicy"
 # Retried by the state machine: the Lambda service's own transient errors.
 LAMBDA_ERRORS = [
     "Lambda.ServiceException",
@@ -324,6 +327,47 @@ def rollout_statements(
     ]
 
 
+def _group_arn(group: object) -> Sub:
+    return _arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/${{{group.title}}}")  # type: ignore[attr-defined]
+
+
+def queue_group_statements(group: object) -> list[Statement]:
+    """What the rollout needs on the queue workers' group, and nothing more: Run Command and
+    the version and journal tags on its servers (rolled in place: no load balancer, no
+    protection, no surge), and holding its scaling (the hold tag first, then the processes)."""
+    name, arn = Ref(group), _group_arn(group)  # type: ignore[arg-type]
+    return [
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ssm.SendCommand],
+            Resource=[_arn("ec2", "instance/*")],
+            Condition=Condition(StringEquals(f"ssm:resourceTag/{names.GROUP_TAG}", [name])),
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_ec2.CreateTags, awacs_ec2.DeleteTags],
+            Resource=[_arn("ec2", "instance/*")],
+            Condition=Condition(
+                [
+                    StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", [name]),
+                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
+                ]
+            ),
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_autoscaling.SuspendProcesses, awacs_autoscaling.ResumeProcesses],
+            Resource=[arn],
+        ),
+        Statement(
+            Effect=Allow,
+            Action=[awacs_autoscaling.CreateOrUpdateTags, awacs_autoscaling.DeleteTags],
+            Resource=[arn],
+            Condition=Condition(ForAllValuesStringEquals("aws:TagKeys", [names.HOLD_TAG])),
+        ),
+    ]
+
+
 def create_pipeline(
     t: Template,
     p: Parameters,
@@ -418,7 +462,13 @@ def create_pipeline(
         "images": [MASTODON_IMAGE, STREAMING_IMAGE],
         "tag_pattern": RELEASE_TAG_PATTERN,
         "deploy_script": DEPLOY_SCRIPT,
+        "queue_group": "" if compute.queue_group is None else "${QueueGroup}",
     }
+    queue = compute.queue_group
+    queue_condition = None if queue is None else queue.resource.get("Condition")
+    substitutions: dict[str, object] = {}
+    if queue is not None:  # "" while the group's Condition is false
+        substitutions["QueueGroup"] = If(queue_condition, Ref(queue), "") if queue_condition else Ref(queue)
     machine = t.add_resource(
         stepfunctions.StateMachine(
             STATE_MACHINE,
@@ -438,6 +488,7 @@ def create_pipeline(
                 "BatchSize": Ref(p.rolling_batch_size),
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
                 "DistributionId": Ref(edge.distribution),  # type: ignore[arg-type]
+                **substitutions,
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",
@@ -467,6 +518,16 @@ def create_pipeline(
             ),
         )
     )
+    if queue is not None:  # the grants exist only with the group
+        t.add_resource(
+            iam.PolicyType(
+                QUEUE_WORKERS_POLICY,
+                PolicyName="RolloutQueueWorkers",
+                Roles=[Ref(functions.role_of(t, rollout))],
+                PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=queue_group_statements(queue)),
+                **({"Condition": queue_condition} if queue_condition else {}),
+            )
+        )
     events_role = policies.service_role(
         t, "RolloutTriggerRole", "events.amazonaws.com", "StartRollout",
         [Statement(Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)])],

@@ -75,13 +75,20 @@ class Group:
     max_size: int
     suspended: set[str]
     tags: dict[str, str] = field(default_factory=dict)
+    exists: bool = True
 
 
-def describe_group(name: str, target_groups: list[str]) -> Group:
-    """The group's sizes, suspended processes and tags, and each of its servers as AWS reports it."""
-    (asg,) = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
+def describe_group(name: str, target_groups: list[str], missing_ok: bool = False) -> Group:
+    """The group's sizes, suspended processes and tags, and each of its servers as AWS reports it.
+
+    missing_ok: a group that does not exist (an optional one, removed by a stack update while
+    a rollout runs) reads as an empty group that does not exist, not as an error."""
+    found = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])[
         "AutoScalingGroups"
     ]
+    if not found and missing_ok:
+        return Group(name=name, servers=[], desired=0, max_size=0, suspended=set(), exists=False)
+    (asg,) = found
     members = {i["InstanceId"]: i for i in asg["Instances"]}
     group = Group(
         name=name,

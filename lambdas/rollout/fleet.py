@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from lambdas.rollout import aws
 from lambdas.rollout.aws import Group, logger
-from lambdas.rollout.names import HOLD_TAG, JOURNAL_TAG, SURGE_TAG, VERSION_TAG, WEB
+from lambdas.rollout.names import HOLD_TAG, JOURNAL_TAG, QUEUE, SURGE_TAG, VERSION_TAG, WEB, WORKER
 from lambdas.rollout.plan import (
     DEPLOY_TIMEOUT,
     DEPLOYING,
@@ -32,14 +32,30 @@ from lambdas.rollout.plan import (
     Surge,
     plan_group,
 )
-from lambdas.rollout.state import State
+from lambdas.rollout.state import Config, State
 
 # Suspended on the web group while a rollout runs: a scale-in might pick the only
 # serving server while its replacement is not yet serving, a rebalance might replace
-# one mid-batch. ReplaceUnhealthy is not held: old servers that fail during a long
-# rollout must still be replaced; a release whose servers Auto Scaling replaces as
-# unhealthy is noticed instead (plan.MAX_LOST) and rolled back.
+# one mid-batch. The same on the queue workers' group: a scale-in (its queue latency
+# falling) or a rebalance would stop a server mid-deploy. ReplaceUnhealthy is not held:
+# old servers that fail during a long rollout must still be replaced; a release whose
+# servers Auto Scaling replaces as unhealthy is noticed instead (plan.MAX_LOST) and
+# rolled back.
 SCALING_PROCESSES = ["AlarmNotification", "ScheduledActions", "AZRebalance"]
+
+
+def roles(config: Config) -> tuple[str, ...]:
+    """The roles whose group the stack has, in the order of a rollout."""
+    return (WEB, WORKER, QUEUE) if config.queue_group else (WEB, WORKER)
+
+
+def group_name(config: Config, role: str) -> str:
+    return {WEB: config.web_group, WORKER: config.worker_group, QUEUE: config.queue_group}[role]
+
+
+def held_groups(config: Config) -> list[str]:
+    """The groups whose scaling a rollout holds: those that scale on their own."""
+    return [config.web_group] + ([config.queue_group] if config.queue_group else [])
 
 
 @dataclass
@@ -52,15 +68,20 @@ class Tick:
 
 
 def tick(state: State, role: str, target: str) -> Tick:
-    """One step of the rolling planner for `role` (web or worker) towards `target`."""
+    """One step of the rolling planner for `role` (web, worker or queue) towards `target`.
+
+    The web group is rolled in batches behind the load balancer; the worker (one server,
+    the scheduler) in place; the queue workers in place, in batches of the same size as
+    the web group's (no load balancer: a server is settled once deploy.sh's Sidekiq
+    stability watch passed and it is tagged on the version)."""
     config = state.config
     balanced = role == WEB
-    name = config.web_group if balanced else config.worker_group
+    name = group_name(config, role)
     target_groups = config.target_groups if balanced else []
-    group = aws.describe_group(name, target_groups)
+    group = aws.describe_group(name, target_groups, missing_ok=role == QUEUE)
     me = state.short_execution
     surge = Surge.decode(group.tags.get(SURGE_TAG))
-    surge = surge if surge and surge.execution == me else None
+    surge = surge if surge and surge.execution == me and balanced else None
 
     def mine(s: Server) -> bool:
         return s.journal is not None and s.journal.execution == me and s.journal.target == target
@@ -80,7 +101,7 @@ def tick(state: State, role: str, target: str) -> Tick:
         commands,
         execution=me,
         target=target,
-        batch=config.batch_size if balanced else 1,
+        batch=1 if role == WORKER else config.batch_size,
         balanced=balanced,
         desired=group.desired,
         surge=surge,
@@ -231,14 +252,21 @@ def release_surge(group: Group, me: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- scaling held
-def hold_scaling(state: State) -> list[str]:
-    """Suspends SCALING_PROCESSES on the web group, recording first which ones it suspends.
+def hold_scaling(state: State) -> dict[str, list[str]]:
+    """Suspends SCALING_PROCESSES on the web group and the queue workers' group, recording
+    first, on each group, which ones it suspends; {group: processes held}.
 
     Processes an operator had suspended are left out, so that release_scaling resumes
     only the rollout's. A record left by an earlier rollout that could not finish is
     adopted (its processes are resumed at this one's end), and so is its surge.
     """
-    group = aws.describe_group(state.config.web_group, [])
+    return {name: _hold_group(state, name) for name in held_groups(state.config)}
+
+
+def _hold_group(state: State, name: str) -> list[str]:
+    group = aws.describe_group(name, [], missing_ok=name != state.config.web_group)
+    if not group.exists:
+        return []
     me = state.short_execution
     record = _hold_record(group)
     if record and record[0] == me:
@@ -248,7 +276,7 @@ def hold_scaling(state: State) -> list[str]:
         processes = sorted(adopted | {p for p in SCALING_PROCESSES if p not in group.suspended})
         aws.tag_group(group.name, HOLD_TAG, json.dumps([me, processes]))
         leftover = Surge.decode(group.tags.get(SURGE_TAG))
-        if leftover and leftover.execution != me:
+        if leftover and leftover.execution != me and name == state.config.web_group:
             release_surge(group, None)
     missing = [p for p in processes if p not in group.suspended]
     if missing:
@@ -257,10 +285,16 @@ def hold_scaling(state: State) -> list[str]:
 
 
 def release_scaling(state: State) -> str | None:
-    """Resumes what this rollout suspended; why it could not, or None."""
-    group_name = state.config.web_group
+    """Resumes what this rollout suspended, on every group it held; why it could not, or None."""
+    problems = [_release_group(state, name) for name in held_groups(state.config)]
+    return "; ".join(p for p in problems if p) or None
+
+
+def _release_group(state: State, group_name: str) -> str | None:
+    web = group_name == state.config.web_group
+    what = "web group" if web else "queue workers' group"
     try:
-        group = aws.describe_group(group_name, [])
+        group = aws.describe_group(group_name, [], missing_ok=not web)
         record = _hold_record(group)
         if not record or record[0] != state.short_execution:
             return None
@@ -268,9 +302,9 @@ def release_scaling(state: State) -> str | None:
             aws.resume(group_name, record[1])
         aws.untag_group(group_name, HOLD_TAG)
     except Exception as error:  # the notice must still go out
-        logger.exception("Could not resume the web group's scaling processes")
+        logger.exception("Could not resume a group's scaling processes", extra={"group": group_name})
         return (
-            f"the web group's scaling processes may still be suspended ({error}); resume them: "
+            f"the {what}'s scaling processes may still be suspended ({error}); resume them: "
             f"aws autoscaling resume-processes --auto-scaling-group-name {group_name}"
         )
     return None
@@ -289,8 +323,9 @@ def _hold_record(group: Group) -> tuple[str, list[str]] | None:
 def journalled(state: State) -> list[str]:
     """Servers a rollout, any rollout, left journalled: out of service, or of unknown version."""
     found: list[str] = []
-    for name in (state.config.web_group, state.config.worker_group):
-        found += [s.id for s in aws.describe_group(name, []).servers if not s.gone and s.journal]
+    for role in roles(state.config):
+        group = aws.describe_group(group_name(state.config, role), [], missing_ok=role == QUEUE)
+        found += [s.id for s in group.servers if not s.gone and s.journal]
     return found
 
 
@@ -301,15 +336,17 @@ def strays(state: State) -> list[str]:
     stay, so that the next rollout deploys to them whatever they run.
     """
     found: list[str] = []
-    for name, tgs in ((state.config.web_group, state.config.target_groups), (state.config.worker_group, [])):
-        group = aws.describe_group(name, tgs)
+    for role in roles(state.config):
+        name = group_name(state.config, role)
+        group = aws.describe_group(name, state.config.target_groups if role == WEB else [],
+                                   missing_ok=role == QUEUE)
         ours = [
             s
             for s in group.servers
             if not s.gone and s.journal and s.journal.execution == state.short_execution
         ]
         protected = [s.id for s in ours if s.protected]
-        if protected and name == state.config.web_group:
+        if protected and role == WEB:
             aws.protect(name, protected, False)
         found += [s.id for s in ours]
     return found

@@ -18,6 +18,11 @@ ROLLBACK = "rollback"
 FINISH = "finish"
 ACTIONS = (BEGIN, VALIDATE, MIGRATE, WEB, WORKER, RECORD, VERIFY, ROLLBACK, FINISH)
 
+# Server roles, one Auto Scaling group each. The web and worker roles are also actions;
+# the queue workers (an optional group: config queue_group "" when off) are rolled by
+# the worker action, beside the worker.
+QUEUE = "queue"
+
 # Outcomes: the "next" of a step's answer, on which the state machine chooses.
 GO = "go"  # begin, validate: on to the next step
 QUEUED = "queued"  # begin: an older rollout runs; ask again after "wait" seconds
@@ -36,8 +41,9 @@ FINAL = "final"
 
 # Tags. The version a server runs (set once it is settled on it); on a server the
 # rollout is working on, its journal (what it is doing to it, written before it does
-# it); on the web group, the scaling processes a rollout suspended and the sizes it
-# raised, written before it changes them, so that whatever it changes is restored.
+# it); on the web group (and the queue workers' group), the scaling processes a rollout
+# suspended, and on the web group the sizes it raised, written before it changes them,
+# so that whatever it changes is restored.
 VERSION_TAG = "mastodon:version"
 JOURNAL_TAG = "mastodon:rollout"
 HOLD_TAG = "mastodon:rollout-hold"

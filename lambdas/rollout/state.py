@@ -36,19 +36,27 @@ class Config:
     images: list[str]
     tag_pattern: str
     deploy_script: str
+    # The queue workers' group; "" when the option is off. A default, so that an execution
+    # started before the stack gained the field goes on without it.
+    queue_group: str = ""
 
     @staticmethod
     def parse(raw: Any) -> Config:
         if not isinstance(raw, dict):
             raise ValueError("the state has no 'config' object")
         try:
-            values = {f.name: raw[f.name] for f in dataclasses.fields(Config)}
+            values = {
+                f.name: raw[f.name] if f.default is dataclasses.MISSING else raw.get(f.name, f.default)
+                for f in dataclasses.fields(Config)
+            }
             for name in ("batch_size", "drain_seconds", "settle_seconds", "boot_grace"):
                 values[name] = int(values[name])
         except KeyError as missing:
             raise ValueError(f"the state's config lacks {missing}") from None
         except (TypeError, ValueError):
             raise ValueError("the state's config has a size that is not a whole number") from None
+        if not isinstance(values["queue_group"], str):
+            raise ValueError("the state's config has a queue_group that is not a name")
         if not 1 <= values["batch_size"] <= 50:
             raise ValueError(f"batch_size must be 1 to 50, not {values['batch_size']}")
         return Config(**values)
@@ -92,7 +100,7 @@ class State:
     rollback_started: float | None = None
     restored: bool | None = None  # after a rollback: verified on the previous version
     failure: str | None = None
-    held: bool = False  # the web group's scaling is held (its hold tag is the record)
+    held: bool = False  # the web and queue groups' scaling is held (their hold tags are the record)
     worker_wait: float | None = None  # since when migrate has waited for a worker in service
     finish_tries: int = 0  # finish's attempts to resume scaling
     other: dict[str, Any] = field(default_factory=dict)  # keys of others, passed through

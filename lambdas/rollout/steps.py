@@ -10,14 +10,16 @@
             to restart; a failed pull fails the rollout before any server leaves the
             load balancer
   web       one tick over the web group (drain, deploy, rejoin, settle; surge when one
-            server serves alone); the first tick holds the group's scaling
-  worker    one tick over the worker group
+            server serves alone); the first tick holds the scaling of the web group
+            and of the queue workers' group
+  worker    one tick over the worker group and one over the queue workers' group (when
+            the stack has one), side by side: done when both are
   record    deployed-version := target: servers launched from now on boot it
   verify    the whole fleet converged on the target and healthy over a settling
             window: before the post-deployment migrations (a failure still rolls
             back) and after them (the last look before success is recorded)
   rollback  deployed-version back, then ticks towards the previous version over
-            every server that is not verified on it
+            every server (of every group) that is not verified on it
   finish    scaling resumed, a leftover surge undone, the notice (what was verified),
             the handled record, and whether a newer version waits
 
@@ -45,7 +47,6 @@ from lambdas.rollout.names import (
     ROLLOUT_TIMEOUT,
     WAIT,
     WEB,
-    WORKER,
 )
 from lambdas.rollout.plan import (
     BOOT_POLL,
@@ -190,7 +191,7 @@ def migrate(state: State, phase: str) -> State:
 
 
 def pull_ahead(state: State, busy: str) -> bool:
-    """Every serving server of both groups pulls the target's images while it serves (deploy.sh
+    """Every serving server of every group pulls the target's images while it serves (deploy.sh
     pull); whether a pull still runs. `busy`: the worker running the migration, which pulls
     the image itself. Sent pulls are found again by their marker when a step is retried, and
     a server that comes into service meanwhile gets its pull at the next look."""
@@ -198,7 +199,8 @@ def pull_ahead(state: State, busy: str) -> bool:
     assert target is not None
     web = aws.describe_group(config.web_group, config.target_groups)
     workers = aws.describe_group(config.worker_group, [])
-    servers = web.servers + [s for s in workers.servers if s.id != busy]
+    queue = aws.describe_group(config.queue_group, [], missing_ok=True).servers if config.queue_group else []
+    servers = web.servers + [s for s in workers.servers if s.id != busy] + queue
     present = {s.id for s in servers if not s.gone}
     pulls = {iid: (str(sent[0]), float(sent[1])) for iid, sent in state.pulls.items()}
     statuses = {
@@ -241,10 +243,10 @@ def _group_step(state: State, role: str, target: str) -> State:
 
 
 def _hold(state: State) -> None:
-    """Scaling held while the rollout moves web servers (recorded first: see fleet.hold_scaling)."""
+    """Scaling held while the rollout moves servers (recorded first: see fleet.hold_scaling)."""
     if not state.held:
         processes = fleet.hold_scaling(state)
-        logger.info("Web group scaling held", extra={"processes": processes})
+        logger.info("Scaling held", extra={"processes": processes})
         state.held = True
 
 
@@ -255,8 +257,20 @@ def web(state: State) -> State:
 
 
 def worker(state: State) -> State:
+    """The worker and the queue workers, side by side: done when both groups are."""
+    _hold(state)
     assert state.target is not None
-    return _group_step(state, WORKER, state.target)
+    waits: list[int] = []
+    for role in fleet.roles(state.config)[1:]:
+        result = fleet.tick(state, role, state.target)
+        if result.failure:
+            return _failed(state, result.failure)
+        if result.next != DONE:
+            waits.append(result.wait)
+    if waits:
+        return _waiting(state, min(waits))
+    state.next = DONE
+    return state
 
 
 def record(state: State) -> State:
@@ -275,7 +289,7 @@ def verify(state: State, phase: str) -> State:
     assert state.target is not None
     _hold(state)
     moment = aws.now()
-    for role in (WEB, WORKER):
+    for role in fleet.roles(state.config):
         result = fleet.tick(state, role, state.target)
         if result.failure:
             return _failed(state, result.failure)
@@ -334,7 +348,7 @@ def rollback(state: State) -> State:
     deployed, _ = aws.read_parameter(state.config.deployed_parameter)
     if deployed != state.previous:  # new servers must boot the previous version again
         aws.write_parameter(state.config.deployed_parameter, state.previous)
-    for role in (WEB, WORKER):
+    for role in fleet.roles(state.config):
         result = fleet.tick(state, role, state.previous)
         if result.failure:
             state.other["rollback_error"] = result.failure

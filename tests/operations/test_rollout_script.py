@@ -120,6 +120,29 @@ def test_status_shows_the_running_rollouts_version_step_and_servers(aws_env, rol
     assert "elapsed" in first and "execution: arn:aws:states:us-east-1:" in result.stdout
 
 
+def test_status_shows_the_queue_workers_progress_apart(aws_env, rollout_stack, history):
+    queue = f"{rollout_stack.name}-queue"
+    client("autoscaling").create_auto_scaling_group(
+        AutoScalingGroupName=queue, MinSize=0, MaxSize=3, DesiredCapacity=2,
+        VPCZoneIdentifier=client("autoscaling").describe_auto_scaling_groups(
+            AutoScalingGroupNames=[rollout_stack.web])["AutoScalingGroups"][0]["VPCZoneIdentifier"],
+        LaunchTemplate={"LaunchTemplateName": rollout_stack.name})
+    (described,) = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[queue])[
+        "AutoScalingGroups"]
+    first, second = (i["InstanceId"] for i in described["Instances"])
+    client("ec2").create_tags(Resources=[first], Tags=[{"Key": VERSION_TAG, "Value": NEW}])
+    client("ec2").create_tags(Resources=[second], Tags=[{"Key": VERSION_TAG, "Value": OLD}])
+    start(rollout_stack)
+    with_queue = state()
+    with_queue["config"]["queue_group"] = queue
+    history[:] = [entered("Worker", with_queue), exited("Web", with_queue)]
+    result = run_script("rollout.py", rollout_stack.name, "status", env=aws_env, timeout=280)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(
+        f"rollout of {NEW} (from {OLD}): upgrading the worker and the queue workers, "
+        f"2 of 5 servers on {NEW} (queue workers: 1 of 2)")
+
+
 def test_status_of_a_failed_rollout_gives_the_reason_from_its_record(aws_env, rollout_stack, history):
     execution = start(rollout_stack)
     client("stepfunctions").stop_execution(executionArn=execution, error="RolloutFailed")

@@ -6,6 +6,8 @@ every step, not only at the end:
 - healthy web capacity never falls to zero once the rollout has started;
 - no server serves the old version once the post-deployment migrations have begun;
 - at most one migration per phase;
+- no worker or queue worker runs the old version once the post-deployment migrations
+  have begun; the queue workers' scaling is held while the rollout moves one of them;
 and at the end: every serving server on one version, deployed-version that version,
 scaling processes and sizes as the operator left them, no protection or journal
 left behind, exactly one notice, and the notice true.
@@ -45,12 +47,20 @@ def watch(world: World, min_healthy: int = 1) -> None:
         if any("migrate post" in line for line in lines):
             old = [i for i in healthy if world.versions.get(i) != NEW]
             assert not old, f"after {step}: {old} serve the old version against the migrated schema"
+            sidekiq = world.instances("worker") + world.instances("queue")
+            old = [i for i in sidekiq if world.versions.get(i) != NEW]
+            assert not old, f"after {step}: {old} run jobs of the old version against the migrated schema"
+        journalled = set(world.journals())
+        moving = step in ("Worker", "Rollback") and journalled & set(world.instances("queue"))
+        if moving:
+            suspended = {p["ProcessName"] for p in world.group("queue")["SuspendedProcesses"]}
+            assert HELD <= suspended, f"after {step}: a queue worker is rolled while its group scales"
 
     world.after_step.append(check)
 
 
 def servers(world: World) -> dict[str, str]:
-    return {i: world.versions[i] for i in world.instances("web") + world.instances("worker")}
+    return {i: world.versions[i] for i in world.servers()}
 
 
 def settled(
@@ -68,6 +78,10 @@ def settled(
     assert not [i["InstanceId"] for i in group["Instances"] if i["ProtectedFromScaleIn"]], "protection left"
     assert world.journals() == {}, "journal tags left behind"
     assert not {t["Key"] for t in group.get("Tags", [])} & {names.HOLD_TAG, names.SURGE_TAG}
+    if world.queue is not None:  # the queue workers' scaling as the operator left it too
+        queue = world.group("queue")
+        assert {p["ProcessName"] for p in queue["SuspendedProcesses"]} == set(suspended)
+        assert names.HOLD_TAG not in {t["Key"] for t in queue.get("Tags", [])}
     record = json.loads(world.parameter(HANDLED))  # always valid JSON
     assert record["result"] in ("succeeded", "failed")
 
