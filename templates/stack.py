@@ -69,6 +69,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
         t, p, stores, assets.lambdas["database_settings"],
         after=[fleet.web_group.title, fleet.worker_group.title, cdn.distribution.title])
     scaling.create_web_scaling(t, p, fleet)
+    scaling.create_queue_worker_scaling(t, p, fleet)
     maintenance.create_maintenance(t, fleet.worker_group)
     operations_key = keys.create_operations_key(t)
     alerts = operations.create_alert_topic(t, p, operations_key)
