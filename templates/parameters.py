@@ -443,9 +443,10 @@ def _add_queue_worker_rules(t: Template, p: Parameters) -> None:
         limit = capacity.largest_fleet(d)
         if limit >= capacity.WEB_MAX_SIZE_LIMIT + capacity.QUEUE_WORKER_MAX_SIZE_LIMIT:
             continue
+        top = capacity.QUEUE_WORKER_MAX_SIZE_LIMIT
         clauses = [
             {"Fn::Or": [{"Fn::Not": [{"Fn::Equals": [Ref(p.web_max_size), str(w)]}]},
-                        _not_one_of(high, list(range(limit - w + 1, capacity.QUEUE_WORKER_MAX_SIZE_LIMIT + 1)))]}
+                        _not_one_of(high, list(range(limit - w + 1, top + 1)))]}
             for w in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1)
             if limit - w < capacity.QUEUE_WORKER_MAX_SIZE_LIMIT
         ]
