@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lambdas.rollout.names import VERSION_TAG
+from templates import sidekiq
 from templates.compute import (
     BOOT_DATABASE_WAIT_SECONDS,
     BOOT_HEALTH_WAIT_SECONDS,
@@ -20,7 +21,6 @@ from templates.compute import (
     LAUNCH_HOOK,
     SERVER_FACTS,
 )
-from templates import sidekiq
 from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
 from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
 
