@@ -18,7 +18,12 @@ from troposphere import Sub
 SCHEDULER_QUEUE = "scheduler"
 # (queue, weight) in sidekiq.yml's order; a queue without a weight there weighs 1.
 QUEUE_WEIGHTS: tuple[tuple[str, int], ...] = (
-    ("default", 8), ("push", 6), ("ingress", 4), ("mailers", 2), ("pull", 1), (SCHEDULER_QUEUE, 1),
+    ("default", 8),
+    ("push", 6),
+    ("ingress", 4),
+    ("mailers", 2),
+    ("pull", 1),
+    (SCHEDULER_QUEUE, 1),
     ("fasp", 1),
 )
 QUEUES: tuple[str, ...] = tuple(name for name, _ in QUEUE_WEIGHTS)
@@ -38,13 +43,13 @@ CONTAINER_STOP_SECONDS = SIDEKIQ_SHUTDOWN_SECONDS + 5
 # The metrics, in one namespace per stack (the servers may publish only there).
 METRICS_NAMESPACE = Sub("Mastodon/${AWS::StackName}")
 QUEUE_DIMENSION = "Queue"
-LATENCY_METRIC = "QueueLatency"          # seconds the oldest job of a queue has waited
-SIZE_METRIC = "QueueSize"                # jobs waiting in a queue
-OLDEST_JOB_METRIC = "OldestJobLatency"   # the largest QueueLatency: what the alarm watches
+LATENCY_METRIC = "QueueLatency"  # seconds the oldest job of a queue has waited
+SIZE_METRIC = "QueueSize"  # jobs waiting in a queue
+OLDEST_JOB_METRIC = "OldestJobLatency"  # the largest QueueLatency: what the alarm watches
 QUEUE_WORKER_LATENCY_METRIC = "QueueWorkerLatency"  # the largest over the queue workers' queues
 DEAD_METRIC = "DeadJobs"
 RETRY_METRIC = "RetryJobs"
-PROCESSES_METRIC = "SidekiqProcesses"    # live Sidekiq processes (heartbeats), all groups
+PROCESSES_METRIC = "SidekiqProcesses"  # live Sidekiq processes (heartbeats), all groups
 METRICS_PERIOD_SECONDS = 60
 # What CloudWatch bills a month: each (name, dimensions) published is one custom metric.
 CUSTOM_METRICS = 2 * len(QUEUES) + 5
