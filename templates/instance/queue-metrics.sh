@@ -30,15 +30,17 @@ RETRY_BACKOFF=${QUEUE_METRICS_RETRY_BACKOFF:-5}
 READ_TIMEOUT=${QUEUE_METRICS_READ_TIMEOUT:-30}
 
 # Prints "queue NAME SIZE LATENCY" for each queue given, then "retry N", "dead N" and
-# "processes N". ProcessSet counts the processes whose heartbeat is recent.
-READ_STATISTICS='
-require "sidekiq/api"
-Sidekiq.configure_client { |config| config.redis = { url: ENV["SIDEKIQ_REDIS_URL"] || ENV.fetch("REDIS_URL") } }
-ARGV.each { |name| queue = Sidekiq::Queue.new(name); puts "queue #{name} #{queue.size} #{queue.latency.to_f.round(3)}" }
-puts "retry #{Sidekiq::RetrySet.new.size}"
-puts "dead #{Sidekiq::DeadSet.new.size}"
-puts "processes #{Sidekiq::ProcessSet.new.size}"
-'
+# "processes N". ProcessSet counts the processes whose heartbeat is recent. One line of
+# Ruby, its statements joined by semicolons.
+# shellcheck disable=SC2016  # Ruby's #{...}, not the shell's
+READ_STATISTICS=(
+  'require "sidekiq/api"'
+  'Sidekiq.configure_client { |config| config.redis = { url: ENV["SIDEKIQ_REDIS_URL"] || ENV.fetch("REDIS_URL") } }'
+  'ARGV.each { |name| queue = Sidekiq::Queue.new(name); puts "queue #{name} #{queue.size} #{queue.latency.to_f.round(3)}" }'
+  'puts "retry #{Sidekiq::RetrySet.new.size}"'
+  'puts "dead #{Sidekiq::DeadSet.new.size}"'
+  'puts "processes #{Sidekiq::ProcessSet.new.size}"'
+)
 
 [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing: is this a Mastodon server?"
 # Exported: the Python below reads the metric names from its environment.
@@ -59,7 +61,7 @@ for pair in $SIDEKIQ_QUEUE_WEIGHTS; do
 done
 
 [ -n "$(running_sidekiq)" ] || fail "mastodon-sidekiq is not running: no statistics to publish"
-statistics=$(timeout "$READ_TIMEOUT" docker exec mastodon-sidekiq bundle exec ruby -e "$READ_STATISTICS" \
+statistics=$(timeout "$READ_TIMEOUT" docker exec mastodon-sidekiq bundle exec ruby -e "$(IFS=';' && echo "${READ_STATISTICS[*]}")" \
   "${queues[@]}" 2>&1) || fail "cannot read Sidekiq's statistics: $(tail -n 3 <<<"$statistics" | tr '\n' ' ')"
 
 data=$(mktemp)
