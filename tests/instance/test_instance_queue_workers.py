@@ -50,6 +50,14 @@ def test_a_queue_worker_runs_its_queues_with_sidekiqs_weights_and_never_the_sche
     assert not (run.root / "etc/systemd/system/mastodon-queue-metrics.timer").exists()
 
 
+def test_a_queue_worker_whose_sidekiq_keeps_restarting_signals_failure(bootstrap):
+    run = bootstrap(
+        "queue", stack=QUEUE_ON, sidekiq="restarting", env={"BOOTSTRAP_WORKER_STABLE_SECONDS": "1"}
+    )
+    assert run.returncode != 0
+    assert [(s["resource"], s["status"]) for s in run.signals()] == [("QueueWorkerGroup", "FAILURE")]
+
+
 def test_the_default_worker_runs_every_queue_as_before(worker_run):
     command = sidekiq_command(worker_run)
     assert queue_options(command) == [], "no -q: sidekiq.yml's list, scheduler included"
