@@ -4,8 +4,9 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs) and the Sidekiq worker (no instance in service). Every alarm notifies the
-topic when it fires and when it recovers.
+jobs) and the Sidekiq worker (no instance in service); with queue workers, Sidekiq
+itself (a job waits too long, no process alive). Every alarm notifies the topic when it
+fires and when it recovers.
 
 A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
 state machine's status events mails the topic at once, naming the execution

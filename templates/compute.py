@@ -1,4 +1,5 @@
-"""The servers: a web Auto Scaling group (Puma + streaming) and a single Sidekiq worker.
+"""The servers: a web Auto Scaling group (Puma + streaming), a single Sidekiq worker, and
+optionally a group of Sidekiq queue workers (parameters.HAS_QUEUE_WORKERS).
 
 Amazon Linux 2023 from AWS's public SSM AMI parameter (Graviton unless an x86 type
 is chosen), IMDSv2 only, no SSH (Session Manager and Run Command instead), and a
@@ -12,7 +13,10 @@ reason when Mastodon does not come up.
 
 The worker group is exactly one instance and is replaced by terminating first, so
 two Sidekiq processes never run the scheduler queue at once. The web group is
-replaced by a new group that must signal healthy before the old one goes.
+replaced by a new group that must signal healthy before the old one goes. Queue
+workers run every queue but the scheduler's (templates/sidekiq.py), from
+QueueWorkerMinSize to QueueWorkerMaxSize, scaled on the queue latency the worker
+publishes (templates/scaling.py).
 """
 
 from __future__ import annotations
