@@ -444,7 +444,7 @@ def _add_queue_worker_rules(t: Template, p: Parameters) -> None:
         if limit >= capacity.WEB_MAX_SIZE_LIMIT + capacity.QUEUE_WORKER_MAX_SIZE_LIMIT:
             continue
         top = capacity.QUEUE_WORKER_MAX_SIZE_LIMIT
-        clauses = [
+        clauses: list[dict[str, object]] = [
             {"Fn::Or": [{"Fn::Not": [{"Fn::Equals": [Ref(p.web_max_size), str(w)]}]},
                         _not_one_of(high, list(range(limit - w + 1, top + 1)))]}
             for w in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1)
@@ -468,7 +468,7 @@ def _and_of(clauses: list[dict[str, object]]) -> list[dict[str, object]]:
     while len(clauses) > 10:
         clauses = [{"Fn::And": chunk} if len(chunk) > 1 else chunk[0]
                    for chunk in (clauses[i:i + 10] for i in range(0, len(clauses), 10))]
-    return [{"Fn::And": clauses}] if len(clauses) > 1 else clauses
+    return [{"Fn::And": list(clauses)}] if len(clauses) > 1 else clauses
 
 
 def _add_mappings(t: Template) -> None:
