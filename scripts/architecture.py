@@ -129,6 +129,13 @@ FLOWS: tuple[Flow, ...] = (
         (Step("topic", "SNS alert topic", "encrypted", "AlertTopic"),),
         (Step("email", "alert e-mail", "the AlertEmail parameter"),),
     )),
+    Flow("Sidekiq queue workers (optional): scaled on the queues' latency", (
+        (WORKER,),
+        (Step("metrics", "queue metrics", "CloudWatch, every minute"),),
+        (Step("latency", "latency alarms", "out > 30 s, in < 5 s", "QueueWorkerLatencyHighAlarm"),),
+        (Step("scaling", "step scaling", "a server or two at a time", "QueueWorkerScaleOut"),),
+        (Step("queue", "queue workers", "Sidekiq, no scheduler", "QueueWorkerAutoScalingGroup"),),
+    )),
     Flow("Daily cleanup of remote media", (
         (Step("daily", "daily cleanup", _prop("DailyCleanupRule", "ScheduleExpression"),
               "DailyCleanupRule"),),

@@ -7,7 +7,8 @@ tier adds shows up here without a change: instances (per Auto Scaling group, at 
 minimum size, on-demand or spot), their EBS volumes and public IPv4 addresses, load
 balancers and their public addresses (none for an internal one), NAT gateways, RDS
 instances and storage (Multi-AZ doubles both), ElastiCache nodes, Secrets Manager
-secrets, KMS keys, CloudWatch alarms (per metric watched), WAF web ACLs and rules,
+secrets, KMS keys, CloudWatch alarms (per metric watched), the custom metrics the servers
+publish (counted in the metadata of the resource that lets them), WAF web ACLs and rules,
 the log ingestion of idle servers, and functions a schedule runs. Usage-priced services (CloudFront, S3,
 Lambda, Step Functions, SNS, data transfer, LCUs) cost nothing before traffic and
 are named in one zero line. Conditions on the region are judged in the price
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scripts.template_values import Evaluator, parameter_values
+from templates.compute import CUSTOM_METRICS_METADATA
 
 SPOT_PARAMETER = "UseSpotInstances"
 USAGE_ONLY = "CloudFront, S3, Lambda, Step Functions, SNS, SSM, EventBridge, data transfer, ALB LCUs"
@@ -204,6 +206,15 @@ class _Counter:
         self.add("alarms", f"{len(found)} × Alarm, {metrics} metric(s)",
                  metrics * float(self.prices["alarm_month"]))
 
+    def custom_metrics(self) -> None:
+        """Metrics the servers publish bill per metric and month; the resource that grants the
+        publishing says how many in its metadata."""
+        for name, resource in self.resources.items():
+            count = resource.get("Metadata", {}).get(CUSTOM_METRICS_METADATA)
+            if count and self.ev.creates(name):
+                self.add("custom metrics", f"{count} published every minute ({name})",
+                         int(count) * float(self.prices["custom_metric_month"]))
+
     def dashboards(self) -> None:
         found = len(self.of_type("AWS::CloudWatch::Dashboard"))
         free = int(self.prices["free_dashboards_per_account"])
@@ -291,6 +302,7 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.per_month("AWS::SecretsManager::Secret", "secrets", "secret_month")
     counter.per_month("AWS::KMS::Key", "KMS keys", "kms_key_month")
     counter.alarms()
+    counter.custom_metrics()
     counter.dashboards()
     counter.firewall()
     counter.logs()

@@ -90,7 +90,9 @@ def example_values(values: Mapping[str, str]) -> list[str]:
 
 def _constraint_problems(spec: Mapping[str, Any], value: str) -> list[str]:
     found = []
-    if "AllowedValues" in spec and value not in [str(v) for v in spec["AllowedValues"]]:
+    # A CommaDelimitedList's every member must be allowed.
+    members = value.split(",") if spec.get("Type") == "CommaDelimitedList" else [value]
+    if "AllowedValues" in spec and not set(members) <= {str(v) for v in spec["AllowedValues"]}:
         found.append(f"not one of {', '.join(map(str, spec['AllowedValues']))}")
     if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], value):
         found.append(spec.get("ConstraintDescription") or f"does not match {spec['AllowedPattern']}")

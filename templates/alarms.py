@@ -4,8 +4,9 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs) and the Sidekiq worker (no instance in service). Every alarm notifies the
-topic when it fires and when it recovers.
+jobs) and the Sidekiq worker (no instance in service); with queue workers, Sidekiq
+itself (a job waits too long, no process alive). Every alarm notifies the topic when it
+fires and when it recovers.
 
 A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
 state machine's status events mails the topic at once, naming the execution
@@ -36,7 +37,7 @@ from troposphere import (
     sns,
 )
 
-from templates import capacity, parameters
+from templates import capacity, parameters, sidekiq
 from templates.compute import Compute
 from templates.data import Data
 from templates.load_balancing import LoadBalancing
@@ -53,6 +54,12 @@ DATABASE_CONNECTIONS_SHARE = 0.8  # of max_connections: new connections will soo
 DATABASE_FREE_MEMORY_SHARE = 0.1  # of the class's memory: the instance starts to swap
 CACHE_MEMORY_PERCENT = 80         # of maxmemory: evictions come next
 WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
+# With queue workers: a job that has waited ten minutes, five minutes running, means the
+# groups at their maximum cannot keep up (the queue workers scale out at half a minute),
+# or a queue no live process runs. Federation and notifications are that late.
+OLDEST_JOB_ALERT_SECONDS = 600
+SIDEKIQ_OLDEST_JOB_ALARM = "SidekiqOldestJobAlarm"
+SIDEKIQ_NO_PROCESS_ALARM = "SidekiqNoProcessAlarm"
 
 # The worker is an Auto Scaling group of one: its in-service count is its health.
 WORKER_GROUP_METRICS = ["GroupInServiceInstances", "GroupDesiredCapacity"]
@@ -188,7 +195,36 @@ def create_alarms(t: Template, p: parameters.Parameters, load_balancing: LoadBal
         "worker group's activity and the sidekiq logs.",
         "AWS/AutoScaling", "GroupInServiceInstances", {"AutoScalingGroupName": Ref(compute.worker_group)},
         Threshold("Minimum", "LessThanThreshold", WORKER_IN_SERVICE_MINIMUM, 60, 5, 5, "breaching")))
+    alarms += create_queue_alarms(t, compute, topic)
     return alarms
+
+
+def create_queue_alarms(t: Template, compute: Compute, topic: sns.Topic) -> list[cloudwatch.Alarm]:
+    """With queue workers, on the metrics the main worker publishes (templates/sidekiq.py).
+
+    No data for the process count means the publisher itself, the main worker's Sidekiq or
+    Redis, is down: as bad as no process (breaching). The alarms appear once the worker
+    has signalled, so that its boot raises nothing.
+    """
+    found = [
+        _alarm(t, SIDEKIQ_OLDEST_JOB_ALARM, topic, "Sidekiq jobs wait too long",
+               f"A job has waited over {OLDEST_JOB_ALERT_SECONDS // 60} minutes: raise "
+               "QueueWorkerMaxSize or the instance types, or check that every queue runs somewhere; "
+               "see the sidekiq logs.",
+               sidekiq.METRICS_NAMESPACE, sidekiq.OLDEST_JOB_METRIC, {},
+               Threshold("Maximum", "GreaterThanThreshold", OLDEST_JOB_ALERT_SECONDS,
+                         sidekiq.METRICS_PERIOD_SECONDS, 5, 5)),
+        _alarm(t, SIDEKIQ_NO_PROCESS_ALARM, topic, "no Sidekiq process alive",
+               "No Sidekiq process reports to Redis, or the main worker cannot tell: jobs and the "
+               "schedule stop. See the sidekiq logs and the worker's mastodon-queue-metrics unit.",
+               sidekiq.METRICS_NAMESPACE, sidekiq.PROCESSES_METRIC, {},
+               Threshold("Minimum", "LessThanThreshold", 1, sidekiq.METRICS_PERIOD_SECONDS, 3, 3,
+                         "breaching"),
+               after=[compute.worker_group.title]),
+    ]
+    for alarm in found:
+        alarm.Condition = parameters.HAS_QUEUE_WORKERS
+    return found
 
 
 # The e-mail a failed rollout sends. EventBridge wants a text template quoted: each
@@ -272,8 +308,13 @@ def dashboard_body(alarm_names: list[str]) -> dict[str, Any]:
 
 
 def create_dashboard(t: Template) -> cloudwatch.Dashboard:
-    """A dashboard of every alarm in the stack; call after the last alarm is added."""
-    names = sorted(name for name, r in t.resources.items() if isinstance(r, cloudwatch.Alarm))
+    """A dashboard of every alarm in the stack; call after the last alarm is added.
+
+    Alarms of an option (those with a Condition) are left out: the body would name an
+    alarm that may not exist.
+    """
+    names = sorted(name for name, r in t.resources.items()
+                   if isinstance(r, cloudwatch.Alarm) and not hasattr(r, "Condition"))
     return t.add_resource(cloudwatch.Dashboard(
         DASHBOARD,
         DashboardName=Sub("${AWS::StackName}-mastodon"),

@@ -60,6 +60,8 @@ DEFAULT_WEB_INSTANCE_TYPE = "t4g.small"
 # The cheapest worker (about $6 a month on demand in us-east-1), enough for a small
 # instance; a t4g.small runs more Sidekiq threads, without leaning on swap.
 DEFAULT_WORKER_INSTANCE_TYPE = "t4g.micro"
+# Queue workers exist for load a micro cannot carry: 2 GiB runs ~17 threads (pools.sh).
+DEFAULT_QUEUE_WORKER_INSTANCE_TYPE = "t4g.small"
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,9 @@ DEFAULT_DATABASE_CLASS = "db.t4g.micro"
 WEB_MIN_SIZE_LIMIT = 1
 WEB_MAX_SIZE_LIMIT = 10
 ROLLOUT_SURGE = 1
+# The optional queue-worker group (templates/sidekiq.py): 0 to this many servers. The
+# rollout deploys to them in place, without a surge.
+QUEUE_WORKER_MAX_SIZE_LIMIT = 10
 
 # Connections kept free of the fleet's pools: RDS reserves 3 for the superuser
 # (superuser_reserved_connections), and one-off containers (migrations, tootctl,
@@ -105,3 +110,19 @@ ONE_OFF_CONNECTIONS = 7
 # tootctl's threads (--concurrency, 5 by default) each hold one. Both fit the reserve.
 ONE_OFF_DB_POOL = 2
 TOOTCTL_DB_POOL = 6
+
+# The smallest connection share every server fits in (pools.sh): a web server's one Puma
+# worker of 2 threads, its preloading master and a streaming pool of 2; Sidekiq needs 2.
+SMALLEST_SHARE = 2 + 1 + 2
+
+
+def fleet_instances(web_max_size: int, queue_worker_max_size: int) -> int:
+    """Servers the database's connections are shared among: the web group at its maximum
+    plus the rollout's surge, the main worker, and the queue workers at their maximum."""
+    return web_max_size + ROLLOUT_SURGE + 1 + queue_worker_max_size
+
+
+def largest_fleet(database: DatabaseClass) -> int:
+    """The most web plus queue-worker servers (at their maxima) this class's connections fit."""
+    budget = database.max_connections - RESERVED_CONNECTIONS - ONE_OFF_CONNECTIONS
+    return budget // SMALLEST_SHARE - fleet_instances(0, 0)

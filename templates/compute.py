@@ -1,4 +1,5 @@
-"""The servers: a web Auto Scaling group (Puma + streaming) and a single Sidekiq worker.
+"""The servers: a web Auto Scaling group (Puma + streaming), a single Sidekiq worker, and
+optionally a group of Sidekiq queue workers (parameters.HAS_QUEUE_WORKERS).
 
 Amazon Linux 2023 from AWS's public SSM AMI parameter (Graviton unless an x86 type
 is chosen), IMDSv2 only, no SSH (Session Manager and Run Command instead), and a
@@ -12,7 +13,10 @@ reason when Mastodon does not come up.
 
 The worker group is exactly one instance and is replaced by terminating first, so
 two Sidekiq processes never run the scheduler queue at once. The web group is
-replaced by a new group that must signal healthy before the old one goes.
+replaced by a new group that must signal healthy before the old one goes. Queue
+workers run every queue but the scheduler's (templates/sidekiq.py), from
+QueueWorkerMinSize to QueueWorkerMaxSize, scaled on the queue latency the worker
+publishes (templates/scaling.py).
 """
 
 from __future__ import annotations
@@ -22,13 +26,22 @@ from dataclasses import dataclass
 
 from awacs import autoscaling as awacs_autoscaling
 from awacs import cloudformation as awacs_cfn
+from awacs import cloudwatch as awacs_cloudwatch
 from awacs import ec2 as awacs_ec2
 from awacs import elasticloadbalancing as awacs_elb
 from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
 from awacs import secretsmanager as awacs_sm
 from awacs import ssm as awacs_ssm
-from awacs.aws import Action, Allow, Condition, ForAllValuesStringEquals, Statement, StringEquals
+from awacs.aws import (
+    Action,
+    Allow,
+    Condition,
+    ForAllValuesStringEquals,
+    PolicyDocument,
+    Statement,
+    StringEquals,
+)
 from troposphere import (
     Base64,
     FindInMap,
@@ -54,7 +67,7 @@ from troposphere.policies import (
 )
 
 from lambdas.rollout.names import VERSION_TAG
-from templates import capacity, parameters, policies
+from templates import capacity, parameters, policies, sidekiq
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import (
     STREAMING_HEALTH_PATH,
@@ -87,6 +100,14 @@ WEB_GROUP = "WebAutoScalingGroup"
 WEB_SERVER_ROLE = "WebServerRole"
 WORKER_SERVER_ROLE = "ServerRole"
 WORKER_GROUP = "WorkerAutoScalingGroup"
+# The optional queue workers (parameters.HAS_QUEUE_WORKERS): Sidekiq without the scheduler.
+QUEUE_GROUP = "QueueWorkerAutoScalingGroup"
+QUEUE_LAUNCH_TEMPLATE = "QueueWorkerLaunchTemplate"
+QUEUE_SERVER_ROLE = "QueueWorkerServerRole"
+QUEUE_METRICS_POLICY = "QueueMetricsPolicy"
+# A resource's metadata key that tells scripts/costs.py how many custom metrics the
+# servers publish while it exists.
+CUSTOM_METRICS_METADATA = "CustomMetrics"
 INSTANCE_SECURITY_GROUP = "ServerSecurityGroup"
 WEB_LAUNCH_TEMPLATE = "WebLaunchTemplate"
 WORKER_LAUNCH_TEMPLATE = "WorkerLaunchTemplate"
@@ -166,14 +187,25 @@ class Compute:
     web_group: autoscaling.AutoScalingGroup
     worker_group: autoscaling.AutoScalingGroup
     log_groups: dict[str, logs.LogGroup]
-    # The queue workers' group (issue 13's option; its Condition, if any, is honoured by
-    # templates/pipeline.py), None when the template has none.
-    queue_group: autoscaling.AutoScalingGroup | None = None
+    # Exists only under parameters.HAS_QUEUE_WORKERS: refer to it through the helpers below.
+    queue_group: autoscaling.AutoScalingGroup
 
     def web_group_arn(self) -> Sub:
         """For grants on the web group itself (its tags, sizes and processes)."""
-        return Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:"
-                   f"autoScalingGroupName/${{{self.web_group.title}}}")
+        return _group_arn(self.web_group)
+
+    def queue_group_name(self) -> If:
+        """The queue workers' group name, or "" when the option is off (the rollout's queue_group)."""
+        return If(parameters.HAS_QUEUE_WORKERS, Ref(self.queue_group), "")
+
+    def queue_group_arn(self) -> If:
+        """For grants on the queue workers' group: its ARN, or no value when the option is off."""
+        return If(parameters.HAS_QUEUE_WORKERS, _group_arn(self.queue_group), Ref("AWS::NoValue"))
+
+
+def _group_arn(group: autoscaling.AutoScalingGroup) -> Sub:
+    return Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:autoScalingGroup:*:"
+               f"autoScalingGroupName/${{{group.title}}}")
 
 
 def create_server_security_group(t: Template, network: Network,
@@ -207,9 +239,13 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
         ))
         for name in PROCESS_LOGS
     }
-    web_role, worker_role = _server_roles(t, p, load_balancing, data, secrets, versions, log_groups)
+    web_role, worker_role, queue_role = _server_roles(
+        t, p, load_balancing, data, secrets, versions, log_groups)
     web_profile = t.add_resource(iam.InstanceProfile("WebServerInstanceProfile", Roles=[Ref(web_role)]))
     worker_profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(worker_role)]))
+    queue_profile = t.add_resource(iam.InstanceProfile(
+        "QueueWorkerInstanceProfile", Condition=parameters.HAS_QUEUE_WORKERS, Roles=[Ref(queue_role)]))
+    _grant_queue_metrics(t, worker_role)
 
     def stack_env(server_role: str, group: str) -> dict[str, object]:
         return {
@@ -241,6 +277,9 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "MAX_CONNECTIONS": FindInMap(parameters.DATABASE_CONNECTIONS_MAP,
                                          Ref(p.database_class), "MaxConnections"),
             "WEB_MAX_SIZE": Ref(p.web_max_size),
+            "QUEUE_WORKER_MAX_SIZE": Ref(p.queue_worker_max_size),
+            "MAIN_WORKER_QUEUES": Join(",", Ref(p.main_worker_queues)),
+            "QUEUE_WORKER_QUEUES": Join(",", Ref(p.queue_worker_queues)),
             "ROLLOUT_SURGE": str(capacity.ROLLOUT_SURGE),
             "DB_CONNECTION_RESERVE": str(capacity.RESERVED_CONNECTIONS + capacity.ONE_OFF_CONNECTIONS),
             "CLOUDFRONT_PREFIX_LIST_ID": GetAtt(load_balancing.cloudfront_prefix_list, "Id"),
@@ -249,6 +288,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
             **SERVER_FACTS,
+            **sidekiq.SERVER_FACTS,
         }
 
     # Only web servers wait in the launch hook and in the target groups.
@@ -260,6 +300,13 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
         "BOOT_TARGET_WAIT_SECONDS": str(BOOT_TARGET_WAIT_SECONDS),
     }
 
+    # The main worker publishes the queue metrics (bootstrap.sh's timer); empty: no queue
+    # workers, nothing to publish.
+    worker_env = {
+        **stack_env("worker", WORKER_GROUP),
+        "METRICS_NAMESPACE": If(parameters.HAS_QUEUE_WORKERS, sidekiq.METRICS_NAMESPACE, ""),
+    }
+
     web_template = _launch_template(
         t, WEB_LAUNCH_TEMPLATE, Ref(p.web_instance_type), parameters.WEB_IS_ARM, web_profile,
         server_security_group, user_data(web_env, scripts, WEB_LAUNCH_TEMPLATE),
@@ -267,7 +314,12 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
     worker_template = _launch_template(
         t, WORKER_LAUNCH_TEMPLATE, Ref(p.worker_instance_type), parameters.WORKER_IS_ARM, worker_profile,
         server_security_group,
-        user_data(stack_env("worker", WORKER_GROUP), scripts, WORKER_LAUNCH_TEMPLATE), scripts)
+        user_data(worker_env, scripts, WORKER_LAUNCH_TEMPLATE), scripts)
+    queue_template = _launch_template(
+        t, QUEUE_LAUNCH_TEMPLATE, Ref(p.queue_worker_instance_type), parameters.QUEUE_WORKER_IS_ARM,
+        queue_profile, server_security_group,
+        user_data(stack_env("queue", QUEUE_GROUP), scripts, QUEUE_LAUNCH_TEMPLATE), scripts,
+        condition=parameters.HAS_QUEUE_WORKERS)
 
     web = t.add_resource(autoscaling.AutoScalingGroup(
         WEB_GROUP,
@@ -312,7 +364,51 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             MinInstancesInService=0, MaxBatchSize=1, WaitOnResourceSignals=True,
             PauseTime=SIGNAL_TIMEOUT)),
     ))
-    return Compute(web_group=web, worker_group=worker, log_groups=log_groups)
+    # Queue workers boot like the worker but wait for the database like a web server, and
+    # run Sidekiq on QueueWorkerQueues only. No load balancer: EC2 health, the boot signal,
+    # and Sidekiq's graceful shutdown on scale-in (templates/sidekiq.py).
+    queue = t.add_resource(autoscaling.AutoScalingGroup(
+        QUEUE_GROUP,
+        Condition=parameters.HAS_QUEUE_WORKERS,
+        MinSize=Ref(p.queue_worker_min_size),
+        MaxSize=Ref(p.queue_worker_max_size),
+        VPCZoneIdentifier=[Ref(s) for s in network.public_subnets],
+        MixedInstancesPolicy=_market(queue_template, Ref(p.queue_worker_instance_type)),
+        CapacityRebalance=If(parameters.USE_SPOT, True, False),
+        HealthCheckType="EC2",
+        HealthCheckGracePeriod=WORKER_HEALTH_CHECK_GRACE_SECONDS,
+        Tags=[autoscaling.Tag("Name", "mastodon-queue", True),
+              autoscaling.Tag(ROLE_TAG, "queue", True)],
+        CreationPolicy=CreationPolicy(
+            ResourceSignal=ResourceSignal(Count=Ref(p.queue_worker_min_size), Timeout=SIGNAL_TIMEOUT)),
+        # One server at a time, each signalling before the next; the scaling alarms may not
+        # move the group meanwhile (AWS's advice for rolling updates of a scaled group).
+        UpdatePolicy=UpdatePolicy(AutoScalingRollingUpdate=AutoScalingRollingUpdate(
+            MinInstancesInService=0, MaxBatchSize=1, WaitOnResourceSignals=True,
+            PauseTime=SIGNAL_TIMEOUT,
+            SuspendProcesses=["HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification",
+                              "ScheduledActions"])),
+    ))
+    return Compute(web_group=web, worker_group=worker, log_groups=log_groups, queue_group=queue)
+
+
+def _grant_queue_metrics(t: Template, worker_role: iam.Role) -> iam.PolicyType:
+    """The main worker publishes the queue metrics, into the stack's namespace only.
+
+    PutMetricData accepts no resource ARN; the cloudwatch:namespace condition key limits
+    it (CloudWatch User Guide, "CloudWatch condition keys"). The metadata prices them.
+    """
+    return t.add_resource(iam.PolicyType(
+        QUEUE_METRICS_POLICY,
+        Condition=parameters.HAS_QUEUE_WORKERS,
+        PolicyName="QueueMetrics",
+        Roles=[Ref(worker_role)],
+        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[Statement(
+            Effect=Allow, Action=[awacs_cloudwatch.PutMetricData], Resource=["*"],
+            Condition=Condition(StringEquals("cloudwatch:namespace", sidekiq.METRICS_NAMESPACE)),
+        )]),
+        Metadata={CUSTOM_METRICS_METADATA: sidekiq.CUSTOM_METRICS},
+    ))
 
 
 def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.MixedInstancesPolicy:
@@ -333,7 +429,8 @@ def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.Mix
 
 def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: str,
                      profile: iam.InstanceProfile, security_group: ec2.SecurityGroup,
-                     data: Base64, scripts: dict[str, str]) -> ec2.LaunchTemplate:
+                     data: Base64, scripts: dict[str, str],
+                     condition: str | None = None) -> ec2.LaunchTemplate:
     """A launch template whose metadata carries the instance scripts its user data fetches.
 
     User data may not exceed 16 KB and the scripts are larger, so a new server reads them
@@ -344,7 +441,7 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
     image = If(arm_condition,
                "{{resolve:ssm:" + AMI_PARAMETER.format(arch="arm64") + "}}",
                "{{resolve:ssm:" + AMI_PARAMETER.format(arch="x86_64") + "}}")
-    return t.add_resource(ec2.LaunchTemplate(
+    template = ec2.LaunchTemplate(
         name,
         LaunchTemplateData=ec2.LaunchTemplateData(
             ImageId=image,
@@ -375,12 +472,17 @@ def _launch_template(t: Template, name: str, instance_type: Ref, arm_condition: 
                  "balancer, and there is no SSH."},
             ]},
         },
-    ))
+    )
+    if condition is not None:
+        template.Condition = condition
+    return t.add_resource(template)
 
 
 def _server_roles(t: Template, p: Parameters, load_balancing: LoadBalancing, data: Data, secrets: Secrets,
-                  versions: Versions, log_groups: dict[str, logs.LogGroup]) -> tuple[iam.Role, iam.Role]:
-    """The web servers' role and the worker's: the same reads, and the web's launch hook."""
+                  versions: Versions, log_groups: dict[str, logs.LogGroup]
+                  ) -> tuple[iam.Role, iam.Role, iam.Role]:
+    """The web servers' role, the worker's and the queue workers': the same reads, and the
+    web's launch hook (the worker's queue metrics are granted apart)."""
     statements = [
         Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue], Resource=[
             Ref(secrets.secret),
@@ -430,6 +532,8 @@ def _server_roles(t: Template, p: Parameters, load_balancing: LoadBalancing, dat
     return (
         policies.service_role(t, WEB_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", [*statements, *launch]),
         policies.service_role(t, WORKER_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", statements),
+        policies.service_role(t, QUEUE_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", statements,
+                              condition=parameters.HAS_QUEUE_WORKERS),
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from troposphere import And, Equals, FindInMap, Not, Or, Parameter, Ref, Template
 
-from templates import capacity
+from templates import capacity, sidekiq
 
 # Console groups, in the order the console shows them.
 GROUP_REQUIRED = "Mastodon instance (required)"
@@ -22,6 +22,7 @@ GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
+GROUP_QUEUE_WORKERS = "Sidekiq queue workers (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -36,6 +37,8 @@ USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
+HAS_QUEUE_WORKERS = "HasQueueWorkers"
+QUEUE_WORKER_IS_ARM = "QueueWorkerIsArm64"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -127,6 +130,12 @@ class Parameters:
     waf_web_acl_arn: Parameter
     waf_rate_limit: Parameter
     rolling_batch_size: Parameter
+    # Sidekiq queue workers (GROUP_QUEUE_WORKERS): off while queue_worker_max_size is 0.
+    queue_worker_min_size: Parameter
+    queue_worker_max_size: Parameter
+    queue_worker_instance_type: Parameter
+    main_worker_queues: Parameter
+    queue_worker_queues: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -322,11 +331,149 @@ def create_parameters(t: Template) -> Parameters:
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",
         )),
+        **_queue_worker_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
     _add_rules(t, p)
+    _add_queue_worker_rules(t, p)
     return p
+
+
+# --- Sidekiq queue workers (optional) ------------------------------------------------
+
+QUEUE_WORKER_SIZE_RULE = "QueueWorkerMinSizeAtMostMaxSize"
+MAIN_WORKER_QUEUES_RULE = "MainWorkerRunsTheScheduler"
+EVERY_QUEUE_RULE = "EveryQueueRunsSomewhere"
+QUEUE_BUDGET_RULE = "FleetFitsTheDatabase"
+
+
+def _queue_worker_parameters(t: Template) -> dict[str, Parameter]:
+    """A group of Sidekiq servers besides the main worker, off by default (maximum 0)."""
+    group = GROUP_QUEUE_WORKERS
+    return {
+        "queue_worker_min_size": add_parameter(t, group, "Queue workers, minimum", Parameter(
+            "QueueWorkerMinSize", Type="Number", Default="0",
+            Description="Queue workers always running (0: the group starts empty and scales out "
+            "when jobs wait). At most QueueWorkerMaxSize.",
+            MinValue=0, MaxValue=capacity.QUEUE_WORKER_MAX_SIZE_LIMIT,
+        )),
+        "queue_worker_max_size": add_parameter(t, group, "Queue workers, maximum", Parameter(
+            "QueueWorkerMaxSize", Type="Number", Default="0",
+            Description="0: no queue workers (the single worker runs every queue). Otherwise the "
+            "most Sidekiq servers the group scales out to on queue latency, besides the main "
+            "worker; they publish queue metrics (about $6/month) and count in the database's "
+            "connection budget.",
+            MinValue=0, MaxValue=capacity.QUEUE_WORKER_MAX_SIZE_LIMIT,
+        )),
+        "queue_worker_instance_type": add_parameter(t, group, "Queue worker instance type", Parameter(
+            "QueueWorkerInstanceType", Type="String", Default=capacity.DEFAULT_QUEUE_WORKER_INSTANCE_TYPE,
+            Description="Instance type of the queue workers; Sidekiq's threads are sized from it "
+            "and from the connection budget.",
+            AllowedValues=[i.name for i in capacity.WORKER_INSTANCE_TYPES],
+        )),
+        "main_worker_queues": add_parameter(t, group, "Queues of the main worker", Parameter(
+            "MainWorkerQueues", Type="CommaDelimitedList", Default=sidekiq.ALL_QUEUES,
+            Description=f"{sidekiq.ALL_QUEUES}: the main worker runs every queue (the default). "
+            "Otherwise the queues it runs, most important first, from "
+            f"{', '.join(sidekiq.QUEUES)}; it must keep {sidekiq.SCHEDULER_QUEUE}, which runs in "
+            "no other process.",
+            AllowedValues=[sidekiq.ALL_QUEUES, *sidekiq.QUEUES],
+            ConstraintDescription=f"{sidekiq.ALL_QUEUES}, or comma-separated queue names from "
+            f"{', '.join(sidekiq.QUEUES)}",
+        )),
+        "queue_worker_queues": add_parameter(t, group, "Queues of the queue workers", Parameter(
+            "QueueWorkerQueues", Type="CommaDelimitedList",
+            Default=",".join(sidekiq.DEFAULT_QUEUE_WORKER_QUEUES),
+            Description="The queues the queue workers run, most important first, from "
+            f"{', '.join(sidekiq.QUEUE_WORKER_ALLOWED)} (never {sidekiq.SCHEDULER_QUEUE}).",
+            AllowedValues=list(sidekiq.QUEUE_WORKER_ALLOWED),
+            ConstraintDescription="comma-separated queue names from "
+            f"{', '.join(sidekiq.QUEUE_WORKER_ALLOWED)}; {sidekiq.SCHEDULER_QUEUE} runs only on "
+            "the main worker",
+        )),
+    }
+
+
+def _add_queue_worker_conditions(t: Template, p: Parameters) -> None:
+    t.add_condition(HAS_QUEUE_WORKERS, Not(Equals(Ref(p.queue_worker_max_size), "0")))
+    t.add_condition(QUEUE_WORKER_IS_ARM, Equals(
+        FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.queue_worker_instance_type), "Architecture"), "arm64"))
+
+
+def _not_one_of(parameter: Parameter, values: list[int]) -> dict[str, object]:
+    return {"Fn::Not": [{"Fn::Contains": [[str(v) for v in values], Ref(parameter)]}]}
+
+
+def _add_queue_worker_rules(t: Template, p: Parameters) -> None:
+    """Refuse queue layouts that would starve a queue or run the scheduler twice, and a
+    fleet whose connection pools cannot fit the database."""
+    main, workers = Ref(p.main_worker_queues), Ref(p.queue_worker_queues)
+    low, high = p.queue_worker_min_size, p.queue_worker_max_size
+    size_clauses = [
+        {"Fn::Or": [{"Fn::Not": [{"Fn::Equals": [Ref(low), str(m)]}]}, _not_one_of(high, list(range(m)))]}
+        for m in range(1, capacity.QUEUE_WORKER_MAX_SIZE_LIMIT + 1)
+    ]
+    t.add_rule(QUEUE_WORKER_SIZE_RULE, {"Assertions": [{
+        "Assert": {"Fn::And": size_clauses},
+        "AssertDescription": "QueueWorkerMinSize must not exceed QueueWorkerMaxSize.",
+    }]})
+    everything = {"Fn::Contains": [main, sidekiq.ALL_QUEUES]}
+    t.add_rule(MAIN_WORKER_QUEUES_RULE, {"Assertions": [{
+        "Assert": {"Fn::Or": [
+            {"Fn::EachMemberEquals": [main, sidekiq.ALL_QUEUES]},
+            {"Fn::And": [{"Fn::Not": [everything]},
+                         {"Fn::Contains": [main, sidekiq.SCHEDULER_QUEUE]}]},
+        ]},
+        "AssertDescription": f"MainWorkerQueues is either {sidekiq.ALL_QUEUES} alone or a list "
+        f"of queues that includes {sidekiq.SCHEDULER_QUEUE}: the schedule runs only there.",
+    }]})
+    on = {"Fn::Not": [{"Fn::Equals": [Ref(high), "0"]}]}
+    t.add_rule(EVERY_QUEUE_RULE, {"Assertions": [{
+        "Assert": {"Fn::And": [
+            {"Fn::Or": [everything, {"Fn::Contains": [main, q]},
+                        {"Fn::And": [on, {"Fn::Contains": [workers, q]}]}]}
+            for q in sidekiq.QUEUE_WORKER_ALLOWED
+        ]},
+        "AssertDescription": "Every queue must run somewhere: list each of "
+        f"{', '.join(sidekiq.QUEUE_WORKER_ALLOWED)} in MainWorkerQueues, or in QueueWorkerQueues "
+        "with a QueueWorkerMaxSize above 0 (without queue workers the main worker runs every "
+        "queue).",
+    }]})
+    # The servers share max_connections equally (pools.sh); on the classes where the
+    # largest fleet would leave a server less than it needs, refuse it here instead of
+    # failing the servers' boot.
+    assertions = []
+    for d in capacity.DATABASE_CLASSES:
+        limit = capacity.largest_fleet(d)
+        if limit >= capacity.WEB_MAX_SIZE_LIMIT + capacity.QUEUE_WORKER_MAX_SIZE_LIMIT:
+            continue
+        top = capacity.QUEUE_WORKER_MAX_SIZE_LIMIT
+        clauses: list[dict[str, object]] = [
+            {"Fn::Or": [{"Fn::Not": [{"Fn::Equals": [Ref(p.web_max_size), str(w)]}]},
+                        _not_one_of(high, list(range(limit - w + 1, top + 1)))]}
+            for w in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1)
+            if limit - w < capacity.QUEUE_WORKER_MAX_SIZE_LIMIT
+        ]
+        if not clauses:
+            continue
+        assertions.append({
+            "Assert": {"Fn::Or": [{"Fn::Not": [{"Fn::Equals": [Ref(p.database_class), d.name]}]},
+                                  *_and_of(clauses)]},
+            "AssertDescription": f"On {d.name} (max_connections {d.max_connections}) WebMaxSize + "
+            f"QueueWorkerMaxSize may be at most {limit}: every server needs its share of the "
+            "connections. Choose a larger DatabaseInstanceClass or fewer servers.",
+        })
+    if assertions:
+        t.add_rule(QUEUE_BUDGET_RULE, {"Assertions": assertions})
+
+
+def _and_of(clauses: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One condition that holds when all `clauses` do (Fn::And takes 2 to 10)."""
+    while len(clauses) > 10:
+        clauses = [{"Fn::And": chunk} if len(chunk) > 1 else chunk[0]
+                   for chunk in (clauses[i:i + 10] for i in range(0, len(clauses), 10))]
+    return [{"Fn::And": list(clauses)}] if len(clauses) > 1 else clauses
 
 
 def _add_mappings(t: Template) -> None:
@@ -359,6 +506,7 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
+    _add_queue_worker_conditions(t, p)
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

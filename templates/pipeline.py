@@ -39,7 +39,6 @@ from awacs.aws import (
 from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
-    If,
     Output,
     Ref,
     Sub,
@@ -57,7 +56,7 @@ from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
 from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
-from templates.parameters import Parameters
+from templates.parameters import HAS_QUEUE_WORKERS, Parameters
 from templates.versions import PARAMETER_PREFIX, Versions
 
 STATE_MACHINE = "RolloutStateMachine"
@@ -327,15 +326,11 @@ def rollout_statements(
     ]
 
 
-def _group_arn(group: object) -> Sub:
-    return _arn("autoscaling", f"autoScalingGroup:*:autoScalingGroupName/${{{group.title}}}")  # type: ignore[attr-defined]
-
-
-def queue_group_statements(group: object) -> list[Statement]:
+def queue_group_statements(compute: Compute) -> list[Statement]:
     """What the rollout needs on the queue workers' group, and nothing more: Run Command and
     the version and journal tags on its servers (rolled in place: no load balancer, no
     protection, no surge), and holding its scaling (the hold tag first, then the processes)."""
-    name, arn = Ref(group), _group_arn(group)  # type: ignore[arg-type]
+    name, arn = Ref(compute.queue_group), compute.queue_group_arn()
     return [
         Statement(
             Effect=Allow,
@@ -462,13 +457,8 @@ def create_pipeline(
         "images": [MASTODON_IMAGE, STREAMING_IMAGE],
         "tag_pattern": RELEASE_TAG_PATTERN,
         "deploy_script": DEPLOY_SCRIPT,
-        "queue_group": "" if compute.queue_group is None else "${QueueGroup}",
+        "queue_group": "${QueueGroup}",  # "" while the stack has no queue workers
     }
-    queue = compute.queue_group
-    queue_condition = None if queue is None else queue.resource.get("Condition")
-    substitutions: dict[str, object] = {}
-    if queue is not None:  # "" while the group's Condition is false
-        substitutions["QueueGroup"] = If(queue_condition, Ref(queue), "") if queue_condition else Ref(queue)
     machine = t.add_resource(
         stepfunctions.StateMachine(
             STATE_MACHINE,
@@ -488,7 +478,7 @@ def create_pipeline(
                 "BatchSize": Ref(p.rolling_batch_size),
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
                 "DistributionId": Ref(edge.distribution),  # type: ignore[arg-type]
-                **substitutions,
+                "QueueGroup": compute.queue_group_name(),
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",
@@ -518,16 +508,15 @@ def create_pipeline(
             ),
         )
     )
-    if queue is not None:  # the grants exist only with the group
-        t.add_resource(
-            iam.PolicyType(
-                QUEUE_WORKERS_POLICY,
-                PolicyName="RolloutQueueWorkers",
-                Roles=[Ref(functions.role_of(t, rollout))],
-                PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=queue_group_statements(queue)),
-                **({"Condition": queue_condition} if queue_condition else {}),
-            )
+    t.add_resource(  # the grants exist only with the group
+        iam.PolicyType(
+            QUEUE_WORKERS_POLICY,
+            Condition=HAS_QUEUE_WORKERS,
+            PolicyName="RolloutQueueWorkers",
+            Roles=[Ref(functions.role_of(t, rollout))],
+            PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=queue_group_statements(compute)),
         )
+    )
     events_role = policies.service_role(
         t, "RolloutTriggerRole", "events.amazonaws.com", "StartRollout",
         [Statement(Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)])],

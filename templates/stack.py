@@ -24,7 +24,7 @@ from templates.network import create_network
 from templates.operations import create_alert_topic, create_alert_topic_policy
 from templates.options import BuildOptions
 from templates.pipeline import create_pipeline
-from templates.scaling import create_web_scaling
+from templates.scaling import create_queue_worker_scaling, create_web_scaling
 from templates.secrets import create_secrets
 from templates.versions import Versions, create_versions
 from templates.waf import create_waf_conditions, create_web_acl
@@ -68,6 +68,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
         t, p, data, assets.lambdas["database_settings"],
         after=[compute.web_group.title, compute.worker_group.title, edge.distribution.title])
     create_web_scaling(t, p, compute)
+    create_queue_worker_scaling(t, p, compute)
     create_maintenance(t, compute.worker_group)
     operations_key = create_operations_key(t)
     alerts = create_alert_topic(t, p, operations_key)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lambdas.rollout import names
-from templates import compute, load_balancing, options
+from templates import compute, load_balancing, options, sidekiq
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = "templates/instance/common.sh"
@@ -84,6 +84,15 @@ FACTS = (
     Fact("surge tag", literal(names.SURGE_TAG, alone=True), ("lambdas/rollout/names.py",)),
     Fact("group tag", literal(names.GROUP_TAG, alone=True), ("lambdas/rollout/names.py",)),
     Fact("role tag", literal(compute.ROLE_TAG, alone=True), ("templates/compute.py",)),
+    # The queue metrics: published by the servers (stack.env), read by alarms and scaling.
+    Fact("queue metrics namespace", literal(sidekiq.METRICS_NAMESPACE.data["Fn::Sub"]),
+         ("templates/sidekiq.py",)),
+    *(Fact(f"metric {name}", literal(name, alone=True), ("templates/sidekiq.py",)) for name in (
+        sidekiq.LATENCY_METRIC, sidekiq.SIZE_METRIC, sidekiq.OLDEST_JOB_METRIC,
+        sidekiq.QUEUE_WORKER_LATENCY_METRIC, sidekiq.DEAD_METRIC, sidekiq.RETRY_METRIC,
+        sidekiq.PROCESSES_METRIC)),
+    Fact("custom metrics metadata", literal(compute.CUSTOM_METRICS_METADATA, alone=True),
+         ("templates/compute.py",)),
 )
 
 

@@ -1,12 +1,13 @@
 #!/bin/bash
-# Boots one Mastodon instance (web or worker) on Amazon Linux 2023, as root, from user data.
+# Boots one Mastodon instance (web, worker or queue) on Amazon Linux 2023, as root, from user data.
 #
 # Reads stack.env (written by user data), adds swap below 2 GiB of RAM (a micro
 # worker), caps the journal, installs Docker, renders mastodon.env (common.sh says
 # where both live) from Secrets Manager, SSM and the CloudFront prefix list,
 # sizes the database pools, writes one systemd unit per container, makes room for and
-# pulls the images, initializes the database once (worker) or waits for it (web),
-# waits for local health and signals the Auto Scaling group. Any failure signals
+# pulls the images, initializes the database once (worker) or waits for it (web and
+# queue workers), waits for local health, starts the queue-metrics timer (the worker,
+# with queue workers on) and signals the Auto Scaling group. Any failure signals
 # FAILURE with the step that failed. Running it again on the same server is safe.
 #
 # Tests redirect every path with MASTODON_ROOT and shorten every wait with the
@@ -34,6 +35,7 @@ JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
 KEEP_ALIVE_FILE="$ETC_DIR/streaming-keep-alive.cjs"
 
 # Paths as the containers and units see them on the instance (never redirected).
+RUNTIME_SCRIPT_DIR=${SCRIPT_DIR#"$ROOT"}
 RUNTIME_SWAP_FILE=/swapfile
 RUNTIME_KEEP_ALIVE_FILE="$RUNTIME_ETC_DIR/streaming-keep-alive.cjs"
 DOCKER=/usr/bin/docker
@@ -259,13 +261,17 @@ load_stack_env() {
     LOG_GROUP_SIDEKIQ LOG_GROUP_SYSTEM MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE DB_CONNECTION_RESERVE \
     CLOUDFRONT_PREFIX_LIST_ID VPC_CIDR TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS \
     BOOT_HEALTH_WAIT_SECONDS RELEASE_TAG_PATTERN VERSION_TAG WEB_PORT WEB_HEALTH_PATH STREAMING_PORT \
-    STREAMING_HEALTH_PATH ONE_OFF_DB_POOL IMDS_URL
+    STREAMING_HEALTH_PATH ONE_OFF_DB_POOL IMDS_URL QUEUE_WORKER_MAX_SIZE MAIN_WORKER_QUEUES \
+    QUEUE_WORKER_QUEUES SIDEKIQ_QUEUE_WEIGHTS SIDEKIQ_SCHEDULER_QUEUE SIDEKIQ_ALL_QUEUES \
+    SIDEKIQ_SHUTDOWN_SECONDS CONTAINER_STOP_SECONDS
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
   local key
-  for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
+  for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS \
+    SIDEKIQ_SHUTDOWN_SECONDS CONTAINER_STOP_SECONDS; do
     [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
   done
+  METRICS_NAMESPACE=${METRICS_NAMESPACE:-}
   DB_WAIT_TIMEOUT=${DB_WAIT_TIMEOUT:-$BOOT_DATABASE_WAIT_SECONDS}
   HEALTH_TIMEOUT=${HEALTH_TIMEOUT:-$BOOT_HEALTH_WAIT_SECONDS}
   case $ROLE in
@@ -277,8 +283,8 @@ load_stack_env() {
         fail "BOOT_TARGET_WAIT_SECONDS must be a number of seconds, not '$BOOT_TARGET_WAIT_SECONDS'"
       TARGET_TIMEOUT=${TARGET_TIMEOUT:-$BOOT_TARGET_WAIT_SECONDS}
       ;;
-    worker) ;;
-    *) fail "ROLE must be web or worker, not '$ROLE'" ;;
+    worker | queue) ;;
+    *) fail "ROLE must be web, worker or queue, not '$ROLE'" ;;
   esac
 }
 
@@ -498,7 +504,7 @@ size_pools() {
   memory=$(memory_mib) || fail "cannot read MemTotal from $MEMINFO_FILE"
   swap=$(swap_total_mib) || fail "cannot read the swap in use from $SWAPS_FILE"
   pools=$(mastodon_pools "$ROLE" "$MAX_CONNECTIONS" "$WEB_MAX_SIZE" "$ROLLOUT_SURGE" \
-    "$DB_CONNECTION_RESERVE" "$vcpus" "$memory" "$swap" 2>&1) || fail "$pools"
+    "$DB_CONNECTION_RESERVE" "$vcpus" "$memory" "$swap" "$QUEUE_WORKER_MAX_SIZE" 2>&1) || fail "$pools"
   log "pools for $vcpus vCPUs, $memory MiB + $swap MiB swap: $(printf '%s' "$pools" | tr '\n' ' ')"
   local line
   while IFS= read -r line; do
@@ -535,11 +541,11 @@ ExecStart=$DOCKER run --rm --name $name --network host \\
   $options \\
   $image:\${MASTODON_VERSION}${command:+ \\
   $command}
-ExecStop=$DOCKER stop --time 30 $name
+ExecStop=$DOCKER stop --time $CONTAINER_STOP_SECONDS $name
 Restart=always
 RestartSec=5
 TimeoutStartSec=0
-TimeoutStopSec=60
+TimeoutStopSec=$((CONTAINER_STOP_SECONDS + 30))
 
 [Install]
 WantedBy=multi-user.target
@@ -594,13 +600,88 @@ write_units() {
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
   else
-    # No -q: config/sidekiq.yml lists every queue, scheduler included, so queues a
-    # later version adds are served too. This is the stack's only Sidekiq process.
-    write_unit mastodon-sidekiq "Mastodon Sidekiq (all queues, scheduler included)" "$LOG_GROUP_SIDEKIQ" \
-      "$MASTODON_IMAGE" "-e DB_POOL=$POOL_DB_POOL" "bundle exec sidekiq -c $POOL_SIDEKIQ_CONCURRENCY"
+    local queues description
+    queues=$(sidekiq_queue_options) || fail "$queues"
+    if [ "$ROLE" = queue ]; then
+      description="Mastodon Sidekiq queue worker ($QUEUE_WORKER_QUEUES)"
+    elif [ -z "$queues" ]; then
+      description="Mastodon Sidekiq (all queues, scheduler included)"
+    else
+      description="Mastodon Sidekiq main worker ($MAIN_WORKER_QUEUES)"
+    fi
+    # -t: how long running jobs may finish on TERM before Sidekiq pushes them back to
+    # Redis; docker stop waits CONTAINER_STOP_SECONDS, longer (templates/sidekiq.py).
+    write_unit mastodon-sidekiq "$description" "$LOG_GROUP_SIDEKIQ" "$MASTODON_IMAGE" "-e DB_POOL=$POOL_DB_POOL" \
+      "bundle exec sidekiq -c $POOL_SIDEKIQ_CONCURRENCY -t $SIDEKIQ_SHUTDOWN_SECONDS${queues:+ $queues}"
     UNITS=(mastodon-sidekiq)
   fi
   log "wrote ${UNITS[*]} for $MASTODON_VERSION"
+}
+
+# The -q options of this server's Sidekiq, each queue with its weight from sidekiq.yml
+# (SIDEKIQ_QUEUE_WEIGHTS), or nothing for the main worker's default: without -q,
+# config/sidekiq.yml lists every queue, scheduler included, so queues a later version
+# adds are served too. The scheduler runs on the main worker only, the stack's one
+# process with it; the template's rules refuse any other layout, and this refuses it again.
+sidekiq_queue_options() {
+  local list queue pair weight options=""
+  if [ "$ROLE" = queue ]; then
+    list=$QUEUE_WORKER_QUEUES
+  elif [ "$MAIN_WORKER_QUEUES" = "$SIDEKIQ_ALL_QUEUES" ]; then
+    return 0
+  else
+    list=$MAIN_WORKER_QUEUES
+    [[ ,$list, == *,$SIDEKIQ_SCHEDULER_QUEUE,* ]] ||
+      { echo "MAIN_WORKER_QUEUES ($list) must include $SIDEKIQ_SCHEDULER_QUEUE"; return 1; }
+  fi
+  for queue in ${list//,/ }; do
+    [ "$ROLE" != queue ] || [ "$queue" != "$SIDEKIQ_SCHEDULER_QUEUE" ] ||
+      { echo "$SIDEKIQ_SCHEDULER_QUEUE runs only on the main worker, not on queue workers"; return 1; }
+    weight=""
+    for pair in $SIDEKIQ_QUEUE_WEIGHTS; do
+      [ "${pair%%:*}" = "$queue" ] && weight=${pair#*:}
+    done
+    [ -n "$weight" ] || { echo "unknown Sidekiq queue '$queue'"; return 1; }
+    options+="${options:+ }-q $queue,$weight"
+  done
+  [ -n "$options" ] || { echo "no queues to run"; return 1; }
+  printf '%s' "$options"
+}
+
+# With queue workers, the main worker publishes the queue metrics every minute
+# (queue-metrics.sh); a run still going when the next is due is not started twice.
+QUEUE_METRICS_UNIT=mastodon-queue-metrics
+write_queue_metrics_timer() {
+  cat >"$UNIT_DIR/$QUEUE_METRICS_UNIT.service" <<EOF
+[Unit]
+Description=Publish Sidekiq's queue metrics to CloudWatch
+After=mastodon-sidekiq.service
+
+[Service]
+Type=oneshot
+ExecStart=$RUNTIME_SCRIPT_DIR/queue-metrics.sh
+TimeoutStartSec=55
+EOF
+  cat >"$UNIT_DIR/$QUEUE_METRICS_UNIT.timer" <<EOF
+[Unit]
+Description=Publish Sidekiq's queue metrics every minute
+
+[Timer]
+OnCalendar=*-*-* *:*:00
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+EOF
+}
+
+start_queue_metrics() {
+  [ "$ROLE" = worker ] && [ -n "$METRICS_NAMESPACE" ] || return 0
+  step "start queue metrics"
+  write_queue_metrics_timer
+  systemctl daemon-reload
+  systemctl enable --now "$QUEUE_METRICS_UNIT.timer" || fail "systemctl could not start $QUEUE_METRICS_UNIT.timer"
+  log "publishing Sidekiq's queue metrics to $METRICS_NAMESPACE every minute"
 }
 
 pull_images() {
@@ -816,6 +897,7 @@ main() {
     wait_for_targets
   else
     wait_for_worker_health
+    start_queue_metrics
   fi
   tag_version
   step "signal success"

@@ -48,8 +48,8 @@ load_stack_env() {
   . "$STACK_ENV_FILE"
   case ${ROLE:-} in
     web) UNITS=(mastodon-web mastodon-streaming) ;;
-    worker) UNITS=(mastodon-sidekiq) ;;
-    *) fail "ROLE must be web or worker in stack.env, not '${ROLE:-}'" ;;
+    worker | queue) UNITS=(mastodon-sidekiq) ;;
+    *) fail "ROLE must be web, worker or queue in stack.env, not '${ROLE:-}'" ;;
   esac
   if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
     fail "the images are not set in stack.env"
@@ -78,7 +78,7 @@ wait_for_health() {
     fi
     sleep "$HEALTH_INTERVAL"
   done
-  if [ "$ROLE" = worker ]; then
+  if [ "$ROLE" != web ]; then
     # Sidekiq that crashes at boot restarts in a loop: it must keep one container id.
     local id
     id=$(running_sidekiq)

@@ -2,17 +2,18 @@
 # Database connection pool sizing for one Mastodon instance, and the swap a small
 # worker gets. Sourced; pure arithmetic.
 #
-#   mastodon_pools ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB]
+#   mastodon_pools ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]
 #   mastodon_swap_mib MEMORY_MIB
 #
 # mastodon_pools prints KEY=value lines on stdout, or a reason on stderr and returns 1;
 # mastodon_swap_mib prints the size of the swap file bootstrap.sh creates (0: none).
 #
 # Budget: the largest fleet the stack allows is (WEB_MAX_SIZE + ROLLOUT_SURGE) web
-# instances plus exactly one worker, and RESERVE connections stay free (superuser,
-# one-off containers). Every instance computes the same share from the same inputs:
+# instances plus exactly one worker plus QUEUE_MAX_SIZE queue workers (0 without them),
+# and RESERVE connections stay free (superuser, one-off containers). Every instance
+# computes the same share from the same inputs (capacity.fleet_instances):
 #
-#   share = (MAX_CONNECTIONS - RESERVE) / (WEB_MAX_SIZE + ROLLOUT_SURGE + 1)
+#   share = (MAX_CONNECTIONS - RESERVE) / (WEB_MAX_SIZE + ROLLOUT_SURGE + 1 + QUEUE_MAX_SIZE)
 #
 # so the fleet's sum can never exceed MAX_CONNECTIONS - RESERVE, whatever it runs on.
 #
@@ -20,7 +21,8 @@
 #   Puma:      WEB_CONCURRENCY workers x DB_POOL (config/database.yml: pool = DB_POOL,
 #              defaulting to MAX_THREADS), plus 1 counted for the preloading master.
 #   Streaming: at most DB_POOL (streaming/database.js: pg.Pool max = DB_POOL, default 10).
-#   Sidekiq:   DB_POOL, which must be >= its thread count (-c).
+#   Sidekiq:   DB_POOL, which must be >= its thread count (-c); the main worker (ROLE
+#              worker) and each queue worker (ROLE queue) are sized alike.
 
 # Memory figures (MiB): what the OS, Docker and the agents keep, what the streaming
 # server takes, and what one Puma worker needs (Mastodon's workers run ~300-400 MiB).
@@ -73,13 +75,14 @@ mastodon_swap_mib() {
 }
 
 mastodon_pools() {
-  if [ "$#" -ne 7 ] && [ "$#" -ne 8 ]; then
-    echo "mastodon_pools: expected ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB]" >&2
+  if [ "$#" -lt 7 ] || [ "$#" -gt 9 ]; then
+    echo "mastodon_pools: expected ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]" >&2
     return 1
   fi
   local role=$1 max_connections=$2 web_max_size=$3 surge=$4 reserve=$5 vcpus=$6 memory_mib=$7 swap_mib=${8:-0}
+  local queue_max_size=${9:-0}
   local arg
-  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib" "$swap_mib"; do
+  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib" "$swap_mib" "$queue_max_size"; do
     case $arg in
       '' | *[!0-9]*)
         echo "mastodon_pools: '$arg' is not a non-negative integer" >&2
@@ -92,7 +95,7 @@ mastodon_pools() {
     return 1
   fi
 
-  local instances=$((web_max_size + surge + 1))
+  local instances=$((web_max_size + surge + 1 + queue_max_size))
   local budget=$((max_connections - reserve))
   if [ "$budget" -lt 1 ]; then
     echo "mastodon_pools: MAX_CONNECTIONS $max_connections leaves nothing after the reserve of $reserve" >&2
@@ -102,9 +105,9 @@ mastodon_pools() {
 
   case $role in
     web) _mastodon_pools_web "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" ;;
-    worker) _mastodon_pools_worker "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" "$swap_mib" ;;
+    worker | queue) _mastodon_pools_worker "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" "$swap_mib" ;;
     *)
-      echo "mastodon_pools: ROLE must be web or worker, not '$role'" >&2
+      echo "mastodon_pools: ROLE must be web, worker or queue, not '$role'" >&2
       return 1
       ;;
   esac
@@ -129,7 +132,7 @@ _mastodon_pools_web() {
   if [ "$max_workers" -lt 1 ]; then
     echo "mastodon_pools: a web instance cannot fit 1 Puma worker x $MASTODON_POOLS_MIN_THREADS threads + streaming pool $MASTODON_POOLS_MIN_STREAMING_POOL:" \
       "its share is $share connections (max_connections $max_connections over $instances instances)" \
-      "and $memory_mib MiB of memory; choose a larger database class or a smaller web group" >&2
+      "and $memory_mib MiB of memory; choose a larger database class or fewer web or queue-worker servers" >&2
     return 1
   fi
 
@@ -183,7 +186,7 @@ _mastodon_pools_worker() {
   if [ "$concurrency" -lt "$MASTODON_POOLS_MIN_SIDEKIQ" ]; then
     echo "mastodon_pools: the worker cannot fit Sidekiq concurrency $MASTODON_POOLS_MIN_SIDEKIQ:" \
       "its share is $share connections (max_connections $max_connections over $instances instances);" \
-      "choose a larger database class or a smaller web group" >&2
+      "choose a larger database class or fewer web or queue-worker servers" >&2
     return 1
   fi
   echo "SIDEKIQ_CONCURRENCY=$concurrency"

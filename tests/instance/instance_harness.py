@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lambdas.rollout.names import VERSION_TAG
+from templates import sidekiq
 from templates.compute import (
     BOOT_DATABASE_WAIT_SECONDS,
     BOOT_HEALTH_WAIT_SECONDS,
@@ -80,7 +81,7 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "STACK_NAME": "mastodon-test",
         "AWS_REGION": "us-east-1",
         "ROLE": role,
-        "SIGNAL_RESOURCE": "WebGroup" if role == "web" else "WorkerGroup",
+        "SIGNAL_RESOURCE": {"web": "WebGroup", "queue": "QueueWorkerGroup"}.get(role, "WorkerGroup"),
         "LOCAL_DOMAIN": "social.example.com",
         "MASTODON_IMAGE": "ghcr.io/mastodon/mastodon",
         "STREAMING_IMAGE": "ghcr.io/mastodon/mastodon-streaming",
@@ -105,6 +106,9 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "LOG_GROUP_SYSTEM": "/mastodon-test/system",
         "MAX_CONNECTIONS": "80",
         "WEB_MAX_SIZE": "2",
+        "QUEUE_WORKER_MAX_SIZE": "0",
+        "MAIN_WORKER_QUEUES": sidekiq.ALL_QUEUES,
+        "QUEUE_WORKER_QUEUES": ",".join(sidekiq.DEFAULT_QUEUE_WORKER_QUEUES),
         "ROLLOUT_SURGE": "1",
         "DB_CONNECTION_RESERVE": "10",
         "CLOUDFRONT_PREFIX_LIST_ID": PREFIX_LIST_ID,
@@ -115,7 +119,10 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
         "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
         **SERVER_FACTS,
+        **sidekiq.SERVER_FACTS,
     }
+    if role == "worker":
+        env["METRICS_NAMESPACE"] = ""
     if role == "web":
         env |= {
             "LAUNCH_HOOK": LAUNCH_HOOK,

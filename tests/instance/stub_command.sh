@@ -86,6 +86,17 @@ case $name in
           echo healthy
         fi
         ;;
+      "cloudwatch put-metric-data")
+        # put_metric_fail: how many calls are refused first (throttled), one a call.
+        left=$(setting put_metric_fail 0)
+        if [ "$left" -gt 0 ]; then
+          echo $((left - 1)) >"$STUB_DIR/put_metric_fail"
+          echo "An error occurred (Throttling) when calling the PutMetricData operation (reached max retries: 2): Rate exceeded" >&2
+          exit 254
+        fi
+        data=$(option --metric-data "$@")
+        cp "${data#file://}" "$STUB_DIR/metric-data-$(date +%s%N)-$$.json"
+        ;;
       "logs put-log-events")
         events=$(option --log-events "$@")
         cp "${events#file://}" "$STUB_DIR/shipped-log-$(date +%s%N)-$$.json"
@@ -163,6 +174,7 @@ case $name in
         fi
         case $(setting sidekiq stable) in
           stable) echo 0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c0f3c ;;
+          absent) ;;
           restarting)
             count=$(($(setting ps_count 0) + 1))
             echo "$count" >"$STUB_DIR/ps_count"
@@ -171,6 +183,15 @@ case $name in
         esac
         ;;
       logs) echo "PG::ConnectionBad: could not connect to server (stub container log)" ;;
+      exec)
+        # The queue-metrics reader: the file sidekiq_statistics is what it prints; with
+        # redis_down, Sidekiq's API cannot reach Redis.
+        if [ -e "$STUB_DIR/redis_down" ]; then
+          echo "RedisClient::CannotConnectError: Connection refused - connect(2) for 10.0.1.5:6379" >&2
+          exit 1
+        fi
+        setting sidekiq_statistics ''
+        ;;
       images) setting images '' ;;
       image)
         case ${2:-} in

@@ -205,3 +205,57 @@ def test_the_web_group_is_offered_exactly_the_types_a_web_server_fits_on():
 )
 def test_swap_brings_a_small_instance_to_2_gib_and_spares_bigger_ones(memory_mib, swap_mib):
     assert swap_sizes([memory_mib]) == {memory_mib: swap_mib}
+
+
+# --- with the queue workers at their maximum ----------------------------------------------
+
+SMALLEST_AND_LARGEST = {
+    "web": ("t4g.small", "t4g.xlarge"),
+    "worker": ("t4g.micro", "t4g.xlarge"),
+    "queue": ("t4g.micro", "t4g.xlarge"),
+}
+
+
+def fleet_allowed(template, database: str, web_max: int, queue_max: int) -> bool:
+    """What the template's rule on the fleet's size says of it."""
+    from scripts.template_values import Evaluator, parameter_values
+    from templates.parameters import QUEUE_BUDGET_RULE
+
+    given = {"DatabaseInstanceClass": database, "WebMaxSize": str(web_max),
+             "QueueWorkerMaxSize": str(queue_max)}
+    values = {**parameter_values(template, given), "AWS::Region": "us-east-1"}
+    ev = Evaluator(template, values, strict=True)
+    return all(ev.value(a["Assert"]) for a in template["Rules"][QUEUE_BUDGET_RULE]["Assertions"])
+
+
+def test_every_fleet_the_template_allows_fits_max_connections_with_queue_workers_at_their_maximum(template):
+    types = capacity.INSTANCE_TYPES_BY_NAME
+    swap = swap_sizes(sorted({seen(t) for t in capacity.INSTANCE_TYPES}))
+    cases, keys, refused = [], [], []
+    for db in capacity.DATABASE_CLASSES:
+        for web_max in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1):
+            for queue_max in range(0, capacity.QUEUE_WORKER_MAX_SIZE_LIMIT + 1):
+                if not fleet_allowed(template, db.name, web_max, queue_max):
+                    refused.append((db, web_max, queue_max))
+                    continue
+                for role, names in SMALLEST_AND_LARGEST.items():
+                    for name in names:
+                        memory = seen(types[name])
+                        cases.append((role, db.max_connections, web_max, capacity.ROLLOUT_SURGE, RESERVE,
+                                      types[name].vcpus, memory, swap[memory], queue_max))
+                        keys.append((db, web_max, queue_max, role, name))
+    sized = dict(zip(keys, pools(cases), strict=True))
+    assert not {key: out for key, (status, out) in sized.items() if status != 0}
+    for db, web_max, queue_max, role, name in keys:
+        if role != "web" or name != SMALLEST_AND_LARGEST["web"][1]:
+            continue
+        big = {r: sized[(db, web_max, queue_max, r, largest)][1]
+               for r, (_, largest) in SMALLEST_AND_LARGEST.items()}
+        total = ((web_max + capacity.ROLLOUT_SURGE) * web_connections(big["web"]) + big["worker"]["DB_POOL"]
+                 + queue_max * big["queue"]["DB_POOL"] + RESERVE)
+        assert total <= db.max_connections, (db.name, web_max, queue_max)
+    # The rule refuses only fleets in which a web server could not fit.
+    assert refused, "db.t4g.micro cannot hold the largest web group and queue workers together"
+    answers = pools([("web", db.max_connections, web_max, capacity.ROLLOUT_SURGE, RESERVE, 4, 15000, 0,
+                      queue_max) for db, web_max, queue_max in refused])
+    assert all(status != 0 for status, _ in answers)

@@ -31,6 +31,13 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "ExternalSmtpWhereSesIsMissing": ({}, "eu-south-2"),
     "WafInUsEast1": ({"WafEnabled": "true"}, "eu-central-1"),
     "WebMinSizeAtMostMaxSize": ({"WebMinSize": "3", "WebMaxSize": "2"}, "eu-central-1"),
+    "QueueWorkerMinSizeAtMostMaxSize": ({"QueueWorkerMinSize": "2", "QueueWorkerMaxSize": "1"},
+                                        "eu-central-1"),
+    "MainWorkerRunsTheScheduler": ({"QueueWorkerMaxSize": "2", "MainWorkerQueues": "mailers"},
+                                   "eu-central-1"),
+    "EveryQueueRunsSomewhere": ({"MainWorkerQueues": "scheduler,mailers"}, "eu-central-1"),
+    "FleetFitsTheDatabase": ({"DatabaseInstanceClass": "db.t4g.micro", "WebMaxSize": "10",
+                              "QueueWorkerMaxSize": "5"}, "eu-central-1"),
 }
 
 

@@ -140,6 +140,20 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, args):
     assert calls == []
 
 
+def test_a_queue_worker_deploy_restarts_its_sidekiq_only(tmp_path):
+    proc, calls = run(tmp_path, "queue", "deploy", NEW)
+    assert proc.returncode == 0, proc.stderr
+    assert f"deployed {NEW} on queue (was {OLD})" in proc.stdout
+    assert ["systemctl", "restart", "mastodon-sidekiq"] in calls
+    assert [c[-1] for c in calls if c[:2] == ["docker", "pull"]] == [f"ghcr.io/mastodon/mastodon:{NEW}"]
+
+
+def test_migrations_are_refused_on_a_queue_worker(tmp_path):
+    proc, calls = run(tmp_path, "queue", "migrate", "pre", NEW)
+    assert proc.returncode != 0 and "run on the worker" in proc.stderr
+    assert not [c for c in calls if c[:2] == ["docker", "run"]]
+
+
 def test_migrations_are_refused_on_a_web_server(tmp_path):
     proc, calls = run(tmp_path, "web", "migrate", "pre", NEW)
     assert proc.returncode != 0 and "run on the worker" in proc.stderr

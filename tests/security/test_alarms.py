@@ -11,12 +11,15 @@ import re
 
 import pytest
 
-from templates import capacity
+from templates import capacity, sidekiq
 from tests.support import props, refs, resources
 
 
 def _alarms(template):
-    return resources(template, "AWS::CloudWatch::Alarm")
+    """The alerts: every alarm but those that drive a scaling policy (tested in test_scaling)."""
+    policies = set(resources(template, "AWS::AutoScaling::ScalingPolicy"))
+    return {name: alarm for name, alarm in resources(template, "AWS::CloudWatch::Alarm").items()
+            if not any(action.get("Ref") in policies for action in alarm["Properties"]["AlarmActions"])}
 
 
 def _find(template, namespace, metric, dimensions):
@@ -53,6 +56,11 @@ WHAT_BREAKS_MASTODON = [
      {"CacheClusterId": {"Fn::Join": ["", [{"Ref": "Cache"}, "-001"]]}}, "Greater"),
     ("Sidekiq worker down", "AWS/AutoScaling", "GroupInServiceInstances",
      {"AutoScalingGroupName": {"Ref": "WorkerAutoScalingGroup"}}, "Less"),
+    # With queue workers (the option's alarms exist only then).
+    ("Sidekiq jobs wait too long", {"Fn::Sub": "Mastodon/${AWS::StackName}"}, sidekiq.OLDEST_JOB_METRIC, {},
+     "Greater"),
+    ("no Sidekiq process alive", {"Fn::Sub": "Mastodon/${AWS::StackName}"}, sidekiq.PROCESSES_METRIC, {},
+     "Less"),
 ]
 
 
@@ -89,7 +97,8 @@ def test_every_alarm_has_a_sensible_window_and_says_what_to_do(template):
 def test_an_absent_metric_counts_as_down_only_where_absence_means_down(template):
     missing = {n: a["Properties"]["TreatMissingData"] for n, a in _alarms(template).items()}
     breaching = {n for n, v in missing.items() if v == "breaching"}
-    assert breaching == {"WebNoHealthyTargetAlarm", "StreamingNoHealthyTargetAlarm", "WorkerDownAlarm"}
+    assert breaching == {"WebNoHealthyTargetAlarm", "StreamingNoHealthyTargetAlarm", "WorkerDownAlarm",
+                         "SidekiqNoProcessAlarm"}
 
 
 def test_database_thresholds_follow_the_chosen_instance_class(template):
@@ -123,7 +132,8 @@ def _dashboard_alarm_arns(template):
 
 
 def test_the_dashboard_shows_every_alarm_state_and_graph(template):
-    expected = {f"${{{name}.Arn}}" for name in _alarms(template)}
+    # An option's alarms (with a Condition) may not exist: the body cannot name them.
+    expected = {f"${{{name}.Arn}}" for name, alarm in _alarms(template).items() if "Condition" not in alarm}
     status, graphs = _dashboard_alarm_arns(template)
     assert status == expected
     assert sorted(graphs) == sorted(expected)
@@ -342,6 +352,8 @@ def _groups_behind(template, alarm):
     """The Auto Scaling groups whose servers make the alarm's metric."""
     dimensions = {d["Name"]: d["Value"] for d in alarm["Properties"]["Dimensions"]}
     groups = set(resources(template, "AWS::AutoScaling::AutoScalingGroup"))
+    if alarm["Properties"]["Namespace"] == {"Fn::Sub": "Mastodon/${AWS::StackName}"}:
+        return {"WorkerAutoScalingGroup"}  # the main worker publishes the queue metrics
     if "AutoScalingGroupName" in dimensions:
         return {dimensions["AutoScalingGroupName"]["Ref"]}
     target_group = dimensions["TargetGroup"]["Fn::GetAtt"][0]

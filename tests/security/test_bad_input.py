@@ -2,7 +2,8 @@
 across parameters, and build.py's options.
 
 CloudFormation checks a value against Type, AllowedPattern (the whole value),
-AllowedValues and MinValue/MaxValue before it creates anything; `accepts` applies
+AllowedValues (each member of a CommaDelimitedList) and MinValue/MaxValue before it
+creates anything; `accepts` applies
 the same checks to the built template's definitions, so removing or loosening a
 constraint fails a case here.
 """
@@ -35,7 +36,8 @@ def accepts(parameter: dict[str, Any], value: str) -> bool:
             return False
         if "MaxValue" in parameter and number > float(parameter["MaxValue"]):
             return False
-    if "AllowedValues" in parameter and value not in [str(v) for v in parameter["AllowedValues"]]:
+    members = value.split(",") if parameter["Type"] == "CommaDelimitedList" else [value]
+    if "AllowedValues" in parameter and not set(members) <= {str(v) for v in parameter["AllowedValues"]}:
         return False
     if "AllowedPattern" in parameter and not re.fullmatch(parameter["AllowedPattern"], value):
         return False
@@ -104,6 +106,17 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                                      WEB_ACL.replace("global", "regional"), WEB_ACL + "x"]),
     "WafRateLimit": _sizes(100, 2000000000),
     "RollingBatchSize": _sizes(1, 5),
+    "QueueWorkerMinSize": _sizes(0, capacity.QUEUE_WORKER_MAX_SIZE_LIMIT),
+    "QueueWorkerMaxSize": _sizes(0, capacity.QUEUE_WORKER_MAX_SIZE_LIMIT),
+    "QueueWorkerInstanceType": _choices([i.name for i in capacity.WORKER_INSTANCE_TYPES],
+                                        ["t4g.nano", "T4G.SMALL", "m7g.2xlarge"]),
+    "MainWorkerQueues": (["all", "scheduler", "default,push,ingress,mailers,pull,scheduler,fasp",
+                          "scheduler,mailers"],
+                         ["", "All", "default,low", "scheduler,", "scheduler, mailers", "sidekiq"]),
+    # An unknown queue name and the scheduler are refused on the queue workers.
+    "QueueWorkerQueues": (["default", "default,push,ingress,pull,mailers,fasp", "fasp,pull"],
+                          ["", "all", "scheduler", "default,scheduler", "default,low", "Default",
+                           "default;push"]),
 }
 
 
@@ -145,6 +158,7 @@ def evaluate(node: Any, values: dict[str, str]) -> Any:
             "Fn::And": lambda: all(arguments),
             "Fn::Or": lambda: any(arguments),
             "Fn::Contains": lambda: arguments[1] in arguments[0],
+            "Fn::EachMemberEquals": lambda: all(m == arguments[1] for m in arguments[0]),
         }[function]()
     if isinstance(node, list):
         return [evaluate(v, values) for v in node]
@@ -152,8 +166,11 @@ def evaluate(node: Any, values: dict[str, str]) -> Any:
 
 
 def refusals(template: dict[str, Any], values: dict[str, str], region: str = "us-east-1") -> list[str]:
-    given = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    given: dict[str, Any] = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
     given |= {"AWS::Region": region, **values}
+    # A CommaDelimitedList is a list of strings to the rule functions.
+    given |= {name: given[name].split(",") for name, p in template["Parameters"].items()
+              if p["Type"] == "CommaDelimitedList"}
     found = []
     for name, rule in template["Rules"].items():
         if "RuleCondition" in rule and not evaluate(rule["RuleCondition"], given):
@@ -179,6 +196,29 @@ RULE_CASES = [
     ("no zone, both certificates", {"HostedZoneId": "", "CloudFrontCertificateArn": CERTIFICATE,
                                     "LoadBalancerCertificateArn": CERTIFICATE}, "us-east-1", None),
     ("external SMTP without login", {"SmtpServer": "smtp.example.net"}, "us-east-1", "SmtpLogin"),
+    # Sidekiq queue workers.
+    ("queue workers on, default split", {"QueueWorkerMaxSize": "3"}, "us-east-1", None),
+    ("queue workers, minimum equals maximum", {"QueueWorkerMinSize": "10", "QueueWorkerMaxSize": "10",
+                                               "DatabaseInstanceClass": "db.t4g.small"}, "us-east-1", None),
+    ("queue workers, minimum above maximum", {"QueueWorkerMinSize": "2", "QueueWorkerMaxSize": "1"},
+     "us-east-1", "QueueWorkerMinSize must not exceed"),
+    ("queue workers, minimum without maximum", {"QueueWorkerMinSize": "1"}, "us-east-1",
+     "QueueWorkerMinSize must not exceed"),
+    ("main worker split, everything still runs",
+     {"QueueWorkerMaxSize": "2", "MainWorkerQueues": "scheduler,mailers"}, "us-east-1", None),
+    ("main worker without the scheduler", {"QueueWorkerMaxSize": "2", "MainWorkerQueues": "mailers"},
+     "us-east-1", "includes scheduler"),
+    ("main worker all and more", {"MainWorkerQueues": "all,scheduler"}, "us-east-1", "all alone"),
+    ("a queue nobody runs", {"QueueWorkerMaxSize": "2", "MainWorkerQueues": "scheduler,mailers",
+                             "QueueWorkerQueues": "default,push,ingress,pull"}, "us-east-1", "fasp"),
+    ("queues split without queue workers", {"MainWorkerQueues": "scheduler,mailers"}, "us-east-1",
+     "Every queue must run somewhere"),
+    ("too many servers for a micro database", {"WebMaxSize": "10", "QueueWorkerMaxSize": "3"}, "us-east-1",
+     "at most 12"),
+    ("the most servers a micro database holds", {"WebMaxSize": "10", "QueueWorkerMaxSize": "2"},
+     "us-east-1", None),
+    ("many servers on a larger database", {"WebMaxSize": "10", "QueueWorkerMaxSize": "10",
+                                           "DatabaseInstanceClass": "db.t4g.small"}, "us-east-1", None),
 ]
 
 

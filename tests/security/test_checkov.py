@@ -60,6 +60,19 @@ def run_checkov(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
     return report["results"]
 
 
+# checkov drops a resource whose Condition is false for the parameters' defaults: every
+# option is scanned again with its defaults turned on.
+OPTIONS_ON = {"QueueWorkerMinSize": "1", "QueueWorkerMaxSize": "4"}
+SCANNED = ("mastodon.json", "weakened.json", "options-on.json")
+
+
+def _options_on(template: dict[str, Any]) -> dict[str, Any]:
+    on = copy.deepcopy(template)
+    for name, value in OPTIONS_ON.items():
+        on["Parameters"][name]["Default"] = value
+    return on
+
+
 def _weakened(template: dict[str, Any]) -> dict[str, Any]:
     """The template with a log group's encryption removed: checkov must notice."""
     weak = copy.deepcopy(template)
@@ -71,22 +84,30 @@ def _weakened(template: dict[str, Any]) -> dict[str, Any]:
 def results(template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """checkov over the built template and a weakened copy, in one run (about 5 s)."""
     folder = tmp_path_factory.mktemp("checkov")
-    built, weak = folder / "mastodon.json", folder / "weakened.json"
+    built, weak, on = (folder / name for name in SCANNED)
     built.write_text(json.dumps(template))
     weak.write_text(json.dumps(_weakened(template)))
-    found = run_checkov([built, weak])
+    on.write_text(json.dumps(_options_on(template)))
+    found = run_checkov([built, weak, on])
     return {
         kind: {name: [c for c in found[f"{kind}_checks"] if c["file_path"].endswith(name)]
-               for name in ("mastodon.json", "weakened.json")}
+               for name in SCANNED}
         for kind in ("passed", "failed", "skipped")
     }
 
 
-def test_checkov_finds_no_failed_check(results):
+@pytest.mark.parametrize("scanned", ["mastodon.json", "options-on.json"])
+def test_checkov_finds_no_failed_check(results, scanned):
     failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}"
-              for c in results["failed"]["mastodon.json"]]
+              for c in results["failed"][scanned]]
     assert failed == []
-    assert len(results["passed"]["mastodon.json"]) > 100, "checkov evaluated far fewer checks than expected"
+    assert len(results["passed"][scanned]) > 100, "checkov evaluated far fewer checks than expected"
+
+
+def test_the_options_resources_are_scanned_when_on(results):
+    scanned = {c["resource"] for kind in ("passed", "skipped") for c in results[kind]["options-on.json"]}
+    assert "AWS::EC2::LaunchTemplate.QueueWorkerLaunchTemplate" in scanned
+    assert "AWS::IAM::Policy.QueueMetricsPolicy" in scanned
 
 
 def test_checkov_would_catch_a_weakened_template(results):
@@ -95,7 +116,8 @@ def test_checkov_would_catch_a_weakened_template(results):
 
 
 def test_every_skip_is_reviewed_explained_and_still_needed(template, results):
-    skipped = {(c["check_id"], c["resource"]) for c in results["skipped"]["mastodon.json"]}
+    skipped = {(c["check_id"], c["resource"])
+               for name in ("mastodon.json", "options-on.json") for c in results["skipped"][name]}
     declared = set()
     for name, resource in template["Resources"].items():
         for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):

@@ -29,6 +29,9 @@ RESOURCE_STAR_ONLY = {
     "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
     "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
     "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+    # The queue metrics: no resource types; limited by the cloudwatch:namespace condition
+    # (CloudWatch User Guide, "Using condition keys to limit access to CloudWatch namespaces").
+    "cloudwatch:PutMetricData",
 }
 POLICY_PROPERTIES = ("PolicyDocument", "AssumeRolePolicyDocument", "KeyPolicy")
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from templates import capacity, scaling
-from tests.support import one, props
+from tests.support import props, resources
 
 
 def test_the_web_group_tracks_a_cpu_target(template):
-    _, policy = one(template, "AWS::AutoScaling::ScalingPolicy")
+    (policy,) = [r for r in resources(template, "AWS::AutoScaling::ScalingPolicy").values()
+                 if r["Properties"]["AutoScalingGroupName"] == {"Ref": "WebAutoScalingGroup"}]
     p = policy["Properties"]
     assert p["AutoScalingGroupName"] == {"Ref": "WebAutoScalingGroup"}
     assert p["PolicyType"] == "TargetTrackingScaling"

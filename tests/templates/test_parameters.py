@@ -47,7 +47,9 @@ def test_every_default_meets_its_own_constraint(template):
         if "AllowedPattern" in parameter:
             assert re.fullmatch(parameter["AllowedPattern"], str(default)), name
         if "AllowedValues" in parameter:
-            assert str(default) in parameter["AllowedValues"], name
+            # A list's every member must be allowed (as cfn-lint checks it: E2015).
+            members = str(default).split(",") if parameter["Type"] == "CommaDelimitedList" else [str(default)]
+            assert set(members) <= set(parameter["AllowedValues"]), name
         if "MinValue" in parameter:
             assert float(parameter["MinValue"]) <= float(default) <= float(parameter["MaxValue"]), name
 

@@ -128,7 +128,7 @@ def _user_data_text(template, name):
 
 def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(template):
     scripts = "\n".join(template["Resources"]["WebLaunchTemplate"]["Metadata"]["Scripts"].values())
-    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate", "QueueWorkerLaunchTemplate"):
         text = _user_data_text(template, name)
         assert "APP_SECRET_ARN='<ref>'" in text
         for forbidden in ("SECRET_KEY_BASE=", "DB_PASS=", "resolve:secretsmanager"):
@@ -141,6 +141,8 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
             "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
             "WebTargetGroup", "StreamingTargetGroup",
+            # Queue workers: sizes and queue names, public.
+            "QueueWorkerMaxSize", "MainWorkerQueues", "QueueWorkerQueues",
         }
     assert "{{resolve:" not in scripts
 
