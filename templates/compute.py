@@ -198,9 +198,10 @@ class Compute:
         """The queue workers' group name, or "" when the option is off (the rollout's queue_group)."""
         return If(parameters.HAS_QUEUE_WORKERS, Ref(self.queue_group), "")
 
-    def queue_group_arn(self) -> If:
-        """For grants on the queue workers' group: its ARN, or no value when the option is off."""
-        return If(parameters.HAS_QUEUE_WORKERS, _group_arn(self.queue_group), Ref("AWS::NoValue"))
+    def queue_group_arn(self) -> Sub:
+        """For grants on the queue workers' group, in resources that carry
+        parameters.HAS_QUEUE_WORKERS themselves (outside them, the ARN names nothing)."""
+        return _group_arn(self.queue_group)
 
 
 def _group_arn(group: autoscaling.AutoScalingGroup) -> Sub:

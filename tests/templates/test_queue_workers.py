@@ -13,7 +13,7 @@ from troposphere import Template, autoscaling
 
 from scripts import costs
 from scripts.template_values import Evaluator, parameter_values
-from templates import alarms, compute, parameters, scaling, sidekiq
+from templates import alarms, compute, parameters, pipeline, scaling, sidekiq
 from tests.support import props, resources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +26,7 @@ QUEUE_RESOURCES = {
     compute.QUEUE_SERVER_ROLE,
     "QueueWorkerInstanceProfile",
     compute.QUEUE_METRICS_POLICY,
+    pipeline.QUEUE_WORKERS_POLICY,
     scaling.QUEUE_SCALE_OUT_POLICY,
     scaling.QUEUE_SCALE_IN_POLICY,
     scaling.QUEUE_SCALE_OUT_ALARM,
@@ -179,9 +180,8 @@ def test_the_rollout_and_other_tiers_name_the_group_only_when_it_exists():
     assert fake.queue_group_name().to_dict() == {
         "Fn::If": [parameters.HAS_QUEUE_WORKERS, {"Ref": compute.QUEUE_GROUP}, ""]
     }
-    arn = fake.queue_group_arn().to_dict()["Fn::If"]
-    assert arn[0] == parameters.HAS_QUEUE_WORKERS and arn[2] == {"Ref": "AWS::NoValue"}
-    assert arn[1]["Fn::Sub"].endswith(f"autoScalingGroupName/${{{compute.QUEUE_GROUP}}}")
+    arn = fake.queue_group_arn().to_dict()
+    assert arn["Fn::Sub"].endswith(f"autoScalingGroupName/${{{compute.QUEUE_GROUP}}}")
 
 
 def test_the_defaults_cost_nothing_more_and_the_option_itemises_its_metrics_and_servers(template):
