@@ -53,6 +53,10 @@ DATABASE_CONNECTIONS_SHARE = 0.8  # of max_connections: new connections will soo
 DATABASE_FREE_MEMORY_SHARE = 0.1  # of the class's memory: the instance starts to swap
 CACHE_MEMORY_PERCENT = 80         # of maxmemory: evictions come next
 WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
+# Mastodon reads some pages (public, tag and list timelines...) from the replica without
+# knowing its lag (mastodon/mastodon#30176): half a minute behind, users see posts vanish.
+REPLICA_LAG_SECONDS = 30
+REPLICA_LAG_ALARM = "DatabaseReplicaLagAlarm"
 
 # The worker is an Auto Scaling group of one: its in-service count is its health.
 WORKER_GROUP_METRICS = ["GroupInServiceInstances", "GroupDesiredCapacity"]
@@ -187,7 +191,21 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
         "worker group's activity and the sidekiq logs.",
         "AWS/AutoScaling", "GroupInServiceInstances", {"AutoScalingGroupName": Ref(compute.worker_group)},
         Threshold("Minimum", "LessThanThreshold", WORKER_IN_SERVICE_MINIMUM, 60, 5, 5, "breaching")))
+    _replica_lag_alarm(t, data, topic)
     return alarms
+
+
+def _replica_lag_alarm(t: Template, data: Data, topic: sns.Topic) -> None:
+    """Only with a read replica; kept out of the dashboard, which shows every stack's alarms."""
+    if data.replica is None:
+        return
+    alarm = _alarm(
+        t, REPLICA_LAG_ALARM, topic, "read replica lags",
+        "Pages read from the replica miss recent posts: see the replica's CPU and IOPS, or choose "
+        "a larger DatabaseReplicaClass.",
+        "AWS/RDS", "ReplicaLag", {"DBInstanceIdentifier": Ref(data.replica)},
+        Threshold("Maximum", "GreaterThanThreshold", REPLICA_LAG_SECONDS, 60, 3, 3))
+    alarm.Condition = parameters.HAS_DATABASE_REPLICA
 
 
 # The e-mail a failed rollout sends. EventBridge wants a text template quoted: each
@@ -272,7 +290,9 @@ def dashboard_body(alarm_names: list[str]) -> dict[str, Any]:
 
 def create_dashboard(t: Template) -> cloudwatch.Dashboard:
     """A dashboard of every alarm in the stack; call after the last alarm is added."""
-    names = sorted(name for name, r in t.resources.items() if isinstance(r, cloudwatch.Alarm))
+    # Not an optional alarm (one with a Condition): the body would name it when it does not exist.
+    names = sorted(name for name, r in t.resources.items()
+                   if isinstance(r, cloudwatch.Alarm) and "Condition" not in r.resource)
     return t.add_resource(cloudwatch.Dashboard(
         DASHBOARD,
         DashboardName=Sub("${AWS::StackName}-mastodon"),

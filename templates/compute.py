@@ -66,7 +66,14 @@ from templates.load_balancing import (
 )
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
+from templates.options import (
+    MASTODON_IMAGE,
+    PGBOUNCER_IMAGE,
+    PGBOUNCER_PORT,
+    RELEASE_TAG_PATTERN,
+    STACK_PREFIX,
+    STREAMING_IMAGE,
+)
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions
@@ -144,6 +151,15 @@ RESOLVED_VALUE_ALLOWANCE = 200
 
 class UserDataTooLarge(ValueError):
     """The instance scripts no longer fit in user data."""
+
+
+@dataclass(frozen=True)
+class Only:
+    """A stack.env entry written only when `condition` holds (an option that is on): with
+    the option off, the servers' user data stays exactly what it was without it."""
+
+    condition: str
+    value: object
 
 
 # What the instance scripts know from the template and not from the stack: stack.env
@@ -245,6 +261,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
             **SERVER_FACTS,
+            **_database_growth_env(p, data),
         }
 
     # Only web servers wait in the launch hook and in the target groups.
@@ -509,6 +526,25 @@ for _name, _value in (("@IMDS_URL@", IMDS_URL), ("@STACK_ENV_FILE@", STACK_ENV_F
     FETCH_SCRIPTS = FETCH_SCRIPTS.replace(_name, _value)
 
 
+def _database_growth_env(p: Parameters, data: Data) -> dict[str, object]:
+    """The pooler and the read replica (issue 13 items 2 and 3), for bootstrap.sh."""
+    pooled = parameters.USE_DATABASE_POOLER
+    env: dict[str, object] = {
+        "DB_POOLER": Only(pooled, "true"),
+        "PGBOUNCER_IMAGE": Only(pooled, PGBOUNCER_IMAGE),
+        "PGBOUNCER_PORT": Only(pooled, str(PGBOUNCER_PORT)),
+    }
+    if data.replica is not None:
+        replica = parameters.HAS_DATABASE_REPLICA
+        env |= {
+            "REPLICA_DB_HOST": Only(replica, GetAtt(data.replica, "Endpoint.Address")),
+            "REPLICA_DB_PORT": Only(replica, GetAtt(data.replica, "Endpoint.Port")),
+            "REPLICA_MAX_CONNECTIONS": Only(replica, FindInMap(
+                parameters.DATABASE_CONNECTIONS_MAP, Ref(p.database_replica_class), "MaxConnections")),
+        }
+    return env
+
+
 def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource: str) -> Base64:
     """User data: write stack.env, fetch the instance scripts, run the bootstrap."""
     parts: list[object] = [
@@ -518,7 +554,10 @@ def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource:
         f"cat > {STACK_ENV_FILE} <<'STACK_ENV'\n"
     ]
     for key, value in {**env, "INSTANCE_SCRIPTS": scripts_resource}.items():
-        parts += [f"{key}='", value, "'\n"]
+        if isinstance(value, Only):
+            parts.append(If(value.condition, Join("", [f"{key}='", value.value, "'\n"]), ""))
+        else:
+            parts += [f"{key}='", value, "'\n"]
     parts.append("STACK_ENV\n")
     parts.append(f"SCRIPTS_DIGEST={scripts_digest(scripts)}\n")
     parts.append(FETCH_SCRIPTS)

@@ -22,6 +22,7 @@ GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
+GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -36,6 +37,8 @@ USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
+USE_DATABASE_POOLER = "UseDatabasePooler"
+HAS_DATABASE_REPLICA = "HasDatabaseReplica"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -123,6 +126,9 @@ class Parameters:
     waf_web_acl_arn: Parameter
     waf_rate_limit: Parameter
     rolling_batch_size: Parameter
+    # Issue 13, database growth (item 2 and 3).
+    database_pooler: Parameter
+    database_replica_class: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -317,10 +323,26 @@ def create_parameters(t: Template) -> Parameters:
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",
         )),
+        database_pooler=add_parameter(t, GROUP_DATABASE_GROWTH, "PgBouncer on every server", Parameter(
+            "DatabasePooler", Type="String", Default="false",
+            Description="true: every server runs PgBouncer in transaction mode on 127.0.0.1 (Mastodon's "
+            "documented pooler; no extra cost). Puma, streaming and Sidekiq then size their pools by "
+            "the server, not by the database's max_connections; migrations, db:setup and tootctl keep "
+            "connecting to the database directly.",
+            AllowedValues=["true", "false"],
+        )),
+        database_replica_class=add_parameter(t, GROUP_DATABASE_GROWTH, "Read replica class", Parameter(
+            "DatabaseReplicaClass", Type="String", Default="",
+            Description="Empty: no read replica. Otherwise the instance class of an RDS read replica "
+            "that serves Mastodon's read-only queries (REPLICA_DB_*), at least the size of the "
+            "database's class. It bills like a second database.",
+            AllowedValues=["", *(d.name for d in capacity.DATABASE_CLASSES)],
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
     _add_rules(t, p)
+    _add_database_growth_rules(t, p)
     return p
 
 
@@ -354,6 +376,8 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
+    t.add_condition(USE_DATABASE_POOLER, Equals(Ref(p.database_pooler), "true"))
+    t.add_condition(HAS_DATABASE_REPLICA, Not(Equals(Ref(p.database_replica_class), "")))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
@@ -388,5 +412,36 @@ def _add_rules(t: Template, p: Parameters) -> None:
             "region, so the stack cannot set up mail itself: give an SMTP server (SmtpServer, "
             "SmtpLogin, SmtpPasswordSecretArn; SES's SMTP endpoint of another region works), or "
             "deploy in a region where it can.",
+        }],
+    })
+
+
+def _or(tests: list[object]) -> dict[str, object]:
+    """Fn::Or over any number of rule tests (it takes 2 to 10 at a time)."""
+    while len(tests) > _OR_LIMIT:
+        tests = [{"Fn::Or": chunk} if len(chunk) > 1 else chunk[0]
+                 for chunk in (tests[i:i + _OR_LIMIT] for i in range(0, len(tests), _OR_LIMIT))]
+    return {"Fn::Or": tests}
+
+
+def replica_classes_for(primary: capacity.DatabaseClass) -> list[str]:
+    """The replica classes allowed beside a primary: at least its memory (and so its
+    max_connections). AWS advises a replica at least as large as its source, or it lags;
+    a smaller one would also shrink every server's pools (pools.sh takes the smaller)."""
+    return [d.name for d in capacity.DATABASE_CLASSES if d.memory_mib >= primary.memory_mib]
+
+
+def _add_database_growth_rules(t: Template, p: Parameters) -> None:
+    t.add_rule("ReadReplicaAtLeastTheDatabase", {
+        "RuleCondition": {"Fn::Not": [{"Fn::Equals": [Ref(p.database_replica_class), ""]}]},
+        "Assertions": [{
+            "Assert": _or([
+                {"Fn::And": [{"Fn::Equals": [Ref(p.database_class), d.name]},
+                             {"Fn::Contains": [replica_classes_for(d), Ref(p.database_replica_class)]}]}
+                for d in capacity.DATABASE_CLASSES
+            ]),
+            "AssertDescription": "DatabaseReplicaClass must have at least the memory of "
+            "DatabaseInstanceClass: a smaller replica lags behind the database and shrinks every "
+            "server's connection pools.",
         }],
     })
