@@ -536,7 +536,6 @@ render_environment() {
   } >"$tmp"
   chmod 0600 "$tmp"
   mv -f "$tmp" "$ENV_FILE"
-  unset SECRET
   log "wrote $RUNTIME_ENV_FILE"
 }
 
@@ -754,9 +753,9 @@ pull_images() {
 check_pooler() {
   [ "$DB_POOLER" = true ] || return 0
   step "check the pooler"
-  local query="ActiveRecord::Base.connection.select_value('SELECT 1')"
+  local query="ActiveRecord::Base.connection.select_value('SELECT version()')"
   [ -z "$REPLICA_DB_HOST" ] ||
-    query="$query; ActiveRecord::Base.connected_to(role: :reading) { ActiveRecord::Base.connection.select_value('SELECT 1') }"
+    query="$query; ActiveRecord::Base.connected_to(role: :reading) { ActiveRecord::Base.connection.select_value('SELECT version()') }"
   retry one_off --pooled "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails runner "$query" ||
     fail "no query passes through PgBouncer on 127.0.0.1:$PGBOUNCER_PORT: see the $INSTANCE_ID/pgbouncer stream of $LOG_GROUP_SYSTEM"
   log "queries pass through PgBouncer"
@@ -955,6 +954,8 @@ main() {
   render_environment
   size_pools
   [ "$DB_POOLER" != true ] || write_pgbouncer_config
+  # The secrets are in their files now; nothing later needs them in memory.
+  unset SECRET
   write_units
   pull_images
   if [ "$ROLE" = worker ]; then

@@ -231,7 +231,8 @@ def grown():
     swap = swap_sizes(sorted({seen(t) for t in capacity.INSTANCE_TYPES}))
     cases, keys = [], []
     for primary, replica, pooler, size in growth_cases():
-        options = (["--pooler"] if pooler else []) + (["--replica", replica.max_connections] if replica else [])
+        options = ["--pooler"] if pooler else []
+        options += ["--replica", replica.max_connections] if replica else []
         for role, types in ROLE_TYPES.items():
             for itype in types:
                 memory = seen(itype)
