@@ -130,8 +130,10 @@ def _replica(t: Template, p: Parameters, database: rds.DBInstance) -> rds.DBInst
         Engine="postgres",
         DBInstanceClass=Ref(p.database_replica_class),
         DBParameterGroupName=Ref(settings),
-        # Given explicitly: a later update of a replica without it reverts to the VPC's
-        # default security group.
+        # The database's own subnets and security group, named explicitly: RDS's API puts a
+        # replica without a subnet group outside the VPC, and a later update of a replica
+        # without security groups reverts it to the VPC's default group.
+        DBSubnetGroupName=Ref("DatabaseSubnetGroup"),
         VPCSecurityGroups=[Ref("DatabaseSecurityGroup")],
         PubliclyAccessible=False,
         # Storage type and size come from the source; it grows up to the same limit.
@@ -152,13 +154,9 @@ def _replica(t: Template, p: Parameters, database: rds.DBInstance) -> rds.DBInst
                  "metrics and the ReplicaLag alarm cover the replica."},
                 {"id": "CKV_AWS_157", "comment": "A replica is itself the spare copy; Multi-AZ "
                  "would double its cost."},
-                {"id": "CKV_AWS_16", "comment": "Encrypted: a replica inherits the source's "
-                 "encryption (StorageEncrypted is not set on a replica)."},
-                {"id": "CKV_AWS_133", "comment": "A replica has no backups of its own; the "
-                 "database it copies keeps them."},
-                {"id": "CKV_AWS_226", "comment": "AutoMinorVersionUpgrade is true."},
-                {"id": "CKV_AWS_293", "comment": "Deleting the replica loses no data; the "
-                 "database keeps deletion protection."},
+                {"id": "CKV_AWS_16", "comment": "Encrypted with the database's key: a read replica "
+                 "inherits the source's encryption, and CloudFormation takes no StorageEncrypted "
+                 "for one."},
             ]},
         },
     ))

@@ -31,6 +31,7 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "ExternalSmtpWhereSesIsMissing": ({}, "eu-south-2"),
     "WafInUsEast1": ({"WafEnabled": "true"}, "eu-central-1"),
     "WebMinSizeAtMostMaxSize": ({"WebMinSize": "3", "WebMaxSize": "2"}, "eu-central-1"),
+    "ReadReplicaAtLeastTheDatabase": ({"DatabaseReplicaClass": "db.t4g.micro"}, "eu-central-1"),
 }
 
 
