@@ -749,7 +749,7 @@ pull_images() {
 
 # With the pooler, the processes reach the database only through it: a query through
 # PgBouncer proves its password, its TLS to RDS and the replica's entry, before the
-# server reports healthy (Mastodon's /health does not touch the database).
+# server reports healthy (Mastodon's health check does not touch the database).
 check_pooler() {
   [ "$DB_POOLER" = true ] || return 0
   step "check the pooler"

@@ -45,7 +45,8 @@ MASTODON_POOLS_MAX_STREAMING_POOL=5
 MASTODON_POOLS_SIDEKIQ_THREADS_PER_VCPU=10
 MASTODON_POOLS_MIN_SIDEKIQ=2
 # One Sidekiq process runs Ruby on one core at a time (the GVL): beyond ~50 threads more
-# only wait (Sidekiq's wiki advises no more; mastodon.social ran 50 a process).
+# only wait. Sidekiq's developers name 50 the very most (GitLab caps its processes there,
+# gitlab-org/omnibus-gitlab#5797); mastodon.social ran 50 a process (GROWTH.md section 7).
 MASTODON_POOLS_MAX_SIDEKIQ=50
 # Behind PgBouncer the database no longer bounds the processes' pools: this stands for
 # "no limit" where the share would have been (vCPUs and memory bound them first).
