@@ -145,3 +145,11 @@ def test_the_console_groups_both_options_with_labels(template):
     for name in group["Parameters"]:
         assert template["Parameters"][name]["Default"] in ("false", "")
         assert name in interface["ParameterLabels"]
+
+
+def test_a_replicas_source_always_keeps_backups(template):
+    # RDS refuses a read replica of a database without automated backups. The template
+    # never allows one without them: a change that allowed 0 days would need a rule here.
+    assert template["Parameters"]["DatabaseBackupRetentionDays"]["MinValue"] >= 1
+    assert template["Resources"]["Database"]["Properties"]["BackupRetentionPeriod"] == {
+        "Ref": "DatabaseBackupRetentionDays"}
