@@ -425,9 +425,10 @@ def _or(tests: list[object]) -> dict[str, object]:
 
 
 def replica_classes_for(primary: capacity.DatabaseClass) -> list[str]:
-    """The replica classes allowed beside a primary: at least its memory (and so its
-    max_connections). AWS advises a replica at least as large as its source, or it lags;
-    a smaller one would also shrink every server's pools (pools.sh takes the smaller)."""
+    """The replica classes allowed beside a primary: at least its memory, and so at least
+    its max_connections, which PostgreSQL requires of a hot standby (it refuses queries
+    otherwise: "runtime-config-connection", max_connections). A smaller replica would also
+    lag behind, and shrink every server's pools (pools.sh takes the smaller)."""
     return [d.name for d in capacity.DATABASE_CLASSES if d.memory_mib >= primary.memory_mib]
 
 
@@ -441,7 +442,7 @@ def _add_database_growth_rules(t: Template, p: Parameters) -> None:
                 for d in capacity.DATABASE_CLASSES
             ]),
             "AssertDescription": "DatabaseReplicaClass must have at least the memory of "
-            "DatabaseInstanceClass: a smaller replica lags behind the database and shrinks every "
-            "server's connection pools.",
+            "DatabaseInstanceClass: PostgreSQL serves no query on a replica with fewer "
+            "max_connections than its database, and a smaller replica lags behind.",
         }],
     })

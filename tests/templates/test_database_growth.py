@@ -153,3 +153,12 @@ def test_a_replicas_source_always_keeps_backups(template):
     assert template["Parameters"]["DatabaseBackupRetentionDays"]["MinValue"] >= 1
     assert template["Resources"]["Database"]["Properties"]["BackupRetentionPeriod"] == {
         "Ref": "DatabaseBackupRetentionDays"}
+
+
+def test_every_replica_the_rule_allows_has_at_least_the_databases_max_connections():
+    # PostgreSQL refuses queries on a hot standby whose max_connections is below its
+    # primary's; each side's parameter group sets it from its own class.
+    for primary in capacity.DATABASE_CLASSES:
+        for name in parameters.replica_classes_for(primary):
+            replica = next(d for d in capacity.DATABASE_CLASSES if d.name == name)
+            assert replica.max_connections >= primary.max_connections, (primary.name, name)
