@@ -153,15 +153,6 @@ class UserDataTooLarge(ValueError):
     """The instance scripts no longer fit in user data."""
 
 
-@dataclass(frozen=True)
-class Only:
-    """A stack.env entry written only when `condition` holds (an option that is on): with
-    the option off, the servers' user data stays exactly what it was without it."""
-
-    condition: str
-    value: object
-
-
 # What the instance scripts know from the template and not from the stack: stack.env
 # carries each (with the per-stack values of create_compute), so the scripts never
 # spell them.
@@ -527,20 +518,21 @@ for _name, _value in (("@IMDS_URL@", IMDS_URL), ("@STACK_ENV_FILE@", STACK_ENV_F
 
 
 def _database_growth_env(p: Parameters, data: Data) -> dict[str, object]:
-    """The pooler and the read replica (issue 13 items 2 and 3), for bootstrap.sh."""
+    """The pooler and the read replica (issue 13 items 2 and 3), for bootstrap.sh: empty
+    values when an option is off, which the scripts read as off."""
     pooled = parameters.USE_DATABASE_POOLER
     env: dict[str, object] = {
-        "DB_POOLER": Only(pooled, "true"),
-        "PGBOUNCER_IMAGE": Only(pooled, PGBOUNCER_IMAGE),
-        "PGBOUNCER_PORT": Only(pooled, str(PGBOUNCER_PORT)),
+        "DB_POOLER": If(pooled, "true", "false"),
+        "PGBOUNCER_IMAGE": If(pooled, PGBOUNCER_IMAGE, ""),
+        "PGBOUNCER_PORT": If(pooled, str(PGBOUNCER_PORT), ""),
     }
     if data.replica is not None:
         replica = parameters.HAS_DATABASE_REPLICA
         env |= {
-            "REPLICA_DB_HOST": Only(replica, GetAtt(data.replica, "Endpoint.Address")),
-            "REPLICA_DB_PORT": Only(replica, GetAtt(data.replica, "Endpoint.Port")),
-            "REPLICA_MAX_CONNECTIONS": Only(replica, FindInMap(
-                parameters.DATABASE_CONNECTIONS_MAP, Ref(p.database_replica_class), "MaxConnections")),
+            "REPLICA_DB_HOST": If(replica, GetAtt(data.replica, "Endpoint.Address"), ""),
+            "REPLICA_DB_PORT": If(replica, GetAtt(data.replica, "Endpoint.Port"), ""),
+            "REPLICA_MAX_CONNECTIONS": If(replica, FindInMap(
+                parameters.DATABASE_CONNECTIONS_MAP, Ref(p.database_replica_class), "MaxConnections"), ""),
         }
     return env
 
@@ -554,10 +546,7 @@ def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource:
         f"cat > {STACK_ENV_FILE} <<'STACK_ENV'\n"
     ]
     for key, value in {**env, "INSTANCE_SCRIPTS": scripts_resource}.items():
-        if isinstance(value, Only):
-            parts.append(If(value.condition, Join("", [f"{key}='", value.value, "'\n"]), ""))
-        else:
-            parts += [f"{key}='", value, "'\n"]
+        parts += [f"{key}='", value, "'\n"]
     parts.append("STACK_ENV\n")
     parts.append(f"SCRIPTS_DIGEST={scripts_digest(scripts)}\n")
     parts.append(FETCH_SCRIPTS)

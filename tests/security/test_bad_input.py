@@ -98,6 +98,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                                      WEB_ACL.replace("global", "regional"), WEB_ACL + "x"]),
     "WafRateLimit": _sizes(100, 2000000000),
     "RollingBatchSize": _sizes(1, 5),
+    "DatabasePooler": _choices(["true", "false"], ["True", "pgbouncer", ""]),
+    # Empty is "no replica".
+    "DatabaseReplicaClass": (["", *(d.name for d in capacity.DATABASE_CLASSES)],
+                             ["db.t3.micro", "none", "r7g.large", " "]),
 }
 
 

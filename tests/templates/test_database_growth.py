@@ -42,9 +42,11 @@ def user_data(template: dict[str, Any], launch_template: str, values: dict[str, 
 
 
 @pytest.mark.parametrize("launch_template", ["WebLaunchTemplate", "WorkerLaunchTemplate"])
-def test_off_by_default_the_servers_receive_nothing_new(template, launch_template):
+def test_off_by_default_the_servers_are_told_both_options_are_off(template, launch_template):
     text = user_data(template, launch_template, {})
-    assert not [line for line in text.splitlines() if line.startswith(GROWTH_KEYS)]
+    lines = {line for line in text.splitlines() if line.startswith(GROWTH_KEYS)}
+    assert lines == {"DB_POOLER='false'", "PGBOUNCER_IMAGE=''", "PGBOUNCER_PORT=''", "REPLICA_DB_HOST=''",
+                     "REPLICA_DB_PORT=''", "REPLICA_MAX_CONNECTIONS=''"}
 
 
 @pytest.mark.parametrize("launch_template", ["WebLaunchTemplate", "WorkerLaunchTemplate"])
