@@ -747,12 +747,15 @@ pull_images() {
   pull_with_room "${images[@]}"
 }
 
-# With the pooler, the processes reach the database only through it: a query through
-# PgBouncer proves its password, its TLS to RDS and the replica's entry, before the
-# server reports healthy (Mastodon's health check does not touch the database).
+# With the pooler, the processes reach the database only through it: PgBouncer starts
+# first, and a query through it proves its password, its TLS to RDS and the replica's
+# entry before Mastodon's processes start (its health check does not touch the
+# database), so that the check's one-off Rails never competes with them for memory.
 check_pooler() {
   [ "$DB_POOLER" = true ] || return 0
   step "check the pooler"
+  systemctl daemon-reload
+  systemctl enable --now mastodon-pgbouncer || fail "systemctl could not start mastodon-pgbouncer"
   local query="ActiveRecord::Base.connection.select_value('SELECT version()')"
   [ -z "$REPLICA_DB_HOST" ] ||
     query="$query; ActiveRecord::Base.connected_to(role: :reading) { ActiveRecord::Base.connection.select_value('SELECT version()') }"
@@ -963,8 +966,8 @@ main() {
   else
     wait_for_database
   fi
-  start_units
   check_pooler
+  start_units
   if [ "$ROLE" = web ]; then
     wait_for_web_health
     let_launch_continue

@@ -169,8 +169,10 @@ def test_pgbouncer_runs_its_pinned_image_unprivileged_without_mastodons_environm
     assert "awslogs-stream=i-0123456789abcdef0/pgbouncer" in unit
     [pull] = [a for a in pooled_web.commands("docker", "pull") if a[-1] == PGBOUNCER_IMAGE]
     assert pull
-    [started] = [a for a in pooled_web.commands("systemctl", "enable") if "mastodon-web" in a]
-    assert started[2] == "mastodon-pgbouncer", "PgBouncer starts first"
+    enabled = [a[2:] for a in pooled_web.commands("systemctl", "enable")]
+    first = enabled.index(["mastodon-pgbouncer"])
+    assert enabled.index(["mastodon-pgbouncer", "mastodon-web", "mastodon-streaming"]) > first, (
+        "PgBouncer runs, and passes its check, before Mastodon's processes start")
 
 
 # --- what goes straight to the database -------------------------------------------------
@@ -192,8 +194,14 @@ def test_db_setup_and_the_database_checks_connect_directly(pooled_worker):
         assert (env["REPLICA_DB_HOST"], env["REPLICA_DB_NAME"]) == (REPLICA, "mastodon")
 
 
-def test_the_boot_checks_a_query_through_pgbouncer(pooled_worker):
+def test_the_boot_checks_a_query_through_pgbouncer_before_mastodon_starts(pooled_worker):
     [check] = [a for a in runs(pooled_worker, "runner") if "SELECT version()" in " ".join(a)]
+    calls = pooled_worker.calls
+    check_at = next(i for i, c in enumerate(calls)
+                    if c["cmd"] == "docker" and "SELECT version()" in " ".join(c["args"]))
+    sidekiq_at = next(i for i, c in enumerate(calls)
+                      if c["cmd"] == "systemctl" and "mastodon-sidekiq" in c["args"])
+    assert check_at < sidekiq_at
     assert "DB_HOST" not in env_options(check), "the check uses mastodon.env's pooler"
     assert "connected_to(role: :reading)" in check[-1], "and the replica's entry"
 
@@ -204,6 +212,7 @@ def test_a_broken_pooler_fails_the_boot_with_the_reason(tmp_path):
     [signal] = run.signals()
     assert signal["status"] == "FAILURE"
     assert "no query passes through PgBouncer" in run.log
+    assert not [a for a in run.commands("systemctl", "enable") if "mastodon-web" in a], "Mastodon never starts"
     [abandon] = run.commands("aws", "autoscaling", "complete-lifecycle-action")
     assert option(abandon, "--lifecycle-action-result") == "ABANDON"
 
