@@ -171,8 +171,12 @@ class _Counter:
             self.add("database", f"{name}: {instance_class} PostgreSQL, {zones}",
                      _price(self.prices, "rds_postgresql_single_az_hourly", instance_class)
                      * self.hours * factor)
-            storage_type = str(self.ev.value(props.get("StorageType", "gp3")))
-            size = self.ev.number(props.get("AllocatedStorage"), 20)
+            # A read replica's storage is its source's (the template gives it none).
+            source = props.get("SourceDBInstanceIdentifier")
+            source_name = source.get("Ref") if isinstance(source, dict) else None
+            storage = self.resources[source_name]["Properties"] if source_name in self.resources else props
+            storage_type = str(self.ev.value(storage.get("StorageType", "gp3")))
+            size = self.ev.number(storage.get("AllocatedStorage"), 20)
             self.add("database storage", f"{size:g} GiB {storage_type}, {zones} (backups within "
                      "the free allowance of one copy)",
                      size * _price(self.prices, "rds_storage_gb_month", storage_type) * factor)

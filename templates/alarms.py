@@ -60,6 +60,10 @@ WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
 OLDEST_JOB_ALERT_SECONDS = 600
 SIDEKIQ_OLDEST_JOB_ALARM = "SidekiqOldestJobAlarm"
 SIDEKIQ_NO_PROCESS_ALARM = "SidekiqNoProcessAlarm"
+# Mastodon reads some pages (public, tag and list timelines...) from the replica without
+# knowing its lag (mastodon/mastodon#30176): half a minute behind, users see posts vanish.
+REPLICA_LAG_SECONDS = 30
+REPLICA_LAG_ALARM = "DatabaseReplicaLagAlarm"
 
 # The worker is an Auto Scaling group of one: its in-service count is its health.
 WORKER_GROUP_METRICS = ["GroupInServiceInstances", "GroupDesiredCapacity"]
@@ -196,6 +200,7 @@ def create_alarms(t: Template, p: parameters.Parameters, load_balancing: LoadBal
         "AWS/AutoScaling", "GroupInServiceInstances", {"AutoScalingGroupName": Ref(compute.worker_group)},
         Threshold("Minimum", "LessThanThreshold", WORKER_IN_SERVICE_MINIMUM, 60, 5, 5, "breaching")))
     alarms += create_queue_alarms(t, compute, topic)
+    _replica_lag_alarm(t, data, topic)
     return alarms
 
 
@@ -225,6 +230,19 @@ def create_queue_alarms(t: Template, compute: Compute, topic: sns.Topic) -> list
     for alarm in found:
         alarm.Condition = parameters.HAS_QUEUE_WORKERS
     return found
+
+
+def _replica_lag_alarm(t: Template, data: Data, topic: sns.Topic) -> None:
+    """Only with a read replica; kept out of the dashboard, which shows every stack's alarms."""
+    if data.replica is None:
+        return
+    alarm = _alarm(
+        t, REPLICA_LAG_ALARM, topic, "read replica lags",
+        "Pages read from the replica miss recent posts: see the replica's CPU and IOPS, or choose "
+        "a larger DatabaseReplicaClass.",
+        "AWS/RDS", "ReplicaLag", {"DBInstanceIdentifier": Ref(data.replica)},
+        Threshold("Maximum", "GreaterThanThreshold", REPLICA_LAG_SECONDS, 60, 3, 3))
+    alarm.Condition = parameters.HAS_DATABASE_REPLICA
 
 
 # The e-mail a failed rollout sends. EventBridge wants a text template quoted: each

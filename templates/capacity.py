@@ -25,6 +25,15 @@ class InstanceType:
 # Burstable and general-purpose types, Graviton then x86, smallest first (the order
 # the console lists them in). Both groups run on those with at least 2 GiB; the 1 GiB
 # micros are for the worker only (WEB_MIN_MEMORY_MIB).
+#
+# The largest (8 vCPUs) are what a ~50,000-active-user instance runs on: mastodon.social
+# served 10,000 weekly users from 8-core web servers with Puma at 4 x 10 threads
+# (Mastodon's old "Resources needed" docs), and Hachyderm ran Puma and Sidekiq on 32-core
+# boxes at 30,000 users (../shared/GROWTH.md section 7). Here a web server runs one Puma
+# worker per vCPU (pools.sh), so 8 vCPUs give 8 x 5 threads a server, and a group of up to
+# WEB_MAX_SIZE_LIMIT of them serves 400 requests at once; Mastodon's scaling guide
+# (docs.joinmastodon.org/admin/scaling) prefers more processes to more threads, which is
+# what more vCPUs buy. Larger sizes would only add threads that the database cannot serve.
 INSTANCE_TYPES: tuple[InstanceType, ...] = (
     InstanceType("t4g.micro", "arm64", 2, 1024),
     InstanceType("t4g.small", "arm64", 2, 2048),
@@ -34,15 +43,20 @@ INSTANCE_TYPES: tuple[InstanceType, ...] = (
     InstanceType("m7g.medium", "arm64", 1, 4096),
     InstanceType("m7g.large", "arm64", 2, 8192),
     InstanceType("m7g.xlarge", "arm64", 4, 16384),
+    InstanceType("m7g.2xlarge", "arm64", 8, 32768),
     InstanceType("c7g.large", "arm64", 2, 4096),
     InstanceType("c7g.xlarge", "arm64", 4, 8192),
+    InstanceType("c7g.2xlarge", "arm64", 8, 16384),
     InstanceType("t3.micro", "x86_64", 2, 1024),
     InstanceType("t3.small", "x86_64", 2, 2048),
     InstanceType("t3.medium", "x86_64", 2, 4096),
     InstanceType("t3.large", "x86_64", 2, 8192),
     InstanceType("m7i.large", "x86_64", 2, 8192),
     InstanceType("m7i.xlarge", "x86_64", 4, 16384),
+    InstanceType("m7i.2xlarge", "x86_64", 8, 32768),
     InstanceType("c7i.large", "x86_64", 2, 4096),
+    InstanceType("c7i.xlarge", "x86_64", 4, 8192),
+    InstanceType("c7i.2xlarge", "x86_64", 8, 16384),
 )
 
 # A web server runs Puma workers (~400 MiB each) and the streaming server next to
@@ -78,14 +92,23 @@ class DatabaseClass:
     max_connections: int
 
 
+# Up to what a ~50,000-active-user instance needs: a memory-optimised class of 32 to
+# 64 GiB keeps the hot part of the database (statuses, home feeds' joins, indexes) in
+# memory; Hachyderm's database needed memory first at 30,000 users, and large instances
+# run PostgreSQL on r-class machines (../shared/GROWTH.md section 7). 5000 is RDS's own
+# ceiling on its memory-derived default (LEAST(DBInstanceClassMemory/9531392, 5000)).
 DATABASE_CLASSES: tuple[DatabaseClass, ...] = (
     DatabaseClass("db.t4g.micro", 1024, 80),
     DatabaseClass("db.t4g.small", 2048, 180),
     DatabaseClass("db.t4g.medium", 4096, 380),
     DatabaseClass("db.t4g.large", 8192, 800),
+    DatabaseClass("db.t4g.xlarge", 16384, 1600),
     DatabaseClass("db.m7g.large", 8192, 800),
     DatabaseClass("db.m7g.xlarge", 16384, 1600),
+    DatabaseClass("db.m7g.2xlarge", 32768, 3200),
     DatabaseClass("db.r7g.large", 16384, 1600),
+    DatabaseClass("db.r7g.xlarge", 32768, 3200),
+    DatabaseClass("db.r7g.2xlarge", 65536, 5000),
 )
 
 

@@ -79,7 +79,14 @@ from templates.load_balancing import (
 )
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
+from templates.options import (
+    MASTODON_IMAGE,
+    PGBOUNCER_IMAGE,
+    PGBOUNCER_PORT,
+    RELEASE_TAG_PATTERN,
+    STACK_PREFIX,
+    STREAMING_IMAGE,
+)
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions
@@ -290,6 +297,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
             **SERVER_FACTS,
             **sidekiq.SERVER_FACTS,
+            **_database_growth_env(p, data),
         }
 
     # Only web servers wait in the launch hook and in the target groups.
@@ -616,6 +624,26 @@ exec @BOOTSTRAP_SCRIPT@
 for _name, _value in (("@IMDS_URL@", IMDS_URL), ("@STACK_ENV_FILE@", STACK_ENV_FILE),
                       ("@SCRIPTS_DIR@", SCRIPTS_DIR), ("@BOOTSTRAP_SCRIPT@", BOOTSTRAP_SCRIPT)):
     FETCH_SCRIPTS = FETCH_SCRIPTS.replace(_name, _value)
+
+
+def _database_growth_env(p: Parameters, data: Data) -> dict[str, object]:
+    """The pooler and the read replica (issue 13 items 2 and 3), for bootstrap.sh: empty
+    values when an option is off, which the scripts read as off."""
+    pooled = parameters.USE_DATABASE_POOLER
+    env: dict[str, object] = {
+        "DB_POOLER": If(pooled, "true", "false"),
+        "PGBOUNCER_IMAGE": If(pooled, PGBOUNCER_IMAGE, ""),
+        "PGBOUNCER_PORT": If(pooled, str(PGBOUNCER_PORT), ""),
+    }
+    if data.replica is not None:
+        replica = parameters.HAS_DATABASE_REPLICA
+        env |= {
+            "REPLICA_DB_HOST": If(replica, GetAtt(data.replica, "Endpoint.Address"), ""),
+            "REPLICA_DB_PORT": If(replica, GetAtt(data.replica, "Endpoint.Port"), ""),
+            "REPLICA_MAX_CONNECTIONS": If(replica, FindInMap(
+                parameters.DATABASE_CONNECTIONS_MAP, Ref(p.database_replica_class), "MaxConnections"), ""),
+        }
+    return env
 
 
 def user_data(env: dict[str, object], scripts: dict[str, str], scripts_resource: str) -> Base64:

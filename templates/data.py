@@ -40,6 +40,7 @@ from templates.parameters import Parameters
 from templates.secrets import Secrets
 
 DATABASE = "Database"
+DATABASE_REPLICA = "DatabaseReplica"
 CACHE = "Cache"
 MEDIA_BUCKET = "MediaBucket"
 DATABASE_NAME = "mastodon"
@@ -71,15 +72,81 @@ class Data:
     database: rds.DBInstance
     cache: elasticache.ReplicationGroup
     bucket: s3.Bucket
+    # Only with DatabaseReplicaClass (the HasDatabaseReplica condition).
+    replica: rds.DBInstance | None = None
 
 
 def create_data(t: Template, p: Parameters, network: Network, server_security_group: ec2.SecurityGroup,
                 secrets: Secrets) -> Data:
+    database = _database(t, p, network, server_security_group, secrets)
     return Data(
-        database=_database(t, p, network, server_security_group, secrets),
+        database=database,
         cache=_cache(t, p, network, server_security_group, secrets),
         bucket=_media_bucket(t),
+        replica=_replica(t, p, database),
     )
+
+
+def _replica(t: Template, p: Parameters, database: rds.DBInstance) -> rds.DBInstance:
+    """An optional read replica of the database for Mastodon's read-only queries.
+
+    RDS creates it from the database: encrypted with the same key, in the same subnets,
+    without backups of its own (a replica takes no BackupRetentionPeriod, DBName or
+    master credentials). Its own parameter group sets max_connections for its class (the
+    servers' pools are sized on it too) and hot_standby_feedback, so that the primary's
+    vacuum does not cancel a long read ("conflict with recovery").
+    """
+    settings = t.add_resource(rds.DBParameterGroup(
+        "DatabaseReplicaParameterGroup",
+        Condition=parameters.HAS_DATABASE_REPLICA,
+        Description="Mastodon read replica: connection budget, TLS, no recovery conflicts",
+        Family=f"postgres{POSTGRES_MAJOR_VERSION}",
+        Parameters={
+            "max_connections": FindInMap(parameters.DATABASE_CONNECTIONS_MAP,
+                                         Ref(p.database_replica_class), "MaxConnections"),
+            "rds.force_ssl": "1",
+            "log_min_duration_statement": "2000",
+            "hot_standby_feedback": "1",
+        },
+    ))
+    return t.add_resource(rds.DBInstance(
+        DATABASE_REPLICA,
+        Condition=parameters.HAS_DATABASE_REPLICA,
+        SourceDBInstanceIdentifier=Ref(database),
+        # The replica's engine is the source's; troposphere wants it named.
+        Engine="postgres",
+        DBInstanceClass=Ref(p.database_replica_class),
+        DBParameterGroupName=Ref(settings),
+        # The database's own subnets and security group, named explicitly: RDS's API puts a
+        # replica without a subnet group outside the VPC, and a later update of a replica
+        # without security groups reverts it to the VPC's default group.
+        DBSubnetGroupName=Ref("DatabaseSubnetGroup"),
+        VPCSecurityGroups=[Ref("DatabaseSecurityGroup")],
+        PubliclyAccessible=False,
+        # Storage type and size come from the source; it grows up to the same limit.
+        MaxAllocatedStorage=Ref(p.database_max_storage),
+        AutoMinorVersionUpgrade=True,
+        CACertificateIdentifier="rds-ca-rsa2048-g1",
+        PreferredMaintenanceWindow="sun:04:30-sun:05:30",
+        CopyTagsToSnapshot=True,
+        # A replica holds nothing the database does not: deleting it loses no data, and
+        # CloudFormation ignores a Snapshot policy on a replica anyway.
+        DeletionPolicy="Delete",
+        UpdateReplacePolicy="Delete",
+        Metadata={
+            "checkov": {"skip": [
+                {"id": "CKV_AWS_161", "comment": "Mastodon authenticates with a password; IAM "
+                 "database authentication is not supported by it."},
+                {"id": "CKV_AWS_118", "comment": "Enhanced monitoring costs extra; CloudWatch "
+                 "metrics and the ReplicaLag alarm cover the replica."},
+                {"id": "CKV_AWS_157", "comment": "A replica is itself the spare copy; Multi-AZ "
+                 "would double its cost."},
+                {"id": "CKV_AWS_16", "comment": "Encrypted with the database's key: a read replica "
+                 "inherits the source's encryption, and CloudFormation takes no StorageEncrypted "
+                 "for one."},
+            ]},
+        },
+    ))
 
 
 def create_database_settings(t: Template, p: Parameters, data: Data, code: str,

@@ -15,6 +15,13 @@ MASTODON_VERSION = "v4.7.6"
 
 MASTODON_IMAGE = "ghcr.io/mastodon/mastodon"
 STREAMING_IMAGE = "ghcr.io/mastodon/mastodon-streaming"
+# PgBouncer for the optional pooler (DatabasePooler): CloudNativePG's image (a CNCF
+# project; Debian with the PostgreSQL project's pgbouncer package, amd64 and arm64),
+# on the registry the servers already pull Mastodon from. Amazon Linux 2023's own
+# repositories carry no pgbouncer. Pinned to one release; its entrypoint runs
+# pgbouncer on /etc/pgbouncer/pgbouncer.ini.
+PGBOUNCER_IMAGE = "ghcr.io/cloudnative-pg/pgbouncer:1.25.2"
+PGBOUNCER_PORT = 6432
 
 # A Mastodon release tag: v4.3.0, v4.5.2, v4.6.0-rc.1, v5.0.0 (no "latest", no branches).
 # The streaming server has its own image since 4.3, which this stack relies on. The one

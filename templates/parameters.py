@@ -23,6 +23,7 @@ GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
 GROUP_QUEUE_WORKERS = "Sidekiq queue workers (optional)"
+GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -39,6 +40,8 @@ WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
 HAS_QUEUE_WORKERS = "HasQueueWorkers"
 QUEUE_WORKER_IS_ARM = "QueueWorkerIsArm64"
+USE_DATABASE_POOLER = "UseDatabasePooler"
+HAS_DATABASE_REPLICA = "HasDatabaseReplica"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -136,6 +139,9 @@ class Parameters:
     queue_worker_instance_type: Parameter
     main_worker_queues: Parameter
     queue_worker_queues: Parameter
+    # Issue 13, database growth (item 2 and 3).
+    database_pooler: Parameter
+    database_replica_class: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -332,11 +338,27 @@ def create_parameters(t: Template) -> Parameters:
             ConstraintDescription="a whole number from 1 to 5",
         )),
         **_queue_worker_parameters(t),
+        database_pooler=add_parameter(t, GROUP_DATABASE_GROWTH, "PgBouncer on every server", Parameter(
+            "DatabasePooler", Type="String", Default="false",
+            Description="true: every server runs PgBouncer in transaction mode on 127.0.0.1 (Mastodon's "
+            "documented pooler; no extra cost). Puma, streaming and Sidekiq then size their pools by "
+            "the server, not by the database's max_connections; migrations, db:setup and tootctl keep "
+            "connecting to the database directly.",
+            AllowedValues=["true", "false"],
+        )),
+        database_replica_class=add_parameter(t, GROUP_DATABASE_GROWTH, "Read replica class", Parameter(
+            "DatabaseReplicaClass", Type="String", Default="",
+            Description="Empty: no read replica. Otherwise the instance class of an RDS read replica "
+            "that serves Mastodon's read-only queries (REPLICA_DB_*), at least the size of the "
+            "database's class. It bills like a second database.",
+            AllowedValues=["", *(d.name for d in capacity.DATABASE_CLASSES)],
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
     _add_rules(t, p)
     _add_queue_worker_rules(t, p)
+    _add_database_growth_rules(t, p)
     return p
 
 
@@ -507,6 +529,8 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
     _add_queue_worker_conditions(t, p)
+    t.add_condition(USE_DATABASE_POOLER, Equals(Ref(p.database_pooler), "true"))
+    t.add_condition(HAS_DATABASE_REPLICA, Not(Equals(Ref(p.database_replica_class), "")))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
@@ -541,5 +565,37 @@ def _add_rules(t: Template, p: Parameters) -> None:
             "region, so the stack cannot set up mail itself: give an SMTP server (SmtpServer, "
             "SmtpLogin, SmtpPasswordSecretArn; SES's SMTP endpoint of another region works), or "
             "deploy in a region where it can.",
+        }],
+    })
+
+
+def _or(tests: list[object]) -> dict[str, object]:
+    """Fn::Or over any number of rule tests (it takes 2 to 10 at a time)."""
+    while len(tests) > _OR_LIMIT:
+        tests = [{"Fn::Or": chunk} if len(chunk) > 1 else chunk[0]
+                 for chunk in (tests[i:i + _OR_LIMIT] for i in range(0, len(tests), _OR_LIMIT))]
+    return {"Fn::Or": tests}
+
+
+def replica_classes_for(primary: capacity.DatabaseClass) -> list[str]:
+    """The replica classes allowed beside a primary: at least its memory, and so at least
+    its max_connections, which PostgreSQL requires of a hot standby (it refuses queries
+    otherwise: "runtime-config-connection", max_connections). A smaller replica would also
+    lag behind, and shrink every server's pools (pools.sh takes the smaller)."""
+    return [d.name for d in capacity.DATABASE_CLASSES if d.memory_mib >= primary.memory_mib]
+
+
+def _add_database_growth_rules(t: Template, p: Parameters) -> None:
+    t.add_rule("ReadReplicaAtLeastTheDatabase", {
+        "RuleCondition": {"Fn::Not": [{"Fn::Equals": [Ref(p.database_replica_class), ""]}]},
+        "Assertions": [{
+            "Assert": _or([
+                {"Fn::And": [{"Fn::Equals": [Ref(p.database_class), d.name]},
+                             {"Fn::Contains": [replica_classes_for(d), Ref(p.database_replica_class)]}]}
+                for d in capacity.DATABASE_CLASSES
+            ]),
+            "AssertDescription": "DatabaseReplicaClass must have at least the memory of "
+            "DatabaseInstanceClass: PostgreSQL serves no query on a replica with fewer "
+            "max_connections than its database, and a smaller replica lags behind.",
         }],
     })

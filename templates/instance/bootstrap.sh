@@ -33,6 +33,13 @@ FSTAB_FILE="$ROOT/etc/fstab"
 SYSCTL_FILE="$ROOT/etc/sysctl.d/90-mastodon-swap.conf"
 JOURNALD_FILE="$ROOT/etc/systemd/journald.conf.d/50-mastodon.conf"
 KEEP_ALIVE_FILE="$ETC_DIR/streaming-keep-alive.cjs"
+# The optional PgBouncer's configuration (DB_POOLER=true), mounted read-only into its
+# container as /etc/pgbouncer; the unprivileged user the container runs as owns it.
+PGBOUNCER_DIR="$ETC_DIR/pgbouncer"
+RUNTIME_PGBOUNCER_DIR="$RUNTIME_ETC_DIR/pgbouncer"
+PGBOUNCER_UID=6432
+# The replica's database as PgBouncer names it; it leads to DB_NAME on the replica.
+PGBOUNCER_REPLICA_DB=mastodon_replica
 
 # Paths as the containers and units see them on the instance (never redirected).
 RUNTIME_SCRIPT_DIR=${SCRIPT_DIR#"$ROOT"}
@@ -267,6 +274,17 @@ load_stack_env() {
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
   local key
+  # Options of issue 13 (absent from stack.env when off).
+  DB_POOLER=${DB_POOLER:-false}
+  REPLICA_DB_HOST=${REPLICA_DB_HOST:-}
+  case $DB_POOLER in
+    true) require_stack_env PGBOUNCER_IMAGE PGBOUNCER_PORT ;;
+    false) ;;
+    *) fail "DB_POOLER must be true or false, not '$DB_POOLER'" ;;
+  esac
+  if [ -n "$REPLICA_DB_HOST" ]; then
+    require_stack_env REPLICA_DB_PORT REPLICA_MAX_CONNECTIONS
+  fi
   for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS \
     SIDEKIQ_SHUTDOWN_SECONDS CONTAINER_STOP_SECONDS; do
     [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
@@ -458,14 +476,45 @@ render_environment() {
     env_line ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY "${SECRET[ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY]}"
     env_line VAPID_PRIVATE_KEY "${SECRET[VAPID_PRIVATE_KEY]}"
     env_line VAPID_PUBLIC_KEY "${SECRET[VAPID_PUBLIC_KEY]}"
-    env_line DB_HOST "$DB_HOST"
-    env_line DB_PORT "$DB_PORT"
+    if [ "$DB_POOLER" = true ]; then
+      # Through PgBouncer on this server (Mastodon's scaling guide: transaction pooling
+      # needs PREPARED_STATEMENTS=false). It speaks TLS to the database; the loopback
+      # hop has none to offer. One-off containers connect directly (one_off).
+      env_line DB_HOST 127.0.0.1
+      env_line DB_PORT "$PGBOUNCER_PORT"
+    else
+      env_line DB_HOST "$DB_HOST"
+      env_line DB_PORT "$DB_PORT"
+    fi
     env_line DB_NAME "$DB_NAME"
     env_line DB_USER "$DB_USER"
     env_line DB_PASS "${SECRET[DB_PASS]}"
-    # libpq: encrypt, as RDS requires. The streaming unit overrides it (node-postgres
-    # has no 'require'; 'no-verify' is its equivalent).
-    env_line DB_SSLMODE require
+    if [ "$DB_POOLER" = true ]; then
+      env_line DB_SSLMODE disable
+      env_line PREPARED_STATEMENTS false
+    else
+      # libpq: encrypt, as RDS requires. The streaming unit overrides it (node-postgres
+      # has no 'require'; 'no-verify' is its equivalent).
+      env_line DB_SSLMODE require
+    fi
+    if [ -n "$REPLICA_DB_HOST" ]; then
+      # Mastodon uses the replica only when REPLICA_DB_NAME is set (DatabaseHelper); it
+      # shares DB_SSLMODE with the primary. Database tasks (migrations, db:setup) never
+      # touch a replica.
+      if [ "$DB_POOLER" = true ]; then
+        env_line REPLICA_DB_HOST 127.0.0.1
+        env_line REPLICA_DB_PORT "$PGBOUNCER_PORT"
+        env_line REPLICA_DB_NAME "$PGBOUNCER_REPLICA_DB"
+        env_line REPLICA_PREPARED_STATEMENTS false
+      else
+        env_line REPLICA_DB_HOST "$REPLICA_DB_HOST"
+        env_line REPLICA_DB_PORT "$REPLICA_DB_PORT"
+        env_line REPLICA_DB_NAME "$DB_NAME"
+      fi
+      env_line REPLICA_DB_USER "$DB_USER"
+      env_line REPLICA_DB_PASS "${SECRET[DB_PASS]}"
+      env_line REPLICA_DB_TASKS false
+    fi
     env_line REDIS_URL "$redis_url"
     # The pure-Ruby driver is the one whose TLS support is certain.
     env_line REDIS_DRIVER ruby
@@ -493,23 +542,26 @@ render_environment() {
   } >"$tmp"
   chmod 0600 "$tmp"
   mv -f "$tmp" "$ENV_FILE"
-  unset SECRET
   log "wrote $RUNTIME_ENV_FILE"
 }
 
 size_pools() {
   step "size database pools"
   local vcpus memory swap pools
+  local -a growth=()
+  [ "$DB_POOLER" != true ] || growth+=(--pooler)
+  [ -z "$REPLICA_DB_HOST" ] || growth+=(--replica "$REPLICA_MAX_CONNECTIONS")
   vcpus=$(nproc)
   memory=$(memory_mib) || fail "cannot read MemTotal from $MEMINFO_FILE"
   swap=$(swap_total_mib) || fail "cannot read the swap in use from $SWAPS_FILE"
-  pools=$(mastodon_pools "$ROLE" "$MAX_CONNECTIONS" "$WEB_MAX_SIZE" "$ROLLOUT_SURGE" \
+  pools=$(mastodon_pools "${growth[@]}" "$ROLE" "$MAX_CONNECTIONS" "$WEB_MAX_SIZE" "$ROLLOUT_SURGE" \
     "$DB_CONNECTION_RESERVE" "$vcpus" "$memory" "$swap" "$QUEUE_WORKER_MAX_SIZE" 2>&1) || fail "$pools"
   log "pools for $vcpus vCPUs, $memory MiB + $swap MiB swap: $(printf '%s' "$pools" | tr '\n' ' ')"
   local line
   while IFS= read -r line; do
     case $line in
-      WEB_CONCURRENCY=* | MAX_THREADS=* | DB_POOL=* | STREAMING_DB_POOL=* | SIDEKIQ_CONCURRENCY=*)
+      WEB_CONCURRENCY=* | MAX_THREADS=* | DB_POOL=* | STREAMING_DB_POOL=* | SIDEKIQ_CONCURRENCY=* | \
+        PGBOUNCER_POOL_SIZE=* | PGBOUNCER_MAX_CLIENT_CONN=*)
         printf -v "POOL_${line%%=*}" '%s' "${line#*=}"
         ;;
     esac
@@ -583,19 +635,99 @@ JS
   chmod 0644 "$KEEP_ALIVE_FILE"
 }
 
+# PgBouncer's value quoting: a double quote inside a quoted field is doubled.
+pgbouncer_quote() {
+  printf '"%s"' "${1//\"/\"\"}"
+}
+
+# The pooler's configuration (DB_POOLER=true): transaction pooling on 127.0.0.1 only,
+# SCRAM from the clients (the database's own password, from the application secret, in
+# a file only PgBouncer's user reads), TLS to RDS (rds.force_ssl), and at most the
+# server's share of the database's connections (pools.sh) on each database.
+write_pgbouncer_config() {
+  step "configure pgbouncer"
+  local tmp
+  mkdir -p "$PGBOUNCER_DIR"
+  chmod 0700 "$PGBOUNCER_DIR"
+  tmp=$(umask 077 && mktemp "$PGBOUNCER_DIR/.userlist.XXXXXX")
+  printf '%s %s\n' "$(pgbouncer_quote "$DB_USER")" "$(pgbouncer_quote "${SECRET[DB_PASS]}")" >"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$PGBOUNCER_DIR/userlist.txt"
+  tmp=$(umask 077 && mktemp "$PGBOUNCER_DIR/.pgbouncer.ini.XXXXXX")
+  {
+    echo "; Written by bootstrap.sh for $STACK_NAME; rewritten at boot."
+    echo "[databases]"
+    echo "$DB_NAME = host=$DB_HOST port=$DB_PORT dbname=$DB_NAME"
+    [ -z "$REPLICA_DB_HOST" ] ||
+      echo "$PGBOUNCER_REPLICA_DB = host=$REPLICA_DB_HOST port=$REPLICA_DB_PORT dbname=$DB_NAME"
+    echo "[pgbouncer]"
+    echo "listen_addr = 127.0.0.1"
+    echo "listen_port = $PGBOUNCER_PORT"
+    echo "unix_socket_dir ="
+    echo "pool_mode = transaction"
+    echo "auth_type = scram-sha-256"
+    echo "auth_file = /etc/pgbouncer/userlist.txt"
+    echo "default_pool_size = $POOL_PGBOUNCER_POOL_SIZE"
+    echo "max_db_connections = $POOL_PGBOUNCER_POOL_SIZE"
+    echo "max_client_conn = $POOL_PGBOUNCER_MAX_CLIENT_CONN"
+    echo "server_tls_sslmode = require"
+    echo "log_connections = 0"
+    echo "log_disconnections = 0"
+  } >"$tmp"
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$PGBOUNCER_DIR/pgbouncer.ini"
+  chown -R "$PGBOUNCER_UID:$PGBOUNCER_UID" "$PGBOUNCER_DIR" || fail "cannot hand $PGBOUNCER_DIR to PgBouncer's user"
+  log "PgBouncer: $POOL_PGBOUNCER_POOL_SIZE connections a database, up to $POOL_PGBOUNCER_MAX_CLIENT_CONN clients"
+}
+
+# PgBouncer's own image and tag (not Mastodon's version), without Mastodon's
+# environment: it reads only its two files.
+write_pgbouncer_unit() {
+  cat >"$UNIT_DIR/mastodon-pgbouncer.service" <<UNIT
+[Unit]
+Description=PgBouncer (Mastodon's database pooler)
+After=docker.service network-online.target
+Requires=docker.service
+Wants=network-online.target
+
+[Service]
+ExecStartPre=-$DOCKER rm -f mastodon-pgbouncer
+ExecStart=$DOCKER run --rm --name mastodon-pgbouncer --network host \\
+  --user $PGBOUNCER_UID:$PGBOUNCER_UID \\
+  -v $RUNTIME_PGBOUNCER_DIR:/etc/pgbouncer:ro \\
+  --log-driver awslogs \\
+  --log-opt awslogs-region=$AWS_REGION \\
+  --log-opt awslogs-group=$LOG_GROUP_SYSTEM \\
+  --log-opt awslogs-stream=$INSTANCE_ID/pgbouncer \\
+  --log-opt mode=non-blocking \\
+  --log-opt max-buffer-size=$LOG_BUFFER_SIZE \\
+  $PGBOUNCER_IMAGE
+ExecStop=$DOCKER stop --time 30 mastodon-pgbouncer
+Restart=always
+RestartSec=5
+TimeoutStartSec=0
+TimeoutStopSec=60
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+}
+
 write_units() {
   step "write systemd units"
   mkdir -p "$UNIT_DIR"
   # The only place the version lives: a deploy rewrites this file and restarts the units.
   printf 'MASTODON_VERSION=%s\n' "$MASTODON_VERSION" >"$VERSION_FILE"
   chmod 0644 "$VERSION_FILE"
+  local streaming_sslmode=no-verify
+  [ "$DB_POOLER" != true ] || streaming_sslmode=disable
   if [ "$ROLE" = web ]; then
     write_keep_alive_module
     write_unit mastodon-web "Mastodon web (Puma)" "$LOG_GROUP_WEB" "$MASTODON_IMAGE" \
       "-e PORT=$WEB_PORT -e BIND=0.0.0.0 -e WEB_CONCURRENCY=$POOL_WEB_CONCURRENCY -e MAX_THREADS=$POOL_MAX_THREADS -e DB_POOL=$POOL_DB_POOL -e PERSISTENT_TIMEOUT=$TARGET_KEEP_ALIVE_SECONDS" \
       "bundle exec puma -C config/puma.rb"
     write_unit mastodon-streaming "Mastodon streaming API" "$LOG_GROUP_STREAMING" "$STREAMING_IMAGE" \
-      "-e PORT=$STREAMING_PORT -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=no-verify -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
+      "-e PORT=$STREAMING_PORT -e BIND=0.0.0.0 -e DB_POOL=$POOL_STREAMING_DB_POOL -e DB_SSLMODE=$streaming_sslmode -v $RUNTIME_KEEP_ALIVE_FILE:$RUNTIME_KEEP_ALIVE_FILE:ro -e NODE_OPTIONS=--require=$RUNTIME_KEEP_ALIVE_FILE -e MASTODON_KEEP_ALIVE_SECONDS=$TARGET_KEEP_ALIVE_SECONDS"
     # The streaming image's CMD starts the server (node ./streaming/index.js today); using
     # it keeps working if a release moves its entry point.
     UNITS=(mastodon-web mastodon-streaming)
@@ -614,6 +746,10 @@ write_units() {
     write_unit mastodon-sidekiq "$description" "$LOG_GROUP_SIDEKIQ" "$MASTODON_IMAGE" "-e DB_POOL=$POOL_DB_POOL" \
       "bundle exec sidekiq -c $POOL_SIDEKIQ_CONCURRENCY -t $SIDEKIQ_SHUTDOWN_SECONDS${queues:+ $queues}"
     UNITS=(mastodon-sidekiq)
+  fi
+  if [ "$DB_POOLER" = true ]; then
+    write_pgbouncer_unit
+    UNITS=(mastodon-pgbouncer "${UNITS[@]}")
   fi
   log "wrote ${UNITS[*]} for $MASTODON_VERSION"
 }
@@ -688,7 +824,25 @@ pull_images() {
   step "pull images"
   local images=("$MASTODON_IMAGE:$MASTODON_VERSION")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$MASTODON_VERSION")
+  [ "$DB_POOLER" != true ] || images+=("$PGBOUNCER_IMAGE")
   pull_with_room "${images[@]}"
+}
+
+# With the pooler, the processes reach the database only through it: PgBouncer starts
+# first, and a query through it proves its password, its TLS to RDS and the replica's
+# entry before Mastodon's processes start (its health check does not touch the
+# database), so that the check's one-off Rails never competes with them for memory.
+check_pooler() {
+  [ "$DB_POOLER" = true ] || return 0
+  step "check the pooler"
+  systemctl daemon-reload
+  systemctl enable --now mastodon-pgbouncer || fail "systemctl could not start mastodon-pgbouncer"
+  local query="ActiveRecord::Base.connection.select_value('SELECT version()')"
+  [ -z "$REPLICA_DB_HOST" ] ||
+    query="$query; ActiveRecord::Base.connected_to(role: :reading) { ActiveRecord::Base.connection.select_value('SELECT version()') }"
+  retry one_off --pooled "$ONE_OFF_DB_POOL" "$MASTODON_IMAGE:$MASTODON_VERSION" -- bundle exec rails runner "$query" ||
+    fail "no query passes through PgBouncer on 127.0.0.1:$PGBOUNCER_PORT: see the $INSTANCE_ID/pgbouncer stream of $LOG_GROUP_SYSTEM"
+  log "queries pass through PgBouncer"
 }
 
 # Rails in a one-off container of the version being booted.
@@ -883,6 +1037,9 @@ main() {
   read_configuration
   render_environment
   size_pools
+  [ "$DB_POOLER" != true ] || write_pgbouncer_config
+  # The secrets are in their files now; nothing later needs them in memory.
+  unset SECRET
   write_units
   pull_images
   if [ "$ROLE" = worker ]; then
@@ -890,6 +1047,7 @@ main() {
   else
     wait_for_database
   fi
+  check_pooler
   start_units
   if [ "$ROLE" = web ]; then
     wait_for_web_health

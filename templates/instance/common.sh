@@ -132,14 +132,26 @@ pull_with_room() {
   done
 }
 
-# one_off [--exec] DB_POOL IMAGE [DOCKER_RUN_OPTION...] -- COMMAND...: runs COMMAND in a
-# container of IMAGE that is removed when it ends, with the runtime environment and a
-# database pool of DB_POOL; with --exec, in place of the calling script.
+# one_off [--exec] [--pooled] DB_POOL IMAGE [DOCKER_RUN_OPTION...] -- COMMAND...: runs
+# COMMAND in a container of IMAGE that is removed when it ends, with the runtime
+# environment and a database pool of DB_POOL; with --exec, in place of the calling script.
+# Behind the optional PgBouncer (DB_POOLER in stack.env), a one-off container still
+# connects to the database itself (and to the replica's, if any), with TLS: migrations,
+# db:setup and tootctl's maintenance need a session, which transaction pooling does not
+# give (Mastodon's scaling guide). --pooled keeps the runtime environment's pooler
+# instead, for the bootstrap's check that the pooler works.
 one_off() {
-  local -a launch=(docker)
+  local -a launch=(docker) direct=()
   if [ "$1" = --exec ]; then
     launch=(exec docker)
     shift
+  fi
+  if [ "$1" = --pooled ]; then
+    shift
+  elif [ "${DB_POOLER:-false}" = true ]; then
+    direct=(-e "DB_HOST=$DB_HOST" -e "DB_PORT=$DB_PORT" -e DB_SSLMODE=require)
+    [ -z "${REPLICA_DB_HOST:-}" ] ||
+      direct+=(-e "REPLICA_DB_HOST=$REPLICA_DB_HOST" -e "REPLICA_DB_PORT=$REPLICA_DB_PORT" -e "REPLICA_DB_NAME=$DB_NAME")
   fi
   local pool=$1 image=$2
   shift 2
@@ -150,5 +162,5 @@ one_off() {
   done
   [ "$#" -eq 0 ] || shift
   "${launch[@]}" run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$pool" \
-    "${docker_options[@]}" "$image" "$@"
+    "${direct[@]}" "${docker_options[@]}" "$image" "$@"
 }

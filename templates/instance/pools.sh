@@ -2,11 +2,21 @@
 # Database connection pool sizing for one Mastodon instance, and the swap a small
 # worker gets. Sourced; pure arithmetic.
 #
-#   mastodon_pools ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]
+#   mastodon_pools [--pooler] [--replica MAX_CONNECTIONS] ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE
+#                  RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]
 #   mastodon_swap_mib MEMORY_MIB
 #
 # mastodon_pools prints KEY=value lines on stdout, or a reason on stderr and returns 1;
 # mastodon_swap_mib prints the size of the swap file bootstrap.sh creates (0: none).
+#
+# --replica: the processes also open a pool of the same size on the read replica
+# (REPLICA_DB_*), whose own max_connections bounds the share too.
+# --pooler: the processes talk to a PgBouncer on the instance (transaction mode), which
+# alone holds connections to the database(s): PGBOUNCER_POOL_SIZE of them on each, the
+# instance's share. The processes are then sized by vCPUs and memory only; PgBouncer
+# queues their transactions for a free server connection.
+# Either way DATABASE_CONNECTIONS is what the instance may hold on each database, and
+# INSTANCE_CONNECTIONS what its processes open (to PgBouncer, or to the database).
 #
 # Budget: the largest fleet the stack allows is (WEB_MAX_SIZE + ROLLOUT_SURGE) web
 # instances plus exactly one worker plus QUEUE_MAX_SIZE queue workers (0 without them),
@@ -16,6 +26,7 @@
 #   share = (MAX_CONNECTIONS - RESERVE) / (WEB_MAX_SIZE + ROLLOUT_SURGE + 1 + QUEUE_MAX_SIZE)
 #
 # so the fleet's sum can never exceed MAX_CONNECTIONS - RESERVE, whatever it runs on.
+# Another group of servers adds its maximum size to the instance count (instances=...).
 #
 # PostgreSQL connections each process may open (Mastodon 4.5 to 4.7):
 #   Puma:      WEB_CONCURRENCY workers x DB_POOL (config/database.yml: pool = DB_POOL,
@@ -35,6 +46,13 @@ MASTODON_POOLS_MIN_STREAMING_POOL=2
 MASTODON_POOLS_MAX_STREAMING_POOL=5
 MASTODON_POOLS_SIDEKIQ_THREADS_PER_VCPU=10
 MASTODON_POOLS_MIN_SIDEKIQ=2
+# One Sidekiq process runs Ruby on one core at a time (the GVL): beyond ~50 threads more
+# only wait. Sidekiq's developers name 50 the very most (GitLab caps its processes there,
+# gitlab-org/omnibus-gitlab#5797); mastodon.social ran 50 a process (GROWTH.md section 7).
+MASTODON_POOLS_MAX_SIDEKIQ=50
+# Behind PgBouncer the database no longer bounds the processes' pools: this stands for
+# "no limit" where the share would have been (vCPUs and memory bound them first).
+MASTODON_POOLS_POOLED_SHARE=1000
 
 # Sidekiq's memory: typically 300-600 MiB at Mastodon's default of 5 threads (the
 # image links jemalloc). The worker needs RAM + swap for the OS and the top of that
@@ -75,14 +93,30 @@ mastodon_swap_mib() {
 }
 
 mastodon_pools() {
+  local pooler=false replica_max=""
+  while [ "$#" -gt 0 ]; do
+    case $1 in
+      --pooler) pooler=true ;;
+      --replica)
+        replica_max=${2:-}
+        [ -n "$replica_max" ] || {
+          echo "mastodon_pools: --replica needs the replica's MAX_CONNECTIONS" >&2
+          return 1
+        }
+        shift
+        ;;
+      *) break ;;
+    esac
+    shift
+  done
   if [ "$#" -lt 7 ] || [ "$#" -gt 9 ]; then
-    echo "mastodon_pools: expected ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]" >&2
+    echo "mastodon_pools: expected [--pooler] [--replica MAX_CONNECTIONS] ROLE MAX_CONNECTIONS WEB_MAX_SIZE ROLLOUT_SURGE RESERVE VCPUS MEMORY_MIB [SWAP_MIB [QUEUE_MAX_SIZE]]" >&2
     return 1
   fi
   local role=$1 max_connections=$2 web_max_size=$3 surge=$4 reserve=$5 vcpus=$6 memory_mib=$7 swap_mib=${8:-0}
   local queue_max_size=${9:-0}
   local arg
-  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib" "$swap_mib" "$queue_max_size"; do
+  for arg in "$max_connections" "$web_max_size" "$surge" "$reserve" "$vcpus" "$memory_mib" "$swap_mib" "$queue_max_size" ${replica_max:+"$replica_max"}; do
     case $arg in
       '' | *[!0-9]*)
         echo "mastodon_pools: '$arg' is not a non-negative integer" >&2
@@ -95,6 +129,11 @@ mastodon_pools() {
     return 1
   fi
 
+  # The replica holds a pool of the same size as the primary's: the smaller database
+  # bounds both.
+  if [ -n "$replica_max" ] && [ "$replica_max" -lt "$max_connections" ]; then
+    max_connections=$replica_max
+  fi
   local instances=$((web_max_size + surge + 1 + queue_max_size))
   local budget=$((max_connections - reserve))
   if [ "$budget" -lt 1 ]; then
@@ -102,15 +141,51 @@ mastodon_pools() {
     return 1
   fi
   local share=$((budget / instances))
+  local databases=1
+  [ -z "$replica_max" ] || databases=2
+
+  if [ "$pooler" = true ]; then
+    if [ "$share" -lt 1 ]; then
+      echo "mastodon_pools: PgBouncer cannot hold even 1 connection per instance: max_connections" \
+        "$max_connections over $instances instances; choose a larger database class or a smaller web group" >&2
+      return 1
+    fi
+    local sizes
+    case $role in
+      web) sizes=$(_mastodon_pools_web "$MASTODON_POOLS_POOLED_SHARE" "$vcpus" "$memory_mib" "$max_connections" "$instances") ;;
+      worker | queue) sizes=$(_mastodon_pools_worker "$MASTODON_POOLS_POOLED_SHARE" "$vcpus" "$memory_mib" "$max_connections" "$instances" "$swap_mib") ;;
+      *) _mastodon_pools_role "$role" || return 1 ;;
+    esac || return 1
+    local line clients=0
+    while IFS= read -r line; do
+      case $line in
+        CONNECTION_SHARE=* | DATABASE_CONNECTIONS=*) ;;
+        INSTANCE_CONNECTIONS=*)
+          clients=${line#*=}
+          echo "$line"
+          ;;
+        *) echo "$line" ;;
+      esac
+    done <<<"$sizes"
+    echo "CONNECTION_SHARE=$share"
+    echo "PGBOUNCER_POOL_SIZE=$share"
+    # Every client connection on every database, twice: a restart's new containers
+    # connect before the old ones have let go.
+    echo "PGBOUNCER_MAX_CLIENT_CONN=$((clients * databases * 2))"
+    echo "DATABASE_CONNECTIONS=$share"
+    return 0
+  fi
 
   case $role in
     web) _mastodon_pools_web "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" ;;
     worker | queue) _mastodon_pools_worker "$share" "$vcpus" "$memory_mib" "$max_connections" "$instances" "$swap_mib" ;;
-    *)
-      echo "mastodon_pools: ROLE must be web, worker or queue, not '$role'" >&2
-      return 1
-      ;;
-  esac
+    *) _mastodon_pools_role "$role" ;;
+  esac || return 1
+}
+
+_mastodon_pools_role() {
+  echo "mastodon_pools: ROLE must be web, worker or queue, not '$1'" >&2
+  return 1
 }
 
 _mastodon_pools_web() {
@@ -156,6 +231,7 @@ _mastodon_pools_web() {
   echo "STREAMING_DB_POOL=$streaming"
   echo "INSTANCE_CONNECTIONS=$((workers * threads + 1 + streaming))"
   echo "CONNECTION_SHARE=$share"
+  echo "DATABASE_CONNECTIONS=$((workers * threads + 1 + streaming))"
 }
 
 _mastodon_pools_worker() {
@@ -183,6 +259,7 @@ _mastodon_pools_worker() {
   local by_cpu=$((vcpus * MASTODON_POOLS_SIDEKIQ_THREADS_PER_VCPU))
   [ "$by_cpu" -lt "$concurrency" ] && concurrency=$by_cpu
   [ "$by_memory" -lt "$concurrency" ] && concurrency=$by_memory
+  [ "$MASTODON_POOLS_MAX_SIDEKIQ" -lt "$concurrency" ] && concurrency=$MASTODON_POOLS_MAX_SIDEKIQ
   if [ "$concurrency" -lt "$MASTODON_POOLS_MIN_SIDEKIQ" ]; then
     echo "mastodon_pools: the worker cannot fit Sidekiq concurrency $MASTODON_POOLS_MIN_SIDEKIQ:" \
       "its share is $share connections (max_connections $max_connections over $instances instances);" \
@@ -193,4 +270,5 @@ _mastodon_pools_worker() {
   echo "DB_POOL=$concurrency"
   echo "INSTANCE_CONNECTIONS=$concurrency"
   echo "CONNECTION_SHARE=$share"
+  echo "DATABASE_CONNECTIONS=$concurrency"
 }

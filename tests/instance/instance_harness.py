@@ -120,6 +120,9 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
         **SERVER_FACTS,
         **sidekiq.SERVER_FACTS,
+        # The database growth options, off (templates/compute.py _database_growth_env).
+        "DB_POOLER": "false", "PGBOUNCER_IMAGE": "", "PGBOUNCER_PORT": "",
+        "REPLICA_DB_HOST": "", "REPLICA_DB_PORT": "", "REPLICA_MAX_CONNECTIONS": "",
     }
     if role == "worker":
         env["METRICS_NAMESPACE"] = ""

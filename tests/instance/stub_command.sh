@@ -116,6 +116,13 @@ case $name in
       run)
         state=$(setting db_state initialized)
         case " $* " in
+          *" runner "*"SELECT version()"*)
+            # bootstrap.sh's query through PgBouncer: the file pooler_state says broken.
+            if [ "$(setting pooler_state ok)" = broken ]; then
+              echo "PG::ConnectionBad: server login has been failing (pgbouncer)" >&2
+              exit 1
+            fi
+            ;;
           *" runner "*)
             case $state in
               initialized) exit 0 ;;

@@ -17,6 +17,7 @@ MEMORY_SEEN = 0.9
 ROLE_TYPES = {"web": capacity.WEB_INSTANCE_TYPES, "worker": capacity.WORKER_INSTANCE_TYPES}
 MICROS = [t for t in capacity.WORKER_INSTANCE_TYPES if t.memory_mib < 2048]
 TWO_GIB_AND_UP = [t for t in capacity.INSTANCE_TYPES if t.memory_mib >= 2048]
+SIDEKIQ_MAX_THREADS = 50
 
 
 def seen(itype: capacity.InstanceType) -> int:
@@ -157,12 +158,13 @@ def test_a_micro_worker_runs_mastodons_default_five_sidekiq_threads(sized):
 
 
 def test_a_worker_of_2_gib_or_more_keeps_its_threads_bound_by_vcpus_and_share_only(sized):
-    # The rule before 1 GiB workers existed: RAM never binds from 2 GiB up.
+    # The rule before 1 GiB workers existed: RAM never binds from 2 GiB up. One process
+    # never runs more than SIDEKIQ_MAX_THREADS (the 8-vCPU types would reach 80).
     for db, size in fleet_cases():
         for itype in TWO_GIB_AND_UP:
             p = sized[("worker", db.name, size, itype.name)][1]
-            assert p["SIDEKIQ_CONCURRENCY"] == min(p["CONNECTION_SHARE"], 10 * itype.vcpus), (
-                db.name, size, itype.name)
+            assert p["SIDEKIQ_CONCURRENCY"] == min(p["CONNECTION_SHARE"], 10 * itype.vcpus,
+                                                   SIDEKIQ_MAX_THREADS), (db.name, size, itype.name)
 
 
 @pytest.mark.parametrize(
@@ -259,3 +261,106 @@ def test_every_fleet_the_template_allows_fits_max_connections_with_queue_workers
     answers = pools([("web", db.max_connections, web_max, capacity.ROLLOUT_SURGE, RESERVE, 4, 15000, 0,
                       queue_max) for db, web_max, queue_max in refused])
     assert all(status != 0 for status, _ in answers)
+# --- the pooler and the read replica (issue 13) ---------------------------------------
+# Every primary class with no replica, a replica of its own class and the largest class
+# (the rule ReadReplicaAtLeastTheDatabase allows no smaller one), with and without
+# PgBouncer, for the smallest and the largest web group, on every type each role may run
+# on. Another group of servers (queue workers) adds its maximum size to `instances`.
+GROWTH_SIZES = (capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT)
+LARGEST_DATABASE = max(capacity.DATABASE_CLASSES, key=lambda d: d.max_connections)
+
+
+def growth_cases():
+    for primary in capacity.DATABASE_CLASSES:
+        for replica in (None, primary, LARGEST_DATABASE):
+            for pooler in (False, True):
+                for size in GROWTH_SIZES:
+                    yield primary, replica, pooler, size
+
+
+@pytest.fixture(scope="module")
+def grown():
+    swap = swap_sizes(sorted({seen(t) for t in capacity.INSTANCE_TYPES}))
+    cases, keys = [], []
+    for primary, replica, pooler, size in growth_cases():
+        options = ["--pooler"] if pooler else []
+        options += ["--replica", replica.max_connections] if replica else []
+        for role, types in ROLE_TYPES.items():
+            for itype in types:
+                memory = seen(itype)
+                cases.append((*options, role, primary.max_connections, size, capacity.ROLLOUT_SURGE, RESERVE,
+                              itype.vcpus, memory, swap[memory]))
+                keys.append((primary.name, replica and replica.name, pooler, size, role, itype.name))
+    return dict(zip(keys, pools(cases), strict=True))
+
+
+def test_every_combination_with_pooler_and_replica_sizes_without_error(grown):
+    assert not {key: out for key, (status, out) in grown.items() if status != 0}
+
+
+def test_the_largest_fleet_fits_every_database_with_and_without_pooler_and_replica(grown):
+    for primary, replica, pooler, size in growth_cases():
+        # Each database (the primary, and the replica with its own max_connections) sees
+        # every server's connections: with PgBouncer its pool, else the processes' pools.
+        limits = [primary.max_connections] + ([replica.max_connections] if replica else [])
+        case = (primary.name, replica and replica.name, pooler, size)
+        held = {role: max(grown[(*case, role, t.name)][1]["DATABASE_CONNECTIONS"] for t in types)
+                for role, types in ROLE_TYPES.items()}
+        if not pooler:
+            for role, types in ROLE_TYPES.items():
+                for t in types:
+                    p = grown[(*case, role, t.name)][1]
+                    counted = web_connections(p) if role == "web" else p["DB_POOL"]
+                    assert p["DATABASE_CONNECTIONS"] == counted, (case, role, t.name)
+        total = (size + capacity.ROLLOUT_SURGE) * held["web"] + held["worker"] + RESERVE
+        for limit in limits:
+            assert total <= limit, (case, total, limit)
+
+
+def test_behind_pgbouncer_the_processes_are_sized_by_the_server_not_the_database(grown):
+    for primary, replica, _, size in growth_cases():
+        for role, types in ROLE_TYPES.items():
+            for t in types:
+                direct = grown[(primary.name, replica and replica.name, False, size, role, t.name)][1]
+                pooled = grown[(primary.name, replica and replica.name, True, size, role, t.name)][1]
+                assert pooled["PGBOUNCER_POOL_SIZE"] == pooled["CONNECTION_SHARE"] >= 1
+                databases = 2 if replica else 1
+                # Every client connection on every database, with room for a restart.
+                assert pooled["PGBOUNCER_MAX_CLIENT_CONN"] >= pooled["INSTANCE_CONNECTIONS"] * databases
+                if role == "web":
+                    assert pooled["WEB_CONCURRENCY"] * pooled["MAX_THREADS"] >= (
+                        direct["WEB_CONCURRENCY"] * direct["MAX_THREADS"])
+                    assert pooled["MAX_THREADS"] == 5 and pooled["DB_POOL"] >= pooled["MAX_THREADS"]
+                else:
+                    assert pooled["SIDEKIQ_CONCURRENCY"] >= direct["SIDEKIQ_CONCURRENCY"]
+                    assert pooled["DB_POOL"] >= pooled["SIDEKIQ_CONCURRENCY"]
+
+
+def test_the_pooler_lifts_the_pools_of_a_small_database():
+    # db.t4g.micro with ten web servers: 5 connections a server. Direct, a 4-vCPU web
+    # server could run 1 Puma worker x 2 threads; behind PgBouncer, 4 x 5.
+    args = ("web", 80, 10, 1, RESERVE, 4, 14000)
+    [(_, direct), (_, pooled)] = pools([args, ("--pooler", *args)])
+    assert direct["WEB_CONCURRENCY"] * direct["MAX_THREADS"] <= 4
+    assert (pooled["WEB_CONCURRENCY"], pooled["MAX_THREADS"], pooled["PGBOUNCER_POOL_SIZE"]) == (4, 5, 5)
+
+
+def test_a_smaller_replica_bounds_the_pools_as_well():
+    [(_, alone), (_, replicated)] = pools([("worker", 800, 2, 1, RESERVE, 4, 14000),
+                                           ("--replica", 180, "worker", 800, 2, 1, RESERVE, 4, 14000)])
+    assert alone["CONNECTION_SHARE"] == (800 - RESERVE) // 4
+    assert replicated["CONNECTION_SHARE"] == (180 - RESERVE) // 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--replica",), "--replica needs the replica's MAX_CONNECTIONS"),
+        (("--replica", "many"), "is not a non-negative integer"),
+        (("--pooler", "--replica", "12"), "PgBouncer cannot hold even 1 connection"),
+    ],
+)
+def test_bad_growth_options_fail_with_a_clear_message(args, message):
+    tail = ("web", 80, 10, 1, RESERVE, 2, 3800) if args != ("--replica",) else ()
+    [(status, out)] = pools([(*args, *tail)])
+    assert status != 0 and message in out

@@ -38,6 +38,7 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "EveryQueueRunsSomewhere": ({"MainWorkerQueues": "scheduler,mailers"}, "eu-central-1"),
     "FleetFitsTheDatabase": ({"DatabaseInstanceClass": "db.t4g.micro", "WebMaxSize": "10",
                               "QueueWorkerMaxSize": "5"}, "eu-central-1"),
+    "ReadReplicaAtLeastTheDatabase": ({"DatabaseReplicaClass": "db.t4g.micro"}, "eu-central-1"),
 }
 
 

@@ -117,6 +117,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "QueueWorkerQueues": (["default", "default,push,ingress,pull,mailers,fasp", "fasp,pull"],
                           ["", "all", "scheduler", "default,scheduler", "default,low", "Default",
                            "default;push"]),
+    "DatabasePooler": _choices(["true", "false"], ["True", "pgbouncer", ""]),
+    # Empty is "no replica".
+    "DatabaseReplicaClass": (["", *(d.name for d in capacity.DATABASE_CLASSES)],
+                             ["db.t3.micro", "none", "r7g.large", " "]),
 }
 
 

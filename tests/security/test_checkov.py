@@ -30,6 +30,7 @@ REVIEWED_SKIPS = {
     ("CKV_AWS_157", "AWS::RDS::DBInstance"),         # Multi-AZ is a parameter (Fn::If)
     ("CKV_AWS_118", "AWS::RDS::DBInstance"),         # enhanced monitoring costs extra
     ("CKV_AWS_161", "AWS::RDS::DBInstance"),         # Mastodon cannot use IAM database auth
+    ("CKV_AWS_16", "AWS::RDS::DBInstance"),          # a read replica inherits the encryption
     ("CKV_AWS_86", "AWS::CloudFront::Distribution"),  # standard logs cost per request
     ("CKV_AWS_91", "AWS::ElasticLoadBalancingV2::LoadBalancer"),  # access logs cost
     ("CKV_AWS_18", "AWS::S3::Bucket"),               # access logs need a second bucket

@@ -23,7 +23,9 @@ STATEFUL_TYPES = {
 
 
 def _stateful(template):
-    return {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL_TYPES}
+    # A read replica holds nothing its source does not: removing the option deletes it.
+    return {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL_TYPES
+            and "SourceDBInstanceIdentifier" not in r.get("Properties", {})}
 
 
 def test_every_store_of_data_or_keys_is_kept_on_deletion_and_on_replacement(template):

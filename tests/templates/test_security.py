@@ -140,7 +140,7 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "Database", "Cache", "MediaBucket", "SmtpServer", "SmtpPort", "SmtpLogin", "MailFromAddress",
             "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
             "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
-            "WebTargetGroup", "StreamingTargetGroup",
+            "WebTargetGroup", "StreamingTargetGroup", "DatabaseReplica", "DatabaseReplicaClass",
             # Queue workers: sizes and queue names, public.
             "QueueWorkerMaxSize", "MainWorkerQueues", "QueueWorkerQueues",
         }
