@@ -49,6 +49,7 @@ DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
 # Server counts are listed, not ranged: a Number parameter would also take "02", which the
 # rules comparing sizes (scaling.WEB_SIZE_RULE) match as text and would let through.
 WEB_SIZES = [str(n) for n in range(capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT + 1)]
+QUEUE_WORKER_SIZES = [str(n) for n in range(capacity.QUEUE_WORKER_MAX_SIZE_LIMIT + 1)]
 
 HOSTNAME_PATTERN = r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
 EMAIL_PATTERN = r"^[^@\s]+@([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
@@ -375,18 +376,18 @@ def _queue_worker_parameters(t: Template) -> dict[str, Parameter]:
     group = GROUP_QUEUE_WORKERS
     return {
         "queue_worker_min_size": add_parameter(t, group, "Queue workers, minimum", Parameter(
-            "QueueWorkerMinSize", Type="Number", Default="0",
+            "QueueWorkerMinSize", Type="String", Default="0",
             Description="Queue workers always running (0: the group starts empty and scales out "
             "when jobs wait). At most QueueWorkerMaxSize.",
-            MinValue=0, MaxValue=capacity.QUEUE_WORKER_MAX_SIZE_LIMIT,
+            AllowedValues=QUEUE_WORKER_SIZES,
         )),
         "queue_worker_max_size": add_parameter(t, group, "Queue workers, maximum", Parameter(
-            "QueueWorkerMaxSize", Type="Number", Default="0",
+            "QueueWorkerMaxSize", Type="String", Default="0",
             Description="0: no queue workers (the single worker runs every queue). Otherwise the "
             "most Sidekiq servers the group scales out to on queue latency, besides the main "
             "worker; they publish queue metrics (about $6/month) and count in the database's "
             "connection budget.",
-            MinValue=0, MaxValue=capacity.QUEUE_WORKER_MAX_SIZE_LIMIT,
+            AllowedValues=QUEUE_WORKER_SIZES,
         )),
         "queue_worker_instance_type": add_parameter(t, group, "Queue worker instance type", Parameter(
             "QueueWorkerInstanceType", Type="String", Default=capacity.DEFAULT_QUEUE_WORKER_INSTANCE_TYPE,
