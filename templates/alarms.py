@@ -4,7 +4,7 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs) and the Sidekiq worker (no instance in service). Every alarm notifies the
+jobs; the optional cache-only Redis when it stays full) and the Sidekiq worker (no instance in service). Every alarm notifies the
 topic when it fires and when it recovers.
 
 A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
@@ -52,6 +52,10 @@ DATABASE_FREE_STORAGE_BYTES = 1024 ** 3  # 1 GiB: storage autoscaling (10% free)
 DATABASE_CONNECTIONS_SHARE = 0.8  # of max_connections: new connections will soon be refused
 DATABASE_FREE_MEMORY_SHARE = 0.1  # of the class's memory: the instance starts to swap
 CACHE_MEMORY_PERCENT = 80         # of maxmemory: evictions come next
+# The cache-only Redis (allkeys-lru) evicts when full by design. Its entries expire within
+# ten minutes, so one that stays full for a quarter of an hour evicts them before that:
+# pages are computed again and again.
+RAILS_CACHE_MEMORY_PERCENT = 95
 WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
 
 # The worker is an Auto Scaling group of one: its in-service count is its health.
@@ -178,6 +182,15 @@ def create_alarms(t: Template, p: parameters.Parameters, lb: LoadBalancing, data
                "AWS/ElastiCache", "Evictions", cache,
                Threshold("Sum", "GreaterThanThreshold", 0, 300, 1, 1)),
     ]
+    rails_cache_memory = _alarm(
+        t, "RailsCacheMemoryAlarm", topic, "Rails cache memory full",
+        "The cache-only Redis evicts entries before they expire, so Mastodon recomputes "
+        "them (slower pages, more database load): choose a larger SeparateCacheNodeType.",
+        "AWS/ElastiCache", "DatabaseMemoryUsagePercentage",
+        {"CacheClusterId": Join("", [Ref(data.rails_cache), "-001"])},
+        Threshold("Minimum", "GreaterThanThreshold", RAILS_CACHE_MEMORY_PERCENT, 300, 3, 3))
+    rails_cache_memory.Condition = parameters.HAS_SEPARATE_CACHE
+    alarms.append(rails_cache_memory)
     # The worker-down alarm reads the group's metrics (free at one-minute granularity).
     compute.worker_group.MetricsCollection = [autoscaling.MetricsCollection(
         Granularity="1Minute", Metrics=WORKER_GROUP_METRICS)]
@@ -272,7 +285,9 @@ def dashboard_body(alarm_names: list[str]) -> dict[str, Any]:
 
 def create_dashboard(t: Template) -> cloudwatch.Dashboard:
     """A dashboard of every alarm in the stack; call after the last alarm is added."""
-    names = sorted(name for name, r in t.resources.items() if isinstance(r, cloudwatch.Alarm))
+    # An alarm that exists only under a condition cannot be named by the one dashboard.
+    names = sorted(name for name, r in t.resources.items()
+                   if isinstance(r, cloudwatch.Alarm) and "Condition" not in r.resource)
     return t.add_resource(cloudwatch.Dashboard(
         DASHBOARD,
         DashboardName=Sub("${AWS::StackName}-mastodon"),

@@ -22,6 +22,7 @@ GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
+GROUP_CACHE_SPLIT = "Redis for growth (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -36,6 +37,9 @@ USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
+HAS_SEPARATE_CACHE = "HasSeparateCache"
+CACHE_HAS_REPLICA = "CacheHasReplica"
+CACHE_FAILS_OVER = "CacheFailsOver"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -89,6 +93,11 @@ def region_in(regions: tuple[str, ...]) -> object:
 
 LOG_RETENTION_DAYS = ("7", "14", "30", "60", "90", "180", "365")
 CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "cache.m7g.large")
+# The Sidekiq Redis's replica, in the order an existing stack must take them (one update
+# each): CloudFormation cannot add the replica and turn automatic failover on in one
+# update ("Replication group must have at least one read replica to enable autofailover",
+# aws-cloudformation/cloudformation-coverage-roadmap#383), nor remove both at once.
+CACHE_REPLICA_MODES = ("none", "standby", "failover")
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,8 @@ class Parameters:
     waf_web_acl_arn: Parameter
     waf_rate_limit: Parameter
     rolling_batch_size: Parameter
+    separate_cache_node_type: Parameter
+    cache_replica: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -317,6 +328,23 @@ def create_parameters(t: Template) -> Parameters:
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",
         )),
+        separate_cache_node_type=add_parameter(t, GROUP_CACHE_SPLIT, "Separate cache node type", Parameter(
+            "SeparateCacheNodeType", Type="String", Default="",
+            Description="Empty: one Redis holds Sidekiq's jobs, home feeds and Rails' cache. A node "
+            "type: a second ElastiCache (Valkey) of that type holds only the cache (CACHE_REDIS_URL; "
+            "it evicts the least recently used entries when full and keeps no snapshot), so the "
+            "first one never fills with cache. Billed like CacheNodeType.",
+            AllowedValues=["", *CACHE_NODE_TYPES],
+        )),
+        cache_replica=add_parameter(t, GROUP_CACHE_SPLIT, "Sidekiq Redis replica", Parameter(
+            "CacheReplica", Type="String", Default=CACHE_REPLICA_MODES[0],
+            Description="A replica of the Redis that holds Sidekiq's jobs and the feeds (doubles "
+            "its cost). failover: the replica sits in another zone and takes over by itself when "
+            "the primary fails. standby: the replica, without automatic failover. An existing "
+            "stack goes none -> standby -> failover (and back) in separate updates: "
+            "CloudFormation cannot add the replica and turn failover on in one. No data is lost.",
+            AllowedValues=list(CACHE_REPLICA_MODES),
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -354,6 +382,9 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
+    t.add_condition(HAS_SEPARATE_CACHE, Not(Equals(Ref(p.separate_cache_node_type), "")))
+    t.add_condition(CACHE_HAS_REPLICA, Not(Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[0])))
+    t.add_condition(CACHE_FAILS_OVER, Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[2]))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
