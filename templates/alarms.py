@@ -4,8 +4,9 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs; the optional cache-only Redis when it stays full) and the Sidekiq worker (no instance in service). Every alarm notifies the
-topic when it fires and when it recovers.
+jobs; the optional cache-only Redis when it stays full) and the Sidekiq worker
+(no instance in service). Every alarm notifies the topic when it fires and when
+it recovers.
 
 A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
 state machine's status events mails the topic at once, naming the execution
@@ -13,7 +14,8 @@ state machine's status events mails the topic at once, naming the execution
 over the three Step Functions failure metrics would cost $0.30 a month.
 
 The dashboard is built from the alarms themselves (one graph per alarm, plus their
-states), so it always shows the same thing the e-mails are about.
+states), so it always shows the same thing the e-mails are about; an option's alarm
+(one with a Condition) is left out, as the dashboard cannot name what may not exist.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                                      WEB_ACL.replace("global", "regional"), WEB_ACL + "x"]),
     "WafRateLimit": _sizes(100, 2000000000),
     "RollingBatchSize": _sizes(1, 5),
+    "SeparateCacheNodeType": (["", "cache.t4g.micro", "cache.m7g.large"],
+                              ["cache.t4g.nano", "cache.t3.micro", "t4g.micro", "none", "true"]),
+    "CacheReplica": (["none", "standby", "failover"], ["true", "false", "Failover", "replica", ""]),
 }
 
 
