@@ -43,6 +43,9 @@ from templates.secrets import Secrets
 DATABASE = "Database"
 CACHE = "Cache"
 RAILS_CACHE = "RailsCache"
+# Stores of a data type that hold nothing worth keeping (every entry is recomputed on a
+# miss): no final snapshot, no stack-policy protection, no data-loss warning on removal.
+DISPOSABLE = (RAILS_CACHE,)
 MEDIA_BUCKET = "MediaBucket"
 DATABASE_NAME = "mastodon"
 DATABASE_USER = "mastodon"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from templates import stack_policy
+from templates import data, stack_policy
 from tests.support import props, refs
 
 # Types that hold data or the keys to it; any new one must come with a keeping policy.
@@ -153,3 +153,7 @@ def test_a_store_exempt_from_keeping_holds_only_what_can_be_recomputed(template,
     assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Delete"
     # Not the Redis that Sidekiq's jobs live in.
     assert name != "Cache"
+
+
+def test_the_deploy_preview_treats_as_disposable_exactly_the_stores_exempt_here():
+    assert set(data.DISPOSABLE) == set(VOLATILE)
