@@ -275,7 +275,8 @@ def create_parameters(t: Template) -> Parameters:
         )),
         cache_node_type=add_parameter(t, GROUP_DATA, "Cache node type", Parameter(
             "CacheNodeType", Type="String", Default=CACHE_NODE_TYPES[0],
-            Description="ElastiCache (Valkey) node type for Mastodon's Redis.",
+            Description="ElastiCache (Valkey) node type for Mastodon's Redis: Sidekiq's jobs, the "
+            "feeds, streaming, and Rails' cache unless SeparateCacheNodeType is set.",
             AllowedValues=list(CACHE_NODE_TYPES),
         )),
         log_retention=add_parameter(t, GROUP_OPERATIONS, "Log retention (days)", Parameter(
