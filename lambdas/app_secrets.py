@@ -116,6 +116,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     # Hex: safe in URLs, and a valid ElastiCache AUTH token (16-128 chars, no @ " /).
     "DB_PASS": lambda: secrets.token_hex(16),
     "REDIS_PASSWORD": lambda: secrets.token_hex(16),
+    # The optional cache-only Redis (SeparateCacheNodeType) has its own token.
+    "CACHE_REDIS_PASSWORD": lambda: secrets.token_hex(16),
     "ORIGIN_VERIFY": lambda: secrets.token_hex(24),
 }
 

@@ -192,7 +192,9 @@ class _Counter:
             hourly = _price(self.prices, "elasticache_redis_hourly", node_type)
             if engine == "valkey":
                 hourly *= float(self.prices["elasticache_valkey_factor"])
-            self.add("cache", f"{name}: {nodes} × {node_type} {engine} (one snapshot is free)",
+            snapshots = self.ev.number(props.get("SnapshotRetentionLimit"), 0)
+            kept = "one snapshot is free" if snapshots else "no snapshot"
+            self.add("cache", f"{name}: {nodes} × {node_type} {engine} ({kept})",
                      nodes * hourly * self.hours)
 
     def per_month(self, resource_type: str, component: str, price_key: str) -> None:

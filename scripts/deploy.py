@@ -270,6 +270,7 @@ CHANGE_SET_ARN = re.compile(r"--change-set-name (arn:\S+)")
 def change_lines(changes: list[dict[str, Any]], color: bool) -> list[str]:
     """One line per resource change of a change set; a data resource that would be replaced
     (or might be: Replacement "Conditional") or removed is marked, and red when color is on."""
+    from templates.data import DISPOSABLE
     from templates.stack_policy import PROTECTED_RESOURCES
 
     lines = []
@@ -282,7 +283,7 @@ def change_lines(changes: list[dict[str, Any]], color: bool) -> list[str]:
             verb = "REPLACE"
         elif action == "Modify" and replacement == "Conditional":
             verb = "modify, may REPLACE"
-        data = logical in PROTECTED_RESOURCES or kind in DATA_TYPES
+        data = (logical in PROTECTED_RESOURCES or kind in DATA_TYPES) and logical not in DISPOSABLE
         lost = data and (action == "Remove" or replacement in ("True", "Conditional"))
         line = f"  {'!! ' if lost else '   '}{verb:<22} {logical} ({kind})"
         if lost:

@@ -4,9 +4,9 @@ Each alarm names its symptom and what to look at. They cover the request path
 (load balancer and Mastodon answering 5xx, targets unhealthy or none healthy in
 either target group), the database (CPU, storage, connections near
 max_connections, memory), the cache (memory and evictions, which lose Sidekiq
-jobs) and the Sidekiq worker (no instance in service); with queue workers, Sidekiq
-itself (a job waits too long, no process alive). Every alarm notifies the topic when it
-fires and when it recovers.
+jobs; the optional cache-only Redis when it stays full) and the Sidekiq worker (no
+instance in service); with queue workers, Sidekiq itself (a job waits too long, no
+process alive). Every alarm notifies the topic when it fires and when it recovers.
 
 A failed rollout is no alarm: once the pipeline exists, an EventBridge rule on the
 state machine's status events mails the topic at once, naming the execution
@@ -14,7 +14,8 @@ state machine's status events mails the topic at once, naming the execution
 over the three Step Functions failure metrics would cost $0.30 a month.
 
 The dashboard is built from the alarms themselves (one graph per alarm, plus their
-states), so it always shows the same thing the e-mails are about.
+states), so it always shows the same thing the e-mails are about; an option's alarm
+(one with a Condition) is left out, as the dashboard cannot name what may not exist.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ DATABASE_FREE_STORAGE_BYTES = 1024 ** 3  # 1 GiB: storage autoscaling (10% free)
 DATABASE_CONNECTIONS_SHARE = 0.8  # of max_connections: new connections will soon be refused
 DATABASE_FREE_MEMORY_SHARE = 0.1  # of the class's memory: the instance starts to swap
 CACHE_MEMORY_PERCENT = 80         # of maxmemory: evictions come next
+# The cache-only Redis (allkeys-lru) evicts when full by design. Its entries expire within
+# ten minutes, so one that stays full for a quarter of an hour evicts them before that:
+# pages are computed again and again.
+RAILS_CACHE_MEMORY_PERCENT = 95
 WORKER_IN_SERVICE_MINIMUM = 1     # the one Sidekiq instance
 # With queue workers: a job that has waited ten minutes, five minutes running, means the
 # groups at their maximum cannot keep up (the queue workers scale out at half a minute),
@@ -190,6 +195,15 @@ def create_alarms(t: Template, p: parameters.Parameters, load_balancing: LoadBal
                "AWS/ElastiCache", "Evictions", cache,
                Threshold("Sum", "GreaterThanThreshold", 0, 300, 1, 1)),
     ]
+    rails_cache_memory = _alarm(
+        t, "RailsCacheMemoryAlarm", topic, "Rails cache memory full",
+        "The cache-only Redis evicts entries before they expire, so Mastodon recomputes "
+        "them (slower pages, more database load): choose a larger SeparateCacheNodeType.",
+        "AWS/ElastiCache", "DatabaseMemoryUsagePercentage",
+        {"CacheClusterId": Join("", [Ref(data.rails_cache), "-001"])},
+        Threshold("Minimum", "GreaterThanThreshold", RAILS_CACHE_MEMORY_PERCENT, 300, 3, 3))
+    rails_cache_memory.Condition = parameters.HAS_SEPARATE_CACHE
+    alarms.append(rails_cache_memory)
     # The worker-down alarm reads the group's metrics (free at one-minute granularity).
     compute.worker_group.MetricsCollection = [autoscaling.MetricsCollection(
         Granularity="1Minute", Metrics=WORKER_GROUP_METRICS)]

@@ -274,6 +274,11 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "DB_USER": DATABASE_USER,
             "REDIS_HOST": GetAtt(data.cache, "PrimaryEndPoint.Address"),
             "REDIS_PORT": GetAtt(data.cache, "PrimaryEndPoint.Port"),
+            # Empty without SeparateCacheNodeType: Rails.cache then shares the main Redis.
+            "CACHE_REDIS_HOST": If(parameters.HAS_SEPARATE_CACHE,
+                                   GetAtt(data.rails_cache, "PrimaryEndPoint.Address"), ""),
+            "CACHE_REDIS_PORT": If(parameters.HAS_SEPARATE_CACHE,
+                                   GetAtt(data.rails_cache, "PrimaryEndPoint.Port"), ""),
             "S3_BUCKET": Ref(data.bucket),
             "S3_ALIAS_HOST": Join("", [Ref(p.domain), "/system"]),
             "SMTP_SERVER": mail.server,

@@ -42,6 +42,10 @@ from templates.secrets import Secrets
 DATABASE = "Database"
 DATABASE_REPLICA = "DatabaseReplica"
 CACHE = "Cache"
+RAILS_CACHE = "RailsCache"
+# Stores of a data type that hold nothing worth keeping (every entry is recomputed on a
+# miss): no final snapshot, no stack-policy protection, no data-loss warning on removal.
+DISPOSABLE = (RAILS_CACHE,)
 MEDIA_BUCKET = "MediaBucket"
 DATABASE_NAME = "mastodon"
 DATABASE_USER = "mastodon"
@@ -65,6 +69,11 @@ VALKEY_VERSION = "8.0"
 # writes (Mastodon logs the error and the memory alarm fires), never evict a job.
 # ElastiCache's default group evicts keys that carry a TTL (volatile-lru).
 CACHE_SETTINGS = {"maxmemory-policy": "noeviction"}
+# The optional Redis that holds only Rails.cache (CACHE_REDIS_URL): every key there can be
+# recomputed, so when full it drops the least recently used one, TTL or not (volatile-*
+# would refuse writes once keys without a TTL fill it). Redis's "LRU cache" guide names
+# allkeys-lru for a cache; Mastodon's tuning guide points to that guide.
+RAILS_CACHE_SETTINGS = {"maxmemory-policy": "allkeys-lru"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Data:
     database: rds.DBInstance
     cache: elasticache.ReplicationGroup
     bucket: s3.Bucket
+    # Only with SeparateCacheNodeType (condition HAS_SEPARATE_CACHE).
+    rails_cache: elasticache.ReplicationGroup
     # Only with DatabaseReplicaClass (the HasDatabaseReplica condition).
     replica: rds.DBInstance | None = None
 
@@ -79,10 +90,12 @@ class Data:
 def create_data(t: Template, p: Parameters, network: Network, server_security_group: ec2.SecurityGroup,
                 secrets: Secrets) -> Data:
     database = _database(t, p, network, server_security_group, secrets)
+    cache = _cache(t, p, network, server_security_group, secrets)
     return Data(
         database=database,
-        cache=_cache(t, p, network, server_security_group, secrets),
+        cache=cache,
         bucket=_media_bucket(t),
+        rails_cache=_rails_cache(t, p, cache, secrets),
         replica=_replica(t, p, database),
     )
 
@@ -286,8 +299,12 @@ def _cache(t: Template, p: Parameters, network: Network, server_security_group: 
         EngineVersion=VALKEY_VERSION,
         CacheNodeType=Ref(p.cache_node_type),
         CacheParameterGroupName=Ref(settings),
-        NumCacheClusters=1,
-        AutomaticFailoverEnabled=False,
+        # CacheReplica: a second node (ElastiCache puts it in another zone of the subnet
+        # group), then failover to it. Neither replaces the group: the primary and its data
+        # stay. Without the option the properties resolve to what they always were.
+        NumCacheClusters=If(parameters.CACHE_HAS_REPLICA, 2, 1),
+        AutomaticFailoverEnabled=If(parameters.CACHE_FAILS_OVER, True, False),
+        MultiAZEnabled=If(parameters.CACHE_FAILS_OVER, True, Ref("AWS::NoValue")),
         Port=CACHE_PORT,
         CacheSubnetGroupName=Ref(subnets),
         SecurityGroupIds=[Ref(security_group)],
@@ -300,6 +317,44 @@ def _cache(t: Template, p: Parameters, network: Network, server_security_group: 
         AutoMinorVersionUpgrade=True,
         DeletionPolicy="Snapshot",
         UpdateReplacePolicy="Snapshot",
+        DependsOn=[secrets.values.title],
+    ))
+
+
+def _rails_cache(t: Template, p: Parameters, cache: elasticache.ReplicationGroup,
+                 secrets: Secrets) -> elasticache.ReplicationGroup:
+    """The optional Redis for Rails.cache alone: same engine, network and encryption as the
+    main one, its own AUTH token; it evicts, keeps no snapshot and is not kept on delete."""
+    settings = t.add_resource(elasticache.ParameterGroup(
+        "RailsCacheParameterGroup",
+        Condition=parameters.HAS_SEPARATE_CACHE,
+        Description="Mastodon: Rails cache only, least recently used keys evicted",
+        CacheParameterGroupFamily=f"valkey{VALKEY_VERSION.split('.')[0]}",
+        Properties=RAILS_CACHE_SETTINGS,
+    ))
+    return t.add_resource(elasticache.ReplicationGroup(
+        RAILS_CACHE,
+        Condition=parameters.HAS_SEPARATE_CACHE,
+        ReplicationGroupDescription="Mastodon Rails cache (Valkey)",
+        Engine="valkey",
+        EngineVersion=VALKEY_VERSION,
+        CacheNodeType=Ref(p.separate_cache_node_type),
+        CacheParameterGroupName=Ref(settings),
+        NumCacheClusters=1,
+        AutomaticFailoverEnabled=False,
+        Port=CACHE_PORT,
+        # The main cache's subnets and security group: the same servers, the same port.
+        CacheSubnetGroupName=cache.CacheSubnetGroupName,
+        SecurityGroupIds=cache.SecurityGroupIds,
+        AtRestEncryptionEnabled=True,
+        TransitEncryptionEnabled=True,
+        AuthToken=secrets.reference("CACHE_REDIS_PASSWORD"),
+        # Entries live ten minutes by default: a snapshot would restore stale ones.
+        SnapshotRetentionLimit=0,
+        PreferredMaintenanceWindow="sun:05:30-sun:06:30",
+        AutoMinorVersionUpgrade=True,
+        DeletionPolicy="Delete",
+        UpdateReplacePolicy="Delete",
         DependsOn=[secrets.values.title],
     ))
 

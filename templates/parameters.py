@@ -24,6 +24,7 @@ GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
 GROUP_QUEUE_WORKERS = "Sidekiq queue workers (optional)"
 GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
+GROUP_CACHE_SPLIT = "Redis for growth (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -42,6 +43,9 @@ HAS_QUEUE_WORKERS = "HasQueueWorkers"
 QUEUE_WORKER_IS_ARM = "QueueWorkerIsArm64"
 USE_DATABASE_POOLER = "UseDatabasePooler"
 HAS_DATABASE_REPLICA = "HasDatabaseReplica"
+HAS_SEPARATE_CACHE = "HasSeparateCache"
+CACHE_HAS_REPLICA = "CacheHasReplica"
+CACHE_FAILS_OVER = "CacheFailsOver"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -100,6 +104,11 @@ def region_in(regions: tuple[str, ...]) -> object:
 
 LOG_RETENTION_DAYS = ("7", "14", "30", "60", "90", "180", "365")
 CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "cache.m7g.large")
+# The Sidekiq Redis's replica, in the order an existing stack must take them (one update
+# each): CloudFormation cannot add the replica and turn automatic failover on in one
+# update ("Replication group must have at least one read replica to enable autofailover",
+# aws-cloudformation/cloudformation-coverage-roadmap#383), nor remove both at once.
+CACHE_REPLICA_MODES = ("none", "standby", "failover")
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,8 @@ class Parameters:
     # Issue 13, database growth (item 2 and 3).
     database_pooler: Parameter
     database_replica_class: Parameter
+    separate_cache_node_type: Parameter
+    cache_replica: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -284,7 +295,8 @@ def create_parameters(t: Template) -> Parameters:
         )),
         cache_node_type=add_parameter(t, GROUP_DATA, "Cache node type", Parameter(
             "CacheNodeType", Type="String", Default=CACHE_NODE_TYPES[0],
-            Description="ElastiCache (Valkey) node type for Mastodon's Redis.",
+            Description="ElastiCache (Valkey) node type for Mastodon's Redis: Sidekiq's jobs, the "
+            "feeds, streaming, and Rails' cache unless SeparateCacheNodeType is set.",
             AllowedValues=list(CACHE_NODE_TYPES),
         )),
         log_retention=add_parameter(t, GROUP_OPERATIONS, "Log retention (days)", Parameter(
@@ -353,6 +365,23 @@ def create_parameters(t: Template) -> Parameters:
             "that serves Mastodon's read-only queries (REPLICA_DB_*), at least the size of the "
             "database's class. It bills like a second database.",
             AllowedValues=["", *(d.name for d in capacity.DATABASE_CLASSES)],
+        )),
+        separate_cache_node_type=add_parameter(t, GROUP_CACHE_SPLIT, "Separate cache node type", Parameter(
+            "SeparateCacheNodeType", Type="String", Default="",
+            Description="Empty: one Redis holds Sidekiq's jobs, home feeds and Rails' cache. A node "
+            "type: a second ElastiCache (Valkey) of that type holds only the cache (CACHE_REDIS_URL; "
+            "it evicts the least recently used entries when full and keeps no snapshot), so the "
+            "first one never fills with cache. Billed like CacheNodeType.",
+            AllowedValues=["", *CACHE_NODE_TYPES],
+        )),
+        cache_replica=add_parameter(t, GROUP_CACHE_SPLIT, "Sidekiq Redis replica", Parameter(
+            "CacheReplica", Type="String", Default=CACHE_REPLICA_MODES[0],
+            Description="A replica of the Redis that holds Sidekiq's jobs and the feeds (doubles "
+            "its cost). failover: the replica sits in another zone and takes over by itself when "
+            "the primary fails. standby: the replica, without automatic failover. An existing "
+            "stack goes none -> standby -> failover (and back) in separate updates: "
+            "CloudFormation cannot add the replica and turn failover on in one. No data is lost.",
+            AllowedValues=list(CACHE_REPLICA_MODES),
         )),
     )
     _add_mappings(t)
@@ -532,6 +561,9 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     _add_queue_worker_conditions(t, p)
     t.add_condition(USE_DATABASE_POOLER, Equals(Ref(p.database_pooler), "true"))
     t.add_condition(HAS_DATABASE_REPLICA, Not(Equals(Ref(p.database_replica_class), "")))
+    t.add_condition(HAS_SEPARATE_CACHE, Not(Equals(Ref(p.separate_cache_node_type), "")))
+    t.add_condition(CACHE_HAS_REPLICA, Not(Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[0])))
+    t.add_condition(CACHE_FAILS_OVER, Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[2]))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

@@ -75,5 +75,10 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         # Checked here, before the database exists: SES sends only from the domain.
         MailFromAddress=Ref(p.mail_from),
         DomainName=Ref(p.domain),
+        # Present only with the cache-only Redis: turning that option on for an existing
+        # stack changes this resource, so the function runs again and adds the Redis's
+        # token (CACHE_REDIS_PASSWORD) before the Redis resolves it. Off, the properties
+        # are what they always were: no update.
+        SeparateCache=If(parameters.HAS_SEPARATE_CACHE, "true", Ref("AWS::NoValue")),
     )
     return Secrets(secret=secret, values=values)

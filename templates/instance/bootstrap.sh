@@ -273,6 +273,12 @@ load_stack_env() {
     SIDEKIQ_SHUTDOWN_SECONDS CONTAINER_STOP_SECONDS
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  # Set only with a cache-only Redis (SeparateCacheNodeType); empty, Rails.cache shares REDIS_URL.
+  CACHE_REDIS_HOST=${CACHE_REDIS_HOST:-}
+  CACHE_REDIS_PORT=${CACHE_REDIS_PORT:-}
+  if [ -n "$CACHE_REDIS_HOST" ] && ! [[ $CACHE_REDIS_PORT =~ ^[1-9][0-9]*$ ]]; then
+    fail "CACHE_REDIS_PORT must be a port number with CACHE_REDIS_HOST, not '$CACHE_REDIS_PORT'"
+  fi
   local key
   # Options of issue 13 (absent from stack.env when off).
   DB_POOLER=${DB_POOLER:-false}
@@ -409,11 +415,15 @@ read_configuration() {
   local key value
   while IFS= read -r -d '' key && IFS= read -r -d '' value; do
     SECRET[$key]=$value
-  done < <(printf '%s' "$APP_SECRET_JSON" | json_fields "${APP_SECRET_KEYS[@]}" SMTP_LOGIN SMTP_PASSWORD)
+  done < <(printf '%s' "$APP_SECRET_JSON" | json_fields "${APP_SECRET_KEYS[@]}" SMTP_LOGIN SMTP_PASSWORD \
+    CACHE_REDIS_PASSWORD)
   unset APP_SECRET_JSON
   for key in "${APP_SECRET_KEYS[@]}"; do
     [ -n "${SECRET[$key]:-}" ] || fail "the application secret has no $key"
   done
+  if [ -n "$CACHE_REDIS_HOST" ] && [ -z "${SECRET[CACHE_REDIS_PASSWORD]:-}" ]; then
+    fail "the application secret has no CACHE_REDIS_PASSWORD for the cache Redis $CACHE_REDIS_HOST"
+  fi
 
   if [ -n "$SMTP_PASSWORD_SECRET_ARN" ]; then
     # An external SMTP server: login from the stack, password from its own secret.
@@ -453,10 +463,15 @@ env_line() {
 
 render_environment() {
   step "render mastodon.env"
-  local redis_url tmp
+  local redis_url cache_redis_url="" tmp
   # rediss:// turns TLS on for Rails (redis-client) and the streaming server (ioredis);
   # REDIS_HOST/REDIS_PORT cannot (Mastodon builds a plain redis:// URL from them).
   redis_url="rediss://:$(printf '%s' "${SECRET[REDIS_PASSWORD]}" | urlencode)@$REDIS_HOST:$REDIS_PORT/0"
+  if [ -n "$CACHE_REDIS_HOST" ]; then
+    # Rails.cache alone (lib/mastodon/redis_configuration.rb, prefix CACHE_); Sidekiq, the
+    # feeds and the streaming server stay on REDIS_URL.
+    cache_redis_url="rediss://:$(printf '%s' "${SECRET[CACHE_REDIS_PASSWORD]}" | urlencode)@$CACHE_REDIS_HOST:$CACHE_REDIS_PORT/0"
+  fi
 
   mkdir -p "$ETC_DIR"
   chmod 0755 "$ETC_DIR"
@@ -516,6 +531,9 @@ render_environment() {
       env_line REPLICA_DB_TASKS false
     fi
     env_line REDIS_URL "$redis_url"
+    if [ -n "$cache_redis_url" ]; then
+      env_line CACHE_REDIS_URL "$cache_redis_url"
+    fi
     # The pure-Ruby driver is the one whose TLS support is certain.
     env_line REDIS_DRIVER ruby
     env_line ES_ENABLED false

@@ -93,6 +93,8 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "DB_USER": "mastodon",
         "REDIS_HOST": "master.mastodon.abc123.use1.cache.amazonaws.com",
         "REDIS_PORT": "6379",
+        "CACHE_REDIS_HOST": "",
+        "CACHE_REDIS_PORT": "",
         "S3_BUCKET": "mastodon-test-media-123456789012",
         "S3_ALIAS_HOST": "social.example.com/system",
         "SMTP_SERVER": "email-smtp.us-east-1.amazonaws.com",

@@ -30,6 +30,7 @@ GENERATED_KEYS = {
     "VAPID_PUBLIC_KEY",
     "DB_PASS",
     "REDIS_PASSWORD",
+    "CACHE_REDIS_PASSWORD",
     "ORIGIN_VERIFY",
 }
 
@@ -93,6 +94,7 @@ SHAPES = {
     "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY": r"[A-Za-z0-9]{32,}",
     "DB_PASS": r"[0-9a-f]{32,}",
     "REDIS_PASSWORD": r"[0-9a-f]{32,128}",  # ElastiCache AUTH: 16-128, no @ " /
+    "CACHE_REDIS_PASSWORD": r"[0-9a-f]{32,128}",
     "ORIGIN_VERIFY": r"[0-9a-f]{48}",
 }
 

@@ -147,3 +147,27 @@ def test_the_readme_states_what_each_example_file_costs(template, name):
     total = estimate(template, **values).total
     assert f"`parameters/{name}.json`" in readme
     assert f"**${total:.2f}/month**" in readme, f"{name}.json costs ${total:.2f}"
+
+
+def _cache_lines(result):
+    return {i.detail.split(":")[0]: i for i in result.items if i.component == "cache"}
+
+
+def test_the_cache_only_redis_is_itemised_at_its_own_node_type(template):
+    base = estimate(template)
+    split = estimate(template, SeparateCacheNodeType="cache.t4g.small")
+    assert set(_cache_lines(base)) == {"Cache"}
+    rails_cache = _cache_lines(split)["RailsCache"]
+    hourly = TABLE["elasticache_redis_hourly"]["cache.t4g.small"] * TABLE["elasticache_valkey_factor"]
+    assert rails_cache.monthly == pytest.approx(hourly * TABLE["hours_per_month"], abs=0.01)
+    assert "cache.t4g.small" in rails_cache.detail and "no snapshot" in rails_cache.detail
+    # Plus its memory alarm; nothing else changes.
+    assert split.total - base.total == pytest.approx(rails_cache.monthly + TABLE["alarm_month"], abs=0.02)
+
+
+@pytest.mark.parametrize("mode", ["standby", "failover"])
+def test_a_replica_doubles_the_sidekiq_redis(template, mode):
+    single = _cache_lines(estimate(template))["Cache"]
+    replicated = _cache_lines(estimate(template, CacheReplica=mode))["Cache"]
+    assert replicated.monthly == pytest.approx(2 * single.monthly, abs=0.02)
+    assert replicated.detail.startswith("Cache: 2 ×")

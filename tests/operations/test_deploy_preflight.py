@@ -118,3 +118,15 @@ def test_the_preview_marks_replaced_or_removed_data_in_red_and_nothing_else():
     assert lines[0].split()[:2] == ["add", "NewAlarm"] and lines[1].split()[:2] == ["modify", "WebGroup"]
     plain = deploy.change_lines(CHANGES, color=False)
     assert not any("\033[" in line for line in plain) and sum("!!" in line for line in plain) == 3
+
+
+def test_removing_the_cache_only_redis_is_no_data_loss():
+    # Turning SeparateCacheNodeType off removes RailsCache: a cache, recomputed on a miss.
+    (line,) = deploy.change_lines([{"ResourceChange": {
+        "Action": "Remove", "LogicalResourceId": "RailsCache",
+        "ResourceType": "AWS::ElastiCache::ReplicationGroup"}}], color=True)
+    assert "REMOVE" in line and "DATA" not in line and deploy.RED not in line
+    (line,) = deploy.change_lines([{"ResourceChange": {
+        "Action": "Remove", "LogicalResourceId": "Cache",
+        "ResourceType": "AWS::ElastiCache::ReplicationGroup"}}], color=True)
+    assert "DATA" in line

@@ -121,6 +121,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     # Empty is "no replica".
     "DatabaseReplicaClass": (["", *(d.name for d in capacity.DATABASE_CLASSES)],
                              ["db.t3.micro", "none", "r7g.large", " "]),
+    "SeparateCacheNodeType": (["", "cache.t4g.micro", "cache.m7g.large"],
+                              ["cache.t4g.nano", "cache.t3.micro", "t4g.micro", "none", "true"]),
+    "CacheReplica": (["none", "standby", "failover"], ["true", "false", "Failover", "replica", ""]),
 }
 
 

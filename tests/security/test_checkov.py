@@ -127,3 +127,12 @@ def test_every_skip_is_reviewed_explained_and_still_needed(template, results):
             declared.add((skip["id"], f"{resource['Type']}.{name}"))
     # A skip of a check that no longer fires (or never ran) is noise for reviewers.
     assert declared == skipped
+
+
+@pytest.mark.parametrize("name", ["Cache", "RailsCache"])
+def test_checkov_checks_every_redis_for_encryption_and_auth(results, name):
+    # checkov ignores Conditions: the optional cache-only Redis is checked like the main one.
+    passed = {c["check_id"] for c in results["passed"]["mastodon.json"]
+              if c["resource"] == f"AWS::ElastiCache::ReplicationGroup.{name}"}
+    # at rest, in transit, in transit with an AUTH token
+    assert {"CKV_AWS_29", "CKV_AWS_30", "CKV_AWS_31"} <= passed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from templates import stack_policy
+from templates import data, stack_policy
 from tests.support import props, refs
 
 # Types that hold data or the keys to it; any new one must come with a keeping policy.
@@ -22,9 +22,19 @@ STATEFUL_TYPES = {
 }
 
 
+# Stores of a stateful type that hold nothing worth keeping, with why. Each must show it
+# (test_a_store_exempt_from_keeping_holds_only_what_can_be_recomputed).
+VOLATILE = {
+    # Rails.cache alone: every entry is recomputed on a miss and expires within minutes; a
+    # final snapshot would bill for stale entries and be restored nowhere.
+    "RailsCache": "the cache-only Redis (SeparateCacheNodeType)",
+}
+
+
 def _stateful(template):
     # A read replica holds nothing its source does not: removing the option deletes it.
-    return {n: r for n, r in template["Resources"].items() if r["Type"] in STATEFUL_TYPES
+    return {n: r for n, r in template["Resources"].items()
+            if r["Type"] in STATEFUL_TYPES and n not in VOLATILE
             and "SourceDBInstanceIdentifier" not in r.get("Properties", {})}
 
 
@@ -133,3 +143,19 @@ def test_sidekiqs_redis_refuses_writes_when_full_instead_of_evicting_jobs(templa
     memory = props(template, "CacheMemoryAlarm")
     assert memory["MetricName"] == "DatabaseMemoryUsagePercentage"
     assert memory["Dimensions"][0]["Value"] == {"Fn::Join": ["", [{"Ref": "Cache"}, "-001"]]}
+
+
+@pytest.mark.parametrize("name", sorted(VOLATILE))
+def test_a_store_exempt_from_keeping_holds_only_what_can_be_recomputed(template, name):
+    resource = template["Resources"][name]
+    settings = template["Resources"][resource["Properties"]["CacheParameterGroupName"]["Ref"]]
+    # Evicting every key when full is what makes it a cache: nothing in it must survive.
+    assert settings["Properties"]["Properties"]["maxmemory-policy"].startswith("allkeys-")
+    assert resource["Properties"]["SnapshotRetentionLimit"] == 0
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Delete"
+    # Not the Redis that Sidekiq's jobs live in.
+    assert name != "Cache"
+
+
+def test_the_deploy_preview_treats_as_disposable_exactly_the_stores_exempt_here():
+    assert set(data.DISPOSABLE) == set(VOLATILE)
