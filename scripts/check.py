@@ -75,6 +75,7 @@ from templates import (
     operations,
     parameters,
     pipeline,
+    sidekiq,
     versions,
 )
 
@@ -145,11 +146,15 @@ puts "{RESULT_MARK}" + JSON.generate(
 )
 """
 RUNNER_TIMEOUT_SECONDS = 300
-# The queue-latency metric (CloudWatch namespace, metric name) that the optional Sidekiq
-# metrics (issue 13, off by default) publish. The check finds the stack's alarms on it and
-# compares the latest value with each alarm's threshold. Until that option merges this is
-# its expected name; then this line becomes an import of the option's one definition.
-QUEUE_LATENCY_METRIC: tuple[str, str] = ("Mastodon/Sidekiq", "QueueLatency")
+
+
+def queue_latency_metric(stack: str) -> tuple[str, str]:
+    """The namespace and name of the oldest Sidekiq job's wait, as the queue-workers option
+    publishes it (templates/sidekiq.py) for stack `stack`; its alarm is what the check reads."""
+    namespace = sidekiq.METRICS_NAMESPACE.data["Fn::Sub"].replace("${AWS::StackName}", stack)
+    return namespace, sidekiq.OLDEST_JOB_METRIC
+
+
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     "GreaterThanThreshold": lambda value, threshold: value > threshold,
     "GreaterThanOrEqualToThreshold": lambda value, threshold: value >= threshold,
@@ -1652,7 +1657,7 @@ class Checker:
         )
 
     def _queue_latency(self) -> None:
-        name, (namespace, metric) = "queue latency", QUEUE_LATENCY_METRIC
+        name, (namespace, metric) = "queue latency", queue_latency_metric(self.stack.name)
         alarms = [
             a
             for a in self.stack_alarms()

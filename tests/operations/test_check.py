@@ -24,6 +24,7 @@ from lambdas.rollout.plan import handled_record
 from scripts import check
 from scripts.deploy import FIRST_OUTPUT
 from templates import (
+    alarms,
     compute,
     data,
     edge,
@@ -962,7 +963,7 @@ def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world)
 
 def _latency_option(world: World, values: list[float], threshold: float = 30) -> None:
     """The Sidekiq metrics option on: its alarm on the stack's topic, and what it published."""
-    namespace, metric = check.QUEUE_LATENCY_METRIC
+    namespace, metric = check.queue_latency_metric(STACK)
     cloudwatch = world.client("cloudwatch")
     dimensions = [{"Name": "Queue", "Value": "default"}]
     cloudwatch.put_metric_alarm(
@@ -1083,3 +1084,11 @@ def test_the_readme_says_exactly_how_to_run_the_live_check():
     command = sample.strip().splitlines()[-1].strip()
     assert command in (live.__doc__ or ""), "the module's docstring runs it the same way"
     assert command.endswith("tests/operations/test_check_live.py") and "-n 0" in command
+
+
+def test_the_latency_check_reads_the_metric_the_templates_alarm_watches(template):
+    alarm = template["Resources"][alarms.SIDEKIQ_OLDEST_JOB_ALARM]["Properties"]
+    namespace, metric = check.queue_latency_metric("social-prod")
+    assert alarm["MetricName"] == metric
+    assert alarm["Namespace"] == {"Fn::Sub": "Mastodon/${AWS::StackName}"}
+    assert namespace == "Mastodon/social-prod"
