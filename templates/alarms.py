@@ -272,7 +272,10 @@ def dashboard_body(alarm_names: list[str]) -> dict[str, Any]:
 
 def create_dashboard(t: Template) -> cloudwatch.Dashboard:
     """A dashboard of every alarm in the stack; call after the last alarm is added."""
-    names = sorted(name for name, r in t.resources.items() if isinstance(r, cloudwatch.Alarm))
+    # An optional tier's alarms (with a Condition) stay out: the body could not name them
+    # when they are not created.
+    names = sorted(name for name, r in t.resources.items()
+                   if isinstance(r, cloudwatch.Alarm) and "Condition" not in r.resource)
     return t.add_resource(cloudwatch.Dashboard(
         DASHBOARD,
         DashboardName=Sub("${AWS::StackName}-mastodon"),

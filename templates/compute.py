@@ -194,7 +194,9 @@ def create_server_security_group(t: Template, network: Network, lb: LoadBalancin
 
 def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalancing, data: Data,
                    secrets: Secrets, mail: Mail, versions: Versions,
-                   server_security_group: ec2.SecurityGroup, scripts: dict[str, str]) -> Compute:
+                   server_security_group: ec2.SecurityGroup, scripts: dict[str, str],
+                   options_env: dict[str, object] | None = None) -> Compute:
+    """options_env: what optional tiers (search) add to every server's stack.env."""
     log_groups = {
         name: t.add_resource(logs.LogGroup(
             f"{name.capitalize()}Logs",
@@ -245,6 +247,7 @@ def create_compute(t: Template, p: Parameters, network: Network, lb: LoadBalanci
             "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
             "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
             **SERVER_FACTS,
+            **(options_env or {}),
         }
 
     # Only web servers wait in the launch hook and in the target groups.

@@ -22,6 +22,7 @@ GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
+GROUP_SEARCH = "Full-text search (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -36,6 +37,11 @@ USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
+# Full-text search (templates/search.py).
+HAS_SEARCH = "HasSearch"
+SEARCH_ZONE_AWARE = "SearchZoneAware"
+SEARCH_LARGE_CLUSTER = "SearchLargeCluster"
+SEARCH_CREATES_SERVICE_ROLE = "SearchCreatesServiceLinkedRole"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -89,6 +95,17 @@ def region_in(regions: tuple[str, ...]) -> object:
 
 LOG_RETENTION_DAYS = ("7", "14", "30", "60", "90", "180", "365")
 CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "cache.m7g.large")
+# OpenSearch data nodes: the T3 pair for small instances (AWS calls them dev/test grade,
+# t3.small.search is the smallest with 2 GiB), memory-optimised Graviton for large ones.
+# Each is offered in every commercial region (cfn-lint's OpenSearch instance-type data).
+SEARCH_INSTANCE_TYPES = ("t3.small.search", "t3.medium.search", "r7g.large.search", "r7g.xlarge.search")
+# One node in one zone, or an even count spread over the two data subnets' zones (zone
+# awareness over two zones needs an even number of data nodes).
+SEARCH_INSTANCE_COUNTS = ("1", "2", "4", "6")
+SEARCH_VOLUME_SIZES = ("10", "20", "50", "100", "200", "500", "1000")
+# The largest EBS volume each T3 type takes (OpenSearch Service quotas, "EBS volume size
+# quotas"); the Graviton types take more than this list's largest.
+SEARCH_VOLUME_LIMITS = {"t3.small.search": 100, "t3.medium.search": 200}
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,11 @@ class Parameters:
     waf_web_acl_arn: Parameter
     waf_rate_limit: Parameter
     rolling_batch_size: Parameter
+    search_enabled: Parameter
+    search_instance_type: Parameter
+    search_instance_count: Parameter
+    search_volume_size: Parameter
+    search_service_role: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -317,11 +339,50 @@ def create_parameters(t: Template) -> Parameters:
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",
         )),
+        **_search_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
     _add_rules(t, p)
     return p
+
+
+def _search_parameters(t: Template) -> dict[str, Parameter]:
+    return {
+        "search_enabled": add_parameter(t, GROUP_SEARCH, "Full-text search", Parameter(
+            "SearchEnabled", Type="String", Default="false",
+            Description="true: an Amazon OpenSearch Service domain in the data subnets gives "
+            "Mastodon full-text search; the worker creates its indexes once, in the background. "
+            "From about $27/month (one t3.small.search node and 10 GiB).",
+            AllowedValues=["true", "false"],
+        )),
+        "search_instance_type": add_parameter(t, GROUP_SEARCH, "Search node type", Parameter(
+            "SearchInstanceType", Type="String", Default=SEARCH_INSTANCE_TYPES[0],
+            Description="OpenSearch data node type. The t3 types suit small instances; choose "
+            "r7g.large.search or larger for tens of thousands of active users.",
+            AllowedValues=list(SEARCH_INSTANCE_TYPES),
+        )),
+        "search_instance_count": add_parameter(t, GROUP_SEARCH, "Search nodes", Parameter(
+            "SearchInstanceCount", Type="Number", Default="1",
+            Description="Data nodes. 1: one zone, no replica (the index can be rebuilt from the "
+            "database). 2 or more: spread over two zones, one replica of each shard.",
+            AllowedValues=list(SEARCH_INSTANCE_COUNTS),
+        )),
+        "search_volume_size": add_parameter(t, GROUP_SEARCH, "Search storage per node (GiB)", Parameter(
+            "SearchVolumeSize", Type="Number", Default="10",
+            Description="gp3 storage of each search node in GiB (t3.small.search takes up to 100, "
+            "t3.medium.search up to 200).",
+            AllowedValues=list(SEARCH_VOLUME_SIZES),
+        )),
+        "search_service_role": add_parameter(t, GROUP_SEARCH, "Create OpenSearch's service-linked role", Parameter(
+            "SearchCreateServiceLinkedRole", Type="String", Default="true",
+            Description="true: create AWSServiceRoleForAmazonOpenSearchService, which a domain in a "
+            "VPC needs. false if the account has it already (any earlier OpenSearch domain made it; "
+            "check with aws iam get-role --role-name AWSServiceRoleForAmazonOpenSearchService): "
+            "creating it twice fails the stack. The stack never deletes it.",
+            AllowedValues=["true", "false"],
+        )),
+    }
 
 
 def _add_mappings(t: Template) -> None:
@@ -354,6 +415,13 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
+    t.add_condition(HAS_SEARCH, Equals(Ref(p.search_enabled), "true"))
+    t.add_condition(SEARCH_ZONE_AWARE, And(
+        Equals(Ref(p.search_enabled), "true"), Not(Equals(Ref(p.search_instance_count), "1"))))
+    t.add_condition(SEARCH_LARGE_CLUSTER, And(
+        Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_instance_count), "6")))
+    t.add_condition(SEARCH_CREATES_SERVICE_ROLE, And(
+        Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_service_role), "true")))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
@@ -390,3 +458,16 @@ def _add_rules(t: Template, p: Parameters) -> None:
             "deploy in a region where it can.",
         }],
     })
+    for instance_type, limit in SEARCH_VOLUME_LIMITS.items():
+        allowed = [size for size in SEARCH_VOLUME_SIZES if int(size) <= limit]
+        t.add_rule(f"SearchVolumeFits{''.join(part.capitalize() for part in instance_type.split('.')[:2])}", {
+            "RuleCondition": {"Fn::And": [
+                {"Fn::Equals": [Ref(p.search_enabled), "true"]},
+                {"Fn::Equals": [Ref(p.search_instance_type), instance_type]},
+            ]},
+            "Assertions": [{
+                "Assert": {"Fn::Contains": [allowed, Ref(p.search_volume_size)]},
+                "AssertDescription": f"{instance_type} takes at most {limit} GiB of storage per node: "
+                "choose a smaller SearchVolumeSize or a larger SearchInstanceType.",
+            }],
+        })

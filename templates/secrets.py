@@ -37,6 +37,7 @@ class AppSecretValues(AWSObject):
         "SmtpRegion": (str, False),
         "MailFromAddress": (str, False),
         "DomainName": (str, False),
+        "SearchEnabled": (str, False),
     }
 
 
@@ -90,5 +91,8 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         # Checked here, before the database exists: SES sends only from the domain.
         MailFromAddress=Ref(p.mail_from),
         DomainName=Ref(p.domain),
+        # Turning search on runs the function again, which adds ES_PASS to a secret made
+        # before it generated one (it fills missing keys, never replaces one).
+        SearchEnabled=Ref(p.search_enabled),
     ))
     return Secrets(secret=secret, values=values)

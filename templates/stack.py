@@ -25,6 +25,7 @@ from templates import (
     parameters,
     pipeline,
     scaling,
+    search,
     secrets,
     versions,
     waf,
@@ -58,12 +59,13 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     lb = load_balancing.create_load_balancing(t, p, net, stack_secrets, assets.lambdas["prefix_list"])
     servers = compute.create_server_security_group(t, net, lb)
     stores = data.create_data(t, p, net, servers, stack_secrets)
+    full_text = search.create_search(t, p, net, servers, stack_secrets)
     firewall = waf.create_waf_conditions(t, p)
     waf.create_web_acl(t, firewall)
     cdn = edge.create_edge(t, p, lb, stores.bucket, stack_secrets, assets.lambdas["cloudfront_certificate"],
                            web_acl=firewall.web_acl_id)
     fleet = compute.create_compute(t, p, net, lb, stores, stack_secrets, outgoing_mail, version_parameters,
-                                   servers, assets.instance_scripts)
+                                   servers, assets.instance_scripts, options_env=full_text.stack_env())
     # Last of the create: protection on once the servers serve and CloudFront stands.
     data.create_database_settings(
         t, p, stores, assets.lambdas["database_settings"],
@@ -73,6 +75,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     operations_key = keys.create_operations_key(t)
     alerts = operations.create_alert_topic(t, p, operations_key)
     alarms.create_alarms(t, p, lb, stores, fleet, alerts)
+    search.create_search_alarms(t, p, full_text, fleet.log_groups["system"], alerts)
     rollout = pipeline.create_pipeline(
         t, p, version_parameters, fleet, lb, cdn, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
