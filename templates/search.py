@@ -165,8 +165,6 @@ def create_search(t: Template, p: Parameters, network: Network, servers: ec2.Sec
             {"id": "CKV_AWS_317", "comment": "Audit logs need a log group resource policy for the "
              "service and cost per GB; Mastodon's only user is the stack's, behind a security group "
              "open to the servers alone."},
-            {"id": "CKV_AWS_318", "comment": "Dedicated master nodes triple the cost; the index is "
-             "rebuilt from the database, and 2 or more nodes (SearchInstanceCount) span two zones."},
             {"id": "CKV_AWS_84", "comment": "Slow and error logs cost per GB; CloudWatch metrics and "
              "the cluster status and storage alarms cover the domain."},
         ]}},

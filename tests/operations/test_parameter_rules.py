@@ -31,6 +31,9 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "ExternalSmtpWhereSesIsMissing": ({}, "eu-south-2"),
     "WafInUsEast1": ({"WafEnabled": "true"}, "eu-central-1"),
     "WebMinSizeAtMostMaxSize": ({"WebMinSize": "3", "WebMaxSize": "2"}, "eu-central-1"),
+    "SearchVolumeFitsT3Small": ({"SearchEnabled": "true", "SearchVolumeSize": "200"}, "eu-central-1"),
+    "SearchVolumeFitsT3Medium": ({"SearchEnabled": "true", "SearchInstanceType": "t3.medium.search",
+                                  "SearchVolumeSize": "500"}, "eu-central-1"),
 }
 
 

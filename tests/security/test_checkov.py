@@ -35,6 +35,8 @@ REVIEWED_SKIPS = {
     ("CKV_AWS_18", "AWS::S3::Bucket"),               # access logs need a second bucket
     ("CKV_AWS_88", "AWS::EC2::LaunchTemplate"),      # public IPv4 instead of a NAT gateway
     ("CKV_AWS_27", "AWS::SQS::Queue"),               # SSE-SQS; deleted keys only, no KMS cost
+    ("CKV_AWS_317", "AWS::OpenSearchService::Domain"),  # audit logs cost; one user, behind a SG
+    ("CKV_AWS_84", "AWS::OpenSearchService::Domain"),   # slow/error logs cost; metrics and alarms
 }
 
 
@@ -60,6 +62,24 @@ def run_checkov(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
     return report["results"]
 
 
+# checkov judges each resource's Condition with the parameters' defaults, so an option
+# that is off by default is checked only when its switch defaults on: every optional
+# tier's switch is turned on here (issue 13), with a setting that reaches its widest branch.
+OPTIONS_ON = {
+    "SearchEnabled": "true",
+    "SearchInstanceCount": "2",  # zone awareness
+}
+# A resource of each option that checkov must have judged.
+OPTION_RESOURCES = ["AWS::OpenSearchService::Domain.SearchDomain", "AWS::EC2::SecurityGroup.SearchSecurityGroup"]
+
+
+def _options_on(template: dict[str, Any]) -> dict[str, Any]:
+    every = copy.deepcopy(template)
+    for name, value in OPTIONS_ON.items():
+        every["Parameters"][name]["Default"] = value
+    return every
+
+
 def _weakened(template: dict[str, Any]) -> dict[str, Any]:
     """The template with a log group's encryption removed: checkov must notice."""
     weak = copy.deepcopy(template)
@@ -72,7 +92,7 @@ def results(template: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     """checkov over the built template and a weakened copy, in one run (about 5 s)."""
     folder = tmp_path_factory.mktemp("checkov")
     built, weak = folder / "mastodon.json", folder / "weakened.json"
-    built.write_text(json.dumps(template))
+    built.write_text(json.dumps(_options_on(template)))
     weak.write_text(json.dumps(_weakened(template)))
     found = run_checkov([built, weak])
     return {
@@ -87,6 +107,11 @@ def test_checkov_finds_no_failed_check(results):
               for c in results["failed"]["mastodon.json"]]
     assert failed == []
     assert len(results["passed"]["mastodon.json"]) > 100, "checkov evaluated far fewer checks than expected"
+
+
+def test_checkov_judges_every_option_with_it_on(results):
+    judged = {c["resource"] for kind in ("passed", "failed", "skipped") for c in results[kind]["mastodon.json"]}
+    assert set(OPTION_RESOURCES) <= judged
 
 
 def test_checkov_would_catch_a_weakened_template(results):
