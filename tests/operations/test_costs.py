@@ -58,7 +58,9 @@ def test_a_region_without_vpc_origins_pays_for_the_load_balancers_addresses(temp
 
 
 def test_a_metric_math_alarm_costs_one_alarm_metric_per_metric_it_reads(template):
-    alarms = {n: r for n, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    # Those of the default stack (an option's alarms exist only with it on).
+    alarms = {n: r for n, r in template["Resources"].items()
+              if r["Type"] == "AWS::CloudWatch::Alarm" and "Condition" not in r}
     three = json.loads(json.dumps(next(iter(alarms.values()))))
     three["Properties"] = {"Metrics": [{"Id": m, "MetricStat": {}} for m in "abc"] + [
         {"Id": "sum", "Expression": "a + b + c"}]}
@@ -145,3 +147,17 @@ def test_the_readme_states_what_each_example_file_costs(template, name):
     total = estimate(template, **values).total
     assert f"`parameters/{name}.json`" in readme
     assert f"**${total:.2f}/month**" in readme, f"{name}.json costs ${total:.2f}"
+
+
+def test_search_is_itemised_by_nodes_and_storage_and_absent_by_default(template):
+    assert estimate(template).component("search") == 0
+    on = costs.estimate(template, {"SearchEnabled": "true", "SearchInstanceType": "r7g.large.search",
+                                   "SearchInstanceCount": "2", "SearchVolumeSize": "50"}, TABLE)
+    hours = TABLE["hours_per_month"]
+    assert on.component("search") == pytest.approx(2 * TABLE["opensearch_hourly"]["r7g.large.search"] * hours,
+                                                   abs=0.01)
+    assert on.component("search storage") == pytest.approx(
+        2 * 50 * TABLE["opensearch_storage_gb_month"]["gp3"], abs=0.01)
+    # Its alarms bill too: red, yellow (two nodes), storage, failed index creation.
+    assert on.component("alarms") - estimate(template).component("alarms") == pytest.approx(
+        4 * TABLE["alarm_month"], abs=0.001)
