@@ -374,7 +374,7 @@ def _search_parameters(t: Template) -> dict[str, Parameter]:
             "t3.medium.search up to 200).",
             AllowedValues=list(SEARCH_VOLUME_SIZES),
         )),
-        "search_service_role": add_parameter(t, GROUP_SEARCH, "Create OpenSearch's service-linked role", Parameter(
+        "search_service_role": add_parameter(t, GROUP_SEARCH, "Create OpenSearch's service role", Parameter(
             "SearchCreateServiceLinkedRole", Type="String", Default="true",
             Description="true: create AWSServiceRoleForAmazonOpenSearchService, which a domain in a "
             "VPC needs. false if the account has it already (any earlier OpenSearch domain made it; "

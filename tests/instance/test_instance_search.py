@@ -44,8 +44,12 @@ def test_with_search_on_every_container_sees_the_domain_over_https_on_443(bootst
     assert run.returncode == 0, run.output
     env = run.env_file()
     assert {k: env[k] for k in ("ES_ENABLED", *SEARCH_VARIABLES)} == {
-        "ES_ENABLED": "true", "ES_HOST": ES_HOST, "ES_PORT": "443", "ES_USER": "mastodon",
-        "ES_PASS": ES_PASS, "ES_PRESET": "small_cluster",
+        "ES_ENABLED": "true",
+        "ES_HOST": ES_HOST,
+        "ES_PORT": "443",
+        "ES_USER": "mastodon",
+        "ES_PASS": ES_PASS,
+        "ES_PRESET": "small_cluster",
     }
     # Every Mastodon container reads that one file.
     units = ["mastodon-web", "mastodon-streaming"] if role == "web" else ["mastodon-sidekiq"]
@@ -79,7 +83,9 @@ def test_the_worker_starts_the_index_creation_in_the_background_once_it_is_up(bo
     assert ("systemctl", ["enable", SEARCH_UNIT]) in calls[:start]
     # After Sidekiq runs, before the boot signal; and never in the boot itself.
     sidekiq = calls.index(("systemctl", ["enable", "--now", "mastodon-sidekiq"]))
-    signal = next(i for i, (cmd, args) in enumerate(calls) if args[:2] == ["cloudformation", "signal-resource"])
+    signal = next(
+        i for i, (cmd, args) in enumerate(calls) if args[:2] == ["cloudformation", "signal-resource"]
+    )
     assert sidekiq < start < signal
     assert not [c for c in run.commands("docker", "run") if "search" in c]
     assert [s["status"] for s in run.signals()] == ["SUCCESS"]
@@ -123,8 +129,13 @@ def search(tmp_path: Path, bootstrap):
             "SEARCH_RETRY_BACKOFF": "0",
             **FAST,
         }
-        proc = subprocess.run([str(root / "opt/mastodon-aws/search.sh"), INSTANCE_ID], env=env,
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(root / "opt/mastodon-aws/search.sh"), INSTANCE_ID],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return proc.returncode, proc.stdout + proc.stderr, read_calls(stub_dir)
 
     run.stub_dir = stub_dir  # type: ignore[attr-defined]
@@ -132,8 +143,14 @@ def search(tmp_path: Path, bootstrap):
 
 
 def deploys(calls: list[dict]) -> list[list[str]]:
-    return [c["args"] for c in calls if c["cmd"] == "docker" and c["args"][:1] == ["run"]
-            and "search" in c["args"] and "deploy" in c["args"]]
+    return [
+        c["args"]
+        for c in calls
+        if c["cmd"] == "docker"
+        and c["args"][:1] == ["run"]
+        and "search" in c["args"]
+        and "deploy" in c["args"]
+    ]
 
 
 def reported(calls: list[dict]) -> list[str]:
@@ -177,7 +194,7 @@ def test_a_failed_deploy_is_reported_for_the_alarm_and_runs_again_at_the_next_bo
 
 def test_an_unreachable_domain_is_reported_and_nothing_runs(search):
     rc, output, calls = search(search_domain="down")
-    assert rc == 1
+    assert rc == 1, output
     assert deploys(calls) == []
     [failure] = [m for m in reported(calls) if SEARCH_DEPLOY_FAILED in m]
     assert "cannot read the search domain" in failure

@@ -70,7 +70,10 @@ OPTIONS_ON = {
     "SearchInstanceCount": "2",  # zone awareness
 }
 # A resource of each option that checkov must have judged.
-OPTION_RESOURCES = ["AWS::OpenSearchService::Domain.SearchDomain", "AWS::EC2::SecurityGroup.SearchSecurityGroup"]
+OPTION_RESOURCES = [
+    "AWS::OpenSearchService::Domain.SearchDomain",
+    "AWS::EC2::SecurityGroup.SearchSecurityGroup",
+]
 
 
 def _options_on(template: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +113,8 @@ def test_checkov_finds_no_failed_check(results):
 
 
 def test_checkov_judges_every_option_with_it_on(results):
-    judged = {c["resource"] for kind in ("passed", "failed", "skipped") for c in results[kind]["mastodon.json"]}
+    judged = {c["resource"] for kind in ("passed", "failed", "skipped")
+              for c in results[kind]["mastodon.json"]}
     assert set(OPTION_RESOURCES) <= judged
 
 

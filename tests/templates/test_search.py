@@ -23,9 +23,16 @@ from templates.search import (
 )
 
 ON = {"SearchEnabled": "true"}
-SEARCH_RESOURCES = {"SearchDomain", "SearchSecurityGroup", "SearchServiceLinkedRole", "SearchClusterRedAlarm",
-                    "SearchClusterYellowAlarm", "SearchStorageAlarm", "SearchDeployAlarm",
-                    "SearchDeployFailureFilter"}
+SEARCH_RESOURCES = {
+    "SearchDomain",
+    "SearchSecurityGroup",
+    "SearchServiceLinkedRole",
+    "SearchClusterRedAlarm",
+    "SearchClusterYellowAlarm",
+    "SearchStorageAlarm",
+    "SearchDeployAlarm",
+    "SearchDeployFailureFilter",
+}
 LAUNCH_TEMPLATES = ("WebLaunchTemplate", "WorkerLaunchTemplate")
 
 
@@ -64,8 +71,11 @@ def stack_env(template: dict[str, Any], launch_template: str, **given: str) -> d
     ev = evaluator(template, **given)
     data = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
     parts = resolve(ev, data["UserData"]["Fn::Base64"]["Fn::Join"][1])
-    return {part[:-2]: parts[i + 1] for i, part in enumerate(parts)
-            if isinstance(part, str) and part.endswith("='") and "\n" not in part}
+    return {
+        part[:-2]: parts[i + 1]
+        for i, part in enumerate(parts)
+        if isinstance(part, str) and part.endswith("='") and "\n" not in part
+    }
 
 
 # ---------------------------------------------------------------- off
@@ -99,8 +109,10 @@ def test_the_domain_is_encrypted_everywhere_and_speaks_only_modern_https(templat
     props = domain(template)["Properties"]
     assert props["EncryptionAtRestOptions"] == {"Enabled": True}
     assert props["NodeToNodeEncryptionOptions"] == {"Enabled": True}
-    assert props["DomainEndpointOptions"] == {"EnforceHTTPS": True,
-                                              "TLSSecurityPolicy": "Policy-Min-TLS-1-2-PFS-2023-10"}
+    assert props["DomainEndpointOptions"] == {
+        "EnforceHTTPS": True,
+        "TLSSecurityPolicy": "Policy-Min-TLS-1-2-PFS-2023-10",
+    }
     assert props["EBSOptions"] == {"EBSEnabled": True, "VolumeType": "gp3", "VolumeSize": "10"}
 
 
@@ -116,7 +128,8 @@ def test_only_the_internal_user_gets_in_with_a_password_from_the_stacks_secret(t
     user = security["MasterUserOptions"]
     assert user["MasterUserName"] == "mastodon"
     assert user["MasterUserPassword"] == {
-        "Fn::Sub": "{{resolve:secretsmanager:${AppSecret}:SecretString:ES_PASS}}"}
+        "Fn::Sub": "{{resolve:secretsmanager:${AppSecret}:SecretString:ES_PASS}}"
+    }
     # The domain waits for the function that generates the password.
     assert "AppSecretValues" in domain(template)["DependsOn"]
 
@@ -127,14 +140,18 @@ def test_the_access_policy_names_no_iam_principal_so_basic_auth_works(template):
     assert statement["Effect"] == "Allow" and statement["Action"] == "es:ESHttp*"
 
 
-@pytest.mark.parametrize(("count", "subnets", "zones", "preset"), [
-    ("1", ["DataSubnetA"], None, SEARCH_PRESETS["single"]),
-    ("2", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["small"]),
-    ("4", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["small"]),
-    ("6", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["large"]),
-])
+@pytest.mark.parametrize(
+    ("count", "subnets", "zones", "preset"),
+    [
+        ("1", ["DataSubnetA"], None, SEARCH_PRESETS["single"]),
+        ("2", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["small"]),
+        ("4", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["small"]),
+        ("6", ["DataSubnetA", "DataSubnetB"], 2, SEARCH_PRESETS["large"]),
+    ],
+)
 def test_nodes_sit_in_one_data_subnet_per_zone_and_mastodon_gets_the_matching_preset(
-        template, count, subnets, zones, preset):
+    template, count, subnets, zones, preset
+):
     props = domain(template, SearchInstanceCount=count)["Properties"]
     cluster = props["ClusterConfig"]
     assert cluster["InstanceCount"] == count
@@ -148,7 +165,9 @@ def test_nodes_sit_in_one_data_subnet_per_zone_and_mastodon_gets_the_matching_pr
 def test_only_the_servers_reach_the_domain_and_only_on_443(template):
     ev = evaluator(template, **ON)
     group = resolve(ev, template["Resources"]["SearchSecurityGroup"])["Properties"]
-    assert domain(template)["Properties"]["VPCOptions"]["SecurityGroupIds"] == [{"Ref": "SearchSecurityGroup"}]
+    assert domain(template)["Properties"]["VPCOptions"]["SecurityGroupIds"] == [
+        {"Ref": "SearchSecurityGroup"}
+    ]
     [rule] = group["SecurityGroupIngress"]
     assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
     assert rule["SourceSecurityGroupId"] == {"Ref": "ServerSecurityGroup"}
@@ -163,7 +182,10 @@ def test_the_service_linked_role_is_created_only_when_asked_and_never_deleted(te
     assert role["Properties"]["AWSServiceName"] == SEARCH_SERVICE_NAME
     assert role["DeletionPolicy"] == "Retain"
     # The domain refers to it (so waits for it) exactly when the stack creates it.
-    tags = {t["Key"]: t["Value"] for t in domain(template, SearchCreateServiceLinkedRole=create)["Properties"]["Tags"]}
+    tags = {
+        t["Key"]: t["Value"]
+        for t in domain(template, SearchCreateServiceLinkedRole=create)["Properties"]["Tags"]
+    }
     assert (tags["mastodon:service-linked-role"] == {"Ref": SEARCH_SERVICE_ROLE}) is (create == "true")
 
 
@@ -179,9 +201,14 @@ def test_turning_search_on_runs_the_secret_function_again_to_add_the_password(te
 def test_every_server_is_given_the_domain_over_https_on_443(template, launch_template):
     env = stack_env(template, launch_template, **ON)
     assert env["ES_ENABLED"] == "true"
-    assert env["ES_HOST"] == {"Fn::Join": ["", ["https://", {"Fn::GetAtt": [SEARCH_DOMAIN, "DomainEndpoint"]}]]}
+    assert env["ES_HOST"] == {
+        "Fn::Join": ["", ["https://", {"Fn::GetAtt": [SEARCH_DOMAIN, "DomainEndpoint"]}]]
+    }
     assert (env["ES_PORT"], env["ES_USER"]) == ("443", "mastodon")
-    assert (env["SEARCH_MARKER_INDEX"], env["SEARCH_DEPLOY_FAILED"]) == (SEARCH_MARKER_INDEX, SEARCH_DEPLOY_FAILED)
+    assert (env["SEARCH_MARKER_INDEX"], env["SEARCH_DEPLOY_FAILED"]) == (
+        SEARCH_MARKER_INDEX,
+        SEARCH_DEPLOY_FAILED,
+    )
     assert "ES_PASS" not in env  # it comes from the secret at boot
 
 
@@ -190,8 +217,11 @@ def test_every_server_is_given_the_domain_over_https_on_443(template, launch_tem
 
 def test_cluster_status_storage_and_a_failed_index_creation_alarm_the_topic(template):
     ev = evaluator(template, **ON)
-    alarms = {name: resolve(ev, template["Resources"][name])["Properties"]
-              for name in SEARCH_RESOURCES if name.endswith("Alarm") and ev.creates(name)}
+    alarms = {
+        name: resolve(ev, template["Resources"][name])["Properties"]
+        for name in SEARCH_RESOURCES
+        if name.endswith("Alarm") and ev.creates(name)
+    }
     assert set(alarms) == {"SearchClusterRedAlarm", "SearchStorageAlarm", "SearchDeployAlarm"}
     for props in alarms.values():
         assert props["AlarmActions"] == [{"Ref": "AlertTopic"}]
@@ -226,18 +256,27 @@ def test_an_odd_node_count_cannot_be_spread_over_two_zones(template):
     assert allowed[0] == "1" and all(int(n) % 2 == 0 for n in allowed[1:])
 
 
-@pytest.mark.parametrize(("instance_type", "size", "refused"), [
-    ("t3.small.search", "100", False),
-    ("t3.small.search", "200", True),
-    ("t3.medium.search", "200", False),
-    ("t3.medium.search", "500", True),
-    ("r7g.large.search", "1000", False),
-])
+@pytest.mark.parametrize(
+    ("instance_type", "size", "refused"),
+    [
+        ("t3.small.search", "100", False),
+        ("t3.small.search", "200", True),
+        ("t3.medium.search", "200", False),
+        ("t3.medium.search", "500", True),
+        ("r7g.large.search", "1000", False),
+    ],
+)
 def test_a_volume_larger_than_the_node_type_takes_is_refused_before_anything_is_created(
-        template, instance_type, size, refused):
-    values = {"DomainName": "social.example.com", "HostedZoneId": "Z0123456789ABCDEFGHIJ",
-              "AlertEmail": "admin@example.com", **ON,
-              "SearchInstanceType": instance_type, "SearchVolumeSize": size}
+    template, instance_type, size, refused
+):
+    values = {
+        "DomainName": "social.example.com",
+        "HostedZoneId": "Z0123456789ABCDEFGHIJ",
+        "AlertEmail": "admin@example.com",
+        **ON,
+        "SearchInstanceType": instance_type,
+        "SearchVolumeSize": size,
+    }
     problems = [p for p in parameter_files.problems(template, values, "eu-central-1") if "Search" in p]
     assert bool(problems) is refused, problems
     if refused:
@@ -247,5 +286,10 @@ def test_a_volume_larger_than_the_node_type_takes_is_refused_before_anything_is_
 def test_the_search_parameters_have_their_own_console_group(template):
     groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
     [group] = [g for g in groups if g["Label"]["default"] == parameters.GROUP_SEARCH]
-    assert set(group["Parameters"]) == {"SearchEnabled", "SearchInstanceType", "SearchInstanceCount",
-                                        "SearchVolumeSize", "SearchCreateServiceLinkedRole"}
+    assert set(group["Parameters"]) == {
+        "SearchEnabled",
+        "SearchInstanceType",
+        "SearchInstanceCount",
+        "SearchVolumeSize",
+        "SearchCreateServiceLinkedRole",
+    }
