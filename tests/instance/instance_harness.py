@@ -115,6 +115,10 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "BOOT_DATABASE_WAIT_SECONDS": str(BOOT_DATABASE_WAIT_SECONDS),
         "BOOT_HEALTH_WAIT_SECONDS": str(BOOT_HEALTH_WAIT_SECONDS),
         **SERVER_FACTS,
+        # Full-text search off, as templates/search.py writes it (tests/instance/test_instance_search.py).
+        "ES_ENABLED": "false",
+        **dict.fromkeys(("ES_HOST", "ES_PORT", "ES_USER", "ES_PRESET", "SEARCH_MARKER_INDEX",
+                         "SEARCH_DEPLOY_FAILED"), ""),
     }
     if role == "web":
         env |= {
