@@ -225,6 +225,12 @@ case $name in
           if [ -e "$STUB_DIR/search_marker" ]; then printf 200; else printf 404; fi
         elif [ "$(option -X "$@")" = PUT ]; then
           echo "$url" >"$STUB_DIR/search_marker"
+          # search_put_lost: the index is created but the answer never arrives.
+          if [ -e "$STUB_DIR/search_put_lost" ]; then
+            echo "curl: (52) Empty reply from server" >&2
+            printf 000
+            exit 52
+          fi
           printf 200
         else
           printf 400

@@ -192,6 +192,15 @@ def test_a_failed_deploy_is_reported_for_the_alarm_and_runs_again_at_the_next_bo
     assert not [m for m in reported(calls) if SEARCH_DEPLOY_FAILED in m]
 
 
+def test_a_marker_created_whose_answer_was_lost_still_counts_as_done(search):
+    rc, output, calls = search(search_put_lost="1")
+    assert rc == 0, output
+    assert (search.stub_dir / "search_marker").exists()
+    assert reported(calls)[-1].startswith("search deploy done")
+    rc, output, calls = search()
+    assert rc == 0 and deploys(calls) == [], output
+
+
 def test_an_unreachable_domain_is_reported_and_nothing_runs(search):
     rc, output, calls = search(search_domain="down")
     assert rc == 1, output
