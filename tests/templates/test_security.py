@@ -92,9 +92,9 @@ def test_tls_is_at_least_1_2_at_cloudfront_and_the_load_balancer(template):
 
 
 SECRET_PROPERTIES = {
-    "MasterUserPassword": "DB_PASS",
-    "AuthToken": "REDIS_PASSWORD",
-    "HeaderValue": "ORIGIN_VERIFY",
+    "MasterUserPassword": ("DB_PASS", "ES_PASS"),  # the database's, the search domain's
+    "AuthToken": ("REDIS_PASSWORD",),
+    "HeaderValue": ("ORIGIN_VERIFY",),
 }
 
 
@@ -105,10 +105,10 @@ def test_secrets_enter_resources_only_as_dynamic_references(template):
         if key == "Fn::Sub":
             parent = [p for p in re.sub(r"\[\d+\]", "", path).split("/") if p][-2]
             found.setdefault(parent, []).append(value)
-    for prop, key in SECRET_PROPERTIES.items():
+    for prop, keys in SECRET_PROPERTIES.items():
         assert found.get(prop), f"{prop} is not a dynamic reference"
-        for value in found[prop]:
-            assert value == f"{{{{resolve:secretsmanager:${{AppSecret}}:SecretString:{key}}}}}"
+        references = {f"{{{{resolve:secretsmanager:${{AppSecret}}:SecretString:{key}}}}}" for key in keys}
+        assert set(found[prop]) == references, prop
 
 
 def test_no_literal_password_anywhere_in_the_template(template):
@@ -140,7 +140,7 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "Database", "Cache", "MediaBucket", "SmtpServer", "SmtpPort", "SmtpLogin", "MailFromAddress",
             "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
             "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
-            "WebTargetGroup", "StreamingTargetGroup",
+            "WebTargetGroup", "StreamingTargetGroup", "SearchDomain",
         }
     assert "{{resolve:" not in scripts
 
