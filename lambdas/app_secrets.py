@@ -107,6 +107,24 @@ def alphanumeric(length: int = 32) -> str:
     return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
 
 
+# Characters that need no escaping in a URL's user info, a curl config string or an
+# env file, and that OpenSearch counts as special.
+PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set, not a password)
+
+
+def search_password(length: int = 32) -> str:
+    """The OpenSearch internal user's password: 8-128 characters with an upper-case and a
+    lower-case letter, a digit and a special character (OpenSearch Service's rule for the
+    master user), each guaranteed, in random places."""
+    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, PASSWORD_SPECIALS)
+    chars = [secrets.choice(c) for c in classes]
+    chars += [secrets.choice(ALPHANUMERIC + PASSWORD_SPECIALS) for _ in range(length - len(chars))]
+    for i in range(len(chars) - 1, 0, -1):  # Fisher-Yates with the secrets module's randomness
+        j = secrets.randbelow(i + 1)
+        chars[i], chars[j] = chars[j], chars[i]
+    return "".join(chars)
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     "SECRET_KEY_BASE": lambda: secrets.token_hex(64),
     "OTP_SECRET": lambda: secrets.token_hex(64),
@@ -119,6 +137,8 @@ GENERATORS: dict[str, Callable[[], str]] = {
     # The optional cache-only Redis (SeparateCacheNodeType) has its own token.
     "CACHE_REDIS_PASSWORD": lambda: secrets.token_hex(16),
     "ORIGIN_VERIFY": lambda: secrets.token_hex(24),
+    # Generated for every stack, used only with SearchEnabled (templates/search.py).
+    "ES_PASS": search_password,
 }
 
 

@@ -6,9 +6,10 @@ hour or the month is counted from the template's own resources, so a resource a
 tier adds shows up here without a change: instances (per Auto Scaling group, at its
 minimum size, on-demand or spot), their EBS volumes and public IPv4 addresses, load
 balancers and their public addresses (none for an internal one), NAT gateways, RDS
-instances and storage (Multi-AZ doubles both), ElastiCache nodes, Secrets Manager
-secrets, KMS keys, CloudWatch alarms (per metric watched), the custom metrics the servers
-publish (counted in the metadata of the resource that lets them), WAF web ACLs and rules,
+instances and storage (Multi-AZ doubles both), ElastiCache nodes, OpenSearch nodes and
+storage, Secrets Manager secrets, KMS keys, CloudWatch alarms (per metric watched), the
+custom metrics the servers publish (counted in the metadata of the resource that lets
+them), WAF web ACLs and rules,
 the log ingestion of idle servers, and functions a schedule runs. Usage-priced services (CloudFront, S3,
 Lambda, Step Functions, SNS, data transfer, LCUs) cost nothing before traffic and
 are named in one zero line. Conditions on the region are judged in the price
@@ -197,6 +198,21 @@ class _Counter:
             self.add("cache", f"{name}: {nodes} × {node_type} {engine} ({kept})",
                      nodes * hourly * self.hours)
 
+    def search_domains(self) -> None:
+        """OpenSearch data nodes by the hour and their EBS storage by the month (no free tier)."""
+        for name, domain in self.of_type("AWS::OpenSearchService::Domain"):
+            props = domain["Properties"]
+            cluster = props.get("ClusterConfig", {})
+            instance_type = str(self.ev.value(cluster.get("InstanceType")))
+            count = int(self.ev.number(cluster.get("InstanceCount"), 1))
+            self.add("search", f"{name}: {count} × {instance_type} OpenSearch",
+                     count * _price(self.prices, "opensearch_hourly", instance_type) * self.hours)
+            ebs = props.get("EBSOptions", {})
+            volume_type = str(self.ev.value(ebs.get("VolumeType", "gp3")))
+            size = self.ev.number(ebs.get("VolumeSize"), 10)
+            self.add("search storage", f"{count} × {size:g} GiB {volume_type}",
+                     count * size * _price(self.prices, "opensearch_storage_gb_month", volume_type))
+
     def per_month(self, resource_type: str, component: str, price_key: str) -> None:
         # Added even at zero: the estimate shows that it looked.
         found = self.of_type(resource_type)
@@ -305,6 +321,7 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.load_balancers()
     counter.databases()
     counter.caches()
+    counter.search_domains()
     counter.per_month("AWS::SecretsManager::Secret", "secrets", "secret_month")
     counter.per_month("AWS::KMS::Key", "KMS keys", "kms_key_month")
     counter.alarms()

@@ -238,7 +238,9 @@ def create_server_security_group(t: Template, network: Network,
 
 def create_compute(t: Template, p: Parameters, network: Network, load_balancing: LoadBalancing, data: Data,
                    secrets: Secrets, mail: Mail, versions: Versions,
-                   server_security_group: ec2.SecurityGroup, scripts: dict[str, str]) -> Compute:
+                   server_security_group: ec2.SecurityGroup, scripts: dict[str, str],
+                   options_env: dict[str, object] | None = None) -> Compute:
+    """options_env: what optional tiers (search) add to every server's stack.env."""
     log_groups = {
         name: t.add_resource(logs.LogGroup(
             f"{name.capitalize()}Logs",
@@ -303,6 +305,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             **SERVER_FACTS,
             **sidekiq.SERVER_FACTS,
             **_database_growth_env(p, data),
+            **(options_env or {}),
         }
 
     # Only web servers wait in the launch hook and in the target groups.

@@ -25,6 +25,7 @@ GROUP_WAF = "Web application firewall (optional)"
 GROUP_QUEUE_WORKERS = "Sidekiq queue workers (optional)"
 GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
 GROUP_CACHE_SPLIT = "Redis for growth (optional)"
+GROUP_SEARCH = "Full-text search (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -46,6 +47,11 @@ HAS_DATABASE_REPLICA = "HasDatabaseReplica"
 HAS_SEPARATE_CACHE = "HasSeparateCache"
 CACHE_HAS_REPLICA = "CacheHasReplica"
 CACHE_FAILS_OVER = "CacheFailsOver"
+# Full-text search (templates/search.py).
+HAS_SEARCH = "HasSearch"
+SEARCH_ZONE_AWARE = "SearchZoneAware"
+SEARCH_LARGE_CLUSTER = "SearchLargeCluster"
+SEARCH_CREATES_SERVICE_ROLE = "SearchCreatesServiceLinkedRole"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -109,6 +115,17 @@ CACHE_NODE_TYPES = ("cache.t4g.micro", "cache.t4g.small", "cache.t4g.medium", "c
 # update ("Replication group must have at least one read replica to enable autofailover",
 # aws-cloudformation/cloudformation-coverage-roadmap#383), nor remove both at once.
 CACHE_REPLICA_MODES = ("none", "standby", "failover")
+# OpenSearch data nodes: the T3 pair for small instances (AWS calls them dev/test grade,
+# t3.small.search is the smallest with 2 GiB), memory-optimised Graviton for large ones.
+# Each is offered in every commercial region (cfn-lint's OpenSearch instance-type data).
+SEARCH_INSTANCE_TYPES = ("t3.small.search", "t3.medium.search", "r7g.large.search", "r7g.xlarge.search")
+# One node in one zone, or an even count spread over the two data subnets' zones (zone
+# awareness over two zones needs an even number of data nodes).
+SEARCH_INSTANCE_COUNTS = ("1", "2", "4", "6")
+SEARCH_VOLUME_SIZES = ("10", "20", "50", "100", "200", "500", "1000")
+# The largest EBS volume each T3 type takes (OpenSearch Service quotas, "EBS volume size
+# quotas"); the Graviton types take more than this list's largest.
+SEARCH_VOLUME_LIMITS = {"t3.small.search": 100, "t3.medium.search": 200}
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,11 @@ class Parameters:
     database_replica_class: Parameter
     separate_cache_node_type: Parameter
     cache_replica: Parameter
+    search_enabled: Parameter
+    search_instance_type: Parameter
+    search_instance_count: Parameter
+    search_volume_size: Parameter
+    search_service_role: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -383,6 +405,7 @@ def create_parameters(t: Template) -> Parameters:
             "CloudFormation cannot add the replica and turn failover on in one. No data is lost.",
             AllowedValues=list(CACHE_REPLICA_MODES),
         )),
+        **_search_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -443,6 +466,44 @@ def _queue_worker_parameters(t: Template) -> dict[str, Parameter]:
             ConstraintDescription="comma-separated queue names from "
             f"{', '.join(sidekiq.QUEUE_WORKER_ALLOWED)}; {sidekiq.SCHEDULER_QUEUE} runs only on "
             "the main worker",
+        )),
+    }
+
+
+def _search_parameters(t: Template) -> dict[str, Parameter]:
+    return {
+        "search_enabled": add_parameter(t, GROUP_SEARCH, "Full-text search", Parameter(
+            "SearchEnabled", Type="String", Default="false",
+            Description="true: an Amazon OpenSearch Service domain in the data subnets gives "
+            "Mastodon full-text search; the worker creates its indexes once, in the background. "
+            "From about $27/month (one t3.small.search node and 10 GiB).",
+            AllowedValues=["true", "false"],
+        )),
+        "search_instance_type": add_parameter(t, GROUP_SEARCH, "Search node type", Parameter(
+            "SearchInstanceType", Type="String", Default=SEARCH_INSTANCE_TYPES[0],
+            Description="OpenSearch data node type. The t3 types suit small instances; choose "
+            "r7g.large.search or larger for tens of thousands of active users.",
+            AllowedValues=list(SEARCH_INSTANCE_TYPES),
+        )),
+        "search_instance_count": add_parameter(t, GROUP_SEARCH, "Search nodes", Parameter(
+            "SearchInstanceCount", Type="Number", Default="1",
+            Description="Data nodes. 1: one zone, no replica (the index can be rebuilt from the "
+            "database). 2 or more: spread over two zones, one replica of each shard.",
+            AllowedValues=list(SEARCH_INSTANCE_COUNTS),
+        )),
+        "search_volume_size": add_parameter(t, GROUP_SEARCH, "Search storage per node (GiB)", Parameter(
+            "SearchVolumeSize", Type="Number", Default="10",
+            Description="gp3 storage of each search node in GiB (t3.small.search takes up to 100, "
+            "t3.medium.search up to 200).",
+            AllowedValues=list(SEARCH_VOLUME_SIZES),
+        )),
+        "search_service_role": add_parameter(t, GROUP_SEARCH, "Create OpenSearch's service role", Parameter(
+            "SearchCreateServiceLinkedRole", Type="String", Default="true",
+            Description="true: create AWSServiceRoleForAmazonOpenSearchService, which a domain in a "
+            "VPC needs. false if the account has it already (any earlier OpenSearch domain made it; "
+            "check with aws iam get-role --role-name AWSServiceRoleForAmazonOpenSearchService): "
+            "creating it twice fails the stack. The stack never deletes it.",
+            AllowedValues=["true", "false"],
         )),
     }
 
@@ -564,6 +625,13 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(HAS_SEPARATE_CACHE, Not(Equals(Ref(p.separate_cache_node_type), "")))
     t.add_condition(CACHE_HAS_REPLICA, Not(Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[0])))
     t.add_condition(CACHE_FAILS_OVER, Equals(Ref(p.cache_replica), CACHE_REPLICA_MODES[2]))
+    t.add_condition(HAS_SEARCH, Equals(Ref(p.search_enabled), "true"))
+    t.add_condition(SEARCH_ZONE_AWARE, And(
+        Equals(Ref(p.search_enabled), "true"), Not(Equals(Ref(p.search_instance_count), "1"))))
+    t.add_condition(SEARCH_LARGE_CLUSTER, And(
+        Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_instance_count), "6")))
+    t.add_condition(SEARCH_CREATES_SERVICE_ROLE, And(
+        Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_service_role), "true")))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:
@@ -600,6 +668,19 @@ def _add_rules(t: Template, p: Parameters) -> None:
             "deploy in a region where it can.",
         }],
     })
+    for instance_type, limit in SEARCH_VOLUME_LIMITS.items():
+        allowed = [size for size in SEARCH_VOLUME_SIZES if int(size) <= limit]
+        t.add_rule(f"SearchVolumeFits{''.join(part.capitalize() for part in instance_type.split('.')[:2])}", {
+            "RuleCondition": {"Fn::And": [
+                {"Fn::Equals": [Ref(p.search_enabled), "true"]},
+                {"Fn::Equals": [Ref(p.search_instance_type), instance_type]},
+            ]},
+            "Assertions": [{
+                "Assert": {"Fn::Contains": [allowed, Ref(p.search_volume_size)]},
+                "AssertDescription": f"{instance_type} takes at most {limit} GiB of storage per node: "
+                "choose a smaller SearchVolumeSize or a larger SearchInstanceType.",
+            }],
+        })
 
 
 def _or(tests: list[object]) -> dict[str, object]:

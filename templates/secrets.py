@@ -80,5 +80,8 @@ def create_secrets(t: Template, p: Parameters, code: str, smtp_user: Ref | None)
         # token (CACHE_REDIS_PASSWORD) before the Redis resolves it. Off, the properties
         # are what they always were: no update.
         SeparateCache=If(parameters.HAS_SEPARATE_CACHE, "true", Ref("AWS::NoValue")),
+        # Likewise for search: turning it on runs the function again, which adds ES_PASS to
+        # a secret made before it generated one (it fills missing keys, never replaces one).
+        SearchEnabled=If(parameters.HAS_SEARCH, "true", Ref("AWS::NoValue")),
     )
     return Secrets(secret=secret, values=values)

@@ -22,6 +22,7 @@ from templates.mail import DKIM_RECORDS, Mail, create_mail
 from templates.maintenance import create_maintenance
 from templates.network import create_network
 from templates.operations import create_alert_topic, create_alert_topic_policy
+from templates.search import create_search, create_search_alarms
 from templates.options import BuildOptions
 from templates.pipeline import create_pipeline
 from templates.scaling import create_queue_worker_scaling, create_web_scaling
@@ -57,12 +58,13 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     load_balancing = create_load_balancing(t, p, network, secrets, assets.lambdas["prefix_list"])
     server_security_group = create_server_security_group(t, network, load_balancing)
     data = create_data(t, p, network, server_security_group, secrets)
+    search = create_search(t, p, network, server_security_group, secrets)
     waf = create_waf_conditions(t, p)
     create_web_acl(t, waf)
     edge = create_edge(t, p, load_balancing, data.bucket, secrets, assets.lambdas["cloudfront_certificate"],
                        web_acl=waf.web_acl_id)
     compute = create_compute(t, p, network, load_balancing, data, secrets, mail, versions,
-                             server_security_group, assets.instance_scripts)
+                             server_security_group, assets.instance_scripts, options_env=search.stack_env())
     # Last of the create: protection on once the servers serve and CloudFront stands.
     create_database_settings(
         t, p, data, assets.lambdas["database_settings"],
@@ -73,6 +75,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     operations_key = create_operations_key(t)
     alerts = create_alert_topic(t, p, operations_key)
     create_alarms(t, p, load_balancing, data, compute, alerts)
+    create_search_alarms(t, p, search, compute.log_groups["system"], alerts)
     pipeline = create_pipeline(
         t, p, versions, compute, load_balancing, edge, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])

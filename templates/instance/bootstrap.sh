@@ -7,7 +7,8 @@
 # sizes the database pools, writes one systemd unit per container, makes room for and
 # pulls the images, initializes the database once (worker) or waits for it (web and
 # queue workers), waits for local health, starts the queue-metrics timer (the worker,
-# with queue workers on) and signals the Auto Scaling group. Any failure signals
+# with queue workers on) and the search index creation in the background (the worker,
+# with search on), and signals the Auto Scaling group. Any failure signals
 # FAILURE with the step that failed. Running it again on the same server is safe.
 #
 # Tests redirect every path with MASTODON_ROOT and shorten every wait with the
@@ -310,6 +311,13 @@ load_stack_env() {
     worker | queue) ;;
     *) fail "ROLE must be web, worker or queue, not '$ROLE'" ;;
   esac
+  # Full-text search (templates/search.py): off unless the stack has a domain.
+  ES_ENABLED=${ES_ENABLED:-false}
+  case $ES_ENABLED in
+    true) require_stack_env ES_HOST ES_PORT ES_USER ES_PRESET SEARCH_MARKER_INDEX SEARCH_DEPLOY_FAILED ;;
+    false) ;;
+    *) fail "ES_ENABLED must be true or false, not '$ES_ENABLED'" ;;
+  esac
 }
 
 load_libraries() {
@@ -416,13 +424,16 @@ read_configuration() {
   while IFS= read -r -d '' key && IFS= read -r -d '' value; do
     SECRET[$key]=$value
   done < <(printf '%s' "$APP_SECRET_JSON" | json_fields "${APP_SECRET_KEYS[@]}" SMTP_LOGIN SMTP_PASSWORD \
-    CACHE_REDIS_PASSWORD)
+    CACHE_REDIS_PASSWORD ES_PASS)
   unset APP_SECRET_JSON
   for key in "${APP_SECRET_KEYS[@]}"; do
     [ -n "${SECRET[$key]:-}" ] || fail "the application secret has no $key"
   done
   if [ -n "$CACHE_REDIS_HOST" ] && [ -z "${SECRET[CACHE_REDIS_PASSWORD]:-}" ]; then
     fail "the application secret has no CACHE_REDIS_PASSWORD for the cache Redis $CACHE_REDIS_HOST"
+  fi
+  if [ "$ES_ENABLED" = true ] && [ -z "${SECRET[ES_PASS]:-}" ]; then
+    fail "search is on but the application secret has no ES_PASS"
   fi
 
   if [ -n "$SMTP_PASSWORD_SECRET_ARN" ]; then
@@ -536,7 +547,16 @@ render_environment() {
     fi
     # The pure-Ruby driver is the one whose TLS support is certain.
     env_line REDIS_DRIVER ruby
-    env_line ES_ENABLED false
+    env_line ES_ENABLED "$ES_ENABLED"
+    if [ "$ES_ENABLED" = true ]; then
+      # The domain's HTTPS endpoint on 443 (Chewy joins ES_HOST and ES_PORT), as its
+      # internal user; the preset sets shards and replicas for the node count.
+      env_line ES_HOST "$ES_HOST"
+      env_line ES_PORT "$ES_PORT"
+      env_line ES_USER "$ES_USER"
+      env_line ES_PASS "${SECRET[ES_PASS]}"
+      env_line ES_PRESET "$ES_PRESET"
+    fi
     env_line S3_ENABLED true
     env_line S3_BUCKET "$S3_BUCKET"
     env_line S3_REGION "$AWS_REGION"
@@ -1035,6 +1055,36 @@ wait_for_worker_health() {
   fi
 }
 
+# Mastodon's search indexes are created once per domain by search.sh, which runs as a
+# systemd unit in the background: `tootctl search deploy` imports every status and can
+# run for hours, far beyond the boot's signal timeout. Enabled, so that a reboot tries
+# again if it has not finished; search.sh itself skips a domain that has its indexes.
+# Its failures are logged and alarmed there, never the boot's.
+start_search_deploy() {
+  step "start the search index creation"
+  cat >"$UNIT_DIR/mastodon-search-deploy.service" <<EOF
+[Unit]
+Description=Mastodon search indexes (tootctl search deploy), once per search domain
+After=docker.service network-online.target mastodon-sidekiq.service
+Requires=docker.service
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=${SCRIPT_DIR#"$ROOT"}/search.sh $INSTANCE_ID
+TimeoutStartSec=0
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  if systemctl daemon-reload && systemctl enable mastodon-search-deploy &&
+    systemctl start --no-block mastodon-search-deploy; then
+    log "search index creation started in the background (unit mastodon-search-deploy)"
+  else
+    log "could not start mastodon-search-deploy; it runs at the next boot, or: systemctl start mastodon-search-deploy"
+  fi
+}
+
 # The version this server runs, for the rollout (lambdas/rollout): without the tag it
 # would deploy to the server again to be sure, which is slower but safe, so a failure
 # to tag is logged, not fatal.
@@ -1074,6 +1124,7 @@ main() {
   else
     wait_for_worker_health
     start_queue_metrics
+    [ "$ES_ENABLED" != true ] || start_search_deploy
   fi
   tag_version
   step "signal success"

@@ -125,6 +125,10 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         # The database growth options, off (templates/compute.py _database_growth_env).
         "DB_POOLER": "false", "PGBOUNCER_IMAGE": "", "PGBOUNCER_PORT": "",
         "REPLICA_DB_HOST": "", "REPLICA_DB_PORT": "", "REPLICA_MAX_CONNECTIONS": "",
+        # Full-text search off, as templates/search.py writes it (tests/instance/test_instance_search.py).
+        "ES_ENABLED": "false",
+        **dict.fromkeys(("ES_HOST", "ES_PORT", "ES_USER", "ES_PRESET", "SEARCH_MARKER_INDEX",
+                         "SEARCH_DEPLOY_FAILED"), ""),
     }
     if role == "worker":
         env["METRICS_NAMESPACE"] = ""

@@ -132,6 +132,16 @@ case $name in
               *) exit 10 ;;
             esac
             ;;
+          *" bin/tootctl search deploy "*)
+            # search_deploy_fail: how many runs fail before one succeeds.
+            fails=$(setting search_deploy_fail 0)
+            if [ "$fails" -gt 0 ]; then
+              echo $((fails - 1)) >"$STUB_DIR/search_deploy_fail"
+              echo "Faraday::ConnectionFailed: Failed to open TCP connection" >&2
+              exit 1
+            fi
+            echo "Done! (stub search deploy)"
+            ;;
           *" db:setup "*)
             echo initialized >"$STUB_DIR/db_state"
             echo "Database 'mastodon' already exists"
@@ -229,6 +239,31 @@ case $name in
     case $url in
       */latest/api/token) printf 'AQAEAFakeImdsToken==' ;;
       */latest/meta-data/instance-id) setting instance_id i-0123456789abcdef0 ;;
+      https://*)
+        # The search domain: its credentials arrive on stdin (curl --config -), kept in
+        # search_curl_config; search_domain down answers nothing; the file search_marker
+        # is the marker index.
+        cat >"$STUB_DIR/search_curl_config"
+        if [ "$(setting search_domain up)" != up ]; then
+          echo "curl: (28) Connection timed out after 30001 milliseconds" >&2
+          printf 000
+          exit 28
+        fi
+        if printf '%s\n' "$@" | grep -qx -- --head; then
+          if [ -e "$STUB_DIR/search_marker" ]; then printf 200; else printf 404; fi
+        elif [ "$(option -X "$@")" = PUT ]; then
+          echo "$url" >"$STUB_DIR/search_marker"
+          # search_put_lost: the index is created but the answer never arrives.
+          if [ -e "$STUB_DIR/search_put_lost" ]; then
+            echo "curl: (52) Empty reply from server" >&2
+            printf 000
+            exit 52
+          fi
+          printf 200
+        else
+          printf 400
+        fi
+        ;;
       *)
         if [ "$(setting health ok)" != ok ]; then
           echo "curl: (7) Failed to connect to $url" >&2
@@ -273,6 +308,14 @@ case $name in
     [ -s "$STUB_DIR/swaps" ] || echo "Filename Type Size Used Priority" >"$STUB_DIR/swaps"
     echo "$1 file $(($(stat -c %s "$1") / 1024)) 0 -2" >>"$STUB_DIR/swaps"
     ;;
-  systemctl) [ "${1:-}" = is-active ] && echo active ;;
+  systemctl)
+    # systemctl_fail: a unit name whose every systemctl call fails.
+    fail_unit=$(setting systemctl_fail '')
+    if [ -n "$fail_unit" ] && printf '%s\n' "$@" | grep -qxF -- "$fail_unit"; then
+      echo "Failed to start $fail_unit.service: Unit $fail_unit.service has a bad unit file setting." >&2
+      exit 1
+    fi
+    [ "${1:-}" = is-active ] && echo active
+    ;;
 esac
 exit 0

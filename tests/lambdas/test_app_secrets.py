@@ -32,6 +32,7 @@ GENERATED_KEYS = {
     "REDIS_PASSWORD",
     "CACHE_REDIS_PASSWORD",
     "ORIGIN_VERIFY",
+    "ES_PASS",
 }
 
 
@@ -96,6 +97,8 @@ SHAPES = {
     "REDIS_PASSWORD": r"[0-9a-f]{32,128}",  # ElastiCache AUTH: 16-128, no @ " /
     "CACHE_REDIS_PASSWORD": r"[0-9a-f]{32,128}",
     "ORIGIN_VERIFY": r"[0-9a-f]{48}",
+    # OpenSearch's internal user: 8-128 characters; safe in a URL, curl config, env file.
+    "ES_PASS": r"[A-Za-z0-9_.-]{32}",
 }
 
 
@@ -105,6 +108,21 @@ def test_an_empty_secret_gets_every_key_in_the_shape_mastodon_and_aws_accept() -
     for key, shape in SHAPES.items():
         assert re.fullmatch(shape, added[key]), key
     assert len({added[k] for k in SHAPES}) == len(SHAPES), "values must be independent"
+
+
+@pytest.mark.parametrize("attempt", range(200))
+def test_the_search_password_always_meets_opensearchs_master_user_rule(attempt: int) -> None:
+    password = app_secrets.search_password()
+    assert 8 <= len(password) <= 128
+    for kind in (r"[A-Z]", r"[a-z]", r"[0-9]", r"[^A-Za-z0-9]"):
+        assert re.search(kind, password), (kind, attempt)
+
+
+def test_a_search_password_of_eight_still_has_every_kind_of_character() -> None:
+    for _ in range(200):
+        password = app_secrets.search_password(8)
+        assert len(password) == 8
+        assert all(re.search(k, password) for k in (r"[A-Z]", r"[a-z]", r"[0-9]", r"[-_.]"))
 
 
 def test_existing_values_are_never_regenerated() -> None:

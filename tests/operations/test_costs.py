@@ -171,3 +171,15 @@ def test_a_replica_doubles_the_sidekiq_redis(template, mode):
     replicated = _cache_lines(estimate(template, CacheReplica=mode))["Cache"]
     assert replicated.monthly == pytest.approx(2 * single.monthly, abs=0.02)
     assert replicated.detail.startswith("Cache: 2 ×")
+def test_search_is_itemised_by_nodes_and_storage_and_absent_by_default(template):
+    assert estimate(template).component("search") == 0
+    on = costs.estimate(template, {"SearchEnabled": "true", "SearchInstanceType": "r7g.large.search",
+                                   "SearchInstanceCount": "2", "SearchVolumeSize": "50"}, TABLE)
+    hours = TABLE["hours_per_month"]
+    assert on.component("search") == pytest.approx(2 * TABLE["opensearch_hourly"]["r7g.large.search"] * hours,
+                                                   abs=0.01)
+    assert on.component("search storage") == pytest.approx(
+        2 * 50 * TABLE["opensearch_storage_gb_month"]["gp3"], abs=0.01)
+    # Its alarms bill too: red, yellow (two nodes), storage, failed index creation.
+    assert on.component("alarms") - estimate(template).component("alarms") == pytest.approx(
+        4 * TABLE["alarm_month"], abs=0.001)

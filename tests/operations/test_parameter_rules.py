@@ -39,6 +39,9 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "FleetFitsTheDatabase": ({"DatabaseInstanceClass": "db.t4g.micro", "WebMaxSize": "10",
                               "QueueWorkerMaxSize": "5"}, "eu-central-1"),
     "ReadReplicaAtLeastTheDatabase": ({"DatabaseReplicaClass": "db.t4g.micro"}, "eu-central-1"),
+    "SearchVolumeFitsT3Small": ({"SearchEnabled": "true", "SearchVolumeSize": "200"}, "eu-central-1"),
+    "SearchVolumeFitsT3Medium": ({"SearchEnabled": "true", "SearchInstanceType": "t3.medium.search",
+                                  "SearchVolumeSize": "500"}, "eu-central-1"),
 }
 
 

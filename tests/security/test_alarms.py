@@ -85,7 +85,10 @@ def test_every_alarm_notifies_the_alert_email_when_it_fires_and_recovers(templat
 def test_every_alarm_has_a_sensible_window_and_says_what_to_do(template):
     for name, alarm in _alarms(template).items():
         p = alarm["Properties"]
-        period = p["Period"]
+        # A metric-math alarm reads its period from the metrics it queries.
+        periods = {q["MetricStat"]["Period"] for q in p.get("Metrics", []) if "MetricStat" in q}
+        period = p["Period"] if "Period" in p else periods.pop()
+        assert not periods, name
         assert period in (60, 300), name
         assert 1 <= p["DatapointsToAlarm"] <= p["EvaluationPeriods"] <= 15, name
         # Long enough to ignore one blip, short enough to wake someone within 15 minutes.

@@ -124,6 +124,13 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "SeparateCacheNodeType": (["", "cache.t4g.micro", "cache.m7g.large"],
                               ["cache.t4g.nano", "cache.t3.micro", "t4g.micro", "none", "true"]),
     "CacheReplica": (["none", "standby", "failover"], ["true", "false", "Failover", "replica", ""]),
+    "SearchEnabled": _choices(["true", "false"], ["on", "True"]),
+    "SearchInstanceType": _choices(["t3.small.search", "r7g.xlarge.search"],
+                                   ["t3.small", "t2.micro.search", "t3.small.elasticsearch"]),
+    # Zone awareness over two zones needs an even count; one node stays in one zone.
+    "SearchInstanceCount": _choices(["1", "2", "4", "6"], ["0", "3", "5", "8"]),
+    "SearchVolumeSize": _choices(["10", "1000"], ["9", "15", "1001"]),
+    "SearchCreateServiceLinkedRole": _choices(["true", "false"], ["yes", "False"]),
 }
 
 

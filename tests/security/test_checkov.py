@@ -36,6 +36,8 @@ REVIEWED_SKIPS = {
     ("CKV_AWS_18", "AWS::S3::Bucket"),               # access logs need a second bucket
     ("CKV_AWS_88", "AWS::EC2::LaunchTemplate"),      # public IPv4 instead of a NAT gateway
     ("CKV_AWS_27", "AWS::SQS::Queue"),               # SSE-SQS; deleted keys only, no KMS cost
+    ("CKV_AWS_317", "AWS::OpenSearchService::Domain"),  # audit logs cost; one user, behind a SG
+    ("CKV_AWS_84", "AWS::OpenSearchService::Domain"),   # slow/error logs cost; metrics and alarms
 }
 
 
@@ -61,9 +63,24 @@ def run_checkov(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
     return report["results"]
 
 
-# checkov drops a resource whose Condition is false for the parameters' defaults: every
-# option is scanned again with its defaults turned on.
-OPTIONS_ON = {"QueueWorkerMinSize": "1", "QueueWorkerMaxSize": "4"}
+# checkov drops a resource whose Condition is false for the parameters' defaults: the
+# template is scanned again with every option's switch turned on (issue 13), each with a
+# setting that reaches its widest branch.
+OPTIONS_ON = {
+    "QueueWorkerMinSize": "1", "QueueWorkerMaxSize": "4",
+    "SearchEnabled": "true", "SearchInstanceCount": "2",  # zone awareness
+    "SeparateCacheNodeType": "cache.t4g.micro", "CacheReplica": "failover",
+    "DatabasePooler": "true", "DatabaseReplicaClass": "db.t4g.micro",
+}
+# A resource of each option that checkov must have judged.
+OPTION_RESOURCES = [
+    "AWS::OpenSearchService::Domain.SearchDomain",
+    "AWS::EC2::SecurityGroup.SearchSecurityGroup",
+    "AWS::EC2::LaunchTemplate.QueueWorkerLaunchTemplate",
+    "AWS::IAM::Policy.QueueMetricsPolicy",
+    "AWS::ElastiCache::ReplicationGroup.RailsCache",
+    "AWS::RDS::DBInstance.DatabaseReplica",
+]
 SCANNED = ("mastodon.json", "weakened.json", "options-on.json")
 
 
@@ -105,10 +122,10 @@ def test_checkov_finds_no_failed_check(results, scanned):
     assert len(results["passed"][scanned]) > 100, "checkov evaluated far fewer checks than expected"
 
 
-def test_the_options_resources_are_scanned_when_on(results):
-    scanned = {c["resource"] for kind in ("passed", "skipped") for c in results[kind]["options-on.json"]}
-    assert "AWS::EC2::LaunchTemplate.QueueWorkerLaunchTemplate" in scanned
-    assert "AWS::IAM::Policy.QueueMetricsPolicy" in scanned
+def test_checkov_judges_every_option_with_it_on(results):
+    judged = {c["resource"] for kind in ("passed", "failed", "skipped")
+              for c in results[kind]["options-on.json"]}
+    assert set(OPTION_RESOURCES) <= judged
 
 
 def test_checkov_would_catch_a_weakened_template(results):
@@ -131,8 +148,8 @@ def test_every_skip_is_reviewed_explained_and_still_needed(template, results):
 
 @pytest.mark.parametrize("name", ["Cache", "RailsCache"])
 def test_checkov_checks_every_redis_for_encryption_and_auth(results, name):
-    # checkov ignores Conditions: the optional cache-only Redis is checked like the main one.
-    passed = {c["check_id"] for c in results["passed"]["mastodon.json"]
+    # With the options on, the optional cache-only Redis is checked like the main one.
+    passed = {c["check_id"] for c in results["passed"]["options-on.json"]
               if c["resource"] == f"AWS::ElastiCache::ReplicationGroup.{name}"}
     # at rest, in transit, in transit with an AUTH token
     assert {"CKV_AWS_29", "CKV_AWS_30", "CKV_AWS_31"} <= passed

@@ -92,7 +92,7 @@ def test_tls_is_at_least_1_2_at_cloudfront_and_the_load_balancer(template):
 
 
 SECRET_PROPERTIES = {
-    "MasterUserPassword": {"DB_PASS"},
+    "MasterUserPassword": {"DB_PASS", "ES_PASS"},  # the database's, the search domain's
     # The main Redis's token, and the cache-only Redis's own (SeparateCacheNodeType).
     "AuthToken": {"REDIS_PASSWORD", "CACHE_REDIS_PASSWORD"},
     "HeaderValue": {"ORIGIN_VERIFY"},
@@ -143,6 +143,7 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
             "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
             "WebTargetGroup", "StreamingTargetGroup", "DatabaseReplica", "DatabaseReplicaClass",
+            "SearchDomain",
             # Queue workers: sizes and queue names, public.
             "QueueWorkerMaxSize", "MainWorkerQueues", "QueueWorkerQueues",
         }
