@@ -22,10 +22,10 @@ from templates.mail import DKIM_RECORDS, Mail, create_mail
 from templates.maintenance import create_maintenance
 from templates.network import create_network
 from templates.operations import create_alert_topic, create_alert_topic_policy
-from templates.search import create_search, create_search_alarms
 from templates.options import BuildOptions
 from templates.pipeline import create_pipeline
 from templates.scaling import create_queue_worker_scaling, create_web_scaling
+from templates.search import create_search, create_search_alarms
 from templates.secrets import create_secrets
 from templates.versions import Versions, create_versions
 from templates.waf import create_waf_conditions, create_web_acl
