@@ -40,6 +40,7 @@ from templates import parameters
 from templates.network import Network
 from templates.parameters import Parameters
 from templates.secrets import Secrets
+from templates.sidekiq import METRICS_NAMESPACE  # the stack's one custom-metrics namespace
 
 SEARCH_DOMAIN = "SearchDomain"
 SEARCH_SECURITY_GROUP = "SearchSecurityGroup"
@@ -272,7 +273,7 @@ def create_search_alarms(
             FilterPattern=f'"{SEARCH_DEPLOY_FAILED}"',
             MetricTransformations=[
                 logs.MetricTransformation(
-                    MetricNamespace=Sub("Mastodon/${AWS::StackName}"),
+                    MetricNamespace=METRICS_NAMESPACE,
                     MetricName=SEARCH_DEPLOY_METRIC,
                     MetricValue="1",
                     Unit="Count",
@@ -340,7 +341,7 @@ def create_search_alarms(
             "log group's <instance>/search-deploy streams; the worker tries again at its next boot, "
             "or now with: sudo systemctl start mastodon-search-deploy.",
             parameters.HAS_SEARCH,
-            Namespace=Sub("Mastodon/${AWS::StackName}"),
+            Namespace=METRICS_NAMESPACE,
             MetricName=SEARCH_DEPLOY_METRIC,
             Statistic="Sum",
             ComparisonOperator="GreaterThanOrEqualToThreshold",

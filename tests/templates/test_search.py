@@ -191,7 +191,7 @@ def test_the_service_linked_role_is_created_only_when_asked_and_never_deleted(te
 
 def test_turning_search_on_runs_the_secret_function_again_to_add_the_password(template):
     props = template["Resources"]["AppSecretValues"]["Properties"]
-    assert props["SearchEnabled"] == {"Ref": "SearchEnabled"}
+    assert props["SearchEnabled"] == {"Fn::If": ["HasSearch", "true", {"Ref": "AWS::NoValue"}]}
 
 
 # ---------------------------------------------------------------- the servers
