@@ -90,6 +90,9 @@ class DatabaseClass:
     name: str
     memory_mib: int
     max_connections: int
+    # vCPUs (RDS DB instance classes table). RDS sizes max_worker_processes from them, and
+    # a hot standby needs at least its primary's (so a read replica needs at least as many).
+    vcpus: int
 
 
 # Up to what a ~50,000-active-user instance needs: a memory-optimised class of 32 to
@@ -98,17 +101,17 @@ class DatabaseClass:
 # run PostgreSQL on r-class machines (../shared/GROWTH.md section 7). 5000 is RDS's own
 # ceiling on its memory-derived default (LEAST(DBInstanceClassMemory/9531392, 5000)).
 DATABASE_CLASSES: tuple[DatabaseClass, ...] = (
-    DatabaseClass("db.t4g.micro", 1024, 80),
-    DatabaseClass("db.t4g.small", 2048, 180),
-    DatabaseClass("db.t4g.medium", 4096, 380),
-    DatabaseClass("db.t4g.large", 8192, 800),
-    DatabaseClass("db.t4g.xlarge", 16384, 1600),
-    DatabaseClass("db.m7g.large", 8192, 800),
-    DatabaseClass("db.m7g.xlarge", 16384, 1600),
-    DatabaseClass("db.m7g.2xlarge", 32768, 3200),
-    DatabaseClass("db.r7g.large", 16384, 1600),
-    DatabaseClass("db.r7g.xlarge", 32768, 3200),
-    DatabaseClass("db.r7g.2xlarge", 65536, 5000),
+    DatabaseClass("db.t4g.micro", 1024, 80, 2),
+    DatabaseClass("db.t4g.small", 2048, 180, 2),
+    DatabaseClass("db.t4g.medium", 4096, 380, 2),
+    DatabaseClass("db.t4g.large", 8192, 800, 2),
+    DatabaseClass("db.t4g.xlarge", 16384, 1600, 4),
+    DatabaseClass("db.m7g.large", 8192, 800, 2),
+    DatabaseClass("db.m7g.xlarge", 16384, 1600, 4),
+    DatabaseClass("db.m7g.2xlarge", 32768, 3200, 8),
+    DatabaseClass("db.r7g.large", 16384, 1600, 2),
+    DatabaseClass("db.r7g.xlarge", 32768, 3200, 4),
+    DatabaseClass("db.r7g.2xlarge", 65536, 5000, 8),
 )
 
 

@@ -45,7 +45,7 @@ CACHE = "Cache"
 RAILS_CACHE = "RailsCache"
 # Stores of a data type that hold nothing worth keeping (every entry is recomputed on a
 # miss): no final snapshot, no stack-policy protection, no data-loss warning on removal.
-DISPOSABLE = (RAILS_CACHE,)
+DISPOSABLE = (RAILS_CACHE, DATABASE_REPLICA)
 MEDIA_BUCKET = "MediaBucket"
 DATABASE_NAME = "mastodon"
 DATABASE_USER = "mastodon"
@@ -304,7 +304,10 @@ def _cache(t: Template, p: Parameters, network: Network, server_security_group: 
         # stay. Without the option the properties resolve to what they always were.
         NumCacheClusters=If(parameters.CACHE_HAS_REPLICA, 2, 1),
         AutomaticFailoverEnabled=If(parameters.CACHE_FAILS_OVER, True, False),
-        MultiAZEnabled=If(parameters.CACHE_FAILS_OVER, True, Ref("AWS::NoValue")),
+        # Back from failover to standby, ElastiCache must be told false: Multi-AZ needs
+        # automatic failover, and a property left out is not necessarily reset.
+        MultiAZEnabled=If(parameters.CACHE_FAILS_OVER, True,
+                          If(parameters.CACHE_HAS_REPLICA, False, Ref("AWS::NoValue"))),
         Port=CACHE_PORT,
         CacheSubnetGroupName=Ref(subnets),
         SecurityGroupIds=[Ref(security_group)],

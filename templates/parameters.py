@@ -693,10 +693,12 @@ def _or(tests: list[object]) -> dict[str, object]:
 
 def replica_classes_for(primary: capacity.DatabaseClass) -> list[str]:
     """The replica classes allowed beside a primary: at least its memory, and so at least
-    its max_connections, which PostgreSQL requires of a hot standby (it refuses queries
-    otherwise: "runtime-config-connection", max_connections). A smaller replica would also
+    its max_connections, and at least its vCPUs (RDS derives max_worker_processes from
+    them), which PostgreSQL both requires of a hot standby (it refuses queries otherwise:
+    "Hot Standby", administrator's overview). A smaller replica would also
     lag behind, and shrink every server's pools (pools.sh takes the smaller)."""
-    return [d.name for d in capacity.DATABASE_CLASSES if d.memory_mib >= primary.memory_mib]
+    return [d.name for d in capacity.DATABASE_CLASSES
+            if d.memory_mib >= primary.memory_mib and d.vcpus >= primary.vcpus]
 
 
 def _add_database_growth_rules(t: Template, p: Parameters) -> None:
@@ -708,8 +710,9 @@ def _add_database_growth_rules(t: Template, p: Parameters) -> None:
                              {"Fn::Contains": [replica_classes_for(d), Ref(p.database_replica_class)]}]}
                 for d in capacity.DATABASE_CLASSES
             ]),
-            "AssertDescription": "DatabaseReplicaClass must have at least the memory of "
-            "DatabaseInstanceClass: PostgreSQL serves no query on a replica with fewer "
-            "max_connections than its database, and a smaller replica lags behind.",
+            "AssertDescription": "DatabaseReplicaClass must have at least the memory and the vCPUs "
+            "of DatabaseInstanceClass: PostgreSQL serves no query on a replica with fewer "
+            "max_connections or worker processes than its database, and a smaller replica lags "
+            "behind. To grow both, grow the replica first, in its own update.",
         }],
     })

@@ -120,6 +120,18 @@ def test_the_preview_marks_replaced_or_removed_data_in_red_and_nothing_else():
     assert not any("\033[" in line for line in plain) and sum("!!" in line for line in plain) == 3
 
 
+def test_removing_the_read_replica_is_no_data_loss():
+    # Turning DatabaseReplicaClass off deletes the replica: it holds nothing its source does not.
+    (line,) = deploy.change_lines([{"ResourceChange": {
+        "Action": "Remove", "LogicalResourceId": "DatabaseReplica",
+        "ResourceType": "AWS::RDS::DBInstance"}}], color=True)
+    assert "REMOVE" in line and "DATA" not in line and "!!" not in line
+    (line,) = deploy.change_lines([{"ResourceChange": {
+        "Action": "Remove", "LogicalResourceId": "Database",
+        "ResourceType": "AWS::RDS::DBInstance"}}], color=True)
+    assert "DATA" in line
+
+
 def test_removing_the_cache_only_redis_is_no_data_loss():
     # Turning SeparateCacheNodeType off removes RailsCache: a cache, recomputed on a miss.
     (line,) = deploy.change_lines([{"ResourceChange": {

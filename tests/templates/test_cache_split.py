@@ -146,7 +146,7 @@ def test_the_cache_only_redis_warns_when_it_stays_full(template):
 # ---------------------------------------------------------------- the replica
 @pytest.mark.parametrize(("mode", "nodes", "failover", "multi_az"), [
     ("none", 1, False, None),
-    ("standby", 2, False, None),
+    ("standby", 2, False, False),  # said, not left out: back from failover it must turn off
     ("failover", 2, True, True),
 ])
 def test_the_sidekiq_redis_replica_in_each_mode(template, mode, nodes, failover, multi_az):
@@ -157,6 +157,7 @@ def test_the_sidekiq_redis_replica_in_each_mode(template, mode, nodes, failover,
     # ElastiCache refuses failover without a replica, and Multi-AZ without failover.
     assert not failover or nodes >= 2
     assert not multi_az or failover
+    assert (mode == "none") is ("MultiAZEnabled" not in cache)
 
 
 def test_every_replica_mode_and_cache_node_type_is_an_update_in_place(template):

@@ -115,9 +115,18 @@ def test_a_replica_smaller_than_the_database_is_refused(template, primary):
         values = {**REQUIRED, "DatabaseInstanceClass": primary.name, "DatabaseReplicaClass": replica.name}
         refused = [p for p in parameter_files.problems(template, values, "us-east-1")
                    if p.startswith("rule ReadReplicaAtLeastTheDatabase:")]
-        assert bool(refused) == (replica.memory_mib < primary.memory_mib), replica.name
+        smaller = replica.memory_mib < primary.memory_mib or replica.vcpus < primary.vcpus
+        assert bool(refused) == smaller, replica.name
     assert not parameter_files.problems(template, {**REQUIRED, "DatabaseInstanceClass": primary.name},
                                         "us-east-1")
+
+
+def test_a_replica_with_the_memory_but_fewer_vcpus_is_refused(template):
+    # db.r7g.xlarge has db.m7g.2xlarge's 32 GiB but half its vCPUs: RDS gives it fewer
+    # max_worker_processes, which PostgreSQL refuses on a hot standby.
+    values = {**REQUIRED, "DatabaseInstanceClass": "db.m7g.2xlarge", "DatabaseReplicaClass": "db.r7g.xlarge"}
+    assert [p for p in parameter_files.problems(template, values, "us-east-1")
+            if p.startswith("rule ReadReplicaAtLeastTheDatabase:")]
 
 
 def test_the_replica_bills_like_a_second_database_and_the_pooler_costs_nothing(template):
