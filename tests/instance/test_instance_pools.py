@@ -270,27 +270,35 @@ GROWTH_SIZES = (capacity.WEB_MIN_SIZE_LIMIT, capacity.WEB_MAX_SIZE_LIMIT)
 LARGEST_DATABASE = max(capacity.DATABASE_CLASSES, key=lambda d: d.max_connections)
 
 
+GROWTH_ROLES = {**ROLE_TYPES, "queue": capacity.WORKER_INSTANCE_TYPES}
+
+
 def growth_cases():
+    """Every class with no replica, its own class and the largest as replica, with and
+    without PgBouncer, the smallest and largest web group, and no queue workers or as many
+    as the fleet rule (FleetFitsTheDatabase) lets that class hold beside the web group."""
     for primary in capacity.DATABASE_CLASSES:
         for replica in (None, primary, LARGEST_DATABASE):
             for pooler in (False, True):
                 for size in GROWTH_SIZES:
-                    yield primary, replica, pooler, size
+                    room = min(capacity.QUEUE_WORKER_MAX_SIZE_LIMIT, capacity.largest_fleet(primary) - size)
+                    for queue in sorted({0, max(room, 0)}):
+                        yield primary, replica, pooler, size, queue
 
 
 @pytest.fixture(scope="module")
 def grown():
     swap = swap_sizes(sorted({seen(t) for t in capacity.INSTANCE_TYPES}))
     cases, keys = [], []
-    for primary, replica, pooler, size in growth_cases():
+    for primary, replica, pooler, size, queue in growth_cases():
         options = ["--pooler"] if pooler else []
         options += ["--replica", replica.max_connections] if replica else []
-        for role, types in ROLE_TYPES.items():
+        for role, types in GROWTH_ROLES.items():
             for itype in types:
                 memory = seen(itype)
                 cases.append((*options, role, primary.max_connections, size, capacity.ROLLOUT_SURGE, RESERVE,
-                              itype.vcpus, memory, swap[memory]))
-                keys.append((primary.name, replica and replica.name, pooler, size, role, itype.name))
+                              itype.vcpus, memory, swap[memory], queue))
+                keys.append((primary.name, replica and replica.name, pooler, size, queue, role, itype.name))
     return dict(zip(keys, pools(cases), strict=True))
 
 
@@ -299,30 +307,31 @@ def test_every_combination_with_pooler_and_replica_sizes_without_error(grown):
 
 
 def test_the_largest_fleet_fits_every_database_with_and_without_pooler_and_replica(grown):
-    for primary, replica, pooler, size in growth_cases():
+    for primary, replica, pooler, size, queue in growth_cases():
         # Each database (the primary, and the replica with its own max_connections) sees
         # every server's connections: with PgBouncer its pool, else the processes' pools.
         limits = [primary.max_connections] + ([replica.max_connections] if replica else [])
-        case = (primary.name, replica and replica.name, pooler, size)
+        case = (primary.name, replica and replica.name, pooler, size, queue)
         held = {role: max(grown[(*case, role, t.name)][1]["DATABASE_CONNECTIONS"] for t in types)
-                for role, types in ROLE_TYPES.items()}
+                for role, types in GROWTH_ROLES.items()}
         if not pooler:
-            for role, types in ROLE_TYPES.items():
+            for role, types in GROWTH_ROLES.items():
                 for t in types:
                     p = grown[(*case, role, t.name)][1]
                     counted = web_connections(p) if role == "web" else p["DB_POOL"]
                     assert p["DATABASE_CONNECTIONS"] == counted, (case, role, t.name)
-        total = (size + capacity.ROLLOUT_SURGE) * held["web"] + held["worker"] + RESERVE
+        total = ((size + capacity.ROLLOUT_SURGE) * held["web"] + held["worker"] + queue * held["queue"]
+                 + RESERVE)
         for limit in limits:
             assert total <= limit, (case, total, limit)
 
 
 def test_behind_pgbouncer_the_processes_are_sized_by_the_server_not_the_database(grown):
-    for primary, replica, _, size in growth_cases():
-        for role, types in ROLE_TYPES.items():
+    for primary, replica, _, size, queue in growth_cases():
+        for role, types in GROWTH_ROLES.items():
             for t in types:
-                direct = grown[(primary.name, replica and replica.name, False, size, role, t.name)][1]
-                pooled = grown[(primary.name, replica and replica.name, True, size, role, t.name)][1]
+                direct = grown[(primary.name, replica and replica.name, False, size, queue, role, t.name)][1]
+                pooled = grown[(primary.name, replica and replica.name, True, size, queue, role, t.name)][1]
                 assert pooled["PGBOUNCER_POOL_SIZE"] == pooled["CONNECTION_SHARE"] >= 1
                 databases = 2 if replica else 1
                 # Every client connection on every database, with room for a restart.
