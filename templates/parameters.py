@@ -22,6 +22,7 @@ GROUP_COMPUTE = "Web and worker servers"
 GROUP_DATA = "Database and cache"
 GROUP_OPERATIONS = "Operations"
 GROUP_WAF = "Web application firewall (optional)"
+GROUP_SETTINGS = "Mastodon's other settings (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -36,6 +37,8 @@ USE_SPOT = "UseSpot"
 WEB_IS_ARM = "WebIsArm64"
 WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
+HAS_MASTODON_SETTINGS = "HasMastodonSettings"
+HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -123,6 +126,8 @@ class Parameters:
     waf_web_acl_arn: Parameter
     waf_rate_limit: Parameter
     rolling_batch_size: Parameter
+    mastodon_settings: Parameter
+    mastodon_settings_secret: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -317,6 +322,21 @@ def create_parameters(t: Template) -> Parameters:
             "replaced by a new one that serves first).",
             ConstraintDescription="a whole number from 1 to 5",
         )),
+        mastodon_settings=add_parameter(t, GROUP_SETTINGS, "Read settings from Parameter Store", Parameter(
+            "MastodonSettings", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="true: every server gives Mastodon each SSM parameter directly under "
+            "/mastodon/<stack name>/settings/ (String, or SecureString with the aws/ssm key) as an "
+            "environment variable named after it, e.g. .../settings/HCAPTCHA_SITE_KEY. Read at boot "
+            "and by every rollout; README, \"Mastodon's other settings\".",
+        )),
+        mastodon_settings_secret=add_parameter(t, GROUP_SETTINGS, "Secret settings (secret ARN)", Parameter(
+            "MastodonSettingsSecretArn", Type="String", Default="",
+            Description="ARN of a Secrets Manager secret whose value is a JSON object of secret "
+            "settings, e.g. {\"HCAPTCHA_SECRET_KEY\": \"...\"}, encrypted with the default "
+            "aws/secretsmanager key. Empty: none.",
+            AllowedPattern=SECRET_ARN_PATTERN,
+            ConstraintDescription="empty, or a Secrets Manager secret ARN",
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -354,6 +374,8 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         FindInMap(INSTANCE_ARCHITECTURE_MAP, Ref(p.worker_instance_type), "Architecture"), "arm64"))
     t.add_condition(USE_VPC_ORIGIN, And(
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
+    t.add_condition(HAS_MASTODON_SETTINGS, Equals(Ref(p.mastodon_settings), "true"))
+    t.add_condition(HAS_MASTODON_SETTINGS_SECRET, Not(Equals(Ref(p.mastodon_settings_secret), "")))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

@@ -23,7 +23,6 @@ LOG_NAME=bootstrap
   exit 1
 }
 
-UNIT_DIR="$ROOT/etc/systemd/system"
 LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
 MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
 SWAPS_FILE=${SWAPS_FILE:-/proc/swaps}
@@ -262,6 +261,11 @@ load_stack_env() {
     STREAMING_HEALTH_PATH ONE_OFF_DB_POOL IMDS_URL
   SMTP_LOGIN=${SMTP_LOGIN:-}
   SMTP_PASSWORD_SECRET_ARN=${SMTP_PASSWORD_SECRET_ARN:-}
+  SETTINGS_PATH=${SETTINGS_PATH:-}
+  SETTINGS_SECRET_ARN=${SETTINGS_SECRET_ARN:-}
+  if settings_enabled; then
+    require_stack_env SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES SETTINGS_RESERVED_NAMES
+  fi
   local key
   for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
     [[ ${!key} =~ ^[1-9][0-9]*$ ]] || fail "$key must be a number of seconds, not '${!key}'"
@@ -513,7 +517,11 @@ size_pools() {
 write_unit() {
   # write_unit NAME DESCRIPTION LOG_GROUP IMAGE DOCKER_OPTIONS [COMMAND]
   # Without a COMMAND the image's own CMD runs.
-  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=${6:-}
+  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=${6:-} settings_file=""
+  # Mastodon's other settings, when the stack has a source of them (apply_settings).
+  if settings_enabled; then
+    settings_file=" --env-file $RUNTIME_SETTINGS_FILE"
+  fi
   cat >"$UNIT_DIR/$name.service" <<EOF
 [Unit]
 Description=$description
@@ -525,7 +533,7 @@ Wants=network-online.target
 EnvironmentFile=$RUNTIME_VERSION_FILE
 ExecStartPre=-$DOCKER rm -f $name
 ExecStart=$DOCKER run --rm --name $name --network host \\
-  --env-file $RUNTIME_ENV_FILE \\
+  --env-file $RUNTIME_ENV_FILE$settings_file \\
   --log-driver awslogs \\
   --log-opt awslogs-region=$AWS_REGION \\
   --log-opt awslogs-group=$log_group \\
@@ -601,6 +609,19 @@ write_units() {
     UNITS=(mastodon-sidekiq)
   fi
   log "wrote ${UNITS[*]} for $MASTODON_VERSION"
+}
+
+# Mastodon's other settings (templates/settings.py): read and checked after the units, whose
+# -e options are among the names the stack owns. A refused or unreadable setting fails the
+# boot with the reason; nothing starts with part of them.
+apply_settings() {
+  step "read Mastodon's other settings"
+  if ! settings_enabled; then
+    rm -f "$SETTINGS_FILE"
+    log "no settings source in stack.env"
+    return 0
+  fi
+  render_settings "$SETTINGS_FILE" || fail "Mastodon's other settings: $SETTINGS_REFUSAL"
 }
 
 pull_images() {
@@ -803,6 +824,7 @@ main() {
   render_environment
   size_pools
   write_units
+  apply_settings
   pull_images
   if [ "$ROLE" = worker ]; then
     initialize_database
