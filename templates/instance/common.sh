@@ -173,8 +173,7 @@ read_settings_parameters() {
 }
 
 read_settings_secret() {
-  aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$SETTINGS_SECRET_ARN" \
-    --query SecretString --output text
+  aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$SETTINGS_SECRET_ARN" --output json
 }
 
 # render_settings FILE: reads the settings (each source with retry), checks every name and
@@ -183,7 +182,7 @@ read_settings_secret() {
 # variables the stack writes itself (mastodon.env, the units' -e options) and the rule of
 # stack.env (SETTINGS_*: templates/settings.py) are never overridden.
 render_settings() {
-  local file=$1 parameters='{"Parameters": []}' secret='{}' tmp output
+  local file=$1 parameters='{"Parameters": []}' secret='{"SecretString": "{}"}' tmp output
   SETTINGS_REFUSAL=""
   if [ -n "${SETTINGS_PATH:-}" ]; then
     parameters=$(retry read_settings_parameters) || {
@@ -220,7 +219,7 @@ render_settings() {
 }
 
 # argv: FILE ENV_FILE NAME_PATTERN MAX OWNED_PREFIXES RESERVED_NAMES UNIT_FILE...; stdin:
-# GetParametersByPath's answer, NUL, the secret's string. Prints one line a refusal, or
+# GetParametersByPath's answer, NUL, GetSecretValue's. Prints one line a refusal, or
 # the names accepted.
 SETTINGS_CHECK='
 import json, re, sys
@@ -244,8 +243,8 @@ try:
 except (ValueError, KeyError, AttributeError, TypeError):
     errors.append("the settings parameters are not a GetParametersByPath answer")
 try:
-    secret = json.loads(secret_doc)
-except ValueError:
+    secret = json.loads(json.loads(secret_doc)["SecretString"])
+except (ValueError, KeyError, TypeError):
     secret = None
 if not isinstance(secret, dict):
     errors.append("the settings secret is not a JSON object of NAME: value")
@@ -256,7 +255,8 @@ if len(settings) > int(limit):
     errors.append("%d settings, more than the %s allowed" % (len(settings), limit))
 seen = {}
 for name, value, source in settings:
-    shown = name if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) else repr(name[:100])
+    shown = name[:100] if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else repr(name[:100])
+    shown += "..." if len(name) > 100 else ""
     if not re.fullmatch(pattern, name):
         errors.append("refused %s (%s): a name must match %s" % (shown, source, pattern))
     elif name in owned or name.startswith(tuple(prefixes.split())):
