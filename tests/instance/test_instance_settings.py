@@ -40,8 +40,10 @@ def sources(values: dict[str, str] | None = None, secret: object = None,
     secret_doc = SECRET if secret is None else secret
     return {
         "stack": ON,
-        "secrets": {APP_SECRET_ARN: json.dumps(APP_SECRET),
-                    SETTINGS_SECRET_ARN: secret_doc if isinstance(secret_doc, str) else json.dumps(secret_doc)},
+        "secrets": {
+            APP_SECRET_ARN: json.dumps(APP_SECRET),
+            SETTINGS_SECRET_ARN: secret_doc if isinstance(secret_doc, str) else json.dumps(secret_doc),
+        },
         f"parameters-by-path-{stub_key(SETTINGS_PATH)}.json": parameters_answer(
             PLAIN if values is None else values, secure),
     }
@@ -118,7 +120,8 @@ REFUSED = [
     ("a dash", {}, {"OIDC-ISSUER": "x"}, "OIDC-ISSUER"),
     ("too long", {"A" * 101: "x"}, {}, "A" * 100),
     ("a line break in a value", {"SAML_IDP_CERT": "-----BEGIN\nMIIB"}, {}, "SAML_IDP_CERT"),
-    ("a carriage return in a value", {}, {"OIDC_CLIENT_SECRET": "oidc-secret-6e6e6e6e\r"}, "OIDC_CLIENT_SECRET"),
+    ("a carriage return in a value", {}, {"OIDC_CLIENT_SECRET": "oidc-secret-6e6e6e6e\r"},
+     "OIDC_CLIENT_SECRET"),
     ("a number, not a string", {}, {"MAX_FOLLOWS_THRESHOLD": 7500}, "MAX_FOLLOWS_THRESHOLD"),
     ("the database", {"DB_HOST": "evil.example.com"}, {}, "DB_HOST"),
     ("a replica the stack may own", {"REPLICA_DB_HOST": "db2"}, {}, "REPLICA_DB_HOST"),
@@ -134,7 +137,8 @@ REFUSED = [
     ("a pool the scripts size", {"DB_POOL": "50"}, {}, "DB_POOL"),
     ("what mastodon.env holds", {"RAILS_SERVE_STATIC_FILES": "false"}, {}, "RAILS_SERVE_STATIC_FILES"),
     ("the proxies the stack trusts", {"TRUSTED_PROXY_IP": "0.0.0.0/0"}, {}, "TRUSTED_PROXY_IP"),
-    ("in both sources", {"DEEPL_API_KEY": "plain"}, {"DEEPL_API_KEY": "deepl-twice-4c4c4c4c"}, "DEEPL_API_KEY"),
+    ("in both sources", {"DEEPL_API_KEY": "plain"}, {"DEEPL_API_KEY": "deepl-twice-4c4c4c4c"},
+     "DEEPL_API_KEY"),
 ]
 
 

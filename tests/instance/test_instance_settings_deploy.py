@@ -38,7 +38,8 @@ UNITS = {"web": ("mastodon-web", "mastodon-streaming"), "worker": ("mastodon-sid
 
 
 def deploy(tmp_path: Path, role: str, *args: str, plain: dict[str, str] | None = None,
-           stack: dict[str, str] | None = None, **stubs: str) -> tuple[subprocess.CompletedProcess[str], list]:
+           stack: dict[str, str] | None = None,
+           **stubs: str) -> tuple[subprocess.CompletedProcess[str], list]:
     root, stub_dir, bin_dir = tmp_path / "root", tmp_path / "stub", tmp_path / "bin"
     etc = root / "etc/mastodon"
     for directory in (etc, root / "etc/systemd/system", stub_dir, bin_dir):
@@ -51,7 +52,8 @@ def deploy(tmp_path: Path, role: str, *args: str, plain: dict[str, str] | None =
         (etc / "settings.env").write_text(SETTINGS_IN_USE)
         for unit in UNITS[role]:
             (root / f"etc/systemd/system/{unit}.service").write_text(
-                "ExecStart=/usr/bin/docker run --rm -e PORT=3000 -e BIND=0.0.0.0 \\\n  -e PUMA_NEW_KNOB=1 \\\n")
+                "ExecStart=/usr/bin/docker run --rm -e PORT=3000 -e BIND=0.0.0.0 \\\n"
+                "  -e PUMA_NEW_KNOB=1 \\\n")
     for name in ("docker", "systemctl", "curl", "df", "aws"):
         if not (bin_dir / name).exists():
             (bin_dir / name).symlink_to(STUB)

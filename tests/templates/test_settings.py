@@ -3,6 +3,7 @@ the stack's settings path and the one secret named, only while each option is on
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -32,8 +33,10 @@ def test_both_options_are_off_by_default(template):
 
 
 def test_each_grant_exists_only_while_its_option_is_on(template):
-    assert policy(template, settings.READ_PARAMETERS_POLICY)["Condition"] == parameters.HAS_MASTODON_SETTINGS
-    assert policy(template, settings.READ_SECRET_POLICY)["Condition"] == parameters.HAS_MASTODON_SETTINGS_SECRET
+    reads_parameters = policy(template, settings.READ_PARAMETERS_POLICY)
+    reads_secret = policy(template, settings.READ_SECRET_POLICY)
+    assert reads_parameters["Condition"] == parameters.HAS_MASTODON_SETTINGS
+    assert reads_secret["Condition"] == parameters.HAS_MASTODON_SETTINGS_SECRET
     # Nothing else grants them: the server roles' own policies do not mention either.
     for role in (WEB_SERVER_ROLE, WORKER_SERVER_ROLE):
         text = json.dumps(props(template, role))
@@ -63,7 +66,7 @@ def test_the_servers_read_exactly_the_secret_named(template):
 
 def stack_env_value(template: dict, launch_template: str, key: str):
     parts = props(template, launch_template)["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
-    for before, value in zip(parts, parts[1:]):
+    for before, value in itertools.pairwise(parts):
         if isinstance(before, str) and (before == f"{key}='" or before.endswith(f"\n{key}='")):
             return value
     raise AssertionError(f"{key} is not in the user data")
