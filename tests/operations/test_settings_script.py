@@ -102,3 +102,25 @@ def test_apply_names_a_missing_stack(aws_env):
     result = run_script("settings.py", "no-such-stack", "apply", env=aws_env)
     assert result.returncode == 1
     assert "no stack no-such-stack" in result.stderr
+
+
+def test_a_server_gone_meanwhile_is_skipped_and_the_others_still_asked(aws_env, fleet, servers_answer,
+                                                                     stack_name, monkeypatch):
+    # SendCommand refuses an instance that is shutting down (a scale-in, a replacement).
+    from moto.ssm import models as ssm_models
+    from moto.ssm.exceptions import SSMException
+
+    asked, _ = servers_answer
+    gone = fleet[WEB_GROUP][0]
+    original = ssm_models.SimpleSystemManagerBackend.send_command
+
+    def send_command(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if gone in kwargs.get("instance_ids", args[3] if len(args) > 3 else []):
+            raise SSMException("InvalidInstanceId", "Instances not in a valid state for account")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssm_models.SimpleSystemManagerBackend, "send_command", send_command)
+    result = run_script("settings.py", "--poll", "0.05", stack_name, "apply", env=aws_env)
+    assert result.returncode == 0, result.stderr
+    assert f"{gone} is no longer reachable" in result.stderr
+    assert asked == [*fleet[WORKER_GROUP], fleet[WEB_GROUP][1]]
