@@ -255,6 +255,11 @@ class _Counter:
                  + stored * float(self.prices["logs_storage_gb_month"]))
 
 
+# The operator's own secret of Mastodon's other settings (templates/settings.py): it bills
+# like the stack's, whoever created it.
+SETTINGS_SECRET_PARAMETER = "MastodonSettingsSecretArn"  # noqa: S105 (a parameter name, not a secret)
+
+
 def _runs_per_month(expression: str, hours: float) -> float:
     """Runs a month of rate(N minute[s]|hour[s]|day[s]); 0 for anything else (cron counts elsewhere)."""
     parts = expression.removeprefix("rate(").removesuffix(")").split()
@@ -289,6 +294,9 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.databases()
     counter.caches()
     counter.per_month("AWS::SecretsManager::Secret", "secrets", "secret_month")
+    if values.get(SETTINGS_SECRET_PARAMETER):
+        counter.add("settings secret", "your secret of Mastodon's other settings (read by the servers)",
+                    float(prices["secret_month"]))
     counter.per_month("AWS::KMS::Key", "KMS keys", "kms_key_month")
     counter.alarms()
     counter.dashboards()

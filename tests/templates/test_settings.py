@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cfnlint.api import ManualArgs, lint
 
-from scripts import parameter_files
+from scripts import costs, parameter_files
 from templates import parameters, settings
 from templates.compute import WEB_LAUNCH_TEMPLATE, WEB_SERVER_ROLE, WORKER_LAUNCH_TEMPLATE, WORKER_SERVER_ROLE
 from tests.support import props
@@ -124,3 +124,18 @@ def test_cfn_lint_finds_nothing_with_both_options_on(template, region):
     values["MastodonSettingsSecretArn"] = SECRET_ARN.replace("us-east-1", region)
     matches = lint(json.dumps(template), config=ManualArgs(regions=[region], parameters=[values]))
     assert [f"{m.rule.id} {m.message}" for m in matches] == []
+
+
+def estimate(template: dict, values: dict[str, str]) -> costs.Estimate:
+    prices = json.loads((PRODUCTION.parents[1] / "pricing" / "us-east-1.json").read_text())
+    return costs.estimate(template, {**parameter_files.read(PRODUCTION), **values}, prices)
+
+
+def test_the_settings_secret_is_priced_only_when_named(template):
+    assert costs.SETTINGS_SECRET_PARAMETER in template["Parameters"]
+    off = estimate(template, {})
+    on = estimate(template, ON)
+    (item,) = [i for i in on.items if i.component == "settings secret"]
+    assert item.monthly == 0.40
+    assert not [i for i in off.items if i.component == "settings secret"]
+    assert round(on.total - off.total, 2) == 0.40, "Parameter Store's standard parameters cost nothing"
