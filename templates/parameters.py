@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Equals, FindInMap, Not, Or, Parameter, Ref, Template
+from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Template
 
 from templates import capacity
 
@@ -39,6 +39,7 @@ WORKER_IS_ARM = "WorkerIsArm64"
 USE_VPC_ORIGIN = "UseVpcOrigin"
 HAS_MASTODON_SETTINGS = "HasMastodonSettings"
 HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
+HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -376,6 +377,8 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         Equals(Ref(p.load_balancer_scheme), "auto"), region_in(VPC_ORIGIN_REGIONS)))
     t.add_condition(HAS_MASTODON_SETTINGS, Equals(Ref(p.mastodon_settings), "true"))
     t.add_condition(HAS_MASTODON_SETTINGS_SECRET, Not(Equals(Ref(p.mastodon_settings_secret), "")))
+    t.add_condition(HAS_ANY_MASTODON_SETTINGS, Or(
+        Condition(HAS_MASTODON_SETTINGS), Condition(HAS_MASTODON_SETTINGS_SECRET)))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from awacs import secretsmanager as awacs_sm
 from awacs import ssm as awacs_ssm
 from awacs.aws import Allow, PolicyDocument, Statement
-from troposphere import If, Ref, Sub, Template, iam
+from troposphere import If, Ref, Sub, Template, cloudwatch, iam, logs, sns
 
 from templates import parameters
 from templates.options import STACK_PREFIX
@@ -61,13 +61,21 @@ RESERVED_NAMES = (
     "PATH", "HOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
 )
 
+# A server that refuses its settings fails its boot with "FAILED: <SETTINGS_FAILURE>: <why>"
+# and ships that log to the system log group, where the refusal alarm counts it.
+SETTINGS_FAILURE = "the other Mastodon settings"
 # What stack.env hands the servers (compute.py SERVER_FACTS): the rule, written once here.
 SERVER_FACTS = {
     "SETTINGS_NAME_PATTERN": NAME_PATTERN,
     "SETTINGS_MAX": str(MAX_SETTINGS),
     "SETTINGS_OWNED_PREFIXES": " ".join(OWNED_PREFIXES),
     "SETTINGS_RESERVED_NAMES": " ".join(RESERVED_NAMES),
+    "SETTINGS_FAILURE": SETTINGS_FAILURE,
 }
+
+REFUSED_FILTER = "MastodonSettingsRefusedFilter"
+REFUSED_ALARM = "MastodonSettingsRefusedAlarm"
+REFUSED_METRIC = "MastodonSettingsRefused"
 
 READ_PARAMETERS_POLICY = "MastodonSettingsParametersPolicy"
 READ_SECRET_POLICY = "MastodonSettingsSecretPolicy"
@@ -106,4 +114,40 @@ def create_settings_access(t: Template, p: Parameters, roles: list[iam.Role]) ->
             Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue],
                       Resource=[Ref(p.mastodon_settings_secret)]),
         ]),
+    ))
+
+
+def create_refusal_alarm(t: Template, system_logs: logs.LogGroup, topic: sns.Topic) -> cloudwatch.Alarm:
+    """Mails the alert topic when a server's boot fails on its settings (a scale-out or a
+    replacement, which no one watches), while a source of settings is configured.
+
+    Not on the stack's dashboard: the dashboard exists in every stack, and may not name an
+    alarm that exists only with an option.
+    """
+    namespace = Sub("Mastodon/${AWS::StackName}")
+    t.add_resource(logs.MetricFilter(
+        REFUSED_FILTER,
+        Condition=parameters.HAS_ANY_MASTODON_SETTINGS,
+        LogGroupName=Ref(system_logs),
+        FilterPattern=f'"FAILED: {SETTINGS_FAILURE}"',
+        MetricTransformations=[logs.MetricTransformation(
+            MetricNamespace=namespace, MetricName=REFUSED_METRIC, MetricValue="1", Unit="Count")],
+    ))
+    return t.add_resource(cloudwatch.Alarm(
+        REFUSED_ALARM,
+        Condition=parameters.HAS_ANY_MASTODON_SETTINGS,
+        AlarmName=Sub("${AWS::StackName} a server refused Mastodon's other settings"),
+        AlarmDescription="A server failed its boot on Mastodon's other settings (a bad name or value, or "
+        "a source it cannot read): it does not serve. The system log group's bootstrap stream names the "
+        "setting; fix it, then run scripts/settings.py STACK apply.",
+        Namespace=namespace,
+        MetricName=REFUSED_METRIC,
+        Statistic="Sum",
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+        Threshold=1,
+        Period=300,
+        EvaluationPeriods=1,
+        TreatMissingData="notBreaching",
+        AlarmActions=[Ref(topic)],
+        OKActions=[Ref(topic)],
     ))

@@ -26,6 +26,7 @@ from templates import (
     pipeline,
     scaling,
     secrets,
+    settings,
     versions,
     waf,
 )
@@ -82,6 +83,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     # Last: these cover every log group and alarm the tiers above added.
     keys.encrypt_every_log_group(t, operations_key)
     alarms.create_dashboard(t)
+    settings.create_refusal_alarm(t, fleet.log_groups["system"], alerts)
     _outputs(t, p, cdn, outgoing_mail, version_parameters, alerts)
     return t
 

@@ -264,7 +264,8 @@ load_stack_env() {
   SETTINGS_PATH=${SETTINGS_PATH:-}
   SETTINGS_SECRET_ARN=${SETTINGS_SECRET_ARN:-}
   if settings_enabled; then
-    require_stack_env SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES SETTINGS_RESERVED_NAMES
+    require_stack_env SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES SETTINGS_RESERVED_NAMES \
+      SETTINGS_FAILURE
   fi
   local key
   for key in TARGET_KEEP_ALIVE_SECONDS BOOT_DATABASE_WAIT_SECONDS BOOT_HEALTH_WAIT_SECONDS; do
@@ -621,7 +622,8 @@ apply_settings() {
     log "no settings source in stack.env"
     return 0
   fi
-  render_settings "$SETTINGS_FILE" || fail "Mastodon's other settings: $SETTINGS_REFUSAL"
+  # SETTINGS_FAILURE (templates/settings.py): the refusal alarm counts this line in the system log.
+  render_settings "$SETTINGS_FILE" || fail "$SETTINGS_FAILURE: $SETTINGS_REFUSAL"
 }
 
 pull_images() {

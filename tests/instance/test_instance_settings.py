@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from templates.settings import MAX_SETTINGS
+from templates.settings import MAX_SETTINGS, SETTINGS_FAILURE
 from tests.instance.instance_harness import APP_SECRET, APP_SECRET_ARN, stub_key
 
 SETTINGS_PATH = "/mastodon/mastodon-test/settings"
@@ -149,6 +149,10 @@ def test_a_refused_setting_fails_the_boot_naming_it_and_applies_none(bootstrap, 
     (signal,) = run.signals()
     assert signal["status"] == "FAILURE"
     assert f"refused {name}" in run.log
+    # What the refusal alarm's metric filter counts in the shipped log.
+    assert f"FAILED: {SETTINGS_FAILURE}: " in run.log
+    assert any(f"FAILED: {SETTINGS_FAILURE}: " in event["message"]
+               for call in run.calls if call["cmd"] == "aws-log-events" for event in call["events"])
     assert not run.file("/etc/mastodon/settings.env").exists(), "nothing is half-applied"
     assert not started(run), "no container starts with part of the settings"
     seen = everything_seen(run)
@@ -193,4 +197,5 @@ def test_a_source_that_keeps_failing_fails_the_boot_with_the_reason(bootstrap, o
     (signal,) = run.signals()
     assert signal["status"] == "FAILURE"
     assert what in run.log
+    assert f"FAILED: {SETTINGS_FAILURE}: {what}" in run.log
     assert not started(run)

@@ -138,4 +138,32 @@ def test_the_settings_secret_is_priced_only_when_named(template):
     (item,) = [i for i in on.items if i.component == "settings secret"]
     assert item.monthly == 0.40
     assert not [i for i in off.items if i.component == "settings secret"]
-    assert round(on.total - off.total, 2) == 0.40, "Parameter Store's standard parameters cost nothing"
+    # And the refusal alarm ($0.10); Parameter Store's standard parameters cost nothing.
+    assert round(on.total - off.total, 2) == 0.50
+
+
+def test_a_refused_boot_raises_an_alarm_only_while_a_source_is_configured(template):
+    names = (settings.REFUSED_FILTER, settings.REFUSED_ALARM)
+    for name in names:
+        assert template["Resources"][name]["Condition"] == parameters.HAS_ANY_MASTODON_SETTINGS
+    assert template["Conditions"][parameters.HAS_ANY_MASTODON_SETTINGS] == {"Fn::Or": [
+        {"Condition": parameters.HAS_MASTODON_SETTINGS},
+        {"Condition": parameters.HAS_MASTODON_SETTINGS_SECRET}]}
+    log_filter = props(template, settings.REFUSED_FILTER)
+    assert log_filter["LogGroupName"] == {"Ref": "SystemLogs"}
+    # bootstrap.sh fails with "FAILED: <SETTINGS_FAILURE>: ..." (tests/instance/test_instance_settings.py).
+    assert log_filter["FilterPattern"] == f'"FAILED: {settings.SETTINGS_FAILURE}"'
+    (transformation,) = log_filter["MetricTransformations"]
+    alarm = props(template, settings.REFUSED_ALARM)
+    assert (alarm["Namespace"], alarm["MetricName"]) == (
+        transformation["MetricNamespace"], transformation["MetricName"])
+    assert alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]
+    assert (alarm["Statistic"], alarm["ComparisonOperator"], alarm["Threshold"]) == (
+        "Sum", "GreaterThanOrEqualToThreshold", 1)
+
+
+def test_the_alarm_is_priced_only_with_a_source(template):
+    off = estimate(template, {})
+    on = estimate(template, {"MastodonSettings": "true"})
+    alarms = {e: next(i for i in e.items if i.component == "alarms") for e in (off, on)}
+    assert round(alarms[on].monthly - alarms[off].monthly, 2) == 0.10
