@@ -147,6 +147,7 @@ def create_refusal_alarm(t: Template, system_logs: logs.LogGroup, topic: sns.Top
         Threshold=1,
         Period=300,
         EvaluationPeriods=1,
+        DatapointsToAlarm=1,
         TreatMissingData="notBreaching",
         AlarmActions=[Ref(topic)],
         OKActions=[Ref(topic)],

@@ -98,6 +98,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                                      WEB_ACL.replace("global", "regional"), WEB_ACL + "x"]),
     "WafRateLimit": _sizes(100, 2000000000),
     "RollingBatchSize": _sizes(1, 5),
+    "MastodonSettings": _choices(["true", "false"], ["True", "yes", ""]),
+    "MastodonSettingsSecretArn": (
+        ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mastodon-settings-AbC123"],
+        ["mastodon-settings", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+         "arn:aws:ssm:eu-west-1:123456789012:parameter/mastodon/x/settings"]),
 }
 
 

@@ -138,7 +138,8 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
         assert refs(user_data) <= {
             "AWS::StackName", "AWS::Region", "DomainName", "DeployedVersionParameter", "AppSecret",
             "Database", "Cache", "MediaBucket", "SmtpServer", "SmtpPort", "SmtpLogin", "MailFromAddress",
-            "SmtpPasswordSecretArn", "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
+            "SmtpPasswordSecretArn", "MastodonSettingsSecretArn",
+            "WebLogs", "StreamingLogs", "SidekiqLogs", "SystemLogs",
             "WebMaxSize", "CloudFrontPrefixList", "DatabaseInstanceClass",
             "WebTargetGroup", "StreamingTargetGroup",
         }
