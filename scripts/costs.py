@@ -288,6 +288,11 @@ class _Counter:
                  + stored * float(self.prices["logs_storage_gb_month"]))
 
 
+# The operator's own secret of Mastodon's other settings (templates/settings.py): it bills
+# like the stack's, whoever created it.
+SETTINGS_SECRET_PARAMETER = "MastodonSettingsSecretArn"  # noqa: S105 (a parameter name, not a secret)
+
+
 def _runs_per_month(expression: str, hours: float) -> float:
     """Runs a month of rate(N minute[s]|hour[s]|day[s]); 0 for anything else (cron counts elsewhere)."""
     parts = expression.removeprefix("rate(").removesuffix(")").split()
@@ -323,6 +328,9 @@ def estimate(template: Mapping[str, Any], given: Mapping[str, str] | None, price
     counter.caches()
     counter.search_domains()
     counter.per_month("AWS::SecretsManager::Secret", "secrets", "secret_month")
+    if values.get(SETTINGS_SECRET_PARAMETER):
+        counter.add("settings secret", "your secret of Mastodon's other settings (read by the servers)",
+                    float(prices["secret_month"]))
     counter.per_month("AWS::KMS::Key", "KMS keys", "kms_key_month")
     counter.alarms()
     counter.custom_metrics()

@@ -67,7 +67,7 @@ from troposphere.policies import (
 )
 
 from lambdas.rollout.names import VERSION_TAG
-from templates import capacity, parameters, policies, sidekiq
+from templates import capacity, parameters, policies, settings, sidekiq
 from templates.data import DATABASE_NAME, DATABASE_USER, Data
 from templates.load_balancing import (
     STREAMING_HEALTH_PATH,
@@ -185,6 +185,7 @@ SERVER_FACTS: dict[str, str] = {
     "ONE_OFF_DB_POOL": str(capacity.ONE_OFF_DB_POOL),
     "TOOTCTL_DB_POOL": str(capacity.TOOTCTL_DB_POOL),
     "IMDS_URL": IMDS_URL,
+    **settings.SERVER_FACTS,
 }
 PROCESS_LOGS = ("web", "streaming", "sidekiq", "system")
 
@@ -251,6 +252,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
     }
     web_role, worker_role, queue_role = _server_roles(
         t, p, load_balancing, data, secrets, versions, log_groups)
+    settings.create_settings_access(t, p, [web_role, worker_role, queue_role])
     web_profile = t.add_resource(iam.InstanceProfile("WebServerInstanceProfile", Roles=[Ref(web_role)]))
     worker_profile = t.add_resource(iam.InstanceProfile("ServerInstanceProfile", Roles=[Ref(worker_role)]))
     queue_profile = t.add_resource(iam.InstanceProfile(
@@ -288,6 +290,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "SMTP_FROM_ADDRESS": mail.from_address,
             "SMTP_LOGIN": mail.login,
             "SMTP_PASSWORD_SECRET_ARN": Ref(p.smtp_password_secret),
+            **settings.stack_env(p),
             **{f"LOG_GROUP_{name.upper()}": Ref(group_) for name, group_ in log_groups.items()},
             "MAX_CONNECTIONS": FindInMap(parameters.DATABASE_CONNECTIONS_MAP,
                                          Ref(p.database_class), "MaxConnections"),

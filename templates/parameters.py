@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Equals, FindInMap, Not, Or, Parameter, Ref, Template
+from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Template
 
 from templates import capacity, sidekiq
 
@@ -26,6 +26,7 @@ GROUP_QUEUE_WORKERS = "Sidekiq queue workers (optional)"
 GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
 GROUP_CACHE_SPLIT = "Redis for growth (optional)"
 GROUP_SEARCH = "Full-text search (optional)"
+GROUP_SETTINGS = "Mastodon's other settings (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -52,6 +53,9 @@ HAS_SEARCH = "HasSearch"
 SEARCH_ZONE_AWARE = "SearchZoneAware"
 SEARCH_LARGE_CLUSTER = "SearchLargeCluster"
 SEARCH_CREATES_SERVICE_ROLE = "SearchCreatesServiceLinkedRole"
+HAS_MASTODON_SETTINGS = "HasMastodonSettings"
+HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
+HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -176,6 +180,8 @@ class Parameters:
     search_instance_count: Parameter
     search_volume_size: Parameter
     search_service_role: Parameter
+    mastodon_settings: Parameter
+    mastodon_settings_secret: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -406,6 +412,21 @@ def create_parameters(t: Template) -> Parameters:
             AllowedValues=list(CACHE_REPLICA_MODES),
         )),
         **_search_parameters(t),
+        mastodon_settings=add_parameter(t, GROUP_SETTINGS, "Read settings from Parameter Store", Parameter(
+            "MastodonSettings", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="true: every server gives Mastodon each SSM parameter directly under "
+            "/mastodon/<stack name>/settings/ (String, or SecureString with the aws/ssm key) as an "
+            "environment variable named after it, e.g. .../settings/HCAPTCHA_SITE_KEY. Read at boot "
+            "and by every rollout; README, \"Mastodon's other settings\".",
+        )),
+        mastodon_settings_secret=add_parameter(t, GROUP_SETTINGS, "Secret settings (secret ARN)", Parameter(
+            "MastodonSettingsSecretArn", Type="String", Default="",
+            Description="ARN of a Secrets Manager secret whose value is a JSON object of secret "
+            "settings, e.g. {\"HCAPTCHA_SECRET_KEY\": \"...\"}, encrypted with the default "
+            "aws/secretsmanager key. Empty: none.",
+            AllowedPattern=SECRET_ARN_PATTERN,
+            ConstraintDescription="empty, or a Secrets Manager secret ARN",
+        )),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -632,6 +653,10 @@ def _add_conditions(t: Template, p: Parameters) -> None:
         Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_instance_count), "6")))
     t.add_condition(SEARCH_CREATES_SERVICE_ROLE, And(
         Equals(Ref(p.search_enabled), "true"), Equals(Ref(p.search_service_role), "true")))
+    t.add_condition(HAS_MASTODON_SETTINGS, Equals(Ref(p.mastodon_settings), "true"))
+    t.add_condition(HAS_MASTODON_SETTINGS_SECRET, Not(Equals(Ref(p.mastodon_settings_secret), "")))
+    t.add_condition(HAS_ANY_MASTODON_SETTINGS, Or(
+        Condition(HAS_MASTODON_SETTINGS), Condition(HAS_MASTODON_SETTINGS_SECRET)))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

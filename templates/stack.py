@@ -27,6 +27,7 @@ from templates.pipeline import create_pipeline
 from templates.scaling import create_queue_worker_scaling, create_web_scaling
 from templates.search import create_search, create_search_alarms
 from templates.secrets import create_secrets
+from templates.settings import create_refusal_alarm
 from templates.versions import Versions, create_versions
 from templates.waf import create_waf_conditions, create_web_acl
 
@@ -85,6 +86,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     # Last: these cover every log group and alarm the tiers above added.
     encrypt_every_log_group(t, operations_key)
     create_dashboard(t)
+    create_refusal_alarm(t, compute.log_groups["system"], alerts)
     _outputs(t, p, edge, mail, versions, alerts)
     return t
 

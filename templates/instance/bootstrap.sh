@@ -25,7 +25,6 @@ LOG_NAME=bootstrap
   exit 1
 }
 
-UNIT_DIR="$ROOT/etc/systemd/system"
 LOG_FILE="$ROOT/var/log/mastodon-bootstrap.log"
 MEMINFO_FILE=${MEMINFO_FILE:-/proc/meminfo}
 SWAPS_FILE=${SWAPS_FILE:-/proc/swaps}
@@ -279,6 +278,12 @@ load_stack_env() {
   CACHE_REDIS_PORT=${CACHE_REDIS_PORT:-}
   if [ -n "$CACHE_REDIS_HOST" ] && ! [[ $CACHE_REDIS_PORT =~ ^[1-9][0-9]*$ ]]; then
     fail "CACHE_REDIS_PORT must be a port number with CACHE_REDIS_HOST, not '$CACHE_REDIS_PORT'"
+  fi
+  SETTINGS_PATH=${SETTINGS_PATH:-}
+  SETTINGS_SECRET_ARN=${SETTINGS_SECRET_ARN:-}
+  if settings_enabled; then
+    require_stack_env SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES SETTINGS_RESERVED_NAMES \
+      SETTINGS_FAILURE
   fi
   local key
   # Options of issue 13 (absent from stack.env when off).
@@ -609,7 +614,11 @@ size_pools() {
 write_unit() {
   # write_unit NAME DESCRIPTION LOG_GROUP IMAGE DOCKER_OPTIONS [COMMAND]
   # Without a COMMAND the image's own CMD runs.
-  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=${6:-}
+  local name=$1 description=$2 log_group=$3 image=$4 options=$5 command=${6:-} settings_file=""
+  # Mastodon's other settings, when the stack has a source of them (apply_settings).
+  if settings_enabled; then
+    settings_file=" --env-file $RUNTIME_SETTINGS_FILE"
+  fi
   cat >"$UNIT_DIR/$name.service" <<EOF
 [Unit]
 Description=$description
@@ -621,7 +630,7 @@ Wants=network-online.target
 EnvironmentFile=$RUNTIME_VERSION_FILE
 ExecStartPre=-$DOCKER rm -f $name
 ExecStart=$DOCKER run --rm --name $name --network host \\
-  --env-file $RUNTIME_ENV_FILE \\
+  --env-file $RUNTIME_ENV_FILE$settings_file \\
   --log-driver awslogs \\
   --log-opt awslogs-region=$AWS_REGION \\
   --log-opt awslogs-group=$log_group \\
@@ -856,6 +865,20 @@ start_queue_metrics() {
   systemctl daemon-reload
   systemctl enable --now "$QUEUE_METRICS_UNIT.timer" || fail "systemctl could not start $QUEUE_METRICS_UNIT.timer"
   log "publishing Sidekiq's queue metrics to $METRICS_NAMESPACE every minute"
+}
+
+# Mastodon's other settings (templates/settings.py): read and checked after the units, whose
+# -e options are among the names the stack owns. A refused or unreadable setting fails the
+# boot with the reason; nothing starts with part of them.
+apply_settings() {
+  step "read Mastodon's other settings"
+  if ! settings_enabled; then
+    rm -f "$SETTINGS_FILE"
+    log "no settings source in stack.env"
+    return 0
+  fi
+  # SETTINGS_FAILURE (templates/settings.py): the refusal alarm counts this line in the system log.
+  render_settings "$SETTINGS_FILE" || fail "$SETTINGS_FAILURE: $SETTINGS_REFUSAL"
 }
 
 pull_images() {
@@ -1109,6 +1132,7 @@ main() {
   # The secrets are in their files now; nothing later needs them in memory.
   unset SECRET
   write_units
+  apply_settings
   pull_images
   if [ "$ROLE" = worker ]; then
     initialize_database

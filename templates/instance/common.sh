@@ -28,6 +28,11 @@ RUNTIME_ENV_FILE="$RUNTIME_ETC_DIR/mastodon.env"
 ENV_FILE="$ROOT$RUNTIME_ENV_FILE"
 RUNTIME_VERSION_FILE="$RUNTIME_ETC_DIR/version.env"
 VERSION_FILE="$ROOT$RUNTIME_VERSION_FILE"
+# Mastodon's other settings (templates/settings.py), rendered by render_settings: a second
+# env file beside mastodon.env, present only while stack.env names a source.
+RUNTIME_SETTINGS_FILE="$RUNTIME_ETC_DIR/settings.env"
+SETTINGS_FILE="$ROOT$RUNTIME_SETTINGS_FILE"
+UNIT_DIR="$ROOT/etc/systemd/system"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 
 # Logs go to stderr, so that a function's stdout stays its result.
@@ -161,6 +166,128 @@ one_off() {
     shift
   done
   [ "$#" -eq 0 ] || shift
-  "${launch[@]}" run --rm --network host --env-file "$RUNTIME_ENV_FILE" -e DB_POOL="$pool" \
+  local -a settings=()
+  [ ! -f "$SETTINGS_FILE" ] || settings=(--env-file "$RUNTIME_SETTINGS_FILE")
+  "${launch[@]}" run --rm --network host --env-file "$RUNTIME_ENV_FILE" "${settings[@]}" -e DB_POOL="$pool" \
     "${direct[@]}" "${docker_options[@]}" "$image" "$@"
 }
+
+# --- Mastodon's other settings -------------------------------------------------------
+
+# Succeeds when stack.env names a source of settings (a Parameter Store path, a secret).
+settings_enabled() {
+  [ -n "${SETTINGS_PATH:-}" ] || [ -n "${SETTINGS_SECRET_ARN:-}" ]
+}
+
+read_settings_parameters() {
+  aws ssm get-parameters-by-path --region "$AWS_REGION" --path "$SETTINGS_PATH" --no-recursive \
+    --with-decryption --output json
+}
+
+read_settings_secret() {
+  aws secretsmanager get-secret-value --region "$AWS_REGION" --secret-id "$SETTINGS_SECRET_ARN" --output json
+}
+
+# render_settings FILE: reads the settings (each source with retry), checks every name and
+# value, and only when all pass writes them to FILE (0600, replaced at once). Otherwise it
+# logs each refusal (names only, never a value), leaves FILE as it was and fails. The
+# variables the stack writes itself (mastodon.env, the units' -e options) and the rule of
+# stack.env (SETTINGS_*: templates/settings.py) are never overridden.
+render_settings() {
+  local file=$1 parameters='{"Parameters": []}' secret='{"SecretString": "{}"}' tmp output
+  SETTINGS_REFUSAL=""
+  if [ -n "${SETTINGS_PATH:-}" ]; then
+    parameters=$(retry read_settings_parameters) || {
+      SETTINGS_REFUSAL="cannot read the settings under $SETTINGS_PATH from Parameter Store"
+      log "$SETTINGS_REFUSAL"
+      return 1
+    }
+  fi
+  if [ -n "${SETTINGS_SECRET_ARN:-}" ]; then
+    secret=$(retry read_settings_secret) || {
+      SETTINGS_REFUSAL="cannot read the settings secret $SETTINGS_SECRET_ARN"
+      log "$SETTINGS_REFUSAL"
+      return 1
+    }
+  fi
+  mkdir -p "$(dirname "$file")"
+  tmp=$(umask 077 && mktemp "$(dirname "$file")/.settings.env.XXXXXX")
+  # Both documents travel on stdin (a secret never goes on a command line).
+  if ! output=$(printf '%s\0%s' "$parameters" "$secret" | python3 -c "$SETTINGS_CHECK" "$tmp" "$ENV_FILE" \
+    "$SETTINGS_NAME_PATTERN" "$SETTINGS_MAX" "$SETTINGS_OWNED_PREFIXES" "$SETTINGS_RESERVED_NAMES" \
+    "$UNIT_DIR"/mastodon-*.service 2>&1); then
+    rm -f "$tmp"
+    local line
+    while IFS= read -r line; do
+      log "$line"
+    done <<<"$output"
+    # For a one-line reason (the rollout quotes the last line): names only, never a value.
+    SETTINGS_REFUSAL=$(printf '%s' "$output" | tr -s ' \n' ' ')
+    return 1
+  fi
+  chmod 0600 "$tmp"
+  mv -f "$tmp" "$file"
+  log "$output"
+}
+
+# argv: FILE ENV_FILE NAME_PATTERN MAX OWNED_PREFIXES RESERVED_NAMES UNIT_FILE...; stdin:
+# GetParametersByPath's answer, NUL, GetSecretValue's. Prints one line a refusal, or
+# the names accepted.
+SETTINGS_CHECK='
+import json, re, sys
+out, env_file, pattern, limit, prefixes, reserved = sys.argv[1:7]
+units = sys.argv[7:]
+parameters_doc, _, secret_doc = sys.stdin.read().partition("\0")
+owned = set(reserved.split())
+for path in [env_file] + units:
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError:
+        continue
+    if path == env_file:
+        owned.update(line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    else:
+        owned.update(re.findall(r"(?:^|\s)-e ([A-Za-z_][A-Za-z0-9_]*)=", text))
+settings, errors = [], []
+try:
+    for parameter in json.loads(parameters_doc).get("Parameters", []):
+        settings.append((parameter["Name"].rsplit("/", 1)[-1], parameter.get("Value", ""), "parameter " + parameter["Name"]))
+except (ValueError, KeyError, AttributeError, TypeError):
+    errors.append("the settings parameters are not a GetParametersByPath answer")
+try:
+    secret = json.loads(json.loads(secret_doc)["SecretString"])
+except (ValueError, KeyError, TypeError):
+    secret = None
+if not isinstance(secret, dict):
+    errors.append("the settings secret is not a JSON object of NAME: value")
+    secret = {}
+for name, value in secret.items():
+    settings.append((name, value, "the settings secret"))
+if len(settings) > int(limit):
+    errors.append("%d settings, more than the %s allowed" % (len(settings), limit))
+seen = {}
+for name, value, source in settings:
+    shown = name[:100] if re.fullmatch(r"[A-Za-z0-9_.-]+", name) else repr(name[:100])
+    shown += "..." if len(name) > 100 else ""
+    if not re.fullmatch(pattern, name):
+        errors.append("refused %s (%s): a name must match %s" % (shown, source, pattern))
+    elif name in owned or name.startswith(tuple(prefixes.split())):
+        errors.append("refused %s (%s): the stack sets it itself" % (shown, source))
+    elif name in seen:
+        errors.append("refused %s (%s): also set by %s" % (shown, source, seen[name]))
+    elif not isinstance(value, str):
+        errors.append("refused %s (%s): the value must be a string" % (shown, source))
+    elif "\n" in value or "\r" in value or "\0" in value:
+        errors.append("refused %s (%s): the value has a line break, which an env file cannot carry" % (shown, source))
+    seen.setdefault(name, source)
+if errors:
+    print("settings refused, none applied:")
+    print("\n".join("  " + e for e in errors))
+    sys.exit(1)
+with open(out, "w", encoding="utf-8") as f:
+    f.write("# Rendered by render_settings (common.sh); rewritten at boot and by every deploy.\n")
+    for name, value, _ in sorted(settings):
+        f.write("%s=%s\n" % (name, value))
+print("settings: %s" % (", ".join(sorted(n for n, _, _ in settings)) or "none"))
+'
+

@@ -8,6 +8,14 @@
 #                                  while the server still serves): nothing else changes
 #   deploy.sh migrate pre vX.Y.Z   db:migrate with SKIP_POST_DEPLOYMENT_MIGRATIONS=true
 #   deploy.sh migrate post vX.Y.Z  the full db:migrate (worker only, like pre)
+#   deploy.sh settings             read Mastodon's other settings again (templates/settings.py);
+#                                  if they changed, restart the role's units with them, wait
+#                                  for local health, and put the previous ones back if not
+#
+# A deploy reads the settings again too: changed ones restart the units even when the
+# version is the one that runs. Refused settings stop a deploy to another version before
+# it changes anything; a deploy of the version that runs (a rollback) keeps the settings
+# in use and says so.
 #
 # Prints what it did; on failure exits non-zero with the reason as the last line of
 # stderr (the rollout quotes it). One deploy at a time per server (flock), so a
@@ -40,7 +48,7 @@ RETRY_ATTEMPTS=${DEPLOY_RETRY_ATTEMPTS:-4}
 RETRY_BACKOFF=${DEPLOY_RETRY_BACKOFF:-5}
 LOCK_TIMEOUT=${DEPLOY_LOCK_TIMEOUT:-1800}
 
-usage() { fail "usage: deploy.sh deploy|pull vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z" 2; }
+usage() { fail "usage: deploy.sh deploy|pull vX.Y.Z | deploy.sh migrate pre|post vX.Y.Z | deploy.sh settings" 2; }
 
 load_stack_env() {
   [ -r "$STACK_ENV_FILE" ] || fail "$STACK_ENV_FILE is missing: is this a Mastodon server?"
@@ -56,7 +64,14 @@ load_stack_env() {
   fi
   require_stack_env RELEASE_TAG_PATTERN WEB_PORT WEB_HEALTH_PATH STREAMING_PORT STREAMING_HEALTH_PATH \
     ONE_OFF_DB_POOL
+  if settings_enabled; then
+    require_stack_env AWS_REGION SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES \
+      SETTINGS_RESERVED_NAMES
+  fi
 }
+
+# The settings as they are now, rendered beside the ones in use.
+NEXT_SETTINGS_FILE="$ETC_DIR/.settings.env.next"
 
 healthy_now() {
   if [ "$ROLE" = web ]; then
@@ -116,11 +131,28 @@ deploy() {
   local images=("$MASTODON_IMAGE:$version")
   [ "$ROLE" = web ] && images+=("$STREAMING_IMAGE:$version")
   pull_with_room "${images[@]}"
-  if [ "$previous" = "$version" ] && healthy_now; then
+  local settings_changed=false
+  if settings_enabled; then
+    if render_settings "$NEXT_SETTINGS_FILE"; then
+      cmp -s "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE" || settings_changed=true
+    elif [ "$previous" = "$version" ]; then
+      # A rollback or a repair: what runs stays as it was.
+      log "keeping the settings in use on $version: $SETTINGS_REFUSAL"
+    else
+      fail "not deploying $version: Mastodon's other settings: $SETTINGS_REFUSAL; nothing changed"
+    fi
+  fi
+  if [ "$previous" = "$version" ] && [ "$settings_changed" = false ] && healthy_now; then
+    rm -f "$NEXT_SETTINGS_FILE"
     log "already running $version and healthy; nothing to restart"
     echo "deployed $version on $ROLE (unchanged)"
     return 0
   fi
+  if [ "$settings_changed" = true ]; then
+    mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
+    log "Mastodon's other settings changed; the units restart with them"
+  fi
+  rm -f "$NEXT_SETTINGS_FILE"
   local tmp
   tmp=$(mktemp "$ETC_DIR/.version.env.XXXXXX")
   printf 'MASTODON_VERSION=%s\n' "$version" >"$tmp"
@@ -159,7 +191,47 @@ migrate() {
   echo "migrated ($phase) to $version"
 }
 
+# Applies changed settings on this server without a new version: restart, wait for health,
+# and if the units do not turn healthy put the previous settings back and restart again.
+apply_settings() {
+  settings_enabled || fail "this stack names no settings source: set MastodonSettings or MastodonSettingsSecretArn (a stack update)"
+  render_settings "$NEXT_SETTINGS_FILE" || fail "Mastodon's other settings: $SETTINGS_REFUSAL; nothing changed"
+  if cmp -s "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"; then
+    rm -f "$NEXT_SETTINGS_FILE"
+    echo "settings unchanged on $ROLE; nothing restarted"
+    return 0
+  fi
+  local backup="$ETC_DIR/.settings.env.previous" version
+  version=$(current_version)
+  if [ -f "$SETTINGS_FILE" ]; then
+    cp -p "$SETTINGS_FILE" "$backup"
+  else
+    : >"$backup"
+  fi
+  mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
+  log "Mastodon's other settings changed; restarting ${UNITS[*]}"
+  if systemctl restart "${UNITS[@]}" && (wait_for_health "$version with the new settings"); then
+    rm -f "$backup"
+    echo "applied the settings on $ROLE ($version)"
+    return 0
+  fi
+  log "the new settings left ${UNITS[*]} unhealthy; putting the previous ones back"
+  mv -f "$backup" "$SETTINGS_FILE"
+  systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with the previous settings"
+  wait_for_health "$version with the previous settings"
+  fail "the new settings left ${UNITS[*]} unhealthy; the previous ones run again"
+}
+
 main() {
+  if [ "${1:-}" = settings ]; then
+    [ $# -eq 1 ] || usage
+    load_stack_env
+    mkdir -p "$(dirname "$LOCK_FILE")"
+    exec 9>"$LOCK_FILE"
+    flock -w "$LOCK_TIMEOUT" 9 || fail "another deploy held the lock for ${LOCK_TIMEOUT}s"
+    apply_settings
+    return 0
+  fi
   [ $# -ge 2 ] || usage
   local mode=$1 version=${*: -1}
   [ "$mode" != migrate ] || [ "$2" = pre ] || [ "$2" = post ] || usage

@@ -102,6 +102,9 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "SMTP_FROM_ADDRESS": "notifications@social.example.com",
         "SMTP_LOGIN": "",
         "SMTP_PASSWORD_SECRET_ARN": "",
+        # Mastodon's other settings: off unless a test names a source.
+        "SETTINGS_PATH": "",
+        "SETTINGS_SECRET_ARN": "",
         "LOG_GROUP_WEB": "/mastodon-test/web",
         "LOG_GROUP_STREAMING": "/mastodon-test/streaming",
         "LOG_GROUP_SIDEKIQ": "/mastodon-test/sidekiq",

@@ -32,7 +32,23 @@ setting() { cat "$STUB_DIR/$1" 2>/dev/null || printf '%s' "$2"; }
 
 case $name in
   aws)
+    # fail-SERVICE-OPERATION holds how many calls fail next (throttled) and, on a second
+    # line, the error code (ThrottlingException unless told); fail-SERVICE-OPERATION@TARGET
+    # only the calls for one --secret-id or --path.
+    failures="$STUB_DIR/fail-$1-$2"
+    target=$(option --secret-id "$@" || option --path "$@" || true)
+    [ -z "$target" ] || [ ! -s "$failures@$(key "$target")" ] || failures="$failures@$(key "$target")"
+    if [ -s "$failures" ] && [ "$(head -n 1 "$failures")" -gt 0 ]; then
+      code=$(sed -n 2p "$failures")
+      sed -i "1s/.*/$(($(head -n 1 "$failures") - 1))/" "$failures"
+      echo "An error occurred (${code:-ThrottlingException}) when calling the $2 operation: Rate exceeded" >&2
+      exit 254
+    fi
     case "$1 $2" in
+      "ssm get-parameters-by-path")
+        file="$STUB_DIR/parameters-by-path-$(key "$(option --path "$@")").json"
+        if [ -f "$file" ]; then cat "$file"; else echo '{"Parameters": []}'; fi
+        ;;
       "secretsmanager get-secret-value")
         file="$STUB_DIR/secret-$(key "$(option --secret-id "$@")").json"
         [ -f "$file" ] || { echo "An error occurred (ResourceNotFoundException) when calling the GetSecretValue operation" >&2; exit 254; }

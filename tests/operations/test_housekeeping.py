@@ -27,6 +27,7 @@ PROGRAMS = [
     ("scripts.publish", "scripts/publish.py", ["--bucket", "b", "--region", "us-east-1"]),
     ("scripts.tootctl", "scripts/tootctl.py", ["mastodon", "media", "usage"]),
     ("scripts.rollout", "scripts/rollout.py", ["mastodon", "status"]),
+    ("scripts.settings", "scripts/settings.py", ["mastodon", "apply"]),
     ("scripts.check", "scripts/check.py", ["--stack-name", "mastodon"]),
 ]
 

@@ -26,7 +26,7 @@ README = (REPO / "README.md").read_text()
 REGION = "eu-central-1"
 SCRIPTS = {"build.py": "build", "scripts/deploy.py": "scripts.deploy",
            "scripts/publish.py": "scripts.publish", "scripts/tootctl.py": "scripts.tootctl",
-           "scripts/rollout.py": "scripts.rollout"}
+           "scripts/rollout.py": "scripts.rollout", "scripts/settings.py": "scripts.settings"}
 # Scripts that work without a region (the build) or take several (publishing).
 NO_REGION = {"build.py", "scripts/publish.py"}
 

@@ -131,6 +131,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "SearchInstanceCount": _choices(["1", "2", "4", "6"], ["0", "3", "5", "8"]),
     "SearchVolumeSize": _choices(["10", "1000"], ["9", "15", "1001"]),
     "SearchCreateServiceLinkedRole": _choices(["true", "false"], ["yes", "False"]),
+    "MastodonSettings": _choices(["true", "false"], ["True", "yes", ""]),
+    "MastodonSettingsSecretArn": (
+        ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mastodon-settings-AbC123"],
+        ["mastodon-settings", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
+         "arn:aws:ssm:eu-west-1:123456789012:parameter/mastodon/x/settings"]),
 }
 
 
