@@ -138,7 +138,7 @@ def test_the_readme_states_todays_totals(template):
     assert f"**${estimate(template, UseSpotInstances='true').total:.2f}**" in readme
 
 
-@pytest.mark.parametrize("name", ["production", "staging"])
+@pytest.mark.parametrize("name", ["production", "staging", "medium", "large"])
 def test_the_readme_states_what_each_example_file_costs(template, name):
     # The file's values as build.py --parameters prices them; README cannot drift from them.
     path = PRICES.parent.parent / "parameters" / f"{name}.json"
@@ -183,3 +183,25 @@ def test_search_is_itemised_by_nodes_and_storage_and_absent_by_default(template)
     # Its alarms bill too: red, yellow (two nodes), storage, failed index creation.
     assert on.component("alarms") - estimate(template).component("alarms") == pytest.approx(
         4 * TABLE["alarm_month"], abs=0.001)
+
+
+def _profile(name):
+    path = PRICES.parent.parent / "parameters" / f"{name}.json"
+    return {p["ParameterKey"]: p["ParameterValue"] for p in json.loads(path.read_text())}
+
+
+def test_the_large_profile_itemises_every_growth_option_it_turns_on(template):
+    result = estimate(template, **_profile("large"))
+    details = [item.detail for item in result.items]
+    assert any(d.startswith("DatabaseReplica:") for d in details), details
+    assert any(d.startswith("RailsCache:") for d in details), details
+    assert any(d.startswith("Cache: 2 ×") for d in details), "the failover replica doubles the Sidekiq Redis"
+    assert result.component("search") > 0 and result.component("search storage") > 0
+    assert result.component("custom metrics") > 0  # the queue metrics
+    assert any(i.component.startswith("queueworker") and i.monthly > 0 for i in result.items)
+
+
+def test_the_profiles_grow_in_price_from_the_default(template):
+    totals = [estimate(template).total] + [estimate(template, **_profile(n)).total
+                                           for n in ("production", "medium", "large")]
+    assert totals == sorted(totals) and len(set(totals)) == 4

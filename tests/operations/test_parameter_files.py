@@ -13,8 +13,8 @@ from scripts import parameter_files
 FILES = sorted((Path(__file__).resolve().parents[2] / "parameters").glob("*.json"))
 
 
-def test_there_is_a_production_and_a_staging_file():
-    assert {"production", "staging"} <= {f.stem for f in FILES}
+def test_there_are_the_example_and_growth_profile_files():
+    assert {"production", "staging", "medium", "large"} <= {f.stem for f in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -26,7 +26,10 @@ def test_every_parameter_file_fits_the_template(template, path):
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_cfn_lint_finds_nothing_with_the_parameter_file(template, path):
-    values = parameter_files.read(path)
+    values: dict[str, object] = dict(parameter_files.read(path))
+    for name, value in values.items():  # the CLI's "a,b" is the list cfn-lint expects
+        if template["Parameters"][name]["Type"] == "CommaDelimitedList":
+            values[name] = str(value).split(",")
     matches = lint(json.dumps(template), config=ManualArgs(regions=["us-east-1"], parameters=[values]))
     assert [f"{m.rule.id} {m.message}" for m in matches] == []
 

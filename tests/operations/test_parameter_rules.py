@@ -138,7 +138,7 @@ def test_build_refuses_to_price_a_file_whose_minimum_exceeds_its_maximum(tmp_pat
     assert "WebMinSizeAtMostMaxSize" in result.stderr and "total" not in result.stdout
 
 
-@pytest.mark.parametrize("name", ["production", "staging"])
+@pytest.mark.parametrize("name", ["production", "staging", "medium", "large"])
 def test_the_unedited_example_files_are_named_as_such(name):
     warnings = parameter_files.example_values(parameter_files.read(REPO / "parameters" / f"{name}.json"))
     assert any(w.startswith("DomainName=") for w in warnings)

@@ -132,7 +132,7 @@ def estimate(template: dict[str, Any], path: Path) -> costs.Estimate:
     return costs.estimate(template, parameter_files.load(path, template, prices["region"]), prices)
 
 
-@pytest.mark.parametrize("name", ["production", "staging"])
+@pytest.mark.parametrize("name", ["production", "staging", "medium", "large"])
 def test_the_readme_states_what_each_example_file_costs(template, name):
     total = estimate(template, REPO / "parameters" / f"{name}.json").total
     stated = re.search(rf"`parameters/{name}\.json`[^*`]*\*\*\$([0-9.]+)/month\*\*", README)
