@@ -109,9 +109,10 @@ class Result:
 class World:
     web: int = 2
     batch: int = 1
-    # The queue workers' group (templates: the queue option): its size; None: the stack has
-    # none (the rollout's config says queue_group "").
-    queue: int | None = 0
+    # The queue workers' group (templates: the queue option): its size, 0 for an empty
+    # group; None (the default, as the option is off by default): the stack has none
+    # (the rollout's config says queue_group "").
+    queue: int | None = None
     timing: Timing = field(default_factory=Timing)
     clock: float = START
     versions: dict[str, str] = field(default_factory=dict)  # what each server really runs

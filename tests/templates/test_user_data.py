@@ -137,9 +137,10 @@ def test_user_data_passes_every_setting_the_instance_scripts_require(template):
 
 
 def test_user_data_passes_shellcheck(template, tmp_path):
-    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
+    values = {k: "x" for role in ("web", "worker", "queue") for k in stack_env(role)}
+    for name in ("WebLaunchTemplate", "WorkerLaunchTemplate", "QueueWorkerLaunchTemplate"):
         script = tmp_path / f"{name}.sh"
-        script.write_text(user_data_text(template, name, {k: "x" for k in stack_env("web")}))
+        script.write_text(user_data_text(template, name, values))
         for binary in shellchecks():
             result = subprocess.run([binary, str(script)], capture_output=True, text=True, check=False)
             assert result.returncode == 0, f"{binary}: {result.stdout}"
