@@ -155,6 +155,7 @@ one_off() {
     shift
   elif [ "${DB_POOLER:-false}" = true ]; then
     direct=(-e "DB_HOST=$DB_HOST" -e "DB_PORT=$DB_PORT" -e DB_SSLMODE=require)
+    # shellcheck disable=SC2153  # REPLICA_DB_PORT comes from stack.env with REPLICA_DB_HOST
     [ -z "${REPLICA_DB_HOST:-}" ] ||
       direct+=(-e "REPLICA_DB_HOST=$REPLICA_DB_HOST" -e "REPLICA_DB_PORT=$REPLICA_DB_PORT" -e "REPLICA_DB_NAME=$DB_NAME")
   fi
