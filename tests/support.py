@@ -93,3 +93,16 @@ def shellcheck() -> str | None:
     """The first shellcheck at hand (see shellchecks)."""
     found = shellchecks()
     return found[0] if found else None
+
+
+# Every growth option of issue 13 turned on, each at a setting that reaches its widest
+# branch: what the checkov and cfn-lint scans "with all options on" use.
+ALL_OPTIONS_ON = {
+    "QueueWorkerMinSize": "1", "QueueWorkerMaxSize": "4",
+    "SearchEnabled": "true", "SearchInstanceCount": "2",  # zone awareness
+    "SeparateCacheNodeType": "cache.t4g.micro", "CacheReplica": "failover",
+    "DatabasePooler": "true", "DatabaseReplicaClass": "db.t4g.micro",
+    "MastodonSettings": "true",
+    "MastodonSettingsSecretArn":
+        "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-settings-AbC123",
+}

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import ALL_OPTIONS_ON
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Every check the template skips, by resource type, after review. A new skip must be
@@ -66,12 +68,7 @@ def run_checkov(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
 # checkov drops a resource whose Condition is false for the parameters' defaults: the
 # template is scanned again with every option's switch turned on (issue 13), each with a
 # setting that reaches its widest branch.
-OPTIONS_ON = {
-    "QueueWorkerMinSize": "1", "QueueWorkerMaxSize": "4",
-    "SearchEnabled": "true", "SearchInstanceCount": "2",  # zone awareness
-    "SeparateCacheNodeType": "cache.t4g.micro", "CacheReplica": "failover",
-    "DatabasePooler": "true", "DatabaseReplicaClass": "db.t4g.micro",
-}
+OPTIONS_ON = ALL_OPTIONS_ON
 # A resource of each option that checkov must have judged.
 OPTION_RESOURCES = [
     "AWS::OpenSearchService::Domain.SearchDomain",
