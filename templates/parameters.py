@@ -290,9 +290,9 @@ def create_parameters(t: Template) -> Parameters:
         )),
         use_spot=add_parameter(t, GROUP_COMPUTE, "Run servers on spot", Parameter(
             "UseSpotInstances", Type="String", Default="false",
-            Description="true: run the web servers and the worker on spot capacity (about 70% "
-            "cheaper; AWS may reclaim a server with two minutes' notice, and the group replaces "
-            "it). Keep WebMinSize at 2 or more with spot so the site stays up meanwhile.",
+            Description="true: run the web servers, the worker and any queue workers on spot "
+            "capacity (about 70% cheaper; AWS may reclaim a server with two minutes' notice, and "
+            "the group replaces it). Keep WebMinSize at 2 or more with spot so the site stays up meanwhile.",
             AllowedValues=["true", "false"],
         )),
         database_class=add_parameter(t, GROUP_DATA, "Database instance class", Parameter(
