@@ -108,15 +108,17 @@ def alphanumeric(length: int = 32) -> str:
 
 
 # Characters that need no escaping in a URL's user info, a curl config string or an
-# env file, and that OpenSearch counts as special.
+# env file. "_" is a word character (\w), which a rule of "not a letter or a digit"
+# may not count as special: every password holds one of the others.
 PASSWORD_SPECIALS = "-_."  # noqa: S105 (a character set, not a password)
+REQUIRED_SPECIALS = "-."
 
 
 def search_password(length: int = 32) -> str:
     """The OpenSearch internal user's password: 8-128 characters with an upper-case and a
     lower-case letter, a digit and a special character (OpenSearch Service's rule for the
     master user), each guaranteed, in random places."""
-    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, PASSWORD_SPECIALS)
+    classes = (string.ascii_uppercase, string.ascii_lowercase, string.digits, REQUIRED_SPECIALS)
     chars = [secrets.choice(c) for c in classes]
     chars += [secrets.choice(ALPHANUMERIC + PASSWORD_SPECIALS) for _ in range(length - len(chars))]
     for i in range(len(chars) - 1, 0, -1):  # Fisher-Yates with the secrets module's randomness

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from scripts import awscli  # noqa: E402
 from scripts.version import version_action  # noqa: E402
-from templates.compute import DEPLOY_SCRIPT, WEB_GROUP, WORKER_GROUP  # noqa: E402
+from templates.compute import DEPLOY_SCRIPT, QUEUE_GROUP, WEB_GROUP, WORKER_GROUP  # noqa: E402
 from templates.maintenance import RUN_SHELL_SCRIPT  # noqa: E402
 
 RUNNING = {"Pending", "InProgress", "Delayed"}
@@ -40,8 +40,11 @@ APPLY = "apply"
 # A restart waits up to deploy.sh's health timeout (300 s), twice when it puts the previous
 # settings back, behind a deploy that may hold the server's lock.
 COMMAND_TIMEOUT_SECONDS = 1800
-# The worker first: it serves no request, and a setting that breaks Rails shows there.
-GROUPS = (WORKER_GROUP, WEB_GROUP)
+# The worker first: it serves no request, and a setting that breaks Rails shows there; then
+# the queue workers, which serve none either.
+GROUPS = (WORKER_GROUP, QUEUE_GROUP, WEB_GROUP)
+# Groups that exist only while their option is on (QueueWorkers): absent ones are skipped.
+OPTIONAL_GROUPS = {QUEUE_GROUP}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -58,7 +61,12 @@ def servers(stack: str, region: str | None, where: str) -> list[tuple[str, str]]
     """(group's logical ID, instance) of every server in service, in the order they are asked."""
     found = []
     for logical_id in GROUPS:
-        group = awscli.stack_resource(stack, logical_id, region, where)
+        try:
+            group = awscli.stack_resource(stack, logical_id, region, where)
+        except awscli.AwsError as error:
+            if logical_id in OPTIONAL_GROUPS and f"Resource {logical_id} does not exist" in str(error):
+                continue  # the option is off: the stack has no such group
+            raise
         answer = awscli.run(["autoscaling", "describe-auto-scaling-groups", "--auto-scaling-group-names",
                              group], region)
         found += sorted((logical_id, i["InstanceId"]) for g in answer["AutoScalingGroups"]

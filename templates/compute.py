@@ -549,11 +549,21 @@ def _server_roles(t: Template, p: Parameters, load_balancing: LoadBalancing, dat
         Statement(Effect=Allow, Resource=["*"], Action=[
             awacs_autoscaling.DescribeAutoScalingInstances, awacs_elb.DescribeTargetHealth]),
     ]
+    # Queue workers only: a failed boot marks its server Unhealthy (bootstrap.sh
+    # mark_unhealthy), in the queue group of this stack only, found as the web hook's is.
+    queue_health = Statement(
+        Effect=Allow, Action=[awacs_autoscaling.SetInstanceHealth],
+        Resource=[Sub("arn:${AWS::Partition}:autoscaling:${AWS::Region}:${AWS::AccountId}:"
+                      "autoScalingGroup:*:autoScalingGroupName/*")],
+        Condition=Condition(StringEquals({
+            f"autoscaling:ResourceTag/{CLOUDFORMATION_STACK_TAG}": Ref("AWS::StackId"),
+            f"autoscaling:ResourceTag/{CLOUDFORMATION_LOGICAL_ID_TAG}": QUEUE_GROUP,
+        })))
     return (
         policies.service_role(t, WEB_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", [*statements, *launch]),
         policies.service_role(t, WORKER_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", statements),
-        policies.service_role(t, QUEUE_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon", statements,
-                              condition=parameters.HAS_QUEUE_WORKERS),
+        policies.service_role(t, QUEUE_SERVER_ROLE, "ec2.amazonaws.com", "Mastodon",
+                              [*statements, queue_health], condition=parameters.HAS_QUEUE_WORKERS),
     )
 
 

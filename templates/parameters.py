@@ -523,7 +523,8 @@ def _search_parameters(t: Template) -> dict[str, Parameter]:
             Description="true: create AWSServiceRoleForAmazonOpenSearchService, which a domain in a "
             "VPC needs. false if the account has it already (any earlier OpenSearch domain made it; "
             "check with aws iam get-role --role-name AWSServiceRoleForAmazonOpenSearchService): "
-            "creating it twice fails the stack. The stack never deletes it.",
+            "creating it twice fails the stack. The stack never deletes it: set false when turning "
+            "search on again after turning it off.",
             AllowedValues=["true", "false"],
         )),
     }

@@ -46,6 +46,11 @@ OWNED_PREFIXES = (
     "DB_", "REPLICA_DB_", "REDIS_", "CACHE_REDIS_", "SIDEKIQ_REDIS_", "ES_", "S3_", "SMTP_",
     "ACTIVE_RECORD_ENCRYPTION_", "VAPID_", "AWS_", "BUNDLE_", "GEM_", "RUBY",
 )
+# The URL forms of what the stack owns, each of which overrides the parts the stack writes:
+# Mastodon's config/database.yml merges DATABASE_URL over DB_* and REPLICA_DATABASE_URL alone
+# turns a replica on; REDIS_URL, SIDEKIQ_REDIS_URL and CACHE_REDIS_URL replace the Redis the
+# stack gives each use (config/redis.yml). Reserved whether or not a prefix covers them.
+OWNED_URLS = ("DATABASE_URL", "REPLICA_DATABASE_URL", "REDIS_URL", "SIDEKIQ_REDIS_URL", "CACHE_REDIS_URL")
 # Names never taken from the settings, whether or not the stack writes them in this
 # configuration. RAILS_ENV, NODE_ENV, PORT, BIND and SOCKET cannot come from a dotenv file
 # (Mastodon docs, admin/config.md); LOCAL_DOMAIN and WEB_DOMAIN can never change after
@@ -58,7 +63,7 @@ RESERVED_NAMES = (
     "SECRET_KEY_BASE", "OTP_SECRET", "TRUSTED_PROXY_IP", "DB_POOL", "WEB_CONCURRENCY", "MAX_THREADS",
     "SIDEKIQ_CONCURRENCY", "STREAMING_CLUSTER_NUM", "PERSISTENT_TIMEOUT", "NODE_OPTIONS",
     "MASTODON_KEEP_ALIVE_SECONDS", "SKIP_POST_DEPLOYMENT_MIGRATIONS", "PREPARED_STATEMENTS",
-    "PATH", "HOME", "LD_PRELOAD", "LD_LIBRARY_PATH",
+    "PATH", "HOME", "LD_PRELOAD", "LD_LIBRARY_PATH", *OWNED_URLS,
 )
 
 # A server that refuses its settings fails its boot with "FAILED: <SETTINGS_FAILURE>: <why>"

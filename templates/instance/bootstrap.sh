@@ -195,6 +195,9 @@ on_exit() {
     if [ "${ROLE:-}" = web ] && [ -n "${LAUNCH_HOOK:-}" ] && [ "$INSTANCE_ID" != unknown ]; then
       complete_launch ABANDON || log "could not abandon the launch; Auto Scaling does when the hook times out"
     fi
+    if [ "${ROLE:-}" = queue ] && [ -n "${AWS_REGION:-}" ] && [ "$INSTANCE_ID" != unknown ]; then
+      mark_unhealthy || log "could not mark this server Unhealthy; it stays in service with nothing running"
+    fi
   fi
   ship_log
   exec >&- 2>&-
@@ -1033,6 +1036,15 @@ complete_launch() {
     >/dev/null && return 0
   # A completion whose answer was lost is refused when retried: the state tells.
   answer=$(retry launch_state) && read -r group state <<<"$answer" && [ "$state" != Pending:Wait ]
+}
+
+# A queue worker has no launch hook and its group checks EC2 health only: a failed boot
+# would stay InService with nothing running. Marked Unhealthy, it is replaced now; the
+# grace period is not respected, since it would hold the mark back for the whole boot.
+mark_unhealthy() {
+  log "marking this server Unhealthy so that Auto Scaling replaces it"
+  retry aws autoscaling set-instance-health --region "$AWS_REGION" --instance-id "$INSTANCE_ID" \
+    --health-status Unhealthy --no-should-respect-grace-period >/dev/null
 }
 
 let_launch_continue() {

@@ -72,6 +72,11 @@ load_stack_env() {
 
 # The settings as they are now, rendered beside the ones in use.
 NEXT_SETTINGS_FILE="$ETC_DIR/.settings.env.next"
+# Settings a deploy of a new version applied and that left the server unhealthy, beside the
+# version that failed with them: the rollout's put-back of the version before keeps the
+# settings that ran with it instead of rendering the failed ones again.
+FAILED_SETTINGS_FILE="$ETC_DIR/.settings.env.failed"
+FAILED_VERSION_FILE="$ETC_DIR/.settings.env.failed-version"
 
 healthy_now() {
   if [ "$ROLE" = web ]; then
@@ -135,6 +140,13 @@ deploy() {
   if settings_enabled; then
     if render_settings "$NEXT_SETTINGS_FILE"; then
       cmp -s "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE" || settings_changed=true
+      if [ "$settings_changed" = true ] && [ -f "$FAILED_SETTINGS_FILE" ] &&
+        cmp -s "$NEXT_SETTINGS_FILE" "$FAILED_SETTINGS_FILE" &&
+        [ "$(cat "$FAILED_VERSION_FILE" 2>/dev/null)" != "$version" ]; then
+        # A put-back after the deploy of another version failed with these settings.
+        log "keeping the settings in use on $version: the current ones left the server unhealthy with $(cat "$FAILED_VERSION_FILE")"
+        settings_changed=false
+      fi
     elif [ "$previous" = "$version" ]; then
       # A rollback or a repair: what runs stays as it was.
       log "keeping the settings in use on $version: $SETTINGS_REFUSAL"
@@ -148,7 +160,13 @@ deploy() {
     echo "deployed $version on $ROLE (unchanged)"
     return 0
   fi
+  local backup="$ETC_DIR/.settings.env.previous"
   if [ "$settings_changed" = true ]; then
+    if [ -f "$SETTINGS_FILE" ]; then
+      cp -p "$SETTINGS_FILE" "$backup"
+    else
+      : >"$backup"
+    fi
     mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
     log "Mastodon's other settings changed; the units restart with them"
   fi
@@ -159,8 +177,20 @@ deploy() {
   chmod 0644 "$tmp"
   mv -f "$tmp" "$VERSION_FILE"
   log "version.env: ${previous:-none} -> $version; restarting ${UNITS[*]}"
-  systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
-  wait_for_health "$version"
+  if [ "$settings_changed" = true ]; then
+    if ! systemctl restart "${UNITS[@]}" || ! (wait_for_health "$version with the new settings"); then
+      # The put-back of the previous version must not render these settings again.
+      cp -p "$SETTINGS_FILE" "$FAILED_SETTINGS_FILE"
+      printf '%s\n' "$version" >"$FAILED_VERSION_FILE"
+      mv -f "$backup" "$SETTINGS_FILE"
+      fail "${UNITS[*]} not healthy with $version and the new settings; the previous settings are back for the put-back of ${previous:-the version before}"
+    fi
+  else
+    systemctl restart "${UNITS[@]}" || fail "systemctl could not restart ${UNITS[*]} with $version"
+    wait_for_health "$version"
+  fi
+  # New settings that ran healthy replace any record of failed ones; a put-back keeps it.
+  [ "$settings_changed" = false ] || rm -f "$backup" "$FAILED_SETTINGS_FILE" "$FAILED_VERSION_FILE"
   remove_old_images "$version" "$previous"
   echo "deployed $version on $ROLE (was ${previous:-none})"
 }

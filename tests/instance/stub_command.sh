@@ -281,7 +281,9 @@ case $name in
         fi
         ;;
       *)
-        if [ "$(setting health ok)" != ok ]; then
+        # unhealthy_with holds a line that, found in settings.env, leaves the server unhealthy.
+        if [ "$(setting health ok)" != ok ] || { [ -s "$STUB_DIR/unhealthy_with" ] &&
+          grep -qxF "$(cat "$STUB_DIR/unhealthy_with")" "$MASTODON_ROOT/etc/mastodon/settings.env" 2>/dev/null; }; then
           echo "curl: (7) Failed to connect to $url" >&2
           exit 7
         fi

@@ -58,6 +58,25 @@ def test_a_queue_worker_whose_sidekiq_keeps_restarting_signals_failure(bootstrap
     assert [(s["resource"], s["status"]) for s in run.signals()] == [("QueueWorkerGroup", "FAILURE")]
 
 
+def test_a_queue_worker_whose_boot_fails_marks_itself_unhealthy_at_once(bootstrap):
+    # No launch hook and EC2 health checks: without the mark it would stay InService idle.
+    run = bootstrap("queue", stack=QUEUE_ON, db_state="empty")
+    assert run.returncode != 0
+    [call] = run.commands("aws", "autoscaling", "set-instance-health")
+    assert call[call.index("--health-status") + 1] == "Unhealthy"
+    assert "--no-should-respect-grace-period" in call, "the boot failed: the grace period must not hold it"
+
+
+@pytest.mark.parametrize(("role", "stub"), [
+    ("queue", {}),
+    ("worker", {"sidekiq": "restarting", "env": {"BOOTSTRAP_WORKER_STABLE_SECONDS": "1"}}),
+])
+def test_only_a_queue_worker_whose_boot_failed_marks_itself(bootstrap, role, stub):
+    run = bootstrap(role, stack=QUEUE_ON, **stub)
+    assert (run.returncode == 0) is (role == "queue"), run.log
+    assert not run.commands("aws", "autoscaling", "set-instance-health")
+
+
 def test_the_default_worker_runs_every_queue_as_before(worker_run):
     command = sidekiq_command(worker_run)
     assert queue_options(command) == [], "no -q: sidekiq.yml's list, scheduler included"

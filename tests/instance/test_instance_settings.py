@@ -139,6 +139,9 @@ REFUSED = [
     ("the proxies the stack trusts", {"TRUSTED_PROXY_IP": "0.0.0.0/0"}, {}, "TRUSTED_PROXY_IP"),
     ("in both sources", {"DEEPL_API_KEY": "plain"}, {"DEEPL_API_KEY": "deepl-twice-4c4c4c4c"},
      "DEEPL_API_KEY"),
+    # The URL forms of what the stack owns (database.yml merges them over DB_*).
+    *((f"the URL form {url}", {}, {url: "postgres://u:p@elsewhere/db"}, url)
+      for url in ("DATABASE_URL", "REPLICA_DATABASE_URL", "SIDEKIQ_REDIS_URL", "CACHE_REDIS_URL")),
 ]
 
 

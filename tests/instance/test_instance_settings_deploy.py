@@ -132,6 +132,29 @@ def test_a_rollback_to_the_version_that_runs_keeps_the_settings_in_use_when_new_
     assert not restarts(calls)
 
 
+def test_a_put_back_after_new_settings_failed_health_runs_the_previous_settings(tmp_path):
+    # The rollout deploys NEW, which fails health with BAD=1, then puts OLD back while the
+    # source still holds BAD=1: OLD must come back on the settings it ran with.
+    bad = {"SINGLE_USER_MODE": "false", "BAD": "1"}
+    proc, calls = deploy(tmp_path, "web", "deploy", NEW, plain=bad, unhealthy_with="BAD=1")
+    assert proc.returncode != 0
+    assert "the previous settings are back" in last_line(proc)
+    assert settings(tmp_path) == SETTINGS_IN_USE
+
+    proc, calls = deploy(tmp_path, "web", "deploy", OLD, plain=bad, unhealthy_with="BAD=1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"deployed {OLD} on web (was {NEW})" in proc.stdout
+    assert settings(tmp_path) == SETTINGS_IN_USE
+    assert version(tmp_path) == f"MASTODON_VERSION={OLD}\n"
+    assert restarts(calls) == [["systemctl", "restart", "mastodon-web", "mastodon-streaming"]]
+
+    # Deploying NEW again still tries the settings (they may have been right, NEW wrong).
+    (tmp_path / "stub/unhealthy_with").unlink()
+    proc, _ = deploy(tmp_path, "web", "deploy", NEW, plain=bad)
+    assert proc.returncode == 0, proc.stderr
+    assert "BAD=1" in settings(tmp_path)
+
+
 def test_a_name_a_unit_sets_is_refused_even_if_no_list_names_it(tmp_path):
     # Owned names are read from what the stack wrote: a new -e option of a unit counts.
     proc, _ = deploy(tmp_path, "web", "deploy", NEW, plain={"PUMA_NEW_KNOB": "2"})

@@ -125,6 +125,15 @@ def test_a_search_password_of_eight_still_has_every_kind_of_character() -> None:
         assert all(re.search(k, password) for k in (r"[A-Z]", r"[a-z]", r"[0-9]", r"[-_.]"))
 
 
+def test_every_search_password_has_a_special_that_is_not_a_word_character() -> None:
+    # "_" alone would leave ~14% of the passwords without a character outside \w.
+    for length in (8, 32):
+        for _ in range(1000):
+            password = app_secrets.search_password(length)
+            assert re.search(r"[^A-Za-z0-9_]", password), password
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+", password), password
+
+
 def test_existing_values_are_never_regenerated() -> None:
     complete = app_secrets.missing_values({})
     assert app_secrets.missing_values(complete) == {}

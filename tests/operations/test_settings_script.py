@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from templates.compute import DEPLOY_SCRIPT, WEB_GROUP, WORKER_GROUP
+from templates.compute import DEPLOY_SCRIPT, QUEUE_GROUP, WEB_GROUP, WORKER_GROUP
 from tests.operations.conftest import client, run_script
 
 
@@ -27,19 +27,23 @@ def group(size: int, subnet: str) -> dict:
 
 @pytest.fixture
 def fleet(aws_env, stack_name) -> dict[str, list[str]]:
-    """A stack in moto with one worker and two web servers; their instance ids by group."""
+    """A stack in moto with one worker and two web servers (no queue workers: the option is
+    off); their instance ids by group."""
+    return make_fleet(stack_name, {WORKER_GROUP: 1, WEB_GROUP: 2})
+
+
+def make_fleet(stack_name: str, sizes: dict[str, int]) -> dict[str, list[str]]:
     image_id = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     vpc = client("ec2").create_vpc(CidrBlock="10.2.0.0/16")["Vpc"]["VpcId"]
     subnet = client("ec2").create_subnet(VpcId=vpc, CidrBlock="10.2.0.0/24")["Subnet"]["SubnetId"]
     body = {"Resources": {
         "ServerLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
             "LaunchTemplateData": {"ImageId": image_id, "InstanceType": "t4g.small"}}},
-        WORKER_GROUP: group(1, subnet),
-        WEB_GROUP: group(2, subnet),
+        **{logical_id: group(size, subnet) for logical_id, size in sizes.items()},
     }}
     client("cloudformation").create_stack(StackName=stack_name, TemplateBody=json.dumps(body))
     found = {}
-    for logical_id in (WORKER_GROUP, WEB_GROUP):
+    for logical_id in sizes:
         name = client("cloudformation").describe_stack_resource(
             StackName=stack_name, LogicalResourceId=logical_id)["StackResourceDetail"]["PhysicalResourceId"]
         (described,) = client("autoscaling").describe_auto_scaling_groups(
@@ -84,6 +88,14 @@ def test_apply_asks_the_worker_first_then_each_web_server_once(aws_env, fleet, s
     assert result.returncode == 0, result.stderr
     assert asked == fleet[WORKER_GROUP] + fleet[WEB_GROUP]
     assert "runs the current settings" in result.stdout
+
+
+def test_the_queue_workers_are_asked_too_when_the_stack_has_them(aws_env, servers_answer, stack_name):
+    queue_fleet = make_fleet(stack_name, {WORKER_GROUP: 1, QUEUE_GROUP: 2, WEB_GROUP: 1})
+    asked, _ = servers_answer
+    result = run_script("settings.py", "--poll", "0.05", stack_name, "apply", env=aws_env)
+    assert result.returncode == 0, result.stderr
+    assert asked == queue_fleet[WORKER_GROUP] + queue_fleet[QUEUE_GROUP] + queue_fleet[WEB_GROUP]
 
 
 def test_the_first_failure_stops_apply_and_names_the_reason_and_who_was_not_asked(

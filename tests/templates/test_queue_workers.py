@@ -128,9 +128,19 @@ def test_only_the_main_worker_may_publish_metrics_and_only_in_the_stacks_namespa
         assert "cloudwatch:PutMetricData" not in json.dumps(props(template, role))
 
 
-def test_queue_workers_read_what_the_worker_reads_and_nothing_more(template):
-    worker = props(template, compute.WORKER_SERVER_ROLE)["Policies"]
-    assert props(template, compute.QUEUE_SERVER_ROLE)["Policies"] == worker
+def test_queue_workers_read_what_the_worker_reads_and_may_only_mark_their_own_group_unhealthy(template):
+    [worker] = props(template, compute.WORKER_SERVER_ROLE)["Policies"]
+    [queue] = props(template, compute.QUEUE_SERVER_ROLE)["Policies"]
+    *same, health = queue["PolicyDocument"]["Statement"]
+    assert same == worker["PolicyDocument"]["Statement"]
+    # A failed boot marks its own server Unhealthy (bootstrap.sh): only in this stack's queue group.
+    assert health["Action"] == ["autoscaling:SetInstanceHealth"]
+    assert health["Condition"] == {"StringEquals": {
+        "autoscaling:ResourceTag/aws:cloudformation:stack-id": {"Ref": "AWS::StackId"},
+        "autoscaling:ResourceTag/aws:cloudformation:logical-id": compute.QUEUE_GROUP,
+    }}
+    for role in (compute.WEB_SERVER_ROLE, compute.WORKER_SERVER_ROLE):
+        assert "SetInstanceHealth" not in json.dumps(props(template, role))
 
 
 def test_the_group_scales_out_fast_and_in_slowly_on_its_queues_latency(template):

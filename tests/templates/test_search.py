@@ -189,6 +189,14 @@ def test_the_service_linked_role_is_created_only_when_asked_and_never_deleted(te
     assert (tags["mastodon:service-linked-role"] == {"Ref": SEARCH_SERVICE_ROLE}) is (create == "true")
 
 
+def test_turning_search_on_again_is_said_to_need_the_service_role_left_out(template):
+    # The role is retained when search is turned off, so creating it again would fail.
+    description = " ".join(template["Parameters"]["SearchCreateServiceLinkedRole"]["Description"].split())
+    assert "false when turning search on again" in description
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "set it to `false` when turning search on again after turning it off" in readme
+
+
 def test_turning_search_on_runs_the_secret_function_again_to_add_the_password(template):
     props = template["Resources"]["AppSecretValues"]["Properties"]
     assert props["SearchEnabled"] == {"Fn::If": ["HasSearch", "true", {"Ref": "AWS::NoValue"}]}
