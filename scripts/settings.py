@@ -24,16 +24,11 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from scripts import awscli  # noqa: E402
-from scripts.version import version_action  # noqa: E402
-from templates.compute import DEPLOY_SCRIPT, QUEUE_GROUP, WEB_GROUP, WORKER_GROUP  # noqa: E402
-from templates.maintenance import RUN_SHELL_SCRIPT  # noqa: E402
+from scripts import awscli
+from scripts.version import version_action
+from templates.compute import DEPLOY_SCRIPT, QUEUE_GROUP, WEB_GROUP, WORKER_GROUP
+from templates.maintenance import RUN_SHELL_SCRIPT
 
 RUNNING = {"Pending", "InProgress", "Delayed"}
 APPLY = "apply"
