@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from templates.compute import DEPLOY_SCRIPT, WEB_GROUP, WORKER_GROUP
-from tests.operations.conftest import client, run_script
+from tests.operations.conftest import client, launch_template_and_subnet, run_script
 
 
 @pytest.fixture
@@ -28,12 +28,9 @@ def group(size: int, subnet: str) -> dict:
 @pytest.fixture
 def fleet(aws_env, stack_name) -> dict[str, list[str]]:
     """A stack in moto with one worker and two web servers; their instance ids by group."""
-    image_id = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    vpc = client("ec2").create_vpc(CidrBlock="10.2.0.0/16")["Vpc"]["VpcId"]
-    subnet = client("ec2").create_subnet(VpcId=vpc, CidrBlock="10.2.0.0/24")["Subnet"]["SubnetId"]
+    template, subnet = launch_template_and_subnet("10.2.0.0/16", "10.2.0.0/24")
     body = {"Resources": {
-        "ServerLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
-            "LaunchTemplateData": {"ImageId": image_id, "InstanceType": "t4g.small"}}},
+        "ServerLaunchTemplate": template,
         WORKER_GROUP: group(1, subnet),
         WEB_GROUP: group(2, subnet),
     }}
