@@ -94,14 +94,9 @@ def create_queue_worker_scaling(t: Template, p: Parameters, compute: Compute) ->
     def step_policy(title: str, steps: list[autoscaling.StepAdjustments],
                     **properties: object) -> autoscaling.ScalingPolicy:
         return t.add_resource(autoscaling.ScalingPolicy(
-            title,
-            Condition=parameters.HAS_QUEUE_WORKERS,
-            AutoScalingGroupName=group,
-            PolicyType="StepScaling",
-            AdjustmentType="ChangeInCapacity",
-            MetricAggregationType="Maximum",
-            StepAdjustments=steps,
-            **properties,
+            title, Condition=parameters.HAS_QUEUE_WORKERS, AutoScalingGroupName=group,
+            PolicyType="StepScaling", AdjustmentType="ChangeInCapacity", MetricAggregationType="Maximum",
+            StepAdjustments=steps, **properties,
         ))
 
     out = step_policy(
