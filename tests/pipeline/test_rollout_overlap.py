@@ -175,10 +175,7 @@ def guard(world: World, seen: list[tuple[list[str], list[str]]]) -> None:
 
 
 def test_a_rollout_overlaps_drains_with_settling_and_keeps_capacity(fleet):
-    world = fleet(web=3, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+    world, seen = guarded_overlap(fleet, web=3)
     world.set_desired(NEW)
     succeeded(world, world.roll())
     assert seen, "no batch drained while another settled"
@@ -187,10 +184,7 @@ def test_a_rollout_overlaps_drains_with_settling_and_keeps_capacity(fleet):
 
 
 def test_two_servers_at_batch_one_never_overlap(fleet):
-    world = fleet(web=2, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+    world, seen = guarded_overlap(fleet, web=2)
     world.set_desired(NEW)
     succeeded(world, world.roll())
     assert not seen, f"the only settled server was taken out: {seen}"
@@ -198,9 +192,9 @@ def test_two_servers_at_batch_one_never_overlap(fleet):
 
 
 
-def guarded_overlap(fleet) -> tuple[World, list[tuple[list[str], list[str]]]]:
-    """Four web servers with the overlap's timing, watched and guarded; the overlaps seen."""
-    world = fleet(web=4, timing=OVERLAP)
+def guarded_overlap(fleet, web: int = 4) -> tuple[World, list[tuple[list[str], list[str]]]]:
+    """`web` servers with the overlap's timing, watched and guarded; the overlaps seen."""
+    world = fleet(web=web, timing=OVERLAP)
     watch(world)
     seen: list[tuple[list[str], list[str]]] = []
     guard(world, seen)
