@@ -32,6 +32,7 @@ from templates import parameters
 from templates.alerting import LOGGED_FAILURE, topic_alarm
 from templates.options import STACK_PREFIX
 from templates.parameters import Parameters
+from templates.sidekiq import METRICS_NAMESPACE
 
 # The Parameter Store path whose children are settings (a Sub template). No trailing
 # slash: GetParametersByPath is authorized against the path as requested (Systems Manager
@@ -126,7 +127,7 @@ def create_refusal_alarm(t: Template, system_logs: logs.LogGroup, topic: sns.Top
     Not on the stack's dashboard: the dashboard exists in every stack, and may not name an
     alarm that exists only with an option.
     """
-    namespace = Sub("Mastodon/${AWS::StackName}")
+    namespace = METRICS_NAMESPACE  # the stack's one custom-metrics namespace
     t.add_resource(logs.MetricFilter(
         REFUSED_FILTER,
         Condition=parameters.HAS_ANY_MASTODON_SETTINGS,
