@@ -13,7 +13,13 @@ from cfnlint.api import ManualArgs, lint
 
 from scripts import costs, parameter_files
 from templates import parameters, settings
-from templates.compute import WEB_LAUNCH_TEMPLATE, WEB_SERVER_ROLE, WORKER_LAUNCH_TEMPLATE, WORKER_SERVER_ROLE
+from templates.compute import (
+    QUEUE_SERVER_ROLE,
+    WEB_LAUNCH_TEMPLATE,
+    WEB_SERVER_ROLE,
+    WORKER_LAUNCH_TEMPLATE,
+    WORKER_SERVER_ROLE,
+)
 from tests.support import props
 
 PRODUCTION = Path(__file__).resolve().parents[2] / "parameters" / "production.json"
@@ -44,6 +50,11 @@ def test_each_grant_exists_only_while_its_option_is_on(template):
         assert "MastodonSettingsSecretArn" not in text
 
 
+# The queue workers' role exists only with the option, so the grants name it only then.
+QUEUE_ROLE_WHILE_ON = {
+    "Fn::If": [parameters.HAS_QUEUE_WORKERS, {"Ref": QUEUE_SERVER_ROLE}, {"Ref": "AWS::NoValue"}]}
+
+
 def test_the_servers_read_exactly_the_settings_path(template):
     document = props(template, settings.READ_PARAMETERS_POLICY)["PolicyDocument"]
     (statement,) = document["Statement"]
@@ -52,7 +63,7 @@ def test_the_servers_read_exactly_the_settings_path(template):
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                     "/mastodon/${AWS::StackName}/settings"}]
     assert props(template, settings.READ_PARAMETERS_POLICY)["Roles"] == [
-        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}]
+        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_ON]
 
 
 def test_the_servers_read_exactly_the_secret_named(template):
@@ -61,7 +72,7 @@ def test_the_servers_read_exactly_the_secret_named(template):
     assert statement["Action"] == ["secretsmanager:GetSecretValue"]
     assert statement["Resource"] == [{"Ref": "MastodonSettingsSecretArn"}]
     assert props(template, settings.READ_SECRET_POLICY)["Roles"] == [
-        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}]
+        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_ON]
 
 
 def stack_env_value(template: dict, launch_template: str, key: str):
