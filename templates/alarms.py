@@ -21,7 +21,6 @@ states), so it always shows the same thing the e-mails are about; an option's al
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from troposphere import (
@@ -39,6 +38,7 @@ from troposphere import (
 )
 
 from templates import capacity, parameters, sidekiq
+from templates.alerting import Threshold, topic_alarm
 from templates.compute import Compute
 from templates.data import Data
 from templates.load_balancing import LoadBalancing
@@ -74,42 +74,19 @@ REPLICA_LAG_ALARM = "DatabaseReplicaLagAlarm"
 WORKER_GROUP_METRICS = ["GroupInServiceInstances", "GroupDesiredCapacity"]
 
 
-@dataclass(frozen=True)
-class Threshold:
-    """An alarm's trigger: statistic over `period` seconds, `datapoints` of `evaluations`."""
-
-    statistic: str
-    comparison: str
-    threshold: object
-    period: int
-    evaluations: int
-    datapoints: int
-    missing_data: str = "notBreaching"
-
-
 def _alarm(t: Template, name: str, topic: sns.Topic, summary: str, advice: str, namespace: str,
            metric: str, dimensions: dict[str, object], trigger: Threshold,
            after: list[str] | None = None) -> cloudwatch.Alarm:
-    return t.add_resource(cloudwatch.Alarm(
-        name,
+    return topic_alarm(
+        t, name, topic, summary, f"{summary}. {advice}",
         # Only created once `after` exists: an alarm that counts a missing metric as
         # breaching would otherwise fire while the first servers boot.
         **({"DependsOn": after} if after else {}),
-        AlarmName=Sub(f"${{AWS::StackName}} {summary}"),
-        AlarmDescription=f"{summary}. {advice}",
         Namespace=namespace,
         MetricName=metric,
         Dimensions=[cloudwatch.MetricDimension(Name=k, Value=v) for k, v in dimensions.items()],
-        Statistic=trigger.statistic,
-        ComparisonOperator=trigger.comparison,
-        Threshold=trigger.threshold,
-        Period=trigger.period,
-        EvaluationPeriods=trigger.evaluations,
-        DatapointsToAlarm=trigger.datapoints,
-        TreatMissingData=trigger.missing_data,
-        AlarmActions=[Ref(topic)],
-        OKActions=[Ref(topic)],
-    ))
+        **trigger.properties(),
+    )
 
 
 def database_thresholds() -> dict[str, dict[str, str]]:

@@ -61,27 +61,21 @@ def create_network(t: Template, p: Parameters, zones_code: str) -> Network:
     # The data subnets share a route table with only the implicit local route.
     data_routes = t.add_resource(ec2.RouteTable("DataRouteTable", VpcId=Ref(vpc)))
 
-    public, data = [], []
-    for zone, (public_cidr, data_cidr) in enumerate(zip(PUBLIC_SUBNET_CIDRS, DATA_SUBNET_CIDRS, strict=True)):
-        letter = ZONE_LETTERS[zone]
-        subnet = t.add_resource(ec2.Subnet(
-            f"PublicSubnet{letter}", VpcId=Ref(vpc), CidrBlock=public_cidr,
+    def subnet(kind: str, zone: int, cidr: str, routes: ec2.RouteTable) -> ec2.Subnet:
+        """The zone's subnet of one kind ("Public" or "Data"), on the kind's route table."""
+        title = f"{kind}Subnet{ZONE_LETTERS[zone]}"
+        created = t.add_resource(ec2.Subnet(
+            title, VpcId=Ref(vpc), CidrBlock=cidr,
             AvailabilityZone=GetAtt(zones, f"Zone{zone + 1}"), MapPublicIpOnLaunch=False,
-            Tags=Tags(Name=f"mastodon-public-{letter.lower()}"),
+            Tags=Tags(Name=f"mastodon-{kind.lower()}-{ZONE_LETTERS[zone].lower()}"),
         ))
         t.add_resource(ec2.SubnetRouteTableAssociation(
-            f"PublicSubnet{letter}Routes", SubnetId=Ref(subnet), RouteTableId=Ref(public_routes),
+            f"{title}Routes", SubnetId=Ref(created), RouteTableId=Ref(routes),
         ))
-        public.append(subnet)
-        subnet = t.add_resource(ec2.Subnet(
-            f"DataSubnet{letter}", VpcId=Ref(vpc), CidrBlock=data_cidr,
-            AvailabilityZone=GetAtt(zones, f"Zone{zone + 1}"), MapPublicIpOnLaunch=False,
-            Tags=Tags(Name=f"mastodon-data-{letter.lower()}"),
-        ))
-        t.add_resource(ec2.SubnetRouteTableAssociation(
-            f"DataSubnet{letter}Routes", SubnetId=Ref(subnet), RouteTableId=Ref(data_routes),
-        ))
-        data.append(subnet)
+        return created
+
+    public = [subnet("Public", zone, cidr, public_routes) for zone, cidr in enumerate(PUBLIC_SUBNET_CIDRS)]
+    data = [subnet("Data", zone, cidr, data_routes) for zone, cidr in enumerate(DATA_SUBNET_CIDRS)]
     return Network(vpc=vpc, public_subnets=public, data_subnets=data)
 
 

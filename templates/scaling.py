@@ -90,32 +90,29 @@ SCALE_IN_MINUTES = 15
 
 def create_queue_worker_scaling(t: Template, p: Parameters, compute: Compute) -> list[cloudwatch.Alarm]:
     group = Ref(compute.queue_group)
-    out = t.add_resource(autoscaling.ScalingPolicy(
+
+    def step_policy(title: str, steps: list[autoscaling.StepAdjustments],
+                    **properties: object) -> autoscaling.ScalingPolicy:
+        return t.add_resource(autoscaling.ScalingPolicy(
+            title, Condition=parameters.HAS_QUEUE_WORKERS, AutoScalingGroupName=group,
+            PolicyType="StepScaling", AdjustmentType="ChangeInCapacity", MetricAggregationType="Maximum",
+            StepAdjustments=steps, **properties,
+        ))
+
+    out = step_policy(
         QUEUE_SCALE_OUT_POLICY,
-        Condition=parameters.HAS_QUEUE_WORKERS,
-        AutoScalingGroupName=group,
-        PolicyType="StepScaling",
-        AdjustmentType="ChangeInCapacity",
-        MetricAggregationType="Maximum",
-        # A new queue worker takes jobs once it has booted: count it from then on.
-        EstimatedInstanceWarmup=INSTANCE_WARMUP_SECONDS,
-        StepAdjustments=[
+        [
             autoscaling.StepAdjustments(MetricIntervalLowerBound=0,
                                         MetricIntervalUpperBound=SCALE_OUT_FAST_SECONDS - SCALE_OUT_SECONDS,
                                         ScalingAdjustment=1),
             autoscaling.StepAdjustments(MetricIntervalLowerBound=SCALE_OUT_FAST_SECONDS - SCALE_OUT_SECONDS,
                                         ScalingAdjustment=2),
         ],
-    ))
-    scale_in = t.add_resource(autoscaling.ScalingPolicy(
-        QUEUE_SCALE_IN_POLICY,
-        Condition=parameters.HAS_QUEUE_WORKERS,
-        AutoScalingGroupName=group,
-        PolicyType="StepScaling",
-        AdjustmentType="ChangeInCapacity",
-        MetricAggregationType="Maximum",
-        StepAdjustments=[autoscaling.StepAdjustments(MetricIntervalUpperBound=0, ScalingAdjustment=-1)],
-    ))
+        # A new queue worker takes jobs once it has booted: count it from then on.
+        EstimatedInstanceWarmup=INSTANCE_WARMUP_SECONDS,
+    )
+    scale_in = step_policy(QUEUE_SCALE_IN_POLICY, [
+        autoscaling.StepAdjustments(MetricIntervalUpperBound=0, ScalingAdjustment=-1)])
     return [
         _latency_alarm(t, QUEUE_SCALE_OUT_ALARM, out, "GreaterThanThreshold", SCALE_OUT_SECONDS,
                        SCALE_OUT_MINUTES, "Sidekiq jobs wait: add a queue worker"),

@@ -37,6 +37,7 @@ from troposphere import (
 )
 
 from templates import parameters
+from templates.alerting import LOGGED_FAILURE, Threshold, topic_alarm
 from templates.network import Network
 from templates.parameters import Parameters
 from templates.secrets import Secrets
@@ -233,17 +234,7 @@ def create_search_alarms(
     ]
 
     def alarm(name: str, summary: str, advice: str, condition: str, **properties: object) -> cloudwatch.Alarm:
-        return t.add_resource(
-            cloudwatch.Alarm(
-                name,
-                Condition=condition,
-                AlarmName=Sub(f"${{AWS::StackName}} {summary}"),
-                AlarmDescription=f"{summary}. {advice}",
-                AlarmActions=[Ref(topic)],
-                OKActions=[Ref(topic)],
-                **properties,
-            )
-        )
+        return topic_alarm(t, name, topic, summary, f"{summary}. {advice}", Condition=condition, **properties)
 
     def status(
         name: str, color: str, summary: str, advice: str, condition: str, minutes: int
@@ -256,13 +247,7 @@ def create_search_alarms(
             Namespace="AWS/ES",
             MetricName=f"ClusterStatus.{color}",
             Dimensions=dimensions,
-            Statistic="Maximum",
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            Threshold=1,
-            Period=60,
-            EvaluationPeriods=minutes,
-            DatapointsToAlarm=minutes,
-            TreatMissingData="notBreaching",
+            **Threshold("Maximum", "GreaterThanOrEqualToThreshold", 1, 60, minutes, minutes).properties(),
         )
 
     t.add_resource(
@@ -343,12 +328,6 @@ def create_search_alarms(
             parameters.HAS_SEARCH,
             Namespace=METRICS_NAMESPACE,
             MetricName=SEARCH_DEPLOY_METRIC,
-            Statistic="Sum",
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            Threshold=1,
-            Period=300,
-            EvaluationPeriods=1,
-            DatapointsToAlarm=1,
-            TreatMissingData="notBreaching",
+            **LOGGED_FAILURE.properties(),
         ),
     ]

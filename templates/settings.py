@@ -29,6 +29,7 @@ from awacs.aws import Allow, PolicyDocument, Statement
 from troposphere import If, Ref, Sub, Template, cloudwatch, iam, logs, sns
 
 from templates import parameters
+from templates.alerting import LOGGED_FAILURE, topic_alarm
 from templates.options import STACK_PREFIX
 from templates.parameters import Parameters
 from templates.sidekiq import METRICS_NAMESPACE  # the stack's one custom-metrics namespace
@@ -105,26 +106,23 @@ def create_settings_access(t: Template, p: Parameters, roles: list[iam.Role]) ->
     A role that exists only under a condition (the queue workers') is named only then."""
     names = [If(r.resource["Condition"], Ref(r), Ref("AWS::NoValue")) if "Condition" in r.resource
              else Ref(r) for r in roles]
-    t.add_resource(iam.PolicyType(
-        READ_PARAMETERS_POLICY,
-        Condition=parameters.HAS_MASTODON_SETTINGS,
-        PolicyName="MastodonSettingsParameters",
-        Roles=names,
-        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[
-            # Only the direct children (the servers never ask recursively), whatever their type.
-            Statement(Effect=Allow, Action=[awacs_ssm.GetParametersByPath], Resource=[settings_path_arn()]),
-        ]),
-    ))
-    t.add_resource(iam.PolicyType(
-        READ_SECRET_POLICY,
-        Condition=parameters.HAS_MASTODON_SETTINGS_SECRET,
-        PolicyName="MastodonSettingsSecret",
-        Roles=names,
-        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[
-            Statement(Effect=Allow, Action=[awacs_sm.GetSecretValue],
-                      Resource=[Ref(p.mastodon_settings_secret)]),
-        ]),
-    ))
+    grants = [
+        # Only the direct children (the servers never ask recursively), whatever their type.
+        (READ_PARAMETERS_POLICY, parameters.HAS_MASTODON_SETTINGS, "MastodonSettingsParameters",
+         awacs_ssm.GetParametersByPath, settings_path_arn()),
+        (READ_SECRET_POLICY, parameters.HAS_MASTODON_SETTINGS_SECRET, "MastodonSettingsSecret",
+         awacs_sm.GetSecretValue, Ref(p.mastodon_settings_secret)),
+    ]
+    for title, condition, policy_name, action, resource in grants:
+        t.add_resource(iam.PolicyType(
+            title,
+            Condition=condition,
+            PolicyName=policy_name,
+            Roles=names,
+            PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[
+                Statement(Effect=Allow, Action=[action], Resource=[resource]),
+            ]),
+        ))
 
 
 def create_refusal_alarm(t: Template, system_logs: logs.LogGroup, topic: sns.Topic) -> cloudwatch.Alarm:
@@ -143,22 +141,13 @@ def create_refusal_alarm(t: Template, system_logs: logs.LogGroup, topic: sns.Top
         MetricTransformations=[logs.MetricTransformation(
             MetricNamespace=namespace, MetricName=REFUSED_METRIC, MetricValue="1", Unit="Count")],
     ))
-    return t.add_resource(cloudwatch.Alarm(
-        REFUSED_ALARM,
-        Condition=parameters.HAS_ANY_MASTODON_SETTINGS,
-        AlarmName=Sub("${AWS::StackName} a server refused Mastodon's other settings"),
-        AlarmDescription="A server failed its boot on Mastodon's other settings (a bad name or value, or "
+    return topic_alarm(
+        t, REFUSED_ALARM, topic, "a server refused Mastodon's other settings",
+        "A server failed its boot on Mastodon's other settings (a bad name or value, or "
         "a source it cannot read): it does not serve. The system log group's bootstrap stream names the "
         "setting; fix it, then run scripts/settings.py STACK apply.",
+        Condition=parameters.HAS_ANY_MASTODON_SETTINGS,
         Namespace=namespace,
         MetricName=REFUSED_METRIC,
-        Statistic="Sum",
-        ComparisonOperator="GreaterThanOrEqualToThreshold",
-        Threshold=1,
-        Period=300,
-        EvaluationPeriods=1,
-        DatapointsToAlarm=1,
-        TreatMissingData="notBreaching",
-        AlarmActions=[Ref(topic)],
-        OKActions=[Ref(topic)],
-    ))
+        **LOGGED_FAILURE.properties(),
+    )

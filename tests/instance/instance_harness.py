@@ -75,6 +75,16 @@ FAST = {
     "BOOTSTRAP_RETRY_BACKOFF": "0",
 }
 
+# deploy.sh's waits, as fast as its overrides allow.
+DEPLOY_FAST = {
+    "DEPLOY_HEALTH_TIMEOUT": "1",
+    "DEPLOY_HEALTH_INTERVAL": "0.05",
+    "DEPLOY_WORKER_STABLE_SECONDS": "0",
+    "DEPLOY_RETRY_ATTEMPTS": "3",
+    "DEPLOY_RETRY_BACKOFF": "0",
+    "DEPLOY_LOCK_TIMEOUT": "2",
+}
+
 
 def stack_env(role: str, **overrides: str) -> dict[str, str]:
     env = {
@@ -333,3 +343,22 @@ def web_run(tmp_path_factory):
 def worker_run(tmp_path_factory):
     """One successful worker boot on a fresh database."""
     return make_runner(tmp_path_factory.mktemp("worker"))("worker", db_state="empty")
+
+
+def write_stack_env(root: Path, role: str, **overrides: str) -> None:
+    """The server's stack.env under `root`, as the template writes it."""
+    (root / "etc/mastodon/stack.env").write_text(
+        "".join(f"{k}='{v}'\n" for k, v in stack_env(role, **overrides).items()))
+
+
+def run_deploy(tmp_path: Path, root: Path, stub_dir: Path, path: list[Path], *args: str,
+               **env: str) -> tuple[subprocess.CompletedProcess[str], list[list[str]]]:
+    """Runs deploy.sh with `path` first on PATH and fast waits (`env` overrides them); returns
+    the process and the stubbed calls, each as its fields."""
+    environment = {"PATH": ":".join([*map(str, path), os.environ["PATH"]]), "HOME": str(tmp_path),
+                   "MASTODON_ROOT": str(root), "STUB_DIR": str(stub_dir), **DEPLOY_FAST, **env}
+    proc = subprocess.run([str(INSTANCE_DIR / "deploy.sh"), *args], env=environment, capture_output=True,
+                          text=True, timeout=30, check=False)
+    log = stub_dir / "calls.log"
+    calls = [line.split("\x1f") for line in log.read_text().splitlines()] if log.exists() else []
+    return proc, calls

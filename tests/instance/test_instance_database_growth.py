@@ -33,24 +33,20 @@ def boot(tmp_path_factory, role: str, **stack: str):
     return make_runner(tmp_path_factory.mktemp(role))(role, db_state=state, stack=stack)
 
 
-@pytest.fixture(scope="module")
-def pooled_web(tmp_path_factory):
-    return boot(tmp_path_factory, "web", **POOLER)
+def booted(name: str, role: str, **stack: str):
+    """A module-scoped fixture `name`: a server of `role` booted once with `stack`."""
+
+    @pytest.fixture(scope="module", name=name)
+    def fixture(tmp_path_factory):
+        return boot(tmp_path_factory, role, **stack)
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def pooled_worker(tmp_path_factory):
-    return boot(tmp_path_factory, "worker", **POOLER, **REPLICA_ENV)
-
-
-@pytest.fixture(scope="module")
-def replicated_web(tmp_path_factory):
-    return boot(tmp_path_factory, "web", **REPLICA_ENV)
-
-
-@pytest.fixture(scope="module")
-def pooled_replicated_web(tmp_path_factory):
-    return boot(tmp_path_factory, "web", **POOLER, **REPLICA_ENV)
+pooled_web = booted("pooled_web", "web", **POOLER)
+pooled_worker = booted("pooled_worker", "worker", **POOLER, **REPLICA_ENV)
+replicated_web = booted("replicated_web", "web", **REPLICA_ENV)
+pooled_replicated_web = booted("pooled_replicated_web", "web", **POOLER, **REPLICA_ENV)
 
 
 def option(args: list[str], name: str) -> str:

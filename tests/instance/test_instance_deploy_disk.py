@@ -6,24 +6,13 @@ call reports is scripted); tests/pipeline/test_deploy_script.py covers the rest 
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
-from tests.instance.instance_harness import INSTANCE_DIR, STUB, stack_env
+from tests.instance.instance_harness import STUB, run_deploy, write_stack_env
 
-SCRIPT = INSTANCE_DIR / "deploy.sh"
 OLDER, OLD, NEW = "v4.5.9", "v4.6.2", "v4.7.6"
 MASTODON, STREAMING = "ghcr.io/mastodon/mastodon", "ghcr.io/mastodon/mastodon-streaming"
 GIB_KIB = 1024 * 1024
-FAST = {
-    "DEPLOY_HEALTH_TIMEOUT": "1",
-    "DEPLOY_HEALTH_INTERVAL": "0.05",
-    "DEPLOY_WORKER_STABLE_SECONDS": "0",
-    "DEPLOY_RETRY_ATTEMPTS": "2",
-    "DEPLOY_RETRY_BACKOFF": "0",
-    "DEPLOY_LOCK_TIMEOUT": "2",
-}
 # A server running OLD that still holds OLDER, and an image an operator pulled by hand.
 ON_DISK = [f"{MASTODON}:{OLDER}", f"{STREAMING}:{OLDER}", f"{MASTODON}:{OLD}", f"{STREAMING}:{OLD}",
            "public.ecr.aws/docker/library/postgres:17", f"{MASTODON}:<none>"]
@@ -33,20 +22,13 @@ def deploy(tmp_path: Path, role: str, *args: str, **settings: str | list[str]):
     root, stubs, bin_dir = tmp_path / "root", tmp_path / "stub", tmp_path / "bin"
     for directory in (root / "etc/mastodon", stubs, bin_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    (root / "etc/mastodon/stack.env").write_text(
-        "".join(f"{k}='{v}'\n" for k, v in stack_env(role).items()))
+    write_stack_env(root, role)
     (root / "etc/mastodon/version.env").write_text(f"MASTODON_VERSION={OLD}\n")
     for name in ("docker", "systemctl", "curl", "df"):
         (bin_dir / name).symlink_to(STUB)
     for name, value in settings.items():
         (stubs / name).write_text("\n".join(value) + "\n" if isinstance(value, list) else value)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "MASTODON_ROOT": str(root),
-           "STUB_DIR": str(stubs), **FAST}
-    proc = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30,
-                          check=False)
-    log = stubs / "calls.log"
-    calls = [line.split("\x1f") for line in log.read_text().splitlines()] if log.exists() else []
-    return proc, calls
+    return run_deploy(tmp_path, root, stubs, [bin_dir], *args, DEPLOY_RETRY_ATTEMPTS="2")
 
 
 def version(tmp_path: Path) -> str:

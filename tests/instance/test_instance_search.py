@@ -157,6 +157,15 @@ def reported(calls: list[dict]) -> list[str]:
     return [e["message"] for c in calls if c["cmd"] == "aws-log-events" for e in c["events"]]
 
 
+
+def test_search_sh_refuses_to_run_before_the_server_has_booted(search):
+    (search.stub_dir.parent / "root/etc/mastodon/version.env").unlink()
+    code, output, calls = search()
+    assert code == 3
+    assert "search.sh: " in output
+    assert "version.env is missing: this server has not finished booting" in output
+    assert not deploys(calls) and not reported(calls)
+
 def test_first_enable_creates_the_indexes_then_records_them_in_the_domain(search):
     rc, output, calls = search()
     assert rc == 0, output

@@ -8,11 +8,10 @@ settings in SETTINGS_IN_USE.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
-from tests.instance.instance_harness import INSTANCE_DIR, STUB, stack_env, stub_key
+from tests.instance.instance_harness import STUB, run_deploy, stub_key, write_stack_env
 from tests.instance.test_instance_settings import (
     ON,
     SETTINGS_PATH,
@@ -20,16 +19,7 @@ from tests.instance.test_instance_settings import (
     parameters_answer,
 )
 
-SCRIPT = INSTANCE_DIR / "deploy.sh"
 OLD, NEW = "v4.6.2", "v4.7.6"
-FAST = {
-    "DEPLOY_HEALTH_TIMEOUT": "1",
-    "DEPLOY_HEALTH_INTERVAL": "0.05",
-    "DEPLOY_WORKER_STABLE_SECONDS": "0",
-    "DEPLOY_RETRY_ATTEMPTS": "3",
-    "DEPLOY_RETRY_BACKOFF": "0",
-    "DEPLOY_LOCK_TIMEOUT": "2",
-}
 SECRET_VALUE = "hcaptcha-secret-3b3b3b3b3b3b3b3b"
 # As render_settings wrote it at boot.
 SETTINGS_IN_USE = ("# Rendered by render_settings (common.sh); rewritten at boot and by every deploy.\n"
@@ -44,8 +34,7 @@ def deploy(tmp_path: Path, role: str, *args: str, plain: dict[str, str] | None =
     etc = root / "etc/mastodon"
     for directory in (etc, root / "etc/systemd/system", stub_dir, bin_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    (etc / "stack.env").write_text(
-        "".join(f"{k}='{v}'\n" for k, v in stack_env(role, **(ON if stack is None else stack)).items()))
+    write_stack_env(root, role, **(ON if stack is None else stack))
     if not (etc / "version.env").exists():
         (etc / "version.env").write_text(f"MASTODON_VERSION={OLD}\n")
         (etc / "mastodon.env").write_text("LOCAL_DOMAIN=social.example.com\nRAILS_SERVE_STATIC_FILES=true\n")
@@ -64,13 +53,7 @@ def deploy(tmp_path: Path, role: str, *args: str, plain: dict[str, str] | None =
     (stub_dir / "calls.log").unlink(missing_ok=True)
     for name, value in stubs.items():
         (stub_dir / name).write_text(value)
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), "MASTODON_ROOT": str(root),
-           "STUB_DIR": str(stub_dir), **FAST}
-    proc = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30,
-                          check=False)
-    log = stub_dir / "calls.log"
-    calls = [line.split("\x1f") for line in log.read_text().splitlines()] if log.exists() else []
-    return proc, calls
+    return run_deploy(tmp_path, root, stub_dir, [bin_dir], *args)
 
 
 def settings(tmp_path: Path) -> str:

@@ -115,6 +115,15 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
 
 
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that keeps connections alive (HTTP/1.1) and logs nothing."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
 def _serve(handler: type[http.server.BaseHTTPRequestHandler], context: ssl.SSLContext | None) -> _Server:
     server = _Server(("127.0.0.1", 0), handler)
     if context is not None:
@@ -141,12 +150,7 @@ class Edge:
         self.cache_control: dict[str, str] = {}  # what S3 answered for each key it served
         edge = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 edge.behaviour.requests.append(self.path)
                 edge.handle(self)
@@ -156,12 +160,7 @@ class Edge:
             Handler, _tls(authority, behaviour.certificate_host, behaviour.certificate_days, alpn)
         )
 
-        class Plain(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Plain(QuietHandler):
             def do_GET(self) -> None:
                 if edge.behaviour.redirect_http:
                     edge.send(self, 301, b"", {"Location": f"https://{DOMAIN}{self.path}"})
@@ -345,12 +344,7 @@ class Fixed:
         self.status = status
         fixed = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 body = b"Forbidden" if fixed.status == 403 else b"OK"
                 self.send_response(fixed.status)

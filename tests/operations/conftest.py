@@ -60,3 +60,14 @@ def run_script(name: str, *args: str, env: dict[str, str],
                timeout: int = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", f"scripts.{Path(name).stem}", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def launch_template_and_subnet(vpc_cidr: str, subnet_cidr: str) -> tuple[dict, str]:
+    """In moto: a launch template resource (for a stack's body) with an image moto knows, and
+    the id of a subnet of a new VPC for its groups."""
+    image_id = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    vpc = client("ec2").create_vpc(CidrBlock=vpc_cidr)["Vpc"]["VpcId"]
+    subnet = client("ec2").create_subnet(VpcId=vpc, CidrBlock=subnet_cidr)["Subnet"]["SubnetId"]
+    template = {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
+        "LaunchTemplateData": {"ImageId": image_id, "InstanceType": "t4g.small"}}}
+    return template, subnet

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from templates.compute import DEPLOY_SCRIPT, QUEUE_GROUP, WEB_GROUP, WORKER_GROUP
-from tests.operations.conftest import client, run_script
+from tests.operations.conftest import client, launch_template_and_subnet, run_script
 
 
 @pytest.fixture
@@ -33,12 +33,9 @@ def fleet(aws_env, stack_name) -> dict[str, list[str]]:
 
 
 def make_fleet(stack_name: str, sizes: dict[str, int]) -> dict[str, list[str]]:
-    image_id = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    vpc = client("ec2").create_vpc(CidrBlock="10.2.0.0/16")["Vpc"]["VpcId"]
-    subnet = client("ec2").create_subnet(VpcId=vpc, CidrBlock="10.2.0.0/24")["Subnet"]["SubnetId"]
+    template, subnet = launch_template_and_subnet("10.2.0.0/16", "10.2.0.0/24")
     body = {"Resources": {
-        "ServerLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
-            "LaunchTemplateData": {"ImageId": image_id, "InstanceType": "t4g.small"}}},
+        "ServerLaunchTemplate": template,
         **{logical_id: group(size, subnet) for logical_id, size in sizes.items()},
     }}
     client("cloudformation").create_stack(StackName=stack_name, TemplateBody=json.dumps(body))

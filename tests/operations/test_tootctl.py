@@ -16,7 +16,7 @@ from scripts import tootctl as tootctl_script
 from templates import capacity, maintenance, stack
 from templates.compute import WORKER_GROUP
 from tests.instance.instance_harness import INSTANCE_DIR, STUB, stack_env
-from tests.operations.conftest import REPO, client, run_script
+from tests.operations.conftest import REPO, client, launch_template_and_subnet, run_script
 from tests.support import props
 
 WRAPPER = INSTANCE_DIR / "tootctl.sh"
@@ -143,12 +143,9 @@ def stack_name() -> str:
 @pytest.fixture
 def worker_stack(aws_env, stack_name):
     """A stack in moto whose worker group has one instance, as the real stack's does."""
-    image_id = client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    vpc = client("ec2").create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
-    subnet = client("ec2").create_subnet(VpcId=vpc, CidrBlock="10.1.0.0/24")["Subnet"]["SubnetId"]
+    template, subnet = launch_template_and_subnet("10.1.0.0/16", "10.1.0.0/24")
     body = {"Resources": {
-        "WorkerLaunchTemplate": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {
-            "LaunchTemplateData": {"ImageId": image_id, "InstanceType": "t4g.small"}}},
+        "WorkerLaunchTemplate": template,
         WORKER_GROUP: {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": {
             "MinSize": "1", "MaxSize": "1", "VPCZoneIdentifier": [subnet],
             "LaunchTemplate": {"LaunchTemplateId": {"Ref": "WorkerLaunchTemplate"},

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.instance.instance_harness import INSTANCE_DIR, STUB, stack_env
+from tests.instance.instance_harness import STUB, run_deploy, write_stack_env
 
-SCRIPT = INSTANCE_DIR / "deploy.sh"
 OLD, NEW = "v4.6.2", "v4.7.6"
-FAST = {
-    "DEPLOY_HEALTH_TIMEOUT": "1",
-    "DEPLOY_HEALTH_INTERVAL": "0.05",
-    "DEPLOY_WORKER_STABLE_SECONDS": "0",
-    "DEPLOY_RETRY_ATTEMPTS": "3",
-    "DEPLOY_RETRY_BACKOFF": "0",
-    "DEPLOY_LOCK_TIMEOUT": "2",
-}
 # docker for these tests: `docker run ... db:migrate` fails when the file migrate_fail exists.
 DOCKER = """#!/bin/bash
 if [ "$1" = run ] && [ -f "$STUB_DIR/migrate_fail" ] && [[ " $* " == *" db:migrate "* ]]; then
@@ -37,9 +27,7 @@ def run(
     root, stubs, bin_dir, wrap = (tmp_path / d for d in ("root", "stub", "bin", "wrap"))
     for directory in (root / "etc/mastodon", stubs, bin_dir, wrap):
         directory.mkdir(parents=True, exist_ok=True)
-    (root / "etc/mastodon/stack.env").write_text(
-        "\n".join(f"{k}='{v}'" for k, v in stack_env(role).items()) + "\n"
-    )
+    write_stack_env(root, role)
     if not (root / "etc/mastodon/version.env").exists():
         (root / "etc/mastodon/version.env").write_text(f"MASTODON_VERSION={OLD}\n")
     for name in ("docker", "systemctl", "curl"):
@@ -49,20 +37,7 @@ def run(
     (wrap / "docker").chmod(0o755)
     for name, value in settings.items():
         (stubs / name).write_text(value)
-    env = {
-        "PATH": f"{wrap}:{bin_dir}:{os.environ['PATH']}",
-        "HOME": str(tmp_path),
-        "MASTODON_ROOT": str(root),
-        "STUB_DIR": str(stubs),
-        "STUB_BIN": str(bin_dir),
-        **FAST,
-    }
-    proc = subprocess.run(
-        [str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30, check=False
-    )
-    log = stubs / "calls.log"
-    calls = [line.split("\x1f") for line in log.read_text().splitlines()] if log.exists() else []
-    return proc, calls
+    return run_deploy(tmp_path, root, stubs, [wrap, bin_dir], *args, STUB_BIN=str(bin_dir))
 
 
 def version_file(tmp_path: Path) -> str:

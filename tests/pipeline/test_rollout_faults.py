@@ -122,6 +122,45 @@ def throttled(operation: str) -> ClientError:
     return ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, operation)
 
 
+
+def unreliable(world: World, rng) -> None:
+    """At random: a step's answer lost (15%), a mutating call throttled (5%)."""
+    world.lose_answer = lambda state, count: rng.random() < 0.15
+    world.api_faults.append(
+        lambda name, count, params: throttled(name) if name in MUTATING and rng.random() < 0.05 else None
+    )
+
+
+def chaotic(world: World, rng) -> list[str]:
+    """Watched (a lone web server may be out), answers lost and calls throttled at random; the
+    list in which the test's chaos records what it did."""
+    watch(world, min_healthy=0 if world.web == 1 else 1)
+    unreliable(world, rng)
+    return []
+
+
+def roll_amid(world: World, chaos) -> object:
+    """Rolls out NEW with `chaos` called before every step; the execution's result."""
+    world.hooks.append(chaos)
+    world.set_desired(NEW)
+    return world.roll(max_steps=20_000)
+
+
+
+def deploy_fails_on(world: World, iid: str) -> list[bool]:
+    """`iid` fails its deploy of NEW; the list returned fills once the rollback has begun."""
+    world.command_faults.append(lambda i, line: "boom" if f"deploy {NEW}" in line and i == iid else None)
+    in_rollback: list[bool] = []
+    world.hooks.append(lambda world, state, count: in_rollback.append(True) if state == "Rollback" else None)
+    return in_rollback
+
+def roll_failing(world: World, iid: str, needle: str, error: str) -> str:
+    """Rolls out NEW while `iid` fails every command containing `needle` with `error`; the
+    rollout rolls back, and this returns its notice's message."""
+    world.command_faults.append(lambda i, line: error if needle in line and i == iid else None)
+    world.set_desired(NEW)
+    return rolled_back(world, world.roll())
+
 # ---------------------------------------------------------------- answers lost, steps retried
 TASKS = [
     "Begin",
@@ -215,12 +254,7 @@ def test_a_call_that_fails_half_way_through_a_step_is_completed_by_the_retry(fle
 def test_a_call_failing_half_way_through_a_rollback_still_restores_every_server(fleet, operation):
     world = fleet(web=3, timing=QUICK)
     watch(world)
-    failing = world.instances("web")[2]
-    world.command_faults.append(
-        lambda iid, line: "boom" if f"deploy {NEW}" in line and iid == failing else None
-    )
-    in_rollback: list[bool] = []
-    world.hooks.append(lambda world, state, count: in_rollback.append(True) if state == "Rollback" else None)
+    in_rollback = deploy_fails_on(world, world.instances("web")[2])
     world.api_faults.append(
         lambda name, count, params: (
             throttled(name) if in_rollback and name == operation and count % 4 == 0 else None
@@ -449,12 +483,7 @@ def test_random_faults_interleaved_with_the_rollout_keep_every_invariant(fleet, 
     rng = random.Random(seed)
     web = rng.choice([1, 2, 3, 4])
     world = fleet(web=web, batch=rng.choice([1, 2]), timing=QUICK)
-    watch(world, min_healthy=0 if web == 1 else 1)
-    world.lose_answer = lambda state, count: rng.random() < 0.15
-    world.api_faults.append(
-        lambda name, count, params: throttled(name) if name in MUTATING and rng.random() < 0.05 else None
-    )
-    events: list[str] = []
+    events = chaotic(world, rng)
 
     def chaos(world: World, state: str, count: int) -> None:
         if state not in ("Web", "Worker", "Verify", "PostMigrate") or rng.random() > 0.06 or len(events) >= 3:
@@ -479,9 +508,7 @@ def test_random_faults_interleaved_with_the_rollout_keep_every_invariant(fleet, 
             events.append(choice)
             world.standby(rng.choice(web_servers))
 
-    world.hooks.append(chaos)
-    world.set_desired(NEW)
-    result = world.roll(max_steps=20_000)
+    result = roll_amid(world, chaos)
     # One notice, sent again only when the record of it could not be written after it went
     # (a throttled PutParameter, retried: SNS standard topics cannot deduplicate; the
     # documented at-least-once limit, docs/design.md): then the very same notice.

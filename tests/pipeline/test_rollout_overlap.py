@@ -8,6 +8,8 @@ just as the overlap starts, the draining server or the settling one leaves.
 
 from __future__ import annotations
 
+import pytest
+
 from lambdas.rollout.plan import DEPLOYING, DRAINING_STEP, JOINING, Journal, Server, plan_group
 from simulation.world import NEW, OLD, Timing, World
 from tests.pipeline.test_rollout_faults import rolled_back, succeeded, watch
@@ -173,10 +175,7 @@ def guard(world: World, seen: list[tuple[list[str], list[str]]]) -> None:
 
 
 def test_a_rollout_overlaps_drains_with_settling_and_keeps_capacity(fleet):
-    world = fleet(web=3, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+    world, seen = guarded_overlap(fleet, web=3)
     world.set_desired(NEW)
     succeeded(world, world.roll())
     assert seen, "no batch drained while another settled"
@@ -185,21 +184,24 @@ def test_a_rollout_overlaps_drains_with_settling_and_keeps_capacity(fleet):
 
 
 def test_two_servers_at_batch_one_never_overlap(fleet):
-    world = fleet(web=2, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+    world, seen = guarded_overlap(fleet, web=2)
     world.set_desired(NEW)
     succeeded(world, world.roll())
     assert not seen, f"the only settled server was taken out: {seen}"
     assert world.min_capacity_margin() >= 0
 
 
-def test_a_flap_while_the_next_batch_drains_puts_it_back_on_its_version_and_rolls_back(fleet):
-    world = fleet(web=4, timing=OVERLAP)
+
+def guarded_overlap(fleet, web: int = 4) -> tuple[World, list[tuple[list[str], list[str]]]]:
+    """`web` servers with the overlap's timing, watched and guarded; the overlaps seen."""
+    world = fleet(web=web, timing=OVERLAP)
     watch(world)
     seen: list[tuple[list[str], list[str]]] = []
     guard(world, seen)
+    return world, seen
+
+def test_a_flap_while_the_next_batch_drains_puts_it_back_on_its_version_and_rolls_back(fleet):
+    world, seen = guarded_overlap(fleet)
     world.sick_after[NEW] = 5  # healthy for 5 s, then failing: within the 15 s settling window
     put_back: list[str] = []
 
@@ -224,10 +226,7 @@ def test_a_flap_while_the_next_batch_drains_puts_it_back_on_its_version_and_roll
 
 
 def test_an_answer_lost_just_as_the_overlap_starts_is_retried_without_doing_anything_twice(fleet):
-    world = fleet(web=4, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+    world, _ = guarded_overlap(fleet)
     lost: list[int] = []
 
     def lose(state: str, count: int) -> bool:
@@ -246,40 +245,19 @@ def test_an_answer_lost_just_as_the_overlap_starts_is_retried_without_doing_anyt
     assert world.min_capacity_margin() >= 0
 
 
-def test_the_draining_server_terminated_during_the_overlap_is_replaced_and_the_rollout_goes_on(fleet):
-    world = fleet(web=4, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
+@pytest.mark.parametrize("side", [0, 1], ids=["draining", "settling"])
+def test_a_server_of_the_overlap_terminated_is_replaced_and_the_rollout_goes_on_consistently(fleet, side):
+    """The draining server (0) or the settling one (1) is reclaimed in the middle of the overlap."""
+    world, _ = guarded_overlap(fleet)
     gone: list[str] = []
 
     def reclaim(world: World, step: str) -> None:
         drains, joins = overlapping(world)
         if step == "Web" and drains and joins and not gone:
-            gone.append(drains[0])
-            world.terminate(drains[0])
+            gone.append((drains, joins)[side][0])
+            world.terminate(gone[0])
 
     world.after_step.append(reclaim)
-    world.set_desired(NEW)
-    succeeded(world, world.roll())
-    assert gone and gone[0] not in world.instances("web")
-    assert world.min_capacity_margin() >= 0
-
-
-def test_the_settling_server_replaced_during_its_settle_leaves_the_rollout_consistent(fleet):
-    world = fleet(web=4, timing=OVERLAP)
-    watch(world)
-    seen: list[tuple[list[str], list[str]]] = []
-    guard(world, seen)
-    gone: list[str] = []
-
-    def replace(world: World, step: str) -> None:
-        drains, joins = overlapping(world)
-        if step == "Web" and drains and joins and not gone:
-            gone.append(joins[0])
-            world.terminate(joins[0])
-
-    world.after_step.append(replace)
     world.set_desired(NEW)
     succeeded(world, world.roll())
     assert gone and gone[0] not in world.instances("web")

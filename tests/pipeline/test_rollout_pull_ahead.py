@@ -19,7 +19,15 @@ import pytest
 from botocore.exceptions import ClientError
 
 from simulation.world import NEW, OLD, Timing, World
-from tests.pipeline.test_rollout_faults import QUICK, on_step, rolled_back, succeeded, throttled, watch
+from tests.pipeline.test_rollout_faults import (
+    QUICK,
+    on_step,
+    roll_failing,
+    rolled_back,
+    succeeded,
+    throttled,
+    watch,
+)
 
 
 def watch_pulls(world: World) -> None:
@@ -77,11 +85,7 @@ def test_a_failed_pull_fails_the_rollout_before_any_server_leaves_the_load_balan
     world = fleet(web=3, timing=QUICK)
     watch_pulls(world)
     failing = world.instances("web")[1]
-    world.command_faults.append(
-        lambda iid, line: "no space left on device" if f" pull {NEW}" in line and iid == failing else None
-    )
-    world.set_desired(NEW)
-    message = rolled_back(world, world.roll())
+    message = roll_failing(world, failing, f" pull {NEW}", "no space left on device")
     assert f"pulling the images of {NEW} ahead failed on {failing}" in message
     assert "no space left on device" in message
     assert not world.deregistered() and not world.commands(f"deploy {NEW}")

@@ -23,7 +23,11 @@ from tests.pipeline.test_rollout_faults import (
     MUTATING,
     QUICK,
     TASKS,
+    chaotic,
+    deploy_fails_on,
     on_step,
+    roll_amid,
+    roll_failing,
     rolled_back,
     servers,
     succeeded,
@@ -108,11 +112,7 @@ def test_one_queue_worker_failing_its_deploy_rolls_every_group_back(fleet):
     world = fleet(web=2, queue=3, batch=2, timing=QUICK)
     watch(world)
     failing = world.instances("queue")[1]
-    world.command_faults.append(
-        lambda iid, line: "sidekiq did not stay up" if f"deploy {NEW}" in line and iid == failing else None
-    )
-    world.set_desired(NEW)
-    message = rolled_back(world, world.roll())
+    message = roll_failing(world, failing, f"deploy {NEW}", "sidekiq did not stay up")
     assert f"failed on {failing}" in message and "sidekiq did not stay up" in message
     assert set(servers(world).values()) == {OLD}
     assert deploys(world, OLD, "web") and deploys(world, OLD, "worker"), "the other groups stayed on NEW"
@@ -123,11 +123,7 @@ def test_a_failed_pull_on_a_queue_worker_fails_the_rollout_before_any_server_lea
     world = fleet(web=2, queue=2, timing=QUICK)
     watch(world)
     failing = world.instances("queue")[0]
-    world.command_faults.append(
-        lambda iid, line: "no space left on device" if f" pull {NEW}" in line and iid == failing else None
-    )
-    world.set_desired(NEW)
-    message = rolled_back(world, world.roll())
+    message = roll_failing(world, failing, f" pull {NEW}", "no space left on device")
     assert f"pulling the images of {NEW} ahead failed on {failing}" in message
     assert not world.deregistered() and not world.commands(f"deploy {NEW}")
 
@@ -292,12 +288,7 @@ def test_a_call_failing_half_way_is_completed_by_the_retry_with_queue_workers(fl
 def test_lost_answers_and_throttling_during_a_rollback_restore_the_queue_workers_once(fleet):
     world = fleet(web=2, queue=3, batch=2, timing=QUICK)
     watch(world)
-    failing = world.instances("queue")[2]
-    world.command_faults.append(
-        lambda iid, line: "boom" if f"deploy {NEW}" in line and iid == failing else None
-    )
-    in_rollback: list[bool] = []
-    world.hooks.append(lambda world, state, count: in_rollback.append(True) if state == "Rollback" else None)
+    in_rollback = deploy_fails_on(world, world.instances("queue")[2])
     world.lose_answer = lambda state, count: state in ("Rollback", "Finish", "Worker")
     world.api_faults.append(
         lambda name, count, params: (
@@ -315,12 +306,7 @@ def test_random_faults_with_queue_workers_keep_every_invariant(fleet, seed):
     rng = random.Random(1000 + seed)
     world = fleet(web=rng.choice([1, 2, 3]), queue=rng.choice([0, 1, 3]), batch=rng.choice([1, 2]),
                   timing=QUICK)
-    watch(world, min_healthy=0 if world.web == 1 else 1)
-    world.lose_answer = lambda state, count: rng.random() < 0.15
-    world.api_faults.append(
-        lambda name, count, params: throttled(name) if name in MUTATING and rng.random() < 0.05 else None
-    )
-    events: list[str] = []
+    events = chaotic(world, rng)
 
     def chaos(world: World, state: str, count: int) -> None:
         if state not in ("Web", "Worker", "Verify", "PostMigrate") or rng.random() > 0.08 or len(events) >= 3:
@@ -339,9 +325,7 @@ def test_random_faults_with_queue_workers_keep_every_invariant(fleet, seed):
             events.append(choice)
             world.terminate(rng.choice(queue), decrement=True)
 
-    world.hooks.append(chaos)
-    world.set_desired(NEW)
-    result = world.roll(max_steps=20_000)
+    result = roll_amid(world, chaos)
     ((_, message),) = set(world.notifications())
     version = NEW if result.status == "SUCCEEDED" else OLD
     if version == OLD:

@@ -36,7 +36,7 @@ SUB_NAME = re.compile(r"\$\{([^!}][^}.]*)")
 WATCHERS = {"added", "add_condition", "init"}
 # Helpers that add a resource under the very title their caller gives: the caller owns it.
 # (inline_function is not one: it derives its role's and log group's names itself.)
-PASS_THROUGH = {("templates/functions.py", "provided_resource")}
+PASS_THROUGH = {("templates/functions.py", "provided_resource"), ("templates/alerting.py", "topic_alarm")}
 
 
 def _caller() -> str:

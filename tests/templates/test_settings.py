@@ -50,9 +50,9 @@ def test_each_grant_exists_only_while_its_option_is_on(template):
         assert "MastodonSettingsSecretArn" not in text
 
 
-# The queue workers' role exists only with their option: named only then.
-QUEUE_ROLE_WHILE_IT_EXISTS = {"Fn::If": ["HasQueueWorkers", {"Ref": QUEUE_SERVER_ROLE},
-                                         {"Ref": "AWS::NoValue"}]}
+# The queue workers' role exists only with the option, so the grants name it only then.
+QUEUE_ROLE_WHILE_ON = {
+    "Fn::If": [parameters.HAS_QUEUE_WORKERS, {"Ref": QUEUE_SERVER_ROLE}, {"Ref": "AWS::NoValue"}]}
 
 
 def test_the_servers_read_exactly_the_settings_path(template):
@@ -63,7 +63,7 @@ def test_the_servers_read_exactly_the_settings_path(template):
         {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
                     "/mastodon/${AWS::StackName}/settings"}]
     assert props(template, settings.READ_PARAMETERS_POLICY)["Roles"] == [
-        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_IT_EXISTS]
+        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_ON]
 
 
 def test_the_servers_read_exactly_the_secret_named(template):
@@ -72,7 +72,7 @@ def test_the_servers_read_exactly_the_secret_named(template):
     assert statement["Action"] == ["secretsmanager:GetSecretValue"]
     assert statement["Resource"] == [{"Ref": "MastodonSettingsSecretArn"}]
     assert props(template, settings.READ_SECRET_POLICY)["Roles"] == [
-        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_IT_EXISTS]
+        {"Ref": WEB_SERVER_ROLE}, {"Ref": WORKER_SERVER_ROLE}, QUEUE_ROLE_WHILE_ON]
 
 
 def stack_env_value(template: dict, launch_template: str, key: str):
