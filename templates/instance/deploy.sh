@@ -130,6 +130,17 @@ remove_old_images() {
   done <<<"$refs"
 }
 
+# swap_in_settings BACKUP: keeps the settings in use in BACKUP (empty when there were none)
+# and puts the checked new ones (NEXT_SETTINGS_FILE) in their place.
+swap_in_settings() {
+  if [ -f "$SETTINGS_FILE" ]; then
+    cp -p "$SETTINGS_FILE" "$1"
+  else
+    : >"$1"
+  fi
+  mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
+}
+
 deploy() {
   local version=$1 previous
   previous=$(current_version)
@@ -162,12 +173,7 @@ deploy() {
   fi
   local backup="$ETC_DIR/.settings.env.previous"
   if [ "$settings_changed" = true ]; then
-    if [ -f "$SETTINGS_FILE" ]; then
-      cp -p "$SETTINGS_FILE" "$backup"
-    else
-      : >"$backup"
-    fi
-    mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
+    swap_in_settings "$backup"
     log "Mastodon's other settings changed; the units restart with them"
   fi
   rm -f "$NEXT_SETTINGS_FILE"
@@ -233,12 +239,7 @@ apply_settings() {
   fi
   local backup="$ETC_DIR/.settings.env.previous" version
   version=$(current_version)
-  if [ -f "$SETTINGS_FILE" ]; then
-    cp -p "$SETTINGS_FILE" "$backup"
-  else
-    : >"$backup"
-  fi
-  mv -f "$NEXT_SETTINGS_FILE" "$SETTINGS_FILE"
+  swap_in_settings "$backup"
   log "Mastodon's other settings changed; restarting ${UNITS[*]}"
   if systemctl restart "${UNITS[@]}" && (wait_for_health "$version with the new settings"); then
     rm -f "$backup"
