@@ -104,7 +104,6 @@ CERTIFICATE_WARNING_DAYS = 14
 SIDEKIQ_CONTAINER = "mastodon-sidekiq"
 RESULT_MARK = "MASTODON_CHECK_RESULT "
 MAIL_TO_ENV = "MASTODON_CHECK_MAIL_TO"
-SCHEDULER_QUEUE = "scheduler"
 # What ActionMailer (Mastodon's mail) uses, without a secret: the login and password only
 # as present or not; and every live Sidekiq process (its heartbeat in Redis) with its queues.
 SERVER_FACTS_RUBY = f"""
@@ -1641,12 +1640,12 @@ class Checker:
             return
         # A process told to stop (a rollout replacing the worker) fetches no more jobs.
         processes = [p for p in facts.get("processes", []) if isinstance(p, dict) and not p.get("quiet")]
-        scheduling = [p for p in processes if SCHEDULER_QUEUE in p.get("queues", [])]
+        scheduling = [p for p in processes if sidekiq.SCHEDULER_QUEUE in p.get("queues", [])]
         self.add(
             "servers",
             name,
             len(scheduling) == 1,
-            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {SCHEDULER_QUEUE} "
+            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {sidekiq.SCHEDULER_QUEUE} "
             f"queue" + (f": {', '.join(str(p.get('hostname')) for p in scheduling)}" if scheduling else ""),
             "no Sidekiq process runs the scheduler queue: Mastodon's periodic jobs (cleanups, "
             "scheduled statuses) do not run"

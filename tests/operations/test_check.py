@@ -32,6 +32,7 @@ from templates import (
     maintenance,
     operations,
     pipeline,
+    sidekiq,
     versions,
 )
 from tests.operations.check_fakes import (
@@ -51,6 +52,7 @@ STACK = "mastodon"
 VERSION = "v4.7.6"
 BUCKET = "mastodon-media-bucket"
 SECRET = "secret-value"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Ok:
@@ -923,7 +925,7 @@ def test_the_smtp_settings_never_carry_a_secret(world):
 
 
 def test_the_container_the_check_asks_is_the_one_bootstrap_runs_sidekiq_in():
-    bootstrap = (Path(check.ROOT) / "templates" / "instance" / "bootstrap.sh").read_text()
+    bootstrap = (ROOT / "templates" / "instance" / "bootstrap.sh").read_text()
     assert f"write_unit {check.SIDEKIQ_CONTAINER} " in bootstrap
     assert "--name $name" in bootstrap  # each unit's container is named after its unit
     assert Worker().container == check.SIDEKIQ_CONTAINER
@@ -946,6 +948,18 @@ def test_a_run_command_that_never_ends_fails_both_lines_within_its_bound_and_run
         line = by_name(results, name)
         assert line.status == check.FAIL and "TimedOut" in line.detail
     assert len(world.commands) == 1  # asked once, for both
+
+
+def test_the_scheduler_queue_is_the_one_the_templates_name(world, monkeypatch):
+    # One definition (templates/sidekiq.py): were the servers' scheduler queue renamed, the
+    # check counts the processes that run the new name, not a spelling of its own.
+    monkeypatch.setattr(sidekiq, "SCHEDULER_QUEUE", "cron")
+    world.worker.processes[0]["queues"] = ["default", "cron"]
+
+    results = world.run(("servers",))
+
+    scheduler = by_name(results, "Sidekiq scheduler in exactly one process")
+    assert scheduler.status == check.PASS and "run the cron queue" in scheduler.detail
 
 
 def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
@@ -1075,7 +1089,7 @@ def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside
 def test_the_readme_says_exactly_how_to_run_the_live_check():
     from tests.operations import test_check_live as live
 
-    readme = (Path(check.ROOT) / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme.split("### Checking against a real account (live mode)", 1)[1].split("\n## ", 1)[0]
     for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED, *live.OPTIONAL):
         assert f"| `{variable}` |" in section, variable
