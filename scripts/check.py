@@ -104,47 +104,85 @@ CERTIFICATE_WARNING_DAYS = 14
 SIDEKIQ_CONTAINER = "mastodon-sidekiq"
 RESULT_MARK = "MASTODON_CHECK_RESULT "
 MAIL_TO_ENV = "MASTODON_CHECK_MAIL_TO"
+# When the Ruby raises (Redis down; an SMTP server that refuses: Net::SMTP raises on any
+# reply that is not 2xx/3xx), it prints {"error": class, "message": ...} after RESULT_MARK
+# instead: Ruby would print the message once and then a long backtrace, of which Run Command
+# keeps only the first 8,000 characters. The message never carries the SMTP login or
+# password, nor a URL's credentials.
+RESCUE_RUBY = f"""
+require "json"
+def check_failure(error, extra = {{}})
+  message = error.message.to_s
+  settings = (ActionMailer::Base.smtp_settings rescue {{}})
+  [settings[:user_name], settings[:password]].each do |secret|
+    message = message.gsub(secret.to_s, "[hidden]") unless secret.to_s.empty?
+  end
+  message = message.gsub(%r{{//[^/@\\s]*@}}, "//[hidden]@")
+  puts "{RESULT_MARK}" + JSON.generate(
+    {{ "error" => error.class.name, "message" => message.strip[0, 300] }}.merge(extra)
+  )
+end
+"""
 # What ActionMailer (Mastodon's mail) uses, without a secret: the login and password only
 # as present or not; and every live Sidekiq process (its heartbeat in Redis) with its queues.
-SERVER_FACTS_RUBY = f"""
-require "json"
-require "sidekiq/api"
-smtp = ActionMailer::Base.smtp_settings
-processes = Sidekiq::ProcessSet.new.map do |process|
-  {{
-    "hostname" => process["hostname"].to_s,
-    "queues" => Array(process["queues"]),
-    "quiet" => process.stopping?
-  }}
+# ProcessSet.new(false): no cleanup, which would write to Redis (sidekiq lib/sidekiq/api.rb);
+# its `each` skips a process whose heartbeat has expired all the same.
+SERVER_FACTS_RUBY = RESCUE_RUBY + f"""
+begin
+  require "sidekiq/api"
+  smtp = ActionMailer::Base.smtp_settings
+  processes = Sidekiq::ProcessSet.new(false).map do |process|
+    {{
+      "hostname" => process["hostname"].to_s,
+      "queues" => Array(process["queues"]),
+      "quiet" => process.stopping?
+    }}
+  end
+  puts "{RESULT_MARK}" + JSON.generate(
+    "delivery_method" => ActionMailer::Base.delivery_method.to_s,
+    "address" => smtp[:address].to_s,
+    "port" => smtp[:port].to_s,
+    "user_name" => smtp[:user_name].present?,
+    "password" => smtp[:password].present?,
+    "tls" => smtp[:tls].present? || smtp[:ssl].present?,
+    "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
+    "processes" => processes
+  )
+rescue StandardError => error
+  check_failure(error)
 end
-puts "{RESULT_MARK}" + JSON.generate(
-  "delivery_method" => ActionMailer::Base.delivery_method.to_s,
-  "address" => smtp[:address].to_s,
-  "port" => smtp[:port].to_s,
-  "user_name" => smtp[:user_name].present?,
-  "password" => smtp[:password].present?,
-  "tls" => smtp[:tls].present? || smtp[:ssl].present?,
-  "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
-  "processes" => processes
-)
 """
 # One mail through Mastodon's own SMTP settings, sent at once (not queued): the SMTP
-# server's reply is the result (SES answers 250 with its message ID when it takes the mail).
-TEST_MAIL_RUBY = f"""
-require "json"
-settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
-message = Mail.new
-message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
-message.to = ENV.fetch("{MAIL_TO_ENV}")
-message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
-message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
-message.delivery_method(:smtp, settings)
-response = message.delivery_method.deliver!(message)
-puts "{RESULT_MARK}" + JSON.generate(
-  "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
-)
+# server's reply is the result (SES answers 250 with its message ID when it takes the mail;
+# a refusal is a Net::SMTP error whose response carries the reply code).
+TEST_MAIL_RUBY = RESCUE_RUBY + f"""
+begin
+  settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
+  message = Mail.new
+  message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
+  message.to = ENV.fetch("{MAIL_TO_ENV}")
+  message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
+  message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
+  message.delivery_method(:smtp, settings)
+  response = message.delivery_method.deliver!(message)
+  puts "{RESULT_MARK}" + JSON.generate(
+    "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
+  )
+rescue StandardError => error
+  reply = error.respond_to?(:response) && error.response.respond_to?(:status) ? error.response : nil
+  check_failure(error, "status" => reply ? reply.status.to_s : error.message.to_s[/\\A[2-5]\\d\\d/].to_s)
+end
 """
 RUNNER_TIMEOUT_SECONDS = 300
+# What an SMTP server's refusal of the test mail most likely means (RFC 5321 codes, SES's use).
+MAIL_REFUSALS = {
+    "535": "the SMTP server refused the login: the servers' SMTP credentials are wrong (for SES, "
+    "derived from another key or region)",
+    "554": "the SMTP server refused the mail: in the SES sandbox, the recipient (or the sender) is "
+    "not a verified identity",
+    "421": "the SMTP server is not taking mail now (throttled or closing): try again later",
+    "454": "the SMTP server could not take the mail now (throttled, or a temporary auth failure)",
+}
 
 
 def queue_latency_metric(stack: str) -> tuple[str, str]:
@@ -1425,7 +1463,10 @@ class Checker:
                 self.facts = None, f"{type(error).__name__}: {error}"
             else:
                 found = runner_result(out) if status == "Success" else None
-                self.facts = found, "" if found is not None else f"{status}: {(err or out)[-300:]}"
+                if found is not None and "error" in found:
+                    self.facts = None, f"Mastodon raised {runner_error(found)}"
+                else:
+                    self.facts = found, "" if found is not None else f"{status}: {runner_failure(err, out)}"
         return self.facts
 
     def _expected_smtp(self) -> tuple[str, str]:
@@ -1490,16 +1531,18 @@ class Checker:
             self.options.runner_timeout,
         )
         found = runner_result(out) if status == "Success" else None
-        reply = str((found or {}).get("reply", ""))
-        accepted = found is not None and str(found.get("status")) == "250"
+        raised = found is not None and "error" in found
+        reply = runner_error(found) if found is not None and raised else str((found or {}).get("reply", ""))
+        code = str((found or {}).get("status", ""))
+        accepted = found is not None and not raised and code == "250"
         self.add(
             "mail",
             "test mail",
             accepted,
-            f"to {address}: " + (reply or f"{status}: {(err or out)[-300:]}")
+            f"to {address}: " + (reply or f"{status}: {runner_failure(err, out)}")
             + ("; look in that inbox" if accepted else ""),
-            f"the SMTP server refused the mail: {reply}"
-            if found is not None
+            MAIL_REFUSALS.get(code, f"the SMTP server refused the mail (reply {code})")
+            if found is not None and code[:1] in ("4", "5")
             else "Mastodon could not hand the mail to the SMTP server (see the error above)",
             "see the SMTP settings line; in the SES sandbox the address must be verified in SES",
         )
@@ -1640,12 +1683,13 @@ class Checker:
             return
         # A process told to stop (a rollout replacing the worker) fetches no more jobs.
         processes = [p for p in facts.get("processes", []) if isinstance(p, dict) and not p.get("quiet")]
-        scheduling = [p for p in processes if sidekiq.SCHEDULER_QUEUE in p.get("queues", [])]
+        queue = sidekiq.SCHEDULER_QUEUE
+        scheduling = [p for p in processes if queue in p.get("queues", [])]
         self.add(
             "servers",
             name,
             len(scheduling) == 1,
-            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {sidekiq.SCHEDULER_QUEUE} "
+            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {queue} "
             f"queue" + (f": {', '.join(str(p.get('hostname')) for p in scheduling)}" if scheduling else ""),
             "no Sidekiq process runs the scheduler queue: Mastodon's periodic jobs (cleanups, "
             "scheduled statuses) do not run"
@@ -1764,6 +1808,19 @@ def runner_result(output: str) -> dict[str, Any] | None:
                 return None
             return found if isinstance(found, dict) else None
     return None
+
+
+def runner_error(found: dict[str, Any]) -> str:
+    """What the Ruby rescued: its class and message (and the SMTP reply code, if any)."""
+    code = str(found.get("status", ""))
+    return f"{found.get('error')}: {found.get('message')}" + (f" (SMTP reply {code})" if code else "")
+
+
+def runner_failure(err: str, out: str) -> str:
+    """A runner that died before its own rescue: Ruby prints the error's message first, then its
+    backtrace (of which Run Command keeps the first 8,000 characters): the first line tells."""
+    lines = [line.strip() for line in (err or out).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no output"
 
 
 def run_on_worker(

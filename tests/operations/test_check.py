@@ -38,6 +38,7 @@ from templates import (
 from tests.operations.check_fakes import (
     DOMAIN,
     S3_HOST,
+    STDERR_KEPT,
     Authority,
     Behaviour,
     Edge,
@@ -45,6 +46,7 @@ from tests.operations.check_fakes import (
     Worker,
     closed_port,
     port_of,
+    ruby_crash,
 )
 
 REGION = "us-east-1"
@@ -873,23 +875,47 @@ def test_mail_to_sends_one_mail_through_mastodon_on_the_worker_and_shows_the_rep
 
 
 @pytest.mark.parametrize(
-    ("reply", "error"),
+    ("error", "code", "cause"),
     [
-        ("554 Message rejected: Email address is not verified.", ""),
-        ("", "Net::SMTPAuthenticationError: 535 Authentication Credentials Invalid"),
+        (("Net::SMTPFatalError", "554 Message rejected: Email address is not verified. The following "
+          "identities failed the check in region US-EAST-1: admin@example.org"), "554", "sandbox"),
+        (("Net::SMTPAuthenticationError", "535 Authentication Credentials Invalid"), "535", "login"),
     ],
     ids=["refused", "login refused"],
 )
-def test_a_test_mail_the_smtp_server_does_not_take_fails_with_its_words(world, reply, error):
+def test_a_test_mail_the_smtp_server_refuses_fails_with_its_words_not_a_backtrace(world, error, code, cause):
+    # Net::SMTP raises on a refusal, and Ruby would print a long backtrace after the message.
     world.options.mail_to = "admin@example.org"
-    world.worker.mail_reply, world.worker.mail_error = reply or world.worker.mail_reply, error
+    world.worker.mail_error = error
 
     results = world.run(("stack", "mail"))
 
     mailed = by_name(results, "test mail")
     assert mailed.status == check.FAIL
-    assert (reply or error) in mailed.detail + mailed.cause
-    assert check.summary(results)[0] == 1
+    assert f"{error[0]}: {error[1][:60]}" in mailed.detail and f"(SMTP reply {code})" in mailed.detail
+    assert "from /usr/local/bundle" not in mailed.detail
+    assert cause in mailed.cause
+    assert world.worker.mails == [] and check.summary(results)[0] == 1
+
+
+def test_reading_the_facts_that_raises_shows_the_error_not_its_backtrace(world):
+    refused = "Connection refused - connect(2) for 10.0.3.4:6379"
+    world.worker.facts_error = ("RedisClient::CannotConnectError", refused)
+
+    results = world.run(("mail", "servers"))
+
+    for name in ("SMTP settings", "Sidekiq scheduler in exactly one process"):
+        line = by_name(results, name)
+        assert line.status == check.FAIL
+        assert "Mastodon raised RedisClient::CannotConnectError: Connection refused" in line.detail
+
+
+def test_a_runner_that_dies_outside_the_rescue_shows_the_first_line_ruby_printed():
+    crash = ruby_crash("Net::SMTPFatalError", "554 Message rejected")
+    assert len(crash) == STDERR_KEPT  # the backtrace is cut, the message kept
+    assert check.runner_failure(crash, "") == crash.splitlines()[0]
+    assert "554 Message rejected (Net::SMTPFatalError)" in check.runner_failure(crash, "")
+    assert check.runner_failure("", "") == "no output"
 
 
 def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
