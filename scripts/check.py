@@ -174,6 +174,7 @@ rescue StandardError => error
 end
 """
 RUNNER_TIMEOUT_SECONDS = 300
+RUN_COMMAND_MIN_DELIVERY_SECONDS = 30  # SendCommand's TimeoutSeconds may not be shorter
 # What an SMTP server's refusal of the test mail most likely means (RFC 5321 codes, SES's use).
 MAIL_REFUSALS = {
     "535": "the SMTP server refused the login: the servers' SMTP credentials are wrong (for SES, "
@@ -1843,29 +1844,50 @@ def run_on_worker(
     if not serving:
         return "NoWorker", "", "the worker group has no server in service"
     ssm = session.client("ssm")
+    wait = timeout + min(60.0, timeout)  # the agent's own execution timeout ends it first
     command = ssm.send_command(
         InstanceIds=serving[:1],
         DocumentName=maintenance.RUN_SHELL_SCRIPT,
         Comment=comment[:100],
+        # Not delivered by then (the agent offline, the instance busy), it never runs; SSM's
+        # minimum is 30 s. Beyond the check's wait the command is cancelled below.
+        TimeoutSeconds=max(RUN_COMMAND_MIN_DELIVERY_SECONDS, min(int(timeout), int(wait))),
         Parameters={"commands": commands, "executionTimeout": [str(max(1, int(timeout)))]},
     )
     command_id = command["Command"]["CommandId"]
-    deadline = time.monotonic() + timeout + min(60.0, timeout)  # the agent's own timeout ends it first
-    while time.monotonic() < deadline:
-        time.sleep(poll)
-        try:
-            invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=serving[0])
-        except Exception as error:
-            if "InvocationDoesNotExist" in str(error):
-                continue
-            raise
-        if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
-            return (
-                str(invocation["Status"]),
-                str(invocation.get("StandardOutputContent", "")),
-                str(invocation.get("StandardErrorContent", "")),
-            )
-    return "TimedOut", "", f"no result within {timeout:g} s"
+    deadline = time.monotonic() + wait
+    settled = False
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(poll)
+            try:
+                invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=serving[0])
+            except Exception as error:
+                if "InvocationDoesNotExist" in str(error):
+                    continue
+                raise
+            if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
+                settled = True
+                return (
+                    str(invocation["Status"]),
+                    str(invocation.get("StandardOutputContent", "")),
+                    str(invocation.get("StandardErrorContent", "")),
+                )
+    finally:
+        if not settled:  # given up: a test mail must not go out an hour later
+            cancelled = _cancel(ssm, command_id, serving[0])
+    return "TimedOut", "", f"no result within {timeout:g} s; {cancelled}"
+
+
+def _cancel(ssm: Any, command_id: str, instance_id: str) -> str:
+    try:
+        ssm.cancel_command(CommandId=command_id, InstanceIds=[instance_id])
+    except Exception as error:
+        return (
+            f"the command could not be cancelled ({type(error).__name__}: {error}): "
+            f"aws ssm cancel-command --command-id {command_id}"
+        )
+    return f"command {command_id} cancelled"
 
 
 # ---------------------------------------------------------------- output

@@ -79,6 +79,7 @@ class World:
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
     )
     commands: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: list[dict[str, Any]] = field(default_factory=list)  # CancelCommand's parameters
     worker: Worker = field(default_factory=Worker)
     invocations: dict[str, dict[str, str]] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
@@ -160,6 +161,13 @@ def _short_circuit(world: World) -> None:
     def invocation(params: dict[str, Any]) -> dict[str, Any]:
         return {"CommandId": params["CommandId"], **world.invocations[params["CommandId"]]}
 
+    def cancel(params: dict[str, Any]) -> dict[str, Any]:
+        world.cancelled.append(params)
+        world.invocations[params["CommandId"]] = {
+            "Status": "Cancelled", "StandardOutputContent": "", "StandardErrorContent": ""
+        }
+        return {}
+
     events = world.session.events
     events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
     events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
@@ -167,6 +175,8 @@ def _short_circuit(world: World) -> None:
     events.register("before-call.ssm.SendCommand", lambda params, **_: send_command(sent(params)))
     events.register("after-call.ssm.SendCommand", command_sent)
     events.register("before-call.ssm.GetCommandInvocation", answer(invocation))
+    # moto has no CancelCommand: the fake worker's command stops (Cancelled, as SSM reports).
+    events.register("before-call.ssm.CancelCommand", answer(cancel))
 
 
 TEMPLATE = {
@@ -986,6 +996,51 @@ def test_the_scheduler_queue_is_the_one_the_templates_name(world, monkeypatch):
 
     scheduler = by_name(results, "Sidekiq scheduler in exactly one process")
     assert scheduler.status == check.PASS and "run the cron queue" in scheduler.detail
+
+
+def test_a_test_mail_never_delivered_is_cancelled_when_the_check_gives_up(world):
+    # The worker's agent never picks the command up: without a delivery bound and a cancel,
+    # SSM would hand it over whenever the agent comes back, and the mail would go out then.
+    world.worker.status = "Pending"
+    world.options.runner_timeout = 0.2
+    world.options.mail_to = "admin@example.org"
+
+    results = world.run(("mail",))
+
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.FAIL and "TimedOut" in mailed.detail and "cancelled" in mailed.detail
+    sent = {c["Parameters"]["commands"][-1]: c for c in world.commands}
+    assert len(world.commands) == 2 and len(world.cancelled) == 2  # the facts' command, the mail's
+    for command in sent.values():
+        assert command["TimeoutSeconds"] == check.RUN_COMMAND_MIN_DELIVERY_SECONDS  # SSM's least
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    assert all(c["InstanceIds"] == [worker] for c in world.cancelled)
+
+
+def test_the_delivery_bound_is_no_longer_than_the_checks_own_wait(world):
+    world.options.runner_timeout = 45
+    world.worker.status = ""
+
+    world.run(("mail",))
+
+    (facts,) = world.commands
+    assert facts["TimeoutSeconds"] == 45 and facts["Parameters"]["executionTimeout"] == ["45"]
+    assert world.cancelled == []  # it answered: nothing to cancel
+
+
+def test_a_command_that_cannot_be_cancelled_says_how_to_cancel_it(world):
+    world.worker.status = "Pending"
+    world.options.runner_timeout = 0.2
+
+    def refuse(**_: Any) -> None:
+        raise RuntimeError("AccessDeniedException: ssm:CancelCommand")
+
+    world.session.events.register_first("before-call.ssm.CancelCommand", refuse)
+
+    results = world.run(("mail",))
+
+    detail = by_name(results, "SMTP settings").detail
+    assert "could not be cancelled" in detail and "aws ssm cancel-command --command-id " in detail
 
 
 def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
