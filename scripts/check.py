@@ -27,7 +27,7 @@ processes are alive. Prints one line per check, grouped:
   servers   each server on the deployed version, registered with SSM, healthy in the
             target groups; the worker group at one server; the Sidekiq scheduler in exactly
             one live process (Sidekiq's own process set); queue latency under its alarm's
-            threshold where the Sidekiq metrics option publishes it
+            threshold where the stack has queue workers (whose metrics it reads)
 
 ✓ passed, ✗ failed (with the likely cause and the next step), – skipped (and why). The
 exit status is 0 only when every required check passes; 1 otherwise; 2 bad arguments.
@@ -187,8 +187,9 @@ MAIL_REFUSALS = {
 
 
 def queue_latency_metric(stack: str) -> tuple[str, str]:
-    """The namespace and name of the oldest Sidekiq job's wait, as the queue-workers option
-    publishes it (templates/sidekiq.py) for stack `stack`; its alarm is what the check reads."""
+    """The namespace and name of the oldest Sidekiq job's wait, as the main worker publishes it
+    when the stack has queue workers (QueueWorkerMaxSize > 0, templates/sidekiq.py) for stack
+    `stack`; its alarm is what the check reads."""
     namespace = sidekiq.METRICS_NAMESPACE.data["Fn::Sub"].replace("${AWS::StackName}", stack)
     return namespace, sidekiq.OLDEST_JOB_METRIC
 
@@ -1712,7 +1713,8 @@ class Checker:
                 "servers",
                 name,
                 None,
-                f"the Sidekiq metrics option is off: no alarm of the stack watches {namespace} {metric}",
+                f"the stack has no queue workers ({parameter_names().queue_worker_max_size.title} 0): "
+                f"no alarm of the stack watches {namespace} {metric}",
             )
             return
         now = datetime.datetime.now(datetime.UTC)
@@ -1720,6 +1722,7 @@ class Checker:
         for alarm in alarms:
             dimensions = alarm.get("Dimensions", [])
             label = ",".join(str(d.get("Value")) for d in dimensions) or metric
+            state = str(alarm.get("StateValue", "state unknown"))
             period = int(alarm.get("Period", 60))
             window = max(5 * period, 600)
             statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic") or "Maximum"
@@ -1738,14 +1741,14 @@ class Checker:
                 **wanted,
             )["Datapoints"]
             if not points:
-                missing.append(f"{label} (none in {window // 60} min)")
+                missing.append(f"{label} (none in {window // 60} min; alarm {state})")
                 continue
             latest = max(points, key=lambda point: point["Timestamp"])
             extended = bool(alarm.get("ExtendedStatistic"))
             value = float(latest["ExtendedStatistics"][statistic] if extended else latest[statistic])
             threshold = float(alarm.get("Threshold", 0))
             breaches = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
-            readings.append(f"{label} {value:g} (alarm at {threshold:g})")
+            readings.append(f"{label} {value:g} (alarm at {threshold:g}, {state})")
             if breaches is None or breaches(value, threshold):
                 over.append(label)
         self.add(

@@ -1057,7 +1057,7 @@ def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world)
 
 
 def _latency_option(world: World, values: list[float], threshold: float = 30) -> None:
-    """The Sidekiq metrics option on: its alarm on the stack's topic, and what it published."""
+    """Queue workers on: the oldest-job alarm on the stack's topic, and what the worker published."""
     namespace, metric = check.queue_latency_metric(STACK)
     cloudwatch = world.client("cloudwatch")
     dimensions = [{"Name": "Queue", "Value": "default"}]
@@ -1090,11 +1090,12 @@ def _latency_option(world: World, values: list[float], threshold: float = 30) ->
         )
 
 
-def test_queue_latency_is_skipped_with_why_when_the_metrics_option_is_off(world):
+def test_queue_latency_is_skipped_with_why_without_queue_workers(world):
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
-    assert latency.status == check.SKIP and "option is off" in latency.detail
+    # The metrics and their alarm exist with queue workers; there is no "metrics option".
+    assert latency.status == check.SKIP and "no queue workers (QueueWorkerMaxSize 0)" in latency.detail
 
 
 def test_queue_latency_under_its_alarm_threshold_passes(world):
@@ -1103,15 +1104,19 @@ def test_queue_latency_under_its_alarm_threshold_passes(world):
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
-    assert latency.status == check.PASS and "default 2.5 (alarm at 30)" in latency.detail
+    assert latency.status == check.PASS and "default 2.5 (alarm at 30, OK)" in latency.detail
 
 
 def test_queue_latency_over_its_alarm_threshold_fails(world):
     _latency_option(world, [3, 45])  # the latest reading counts
+    world.client("cloudwatch").set_alarm_state(
+        AlarmName="sidekiq-latency", StateValue="ALARM", StateReason="jobs wait"
+    )
 
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
+    assert "default 45 (alarm at 30, ALARM)" in latency.detail
     assert latency.status == check.FAIL and "do not keep up" in latency.cause
     assert latency.step and check.summary(results)[0] == 1
 
