@@ -89,6 +89,9 @@ HEARTBEAT_SECONDS = 30
 # A stream given by query, as Mastodon's web client opens it: the WebSocket layer takes it;
 # the plain-HTTP handler knows streams only by path and refuses this one (400).
 WEBSOCKET_PATH = "/api/v1/streaming?stream=public:local"
+# What CloudFront must forward for a WebSocket handshake (besides Upgrade and Connection).
+WEBSOCKET_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version")
+WEBSOCKET_HEADERS_CHECK = "streaming behaviour forwards the WebSocket headers"
 PROBE_PREFIX = "mastodon-check"
 # What Mastodon uploads every media file with (config/initializers/paperclip.rb, its S3
 # headers): the probe carries it too, so that the edge keeps it exactly as long as it
@@ -98,6 +101,32 @@ MEDIA_CACHE_CONTROL = "public, max-age=315576000, immutable"
 # the edge location and at the regional cache in front of it (edge.MEDIA_EDGE_TTL_SECONDS).
 MEDIA_PROMISE_SECONDS = 2 * edge.MEDIA_EDGE_TTL_SECONDS + 60
 CERTIFICATE_WARNING_DAYS = 14
+# Every IAM action the check uses (the README lists them; a test holds the code to this list).
+PERMISSIONS = (
+    "cloudformation:DescribeStacks",
+    "cloudformation:ListStackResources",
+    "ssm:GetParameter",
+    "states:ListExecutions",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:GetMetricStatistics",
+    "cloudfront:GetDistributionConfig",
+    "cloudfront:GetOriginRequestPolicy",
+    "elasticloadbalancing:DescribeLoadBalancers",
+    "elasticloadbalancing:DescribeListeners",
+    "elasticloadbalancing:DescribeRules",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "ses:GetEmailIdentity",
+    "ses:GetAccount",
+    "autoscaling:DescribeAutoScalingGroups",
+    "ec2:DescribeInstances",
+    "ssm:DescribeInstanceInformation",
+    "ssm:SendCommand",
+    "ssm:GetCommandInvocation",
+    "ssm:CancelCommand",
+)
 # The worker's Sidekiq container (bootstrap.sh names its unit and container so). The check
 # asks Mastodon itself, in that container, what it mails with and which Sidekiq processes
 # are alive: `bin/rails runner` with the Ruby below, which prints one line after RESULT_MARK.
@@ -1039,6 +1068,12 @@ class Checker:
             "the WebSocket cannot be opened through CloudFront",
             "see the streaming health line and the streaming log group",
         )(self._websocket)
+        self.guard(
+            g,
+            WEBSOCKET_HEADERS_CHECK,
+            "the distribution or its origin request policy cannot be read",
+            "check your permissions (cloudfront:GetDistributionConfig, cloudfront:GetOriginRequestPolicy)",
+        )(self._websocket_headers)
 
     def _expected_version(self) -> str | None:
         return self.deployed_version.removeprefix("v") if self.deployed_version else None
@@ -1160,7 +1195,7 @@ class Checker:
             self.net, self.domain, WEBSOCKET_PATH, self.options.heartbeat_wait, self.options.access_token
         )
         layer = refusal_layer(shake)
-        reaches, name = "WebSocket reaches the streaming server", "WebSocket heartbeat"
+        reaches, name = "WebSocket upgrade request reaches the streaming server", "WebSocket heartbeat"
         said = refusal_message(shake)
         step = (
             f"check the {edge.STREAMING_PATH} behaviour (its origin request policy must pass the viewer's "
@@ -1173,7 +1208,8 @@ class Checker:
                 True,
                 "upgraded (101)"
                 if shake.status == 101
-                else f"{shake.status} at the WebSocket upgrade ({said}): the Upgrade headers reached it",
+                else f"{shake.status} at the WebSocket upgrade ({said}): the upgrade request reached it; "
+                "without a token nothing shows that the handshake would complete",
             )
         elif layer == "http":
             self.add(
@@ -1227,6 +1263,60 @@ class Checker:
             ),
             "check the streaming target group's health, the streaming log group and the "
             "load balancer's idle timeout",
+        )
+
+    def _websocket_headers(self) -> None:
+        """CloudFront passes a WebSocket handshake on only where the behaviour forwards every viewer
+        header or Sec-WebSocket-Key and Sec-WebSocket-Version (CloudFront Developer Guide, "Use
+        WebSockets with CloudFront distributions"). Without a token the upgrade line cannot tell:
+        Mastodon refuses before its WebSocket layer reads the key."""
+        name = WEBSOCKET_HEADERS_CHECK
+        step = (
+            f"give the {edge.STREAMING_PATH} behaviour the AllViewer origin request policy (as the "
+            "template does): a stack update restores it"
+        )
+        distribution = self.stack.resource(edge.DISTRIBUTION)
+        if not distribution:
+            self.add("mastodon", name, False, "no distribution in the stack", "the stack is incomplete",
+                     "redeploy with scripts/deploy.py")
+            return
+        cloudfront = self.client("cloudfront")
+        config = cloudfront.get_distribution_config(Id=distribution)["DistributionConfig"]
+        behaviours = (config.get("CacheBehaviors") or {}).get("Items") or []
+        found = next((b for b in behaviours if b.get("PathPattern") == edge.STREAMING_PATH), None)
+        if found is None:
+            self.add("mastodon", name, False, f"no {edge.STREAMING_PATH} behaviour",
+                     "WebSockets meet the default behaviour, which is not made for them", step)
+            return
+        policy_id = str(found.get("OriginRequestPolicyId") or "")
+        if not policy_id:
+            self.add("mastodon", name, False, f"the {edge.STREAMING_PATH} behaviour has no origin request "
+                     "policy", "CloudFront forwards only the legacy ForwardedValues headers", step)
+            return
+        policy = cloudfront.get_origin_request_policy(Id=policy_id)["OriginRequestPolicy"]
+        headers = policy["OriginRequestPolicyConfig"].get("HeadersConfig", {})
+        behaviour = str(headers.get("HeaderBehavior", "none"))
+        listed = {str(h).lower() for h in (headers.get("Headers") or {}).get("Items") or []}
+        wanted = {h.lower() for h in WEBSOCKET_HEADERS}
+        if behaviour in ("allViewer", "allViewerAndWhitelistCloudFront"):
+            dropped: set[str] = set()
+        elif behaviour == "whitelist":
+            dropped = wanted - listed
+        elif behaviour == "allExcept":
+            dropped = wanted & listed
+        else:
+            dropped = wanted
+        label = str(policy["OriginRequestPolicyConfig"].get("Name") or policy_id)
+        lost = ", ".join(h for h in WEBSOCKET_HEADERS if h.lower() in dropped)
+        self.add(
+            "mastodon",
+            name,
+            not dropped,
+            f"{edge.STREAMING_PATH}: origin request policy {label}, headers {behaviour}"
+            + (f"; drops {lost}" if dropped else ""),
+            "CloudFront does not pass the WebSocket handshake's headers on: every WebSocket (the "
+            "live timelines, notifications) fails although the upgrade request gets through",
+            step,
         )
 
     # ---- 4. media

@@ -55,10 +55,22 @@ VERSION = "v4.7.6"
 BUCKET = "mastodon-media-bucket"
 SECRET = "secret-value"
 ROOT = Path(__file__).resolve().parents[2]
+UPGRADE = "WebSocket upgrade request reaches the streaming server"
 
 
 class _Ok:
     status_code = 200
+
+
+def _policy(name: str, behaviour: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An origin request policy as GetOriginRequestPolicy returns it."""
+    listed = {"Quantity": len(headers), "Items": list(headers)} if headers else {"Quantity": 0}
+    return {
+        "Name": name,
+        "HeadersConfig": {"HeaderBehavior": behaviour, "Headers": listed},
+        "CookiesConfig": {"CookieBehavior": "all"},
+        "QueryStringsConfig": {"QueryStringBehavior": "all"},
+    }
 
 
 @dataclass
@@ -77,6 +89,10 @@ class World:
     )
     ses_account: dict[str, Any] = field(
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
+    )
+    # What GetOriginRequestPolicy answers (moto lacks it), by ID: AWS's managed AllViewer.
+    origin_request_policies: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {edge.ALL_VIEWER: _policy("Managed-AllViewer", "allViewer")}
     )
     commands: list[dict[str, Any]] = field(default_factory=list)
     cancelled: list[dict[str, Any]] = field(default_factory=list)  # CancelCommand's parameters
@@ -168,7 +184,22 @@ def _short_circuit(world: World) -> None:
         }
         return {}
 
+    def origin_request_policy(params: dict[str, Any], **_: Any) -> Any:
+        """GetOriginRequestPolicy (a REST call: its ID is in the URL)."""
+        policy_id = params["url_path"].rstrip("/").split("/")[-1]
+        if policy_id not in world.origin_request_policies:
+            raise RuntimeError(f"NoSuchOriginRequestPolicy: {policy_id}")
+        return _Ok(), {
+            "OriginRequestPolicy": {
+                "Id": policy_id,
+                "LastModifiedTime": datetime.datetime.now(datetime.UTC),
+                "OriginRequestPolicyConfig": world.origin_request_policies[policy_id],
+            },
+            "ETag": "E1",
+        }
+
     events = world.session.events
+    events.register("before-call.cloudfront.GetOriginRequestPolicy", origin_request_policy)
     events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
     events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
     events.register("before-call.sesv2.GetAccount", answer(lambda _: world.ses_account))
@@ -252,6 +283,18 @@ def _build(session: Any) -> dict[str, str]:
                 "TargetOriginId": "o",
                 "ViewerProtocolPolicy": "redirect-to-https",
                 "CachePolicyId": edge.CACHING_DISABLED,
+            },
+            "CacheBehaviors": {
+                "Quantity": 1,
+                "Items": [
+                    {
+                        "PathPattern": edge.STREAMING_PATH,
+                        "TargetOriginId": "o",
+                        "ViewerProtocolPolicy": "redirect-to-https",
+                        "CachePolicyId": edge.CACHING_DISABLED,
+                        "OriginRequestPolicyId": edge.ALL_VIEWER,  # as the template has it
+                    }
+                ],
             },
         }
     )["Distribution"]["Id"]
@@ -397,8 +440,9 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
         "NodeInfo",
         "host-meta",
         "streaming health",
-        "WebSocket reaches the streaming server",
+        UPGRADE,
         "WebSocket heartbeat",
+        check.WEBSOCKET_HEADERS_CHECK,
         "served through CloudFront",
         "media headers",
         "media cached at the edge",
@@ -619,12 +663,31 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     (
         "WebSocket refused by the load balancer",
         lambda w: setattr(w.behaviour, "websocket", "403"),
-        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+        [UPGRADE, "WebSocket heartbeat"],
     ),
     (
         "Upgrade headers dropped on the way",
         lambda w: setattr(w.behaviour, "upgrade_headers", False),
-        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+        [UPGRADE, "WebSocket heartbeat"],
+    ),
+    (
+        "streaming behaviour forwards only Upgrade and Connection",
+        lambda w: w.origin_request_policies.update(
+            {edge.ALL_VIEWER: _policy("upgrade-only", "whitelist", ("Upgrade", "Connection"))}
+        ),
+        [check.WEBSOCKET_HEADERS_CHECK],
+    ),
+    (
+        "streaming behaviour forwards all but Sec-WebSocket-Key",
+        lambda w: w.origin_request_policies.update(
+            {edge.ALL_VIEWER: _policy("all-but-key", "allExcept", ("sec-websocket-key",))}
+        ),
+        [check.WEBSOCKET_HEADERS_CHECK],
+    ),
+    (
+        "streaming behaviour forwards no header",
+        lambda w: w.origin_request_policies.update({edge.ALL_VIEWER: _policy("none", "none")}),
+        [check.WEBSOCKET_HEADERS_CHECK],
     ),
     (
         "media not served",
@@ -751,7 +814,7 @@ def test_a_websocket_refused_for_want_of_a_token_proves_the_route_and_asks_for_o
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.PASS and "X-Error-Message: Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.SKIP and "--access-token" in heartbeat.detail
@@ -776,7 +839,7 @@ def test_with_a_token_a_websocket_mastodon_accepts_receives_its_heartbeat(world)
     results = world.run(("stack", "mastodon"))
 
     assert by_name(results, "WebSocket heartbeat").status == check.PASS
-    assert by_name(results, "WebSocket reaches the streaming server").detail == "upgraded (101)"
+    assert by_name(results, UPGRADE).detail == "upgraded (101)"
 
 
 @pytest.mark.parametrize("token", [None, "good"])
@@ -787,7 +850,7 @@ def test_an_edge_that_drops_the_upgrade_headers_fails_with_or_without_a_token(wo
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.FAIL and "Upgrade headers were lost" in reaches.cause
     assert "Unknown channel requested" in reaches.detail  # the HTTP handler's own JSON error
     assert by_name(results, "WebSocket heartbeat").status == check.FAIL
@@ -803,7 +866,7 @@ def test_a_401_from_the_http_handler_is_not_taken_for_the_upgrade_refusal(world,
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.FAIL and reaches.detail.startswith("401 ")
     assert "Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
@@ -817,8 +880,50 @@ def test_the_fake_edge_routes_the_upgraded_stream_path_as_mastodon_does(world, m
 
     results = world.run(("stack", "mastodon"))
 
-    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    assert by_name(results, UPGRADE).status == check.PASS
     assert by_name(results, "WebSocket heartbeat").status == check.SKIP
+
+
+def test_without_a_token_the_upgrade_line_claims_only_the_request_and_the_policy_is_read(world):
+    # Mastodon refuses a token-less upgrade before its WebSocket layer reads Sec-WebSocket-Key:
+    # an edge that dropped that header would pass the upgrade line all the same.
+    world.behaviour.websocket = "ping-with-token"
+    dropping = _policy("upgrade-only", "whitelist", ("Upgrade", "Connection"))
+    world.origin_request_policies[edge.ALL_VIEWER] = dropping
+
+    results = world.run(("stack", "mastodon"))
+
+    upgrade = by_name(results, UPGRADE)
+    assert upgrade.status == check.PASS and "the upgrade request reached it" in upgrade.detail
+    assert by_name(results, "WebSocket heartbeat").status == check.SKIP
+    headers = by_name(results, check.WEBSOCKET_HEADERS_CHECK)
+    assert headers.status == check.FAIL
+    assert "drops Sec-WebSocket-Key, Sec-WebSocket-Version" in headers.detail
+    assert "AllViewer" in headers.step and check.summary(results)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "headers"),
+    [("allViewerAndWhitelistCloudFront", ("CloudFront-Viewer-Country",)),
+     ("whitelist", ("upgrade", "connection", "sec-websocket-key", "sec-websocket-version")),
+     ("allExcept", ("Cookie",))],
+)
+def test_a_policy_that_forwards_both_websocket_headers_passes(world, behaviour, headers):
+    world.origin_request_policies[edge.ALL_VIEWER] = _policy("custom", behaviour, headers)
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, check.WEBSOCKET_HEADERS_CHECK).status == check.PASS
+
+
+def test_a_policy_that_cannot_be_read_fails_with_the_permission_to_check(world):
+    world.origin_request_policies.clear()
+
+    results = world.run(("stack", "mastodon"))
+
+    headers = by_name(results, check.WEBSOCKET_HEADERS_CHECK)
+    assert headers.status == check.FAIL and "NoSuchOriginRequestPolicy" in headers.detail
+    assert "cloudfront:GetOriginRequestPolicy" in headers.step
 
 
 # ---------------------------------------------------------------- bounded waits
@@ -1184,6 +1289,37 @@ def test_the_readme_says_exactly_how_to_run_the_live_check():
     command = sample.strip().splitlines()[-1].strip()
     assert command in (live.__doc__ or ""), "the module's docstring runs it the same way"
     assert command.endswith("tests/operations/test_check_live.py") and "-n 0" in command
+
+
+IAM_PREFIX = {"elbv2": "elasticloadbalancing", "sesv2": "ses", "stepfunctions": "states"}
+
+
+def test_every_call_the_check_makes_is_a_permission_the_readme_lists(world):
+    # Every AWS call of a full run (with a test mail, a latency alarm, a Run Command given up
+    # on) is recorded as the IAM action it needs; the list in check.py and the README hold it.
+    used: set[str] = set()
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.service_name
+        action = model.name
+        if service == "s3" and action == "DeleteObject" and "versionid" in str(params).lower():
+            action = "DeleteObjectVersion"
+        used.add(f"{IAM_PREFIX.get(service, service)}:{action}")
+
+    _latency_option(world, [2.5])
+    world.options.mail_to = "admin@example.org"
+    net = world.network()  # the fake edge's own S3 client is made before the recording starts
+    world.session.events.register_first("before-call.*.*", record)
+    world.run(net=net)
+    world.worker.status, world.options.runner_timeout = "Pending", 0.2
+    world.run(("mail",), net=net)
+
+    assert used <= set(check.PERMISSIONS), used - set(check.PERMISSIONS)
+    assert {"s3:DeleteObjectVersion", "ssm:CancelCommand", "cloudfront:GetOriginRequestPolicy"} <= used
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Checking a deployed stack", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{permission}`" in section for permission in check.PERMISSIONS)
+    assert "as root on the worker" in section
 
 
 def test_the_latency_check_reads_the_metric_the_templates_alarm_watches(template):
