@@ -27,7 +27,7 @@ processes are alive. Prints one line per check, grouped:
   servers   each server on the deployed version, registered with SSM, healthy in the
             target groups; the worker group at one server; the Sidekiq scheduler in exactly
             one live process (Sidekiq's own process set); queue latency under its alarm's
-            threshold where the Sidekiq metrics option publishes it
+            threshold where the stack has queue workers (whose metrics it reads)
 
 ✓ passed, ✗ failed (with the likely cause and the next step), – skipped (and why). The
 exit status is 0 only when every required check passes; 1 otherwise; 2 bad arguments.
@@ -89,6 +89,9 @@ HEARTBEAT_SECONDS = 30
 # A stream given by query, as Mastodon's web client opens it: the WebSocket layer takes it;
 # the plain-HTTP handler knows streams only by path and refuses this one (400).
 WEBSOCKET_PATH = "/api/v1/streaming?stream=public:local"
+# What CloudFront must forward for a WebSocket handshake (besides Upgrade and Connection).
+WEBSOCKET_HEADERS = ("Sec-WebSocket-Key", "Sec-WebSocket-Version")
+WEBSOCKET_HEADERS_CHECK = "streaming behaviour forwards the WebSocket headers"
 PROBE_PREFIX = "mastodon-check"
 # What Mastodon uploads every media file with (config/initializers/paperclip.rb, its S3
 # headers): the probe carries it too, so that the edge keeps it exactly as long as it
@@ -98,59 +101,124 @@ MEDIA_CACHE_CONTROL = "public, max-age=315576000, immutable"
 # the edge location and at the regional cache in front of it (edge.MEDIA_EDGE_TTL_SECONDS).
 MEDIA_PROMISE_SECONDS = 2 * edge.MEDIA_EDGE_TTL_SECONDS + 60
 CERTIFICATE_WARNING_DAYS = 14
+# Every IAM action the check uses (the README lists them; a test holds the code to this list).
+PERMISSIONS = (
+    "cloudformation:DescribeStacks",
+    "cloudformation:ListStackResources",
+    "ssm:GetParameter",
+    "states:ListExecutions",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:GetMetricStatistics",
+    "cloudfront:GetDistributionConfig",
+    "cloudfront:GetOriginRequestPolicy",
+    "elasticloadbalancing:DescribeLoadBalancers",
+    "elasticloadbalancing:DescribeListeners",
+    "elasticloadbalancing:DescribeRules",
+    "elasticloadbalancing:DescribeTargetHealth",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "ses:GetEmailIdentity",
+    "ses:GetAccount",
+    "autoscaling:DescribeAutoScalingGroups",
+    "ec2:DescribeInstances",
+    "ssm:DescribeInstanceInformation",
+    "ssm:SendCommand",
+    "ssm:GetCommandInvocation",
+    "ssm:CancelCommand",
+)
 # The worker's Sidekiq container (bootstrap.sh names its unit and container so). The check
 # asks Mastodon itself, in that container, what it mails with and which Sidekiq processes
 # are alive: `bin/rails runner` with the Ruby below, which prints one line after RESULT_MARK.
 SIDEKIQ_CONTAINER = "mastodon-sidekiq"
 RESULT_MARK = "MASTODON_CHECK_RESULT "
 MAIL_TO_ENV = "MASTODON_CHECK_MAIL_TO"
-SCHEDULER_QUEUE = "scheduler"
+# When the Ruby raises (Redis down; an SMTP server that refuses: Net::SMTP raises on any
+# reply that is not 2xx/3xx), it prints {"error": class, "message": ...} after RESULT_MARK
+# instead: Ruby would print the message once and then a long backtrace, of which Run Command
+# keeps only the first 8,000 characters. The message never carries the SMTP login or
+# password, nor a URL's credentials.
+RESCUE_RUBY = f"""
+require "json"
+def check_failure(error, extra = {{}})
+  message = error.message.to_s
+  settings = (ActionMailer::Base.smtp_settings rescue {{}})
+  [settings[:user_name], settings[:password]].each do |secret|
+    message = message.gsub(secret.to_s, "[hidden]") unless secret.to_s.empty?
+  end
+  message = message.gsub(%r{{//[^/@\\s]*@}}, "//[hidden]@")
+  puts "{RESULT_MARK}" + JSON.generate(
+    {{ "error" => error.class.name, "message" => message.strip[0, 300] }}.merge(extra)
+  )
+end
+"""
 # What ActionMailer (Mastodon's mail) uses, without a secret: the login and password only
 # as present or not; and every live Sidekiq process (its heartbeat in Redis) with its queues.
-SERVER_FACTS_RUBY = f"""
-require "json"
-require "sidekiq/api"
-smtp = ActionMailer::Base.smtp_settings
-processes = Sidekiq::ProcessSet.new.map do |process|
-  {{
-    "hostname" => process["hostname"].to_s,
-    "queues" => Array(process["queues"]),
-    "quiet" => process.stopping?
-  }}
+# ProcessSet.new(false): no cleanup, which would write to Redis (sidekiq lib/sidekiq/api.rb);
+# its `each` skips a process whose heartbeat has expired all the same.
+SERVER_FACTS_RUBY = RESCUE_RUBY + f"""
+begin
+  require "sidekiq/api"
+  smtp = ActionMailer::Base.smtp_settings
+  processes = Sidekiq::ProcessSet.new(false).map do |process|
+    {{
+      "hostname" => process["hostname"].to_s,
+      "queues" => Array(process["queues"]),
+      "quiet" => process.stopping?
+    }}
+  end
+  puts "{RESULT_MARK}" + JSON.generate(
+    "delivery_method" => ActionMailer::Base.delivery_method.to_s,
+    "address" => smtp[:address].to_s,
+    "port" => smtp[:port].to_s,
+    "user_name" => smtp[:user_name].present?,
+    "password" => smtp[:password].present?,
+    "tls" => smtp[:tls].present? || smtp[:ssl].present?,
+    "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
+    "processes" => processes
+  )
+rescue StandardError => error
+  check_failure(error)
 end
-puts "{RESULT_MARK}" + JSON.generate(
-  "delivery_method" => ActionMailer::Base.delivery_method.to_s,
-  "address" => smtp[:address].to_s,
-  "port" => smtp[:port].to_s,
-  "user_name" => smtp[:user_name].present?,
-  "password" => smtp[:password].present?,
-  "tls" => smtp[:tls].present? || smtp[:ssl].present?,
-  "starttls" => (smtp[:enable_starttls] || smtp[:enable_starttls_auto]) ? true : false,
-  "processes" => processes
-)
 """
 # One mail through Mastodon's own SMTP settings, sent at once (not queued): the SMTP
-# server's reply is the result (SES answers 250 with its message ID when it takes the mail).
-TEST_MAIL_RUBY = f"""
-require "json"
-settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
-message = Mail.new
-message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
-message.to = ENV.fetch("{MAIL_TO_ENV}")
-message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
-message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
-message.delivery_method(:smtp, settings)
-response = message.delivery_method.deliver!(message)
-puts "{RESULT_MARK}" + JSON.generate(
-  "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
-)
+# server's reply is the result (SES answers 250 with its message ID when it takes the mail;
+# a refusal is a Net::SMTP error whose response carries the reply code).
+TEST_MAIL_RUBY = RESCUE_RUBY + f"""
+begin
+  settings = ActionMailer::Base.smtp_settings.merge(return_response: true)
+  message = Mail.new
+  message.from = ENV["SMTP_FROM_ADDRESS"].presence || ActionMailer::Base.default_params[:from]
+  message.to = ENV.fetch("{MAIL_TO_ENV}")
+  message.subject = "Mastodon on AWS: test mail from " + ENV.fetch("LOCAL_DOMAIN", "")
+  message.body = "scripts/check.py sent this through the servers' SMTP settings. Nothing to do."
+  message.delivery_method(:smtp, settings)
+  response = message.delivery_method.deliver!(message)
+  puts "{RESULT_MARK}" + JSON.generate(
+    "status" => response.status.to_s, "reply" => response.string.to_s.strip[0, 200]
+  )
+rescue StandardError => error
+  reply = error.respond_to?(:response) && error.response.respond_to?(:status) ? error.response : nil
+  check_failure(error, "status" => reply ? reply.status.to_s : error.message.to_s[/\\A[2-5]\\d\\d/].to_s)
+end
 """
 RUNNER_TIMEOUT_SECONDS = 300
+RUN_COMMAND_MIN_DELIVERY_SECONDS = 30  # SendCommand's TimeoutSeconds may not be shorter
+# What an SMTP server's refusal of the test mail most likely means (RFC 5321 codes, SES's use).
+MAIL_REFUSALS = {
+    "535": "the SMTP server refused the login: the servers' SMTP credentials are wrong (for SES, "
+    "derived from another key or region)",
+    "554": "the SMTP server refused the mail: in the SES sandbox, the recipient (or the sender) is "
+    "not a verified identity",
+    "421": "the SMTP server is not taking mail now (throttled or closing): try again later",
+    "454": "the SMTP server could not take the mail now (throttled, or a temporary auth failure)",
+}
 
 
 def queue_latency_metric(stack: str) -> tuple[str, str]:
-    """The namespace and name of the oldest Sidekiq job's wait, as the queue-workers option
-    publishes it (templates/sidekiq.py) for stack `stack`; its alarm is what the check reads."""
+    """The namespace and name of the oldest Sidekiq job's wait, as the main worker publishes it
+    when the stack has queue workers (QueueWorkerMaxSize > 0, templates/sidekiq.py) for stack
+    `stack`; its alarm is what the check reads."""
     namespace = sidekiq.METRICS_NAMESPACE.data["Fn::Sub"].replace("${AWS::StackName}", stack)
     return namespace, sidekiq.OLDEST_JOB_METRIC
 
@@ -1000,6 +1068,12 @@ class Checker:
             "the WebSocket cannot be opened through CloudFront",
             "see the streaming health line and the streaming log group",
         )(self._websocket)
+        self.guard(
+            g,
+            WEBSOCKET_HEADERS_CHECK,
+            "the distribution or its origin request policy cannot be read",
+            "check your permissions (cloudfront:GetDistributionConfig, cloudfront:GetOriginRequestPolicy)",
+        )(self._websocket_headers)
 
     def _expected_version(self) -> str | None:
         return self.deployed_version.removeprefix("v") if self.deployed_version else None
@@ -1121,7 +1195,7 @@ class Checker:
             self.net, self.domain, WEBSOCKET_PATH, self.options.heartbeat_wait, self.options.access_token
         )
         layer = refusal_layer(shake)
-        reaches, name = "WebSocket reaches the streaming server", "WebSocket heartbeat"
+        reaches, name = "WebSocket upgrade request reaches the streaming server", "WebSocket heartbeat"
         said = refusal_message(shake)
         step = (
             f"check the {edge.STREAMING_PATH} behaviour (its origin request policy must pass the viewer's "
@@ -1134,7 +1208,8 @@ class Checker:
                 True,
                 "upgraded (101)"
                 if shake.status == 101
-                else f"{shake.status} at the WebSocket upgrade ({said}): the Upgrade headers reached it",
+                else f"{shake.status} at the WebSocket upgrade ({said}): the upgrade request reached it; "
+                "without a token nothing shows that the handshake would complete",
             )
         elif layer == "http":
             self.add(
@@ -1188,6 +1263,60 @@ class Checker:
             ),
             "check the streaming target group's health, the streaming log group and the "
             "load balancer's idle timeout",
+        )
+
+    def _websocket_headers(self) -> None:
+        """CloudFront passes a WebSocket handshake on only where the behaviour forwards every viewer
+        header or Sec-WebSocket-Key and Sec-WebSocket-Version (CloudFront Developer Guide, "Use
+        WebSockets with CloudFront distributions"). Without a token the upgrade line cannot tell:
+        Mastodon refuses before its WebSocket layer reads the key."""
+        name = WEBSOCKET_HEADERS_CHECK
+        step = (
+            f"give the {edge.STREAMING_PATH} behaviour the AllViewer origin request policy (as the "
+            "template does): a stack update restores it"
+        )
+        distribution = self.stack.resource(edge.DISTRIBUTION)
+        if not distribution:
+            self.add("mastodon", name, False, "no distribution in the stack", "the stack is incomplete",
+                     "redeploy with scripts/deploy.py")
+            return
+        cloudfront = self.client("cloudfront")
+        config = cloudfront.get_distribution_config(Id=distribution)["DistributionConfig"]
+        behaviours = (config.get("CacheBehaviors") or {}).get("Items") or []
+        found = next((b for b in behaviours if b.get("PathPattern") == edge.STREAMING_PATH), None)
+        if found is None:
+            self.add("mastodon", name, False, f"no {edge.STREAMING_PATH} behaviour",
+                     "WebSockets meet the default behaviour, which is not made for them", step)
+            return
+        policy_id = str(found.get("OriginRequestPolicyId") or "")
+        if not policy_id:
+            self.add("mastodon", name, False, f"the {edge.STREAMING_PATH} behaviour has no origin request "
+                     "policy", "CloudFront forwards only the legacy ForwardedValues headers", step)
+            return
+        policy = cloudfront.get_origin_request_policy(Id=policy_id)["OriginRequestPolicy"]
+        headers = policy["OriginRequestPolicyConfig"].get("HeadersConfig", {})
+        behaviour = str(headers.get("HeaderBehavior", "none"))
+        listed = {str(h).lower() for h in (headers.get("Headers") or {}).get("Items") or []}
+        wanted = {h.lower() for h in WEBSOCKET_HEADERS}
+        if behaviour in ("allViewer", "allViewerAndWhitelistCloudFront"):
+            dropped: set[str] = set()
+        elif behaviour == "whitelist":
+            dropped = wanted - listed
+        elif behaviour == "allExcept":
+            dropped = wanted & listed
+        else:
+            dropped = wanted
+        label = str(policy["OriginRequestPolicyConfig"].get("Name") or policy_id)
+        lost = ", ".join(h for h in WEBSOCKET_HEADERS if h.lower() in dropped)
+        self.add(
+            "mastodon",
+            name,
+            not dropped,
+            f"{edge.STREAMING_PATH}: origin request policy {label}, headers {behaviour}"
+            + (f"; drops {lost}" if dropped else ""),
+            "CloudFront does not pass the WebSocket handshake's headers on: every WebSocket (the "
+            "live timelines, notifications) fails although the upgrade request gets through",
+            step,
         )
 
     # ---- 4. media
@@ -1426,7 +1555,10 @@ class Checker:
                 self.facts = None, f"{type(error).__name__}: {error}"
             else:
                 found = runner_result(out) if status == "Success" else None
-                self.facts = found, "" if found is not None else f"{status}: {(err or out)[-300:]}"
+                if found is not None and "error" in found:
+                    self.facts = None, f"Mastodon raised {runner_error(found)}"
+                else:
+                    self.facts = found, "" if found is not None else f"{status}: {runner_failure(err, out)}"
         return self.facts
 
     def _expected_smtp(self) -> tuple[str, str]:
@@ -1491,16 +1623,18 @@ class Checker:
             self.options.runner_timeout,
         )
         found = runner_result(out) if status == "Success" else None
-        reply = str((found or {}).get("reply", ""))
-        accepted = found is not None and str(found.get("status")) == "250"
+        raised = found is not None and "error" in found
+        reply = runner_error(found) if found is not None and raised else str((found or {}).get("reply", ""))
+        code = str((found or {}).get("status", ""))
+        accepted = found is not None and not raised and code == "250"
         self.add(
             "mail",
             "test mail",
             accepted,
-            f"to {address}: " + (reply or f"{status}: {(err or out)[-300:]}")
+            f"to {address}: " + (reply or f"{status}: {runner_failure(err, out)}")
             + ("; look in that inbox" if accepted else ""),
-            f"the SMTP server refused the mail: {reply}"
-            if found is not None
+            MAIL_REFUSALS.get(code, f"the SMTP server refused the mail (reply {code})")
+            if found is not None and code[:1] in ("4", "5")
             else "Mastodon could not hand the mail to the SMTP server (see the error above)",
             "see the SMTP settings line; in the SES sandbox the address must be verified in SES",
         )
@@ -1641,12 +1775,13 @@ class Checker:
             return
         # A process told to stop (a rollout replacing the worker) fetches no more jobs.
         processes = [p for p in facts.get("processes", []) if isinstance(p, dict) and not p.get("quiet")]
-        scheduling = [p for p in processes if SCHEDULER_QUEUE in p.get("queues", [])]
+        queue = sidekiq.SCHEDULER_QUEUE
+        scheduling = [p for p in processes if queue in p.get("queues", [])]
         self.add(
             "servers",
             name,
             len(scheduling) == 1,
-            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {SCHEDULER_QUEUE} "
+            f"{len(scheduling)} of {len(processes)} live Sidekiq process(es) run the {queue} "
             f"queue" + (f": {', '.join(str(p.get('hostname')) for p in scheduling)}" if scheduling else ""),
             "no Sidekiq process runs the scheduler queue: Mastodon's periodic jobs (cleanups, "
             "scheduled statuses) do not run"
@@ -1668,7 +1803,8 @@ class Checker:
                 "servers",
                 name,
                 None,
-                f"the Sidekiq metrics option is off: no alarm of the stack watches {namespace} {metric}",
+                f"the stack has no queue workers ({parameter_names().queue_worker_max_size.title} 0): "
+                f"no alarm of the stack watches {namespace} {metric}",
             )
             return
         now = datetime.datetime.now(datetime.UTC)
@@ -1676,6 +1812,7 @@ class Checker:
         for alarm in alarms:
             dimensions = alarm.get("Dimensions", [])
             label = ",".join(str(d.get("Value")) for d in dimensions) or metric
+            state = str(alarm.get("StateValue", "state unknown"))
             period = int(alarm.get("Period", 60))
             window = max(5 * period, 600)
             statistic = alarm.get("ExtendedStatistic") or alarm.get("Statistic") or "Maximum"
@@ -1694,14 +1831,14 @@ class Checker:
                 **wanted,
             )["Datapoints"]
             if not points:
-                missing.append(f"{label} (none in {window // 60} min)")
+                missing.append(f"{label} (none in {window // 60} min; alarm {state})")
                 continue
             latest = max(points, key=lambda point: point["Timestamp"])
             extended = bool(alarm.get("ExtendedStatistic"))
             value = float(latest["ExtendedStatistics"][statistic] if extended else latest[statistic])
             threshold = float(alarm.get("Threshold", 0))
             breaches = COMPARISONS.get(str(alarm.get("ComparisonOperator")))
-            readings.append(f"{label} {value:g} (alarm at {threshold:g})")
+            readings.append(f"{label} {value:g} (alarm at {threshold:g}, {state})")
             if breaches is None or breaches(value, threshold):
                 over.append(label)
         self.add(
@@ -1767,6 +1904,19 @@ def runner_result(output: str) -> dict[str, Any] | None:
     return None
 
 
+def runner_error(found: dict[str, Any]) -> str:
+    """What the Ruby rescued: its class and message (and the SMTP reply code, if any)."""
+    code = str(found.get("status", ""))
+    return f"{found.get('error')}: {found.get('message')}" + (f" (SMTP reply {code})" if code else "")
+
+
+def runner_failure(err: str, out: str) -> str:
+    """A runner that died before its own rescue: Ruby prints the error's message first, then its
+    backtrace (of which Run Command keeps the first 8,000 characters): the first line tells."""
+    lines = [line.strip() for line in (err or out).splitlines() if line.strip()]
+    return lines[0][:300] if lines else "no output"
+
+
 def run_on_worker(
     session: Any, stack: Stack, commands: list[str], comment: str, poll: float, timeout: float = 600
 ) -> tuple[str, str, str]:
@@ -1787,29 +1937,50 @@ def run_on_worker(
     if not serving:
         return "NoWorker", "", "the worker group has no server in service"
     ssm = session.client("ssm")
+    wait = timeout + min(60.0, timeout)  # the agent's own execution timeout ends it first
     command = ssm.send_command(
         InstanceIds=serving[:1],
         DocumentName=maintenance.RUN_SHELL_SCRIPT,
         Comment=comment[:100],
+        # Not delivered by then (the agent offline, the instance busy), it never runs; SSM's
+        # minimum is 30 s. Beyond the check's wait the command is cancelled below.
+        TimeoutSeconds=max(RUN_COMMAND_MIN_DELIVERY_SECONDS, min(int(timeout), int(wait))),
         Parameters={"commands": commands, "executionTimeout": [str(max(1, int(timeout)))]},
     )
     command_id = command["Command"]["CommandId"]
-    deadline = time.monotonic() + timeout + min(60.0, timeout)  # the agent's own timeout ends it first
-    while time.monotonic() < deadline:
-        time.sleep(poll)
-        try:
-            invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=serving[0])
-        except Exception as error:
-            if "InvocationDoesNotExist" in str(error):
-                continue
-            raise
-        if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
-            return (
-                str(invocation["Status"]),
-                str(invocation.get("StandardOutputContent", "")),
-                str(invocation.get("StandardErrorContent", "")),
-            )
-    return "TimedOut", "", f"no result within {timeout:g} s"
+    deadline = time.monotonic() + wait
+    settled = False
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(poll)
+            try:
+                invocation = ssm.get_command_invocation(CommandId=command_id, InstanceId=serving[0])
+            except Exception as error:
+                if "InvocationDoesNotExist" in str(error):
+                    continue
+                raise
+            if invocation["Status"] not in ("Pending", "InProgress", "Delayed"):
+                settled = True
+                return (
+                    str(invocation["Status"]),
+                    str(invocation.get("StandardOutputContent", "")),
+                    str(invocation.get("StandardErrorContent", "")),
+                )
+    finally:
+        if not settled:  # given up: a test mail must not go out an hour later
+            cancelled = _cancel(ssm, command_id, serving[0])
+    return "TimedOut", "", f"no result within {timeout:g} s; {cancelled}"
+
+
+def _cancel(ssm: Any, command_id: str, instance_id: str) -> str:
+    try:
+        ssm.cancel_command(CommandId=command_id, InstanceIds=[instance_id])
+    except Exception as error:
+        return (
+            f"the command could not be cancelled ({type(error).__name__}: {error}): "
+            f"aws ssm cancel-command --command-id {command_id}"
+        )
+    return f"command {command_id} cancelled"
 
 
 # ---------------------------------------------------------------- output

@@ -370,13 +370,30 @@ def port_of(server: _Server) -> int:
     return int(server.server_address[1])
 
 
+# What Run Command keeps of a command's standard error (its first characters).
+STDERR_KEPT = 8000
+
+
+def ruby_crash(error: str, message: str) -> str:
+    """What Ruby prints when an exception escapes `bin/rails runner`: the message once, then a
+    backtrace as long as Rails' stack (hundreds of lines); Run Command keeps its beginning."""
+    where = "/usr/local/bundle/gems/net-smtp-0.5.0/lib/net/smtp.rb:1100:in `check_response'"
+    head = f"{where}: {message} ({error})"
+    frames = [f"\tfrom /usr/local/bundle/gems/railties-7.1.5/lib/rails/commands/frame_{n}.rb:{n}:in `run'"
+              for n in range(400)]
+    return "\n".join([head, *frames])[:STDERR_KEPT]
+
+
 @dataclass
 class Worker:
     """The worker as Run Command reaches it: `docker exec` into its Sidekiq container, where
     `bin/rails runner` runs the check's Ruby and prints one result line among Rails' own.
 
     Each field off its default is one fault: the mail settings Mastodon uses, the live
-    Sidekiq processes, the SMTP server's reply to the test mail (or the error it raises).
+    Sidekiq processes, the SMTP server's reply to the test mail, or an exception the Ruby
+    meets (Net::SMTP raises on every refusal; Redis may be down). As in Ruby, an exception the
+    code rescues becomes its error document; one it does not rescue ends the runner with the
+    message and a long backtrace on standard error.
     """
 
     container: str = "mastodon-sidekiq"
@@ -398,7 +415,8 @@ class Worker:
         ]
     )
     mail_reply: str = "250 Ok 0100018c3f2e4d5a-6b7c8d9e-test-000000"
-    mail_error: str = ""  # the runner raises this (the SMTP server refused the login, say)
+    mail_error: tuple[str, str] | None = None  # (class, message) the SMTP delivery raises
+    facts_error: tuple[str, str] | None = None  # (class, message) reading the facts raises
     status: str = ""  # forced Run Command status (e.g. "Failed" when the container is gone)
     mails: list[str] = field(default_factory=list)
 
@@ -414,10 +432,19 @@ class Worker:
         if not rest or rest[0] != self.container or rest[1:3] != ["bin/rails", "runner"]:
             return {"Status": "Failed", "StandardOutputContent": "",
                     "StandardErrorContent": f"Error response from daemon: No such container: {rest[:1]}"}
-        if mail_to_env in env:
-            if self.mail_error:
+        code = rest[3] if len(rest) > 3 else ""
+        rescues = "rescue StandardError => error" in code and "check_failure(error" in code
+        error = self.mail_error if mail_to_env in env else self.facts_error
+        if error is not None:
+            if not rescues:
                 return {"Status": "Failed", "StandardOutputContent": logs,
-                        "StandardErrorContent": self.mail_error}
+                        "StandardErrorContent": ruby_crash(*error)}
+            document: dict[str, Any] = {"error": error[0], "message": error[1]}
+            if mail_to_env in env:
+                document["status"] = error[1][:3] if error[1][:3].isdigit() else ""
+            return {"Status": "Success", "StandardOutputContent": logs + mark + json.dumps(document) + "\n",
+                    "StandardErrorContent": ""}
+        if mail_to_env in env:
             self.mails.append(env[mail_to_env])
             status = self.mail_reply.split(" ", 1)[0]
             result: dict[str, Any] = {"status": status, "reply": self.mail_reply}

@@ -32,11 +32,13 @@ from templates import (
     maintenance,
     operations,
     pipeline,
+    sidekiq,
     versions,
 )
 from tests.operations.check_fakes import (
     DOMAIN,
     S3_HOST,
+    STDERR_KEPT,
     Authority,
     Behaviour,
     Edge,
@@ -44,6 +46,7 @@ from tests.operations.check_fakes import (
     Worker,
     closed_port,
     port_of,
+    ruby_crash,
 )
 
 REGION = "us-east-1"
@@ -51,10 +54,23 @@ STACK = "mastodon"
 VERSION = "v4.7.6"
 BUCKET = "mastodon-media-bucket"
 SECRET = "secret-value"
+ROOT = Path(__file__).resolve().parents[2]
+UPGRADE = "WebSocket upgrade request reaches the streaming server"
 
 
 class _Ok:
     status_code = 200
+
+
+def _policy(name: str, behaviour: str, headers: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An origin request policy as GetOriginRequestPolicy returns it."""
+    listed = {"Quantity": len(headers), "Items": list(headers)} if headers else {"Quantity": 0}
+    return {
+        "Name": name,
+        "HeadersConfig": {"HeaderBehavior": behaviour, "Headers": listed},
+        "CookiesConfig": {"CookieBehavior": "all"},
+        "QueryStringsConfig": {"QueryStringBehavior": "all"},
+    }
 
 
 @dataclass
@@ -74,7 +90,12 @@ class World:
     ses_account: dict[str, Any] = field(
         default_factory=lambda: {"ProductionAccessEnabled": True, "SendingEnabled": True}
     )
+    # What GetOriginRequestPolicy answers (moto lacks it), by ID: AWS's managed AllViewer.
+    origin_request_policies: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {edge.ALL_VIEWER: _policy("Managed-AllViewer", "allViewer")}
+    )
     commands: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: list[dict[str, Any]] = field(default_factory=list)  # CancelCommand's parameters
     worker: Worker = field(default_factory=Worker)
     invocations: dict[str, dict[str, str]] = field(default_factory=dict)
     edges: list[Edge] = field(default_factory=list)
@@ -156,13 +177,37 @@ def _short_circuit(world: World) -> None:
     def invocation(params: dict[str, Any]) -> dict[str, Any]:
         return {"CommandId": params["CommandId"], **world.invocations[params["CommandId"]]}
 
+    def cancel(params: dict[str, Any]) -> dict[str, Any]:
+        world.cancelled.append(params)
+        world.invocations[params["CommandId"]] = {
+            "Status": "Cancelled", "StandardOutputContent": "", "StandardErrorContent": ""
+        }
+        return {}
+
+    def origin_request_policy(params: dict[str, Any], **_: Any) -> Any:
+        """GetOriginRequestPolicy (a REST call: its ID is in the URL)."""
+        policy_id = params["url_path"].rstrip("/").split("/")[-1]
+        if policy_id not in world.origin_request_policies:
+            raise RuntimeError(f"NoSuchOriginRequestPolicy: {policy_id}")
+        return _Ok(), {
+            "OriginRequestPolicy": {
+                "Id": policy_id,
+                "LastModifiedTime": datetime.datetime.now(datetime.UTC),
+                "OriginRequestPolicyConfig": world.origin_request_policies[policy_id],
+            },
+            "ETag": "E1",
+        }
+
     events = world.session.events
+    events.register("before-call.cloudfront.GetOriginRequestPolicy", origin_request_policy)
     events.register("before-call.ssm.DescribeInstanceInformation", answer(instance_information))
     events.register("before-call.sesv2.GetEmailIdentity", answer(lambda _: world.ses_identity))
     events.register("before-call.sesv2.GetAccount", answer(lambda _: world.ses_account))
     events.register("before-call.ssm.SendCommand", lambda params, **_: send_command(sent(params)))
     events.register("after-call.ssm.SendCommand", command_sent)
     events.register("before-call.ssm.GetCommandInvocation", answer(invocation))
+    # moto has no CancelCommand: the fake worker's command stops (Cancelled, as SSM reports).
+    events.register("before-call.ssm.CancelCommand", answer(cancel))
 
 
 TEMPLATE = {
@@ -238,6 +283,18 @@ def _build(session: Any) -> dict[str, str]:
                 "TargetOriginId": "o",
                 "ViewerProtocolPolicy": "redirect-to-https",
                 "CachePolicyId": edge.CACHING_DISABLED,
+            },
+            "CacheBehaviors": {
+                "Quantity": 1,
+                "Items": [
+                    {
+                        "PathPattern": edge.STREAMING_PATH,
+                        "TargetOriginId": "o",
+                        "ViewerProtocolPolicy": "redirect-to-https",
+                        "CachePolicyId": edge.CACHING_DISABLED,
+                        "OriginRequestPolicyId": edge.ALL_VIEWER,  # as the template has it
+                    }
+                ],
             },
         }
     )["Distribution"]["Id"]
@@ -383,8 +440,9 @@ def test_every_check_passes_on_a_healthy_stack_and_leaves_no_probe_behind(world)
         "NodeInfo",
         "host-meta",
         "streaming health",
-        "WebSocket reaches the streaming server",
+        UPGRADE,
         "WebSocket heartbeat",
+        check.WEBSOCKET_HEADERS_CHECK,
         "served through CloudFront",
         "media headers",
         "media cached at the edge",
@@ -605,12 +663,31 @@ FAULTS: list[tuple[str, Callable[..., None], list[str]]] = [
     (
         "WebSocket refused by the load balancer",
         lambda w: setattr(w.behaviour, "websocket", "403"),
-        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+        [UPGRADE, "WebSocket heartbeat"],
     ),
     (
         "Upgrade headers dropped on the way",
         lambda w: setattr(w.behaviour, "upgrade_headers", False),
-        ["WebSocket reaches the streaming server", "WebSocket heartbeat"],
+        [UPGRADE, "WebSocket heartbeat"],
+    ),
+    (
+        "streaming behaviour forwards only Upgrade and Connection",
+        lambda w: w.origin_request_policies.update(
+            {edge.ALL_VIEWER: _policy("upgrade-only", "whitelist", ("Upgrade", "Connection"))}
+        ),
+        [check.WEBSOCKET_HEADERS_CHECK],
+    ),
+    (
+        "streaming behaviour forwards all but Sec-WebSocket-Key",
+        lambda w: w.origin_request_policies.update(
+            {edge.ALL_VIEWER: _policy("all-but-key", "allExcept", ("sec-websocket-key",))}
+        ),
+        [check.WEBSOCKET_HEADERS_CHECK],
+    ),
+    (
+        "streaming behaviour forwards no header",
+        lambda w: w.origin_request_policies.update({edge.ALL_VIEWER: _policy("none", "none")}),
+        [check.WEBSOCKET_HEADERS_CHECK],
     ),
     (
         "media not served",
@@ -737,7 +814,7 @@ def test_a_websocket_refused_for_want_of_a_token_proves_the_route_and_asks_for_o
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.PASS and "X-Error-Message: Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
     assert heartbeat.status == check.SKIP and "--access-token" in heartbeat.detail
@@ -762,7 +839,7 @@ def test_with_a_token_a_websocket_mastodon_accepts_receives_its_heartbeat(world)
     results = world.run(("stack", "mastodon"))
 
     assert by_name(results, "WebSocket heartbeat").status == check.PASS
-    assert by_name(results, "WebSocket reaches the streaming server").detail == "upgraded (101)"
+    assert by_name(results, UPGRADE).detail == "upgraded (101)"
 
 
 @pytest.mark.parametrize("token", [None, "good"])
@@ -773,7 +850,7 @@ def test_an_edge_that_drops_the_upgrade_headers_fails_with_or_without_a_token(wo
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.FAIL and "Upgrade headers were lost" in reaches.cause
     assert "Unknown channel requested" in reaches.detail  # the HTTP handler's own JSON error
     assert by_name(results, "WebSocket heartbeat").status == check.FAIL
@@ -789,7 +866,7 @@ def test_a_401_from_the_http_handler_is_not_taken_for_the_upgrade_refusal(world,
 
     results = world.run(("stack", "mastodon"))
 
-    reaches = by_name(results, "WebSocket reaches the streaming server")
+    reaches = by_name(results, UPGRADE)
     assert reaches.status == check.FAIL and reaches.detail.startswith("401 ")
     assert "Missing access token" in reaches.detail
     heartbeat = by_name(results, "WebSocket heartbeat")
@@ -803,8 +880,50 @@ def test_the_fake_edge_routes_the_upgraded_stream_path_as_mastodon_does(world, m
 
     results = world.run(("stack", "mastodon"))
 
-    assert by_name(results, "WebSocket reaches the streaming server").status == check.PASS
+    assert by_name(results, UPGRADE).status == check.PASS
     assert by_name(results, "WebSocket heartbeat").status == check.SKIP
+
+
+def test_without_a_token_the_upgrade_line_claims_only_the_request_and_the_policy_is_read(world):
+    # Mastodon refuses a token-less upgrade before its WebSocket layer reads Sec-WebSocket-Key:
+    # an edge that dropped that header would pass the upgrade line all the same.
+    world.behaviour.websocket = "ping-with-token"
+    dropping = _policy("upgrade-only", "whitelist", ("Upgrade", "Connection"))
+    world.origin_request_policies[edge.ALL_VIEWER] = dropping
+
+    results = world.run(("stack", "mastodon"))
+
+    upgrade = by_name(results, UPGRADE)
+    assert upgrade.status == check.PASS and "the upgrade request reached it" in upgrade.detail
+    assert by_name(results, "WebSocket heartbeat").status == check.SKIP
+    headers = by_name(results, check.WEBSOCKET_HEADERS_CHECK)
+    assert headers.status == check.FAIL
+    assert "drops Sec-WebSocket-Key, Sec-WebSocket-Version" in headers.detail
+    assert "AllViewer" in headers.step and check.summary(results)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "headers"),
+    [("allViewerAndWhitelistCloudFront", ("CloudFront-Viewer-Country",)),
+     ("whitelist", ("upgrade", "connection", "sec-websocket-key", "sec-websocket-version")),
+     ("allExcept", ("Cookie",))],
+)
+def test_a_policy_that_forwards_both_websocket_headers_passes(world, behaviour, headers):
+    world.origin_request_policies[edge.ALL_VIEWER] = _policy("custom", behaviour, headers)
+
+    results = world.run(("stack", "mastodon"))
+
+    assert by_name(results, check.WEBSOCKET_HEADERS_CHECK).status == check.PASS
+
+
+def test_a_policy_that_cannot_be_read_fails_with_the_permission_to_check(world):
+    world.origin_request_policies.clear()
+
+    results = world.run(("stack", "mastodon"))
+
+    headers = by_name(results, check.WEBSOCKET_HEADERS_CHECK)
+    assert headers.status == check.FAIL and "NoSuchOriginRequestPolicy" in headers.detail
+    assert "cloudfront:GetOriginRequestPolicy" in headers.step
 
 
 # ---------------------------------------------------------------- bounded waits
@@ -871,23 +990,47 @@ def test_mail_to_sends_one_mail_through_mastodon_on_the_worker_and_shows_the_rep
 
 
 @pytest.mark.parametrize(
-    ("reply", "error"),
+    ("error", "code", "cause"),
     [
-        ("554 Message rejected: Email address is not verified.", ""),
-        ("", "Net::SMTPAuthenticationError: 535 Authentication Credentials Invalid"),
+        (("Net::SMTPFatalError", "554 Message rejected: Email address is not verified. The following "
+          "identities failed the check in region US-EAST-1: admin@example.org"), "554", "sandbox"),
+        (("Net::SMTPAuthenticationError", "535 Authentication Credentials Invalid"), "535", "login"),
     ],
     ids=["refused", "login refused"],
 )
-def test_a_test_mail_the_smtp_server_does_not_take_fails_with_its_words(world, reply, error):
+def test_a_test_mail_the_smtp_server_refuses_fails_with_its_words_not_a_backtrace(world, error, code, cause):
+    # Net::SMTP raises on a refusal, and Ruby would print a long backtrace after the message.
     world.options.mail_to = "admin@example.org"
-    world.worker.mail_reply, world.worker.mail_error = reply or world.worker.mail_reply, error
+    world.worker.mail_error = error
 
     results = world.run(("stack", "mail"))
 
     mailed = by_name(results, "test mail")
     assert mailed.status == check.FAIL
-    assert (reply or error) in mailed.detail + mailed.cause
-    assert check.summary(results)[0] == 1
+    assert f"{error[0]}: {error[1][:60]}" in mailed.detail and f"(SMTP reply {code})" in mailed.detail
+    assert "from /usr/local/bundle" not in mailed.detail
+    assert cause in mailed.cause
+    assert world.worker.mails == [] and check.summary(results)[0] == 1
+
+
+def test_reading_the_facts_that_raises_shows_the_error_not_its_backtrace(world):
+    refused = "Connection refused - connect(2) for 10.0.3.4:6379"
+    world.worker.facts_error = ("RedisClient::CannotConnectError", refused)
+
+    results = world.run(("mail", "servers"))
+
+    for name in ("SMTP settings", "Sidekiq scheduler in exactly one process"):
+        line = by_name(results, name)
+        assert line.status == check.FAIL
+        assert "Mastodon raised RedisClient::CannotConnectError: Connection refused" in line.detail
+
+
+def test_a_runner_that_dies_outside_the_rescue_shows_the_first_line_ruby_printed():
+    crash = ruby_crash("Net::SMTPFatalError", "554 Message rejected")
+    assert len(crash) == STDERR_KEPT  # the backtrace is cut, the message kept
+    assert check.runner_failure(crash, "") == crash.splitlines()[0]
+    assert "554 Message rejected (Net::SMTPFatalError)" in check.runner_failure(crash, "")
+    assert check.runner_failure("", "") == "no output"
 
 
 def test_without_mail_to_no_mail_is_sent_and_an_external_smtp_server_skips_ses(world):
@@ -923,7 +1066,7 @@ def test_the_smtp_settings_never_carry_a_secret(world):
 
 
 def test_the_container_the_check_asks_is_the_one_bootstrap_runs_sidekiq_in():
-    bootstrap = (Path(check.ROOT) / "templates" / "instance" / "bootstrap.sh").read_text()
+    bootstrap = (ROOT / "templates" / "instance" / "bootstrap.sh").read_text()
     assert f"write_unit {check.SIDEKIQ_CONTAINER} " in bootstrap
     assert "--name $name" in bootstrap  # each unit's container is named after its unit
     assert Worker().container == check.SIDEKIQ_CONTAINER
@@ -948,6 +1091,63 @@ def test_a_run_command_that_never_ends_fails_both_lines_within_its_bound_and_run
     assert len(world.commands) == 1  # asked once, for both
 
 
+def test_the_scheduler_queue_is_the_one_the_templates_name(world, monkeypatch):
+    # One definition (templates/sidekiq.py): were the servers' scheduler queue renamed, the
+    # check counts the processes that run the new name, not a spelling of its own.
+    monkeypatch.setattr(sidekiq, "SCHEDULER_QUEUE", "cron")
+    world.worker.processes[0]["queues"] = ["default", "cron"]
+
+    results = world.run(("servers",))
+
+    scheduler = by_name(results, "Sidekiq scheduler in exactly one process")
+    assert scheduler.status == check.PASS and "run the cron queue" in scheduler.detail
+
+
+def test_a_test_mail_never_delivered_is_cancelled_when_the_check_gives_up(world):
+    # The worker's agent never picks the command up: without a delivery bound and a cancel,
+    # SSM would hand it over whenever the agent comes back, and the mail would go out then.
+    world.worker.status = "Pending"
+    world.options.runner_timeout = 0.2
+    world.options.mail_to = "admin@example.org"
+
+    results = world.run(("mail",))
+
+    mailed = by_name(results, "test mail")
+    assert mailed.status == check.FAIL and "TimedOut" in mailed.detail and "cancelled" in mailed.detail
+    sent = {c["Parameters"]["commands"][-1]: c for c in world.commands}
+    assert len(world.commands) == 2 and len(world.cancelled) == 2  # the facts' command, the mail's
+    for command in sent.values():
+        assert command["TimeoutSeconds"] == check.RUN_COMMAND_MIN_DELIVERY_SECONDS  # SSM's least
+    (worker,) = world.instances(compute.WORKER_GROUP)
+    assert all(c["InstanceIds"] == [worker] for c in world.cancelled)
+
+
+def test_the_delivery_bound_is_no_longer_than_the_checks_own_wait(world):
+    world.options.runner_timeout = 45
+    world.worker.status = ""
+
+    world.run(("mail",))
+
+    (facts,) = world.commands
+    assert facts["TimeoutSeconds"] == 45 and facts["Parameters"]["executionTimeout"] == ["45"]
+    assert world.cancelled == []  # it answered: nothing to cancel
+
+
+def test_a_command_that_cannot_be_cancelled_says_how_to_cancel_it(world):
+    world.worker.status = "Pending"
+    world.options.runner_timeout = 0.2
+
+    def refuse(**_: Any) -> None:
+        raise RuntimeError("AccessDeniedException: ssm:CancelCommand")
+
+    world.session.events.register_first("before-call.ssm.CancelCommand", refuse)
+
+    results = world.run(("mail",))
+
+    detail = by_name(results, "SMTP settings").detail
+    assert "could not be cancelled" in detail and "aws ssm cancel-command --command-id " in detail
+
+
 def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world):
     # During a rollout the old worker's Sidekiq is told to stop: it fetches no more jobs.
     world.worker.processes.append({"hostname": "ip-10-0-9-9", "queues": ["scheduler"], "quiet": True})
@@ -962,7 +1162,7 @@ def test_a_stopping_sidekiq_that_still_lists_the_scheduler_is_not_counted(world)
 
 
 def _latency_option(world: World, values: list[float], threshold: float = 30) -> None:
-    """The Sidekiq metrics option on: its alarm on the stack's topic, and what it published."""
+    """Queue workers on: the oldest-job alarm on the stack's topic, and what the worker published."""
     namespace, metric = check.queue_latency_metric(STACK)
     cloudwatch = world.client("cloudwatch")
     dimensions = [{"Name": "Queue", "Value": "default"}]
@@ -995,11 +1195,12 @@ def _latency_option(world: World, values: list[float], threshold: float = 30) ->
         )
 
 
-def test_queue_latency_is_skipped_with_why_when_the_metrics_option_is_off(world):
+def test_queue_latency_is_skipped_with_why_without_queue_workers(world):
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
-    assert latency.status == check.SKIP and "option is off" in latency.detail
+    # The metrics and their alarm exist with queue workers; there is no "metrics option".
+    assert latency.status == check.SKIP and "no queue workers (QueueWorkerMaxSize 0)" in latency.detail
 
 
 def test_queue_latency_under_its_alarm_threshold_passes(world):
@@ -1008,15 +1209,19 @@ def test_queue_latency_under_its_alarm_threshold_passes(world):
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
-    assert latency.status == check.PASS and "default 2.5 (alarm at 30)" in latency.detail
+    assert latency.status == check.PASS and "default 2.5 (alarm at 30, OK)" in latency.detail
 
 
 def test_queue_latency_over_its_alarm_threshold_fails(world):
     _latency_option(world, [3, 45])  # the latest reading counts
+    world.client("cloudwatch").set_alarm_state(
+        AlarmName="sidekiq-latency", StateValue="ALARM", StateReason="jobs wait"
+    )
 
     results = world.run(("servers",))
 
     latency = by_name(results, "queue latency")
+    assert "default 45 (alarm at 30, ALARM)" in latency.detail
     assert latency.status == check.FAIL and "do not keep up" in latency.cause
     assert latency.step and check.summary(results)[0] == 1
 
@@ -1075,7 +1280,7 @@ def test_an_internal_load_balancer_behind_a_vpc_origin_is_not_tried_from_outside
 def test_the_readme_says_exactly_how_to_run_the_live_check():
     from tests.operations import test_check_live as live
 
-    readme = (Path(check.ROOT) / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme.split("### Checking against a real account (live mode)", 1)[1].split("\n## ", 1)[0]
     for variable in ("MASTODON_AWS_LIVE", *live.REQUIRED, *live.OPTIONAL):
         assert f"| `{variable}` |" in section, variable
@@ -1084,6 +1289,37 @@ def test_the_readme_says_exactly_how_to_run_the_live_check():
     command = sample.strip().splitlines()[-1].strip()
     assert command in (live.__doc__ or ""), "the module's docstring runs it the same way"
     assert command.endswith("tests/operations/test_check_live.py") and "-n 0" in command
+
+
+IAM_PREFIX = {"elbv2": "elasticloadbalancing", "sesv2": "ses", "stepfunctions": "states"}
+
+
+def test_every_call_the_check_makes_is_a_permission_the_readme_lists(world):
+    # Every AWS call of a full run (with a test mail, a latency alarm, a Run Command given up
+    # on) is recorded as the IAM action it needs; the list in check.py and the README hold it.
+    used: set[str] = set()
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.service_name
+        action = model.name
+        if service == "s3" and action == "DeleteObject" and "versionid" in str(params).lower():
+            action = "DeleteObjectVersion"
+        used.add(f"{IAM_PREFIX.get(service, service)}:{action}")
+
+    _latency_option(world, [2.5])
+    world.options.mail_to = "admin@example.org"
+    net = world.network()  # the fake edge's own S3 client is made before the recording starts
+    world.session.events.register_first("before-call.*.*", record)
+    world.run(net=net)
+    world.worker.status, world.options.runner_timeout = "Pending", 0.2
+    world.run(("mail",), net=net)
+
+    assert used <= set(check.PERMISSIONS), used - set(check.PERMISSIONS)
+    assert {"s3:DeleteObjectVersion", "ssm:CancelCommand", "cloudfront:GetOriginRequestPolicy"} <= used
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Checking a deployed stack", 1)[1].split("\n## ", 1)[0]
+    assert all(f"`{permission}`" in section for permission in check.PERMISSIONS)
+    assert "as root on the worker" in section
 
 
 def test_the_latency_check_reads_the_metric_the_templates_alarm_watches(template):

@@ -70,6 +70,11 @@ module Sidekiq
   class ProcessSet
     include Enumerable
 
+    # As Sidekiq's: with true (the default) it first prunes dead processes, a write to Redis.
+    def initialize(clean_plz = true)
+      raise "ProcessSet cleanup writes to Redis" if clean_plz
+    end
+
     def each
       yield Process.new({ "hostname" => "worker-1", "queues" => %w[default mailers scheduler] }, false)
       yield Process.new({ "hostname" => "worker-0", "queues" => %w[scheduler] }, true)
@@ -80,6 +85,7 @@ end
 
 # The mail gem as far as the test mail uses it; the SMTP server's reply is SES's shape.
 MAIL = """
+require "net/smtp"
 Response = Struct.new(:status, :string)
 
 class Mail
@@ -100,6 +106,10 @@ class Mail
 
   def deliver!(message)
     raise "no sender" if message.from.to_s.empty?
+    if ENV["SMTP_REFUSES"]
+      # As Net::SMTP does on a refusal: an error whose response holds the reply.
+      raise Net::SMTPFatalError.new(Net::SMTP::Response.parse(ENV["SMTP_REFUSES"]))
+    end
     STDERR.puts "sent to #{message.to} as #{@settings[:user_name]}"
     Response.new("250", "250 Ok 0100018c-test-000000\\n")
   end
@@ -157,3 +167,33 @@ def test_the_result_line_is_found_among_rails_own_output():
     assert check.runner_result(output) == {"a": 1}
     assert check.runner_result("no mark here\n") is None
     assert check.runner_result(check.RESULT_MARK + "{not json\n") is None
+
+
+def test_an_smtp_refusal_is_reported_by_class_message_and_reply_code_without_a_secret(tmp_path):
+    refusal = f"535 Authentication Credentials Invalid for {LOGIN}"  # were a server to echo the login
+    env = {check.MAIL_TO_ENV: "admin@example.org", "SMTP_REFUSES": refusal}
+    ran = _run(tmp_path, check.TEST_MAIL_RUBY, env)
+
+    assert ran.returncode == 0, ran.stderr  # rescued: no backtrace
+    assert LOGIN not in ran.stdout and PASSWORD not in ran.stdout
+    found = check.runner_result(ran.stdout)
+    assert found == {
+        "error": "Net::SMTPFatalError",
+        "message": "535 Authentication Credentials Invalid for [hidden]",
+        "status": "535",
+    }
+
+
+def test_facts_that_cannot_be_read_are_an_error_document_without_credentials(tmp_path):
+    failing = check.SERVER_FACTS_RUBY.replace(
+        "smtp = ActionMailer::Base.smtp_settings",
+        'raise IOError, "cannot reach redis://default:s3cret@cache.internal:6379 as ' + LOGIN + '"',
+    )
+    ran = _run(tmp_path, failing)
+
+    assert ran.returncode == 0, ran.stderr
+    assert "s3cret" not in ran.stdout and LOGIN not in ran.stdout
+    assert check.runner_result(ran.stdout) == {
+        "error": "IOError",
+        "message": "cannot reach redis://[hidden]@cache.internal:6379 as [hidden]",
+    }
