@@ -332,7 +332,7 @@ def plan_group(
         # A settling server flapped while the next batch drained beside it (a release that
         # keeps failing times out as before and is rolled back).
         put_back()
-    elif not settling and not rejoining and drained:  # drained beside a settling batch: restarted once it settled
+    elif not settling and not rejoining and drained:  # beside a settling batch: restarted once it settled
         if len(serving_now()) >= floor:
             plan.deploy.extend(drained)
         else:

@@ -300,7 +300,9 @@ def test_the_mail_names_the_execution_and_says_what_to_do(template):
 def test_with_queue_workers_the_mail_names_their_groups_held_scaling_and_how_to_resume_it(template):
     # The rollout holds the queue workers' group's scaling too (fleet.held_groups): a rollout
     # that was stopped or timed out may leave it suspended, and the mail must say so.
-    command = f"aws autoscaling resume-processes --region us-east-1 --auto-scaling-group-name {QUEUE_GROUP_NAME}"
+    command = (
+        f"aws autoscaling resume-processes --region us-east-1 --auto-scaling-group-name {QUEUE_GROUP_NAME}"
+    )
     with_queue = "\n".join(_mail(template, _event("ABORTED"), queue_workers=True))
     assert "queue workers' group" in with_queue and command in with_queue
     assert "web group's scaling processes still suspended" in with_queue
