@@ -12,7 +12,8 @@ fleet's two settling checks, the invalidation), their ratio (target: at most 1.1
 the AWS API calls per server (target: flat as servers grow), and the ratio to issue
 12's formula, which counts no settling window at all. Stops starting new cases once
 the time budget is spent. The queue workers' group is empty unless --queue
-gives it servers (rolled beside the worker, in batches of the web group's size).
+gives it servers (rolled after the worker, in batches of the web group's size, at most
+all but one of them at once).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def lower_bound(web: int, batch: int, timing: Timing, queue: int = 0) -> float:
     overhead. A lone web server is surged first: a new server boots the deployed
     version (it was not there to pull ahead), takes the new one (a pull and a restart),
     settles, then the old one drains. The queue
-    workers, having pulled ahead too, restart in batches beside the worker.
+    workers, having pulled ahead too, restart after the worker, in batches of at most
+    all but one of them.
     """
     ahead = max(timing.pull, timing.pull + timing.pre)  # the worker's pull comes before its migration
     out = timing.drain + timing.restart + timing.health
@@ -64,7 +66,8 @@ def lower_bound(web: int, batch: int, timing: Timing, queue: int = 0) -> float:
             overlaps = web - settling - following >= 1  # a settled server keeps serving beside them
             web_time += max(timing.settle - timing.drain, 0) if overlaps else timing.settle
     checks = 2 * timing.settle
-    workers = max(1, math.ceil(queue / batch)) * timing.worker
+    queue_batch = max(1, min(batch, queue - 1))
+    workers = (1 + math.ceil(queue / queue_batch)) * timing.worker
     return ahead + web_time + workers + checks + timing.post + timing.invalidation
 
 

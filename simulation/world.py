@@ -36,6 +36,7 @@ from lambdas import invalidate
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import names
+from lambdas.rollout.plan import Surge
 from simulation.context import LambdaContext
 from templates import pipeline
 from templates.options import RELEASE_TAG_PATTERN
@@ -121,7 +122,7 @@ class World:
     calls: Counter[str] = field(default_factory=Counter)
     pulled: set[tuple[str, str]] = field(default_factory=set)  # (instance, version) whose images it holds
     slow_pulls: dict[str, int] = field(default_factory=dict)  # a server's pulls take this much longer
-    capacity: list[tuple[float, int, int]] = field(default_factory=list)  # (time, healthy, booted size)
+    capacity: list[tuple[float, int, int]] = field(default_factory=list)  # (time, healthy, size measured)
     hooks: list[Callable[[World, str, int], None]] = field(default_factory=list)
     # Faults of the world, beyond the planned path (TESTING.md, "What AWS may do"):
     # an answer lost after the function ran (Step Functions retries the same input),
@@ -156,6 +157,7 @@ class World:
         self._mock.start()
         self._patches: list[tuple[Any, str, Any]] = []
         self._seen: dict[str, float] = {}
+        self._served = 0  # the size the minimum is measured against (record_capacity)
         self._registered: dict[tuple[str, str], float] = {}
         self._ever_registered: set[tuple[str, str]] = set()
         self._deregistered: dict[tuple[str, str], float] = {}
@@ -592,10 +594,16 @@ class World:
         # What the unhealthy-target alarms count: every registered target reading unhealthy.
         self.unhealthy_targets.append((self.clock, sum(
             self.health(tg, iid) == "unhealthy" for tg, iid in self._registered)))
-        # The size the minimum is measured against: servers that have finished booting
-        # (a scale-out raises the bar only once its server can serve).
-        settled = [i for i in in_service if not self.booting(i)]
-        self.capacity.append((self.clock, len(healthy), len(settled)))
+        # The size the minimum is measured against: the group's desired capacity without the
+        # rollout's surge, so that a server that leaves (terminated, replaced) does not lower
+        # the bar; a scale-out raises it only once its server has booted (the most servers
+        # seen booted and in service, never above the desired capacity).
+        surge = Surge.decode(next((t["Value"] for t in group.get("Tags", []) if t["Key"] == names.SURGE_TAG),
+                                  None))
+        desired = surge.desired if surge else group["DesiredCapacity"]
+        settled = len([i for i in in_service if not self.booting(i)])
+        self._served = min(max(self._served, settled), desired)
+        self.capacity.append((self.clock, len(healthy), self._served))
 
     # ------------------------------------------------------------ looking at the world
     def group(self, name: str) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from troposphere import (
     AWSObject,
     FindInMap,
     GetAtt,
+    If,
     Join,
     Ref,
     Sub,
@@ -255,23 +256,34 @@ ROLLOUT_FAILURE_MAIL = [
     "serving and stays the boot version. The rollout's own notice, sent just before this one, "
     "says what failed and which version the servers run.",
     "No such notice? Then the execution was stopped, timed out or could not report: servers may "
-    "be part-way through the upgrade, and the web group's scaling processes still suspended.",
+    "be part-way through the upgrade, and the web group's scaling processes still suspended${QueueHold}.",
     "See which step failed and why in the execution's history (Step Functions console, region "
     "${AWS::Region}), or with:",
     "aws stepfunctions get-execution-history --region ${AWS::Region} --reverse-order "
     "--execution-arn <execution>",
 ]
 ROLLOUT_FAILED_STATUSES = ["FAILED", "TIMED_OUT", "ABORTED"]
+# With queue workers, the rollout holds their group's scaling too (lambdas/rollout/fleet.py,
+# held_groups): the mail names that hold and how to lift it. No quotes: the line is a JSON string.
+ROLLOUT_QUEUE_HOLD = (
+    ", and so may the queue workers' group's (${Group}): once no rollout runs, resume them with "
+    "aws autoscaling resume-processes --region ${AWS::Region} --auto-scaling-group-name ${Group}"
+)
 
 
 def create_rollout_failure_notice(t: Template, p: parameters.Parameters, state_machine: AWSObject,
-                                  topic: sns.Topic) -> events.Rule:
+                                  topic: sns.Topic, queue_group: AWSObject | None = None) -> events.Rule:
     """Mail the alert topic as soon as a rollout execution fails, times out or is aborted.
+
+    queue_group: the queue workers' group (parameters.HAS_QUEUE_WORKERS), whose held scaling
+    the mail then names beside the web group's.
 
     An EventBridge rule on the state machine's own status events: free (AWS service
     events), immediate, and it names the execution. The rule publishes only once the
     topic's policy names it (operations.create_alert_topic_policy).
     """
+    queue_hold = "" if queue_group is None else If(
+        parameters.HAS_QUEUE_WORKERS, Sub(ROLLOUT_QUEUE_HOLD, Group=Ref(queue_group)), "")
     rule = t.add_resource(events.Rule(
         ROLLOUT_FAILURE_NOTICE,
         Description="A rollout that ends failed, timed out or aborted mails the alert topic",
@@ -286,7 +298,7 @@ def create_rollout_failure_notice(t: Template, p: parameters.Parameters, state_m
             InputTransformer=events.InputTransformer(
                 InputPathsMap=ROLLOUT_FAILURE_FIELDS,
                 InputTemplate=Sub("\n".join(json.dumps(line) for line in ROLLOUT_FAILURE_MAIL),
-                                  Domain=Ref(p.domain)),
+                                  Domain=Ref(p.domain), QueueHold=queue_hold),
             ),
         )],
     ))

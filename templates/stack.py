@@ -80,7 +80,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     pipeline = create_pipeline(
         t, p, versions, compute, load_balancing, edge, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
-    failure_notice = create_rollout_failure_notice(t, p, pipeline.state_machine, alerts)
+    failure_notice = create_rollout_failure_notice(t, p, pipeline.state_machine, alerts, compute.queue_group)
     # Every publisher the topic admits: the alarms, and the rules that target it.
     create_alert_topic_policy(t, alerts, [failure_notice])
     # Last: these cover every log group and alarm the tiers above added.

@@ -72,8 +72,8 @@ def tick(state: State, role: str, target: str) -> Tick:
 
     The web group is rolled in batches behind the load balancer; the worker (one server,
     the scheduler) in place; the queue workers in place, in batches of the same size as
-    the web group's (no load balancer: a server is settled once deploy.sh's Sidekiq
-    stability watch passed and it is tagged on the version)."""
+    the web group's but never all of them at once (batch_of; no load balancer: a server is
+    settled once deploy.sh's Sidekiq stability watch passed and it is tagged on the version)."""
     config = state.config
     balanced = role == WEB
     name = group_name(config, role)
@@ -101,7 +101,7 @@ def tick(state: State, role: str, target: str) -> Tick:
         commands,
         execution=me,
         target=target,
-        batch=1 if role == WORKER else config.batch_size,
+        batch=batch_of(role, config.batch_size, group.servers),
         balanced=balanced,
         desired=group.desired,
         surge=surge,
@@ -126,6 +126,17 @@ def tick(state: State, role: str, target: str) -> Tick:
     _apply(state, group, plan, balanced, target, moment)
     logger.info("Rollout tick", extra={"role": role, "target": target, "plan": plan.__dict__})
     return Tick("done" if plan.done else "wait", plan.wait, group, plan)
+
+
+def batch_of(role: str, batch: int, servers: list[Server]) -> int:
+    """How many servers of a group restart at once: the worker one; the queue workers at most
+    all but one (with two or more, one keeps running Sidekiq while the others restart)."""
+    if role == WORKER:
+        return 1
+    if role == QUEUE:
+        present = len([s for s in servers if not s.gone])
+        return max(1, min(batch, present - 1))
+    return batch
 
 
 def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, moment: float) -> None:

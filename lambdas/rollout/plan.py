@@ -315,24 +315,36 @@ def plan_group(
                     )
     if plan.failure:
         return plan
+    base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
+    floor = max(1, base - batch) if balanced else 0
+
+    def serving_now() -> list[Server]:
+        return [s for s in present.values() if s.in_service and s.healthy and s.id not in moving]
+
+    def put_back() -> None:
+        # The next batch has not been restarted: it goes back into service on the version it
+        # runs, and waits. A server the operator put in Standby stays out of the load balancer.
+        plan.restore = [i for i in draining if not present[i].standby]
+        plan.redo_out = [i for i in plan.redo_out if i not in plan.restore]
+        moving.difference_update(plan.restore)
+
     if flapped and draining:
-        # A settling server flapped while the next batch drained beside it: that batch has
-        # not been restarted, so it goes back into service on the version it runs, and
-        # waits (a release that keeps failing times out as before and is rolled back).
-        plan.restore = draining
-        plan.redo_out = [i for i in plan.redo_out if i not in draining]
-        moving -= set(draining)
-        drained = []
-    elif not settling and not rejoining:  # drained beside a settling batch: restarted once it settled
-        plan.deploy.extend(drained)
+        # A settling server flapped while the next batch drained beside it (a release that
+        # keeps failing times out as before and is rolled back).
+        put_back()
+    elif not settling and not rejoining and drained:  # beside a settling batch: restarted once it settled
+        if len(serving_now()) >= floor:
+            plan.deploy.extend(drained)
+        else:
+            # Fewer serve than the floor (a server left, or failed, since this batch drained,
+            # e.g. the settling one was terminated): restarting it would leave too few.
+            put_back()
 
     finishing = set(plan.finish)
-    serving = [s for s in present.values() if s.in_service and s.healthy and s.id not in moving]
+    serving = serving_now()
     stable = [s for s in serving if s.id not in settling]
     pending = [s for s in present.values() if not mine(s) and (s.version != target or s.journal is not None)]
     on_target = [s for s in serving if (s.version == target and s.journal is None) or s.id in finishing]
-    base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
-    floor = max(1, base - batch) if balanced else 0
     # A batch is done once its servers have settled. The next one may drain meanwhile, once
     # every server of this one is back and healthy (its restart waits for the settling: above).
     if balanced and moving:

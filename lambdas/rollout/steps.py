@@ -12,8 +12,8 @@
   web       one tick over the web group (drain, deploy, rejoin, settle; surge when one
             server serves alone); the first tick holds the scaling of the web group
             and of the queue workers' group
-  worker    one tick over the worker group and one over the queue workers' group (when
-            the stack has one), side by side: done when both are
+  worker    one tick over the worker group, then, once it is done, one over the queue
+            workers' group (when the stack has one): done when both are
   record    deployed-version := target: servers launched from now on boot it
   verify    the whole fleet converged on the target and healthy over a settling
             window: before the post-deployment migrations (a failure still rolls
@@ -257,18 +257,19 @@ def web(state: State) -> State:
 
 
 def worker(state: State) -> State:
-    """The worker and the queue workers, side by side: done when both groups are."""
+    """The worker, then the queue workers: done when both groups are.
+
+    The queue workers wait for the main worker's restart to end, so that some Sidekiq
+    process keeps running all along (the main worker alone serves the queues the queue
+    workers do not, and they serve its queues while it restarts)."""
     _hold(state)
     assert state.target is not None
-    waits: list[int] = []
     for role in fleet.roles(state.config)[1:]:
         result = fleet.tick(state, role, state.target)
         if result.failure:
             return _failed(state, result.failure)
         if result.next != DONE:
-            waits.append(result.wait)
-    if waits:
-        return _waiting(state, min(waits))
+            return _waiting(state, result.wait)
     state.next = DONE
     return state
 

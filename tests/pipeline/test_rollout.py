@@ -417,3 +417,24 @@ def test_a_straggler_failing_after_the_post_deployment_migrations_rolls_nothing_
     ((subject, message),) = world.notifications()
     assert subject == f"Mastodon upgrade to {NEW}: post-deployment step failed"
     assert stragglers[0] in message and "not healthy" in message and "Nothing was rolled back" in message
+
+
+def test_the_capacity_margin_is_measured_against_the_desired_capacity_not_what_is_left(fleet):
+    # simulation/world.py's measure: a server that leaves must not lower the bar, or a
+    # rollout that restarts a batch beside it would read as keeping its minimum.
+    world = fleet(web=3, timing=QUICK)
+    world.advance(5)
+    assert world.min_capacity_margin() == 1  # 3 healthy against max(1, 3 - 1)
+    for iid in world.instances("web")[:2]:
+        world.terminate(iid)
+    world.advance(5)
+    assert world.min_capacity_margin() == -1, "one healthy server of three is below the minimum of two"
+
+
+def test_a_scale_out_raises_the_capacity_bar_only_once_its_server_has_booted(fleet):
+    scaled = fleet(web=2, timing=QUICK)
+    scaled.aws("autoscaling").set_desired_capacity(AutoScalingGroupName="web", DesiredCapacity=3)
+    scaled.advance(5)
+    assert scaled.capacity[-1][2] == 2
+    scaled.advance(QUICK.boot + 5)
+    assert scaled.capacity[-1][2] == 3

@@ -16,6 +16,8 @@ import pytest
 
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import names
+from lambdas.rollout.fleet import batch_of
+from lambdas.rollout.plan import Server
 from lambdas.rollout.state import Config
 from simulation.world import DEPLOYED, NEW, OLD, Timing, World
 from tests.pipeline.test_rollout_faults import (
@@ -346,3 +348,40 @@ def test_an_execution_started_before_the_stack_had_the_option_goes_on_without_it
     assert Config.parse({**old, "queue_group": "queue"}).queue_group == "queue"
     with pytest.raises(ValueError, match="queue_group"):
         Config.parse({**old, "queue_group": ["queue"]})
+
+
+def test_some_sidekiq_process_keeps_running_while_the_worker_and_the_queue_workers_restart(fleet):
+    # Two queue workers at batch 2: restarting both, or one beside the main worker's restart,
+    # would leave queues (the main worker's scheduler and mailers, or the queue workers') with
+    # no process. The main worker goes first, then the queue workers, never all of them.
+    world = fleet(web=2, queue=2, batch=2, timing=QUICK)
+    watch(world)
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    def sidekiq(world: World, step: str) -> None:
+        restarting = {i for i, v in world.journals().items() if v.split("|")[1] == "deploying"}
+        sidekiqs = world.instances("worker") + world.instances("queue")
+        queue = world.instances("queue")
+        if set(sidekiqs) <= restarting or (len(queue) > 1 and set(queue) <= restarting):
+            seen.append((step, sorted(restarting & set(sidekiqs)), sidekiqs))
+
+    world.after_step.append(sidekiq)
+    world.set_desired(NEW)
+    succeeded(world, world.roll())
+    assert not seen, f"every Sidekiq process (or every queue worker) restarting at once: {seen}"
+    # The spans of the deploys themselves: the main worker's restart overlaps no queue worker's.
+    (main,) = deploys(world, NEW, "worker")
+    main_end = main["sent"] + max(main["durations"].values())
+    assert all(c["sent"] >= main_end for c in deploys(world, NEW, "queue"))
+    assert all(len(c["instances"]) == 1 for c in deploys(world, NEW, "queue"))
+
+
+@pytest.mark.parametrize(
+    "size, batch, expected", [(0, 2, 1), (1, 2, 1), (2, 2, 1), (3, 2, 2), (5, 5, 4), (5, 1, 1)]
+)
+def test_the_queue_workers_restart_at_most_all_but_one_at_a_time(size, batch, expected):
+    servers = [Server(f"q{i}", "InService", True, 0.0, OLD) for i in range(size)]
+    gone = Server("left", "Terminating", True, 0.0, OLD)  # leaving: it runs no Sidekiq any more
+    assert batch_of(names.QUEUE, batch, [*servers, gone]) == expected
+    assert batch_of(names.WORKER, batch, servers) == 1
+    assert batch_of(names.WEB, batch, servers) == batch

@@ -221,13 +221,24 @@ def _path(event, path):
     return node
 
 
-def _mail(template, event):
-    """The mail EventBridge makes of the event: the template, its fields filled in, line by line."""
+QUEUE_GROUP_NAME = "mastodon-QueueWorkerAutoScalingGroup-X1"
+
+
+def _mail(template, event, queue_workers=False):
+    """The mail EventBridge makes of the event: the template, its fields filled in, line by line
+    (the queue workers' option on or off)."""
     transformer = _rollout_rule(template)["Targets"][0]["InputTransformer"]
     text, variables = transformer["InputTemplate"]["Fn::Sub"]
+    variables = dict(variables)
     values = {"${AWS::StackName}": "mastodon", "${AWS::Region}": "us-east-1",
               "${Domain}": "social.example.com"}
-    assert variables == {"Domain": {"Ref": "DomainName"}}
+    assert variables.pop("Domain") == {"Ref": "DomainName"}
+    condition, on, off = variables.pop("QueueHold")["Fn::If"]
+    assert condition == "HasQueueWorkers" and off == ""
+    hold, names = on["Fn::Sub"]
+    assert names == {"Group": {"Ref": "QueueWorkerAutoScalingGroup"}} and not variables
+    hold = hold.replace("${Group}", QUEUE_GROUP_NAME)
+    values = {"${QueueHold}": hold if queue_workers else "", **values}  # its own ${AWS::Region} too
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)
     assert "${" not in text
@@ -284,6 +295,21 @@ def test_the_mail_names_the_execution_and_says_what_to_do(template):
     assert "execution's history" in mail
     # The quotes of each line show in the mail: no empty lines, no quotes inside.
     assert all(line and '"' not in line for line in mail.split("\n"))
+
+
+def test_with_queue_workers_the_mail_names_their_groups_held_scaling_and_how_to_resume_it(template):
+    # The rollout holds the queue workers' group's scaling too (fleet.held_groups): a rollout
+    # that was stopped or timed out may leave it suspended, and the mail must say so.
+    command = (
+        f"aws autoscaling resume-processes --region us-east-1 --auto-scaling-group-name {QUEUE_GROUP_NAME}"
+    )
+    with_queue = "\n".join(_mail(template, _event("ABORTED"), queue_workers=True))
+    assert "queue workers' group" in with_queue and command in with_queue
+    assert "web group's scaling processes still suspended" in with_queue
+    assert all(line and '"' not in line for line in with_queue.split("\n"))
+    without = "\n".join(_mail(template, _event("ABORTED")))
+    assert "queue workers" not in without and "resume-processes" not in without
+    assert "web group's scaling processes still suspended." in without
 
 
 # ---------------------------------------------------------------- the alert topic's policy
