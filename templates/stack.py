@@ -77,6 +77,7 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     alerts = create_alert_topic(t, p, operations_key)
     create_alarms(t, p, load_balancing, data, compute, alerts)
     create_search_alarms(t, p, search, compute.log_groups["system"], alerts)
+    create_refusal_alarm(t, compute.log_groups["system"], alerts)
     pipeline = create_pipeline(
         t, p, versions, compute, load_balancing, edge, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
@@ -86,7 +87,6 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     # Last: these cover every log group and alarm the tiers above added.
     encrypt_every_log_group(t, operations_key)
     create_dashboard(t)
-    create_refusal_alarm(t, compute.log_groups["system"], alerts)
     _outputs(t, p, edge, mail, versions, alerts)
     return t
 
