@@ -135,7 +135,7 @@ def test_a_parameter_file_the_template_refuses_stops_before_aws(aws_env, moto_st
     result = run_script("deploy.py", "--stack-name", "never", "--parameters", str(bad), "--s3-bucket",
                         "deploy-artifacts", "--template", str(prepared), env=aws_env)
     assert result.returncode == 2
-    assert "WebMinSize='0': below the minimum 1" in result.stderr
+    assert "WebMinSize='0': not one of 1, 2" in result.stderr
     assert "Typo is not a parameter of the template" in result.stderr
     assert not [s for s in client("cloudformation").list_stacks()["StackSummaries"]
                 if s["StackName"] == "never"]

@@ -92,6 +92,7 @@ RESOLVED = {
     "BatchSize": "2",
     "TopicArn": "arn:aws:sns:us-east-1:123456789012:mastodon-AlertTopic-QRST",
     "DistributionId": "E2EXAMPLE0CDN",
+    "QueueGroup": "",  # what Fn::If resolves to while the stack has no queue workers
 }
 # The config every step must receive: each substitution in its own key.
 CONFIG = {
@@ -110,6 +111,7 @@ CONFIG = {
     "boot_grace": BOOT_WORST_CASE_SECONDS,
     "tag_pattern": RELEASE_TAG_PATTERN,
     "deploy_script": DEPLOY_SCRIPT,
+    "queue_group": RESOLVED["QueueGroup"],
 }
 # What EventBridge hands the execution (Configure must not pass it on).
 EVENT = {
