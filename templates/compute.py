@@ -79,17 +79,10 @@ from templates.load_balancing import (
 )
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import (
-    MASTODON_IMAGE,
-    PGBOUNCER_IMAGE,
-    PGBOUNCER_PORT,
-    RELEASE_TAG_PATTERN,
-    STACK_PREFIX,
-    STREAMING_IMAGE,
-)
+from templates.options import PGBOUNCER_IMAGE, PGBOUNCER_PORT, STACK_PREFIX
 from templates.parameters import Parameters
 from templates.secrets import Secrets
-from templates.versions import Versions
+from templates.versions import Versions, tag_pattern
 
 # Where user data writes stack.env, and the instance scripts; the rollout runs deploy.sh
 # and the daily cleanup tootctl.sh from there. The scripts find stack.env in ETC_DIR
@@ -266,9 +259,9 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "ROLE": server_role,
             "SIGNAL_RESOURCE": group,
             "LOCAL_DOMAIN": Ref(p.domain),
-            "MASTODON_IMAGE": MASTODON_IMAGE,
-            "STREAMING_IMAGE": STREAMING_IMAGE,
-            "RELEASE_TAG_PATTERN": RELEASE_TAG_PATTERN,
+            "MASTODON_IMAGE": Ref(p.web_image_repository),
+            "STREAMING_IMAGE": Ref(p.streaming_image_repository),
+            "RELEASE_TAG_PATTERN": tag_pattern(),
             "VERSION_TAG": VERSION_TAG,
             "DEPLOYED_VERSION_PARAMETER": Ref(versions.deployed),
             "APP_SECRET_ARN": Ref(secrets.secret),

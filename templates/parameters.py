@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Template
 
 from templates import capacity, sidekiq
+from templates.options import IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
 
 # Console groups, in the order the console shows them.
 GROUP_REQUIRED = "Mastodon instance (required)"
@@ -27,6 +28,7 @@ GROUP_DATABASE_GROWTH = "Database growth (optional): pooler and read replica"
 GROUP_CACHE_SPLIT = "Redis for growth (optional)"
 GROUP_SEARCH = "Full-text search (optional)"
 GROUP_SETTINGS = "Mastodon's other settings (optional)"
+GROUP_IMAGES = "Your own Mastodon images (optional)"
 
 # Condition names used across tiers.
 HAS_HOSTED_ZONE = "HasHostedZone"
@@ -56,6 +58,8 @@ SEARCH_CREATES_SERVICE_ROLE = "SearchCreatesServiceLinkedRole"
 HAS_MASTODON_SETTINGS = "HasMastodonSettings"
 HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
 HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
+# Your own images (issue 15): upstream's two repositories, or not.
+IMAGES_ARE_UPSTREAM = "ImagesAreUpstream"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -182,6 +186,9 @@ class Parameters:
     search_service_role: Parameter
     mastodon_settings: Parameter
     mastodon_settings_secret: Parameter
+    # Your own images (GROUP_IMAGES): upstream's ghcr.io repositories by default.
+    web_image_repository: Parameter
+    streaming_image_repository: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -427,6 +434,7 @@ def create_parameters(t: Template) -> Parameters:
             AllowedPattern=SECRET_ARN_PATTERN,
             ConstraintDescription="empty, or a Secrets Manager secret ARN",
         )),
+        **_image_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -434,6 +442,31 @@ def create_parameters(t: Template) -> Parameters:
     _add_queue_worker_rules(t, p)
     _add_database_growth_rules(t, p)
     return p
+
+
+# --- Your own images (optional) ------------------------------------------------------
+
+def _image_parameters(t: Template) -> dict[str, Parameter]:
+    shape = ("a repository without tag: ghcr.io/OWNER/NAME, docker.io/OWNER/NAME, quay.io/OWNER/NAME "
+             "or ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME (lowercase)")
+    return {
+        "web_image_repository": add_parameter(t, GROUP_IMAGES, "Mastodon image repository", Parameter(
+            "WebImageRepository", Type="String", Default=MASTODON_IMAGE,
+            Description="Where the web, Sidekiq and migration image comes from, without a tag: "
+            f"{MASTODON_IMAGE} (upstream), a fork's public repository, or a private Amazon ECR "
+            "repository in this stack's account and region. Not upstream: versions may be any "
+            "tag of the OCI rule (README, \"Your own images\").",
+            AllowedPattern=IMAGE_REPOSITORY_PATTERN,
+            ConstraintDescription=shape,
+        )),
+        "streaming_image_repository": add_parameter(t, GROUP_IMAGES, "Streaming image repository", Parameter(
+            "StreamingImageRepository", Type="String", Default=STREAMING_IMAGE,
+            Description="Where the streaming server's image comes from, without a tag: "
+            f"{STREAMING_IMAGE} (upstream) or your own, tagged like the Mastodon image.",
+            AllowedPattern=IMAGE_REPOSITORY_PATTERN,
+            ConstraintDescription=shape,
+        )),
+    }
 
 
 # --- Sidekiq queue workers (optional) ------------------------------------------------
@@ -658,6 +691,9 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(HAS_MASTODON_SETTINGS_SECRET, Not(Equals(Ref(p.mastodon_settings_secret), "")))
     t.add_condition(HAS_ANY_MASTODON_SETTINGS, Or(
         Condition(HAS_MASTODON_SETTINGS), Condition(HAS_MASTODON_SETTINGS_SECRET)))
+    t.add_condition(IMAGES_ARE_UPSTREAM, And(
+        Equals(Ref(p.web_image_repository), MASTODON_IMAGE),
+        Equals(Ref(p.streaming_image_repository), STREAMING_IMAGE)))
 
 
 def _add_rules(t: Template, p: Parameters) -> None:

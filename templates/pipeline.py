@@ -55,9 +55,9 @@ from templates import functions, policies
 from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
-from templates.options import MASTODON_IMAGE, RELEASE_TAG_PATTERN, STACK_PREFIX, STREAMING_IMAGE
+from templates.options import STACK_PREFIX
 from templates.parameters import HAS_QUEUE_WORKERS, Parameters
-from templates.versions import PARAMETER_PREFIX, Versions
+from templates.versions import PARAMETER_PREFIX, Versions, tag_pattern
 
 STATE_MACHINE = "RolloutStateMachine"
 ROLLOUT_FUNCTION = "RolloutFunction"
@@ -454,8 +454,8 @@ def create_pipeline(
         "boot_grace": BOOT_WORST_CASE_SECONDS,
         "topic_arn": "${TopicArn}",
         "distribution_id": "${DistributionId}",
-        "images": [MASTODON_IMAGE, STREAMING_IMAGE],
-        "tag_pattern": RELEASE_TAG_PATTERN,
+        "images": ["${WebImage}", "${StreamingImage}"],
+        "tag_pattern": "${TagPattern}",
         "deploy_script": DEPLOY_SCRIPT,
         "queue_group": "${QueueGroup}",  # "" while the stack has no queue workers
     }
@@ -479,6 +479,9 @@ def create_pipeline(
                 "TopicArn": Ref(alerts),  # type: ignore[arg-type]
                 "DistributionId": Ref(edge.distribution),  # type: ignore[arg-type]
                 "QueueGroup": compute.queue_group_name(),
+                "WebImage": Ref(p.web_image_repository),
+                "StreamingImage": Ref(p.streaming_image_repository),
+                "TagPattern": tag_pattern(),
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from awacs import ssm as awacs_ssm
 from awacs.aws import Allow, Statement
-from troposphere import AWSObject, GetAtt, Ref, Sub, Template, ssm
+from troposphere import AWSObject, GetAtt, If, Ref, Sub, Template, ssm
 
 from lambdas.rollout.names import DOWNGRADE_FLAG
-from templates import functions
-from templates.options import RELEASE_TAG_PATTERN, STACK_PREFIX, BuildOptions
+from templates import functions, parameters
+from templates.options import CUSTOM_TAG_PATTERN, RELEASE_TAG_PATTERN, STACK_PREFIX, BuildOptions
 from templates.parameters import Parameters
 
 DESIRED_VERSION = "DesiredVersionParameter"
@@ -31,9 +31,16 @@ DEPLOYED_VERSION = "DeployedVersionParameter"
 PARAMETER_PREFIX = STACK_PREFIX
 
 
-def desired_pattern() -> str:
-    """The desired-version parameter's AllowedPattern: a release tag, perhaps with the downgrade flag."""
-    tag = RELEASE_TAG_PATTERN.removeprefix("^").removesuffix("$")
+def tag_pattern() -> If:
+    """The rule a version must follow: a Mastodon release tag while both images are
+    upstream's, any OCI tag otherwise (a fork's or a CI's). Handed to the servers'
+    stack.env, the rollout's configuration and the desired-version parameter."""
+    return If(parameters.IMAGES_ARE_UPSTREAM, RELEASE_TAG_PATTERN, CUSTOM_TAG_PATTERN)
+
+
+def desired_pattern(pattern: str = RELEASE_TAG_PATTERN) -> str:
+    """The desired-version parameter's AllowedPattern: a tag of `pattern`, perhaps with the downgrade flag."""
+    tag = pattern.removeprefix("^").removesuffix("$")
     return f"^({tag})( {DOWNGRADE_FLAG})?$"
 
 
@@ -61,7 +68,8 @@ def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str
     # deployed-version resource too: CloudFormation then asks it again, in the same update,
     # for the value desired-version holds, instead of writing back a stale one.
     desired_settings = {
-        "AllowedPattern": desired_pattern(),
+        "AllowedPattern": If(parameters.IMAGES_ARE_UPSTREAM, desired_pattern(),
+                             desired_pattern(CUSTOM_TAG_PATTERN)),
         "Description": "Mastodon version to run: overwrite it to upgrade",
     }
     function = functions.inline_function(

@@ -218,8 +218,23 @@ def test_a_stack_update_never_writes_the_build_s_release_into_the_desired_versio
 def test_the_desired_version_accepts_a_release_tag_and_the_downgrade_flag_only(template, value, accepted):
     import re
 
-    pattern = props(template, "DesiredVersionParameter")["AllowedPattern"]
-    assert bool(re.fullmatch(pattern, value, re.ASCII)) is accepted
+    condition, upstream, _ = props(template, "DesiredVersionParameter")["AllowedPattern"]["Fn::If"]
+    assert condition == "ImagesAreUpstream"
+    assert bool(re.fullmatch(upstream, value, re.ASCII)) is accepted
+
+
+@pytest.mark.parametrize("value, accepted", [
+    ("v4.7.6", True), ("v4.7.6-glitch", True), ("2026-12-01", True), ("3f9c2e1", True),
+    ("v4.7.6-glitch allow-downgrade", True), ("latest", True), ("x" * 128, True),
+    ("x" * 129, False), ("v4.7.6+glitch", False), ("-rc1", False), (".hidden", False),
+    ("v4.7.6;reboot", False), ("../v4", False), ("v4 7", False), ("v4.7.6 please", False), ("", False),
+])
+def test_the_desired_version_of_your_own_images_accepts_any_oci_tag(template, value, accepted):
+    """Not upstream's images: any tag of the OCI distribution spec's grammar, nothing else."""
+    import re
+
+    _, _, custom = props(template, "DesiredVersionParameter")["AllowedPattern"]["Fn::If"]
+    assert bool(re.fullmatch(custom, value, re.ASCII)) is accepted
 
 
 def test_the_rollout_leaves_a_booting_server_alone_as_long_as_auto_scaling_does(template):
