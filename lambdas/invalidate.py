@@ -94,7 +94,13 @@ def start(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check(state: dict[str, Any]) -> dict[str, Any]:
-    memory = state["invalidation"]
+    memory = state.get("invalidation") or {}
+    if memory.get("done"):
+        return {**state, "next": "done"}
+    if "id" not in memory:
+        # The first call (before the post-deployment migrations) was throttled, or it failed
+        # for good and said so in the warning: try again now, or stop at that warning.
+        return {**state, "next": "done"} if state.get("warning") else start(state)
     try:
         status = cloudfront().get_invalidation(
             DistributionId=state["config"]["distribution_id"], Id=memory["id"]

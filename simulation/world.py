@@ -389,6 +389,7 @@ class World:
 
         self.invalidations = 0
         self._invalidated: dict[str, float] = {}
+        self._references: dict[str, Any] = {}
         cloudfront = invalidate._clients["cloudfront"]
         if getattr(cloudfront, "throttling", False):
             return
@@ -403,9 +404,15 @@ class World:
                     {"Error": {"Code": "TooManyInvalidationsInProgress", "Message": "slow down"}},
                     "CreateInvalidation",
                 )
+            # CloudFront answers a second request with the same caller reference (and the same
+            # paths) with the invalidation the first one made; moto would make another.
+            reference = kwargs["InvalidationBatch"]["CallerReference"]
+            if reference in world._references:
+                return world._references[reference]
             world.invalidations += 1
             response = create(**kwargs)
             world._invalidated[response["Invalidation"]["Id"]] = world.clock
+            world._references[reference] = response
             return response
 
         get = cloudfront.get_invalidation

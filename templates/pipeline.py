@@ -8,8 +8,10 @@ than seconds. The order: queue behind any older rollout → validate the tag and
 images → pre-deployment migrations on the worker, while every other serving server
 pulls the new images (deploy.sh pull) → the web group in batches (drain, deploy.sh
 through Run Command, healthy again; a lone server is surged first) → the
-worker and the queue workers (when the stack has them) → post-deployment migrations
-→ the deployed (boot) version → CloudFront invalidation → an SNS notice. Any failure
+worker and the queue workers (when the stack has them), while the last web batch
+settles → the deployed (boot) version → the whole fleet checked → the CloudFront
+invalidation started → post-deployment migrations → the fleet checked again → the
+invalidation awaited → an SNS notice. Any failure
 before the post-deployment migrations rolls the changed servers back; the deployed
 version stays the last good one.
 """
@@ -183,13 +185,17 @@ def definition(
     states["Record"] = _task(rollout, names.RECORD, "RecordNext", rollback)
     states["RecordNext"] = _choice({names.DONE: "Verify"}, rollback)
     verify = _task(rollout, names.VERIFY, "", rollback, phase=names.PRE)
-    _loop(states, "Verify", verify, "PostMigrate", rollback)
+    _loop(states, "Verify", verify, "InvalidateEarly", rollback)
     # From here on every server runs the new code, which the migrated schema needs: a
-    # failure is reported, never rolled back.
+    # failure is reported, never rolled back. So CloudFront's copies of the old version's
+    # pages can go now: the invalidation runs beside the post-deployment migrations and
+    # the final check, and is awaited after them (InvalidateCheck starts it again if
+    # CloudFront throttled this first call).
+    states["InvalidateEarly"] = _task(invalidate, "start", "PostMigrate", "PostMigrate", "$.warning")
     _loop(states, "PostMigrate", _task(rollout, names.MIGRATE, "", "Finish", phase=names.POST), "FinalCheck",
           "Finish")
-    _loop(states, "FinalCheck", _task(rollout, names.VERIFY, "", "Finish", phase=names.FINAL), "Invalidate",
-          "Finish")
+    _loop(states, "FinalCheck", _task(rollout, names.VERIFY, "", "Finish", phase=names.FINAL),
+          "InvalidateCheck", "Finish")
     states.update(
         {
             "Invalidate": _task(invalidate, "start", "InvalidateNext", "Finish", "$.warning"),

@@ -205,6 +205,11 @@ class Plan:
     end_surge: bool = False
     failure: str | None = None
     done: bool = False
+    # Every server of a balanced group runs the target, back in service and healthy, some
+    # perhaps still within their settling window (`settling`) or settled at this tick: the
+    # rollout may go on to the worker while a whole-fleet window watches them (steps.verify).
+    back: bool = False
+    settling: list[str] = field(default_factory=list)
     wait: int = POLL
 
 
@@ -422,6 +427,10 @@ def plan_group(
         plan.surge = True
         plan.wait = BOOT_POLL
         return plan
+    plan.back = (
+        balanced and not pending and not moving and not plan.restore and not surge and not plan.terminate
+    )
+    plan.settling = sorted(settling)
     if not pending and not moving and not settling and not plan.restore:
         if surge:
             plan.end_surge = (

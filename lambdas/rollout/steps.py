@@ -11,13 +11,17 @@
             load balancer
   web       one tick over the web group (drain, deploy, rejoin, settle; surge when one
             server serves alone); the first tick holds the scaling of the web group
-            and of the queue workers' group
+            and of the queue workers' group; done once every server is back and
+            healthy, the last batch's settling window left to verify (it starts then)
   worker    one tick over the worker group, then, once it is done, one over the queue
             workers' group (when the stack has one): done when both are
   record    deployed-version := target: servers launched from now on boot it
   verify    the whole fleet converged on the target and healthy over a settling
             window: before the post-deployment migrations (a failure still rolls
-            back) and after them (the last look before success is recorded)
+            back; the window began with the web step's end, so it runs beside the
+            worker's restart, and it waits for the last batch's own windows) and
+            after them (the last look before success is recorded); the CloudFront
+            invalidation starts between the first and the migrations
   rollback  deployed-version back, then ticks towards the previous version over
             every server (of every group) that is not verified on it
   finish    scaling resumed, a leftover surge undone, the notice (what was verified),
@@ -251,9 +255,23 @@ def _hold(state: State) -> None:
 
 
 def web(state: State) -> State:
+    """The web group in batches; done once every server runs the target, back and healthy.
+
+    The last batch's settling window is not waited for here: the worker restarts
+    meanwhile, and verify's whole-fleet window, which starts now, watches it (a flap
+    there still rolls everything back, the worker included)."""
     _hold(state)
     assert state.target is not None
-    return _group_step(state, WEB, state.target)
+    result = fleet.tick(state, WEB, state.target)
+    if result.failure:
+        return _failed(state, result.failure)
+    if result.next == DONE or result.plan.back:
+        if state.verify_since is None:
+            state.verify_since = aws.now()
+        state.next = DONE
+        return state
+    state.next, state.wait = result.next, result.wait
+    return state
 
 
 def worker(state: State) -> State:
@@ -290,14 +308,18 @@ def verify(state: State, phase: str) -> State:
     assert state.target is not None
     _hold(state)
     moment = aws.now()
+    settling: list[int] = []  # waits of web servers back and healthy, within their own window
     for role in fleet.roles(state.config):
         result = fleet.tick(state, role, state.target)
         if result.failure:
             return _failed(state, result.failure)
-        if result.next != DONE:  # still bringing a server to the target: the window starts after
+        back = role == WEB and result.plan.back  # the last batch settling, or settled at this tick
+        if result.next != DONE and not back:  # a server still to bring to the target: the window waits
             state.verify_started = state.verify_since = None
             state.next, state.wait = WAIT, result.wait
             return state
+        if back and result.plan.settling:
+            settling.append(result.wait)
         if role == WEB:
             serving = [s for s in result.group.servers if s.in_service]
     if state.verify_started is None:
@@ -318,6 +340,8 @@ def verify(state: State, phase: str) -> State:
         return _waiting(state, state.config.settle_seconds)
     if moment < state.verify_since + state.config.settle_seconds:
         return _waiting(state, int(state.verify_since + state.config.settle_seconds - moment))
+    if settling:
+        return _waiting(state, min(settling))
     state.verify_started = state.verify_since = None
     if phase == PRE:
         state.switched = True  # from here on the post-deployment migrations may run: no way back

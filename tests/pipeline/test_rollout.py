@@ -250,8 +250,30 @@ def test_cloudfront_throttling_is_waited_out_and_one_invalidation_made(fleet):
     result = world.roll()
     assert result.status == "SUCCEEDED"
     assert world.invalidations == 1 and world.calls["CreateInvalidation"] == 4
-    assert result.states.count("InvalidateRetry") == 3
+    # The first call, before the post-deployment migrations, is throttled: the rollout does
+    # not wait there; the calls after the final check wait the throttling out.
+    assert result.states.index("InvalidateEarly") < result.states.index("PostMigrate")
+    assert result.states.count("InvalidateRetry") == 2
     assert "Warning" not in world.notifications()[0][1]
+
+
+def test_the_invalidation_runs_beside_the_post_deployment_migrations_and_is_awaited(fleet):
+    world = fleet(web=2, timing=QUICK)
+    made: list[str] = []
+
+    def order(world: World, step: str) -> None:
+        if world.invalidations and not made:
+            made.append(step)
+            assert not any("migrate post" in line for line in world.commands_sent()), "made after them"
+
+    world.after_step.append(order)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "SUCCEEDED"
+    assert made == ["InvalidateEarly"] and world.invalidations == 1
+    states = result.states
+    assert states.index("FinalCheck") < states.index("InvalidateCheck") < states.index("Finish")
+    assert "CloudFront was invalidated" in world.notifications()[0][1]
 
 
 # ---------------------------------------------------------------- a step that crashes

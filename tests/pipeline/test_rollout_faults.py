@@ -170,8 +170,10 @@ TASKS = [
     "Worker",
     "Record",
     "Verify",
+    "InvalidateEarly",
     "PostMigrate",
     "FinalCheck",
+    "InvalidateCheck",
     "Finish",
 ]
 
@@ -423,6 +425,8 @@ def test_a_failed_invalidation_is_not_reported_as_done(fleet):
     ((_, message),) = world.notifications()
     assert "CloudFront was invalidated" not in message
     assert "invalidation failed" in message and "invalidate /* by hand" in message
+    # Refused for good before the post-deployment migrations: not asked again after them.
+    assert world.calls["CreateInvalidation"] == 1
 
 
 @pytest.mark.parametrize("value", ["v4.7." + "9" * 3000, "v4.7.6\n", "v4.7.\u0666", "x\u00e9" * 1500])

@@ -130,6 +130,21 @@ def test_a_drained_server_the_operator_put_in_standby_is_never_put_back():
     assert below.restore == ["n"] and below.deploy == []
 
 
+def test_the_group_is_back_once_every_server_runs_the_target_in_service_and_healthy():
+    done = server("d", NEW)
+    last = plan([settling("k"), done], moment=110.0)
+    assert last.back and last.settling == ["k"] and not last.done, "the last batch settles, the step may end"
+    assert not plan([settling("k"), server("old"), done]).back, "a server still runs the old version"
+    rejoined = server("k", NEW, health=("initial", "initial"), journal=Journal(ME, JOINING, NEW, 100.0, "c1"))
+    assert not plan([rejoined, done]).back, "a server not healthy yet"
+    flapped = server(
+        "k", NEW, health=("unhealthy", "healthy"), journal=Journal(ME, JOINING, NEW, 90.0, "c1", 100.0)
+    )
+    assert not plan([flapped, done]).back, "a server that flapped"
+    settled = plan([settling("k", healthy_at=100.0), done], moment=100.0 + SETTLE)
+    assert settled.back and settled.finish == ["k"] and settled.settling == []
+
+
 def test_a_server_put_back_is_waited_for_while_its_checks_run_never_taken_for_idle():
     # Not serving yet, it would be taken out again at once were it idle (nothing to lose).
     back = server("next", health=("initial", "initial"))
@@ -191,7 +206,8 @@ def guard(world: World, seen: list[tuple[list[str], list[str]]]) -> None:
     out of the load balancer; the overlaps seen are recorded."""
 
     def check(world: World, step: str) -> None:
-        found = steps(world)
+        web_servers = set(world.instances("web"))  # the worker restarts beside the last batch's window
+        found = {i: s for i, s in steps(world).items() if i in web_servers}
         restarting = [i for i, s in found.items() if s == DEPLOYING]
         joining = [i for i, s in found.items() if s == JOINING]
         assert not (restarting and joining), f"after {step}: {restarting} restarted while {joining} settle"
@@ -221,6 +237,62 @@ def test_two_servers_at_batch_one_never_overlap(fleet):
     assert not seen, f"the only settled server was taken out: {seen}"
     assert world.min_capacity_margin() >= 0
 
+
+
+def test_the_worker_restarts_while_the_last_batch_settles_and_verify_waits_for_that_window(fleet):
+    world, _ = guarded_overlap(fleet, web=3)
+    beside: list[tuple[str, float]] = []  # (web server settling, when) as the worker's restart is sent
+
+    def worker_step(world: World, step: str) -> None:
+        if step == "Worker" and not beside:
+            worker = set(world.instances("worker"))
+            found = steps(world)
+            if any(found.get(i) == DEPLOYING for i in worker):
+                beside.extend((i, world.clock) for i, s in found.items() if s == JOINING and i not in worker)
+
+    world.after_step.append(worker_step)
+    ended: list[float] = []  # when the last web server's window ended (its journal removed)
+
+    def window_end(world: World, step: str) -> None:
+        if beside and not ended and beside[0][0] not in world.journals():
+            ended.append(world.clock)
+
+    world.after_step.append(window_end)
+    verified: list[float] = []  # when verify pre passed: the invalidation is started next
+
+    def verify_passed(world: World, step: str) -> None:
+        if step == "InvalidateEarly" and not verified:
+            verified.append(world.clock)
+
+    world.after_step.append(verify_passed)
+    world.set_desired(NEW)
+    result = world.roll()
+    succeeded(world, result)
+    assert beside, "the worker was not restarted beside the last batch's settling window"
+    assert ended and verified and ended[0] <= verified[0], "verify passed before the last batch settled"
+    assert verified[0] >= beside[0][1], "verify passed before the worker's restart"
+
+
+def test_the_last_batch_failing_while_the_worker_restarts_rolls_everything_back(fleet):
+    world, _ = guarded_overlap(fleet, web=3)
+    sick: list[str] = []
+
+    def fail_last_batch(world: World, step: str) -> None:
+        if step == "Worker" and not sick:
+            worker = set(world.instances("worker"))
+            joining = [i for i, s in steps(world).items() if s == JOINING and i not in worker]
+            if joining:
+                sick.extend(joining)
+                world.unhealthy.update((i, NEW) for i in joining)
+
+    world.after_step.append(fail_last_batch)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert sick, "the worker never restarted beside the last batch: the test proves nothing"
+    message = rolled_back(world, result)  # every server, the worker included, on the old version
+    assert "healthy" in message
+    assert not any("migrate post" in line for line in world.commands_sent())
+    assert world.invalidations == 0, "the old version's pages were invalidated for a release rolled back"
 
 
 def guarded_overlap(fleet, web: int = 4) -> tuple[World, list[tuple[list[str], list[str]]]]:

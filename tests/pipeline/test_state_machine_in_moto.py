@@ -18,7 +18,7 @@ What is exercised, for real, by moto:
   non-negative integer; the answers below carry "wait": 0 and no other top-level
   number, so no test sleeps), the Succeed and Fail states (error and cause);
 - Catch on States.ALL and its Next for Begin, PreMigrate, Web, Worker, Record, Verify,
-  PostMigrate, FinalCheck, Invalidate, InvalidateCheck, Rollback and Finish (not
+  InvalidateEarly, PostMigrate, FinalCheck, Invalidate, InvalidateCheck, Rollback and Finish (not
   Validate), and the ResultPath ($.error,
   $.warning, $.rollback_error) seen in the next task's input; Finish's
   $.finish_error is not observable (its Catch leads to the Fail state, whose input
@@ -93,6 +93,9 @@ RESOLVED = {
     "TopicArn": "arn:aws:sns:us-east-1:123456789012:mastodon-AlertTopic-QRST",
     "DistributionId": "E2EXAMPLE0CDN",
     "QueueGroup": "",  # what Fn::If resolves to while the stack has no queue workers
+    "WebImage": MASTODON_IMAGE,
+    "StreamingImage": STREAMING_IMAGE,
+    "TagPattern": RELEASE_TAG_PATTERN,  # what Fn::If resolves to with upstream's images
 }
 # The config every step must receive: each substitution in its own key.
 CONFIG = {
@@ -130,6 +133,7 @@ TASKS = {
     "Record": ("RolloutFunctionArn", "record", None),
     "Verify": ("RolloutFunctionArn", "verify", "pre"),
     "FinalCheck": ("RolloutFunctionArn", "verify", "final"),
+    "InvalidateEarly": ("InvalidateFunctionArn", "start", None),
     "Invalidate": ("InvalidateFunctionArn", "start", None),
     "InvalidateCheck": ("InvalidateFunctionArn", "check", None),
     "Rollback": ("RolloutFunctionArn", "rollback", None),
@@ -137,6 +141,7 @@ TASKS = {
 }
 # Where a task's Catch puts the error (ResultPath), when not at $.error.
 CAUGHT_AT = {
+    "InvalidateEarly": "warning",
     "Invalidate": "warning",
     "InvalidateCheck": "warning",
     "Rollback": "rollback_error",
@@ -318,9 +323,10 @@ STRAIGHT = [
     ("Worker", "done"),
     ("Record", "done"),
     ("Verify", "done"),
+    ("InvalidateEarly", "wait"),
     ("PostMigrate", "done"),
     ("FinalCheck", "done"),
-    ("Invalidate", "done"),
+    ("InvalidateCheck", "done"),
     ("Finish", "done"),
 ]
 
@@ -337,13 +343,14 @@ def test_a_rollout_goes_from_begin_through_every_phase_to_done(machine):
         "Worker", "WorkerNext",
         "Record", "RecordNext",
         "Verify", "VerifyNext",
+        "InvalidateEarly",
         "PostMigrate", "PostMigrateNext",
         "FinalCheck", "FinalCheckNext",
-        "Invalidate", "InvalidateNext",
+        "InvalidateCheck", "InvalidateNext",
         "Finish", "FinishNext",
         "Done",
     ]  # fmt: skip
-    assert run.output["step"] == "Finish#10" and run.output["config"] == CONFIG
+    assert run.output["step"] == "Finish#11" and run.output["config"] == CONFIG
 
 
 def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(machine):
@@ -361,11 +368,12 @@ def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(m
             ("Record", "done"),
             ("Verify", "wait"),  # a server launched meanwhile is brought to the version; settling
             ("Verify", "done"),
+            ("InvalidateEarly", "retry"),  # CloudFront throttled the request: the migrations go on
             ("PostMigrate", "wait"),
             ("PostMigrate", "done"),
             ("FinalCheck", "wait"),
             ("FinalCheck", "done"),
-            ("Invalidate", "retry"),  # CloudFront throttled the request
+            ("InvalidateCheck", "retry"),  # nothing started yet, and CloudFront throttles again
             ("Invalidate", "wait"),
             ("InvalidateCheck", "wait"),
             ("InvalidateCheck", "done"),
@@ -388,11 +396,12 @@ def test_every_wait_loop_the_convergence_and_a_newer_version_take_their_routes(m
         "Record", "RecordNext",
         "Verify", "VerifyNext", "VerifyWait",
         "Verify", "VerifyNext",
+        "InvalidateEarly",
         "PostMigrate", "PostMigrateNext", "PostMigrateWait",
         "PostMigrate", "PostMigrateNext",
         "FinalCheck", "FinalCheckNext", "FinalCheckWait",
         "FinalCheck", "FinalCheckNext",
-        "Invalidate", "InvalidateNext", "InvalidateRetry",
+        "InvalidateCheck", "InvalidateNext", "InvalidateRetry",
         "Invalidate", "InvalidateNext", "InvalidateWait",
         "InvalidateCheck", "InvalidateNext", "InvalidateWait",
         "InvalidateCheck", "InvalidateNext",
@@ -406,7 +415,8 @@ BOOM = Raise("RuntimeError", "no worker instance is in service")
 ROLLED_BACK = ["Rollback", "RollbackNext", "Finish", "FinishNext", "Failed"]
 START = ["Configure", "Begin", "BeginNext", "Validate", "ValidateNext"]
 UP_TO_WEB = [*START, "PreMigrate", "PreMigrateNext", "Web", "WebNext"]
-SWITCHED = [*UP_TO_WEB, "Worker", "WorkerNext", "Record", "RecordNext", "Verify", "VerifyNext"]
+VERIFIED = [*UP_TO_WEB, "Worker", "WorkerNext", "Record", "RecordNext", "Verify", "VerifyNext"]
+SWITCHED = [*VERIFIED, "InvalidateEarly"]
 GO = [("Begin", "go"), ("Validate", "go")]
 FAILURES = {
     # name: (script, states entered, final status)
@@ -446,7 +456,7 @@ FAILURES = {
     "a failed verification before the post-deployment migrations rolls back": (
         [*GO, ("PreMigrate", "done"), ("Web", "done"), ("Worker", "done"), ("Record", "done"),
          ("Verify", "failed"), ("Rollback", "done"), ("Finish", "failed")],
-        [*SWITCHED, *ROLLED_BACK],
+        [*VERIFIED, *ROLLED_BACK],
         "FAILED",
     ),
     "a raising record rolls back": (
@@ -456,32 +466,39 @@ FAILURES = {
         "FAILED",
     ),
     "failed post-deployment migrations are reported, not rolled back": (
-        [*STRAIGHT[:7], ("PostMigrate", "failed"), ("Finish", "failed")],
+        [*STRAIGHT[:8], ("PostMigrate", "failed"), ("Finish", "failed")],
         [*SWITCHED, "PostMigrate", "PostMigrateNext", "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
     "raising post-deployment migrations are reported, not rolled back": (
-        [*STRAIGHT[:7], ("PostMigrate", BOOM), ("Finish", "failed")],
+        [*STRAIGHT[:8], ("PostMigrate", BOOM), ("Finish", "failed")],
         [*SWITCHED, "PostMigrate", "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
     "a failed final check is reported, not rolled back": (
-        [*STRAIGHT[:8], ("FinalCheck", "failed"), ("Finish", "failed")],
+        [*STRAIGHT[:9], ("FinalCheck", "failed"), ("Finish", "failed")],
         [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
          "Finish", "FinishNext", "Failed"],
         "FAILED",
     ),
-    "a raising invalidation request is a warning, the rollout succeeds": (
-        [*STRAIGHT[:9], ("Invalidate", BOOM), ("Finish", "done")],
+    "a raising first invalidation request is a warning, the migrations go on": (
+        [*STRAIGHT[:7], ("InvalidateEarly", BOOM), ("PostMigrate", "done"), ("FinalCheck", "done"),
+         ("InvalidateCheck", "done"), ("Finish", "done")],
         [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
-         "Invalidate", "Finish", "FinishNext", "Done"],
+         "InvalidateCheck", "InvalidateNext", "Finish", "FinishNext", "Done"],
+        "SUCCEEDED",
+    ),
+    "a raising invalidation request is a warning, the rollout succeeds": (
+        [*STRAIGHT[:10], ("InvalidateCheck", "retry"), ("Invalidate", BOOM), ("Finish", "done")],
+        [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
+         "InvalidateCheck", "InvalidateNext", "InvalidateRetry", "Invalidate",
+         "Finish", "FinishNext", "Done"],
         "SUCCEEDED",
     ),
     "a raising invalidation check is a warning, the rollout succeeds": (
-        [*STRAIGHT[:9], ("Invalidate", "wait"), ("InvalidateCheck", BOOM), ("Finish", "done")],
+        [*STRAIGHT[:10], ("InvalidateCheck", BOOM), ("Finish", "done")],
         [*SWITCHED, "PostMigrate", "PostMigrateNext", "FinalCheck", "FinalCheckNext",
-         "Invalidate", "InvalidateNext", "InvalidateWait", "InvalidateCheck",
-         "Finish", "FinishNext", "Done"],
+         "InvalidateCheck", "Finish", "FinishNext", "Done"],
         "SUCCEEDED",
     ),
     "a raising rollback still notifies": (
