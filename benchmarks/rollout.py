@@ -15,7 +15,8 @@ What the design adds to that bound, and where it hides it: each batch's settling
 window overlaps the next batch's drain (where a settled server still serves beside
 them); the last batch's window and the whole-fleet window before the post-deployment
 migrations run while the worker restarts; the CloudFront invalidation runs beside the
-post-deployment migrations and the last whole-fleet window. Stops starting new cases
+post-deployment migrations and the last whole-fleet window, which is why a ratio may be
+below 1 (the bound counts the invalidation after the migrations). Stops starting new cases
 once the time budget is spent. The queue workers' group is empty unless --queue gives
 it servers (rolled after the worker, in batches of the web group's size, at most all
 but one of them at once).

@@ -98,9 +98,14 @@ def check(state: dict[str, Any]) -> dict[str, Any]:
     if memory.get("done"):
         return {**state, "next": "done"}
     if "id" not in memory:
-        # The first call (before the post-deployment migrations) was throttled, or it failed
-        # for good and said so in the warning: try again now, or stop at that warning.
-        return {**state, "next": "done"} if state.get("warning") else start(state)
+        # The first call (before the post-deployment migrations) was throttled, or raised
+        # (the state machine caught it: an error object in the warning; asking again is safe,
+        # the caller reference finds an invalidation that call made): start it now. One that
+        # CloudFront refused for good said so in a warning of ours: stop there.
+        warning = state.get("warning")
+        if isinstance(warning, str):
+            return {**state, "next": "done"}
+        return start({key: value for key, value in state.items() if key != "warning"})
     try:
         status = cloudfront().get_invalidation(
             DistributionId=state["config"]["distribution_id"], Id=memory["id"]

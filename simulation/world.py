@@ -409,8 +409,8 @@ class World:
             reference = kwargs["InvalidationBatch"]["CallerReference"]
             if reference in world._references:
                 return world._references[reference]
-            world.invalidations += 1
             response = create(**kwargs)
+            world.invalidations += 1
             world._invalidated[response["Invalidation"]["Id"]] = world.clock
             world._references[reference] = response
             return response

@@ -258,20 +258,36 @@ def web(state: State) -> State:
     """The web group in batches; done once every server runs the target, back and healthy.
 
     The last batch's settling window is not waited for here: the worker restarts
-    meanwhile, and verify's whole-fleet window, which starts now, watches it (a flap
-    there still rolls everything back, the worker included)."""
+    meanwhile, and its step goes on ticking the web group (_watch_web), so the last
+    batch is finished once settled, a flap or a lost server is seen as in the web step,
+    and verify's whole-fleet window runs from the last look at which every web server
+    was healthy."""
     _hold(state)
     assert state.target is not None
-    result = fleet.tick(state, WEB, state.target)
+    result = _watch_web(state)
     if result.failure:
         return _failed(state, result.failure)
     if result.next == DONE or result.plan.back:
-        if state.verify_since is None:
-            state.verify_since = aws.now()
         state.next = DONE
         return state
     state.next, state.wait = result.next, result.wait
     return state
+
+
+def _watch_web(state: State) -> fleet.Tick:
+    """One tick over the web group; verify's window starts at a look where every web server
+    is back on the target and healthy, and starts again at one where any is not."""
+    assert state.target is not None
+    result = fleet.tick(state, WEB, state.target)
+    serving = [s for s in result.group.servers if s.in_service]
+    if result.failure is None and (result.next == DONE or result.plan.back) and serving and all(
+        s.healthy for s in serving
+    ):
+        if state.verify_since is None:
+            state.verify_since = aws.now()
+    else:
+        state.verify_since = None
+    return result
 
 
 def worker(state: State) -> State:
@@ -279,15 +295,19 @@ def worker(state: State) -> State:
 
     The queue workers wait for the main worker's restart to end, so that some Sidekiq
     process keeps running all along (the main worker alone serves the queues the queue
-    workers do not, and they serve its queues while it restarts)."""
+    workers do not, and they serve its queues while it restarts). The web group is
+    ticked too: its last batch settles meanwhile."""
     _hold(state)
     assert state.target is not None
+    web_result = _watch_web(state)
+    if web_result.failure:
+        return _failed(state, web_result.failure)
     for role in fleet.roles(state.config)[1:]:
         result = fleet.tick(state, role, state.target)
         if result.failure:
             return _failed(state, result.failure)
         if result.next != DONE:
-            return _waiting(state, result.wait)
+            return _waiting(state, min(result.wait, web_result.wait))
     state.next = DONE
     return state
 

@@ -257,6 +257,24 @@ def test_cloudfront_throttling_is_waited_out_and_one_invalidation_made(fleet):
     assert "Warning" not in world.notifications()[0][1]
 
 
+def test_a_first_invalidation_call_that_raises_is_made_again_after_the_final_check(fleet):
+    """The state machine catches the error (Lambda timed out, CloudFront unreachable): the
+    migrations go on, and the call is made again later (the caller reference finds an
+    invalidation the first call may have made)."""
+    world = fleet(web=2, timing=QUICK)
+    world.api_faults.append(
+        lambda name, count, params: (
+            RuntimeError("read timeout") if name == "CreateInvalidation" and count == 1 else None
+        )
+    )
+    world.set_desired(NEW)
+    result = world.roll()
+    assert result.status == "SUCCEEDED"
+    assert world.calls["CreateInvalidation"] == 2 and world.invalidations == 1
+    ((_, message),) = world.notifications()
+    assert "CloudFront was invalidated" in message and "Warning" not in message
+
+
 def test_the_invalidation_runs_beside_the_post_deployment_migrations_and_is_awaited(fleet):
     world = fleet(web=2, timing=QUICK)
     made: list[str] = []

@@ -383,3 +383,87 @@ def test_a_server_of_the_overlap_terminated_is_replaced_and_the_rollout_goes_on_
     # Measured against the group's desired capacity: only the terminated server itself costs
     # capacity (until the drained batch is back and its replacement has booted).
     assert world.min_capacity_margin() >= -1
+
+
+# ---------------------------------------------------------------- the last batch beside the worker
+LONG_WORKER = Timing(
+    drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=60, invalidation=5, settle=30
+)
+
+
+def test_verify_pre_wants_a_whole_window_after_a_web_server_turns_healthy_again(fleet):
+    """A server unhealthy during the worker's restart, healthy again just before verify: verify
+    passes only a settling window after it recovered, not at its first look."""
+    world = fleet(web=3, timing=LONG_WORKER)
+    sick: list[str] = []
+    healthy_again: list[float] = []
+    passed: list[float] = []
+
+    def hook(world: World, step: str) -> None:
+        if step == "Worker" and not sick:  # the web step is over: every web server runs NEW
+            finished = [i for i in world.instances("web") if i not in world.journals()]
+            sick.append(finished[0])
+            world.unhealthy.add((finished[0], NEW))
+        if step == "Record" and sick and not healthy_again:
+            world.unhealthy.discard((sick[0], NEW))
+            healthy_again.append(world.clock)
+        if step in ("InvalidateEarly", "PostMigrate") and not passed:
+            passed.append(world.clock)
+
+    world.after_step.append(hook)
+    world.set_desired(NEW)
+    result = world.roll()
+    succeeded(world, result)
+    assert sick and healthy_again and passed
+    assert passed[0] - healthy_again[0] >= LONG_WORKER.settle, "verify passed on one look"
+
+
+def test_a_blip_after_a_long_worker_step_is_waited_out_not_rolled_back(fleet):
+    """The queue workers restart one at a time for longer than HEALTH_TIMEOUT; a last-batch
+    server that verify finds unhealthy once, then healthy, is watched again, not failed."""
+    world = fleet(web=3, queue=8, timing=Timing(
+        drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=90, invalidation=5, settle=30
+    ))
+    last: list[str] = []
+    over: list[bool] = []
+
+    def hook(world: World, step: str) -> None:
+        web = set(world.instances("web"))
+        if step == "Web" and not last:
+            joining = [i for i, s in steps(world).items() if s == JOINING and i in web]
+            if joining and all(i in web for i in world.journals() if i in web):
+                last.extend(joining)
+        if step == "Record" and last and not over:
+            world.unhealthy.add((last[0], NEW))
+        elif step == "Verify" and last and not over:  # one look of verify sees the blip
+            world.unhealthy.discard((last[0], NEW))
+            over.append(True)
+
+    world.after_step.append(hook)
+    world.set_desired(NEW)
+    result = world.roll(max_steps=50_000)
+    assert over, "verify never saw the blip: the test proves nothing"
+    succeeded(world, result, max_size=3)
+
+
+def test_a_last_batch_server_replaced_as_unhealthy_while_the_worker_restarts_is_counted_lost(fleet):
+    world = fleet(web=3, timing=LONG_WORKER)
+    world.replace_unhealthy_after = 10
+    sick: list[str] = []
+
+    def hook(world: World, step: str) -> None:
+        if sick or step != "Worker":
+            return
+        web = set(world.instances("web"))
+        journals = {i: v.split("|") for i, v in world.journals().items() if i in web}
+        if len(journals) == 1:
+            ((iid, parts),) = journals.items()
+            if parts[1] == JOINING and parts[5]:  # the last batch, healthy once
+                sick.append(iid)
+                world.unhealthy.add((iid, NEW))
+
+    world.after_step.append(hook)
+    world.set_desired(NEW)
+    result = world.roll()
+    assert sick and world.replaced == sick, "the fault was not injected beside the worker's restart"
+    assert result.output.get("lost") == sick
