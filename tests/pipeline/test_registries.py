@@ -42,6 +42,7 @@ class Behaviour:
     challenge: str | None = None  # the registry's WWW-Authenticate (None: a Bearer challenge to realm)
     body: bytes | None = None  # the token service's body instead of a token
     hang: bool = False  # never answer
+    anonymous: bool = False  # the registry answers without a token (as Quay may for a public repository)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path, headers
 
 
@@ -90,7 +91,7 @@ class Fake:
             return self.send(handler, 200, body=body)
         repository, _, tag = handler.path.removeprefix("/v2/").rpartition("/manifests/")
         expected = f"Bearer t:repository:{repository}:pull"
-        if handler.headers.get("Authorization") != expected or repository in b.private:
+        if (handler.headers.get("Authorization") != expected and not b.anonymous) or repository in b.private:
             challenge = b.challenge or f'Bearer realm="{self.realm}",service="fake.example",scope="x"'
             return self.send(handler, 401, {"WWW-Authenticate": challenge})
         self.send(handler, 200 if tag in b.tags.get(repository, set()) else 404)
@@ -143,6 +144,15 @@ def test_a_tag_the_registry_holds_is_found_with_an_anonymous_token_from_the_chal
     assert method == "GET" and path.startswith("/token?")
     assert query == {"scope": ["repository:glitch-soc/mastodon:pull"], "service": ["fake.example"]}
     assert registry.hosts == [host]
+
+
+@pytest.mark.parametrize("tag, missing", [("v1", False), ("v2", True)])
+def test_a_registry_that_answers_without_a_token_is_asked_once(fakes, tag, missing):
+    registry, token = fakes
+    registry.behaviour.anonymous = True
+    registry.behaviour.tags["acme/mastodon"] = {"v1"}
+    assert bool(image_missing("quay.io/acme/mastodon", tag)) is missing
+    assert len(registry.behaviour.requests) == 1 and token.behaviour.requests == []
 
 
 def test_docker_hub_s_official_images_are_library_s(fakes):
