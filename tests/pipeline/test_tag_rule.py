@@ -14,6 +14,7 @@ from lambdas.rollout.names import CUSTOM_TAG_PATTERN
 from lambdas.rollout.plan import check_tag, downgrade_refusal
 from templates.options import RELEASE_TAG_PATTERN
 from tests.instance.instance_harness import INSTANCE_DIR
+from tests.pipeline.test_deploy_script import run
 
 CUSTOM_TAGS = {
     "v4.7.6": True,
@@ -104,6 +105,17 @@ def test_a_refused_tag_of_upstream_s_images_names_the_release_rule():
 @pytest.mark.parametrize("value", [None, 7, ["v4.7.6"]])
 def test_a_value_that_is_no_text_is_refused_under_either_rule(value):
     assert check_tag(value, CUSTOM_TAG_PATTERN) and check_tag(value, RELEASE_TAG_PATTERN)
+
+
+@pytest.mark.parametrize("tag, accepted", [("v4.7.6-glitch", True), ("v4.7.6+glitch", False)])
+def test_deploy_sh_takes_the_rule_from_stack_env(tmp_path, tag, accepted):
+    proc, calls = run(tmp_path, "web", "deploy", tag, stack_env={"TAG_PATTERN": CUSTOM_TAG_PATTERN})
+    if accepted:
+        assert proc.returncode == 0, proc.stderr
+        assert any(tag in " ".join(call) for call in calls)
+    else:
+        assert proc.returncode == 2 and calls == [], proc.stderr
+        assert "does not follow the stack's tag rule" in proc.stderr
 
 
 # ---------------------------------------------------------------- the downgrade guard
