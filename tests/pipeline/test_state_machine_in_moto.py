@@ -93,6 +93,10 @@ RESOLVED = {
     "TopicArn": "arn:aws:sns:us-east-1:123456789012:mastodon-AlertTopic-QRST",
     "DistributionId": "E2EXAMPLE0CDN",
     "QueueGroup": "",  # what Fn::If resolves to while the stack has no queue workers
+    # The image parameters' defaults (upstream's), and the rule Fn::If picks for them.
+    "WebImage": MASTODON_IMAGE,
+    "StreamingImage": STREAMING_IMAGE,
+    "TagPattern": RELEASE_TAG_PATTERN,
 }
 # The config every step must receive: each substitution in its own key.
 CONFIG = {
@@ -106,10 +110,10 @@ CONFIG = {
     "drain_seconds": DEREGISTRATION_DELAY_SECONDS,
     "topic_arn": RESOLVED["TopicArn"],
     "distribution_id": RESOLVED["DistributionId"],
-    "images": [MASTODON_IMAGE, STREAMING_IMAGE],
+    "images": [RESOLVED["WebImage"], RESOLVED["StreamingImage"]],
     "settle_seconds": SETTLE_SECONDS,
     "boot_grace": BOOT_WORST_CASE_SECONDS,
-    "tag_pattern": RELEASE_TAG_PATTERN,
+    "tag_pattern": RESOLVED["TagPattern"],
     "deploy_script": DEPLOY_SCRIPT,
     "queue_group": RESOLVED["QueueGroup"],
 }
