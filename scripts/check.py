@@ -78,8 +78,10 @@ from templates import (
     sidekiq,
     versions,
 )
+from templates.options import RELEASE_TAG
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+
 MARKS = {PASS: "✓", FAIL: "✗", SKIP: "–"}
 GROUPS = ("stack", "edge", "mastodon", "media", "mail", "servers")
 SETTLED = ("CREATE_COMPLETE", "UPDATE_COMPLETE")
@@ -1076,11 +1078,22 @@ class Checker:
         )(self._websocket_headers)
 
     def _expected_version(self) -> str | None:
-        return self.deployed_version.removeprefix("v") if self.deployed_version else None
+        """The version Mastodon reports on the deployed tag, or None when it cannot be told: a tag of
+        your own images (v4.7.6-glitch, a date, a commit) says nothing of what Mastodon reports."""
+        if not self.deployed_version or not RELEASE_TAG.fullmatch(self.deployed_version):
+            return None
+        return self.deployed_version.removeprefix("v")
 
     def _version_matches(self, reported: str) -> bool:
         expected = self._expected_version()
         return expected is None or reported == expected or reported.startswith(f"{expected}+")
+
+    def _version_detail(self, reported: str) -> str:
+        deployed = self.deployed_version or "unknown"
+        uncompared = self.deployed_version and self._expected_version() is None
+        return f"Mastodon {reported}, deployed-version {deployed}" + (
+            " (a tag of your own images: not compared)" if uncompared else ""
+        )
 
     def _instance(self) -> None:
         answer = self.net.request(self.domain, "/api/v2/instance", headers={"Accept": "application/json"})
@@ -1108,7 +1121,7 @@ class Checker:
             "mastodon",
             "version",
             self._version_matches(reported),
-            f"Mastodon {reported}, deployed-version {self.deployed_version or 'unknown'}",
+            self._version_detail(reported),
             "the web servers run another version than the stack recorded (a stale server, or a "
             "rollout that did not finish)",
             "see the servers group: replace the stale server (terminate it; its group launches one "

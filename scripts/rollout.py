@@ -39,7 +39,7 @@ STEPS = {
     "Configure": "starting",
     "Begin": "checking the desired version",
     "Queued": "waiting for an earlier rollout to end",
-    "Validate": "checking the release tag and its images",
+    "Validate": "checking the tag (the stack's rule, no unconfirmed downgrade) and its images",
     "PreMigrate": "pre-deployment migrations",
     "Web": "upgrading the web servers",
     "Worker": "upgrading the worker",

@@ -47,6 +47,12 @@ DESIRED = "/mastodon/test/desired-version"
 DEPLOYED = "/mastodon/test/deployed-version"
 HANDLED = "/mastodon/test/rollout-last"
 IMAGES = ["ghcr.io/mastodon/mastodon", "ghcr.io/mastodon/mastodon-streaming"]
+# A fork's images in the stack's own ECR registry (moto's), and a tag of its own.
+ECR_IMAGES = [
+    f"{DEFAULT_ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/forks/mastodon",
+    f"{DEFAULT_ACCOUNT_ID}.dkr.ecr.{REGION}.amazonaws.com/forks/mastodon-streaming",
+]
+FORK = "v4.7.6-glitch"
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 QUEUE_MAX = 6  # the queue workers' group's maximum size
 # Clients outlive each mock (moto intercepts every botocore client while active).
@@ -74,7 +80,10 @@ class Timing:
 
 
 class Registry:
-    """An HTTP opener that answers like ghcr.io for the images it holds."""
+    """An HTTP opener that answers like ghcr.io for the images it holds: a HEAD without a
+    token gets 401 and the challenge; the token service hands out an anonymous token."""
+
+    CHALLENGE = 'Bearer realm="https://ghcr.io/token",service="ghcr.io"'
 
     def __init__(self, tags: dict[str, set[str]]) -> None:
         self.tags = tags
@@ -87,11 +96,13 @@ class Registry:
 
         url = request if isinstance(request, str) else request.full_url
         self.requests.append(url)
-        if "/token?" in url:
+        if url.startswith("https://ghcr.io/token?"):
             return io.BytesIO(json.dumps({"token": "anonymous"}).encode())
-        match = re.search(r"/v2/(.+)/manifests/(.+)$", url)
+        match = re.search(r"^https://ghcr.io/v2/(.+)/manifests/(.+)$", url)
         assert match and isinstance(request, urllib.request.Request) and request.get_method() == "HEAD"
-        assert request.headers.get("Authorization") == "Bearer anonymous"
+        if request.headers.get("Authorization") != "Bearer anonymous":
+            challenge = {"WWW-Authenticate": self.CHALLENGE}
+            raise urllib.error.HTTPError(url, 401, "Unauthorized", challenge, None)  # type: ignore[arg-type]
         repository, tag = match.groups()
         if tag not in self.tags.get(repository, set()):
             raise urllib.error.HTTPError(url, 404, "Not Found", {}, None)  # type: ignore[arg-type]
@@ -148,6 +159,10 @@ class World:
             {"mastodon/mastodon": {OLD, NEW, NEWER}, "mastodon/mastodon-streaming": {OLD, NEW, NEWER}}
         )
     )
+    # The stack's images (IMAGES, or ECR_IMAGES: repositories in moto's ECR holding OLD, NEW,
+    # NEWER and FORK) and its tag rule (the config's tag_pattern).
+    images: list[str] = field(default_factory=lambda: list(IMAGES))
+    tag_pattern: str = RELEASE_TAG_PATTERN
 
     # ------------------------------------------------------------ set-up
     def __enter__(self) -> World:
@@ -363,8 +378,8 @@ class World:
             "boot_grace": 900,
             "topic_arn": self.topic,
             "distribution_id": self.distribution,
-            "images": IMAGES,
-            "tag_pattern": RELEASE_TAG_PATTERN,
+            "images": self.images,
+            "tag_pattern": self.tag_pattern,
             "deploy_script": "/opt/mastodon-aws/deploy.sh",
         }
         self.definition = pipeline.definition(config, "rollout", "invalidate")
@@ -374,8 +389,9 @@ class World:
             definition=json.dumps(self.definition),
             roleArn="arn:aws:iam::123456789012:role/rollout",
         )["stateMachineArn"]
-        for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions"):
+        for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions", "ecr"):
             rollout_aws._clients[name] = self._client(name)
+        self._push_images()
         invalidate._clients["cloudfront"] = self._client("cloudfront")
         self._throttling_cloudfront()
         self.observe()
@@ -383,6 +399,21 @@ class World:
         for iid in self.servers():
             self.versions[iid] = OLD
         self.tag(self.servers(), OLD)
+
+    def _push_images(self) -> None:
+        """The images of ECR_IMAGES the stack names, in moto's ECR, tagged OLD, NEW, NEWER and FORK."""
+        ecr = self.aws("ecr")
+        for image in self.images:
+            host, repository = image.split("/", 1)
+            if ".dkr.ecr." not in host:
+                continue
+            ecr.create_repository(repositoryName=repository)
+            for number, tag in enumerate((OLD, NEW, NEWER, FORK)):
+                config = {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
+                          "digest": f"sha256:{number:064x}"}
+                manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "config": config, "layers": []}
+                ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
 
     def _throttling_cloudfront(self) -> None:
         from botocore.exceptions import ClientError

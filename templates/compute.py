@@ -261,7 +261,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             "LOCAL_DOMAIN": Ref(p.domain),
             "MASTODON_IMAGE": Ref(p.web_image_repository),
             "STREAMING_IMAGE": Ref(p.streaming_image_repository),
-            "RELEASE_TAG_PATTERN": tag_pattern(),
+            "TAG_PATTERN": tag_pattern(),
             "VERSION_TAG": VERSION_TAG,
             "DEPLOYED_VERSION_PARAMETER": Ref(versions.deployed),
             "APP_SECRET_ARN": Ref(secrets.secret),

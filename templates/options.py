@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Defined with the rollout, which names the rule it applies; the template uses them too.
+from lambdas.rollout.names import CUSTOM_TAG_PATTERN as CUSTOM_TAG_PATTERN
+from lambdas.rollout.names import ECR_HOST_PATTERN as ECR_HOST_PATTERN
+
 # The one place the Mastodon release is pinned: new stacks boot this version.
 MASTODON_VERSION = "v4.7.6"
 
@@ -40,18 +44,14 @@ RELEASE_TAG = re.compile(RELEASE_TAG_PATTERN, re.ASCII)
 # stack's own account and region, which the template's rules check). A repository is
 # lowercase path components (the OCI distribution spec's name grammar), no tag, no
 # digest, at most 255 characters with its host.
-ECR_HOST_PATTERN = "[0-9]{12}[.]dkr[.]ecr[.][a-z]{2}(-[a-z]+){1,2}-[0-9][.]amazonaws[.]com([.]cn)?"
 PUBLIC_REGISTRIES = ("ghcr.io", "docker.io", "quay.io")
 IMAGE_REPOSITORY_PATTERN = (
     "^(?=.{1,255}$)(ghcr[.]io|docker[.]io|quay[.]io|" + ECR_HOST_PATTERN + ")"
     "(/[a-z0-9]+(([.]|_|__|-+)[a-z0-9]+)*)+$"
 )
 
-# A tag of a repository that is not upstream's (a fork's or a CI's: v4.7.6-glitch,
-# 2026-12-01, a commit hash): the OCI distribution spec's tag grammar, which every
-# registry enforces (letters, digits, "_", "." and "-", not starting with "." or "-",
-# at most 128 characters), so no shell or path metacharacter, no space, no "+".
-CUSTOM_TAG_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+# A tag of a repository that is not upstream's: CUSTOM_TAG_PATTERN (lambdas/rollout/names.py,
+# imported above), the OCI distribution spec's tag grammar.
 
 # The path every name the stack gives lives under, as a Sub template: its SSM
 # parameters, its log groups (servers, functions, the rollout) and its IAM users.

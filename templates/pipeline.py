@@ -82,6 +82,7 @@ TRANSIENT_ERRORS = [
     "ConnectTimeoutError",
     "ReadTimeoutError",
     "ConnectionClosedError",
+    "RegistryUnavailable",  # a registry that did not answer whether an image exists (lambdas/rollout/aws.py)
 ]
 TASK_TIMEOUT = 90
 FUNCTION_TIMEOUT = 60

@@ -5,8 +5,10 @@ the operator is its only writer. Its template value is the build's pinned releas
 creation and, on every later update, the value it holds then (reported by the
 deployed-version resource), so a stack update never rewrites it behind the operator's
 back; a new build's pinned release only decides what new stacks boot. It accepts a
-release tag, or one followed by " allow-downgrade" to roll back to an older release
-on purpose (lambdas/rollout/plan.py refuses a downgrade without it).
+tag of the stack's rule (tag_pattern: a release tag for upstream's images, any OCI tag
+for your own), or one followed by " allow-downgrade" to roll back to an older release
+on purpose, or to confirm a tag that cannot be ordered against the running one
+(lambdas/rollout/plan.py refuses either without it).
 
 `deployed-version` is the last version every process ran, the one new servers boot.
 Only the pipeline may move it, once migrations have run: the stack creates it with

@@ -78,6 +78,8 @@ FACTS = (
     Fact("mastodon image", literal(options.MASTODON_IMAGE, alone=True), ("templates/options.py",)),
     Fact("streaming image", literal(options.STREAMING_IMAGE, alone=True), ("templates/options.py",)),
     Fact("release tag rule", literal(options.RELEASE_TAG_PATTERN[:24]), ("templates/options.py",)),
+    Fact("OCI tag rule", literal(names.CUSTOM_TAG_PATTERN[:24]), ("lambdas/rollout/names.py",)),
+    Fact("ECR registry host", literal(names.ECR_HOST_PATTERN[:24]), ("lambdas/rollout/names.py",)),
     Fact("version tag", literal(names.VERSION_TAG, alone=True), ("lambdas/rollout/names.py",)),
     Fact("journal tag", literal(names.JOURNAL_TAG, alone=True), ("lambdas/rollout/names.py",)),
     Fact("hold tag", literal(names.HOLD_TAG, alone=True), ("lambdas/rollout/names.py",)),

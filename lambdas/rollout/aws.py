@@ -1,14 +1,17 @@
 """The rollout's AWS calls: thin, one purpose each, no decisions.
 
-Tests replace `now`, the clients in `_clients` and `OPENER` (the registry's HTTP).
+Tests replace `now`, the clients in `_clients` and `OPENER` or `registry_url` (the public
+registries' HTTP).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +19,9 @@ from typing import Any
 import boto3
 from aws_lambda_powertools import Logger
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas.rollout.names import JOURNAL_TAG, VERSION_TAG
+from lambdas.rollout.names import ECR_HOST_PATTERN, JOURNAL_TAG, VERSION_TAG
 from lambdas.rollout.plan import Journal, Server
 
 logger = Logger()
@@ -285,26 +288,161 @@ def command_status(command_id: str, instance: str) -> tuple[str, str]:
     return str(invocation["Status"]), reason[-400:]
 
 
-# ---------------------------------------------------------------- the registry
+# ---------------------------------------------------------------- the registries
+class RegistryUnavailable(Exception):
+    """A registry that did not answer (a timeout, 429, a 5xx, ECR throttling beyond boto3's
+    retries). The state machine retries the step on it (templates/pipeline.TRANSIENT_ERRORS);
+    once it gives up, this error's message is the rollout's failure."""
+
+
+# Seconds per request: two images, at most three requests each, well within the function's minute.
+REGISTRY_TIMEOUT = 6
+# What a HEAD of a tag may answer with: an index (multi-platform) or a single manifest.
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
+# Where a public registry's API answers, when not on its own name: Docker Hub's.
+API_HOSTS = {"docker.io": "registry-1.docker.io"}
+
+
+def registry_url(host: str) -> str:
+    """The base URL of a public registry's API (tests point it at a fake on loopback)."""
+    return f"https://{API_HOSTS.get(host, host)}"
+
+
 def image_missing(image: str, tag: str) -> str | None:
-    """Why ghcr.io has no `image:tag`, or None; only registry answers, never guesses."""
+    """Why the registry that holds `image` has no `image:tag` (or will not say), or None.
+
+    Only registry answers, never guesses: a registry that does not answer raises
+    RegistryUnavailable (the step is retried); an answer this function does not know
+    raises RuntimeError (the rollout fails with it)."""
     host, repository = image.split("/", 1)
-    token_url = f"https://{host}/token?scope=repository:{repository}:pull"
+    if re.fullmatch(ECR_HOST_PATTERN, host, re.ASCII):
+        return _ecr_image_missing(image, host, repository, tag)
+    return _public_image_missing(image, host, repository, tag)
+
+
+def _ecr_image_missing(image: str, host: str, repository: str, tag: str) -> str | None:
+    account = host.split(".", 1)[0]
     try:
-        with OPENER.open(token_url, timeout=10) as response:
-            token = json.load(response)["token"]
-        request = urllib.request.Request(
-            f"https://{host}/v2/{repository}/manifests/{tag}",
-            method="HEAD",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/vnd.oci.image.index.v1+json, "
-                "application/vnd.docker.distribution.manifest.list.v2+json",
-            },
+        client("ecr").describe_images(
+            registryId=account, repositoryName=repository, imageIds=[{"imageTag": tag}]
         )
-        with OPENER.open(request, timeout=10):
-            return None
+        return None
+    except ClientError as error:
+        code = error_code(error)
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code == "ImageNotFoundException":
+            return f"{image}:{tag} does not exist: the ECR repository {repository} has no tag {tag}"
+        if code == "RepositoryNotFoundException":
+            return f"{image}:{tag} does not exist: account {account} has no ECR repository {repository} here"
+        if code == "AccessDeniedException":
+            return (
+                f"could not check {image}:{tag}: the stack's grant does not cover the ECR repository "
+                f"{repository} (ecr:DescribeImages was denied); is it the repository the stack's "
+                "image parameter names?"
+            )
+        if code in ("ThrottlingException", "ServerException") or status >= 500:
+            raise RegistryUnavailable(f"Amazon ECR did not answer for {image}:{tag} ({code})") from error
+        raise
+    except BotoCoreError as error:  # no connection, a timeout
+        raise RegistryUnavailable(f"Amazon ECR did not answer for {image}:{tag} ({error})") from error
+
+
+def _public_image_missing(image: str, host: str, repository: str, tag: str) -> str | None:
+    """The OCI distribution API's answer, anonymously: HEAD the tag's manifest; a 401 names
+    where to fetch an anonymous token (WWW-Authenticate: Bearer realm, service); then once more."""
+    if host == "docker.io" and "/" not in repository:
+        repository = f"library/{repository}"  # Docker Hub's official images
+    base = registry_url(host)
+    url = f"{base}/v2/{repository}/manifests/{tag}"
+    status, challenge = _registry_answer(url, host, image, tag, method="HEAD")
+    if status == 401:
+        token = _anonymous_token(challenge, base, host, repository, image, tag)
+        if token is not None:
+            status, _ = _registry_answer(url, host, image, tag, method="HEAD", token=token)
+    if status < 300:
+        return None
+    if status == 404:
+        return f"{image}:{tag} does not exist in the registry ({host} answered 404)"
+    return (
+        f"{image}:{tag} is private or does not exist: {host} refused an anonymous pull of "
+        f"{repository} ({status}); the servers pull public images anonymously (a private "
+        "image belongs in the stack's Amazon ECR)"
+    )
+
+
+def _registry_answer(
+    url: str, host: str, image: str, tag: str, method: str, token: str | None = None
+) -> tuple[int, str]:
+    """(status, WWW-Authenticate) of a request the registry answered: 2xx, 401, 403 or 404."""
+    headers = {"Accept": MANIFEST_TYPES} if method == "HEAD" else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    # Only registry_url's https (a test's loopback http): no file: or other scheme.
+    request = urllib.request.Request(url, method=method, headers=headers)  # noqa: S310
+    try:
+        with OPENER.open(request, timeout=REGISTRY_TIMEOUT) as response:
+            status = int(getattr(response, "status", None) or 200)
+            return status, ""
     except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return f"{image}:{tag} does not exist in the registry"
-        raise RuntimeError(f"the registry answered {error.code} for {image}:{tag}") from error
+        status = error.code
+        if status in (401, 403, 404):
+            challenge = error.headers.get("WWW-Authenticate") if error.headers else None
+            return status, str(challenge or "")
+        if status == 429 or status >= 500:
+            raise RegistryUnavailable(
+                f"the registry {host} did not answer for {image}:{tag} ({status} {error.reason})"
+            ) from error
+        raise RuntimeError(f"the registry {host} answered {status} for {image}:{tag}") from error
+    except OSError as error:  # URLError, a timeout, a dropped connection
+        reason = getattr(error, "reason", None) or error
+        raise RegistryUnavailable(
+            f"the registry {host} did not answer for {image}:{tag} ({reason})"
+        ) from error
+
+
+def _anonymous_token(
+    challenge: str, base: str, host: str, repository: str, image: str, tag: str
+) -> str | None:
+    """An anonymous pull token from the challenge's realm, or None when the registry has none
+    for us (no Bearer challenge, or its token service refuses: a private repository)."""
+    scheme, _, parameters = challenge.partition(" ")
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', parameters))
+    realm = fields.get("realm", "")
+    if scheme.lower() != "bearer" or not realm:
+        return None
+    if urllib.parse.urlsplit(realm).scheme != urllib.parse.urlsplit(base).scheme:
+        raise RuntimeError(f"the registry {host} names a token service of another scheme: {realm}")
+    query = {"scope": f"repository:{repository}:pull"}
+    if fields.get("service"):
+        query["service"] = fields["service"]
+    url = f"{realm}{'&' if '?' in realm else '?'}{urllib.parse.urlencode(query)}"
+    request = urllib.request.Request(url, method="GET")  # noqa: S310  (the registry's own scheme, above)
+    try:
+        with OPENER.open(request, timeout=REGISTRY_TIMEOUT) as response:
+            answer = json.load(response)
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403, 404):
+            return None
+        if error.code == 429 or error.code >= 500:
+            raise RegistryUnavailable(
+                f"the token service of {host} did not answer for {image}:{tag} ({error.code} {error.reason})"
+            ) from error
+        raise RuntimeError(f"the token service of {host} answered {error.code} for {image}:{tag}") from error
+    except OSError as error:
+        reason = getattr(error, "reason", None) or error
+        raise RegistryUnavailable(
+            f"the token service of {host} did not answer for {image}:{tag} ({reason})"
+        ) from error
+    except ValueError as error:  # not JSON: a proxy's page, a cut-off answer
+        raise RegistryUnavailable(f"the token service of {host} gave no token for {image}:{tag}") from error
+    token = answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token:
+        raise RegistryUnavailable(f"the token service of {host} gave no token for {image}:{tag}")
+    return token

@@ -53,6 +53,16 @@ GROUP_TAG = "aws:autoscaling:groupName"
 # Put after the tag in desired-version ("v4.7.5 allow-downgrade") to roll back on purpose.
 DOWNGRADE_FLAG = "allow-downgrade"
 
+# A tag of a repository that is not upstream's (a fork's or a CI's: v4.7.6-glitch,
+# 2026-12-01, a commit hash): the OCI distribution spec's tag grammar, which every
+# registry enforces (letters, digits, "_", "." and "-", not starting with "." or "-",
+# at most 128 characters), so no shell or path metacharacter, no space, no "+". Here,
+# and not in templates/options.py, because the rollout names the rule it applied.
+CUSTOM_TAG_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+# An Amazon ECR registry's host (templates/options.IMAGE_REPOSITORY_PATTERN): the
+# rollout asks ECR's API, not the registry's, whether an image there exists.
+ECR_HOST_PATTERN = "[0-9]{12}[.]dkr[.]ecr[.][a-z]{2}(-[a-z]+){1,2}-[0-9][.]amazonaws[.]com([.]cn)?"
+
 # Bounds of the whole execution. A rollout waits at most QUEUE_TIMEOUT behind older
 # ones, then gets ROLLOUT_TIMEOUT (two migrations of up to MIGRATION_TIMEOUT each and
 # the servers), then ROLLBACK_TIMEOUT to undo; the state machine's own TimeoutSeconds

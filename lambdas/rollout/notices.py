@@ -58,8 +58,8 @@ def failure(state: State, reason: str, observed: Observed) -> tuple[str, str]:
             f"The upgrade to {target} failed: {reason}; the rollback to {state.previous} failed too ({why}). "
             f"Servers may run either version; deployed-version is {observed.deployed}.{stray} "
             f"Repair by hand: put {state.previous} again into the desired-version parameter "
-            f"(add ' {DOWNGRADE_FLAG}' after it "
-            "if it is older than a version a server ran)." + _scaling(observed)
+            f"(add ' {DOWNGRADE_FLAG}' after it if it is older than a version a server ran, "
+            "or either is not a release tag)." + _scaling(observed)
         )
     if state.rolling_back:
         return subject, (

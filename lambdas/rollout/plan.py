@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from lambdas.rollout.names import DOWNGRADE_FLAG
+from lambdas.rollout.names import CUSTOM_TAG_PATTERN, DOWNGRADE_FLAG
 
 HEALTHY, DRAINING, UNUSED = "healthy", "draining", "unused"
 IN_LOAD_BALANCER = {HEALTHY, "initial", "unhealthy"}  # registered, taking or about to take requests
@@ -44,11 +44,23 @@ NOTICE_REASON = 1000  # characters of a failure reason kept in a notice or a rec
 
 # ---------------------------------------------------------------- tags and versions
 def check_tag(tag: object, pattern: str) -> str | None:
-    """Why `tag` is not a release tag this stack can run (ASCII, the whole string), or None."""
-    if not isinstance(tag, str) or not re.fullmatch(pattern, tag, re.ASCII):
-        shown = repr(tag)[:80] if isinstance(tag, str) else type(tag).__name__
-        return f"{shown} is not a Mastodon release tag of 4.3 or later (e.g. v4.7.6); nothing was changed"
-    return None
+    """Why `tag` does not follow the stack's tag rule `pattern` (ASCII, the whole string), or
+    None. The reason names the rule that applied: upstream's release tags, or the OCI tag rule
+    for a stack whose images are not upstream's."""
+    if isinstance(tag, str) and re.fullmatch(pattern, tag, re.ASCII):
+        return None
+    shown = repr(tag)[:80] if isinstance(tag, str) else type(tag).__name__
+    if pattern == CUSTOM_TAG_PATTERN:
+        return (
+            f"{shown} is not a tag an image can have: the stack's images are not upstream's, so a "
+            "version is any tag of the OCI distribution spec's rule, 1 to 128 ASCII letters, digits, "
+            "'_', '.' and '-', not starting with '.' or '-'. Registries refuse anything else, '+' "
+            "included: a fork tags v4.7.6-glitch, not v4.7.6+glitch; nothing was changed"
+        )
+    return (  # the release rule (templates/options.RELEASE_TAG_PATTERN)
+        f"{shown} is not a Mastodon release tag of 4.3 or later (e.g. v4.7.6, v4.8.0-rc.1): "
+        "the stack runs upstream's images, whose versions are release tags; nothing was changed"
+    )
 
 
 def parse_desired(value: str) -> tuple[str, bool]:
@@ -70,14 +82,28 @@ def order_key(tag: str) -> tuple[int, ...] | None:
 
 
 def downgrade_refusal(target: str, deployed: str, allowed: bool) -> str | None:
-    """Why rolling from `deployed` to `target` needs the operator's explicit word, or None."""
-    new, old = order_key(target), order_key(deployed)
-    if allowed or new is None or old is None or new >= old:
+    """Why rolling from `deployed` to `target` needs the operator's explicit word, or None.
+
+    Two release tags are ordered; a tag that is not one (a fork's or a CI's) cannot be
+    ordered against another tag, so the operator confirms it like a downgrade. The version
+    the servers already run is no downgrade (a repair, or a re-pushed tag)."""
+    if allowed or target == deployed:
         return None
+    new, old = order_key(target), order_key(deployed)
+    if new is not None and old is not None:
+        if new >= old:
+            return None
+        return (
+            f"{target} is older than {deployed}, which the servers run: its code may not fit the "
+            f"database that {deployed}'s post-deployment migrations changed, so the rollout refused it; "
+            f"nothing was changed. To go back on purpose, put '{target} {DOWNGRADE_FLAG}' into the "
+            "desired-version parameter"
+        )
     return (
-        f"{target} is older than {deployed}, which the servers run: its code may not fit the "
-        f"database that {deployed}'s post-deployment migrations changed, so the rollout refused it; "
-        f"nothing was changed. To go back on purpose, put '{target} {DOWNGRADE_FLAG}' into the "
+        f"{target} and {deployed}, which the servers run, cannot be ordered (only Mastodon release "
+        "tags such as v4.7.6 can), so the rollout cannot tell an upgrade from a downgrade, whose code "
+        "may not fit the database the newer version's migrations changed; nothing was changed. "
+        f"If {target} is what the servers should run, put '{target} {DOWNGRADE_FLAG}' into the "
         "desired-version parameter"
     )
 

@@ -2,7 +2,8 @@
 
   begin     one rollout at a time (older running executions go first); read the
             desired and deployed versions; nothing to do if the change was handled
-  validate  a release tag (the stack's rule), no silent downgrade, both images exist
+  validate  the stack's tag rule, no silent downgrade (nor an unconfirmed tag that
+            cannot be ordered), both images exist (each asked of its own registry)
   migrate   a one-off `deploy.sh migrate pre|post` on the worker, found again by its
             marker if the step is retried, failed at once if its worker is lost; with
             the pre-deployment migrations, every other serving server pulls the new

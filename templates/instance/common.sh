@@ -71,11 +71,12 @@ retry() {
   done
 }
 
-# The stack's release-tag rule (templates/options.py, through stack.env), matched in the
+# The stack's tag rule (stack.env: a release tag, or the OCI tag rule for images that are
+# not upstream's; templates/versions.tag_pattern), matched in the
 # C locale so that [0-9] means the ASCII digits only.
-is_release_tag() {
+is_version_tag() {
   local LC_ALL=C
-  [[ $1 =~ $RELEASE_TAG_PATTERN ]]
+  [[ $1 =~ $TAG_PATTERN ]]
 }
 
 # --- health ------------------------------------------------------------------------

@@ -62,7 +62,7 @@ load_stack_env() {
   if [ -z "${MASTODON_IMAGE:-}" ] || [ -z "${STREAMING_IMAGE:-}" ]; then
     fail "the images are not set in stack.env"
   fi
-  require_stack_env RELEASE_TAG_PATTERN WEB_PORT WEB_HEALTH_PATH STREAMING_PORT STREAMING_HEALTH_PATH \
+  require_stack_env TAG_PATTERN WEB_PORT WEB_HEALTH_PATH STREAMING_PORT STREAMING_HEALTH_PATH \
     ONE_OFF_DB_POOL
   if settings_enabled; then
     require_stack_env AWS_REGION SETTINGS_NAME_PATTERN SETTINGS_MAX SETTINGS_OWNED_PREFIXES \
@@ -267,7 +267,7 @@ main() {
   local mode=$1 version=${*: -1}
   [ "$mode" != migrate ] || [ "$2" = pre ] || [ "$2" = post ] || usage
   load_stack_env
-  is_release_tag "$version" || fail "'$version' is not a Mastodon release tag like v4.7.6" 2
+  is_version_tag "$version" || fail "'$version' does not follow the stack's tag rule (TAG_PATTERN in stack.env)" 2
   mkdir -p "$(dirname "$LOCK_FILE")"
   exec 9>"$LOCK_FILE"
   flock -w "$LOCK_TIMEOUT" 9 || fail "another deploy held the lock for ${LOCK_TIMEOUT}s"

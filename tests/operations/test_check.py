@@ -775,6 +775,22 @@ def test_each_check_fails_with_a_cause_and_a_next_step_when_its_fake_misbehaves(
     assert check.summary(results)[0] == 1
 
 
+@pytest.mark.parametrize("tag, reported", [("v4.7.6-glitch", "4.7.6+glitch"), ("2026-12-01", "4.7.6")])
+def test_a_tag_of_your_own_images_is_not_compared_with_the_version_mastodon_reports(world, tag, reported):
+    """A fork's or a CI's tag says nothing of what Mastodon reports: no stale-version alarm."""
+    ssm = world.client("ssm")
+    for logical_id in (versions.DESIRED_VERSION, versions.DEPLOYED_VERSION):
+        ssm.put_parameter(Name=world.resources[logical_id], Value=tag, Overwrite=True)
+    ids = world.instances(compute.WEB_GROUP) + world.instances(compute.WORKER_GROUP)
+    world.client("ec2").create_tags(Resources=ids, Tags=[{"Key": VERSION_TAG, "Value": tag}])
+    world.behaviour.version = reported
+
+    results = world.run(("stack", "mastodon", "servers"))
+
+    assert failing(results) == [], "\n".join(check.render(results))
+    assert "not compared" in by_name(results, "version").detail
+
+
 def test_an_unhealthy_target_fails_its_server(world, monkeypatch):
     _unhealthy_streaming(world, monkeypatch)
 

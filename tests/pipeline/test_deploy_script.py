@@ -22,12 +22,12 @@ exec "$STUB_BIN/docker" "$@"
 
 
 def run(
-    tmp_path: Path, role: str, *args: str, **settings: str
+    tmp_path: Path, role: str, *args: str, stack_env: dict[str, str] | None = None, **settings: str
 ) -> tuple[subprocess.CompletedProcess[str], list]:
     root, stubs, bin_dir, wrap = (tmp_path / d for d in ("root", "stub", "bin", "wrap"))
     for directory in (root / "etc/mastodon", stubs, bin_dir, wrap):
         directory.mkdir(parents=True, exist_ok=True)
-    write_stack_env(root, role)
+    write_stack_env(root, role, **(stack_env or {}))
     if not (root / "etc/mastodon/version.env").exists():
         (root / "etc/mastodon/version.env").write_text(f"MASTODON_VERSION={OLD}\n")
     for name in ("docker", "systemctl", "curl"):

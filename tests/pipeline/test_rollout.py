@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import handler as rollout_handler
 from lambdas.rollout import steps
-from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
+from lambdas.rollout.names import CUSTOM_TAG_PATTERN
+from simulation.world import DEPLOYED, ECR_IMAGES, FORK, HANDLED, NEW, NEWER, OLD, Timing, World
 from tests.lambdas.conftest import LambdaContext
 
 # Short durations keep the simulated rollouts (and the tests) quick; the benchmark
@@ -38,24 +39,41 @@ def assert_all_on(world: World, version: str) -> None:
     assert world.min_capacity_margin() >= 0, "healthy capacity fell below the minimum"
 
 
+# Upstream's images and a release, or a fork's images in the stack's ECR repository and a
+# tag of its own (issue 15): (world settings, the version rolled out, the desired value).
+# The fork's tag cannot be ordered against the release the servers run: the operator confirms.
+STACKS = {
+    "upstream": ({}, NEW, NEW),
+    "fork-in-ecr": (
+        {"images": ECR_IMAGES, "tag_pattern": CUSTOM_TAG_PATTERN}, FORK, f"{FORK} allow-downgrade"
+    ),
+}
+
+
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("web, batch", [(1, 1), (2, 1), (5, 2)], ids=["1-web", "2-web", "5-web-batch-2"])
-def test_a_desired_version_rolls_every_server_in_order_and_records_it(fleet, web, batch):
-    world = fleet(web=web, batch=batch, timing=QUICK)
-    world.set_desired(NEW)
+def test_a_desired_version_rolls_every_server_in_order_and_records_it(fleet, web, batch, stack):
+    settings, version, desired = STACKS[stack]
+    world = fleet(web=web, batch=batch, timing=QUICK, **settings)
+    world.set_desired(desired)
     result = world.roll()
     assert result.status == "SUCCEEDED", result.output.get("failure")
-    assert_all_on(world, NEW)
-    assert world.parameter(DEPLOYED) == NEW
+    assert_all_on(world, version)
+    assert world.parameter(DEPLOYED) == version
+    # Each image's registry was asked: ECR's API for ECR's, the OCI API for ghcr.io's.
+    in_ecr = stack == "fork-in-ecr"
+    assert world.calls["DescribeImages"] == (2 if in_ecr else 0)
+    assert bool(world.registry.requests) is not in_ecr
     assert len(world.instances("web")) == web, "the surge server was not retired"
     assert world.group("web")["MaxSize"] == max(web, 2)
     lines = world.commands_sent()
-    assert lines[0].endswith(f"migrate pre {NEW}") and lines[-1].endswith(f"migrate post {NEW}")
-    pulls = [line for line in lines[1:-1] if f" pull {NEW}" in line]
+    assert lines[0].endswith(f"migrate pre {version}") and lines[-1].endswith(f"migrate post {version}")
+    pulls = [line for line in lines[1:-1] if f" pull {version}" in line]
     assert lines[1 : 1 + len(pulls)] == pulls, "the pulls ahead come before any deploy"
-    assert all(f"deploy {NEW}" in line for line in lines[1 + len(pulls) : -1])
+    assert all(f"deploy {version}" in line for line in lines[1 + len(pulls) : -1])
     assert world.invalidations == 1
     assert world.notifications() == [
-        (f"Mastodon upgraded to {NEW}", pytest.approx(world.notifications()[0][1]))
+        (f"Mastodon upgraded to {version}", pytest.approx(world.notifications()[0][1]))
     ]
 
 
@@ -68,26 +86,28 @@ def test_with_one_web_server_a_new_one_serves_before_the_old_one_leaves(fleet):
     assert world.instances("web") != [original], "the replacement should stay, the original go"
 
 
+@pytest.mark.parametrize("stack", STACKS)
 @pytest.mark.parametrize("k", [1, 3])
-def test_a_failing_deploy_on_the_kth_server_rolls_the_changed_ones_back(fleet, k):
-    world = fleet(web=5, batch=1, timing=QUICK)
+def test_a_failing_deploy_on_the_kth_server_rolls_the_changed_ones_back(fleet, k, stack):
+    settings, version, desired = STACKS[stack]
+    world = fleet(web=5, batch=1, timing=QUICK, **settings)
     deploys: list[str] = []
 
     def fail_kth(iid: str, line: str) -> str | None:
-        if f"deploy {NEW}" in line and iid in world.instances("web"):
+        if f"deploy {version}" in line and iid in world.instances("web"):
             deploys.append(iid) if iid not in deploys else None
             if deploys.index(iid) == k - 1:
                 return "docker pull ghcr.io/mastodon/mastodon:v4.7.6 failed after 4 attempts"
         return None
 
     world.command_faults.append(fail_kth)
-    world.set_desired(NEW)
+    world.set_desired(desired)
     result = world.roll()
     assert result.status == "FAILED"
     assert_all_on(world, OLD)
     assert world.parameter(DEPLOYED) == OLD
     ((subject, message),) = world.notifications()
-    assert subject == f"Mastodon upgrade to {NEW} failed"
+    assert subject == f"Mastodon upgrade to {version} failed"
     assert deploys[k - 1] in message and "docker pull" in message and "previous version" in message
     assert not any("migrate post" in line for line in world.commands_sent())
 
@@ -186,9 +206,11 @@ def two_executions(world: World) -> tuple[str, str]:
     return (started[0], started[1]) if ahead else (started[1], started[0])
 
 
-def test_the_same_event_delivered_twice_rolls_once(fleet):
-    world = fleet(web=2, timing=QUICK)
-    world.set_desired(NEW)
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_same_event_delivered_twice_rolls_once(fleet, stack):
+    settings, _, desired = STACKS[stack]
+    world = fleet(web=2, timing=QUICK, **settings)
+    world.set_desired(desired)
     first, duplicate = two_executions(world)
     state = {
         "config": world.definition["States"]["Configure"]["Parameters"]["config"],
@@ -233,6 +255,59 @@ def test_an_invalid_tag_or_a_missing_image_stops_before_touching_anything(fleet,
     assert_all_on(world, OLD)
     ((_, message),) = world.notifications()
     assert reason in message and "Nothing was changed" in message
+
+
+FORK_STACK = {"images": ECR_IMAGES, "tag_pattern": CUSTOM_TAG_PATTERN}
+
+
+@pytest.mark.parametrize(
+    "desired, reason",
+    [
+        ("v4.7.6+glitch allow-downgrade", "not v4.7.6+glitch"),
+        (f"{FORK}", "cannot be ordered"),  # the operator did not confirm
+        ("v4.7.8-glitch allow-downgrade", "forks/mastodon has no tag v4.7.8-glitch"),
+    ],
+    ids=["plus-sign", "unconfirmed", "missing-tag"],
+)
+def test_a_fork_s_bad_tag_unconfirmed_tag_or_missing_image_stops_before_touching_anything(
+    fleet, desired, reason
+):
+    world = fleet(web=2, timing=QUICK, **FORK_STACK)
+    world.set_desired(desired)
+    assert world.roll().status == "FAILED"
+    assert world.commands_sent() == [] and world.calls["DeregisterTargets"] == 0
+    assert_all_on(world, OLD)
+    ((_, message),) = world.notifications()
+    assert reason in message and "Nothing was changed" in message
+
+
+def test_a_fork_s_missing_streaming_image_in_ecr_stops_the_rollout_naming_it(fleet):
+    world = fleet(web=1, timing=QUICK, **FORK_STACK)
+    streaming = ECR_IMAGES[1].split("/", 1)[1]
+    world.aws("ecr").batch_delete_image(repositoryName=streaming, imageIds=[{"imageTag": FORK}])
+    world.set_desired(f"{FORK} allow-downgrade")
+    assert world.roll().status == "FAILED"
+    assert world.commands_sent() == []
+    assert f"{ECR_IMAGES[1]}:{FORK} does not exist" in world.notifications()[0][1]
+    assert world.calls["DescribeImages"] == 2, "both images are checked"
+
+
+def test_ecr_throttling_beyond_boto3_s_retries_is_retried_then_reported_as_no_answer(fleet):
+    world = fleet(web=1, timing=QUICK, **FORK_STACK)
+
+    def throttled(operation, count, params):
+        if operation == "DescribeImages":
+            error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+            return ClientError(error, "DescribeImages")
+        return None
+
+    world.api_faults.append(throttled)
+    world.set_desired(f"{FORK} allow-downgrade")
+    assert world.roll().status == "FAILED"
+    assert world.calls["DescribeImages"] == 1 + pipeline_retries()
+    ((_, message),) = world.notifications()
+    assert "Amazon ECR did not answer" in message and "Nothing was changed" in message
+    assert world.commands_sent() == []
 
 
 def test_a_missing_streaming_image_alone_is_enough_to_stop(fleet):
@@ -300,20 +375,35 @@ def handled(world: World) -> dict:
 
 
 @pytest.mark.parametrize(
-    "fault, reason",
+    "fault, reason, retried",
     [
-        (urllib.error.URLError(TimeoutError("timed out")), "timed out"),
+        (urllib.error.URLError(TimeoutError("timed out")), "ghcr.io did not answer", True),
         (
             urllib.error.HTTPError("https://ghcr.io/v2/x", 500, "Internal Server Error", {}, None),  # type: ignore[arg-type]
-            "the registry answered 500",
+            "ghcr.io did not answer for ghcr.io/mastodon/mastodon:v4.7.6 (500",
+            True,
+        ),
+        (
+            urllib.error.HTTPError("https://ghcr.io/v2/x", 429, "Too Many Requests", {}, None),  # type: ignore[arg-type]
+            "ghcr.io did not answer for ghcr.io/mastodon/mastodon:v4.7.6 (429",
+            True,
+        ),
+        (  # an answer the rollout does not know: reported as it came, not retried
+            urllib.error.HTTPError("https://ghcr.io/v2/x", 400, "Bad Request", {}, None),  # type: ignore[arg-type]
+            "the registry ghcr.io answered 400",
+            False,
         ),
     ],
-    ids=["registry-timeout", "registry-500"],
+    ids=["registry-timeout", "registry-500", "registry-429", "registry-400"],
 )
-def test_a_validation_that_crashes_is_reported_as_a_failure_and_changes_nothing(fleet, fault, reason):
+def test_a_validation_that_crashes_is_reported_as_a_failure_and_changes_nothing(
+    fleet, fault, reason, retried
+):
     world = fleet(web=2, timing=QUICK)
+    asked = []
 
     def unreachable(request, timeout=0):
+        asked.append(request)
         raise fault
 
     world.registry.open = unreachable
@@ -321,6 +411,9 @@ def test_a_validation_that_crashes_is_reported_as_a_failure_and_changes_nothing(
     result = world.roll()
     assert result.status == "FAILED"
     assert result.states.count("Begin") == 1, "a second rollout was started"
+    # A registry that does not answer is asked again by the step's retries (the state
+    # machine's, as for any transient error), then the rollout fails saying so.
+    assert len(asked) == (1 + pipeline_retries() if retried else 1)
     ((subject, message),) = world.notifications()
     assert subject == f"Mastodon upgrade to {NEW} failed"
     assert reason in message and "Nothing was changed" in message
@@ -328,6 +421,16 @@ def test_a_validation_that_crashes_is_reported_as_a_failure_and_changes_nothing(
     assert world.parameter(DEPLOYED) == OLD
     assert world.commands_sent() == [] and world.calls["SuspendProcesses"] == 0
     assert_all_on(world, OLD)
+
+
+def pipeline_retries() -> int:
+    """How often the state machine runs a step again on a transient error (RegistryUnavailable)."""
+    from templates.pipeline import TRANSIENT_ERRORS, _task
+
+    retries = _task("f", "validate", "x", None)["Retry"]
+    (policy,) = [r for r in retries if r["ErrorEquals"] == TRANSIENT_ERRORS]
+    assert "RegistryUnavailable" in TRANSIENT_ERRORS
+    return int(policy["MaxAttempts"])
 
 
 def test_a_begin_that_crashes_ends_once_with_a_notice_and_keeps_the_last_record(fleet, monkeypatch):

@@ -24,8 +24,9 @@ from botocore.exceptions import ClientError
 
 from lambdas.rollout import aws as rollout_aws
 from lambdas.rollout import names
+from lambdas.rollout.names import CUSTOM_TAG_PATTERN
 from lambdas.rollout.plan import surge_seconds
-from simulation.world import DEPLOYED, HANDLED, NEW, NEWER, OLD, Timing, World
+from simulation.world import DEPLOYED, ECR_IMAGES, FORK, HANDLED, NEW, NEWER, OLD, Timing, World
 
 QUICK = Timing(
     drain=10, pull=5, restart=5, health=5, boot=30, pre=10, post=10, worker=10, invalidation=5, settle=5
@@ -205,6 +206,23 @@ def test_every_answer_lost_once_still_rolls_once(fleet, web):
     assert (
         sum(" deploy v" in line for line in world.commands_sent()) == web + 1
     )  # the surge server replaces a lone one
+
+
+def test_every_answer_lost_once_still_rolls_a_fork_s_tag_from_ecr_once(fleet):
+    settings, desired = FORK_STACK
+    world = fleet(web=1, timing=QUICK, **settings)
+    world.lose_answer = lambda state, count: True
+    world.set_desired(desired)
+    result = world.roll()
+    assert result.status == "SUCCEEDED", result.output.get("failure")
+    assert world.lost_answers > 20
+    assert world.parameter(DEPLOYED) == FORK
+    assert {world.versions[i] for i in world.instances("web") + world.instances("worker")} == {FORK}
+    assert len(world.instances("web")) == 1, "a retried surge left a second server running"
+    deploys = [line for line in world.commands_sent() if f" deploy {FORK}" in line]
+    assert len(deploys) == 2  # as for upstream's images with one web server
+    assert world.calls["DescribeImages"] == 4, "the validation run again asks ECR again, changing nothing"
+    assert len(world.notifications()) == 1
 
 
 def test_lost_answers_during_a_rollback_restore_the_servers_once(fleet):
@@ -576,11 +594,18 @@ def test_an_instance_ec2_does_not_know_yet_is_taken_for_booting_not_for_gone(fle
     succeeded(world, world.roll())
 
 
-def test_after_a_failed_rollback_putting_the_previous_version_again_repairs_the_fleet(fleet):
-    world = fleet(web=2, timing=QUICK)
+# A fork's images in the stack's ECR and a tag of its own, confirmed (it cannot be
+# ordered against the release the servers run): (world settings, desired value).
+FORK_STACK = ({"images": ECR_IMAGES, "tag_pattern": CUSTOM_TAG_PATTERN}, f"{FORK} allow-downgrade")
+
+
+@pytest.mark.parametrize("stack", ["upstream", "fork-in-ecr"])
+def test_after_a_failed_rollback_putting_the_previous_version_again_repairs_the_fleet(fleet, stack):
+    settings, desired = FORK_STACK if stack == "fork-in-ecr" else ({}, NEW)
+    world = fleet(web=2, timing=QUICK, **settings)
     broken = {"yes"}
     world.command_faults.append(lambda iid, line: "no space left" if broken and " deploy v" in line else None)
-    world.set_desired(NEW)
+    world.set_desired(desired)
     assert world.roll().status == "FAILED"
     assert "failed too" in world.notifications()[0][1]
     broken.clear()  # the operator frees the disk

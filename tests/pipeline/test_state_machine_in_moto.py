@@ -109,10 +109,10 @@ CONFIG = {
     "drain_seconds": DEREGISTRATION_DELAY_SECONDS,
     "topic_arn": RESOLVED["TopicArn"],
     "distribution_id": RESOLVED["DistributionId"],
-    "images": [MASTODON_IMAGE, STREAMING_IMAGE],
+    "images": [RESOLVED["WebImage"], RESOLVED["StreamingImage"]],
     "settle_seconds": SETTLE_SECONDS,
     "boot_grace": BOOT_WORST_CASE_SECONDS,
-    "tag_pattern": RELEASE_TAG_PATTERN,
+    "tag_pattern": RESOLVED["TagPattern"],
     "deploy_script": DEPLOY_SCRIPT,
     "queue_group": RESOLVED["QueueGroup"],
 }

@@ -136,6 +136,17 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mastodon-settings-AbC123"],
         ["mastodon-settings", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
          "arn:aws:ssm:eu-west-1:123456789012:parameter/mastodon/x/settings"]),
+    # Issue 15: a public registry the rollout can ask (ghcr.io, Docker Hub, Quay) or ECR;
+    # no tag, no digest, lowercase OCI names.
+    **{name: (
+        ["ghcr.io/mastodon/mastodon", "docker.io/tootsuite/mastodon", "docker.io/mastodon",
+         "quay.io/acme/mastodon-glitch", "123456789012.dkr.ecr.eu-central-1.amazonaws.com/forks/mastodon",
+         "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/m"],
+        ["", "ghcr.io", "ghcr.io/Mastodon/mastodon", "ghcr.io/mastodon/mastodon:v4.7.6",
+         "ghcr.io/mastodon/mastodon@sha256:" + "0" * 64, "registry.example.com/mastodon", "ghcr.io/-x",
+         "ghcr.io/a//b", "ghcr.io/a/b/", "12345678901.dkr.ecr.eu-central-1.amazonaws.com/x",
+         "ghcr.io/a/b;reboot", "ghcr.io/" + "a" * 250])
+       for name in ("WebImageRepository", "StreamingImageRepository")},
 }
 
 
