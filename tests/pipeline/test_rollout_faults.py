@@ -386,7 +386,7 @@ def test_a_scale_out_during_the_web_step_ends_on_the_new_version_too(fleet):
 
 # ---------------------------------------------------------------- health is a window
 @pytest.mark.parametrize("healthy_for", [20, 40])
-def test_a_release_healthy_past_its_window_then_failing_before_the_migrations_is_rolled_back(fleet, healthy_for):
+def test_a_release_failing_past_its_window_before_the_migrations_is_rolled_back(fleet, healthy_for):
     # QUICK: a 5 s settling window; every server turns unhealthy 20 or 40 s after it serves,
     # long after its own window, before the post-deployment migrations.
     world = fleet(web=3, timing=QUICK)
