@@ -138,12 +138,13 @@ ecr_registry_of() {
 }
 
 # refuse_foreign_registry IMAGE: fails, naming it, when IMAGE is in an ECR registry that is
-# not the stack's own.
+# not the stack's own. The reason starts with its gist: bootstrap.sh's failure signal
+# carries the first words in its id, which the stack's events show.
 refuse_foreign_registry() {
   local registry
   registry=$(ecr_registry_of "$1")
   if [ -n "$registry" ] && [ "$registry" != "${ECR_REGISTRY:-}" ]; then
-    fail "$1 is in the Amazon ECR registry $registry, which is not this stack's: the servers pull only from ECR repositories in the stack's own account and region (${AWS_REGION:-}), where the template grants them exactly the repositories it names"
+    fail "foreign ECR registry: $1 is in the Amazon ECR registry $registry, which is not this stack's: the servers pull only from ECR repositories in the stack's own account and region (${AWS_REGION:-}), where the template grants them exactly the repositories it names"
   fi
 }
 
