@@ -1,15 +1,16 @@
 """Evaluate a built template's parameters, conditions and simple intrinsics for given values.
 
 Just enough of CloudFormation's semantics (Ref to a parameter, Fn::Equals, Not, And,
-Or, If, FindInMap, Condition, and the rule functions Contains, EachMemberEquals and
-EachMemberIn) to tell which resources a parameter set creates, what a property
-resolves to and whether a template Rule holds; anything else evaluates to None, or,
-for a Rule (`Evaluator.strict`), raises Unevaluable so that no rule is called checked
-that was not.
+Or, If, FindInMap, Condition, the string functions Sub, Join, Select and Split, and the
+rule functions Contains, EachMemberEquals and EachMemberIn) to tell which resources a
+parameter set creates, what a property resolves to and whether a template Rule holds;
+anything else evaluates to None, or, for a Rule (`Evaluator.strict`), raises Unevaluable
+so that no rule is called checked that was not.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,10 @@ Template = Mapping[str, Any]
 # (a parameter's AWS-specific attributes, every VPC...), which only CloudFormation can.
 RULE_FUNCTIONS = frozenset({"Ref", "Fn::And", "Fn::Or", "Fn::Not", "Fn::Equals", "Fn::Contains",
                             "Fn::EachMemberEquals", "Fn::EachMemberIn"})
+
+
+_STRING_FUNCTIONS = frozenset({"Fn::Sub", "Fn::Join", "Fn::Select", "Fn::Split"})
+_SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
 
 
 class Unevaluable(ValueError):
@@ -90,9 +95,34 @@ class Evaluator:
             members, allowed = self.value(argument[0]), self.value(argument[1])
             return {str(self.value(m)) for m in self._members(members)} <= {
                 str(self.value(m)) for m in self._members(allowed)}
+        if key in _STRING_FUNCTIONS:
+            return self._string_function(key, argument)
         if self.strict:
             raise Unevaluable(f"{key} cannot be evaluated outside CloudFormation")
         return None
+
+    def _string_function(self, key: str, argument: Any) -> Any:
+        """Fn::Sub, Fn::Join, Fn::Select, Fn::Split; None when a value they need is unknown
+        (a pseudo parameter such as AWS::AccountId that was not given)."""
+        if key == "Fn::Sub":
+            text, names = (argument, {}) if isinstance(argument, str) else argument
+            known = {**self.values, **{name: self.value(v) for name, v in names.items()}}
+            used = _SUB_VARIABLE.findall(text)
+            if any(known.get(name) is None for name in used):
+                return None
+            return _SUB_VARIABLE.sub(lambda m: str(known[m.group(1)]), text)
+        if key == "Fn::Join":
+            delimiter, members = argument
+            parts = [self.value(m) for m in self._members(self.value(members))]
+            return None if any(p is None for p in parts) else str(delimiter).join(map(str, parts))
+        if key == "Fn::Select":
+            index, members = self.value(argument[0]), self.value(argument[1])
+            listed = self._members(members) if members is not None else None
+            if listed is None or index is None or not 0 <= int(index) < len(listed):
+                return None  # CloudFormation refuses the template; nothing to answer
+            return self.value(listed[int(index)])
+        delimiter, source = argument[0], self.value(argument[1])  # Fn::Split
+        return None if source is None else str(source).split(str(delimiter))
 
     def _members(self, node: Any) -> list[Any]:
         """A list argument: a literal list, or a list parameter's value (comma-separated)."""

@@ -28,6 +28,7 @@ from awacs import autoscaling as awacs_autoscaling
 from awacs import cloudformation as awacs_cfn
 from awacs import cloudwatch as awacs_cloudwatch
 from awacs import ec2 as awacs_ec2
+from awacs import ecr as awacs_ecr
 from awacs import elasticloadbalancing as awacs_elb
 from awacs import logs as awacs_logs
 from awacs import s3 as awacs_s3
@@ -79,7 +80,7 @@ from templates.load_balancing import (
 )
 from templates.mail import Mail
 from templates.network import VPC_CIDR, Network
-from templates.options import PGBOUNCER_IMAGE, PGBOUNCER_PORT, STACK_PREFIX
+from templates.options import ECR_HOST_PATTERN, PGBOUNCER_IMAGE, PGBOUNCER_PORT, STACK_PREFIX
 from templates.parameters import Parameters
 from templates.secrets import Secrets
 from templates.versions import Versions, tag_pattern
@@ -251,6 +252,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
     queue_profile = t.add_resource(iam.InstanceProfile(
         "QueueWorkerInstanceProfile", Condition=parameters.HAS_QUEUE_WORKERS, Roles=[Ref(queue_role)]))
     _grant_queue_metrics(t, worker_role)
+    grant_image_pulls(t, p, web_role, worker_role, queue_role)
 
     def stack_env(server_role: str, group: str) -> dict[str, object]:
         return {
@@ -301,6 +303,7 @@ def create_compute(t: Template, p: Parameters, network: Network, load_balancing:
             **SERVER_FACTS,
             **sidekiq.SERVER_FACTS,
             **_database_growth_env(p, data),
+            **_image_registry_env(),
             **(options_env or {}),
         }
 
@@ -422,6 +425,60 @@ def _grant_queue_metrics(t: Template, worker_role: iam.Role) -> iam.PolicyType:
         )]),
         Metadata={CUSTOM_METRICS_METADATA: sidekiq.CUSTOM_METRICS},
     ))
+
+
+# The ECR images' pull permissions (issue 15), one policy per set of roles, each only
+# under the condition that a repository is in the stack's own ECR registry:
+# - ecr:GetAuthorizationToken takes no resource ARN (Service Authorization Reference,
+#   Amazon ECR: no resource type), so "*"; the token opens only what the role may pull.
+# - ecr:BatchGetImage and ecr:GetDownloadUrlForLayer pull an image (the actions of the
+#   AWS managed policy AmazonEC2ContainerRegistryPullOnly, without its pull-through-cache
+#   import), on exactly the named repositories.
+ECR_PULL_ACTIONS = (awacs_ecr.BatchGetImage, awacs_ecr.GetDownloadUrlForLayer)
+WEB_IMAGE_PULL_POLICY = "WebServerImagePullPolicy"
+WORKER_IMAGE_PULL_POLICY = "ServerImagePullPolicy"
+
+
+def _image_pull_statements(repositories: list[object]) -> list[Statement]:
+    return [
+        Statement(Effect=Allow, Action=[awacs_ecr.GetAuthorizationToken], Resource=["*"]),
+        Statement(Effect=Allow, Action=list(ECR_PULL_ACTIONS), Resource=repositories),
+    ]
+
+
+def grant_image_pulls(t: Template, p: Parameters, web_role: iam.Role, worker_role: iam.Role,
+                      queue_role: iam.Role) -> None:
+    """The web servers pull both images; the worker and the queue workers the Mastodon one."""
+    web_image, streaming_image = p.web_image_repository, p.streaming_image_repository
+    t.add_resource(iam.PolicyType(
+        WEB_IMAGE_PULL_POLICY,
+        Condition=parameters.ANY_IMAGE_IN_ECR,
+        PolicyName="PullImagesFromEcr",
+        Roles=[Ref(web_role)],
+        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=_image_pull_statements([
+            If(parameters.WEB_IMAGE_IN_ECR, parameters.ecr_repository_arn(web_image), Ref("AWS::NoValue")),
+            If(parameters.STREAMING_IMAGE_IN_ECR, parameters.ecr_repository_arn(streaming_image),
+               Ref("AWS::NoValue")),
+        ])),
+    ))
+    t.add_resource(iam.PolicyType(
+        WORKER_IMAGE_PULL_POLICY,
+        Condition=parameters.WEB_IMAGE_IN_ECR,
+        PolicyName="PullImagesFromEcr",
+        Roles=[Ref(worker_role), If(parameters.HAS_QUEUE_WORKERS, Ref(queue_role), Ref("AWS::NoValue"))],
+        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=_image_pull_statements([
+            parameters.ecr_repository_arn(web_image)])),
+    ))
+
+
+def _image_registry_env() -> dict[str, object]:
+    """For the instance scripts' logins (common.sh registry_login): the stack's own ECR
+    registry while an image is there (empty otherwise: every pull is anonymous), and the
+    shape of any ECR registry, to refuse one of another account or region by name."""
+    return {
+        "ECR_REGISTRY": If(parameters.ANY_IMAGE_IN_ECR, Sub(parameters.ECR_REGISTRY), ""),
+        "ECR_HOST_PATTERN": f"^{ECR_HOST_PATTERN}$",
+    }
 
 
 def _market(template: ec2.LaunchTemplate, instance_type: Ref) -> autoscaling.MixedInstancesPolicy:

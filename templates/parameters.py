@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Template
+from troposphere import (
+    And,
+    Condition,
+    Equals,
+    FindInMap,
+    Join,
+    Not,
+    Or,
+    Parameter,
+    Ref,
+    Select,
+    Split,
+    Sub,
+    Template,
+)
 
 from templates import capacity, sidekiq
 from templates.options import IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
@@ -60,6 +74,11 @@ HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
 HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
 # Your own images (issue 15): upstream's two repositories, or not.
 IMAGES_ARE_UPSTREAM = "ImagesAreUpstream"
+# ...and which of them is a private Amazon ECR repository of the stack's own account and
+# region (the servers then log in to ECR and their roles may pull exactly that repository).
+WEB_IMAGE_IN_ECR = "WebImageInEcr"
+STREAMING_IMAGE_IN_ECR = "StreamingImageInEcr"
+ANY_IMAGE_IN_ECR = "AnyImageInEcr"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -438,6 +457,7 @@ def create_parameters(t: Template) -> Parameters:
     )
     _add_mappings(t)
     _add_conditions(t, p)
+    _add_image_conditions(t, p)
     _add_rules(t, p)
     _add_queue_worker_rules(t, p)
     _add_database_growth_rules(t, p)
@@ -467,6 +487,46 @@ def _image_parameters(t: Template) -> dict[str, Parameter]:
             ConstraintDescription=shape,
         )),
     }
+
+
+# The stack's own private ECR registry (Amazon ECR User Guide, "Private registry concepts":
+# https://aws_account_id.dkr.ecr.region.amazonaws.com), as a Sub template.
+ECR_REGISTRY = "${AWS::AccountId}.dkr.ecr.${AWS::Region}.${AWS::URLSuffix}"
+# What ends the registry host before the repository's name. Fn::Split takes no function as
+# its delimiter (Fn::Split, "Supported functions"), so the suffix is written out: the
+# commercial and GovCloud partitions' (the template already names services there, e.g.
+# ec2.amazonaws.com); in China's partition no repository counts as in ECR.
+_ECR_NAME_AFTER = ".amazonaws.com/"
+
+
+def _ecr_parts(repository: Parameter) -> Split:
+    """REPOSITORY split at _ECR_NAME_AFTER, padded so that the list always has a second
+    member (Fn::Select out of range fails the template, even for a ghcr.io repository)."""
+    return Split(_ECR_NAME_AFTER, Join("", [Ref(repository), _ECR_NAME_AFTER]))
+
+
+def ecr_repository_arn(repository: Parameter) -> Join:
+    """The ARN of the ECR repository REPOSITORY names; meaningful only under its *_IN_ECR
+    condition, which also guarantees that the name is everything after the host."""
+    return Join("", [Sub("arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/"),
+                     Select(1, _ecr_parts(repository))])
+
+
+def _in_own_ecr(repository: Parameter) -> And:
+    """REPOSITORY's host is this stack's ECR registry, and the repository's name is
+    exactly what follows it (no later path component ends in _ECR_NAME_AFTER, which
+    would make ecr_repository_arn name another repository)."""
+    parts = _ecr_parts(repository)
+    return And(
+        Equals(Select(0, Split("/", Ref(repository))), Sub(ECR_REGISTRY)),
+        Equals(Join(_ECR_NAME_AFTER, [Select(0, parts), Select(1, parts)]), Ref(repository)),
+    )
+
+
+def _add_image_conditions(t: Template, p: Parameters) -> None:
+    t.add_condition(WEB_IMAGE_IN_ECR, _in_own_ecr(p.web_image_repository))
+    t.add_condition(STREAMING_IMAGE_IN_ECR, _in_own_ecr(p.streaming_image_repository))
+    t.add_condition(ANY_IMAGE_IN_ECR, Or(Condition(WEB_IMAGE_IN_ECR), Condition(STREAMING_IMAGE_IN_ECR)))
 
 
 # --- Sidekiq queue workers (optional) ------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from awacs import autoscaling as awacs_autoscaling
 from awacs import cloudfront as awacs_cloudfront
 from awacs import ec2 as awacs_ec2
+from awacs import ecr as awacs_ecr
 from awacs import elasticloadbalancing as awacs_elb
 from awacs import kms as awacs_kms
 from awacs import logs as awacs_logs
@@ -41,6 +42,7 @@ from awacs.aws import (
 from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
+    If,
     Output,
     Ref,
     Sub,
@@ -53,7 +55,7 @@ from troposphere import (
 )
 
 from lambdas.rollout import names
-from templates import functions, policies
+from templates import functions, parameters, policies
 from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
@@ -66,6 +68,7 @@ ROLLOUT_FUNCTION = "RolloutFunction"
 INVALIDATE_FUNCTION = "InvalidateFunction"
 ROLLOUT_STATE = "RolloutStateParameter"
 QUEUE_WORKERS_POLICY = "RolloutQueueWorkersPolicy"
+ECR_IMAGES_POLICY = "RolloutEcrImagesPolicy"
 # Retried by the state machine: the Lambda service's own transient errors.
 LAMBDA_ERRORS = [
     "Lambda.ServiceException",
@@ -333,6 +336,24 @@ def rollout_statements(
     ]
 
 
+def ecr_images_policy(p: Parameters, role: iam.Role) -> iam.PolicyType:
+    """The rollout asks ECR whether a release's images exist (ecr:DescribeImages), on
+    exactly the repositories of the stack's own registry the stack names, only while one is."""
+    return iam.PolicyType(
+        ECR_IMAGES_POLICY,
+        Condition=parameters.ANY_IMAGE_IN_ECR,
+        PolicyName="RolloutEcrImages",
+        Roles=[Ref(role)],
+        PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=[Statement(
+            Effect=Allow, Action=[awacs_ecr.DescribeImages], Resource=[
+                If(parameters.WEB_IMAGE_IN_ECR, parameters.ecr_repository_arn(p.web_image_repository),
+                   Ref("AWS::NoValue")),
+                If(parameters.STREAMING_IMAGE_IN_ECR,
+                   parameters.ecr_repository_arn(p.streaming_image_repository), Ref("AWS::NoValue")),
+            ])]),
+    )
+
+
 def queue_group_statements(compute: Compute) -> list[Statement]:
     """What the rollout needs on the queue workers' group, and nothing more: Run Command and
     the version and journal tags on its servers (rolled in place: no load balancer, no
@@ -527,6 +548,7 @@ def create_pipeline(
             PolicyDocument=PolicyDocument(Version="2012-10-17", Statement=queue_group_statements(compute)),
         )
     )
+    t.add_resource(ecr_images_policy(p, functions.role_of(t, rollout)))
     events_role = policies.service_role(
         t, "RolloutTriggerRole", "events.amazonaws.com", "StartRollout",
         [Statement(Effect=Allow, Action=[awacs_states.StartExecution], Resource=[Ref(machine)])],

@@ -105,4 +105,8 @@ ALL_OPTIONS_ON = {
     "MastodonSettings": "true",
     "MastodonSettingsSecretArn":
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-settings-AbC123",
+    # Your own images (issue 15), both in an ECR registry (the stack's own where the
+    # account and region match: the grants' conditions).
+    "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon",
+    "StreamingImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon-streaming",
 }

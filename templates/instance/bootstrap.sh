@@ -326,6 +326,13 @@ load_stack_env() {
     false) ;;
     *) fail "ES_ENABLED must be true or false, not '$ES_ENABLED'" ;;
   esac
+  # Your own images (templates/compute.py _image_registry_env): the stack's own ECR
+  # registry while an image is there. An image in another account's or region's registry
+  # is refused here, before anything changes on this server, and the signal names it.
+  ECR_REGISTRY=${ECR_REGISTRY:-}
+  ECR_HOST_PATTERN=${ECR_HOST_PATTERN:-}
+  refuse_foreign_registry "$MASTODON_IMAGE"
+  refuse_foreign_registry "$STREAMING_IMAGE"
 }
 
 load_libraries() {
@@ -416,6 +423,12 @@ limit_journal() {
 install_docker() {
   step "install docker"
   retry dnf install -y docker || fail "dnf install docker failed"
+  # The ECR credential helper (common.sh registry_login), from Amazon Linux 2023's own
+  # repository, only when an image is in the stack's ECR registry.
+  if [ -n "$ECR_REGISTRY" ]; then
+    retry dnf install -y amazon-ecr-credential-helper ||
+      fail "dnf install amazon-ecr-credential-helper failed: cannot pull from $ECR_REGISTRY"
+  fi
   systemctl enable --now docker || fail "docker did not start"
 }
 

@@ -33,6 +33,9 @@ VERSION_FILE="$ROOT$RUNTIME_VERSION_FILE"
 RUNTIME_SETTINGS_FILE="$RUNTIME_ETC_DIR/settings.env"
 SETTINGS_FILE="$ROOT$RUNTIME_SETTINGS_FILE"
 UNIT_DIR="$ROOT/etc/systemd/system"
+# The Docker client's settings (the ECR credential helper's entry, registry_login), the
+# same for every script and pull whatever HOME is: cloud-init and Run Command may set none.
+export DOCKER_CONFIG="$ETC_DIR/docker"
 DOCKER_DATA_ROOT="$ROOT/var/lib/docker"
 
 # Logs go to stderr, so that a function's stdout stays its result.
@@ -119,12 +122,71 @@ current_version() {
   sed -n 's/^MASTODON_VERSION=//p' "$VERSION_FILE" 2>/dev/null || true
 }
 
+# --- registries ------------------------------------------------------------------------
+# Public registries (ghcr.io, Docker Hub, Quay) are pulled from anonymously. The stack's
+# own ECR registry (ECR_REGISTRY in stack.env, empty while no image is there) is pulled
+# from through Amazon's credential helper (package amazon-ecr-credential-helper, installed
+# by bootstrap.sh): Docker asks it for a token with the server's role at every pull, so
+# no login can expire in the middle of a rollout. An ECR registry of another account or
+# region (ECR_HOST_PATTERN matches it) is refused: the servers' role may pull nothing there.
+
+# ecr_registry_of IMAGE: the registry of IMAGE if it is an ECR registry, or nothing.
+ecr_registry_of() {
+  local registry=${1%%/*} LC_ALL=C
+  if [[ $registry =~ ${ECR_HOST_PATTERN:-^$} ]]; then
+    printf '%s' "$registry"
+  fi
+}
+
+# refuse_foreign_registry IMAGE: fails, naming it, when IMAGE is in an ECR registry that is
+# not the stack's own. The reason starts with its gist: bootstrap.sh's failure signal
+# carries the first words in its id, which the stack's events show.
+refuse_foreign_registry() {
+  local registry
+  registry=$(ecr_registry_of "$1")
+  if [ -n "$registry" ] && [ "$registry" != "${ECR_REGISTRY:-}" ]; then
+    fail "foreign ECR registry: $1 is in the Amazon ECR registry $registry, which is not this stack's: the servers pull only from ECR repositories in the stack's own account and region (${AWS_REGION:-}), where the template grants them exactly the repositories it names"
+  fi
+}
+
+# ecr_answers REGISTRY: succeeds when the credential helper gets a token for REGISTRY;
+# otherwise ECR_LOGIN_ERROR holds its answer. The token itself is never kept nor logged.
+ecr_answers() {
+  local answer
+  if answer=$(printf '%s' "$1" | docker-credential-ecr-login get 2>&1); then
+    return 0
+  fi
+  ECR_LOGIN_ERROR=$(printf '%s' "$answer" | tail -n 1)
+  return 1
+}
+
+# registry_login IMAGE: makes a pull of IMAGE possible. For the stack's own ECR registry:
+# Docker's configuration names the credential helper for it, and the helper must get a
+# token now (with retries), so that a pull never fails for a reason it cannot name.
+registry_login() {
+  local image=$1 registry
+  refuse_foreign_registry "$image"
+  registry=$(ecr_registry_of "$image")
+  [ -n "$registry" ] || return 0
+  command -v docker-credential-ecr-login >/dev/null ||
+    fail "cannot pull $image: the Amazon ECR credential helper (amazon-ecr-credential-helper) is not installed"
+  mkdir -p "$DOCKER_CONFIG"
+  printf '{"credHelpers": {"%s": "ecr-login"}}\n' "$registry" >"$DOCKER_CONFIG/config.json"
+  ECR_LOGIN_ERROR=""
+  log "logging in to $registry (Amazon ECR credential helper)"
+  retry ecr_answers "$registry" ||
+    fail "cannot log in to Amazon ECR ($registry) to pull $image: ${ECR_LOGIN_ERROR:-no answer} (the server's role needs ecr:GetAuthorizationToken and its pull permissions on the repository)"
+}
+
 # pull_with_room IMAGE...: pulls each IMAGE (repository:tag). When one is missing, first
 # makes room for the pull on the root volume (disk.sh), keeping the IMAGEs and those of
 # the version the units run (a rollback then needs no pull); fails, before anything
 # changes, when there is still not enough.
 pull_with_room() {
   local image reason current
+  for image in "$@"; do
+    refuse_foreign_registry "$image"
+  done
   if [ -n "$(mastodon_missing_images "$@")" ]; then
     local -a protected=("$@")
     current=$(current_version)
@@ -133,6 +195,7 @@ pull_with_room() {
       fail "not enough disk to pull ${*}: $reason"
   fi
   for image in "$@"; do
+    registry_login "$image"
     log "pulling $image"
     retry docker pull "$image" >/dev/null || fail "docker pull $image failed after $RETRY_ATTEMPTS attempts"
   done

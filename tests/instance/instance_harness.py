@@ -22,13 +22,14 @@ from templates.compute import (
     SERVER_FACTS,
 )
 from templates.load_balancing import TARGET_KEEP_ALIVE_SECONDS
-from templates.options import MASTODON_VERSION, RELEASE_TAG_PATTERN
+from templates.options import ECR_HOST_PATTERN, MASTODON_VERSION, RELEASE_TAG_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANCE_DIR = REPO / "templates" / "instance"
 STUB = Path(__file__).with_name("stub_command.sh")
 STUBBED_COMMANDS = (
     "docker", "aws", "systemctl", "curl", "dnf", "nproc", "df", "dd", "mkswap", "swapon", "sysctl",
+    "docker-credential-ecr-login",
 )
 
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -138,6 +139,8 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         # The database growth options, off (templates/compute.py _database_growth_env).
         "DB_POOLER": "false", "PGBOUNCER_IMAGE": "", "PGBOUNCER_PORT": "",
         "REPLICA_DB_HOST": "", "REPLICA_DB_PORT": "", "REPLICA_MAX_CONNECTIONS": "",
+        # Your own images: public ones (templates/compute.py _image_registry_env).
+        "ECR_REGISTRY": "", "ECR_HOST_PATTERN": f"^{ECR_HOST_PATTERN}$",
         # Full-text search off, as templates/search.py writes it (tests/instance/test_instance_search.py).
         "ES_ENABLED": "false",
         **dict.fromkeys(("ES_HOST", "ES_PORT", "ES_USER", "ES_PRESET", "SEARCH_MARKER_INDEX",

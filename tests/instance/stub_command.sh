@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A fake for docker, aws, systemctl, curl, dnf, nproc, df and the swap commands (dd,
-# mkswap, swapon, sysctl) in the instance script tests.
+# A fake for docker, aws, systemctl, curl, dnf, nproc, df, the swap commands (dd,
+# mkswap, swapon, sysctl) and the ECR credential helper in the instance script tests.
 #
 # Linked under each command's name. Appends every call to $STUB_DIR/calls.log (name
 # and arguments separated by US, 0x1f) and answers like the real tool, from the
@@ -120,9 +120,25 @@ case $name in
         ;;
     esac
     ;;
+  docker-credential-ecr-login)
+    # The credential helper's protocol: the registry on stdin, the credentials as JSON on
+    # stdout; an error on stdout with exit 1. ecr_login_fail: how many calls fail next.
+    registry=$(cat)
+    printf '%s\n' "$registry" >>"$STUB_DIR/ecr_logins"
+    left=$(setting ecr_login_fail 0)
+    if [ "$left" -gt 0 ]; then
+      echo $((left - 1)) >"$STUB_DIR/ecr_login_fail"
+      echo "ecr: Failed to get authorization token: operation error ECR: GetAuthorizationToken, AccessDeniedException: not authorized to perform: ecr:GetAuthorizationToken"
+      exit 1
+    fi
+    printf '{"ServerURL": "%s", "Username": "AWS", "Secret": "%s"}\n' "$registry" "$(setting ecr_token ecr-token-SECRET)"
+    ;;
   docker)
     case $1 in
       pull)
+        # What Docker's configuration said at this pull (the credential helpers).
+        printf '%s\x1f%s\n' "$2" "$(tr -d '\n' <"${DOCKER_CONFIG:-/nonexistent}/config.json" 2>/dev/null)" \
+          >>"$STUB_DIR/pull_configs"
         if grep -qxF -- "$2" "$STUB_DIR/pull_fail" 2>/dev/null; then
           echo "Error response from daemon: manifest for $2 not found: manifest unknown" >&2
           exit 1

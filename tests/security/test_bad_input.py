@@ -136,16 +136,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mastodon-settings-AbC123"],
         ["mastodon-settings", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
          "arn:aws:ssm:eu-west-1:123456789012:parameter/mastodon/x/settings"]),
-    # Issue 15: a public registry the rollout can ask (ghcr.io, Docker Hub, Quay) or ECR;
-    # no tag, no digest, lowercase OCI names.
+    # Your own images: a repository of a public registry or of ECR, lowercase, no tag.
     **{name: (
-        ["ghcr.io/mastodon/mastodon", "docker.io/tootsuite/mastodon", "docker.io/mastodon",
-         "quay.io/acme/mastodon-glitch", "123456789012.dkr.ecr.eu-central-1.amazonaws.com/forks/mastodon",
-         "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/m"],
+        ["ghcr.io/mastodon/mastodon-streaming", "docker.io/glitchsoc/mastodon", "quay.io/a/b_c",
+         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/mastodon",
+         "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/m", "ghcr.io/" + "a" * 247],
         ["", "ghcr.io", "ghcr.io/Mastodon/mastodon", "ghcr.io/mastodon/mastodon:v4.7.6",
-         "ghcr.io/mastodon/mastodon@sha256:" + "0" * 64, "registry.example.com/mastodon", "ghcr.io/-x",
-         "ghcr.io/a//b", "ghcr.io/a/b/", "12345678901.dkr.ecr.eu-central-1.amazonaws.com/x",
-         "ghcr.io/a/b;reboot", "ghcr.io/" + "a" * 250])
+         "ghcr.io/mastodon/mastodon@sha256:0f3c", "gcr.io/a/b", "https://ghcr.io/a/b", "ghcr.io/a//b",
+         "ghcr.io/a/b;reboot", "ghcr.io/a/-b", "12345.dkr.ecr.eu-west-1.amazonaws.com/m",
+         "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "ghcr.io/" + "a" * 248, "ghcr.io/a/b\n"])
        for name in ("WebImageRepository", "StreamingImageRepository")},
 }
 

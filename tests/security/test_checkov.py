@@ -77,6 +77,9 @@ OPTION_RESOURCES = [
     "AWS::IAM::Policy.QueueMetricsPolicy",
     "AWS::ElastiCache::ReplicationGroup.RailsCache",
     "AWS::RDS::DBInstance.DatabaseReplica",
+    "AWS::IAM::Policy.WebServerImagePullPolicy",
+    "AWS::IAM::Policy.ServerImagePullPolicy",
+    "AWS::IAM::Policy.RolloutEcrImagesPolicy",
 ]
 SCANNED = ("mastodon.json", "weakened.json", "options-on.json")
 

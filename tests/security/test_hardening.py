@@ -32,6 +32,8 @@ RESOURCE_STAR_ONLY = {
     # The queue metrics: no resource types; limited by the cloudwatch:namespace condition
     # (CloudWatch User Guide, "Using condition keys to limit access to CloudWatch namespaces").
     "cloudwatch:PutMetricData",
+    # Logging in to ECR (own images, issue 15): the token opens only what the role may pull.
+    "ecr:GetAuthorizationToken",
 }
 POLICY_PROPERTIES = ("PolicyDocument", "AssumeRolePolicyDocument", "KeyPolicy")
 

@@ -147,8 +147,8 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "SearchDomain",
             # Queue workers: sizes and queue names, public.
             "QueueWorkerMaxSize", "MainWorkerQueues", "QueueWorkerQueues",
-            # The images' repositories (issue 15): public names.
-            "WebImageRepository", "StreamingImageRepository",
+            # Your own images: the repositories and the stack's own ECR registry, public names.
+            "WebImageRepository", "StreamingImageRepository", "AWS::AccountId", "AWS::URLSuffix",
         }
     assert "{{resolve:" not in scripts
 
