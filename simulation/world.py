@@ -296,7 +296,7 @@ class World:
         ec2 = self.aws("ec2")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-        image = "ami-12c6146b"  # one of moto's stock images (listing them all is slow)
+        image = "ami-12c6146b"  # one of moto's stock images, the one tests/moto_images.json keeps
         ec2.create_launch_template(
             LaunchTemplateName="servers", LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small"}
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# moto's EC2 loads some 1,300 stock machine images into every region's backend it makes,
+# and again at each reset (every mock's end): 0.2 s of CPU of each simulated fleet's set-up
+# and tear-down (0.04 s with one image), some 250 times a run.
+# The tests launch from one image (simulation/world.py, tests/operations) or take the first
+# that Amazon owns; this file names that one alone. Read when moto's EC2 is first imported.
+os.environ.setdefault("MOTO_AMIS_PATH", str(ROOT / "tests" / "moto_images.json"))
 
 import build  # noqa: E402
 from templates.options import BuildOptions  # noqa: E402
