@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,23 @@ from tests.levels import mark_levels  # noqa: E402
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_levels(items)  # moto, cli, lint, and slow for each: see tests/levels.py
+
+
+@pytest.fixture(scope="session", autouse=True)
+def direct_python3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`python3` for the programs the tests run: the interpreter below this one, not a shim.
+
+    The instance scripts call python3 several times a run, and the tests run them hundreds
+    of times. Where python3 is a version manager's shim (pyenv's runs a dozen bash scripts
+    before Python), each call cost half a second on a loaded machine. This is the python3
+    the tests' virtual environment was made from (.ci/run: `python3 -m venv`), without the
+    environment's packages, as on a server."""
+    folder = tmp_path_factory.mktemp("python3")
+    (folder / "python3").symlink_to(Path(getattr(sys, "_base_executable", sys.executable)))
+    before = os.environ["PATH"]
+    os.environ["PATH"] = f"{folder}{os.pathsep}{before}"
+    yield
+    os.environ["PATH"] = before
 
 
 @pytest.fixture(scope="session")
