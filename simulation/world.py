@@ -311,7 +311,7 @@ class World:
         ec2 = self.aws("ec2")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-        image = "ami-12c6146b"  # one of moto's stock images (listing them all is slow)
+        image = "ami-12c6146b"  # one of moto's stock images, the one tests/moto_images.json keeps
         ec2.create_launch_template(
             LaunchTemplateName="servers", LaunchTemplateData={"ImageId": image, "InstanceType": "t4g.small"}
         )
@@ -611,23 +611,25 @@ class World:
         return next((g for g in ("web", "worker", "queue") if iid in self.instances(g)), "web")
 
     def journals(self) -> dict[str, str]:
-        """Every journal tag left on a server."""
+        """Every journal tag left on a server (read off moto's state: see _asg)."""
+        ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
         found = {}
-        for reservation in self.aws("ec2").describe_instances()["Reservations"]:
-            for instance in reservation["Instances"]:
-                if instance["State"]["Name"] in ("terminated", "shutting-down"):
+        for reservation in ec2.reservations.values():
+            for instance in reservation.instances:
+                if instance.state in ("terminated", "shutting-down"):
                     continue
-                for tag in instance.get("Tags", []):
-                    if tag["Key"] == names.JOURNAL_TAG:
-                        found[instance["InstanceId"]] = tag["Value"]
+                journal = ec2.tags.get(instance.id, {}).get(names.JOURNAL_TAG)
+                if journal is not None:
+                    found[instance.id] = journal
         return found
 
     def record_capacity(self) -> None:
         self.observe()
         self._finish_launches()
         self._bootstrap_tags()
-        group = self.group("web")
-        in_service = [i["InstanceId"] for i in group["Instances"] if i["LifecycleState"] == "InService"]
+        group = self._asg("web")
+        assert group is not None, "the world is built with its web group"
+        in_service = [s.instance.id for s in group.instance_states if s.lifecycle_state == "InService"]
         healthy = [i for i in in_service if all(self.health(tg, i) == "healthy" for tg in self.target_groups)]
         # What the unhealthy-target alarms count: every registered target reading unhealthy.
         self.unhealthy_targets.append((self.clock, sum(
@@ -636,9 +638,8 @@ class World:
         # rollout's surge, so that a server that leaves (terminated, replaced) does not lower
         # the bar; a scale-out raises it only once its server has booted (the most servers
         # seen booted and in service, never above the desired capacity).
-        surge = Surge.decode(next((t["Value"] for t in group.get("Tags", []) if t["Key"] == names.SURGE_TAG),
-                                  None))
-        desired = surge.desired if surge else group["DesiredCapacity"]
+        surge = Surge.decode(next((t["Value"] for t in group.tags if t["Key"] == names.SURGE_TAG), None))
+        desired = surge.desired if surge else group.desired_capacity
         settled = len([i for i in in_service if not self.booting(i)])
         self._served = min(max(self._served, settled), desired)
         self.capacity.append((self.clock, len(healthy), self._served))
@@ -656,11 +657,23 @@ class World:
             _OWN[name] = boto3.client(name, region_name=REGION)
         return _OWN[name]
 
+    def _asg(self, name: str) -> Any:
+        """moto's own record of a group, or None.
+
+        The harness observes the world after every step and every tick of its clock; through
+        the API each look costs a request that moto serializes and botocore parses again,
+        which made up a third of a rollout test's time. What the rollout itself reads still
+        goes through the API (its clients, counted in `calls`); `group()` too, for tests."""
+        import moto.autoscaling.models as autoscaling_models
+
+        backend = autoscaling_models.autoscaling_backends[DEFAULT_ACCOUNT_ID][REGION]
+        return backend.autoscaling_groups.get(name)
+
     def instances(self, name: str) -> list[str]:
         if name == "queue" and self.queue is None:
             return []
-        groups = self.aws("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])
-        return [i["InstanceId"] for g in groups["AutoScalingGroups"] for i in g["Instances"]]
+        group = self._asg(name)  # a deleted group has no instances, as DescribeAutoScalingGroups says
+        return [s.instance.id for s in group.instance_states] if group is not None else []
 
     def servers(self) -> list[str]:
         """Every server of every group (the queue workers' included)."""

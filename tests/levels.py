@@ -18,6 +18,11 @@ import pytest
 LEVELS = {"moto": ("moto",), "cli": ("subprocess",), "lint": ("cfnlint.api", "checkov")}
 
 
+# Our code that tests call to do their work, followed like the tests' own: the simulated
+# fleet (simulation.world builds it in moto) is a helper of the rollout tests.
+HELPERS = ("tests.", "simulation.")
+
+
 def _within(name: str, packages: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
 
@@ -35,7 +40,7 @@ def reaches(function: Any, packages: tuple[str, ...], seen: set[int]) -> bool:
 
     Follows the names its code uses: an import (also one inside the function), a global
     bound to something from the packages, and the functions, classes and modules of
-    `tests.*` it calls, recursively.
+    `tests.*` and `simulation.*` it calls, recursively.
     """
     function = function.fget if isinstance(function, property) else getattr(function, "__func__", function)
     code = getattr(function, "__code__", None)
@@ -54,7 +59,7 @@ def reaches(function: Any, packages: tuple[str, ...], seen: set[int]) -> bool:
             continue
         if _within(origin, packages):
             return True
-        if not origin.startswith("tests."):
+        if not origin.startswith(HELPERS):
             continue
         if isinstance(value, types.ModuleType):
             members = list(vars(value).values())

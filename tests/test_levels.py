@@ -6,6 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
+from simulation.world import World
 from tests.levels import LEVELS, reaches
 
 
@@ -30,9 +31,13 @@ def _pure() -> int:
     return len([1, 2])
 
 
+def _builds_a_fleet() -> None:
+    World(web=1).__enter__()
+
+
 # Looked up by name so that this module's own tests do not reach them (and get marked).
 SAMPLES: dict[str, Any] = {"program": _runs_a_program, "moto": _imports_moto_inside,
-                           "helper": _through_a_helper, "pure": _pure}
+                           "helper": _through_a_helper, "pure": _pure, "fleet": _builds_a_fleet}
 
 
 def _levels(sample: str) -> set[str]:
@@ -46,6 +51,11 @@ def test_a_function_that_runs_a_program_is_at_the_cli_level():
 def test_an_import_inside_a_function_and_one_through_our_helpers_are_both_seen():
     assert _levels("moto") == {"moto"}
     assert _levels("helper") == {"moto"}
+
+
+def test_the_simulated_fleet_is_followed_like_our_test_helpers():
+    # simulation.world builds the fleet in moto: a test that makes one is a moto test.
+    assert _levels("fleet") == {"moto"}
 
 
 def test_a_pure_function_has_no_level():
