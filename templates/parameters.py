@@ -27,7 +27,7 @@ from troposphere import (
 )
 
 from templates import capacity, sidekiq
-from templates.options import IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
+from templates.options import CUSTOM_TAG_PATTERN, IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
 
 # Console groups, in the order the console shows them.
 GROUP_REQUIRED = "Mastodon instance (required)"
@@ -74,6 +74,7 @@ HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
 HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
 # Your own images (issue 15): upstream's two repositories, or not.
 IMAGES_ARE_UPSTREAM = "ImagesAreUpstream"
+HAS_INITIAL_VERSION = "HasInitialMastodonVersion"
 # ...and which of them is a private Amazon ECR repository of the stack's own account and
 # region (the servers then log in to ECR and their roles may pull exactly that repository).
 WEB_IMAGE_IN_ECR = "WebImageInEcr"
@@ -208,6 +209,7 @@ class Parameters:
     # Your own images (GROUP_IMAGES): upstream's ghcr.io repositories by default.
     web_image_repository: Parameter
     streaming_image_repository: Parameter
+    initial_version: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -486,6 +488,16 @@ def _image_parameters(t: Template) -> dict[str, Parameter]:
             AllowedPattern=IMAGE_REPOSITORY_PATTERN,
             ConstraintDescription=shape,
         )),
+        "initial_version": add_parameter(t, GROUP_IMAGES, "First version (new stacks only)", Parameter(
+            "InitialMastodonVersion", Type="String", Default="",
+            Description="Read only when the stack is created: the version its first servers boot. "
+            "Empty: the release this template pins. With your own images, a tag both of your "
+            "repositories hold (e.g. v4.7.6-glitch); later versions go into the desired-version "
+            "parameter. Changing it on an existing stack does nothing.",
+            AllowedPattern="^$|" + CUSTOM_TAG_PATTERN[1:],
+            ConstraintDescription="empty, or a tag: 1 to 128 letters, digits, _ . - (not starting "
+            "with . or -)",
+        )),
     }
 
 
@@ -751,6 +763,7 @@ def _add_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(HAS_MASTODON_SETTINGS_SECRET, Not(Equals(Ref(p.mastodon_settings_secret), "")))
     t.add_condition(HAS_ANY_MASTODON_SETTINGS, Or(
         Condition(HAS_MASTODON_SETTINGS), Condition(HAS_MASTODON_SETTINGS_SECRET)))
+    t.add_condition(HAS_INITIAL_VERSION, Not(Equals(Ref(p.initial_version), "")))
     t.add_condition(IMAGES_ARE_UPSTREAM, And(
         Equals(Ref(p.web_image_repository), MASTODON_IMAGE),
         Equals(Ref(p.streaming_image_repository), STREAMING_IMAGE)))

@@ -96,7 +96,9 @@ def create_versions(t: Template, options: BuildOptions, p: Parameters, code: str
     deployed = functions.provided_resource(
         t, "InitialParameter", DEPLOYED_VERSION, function, 120,
         Name=Sub(f"{PARAMETER_PREFIX}/deployed-version"),
-        Value=options.mastodon_version,
+        # A new stack's first version: the build's pinned release, or the operator's tag
+        # (InitialMastodonVersion, for images of their own); written once, never again.
+        Value=If(parameters.HAS_INITIAL_VERSION, Ref(p.initial_version), options.mastodon_version),
         Description="Mastodon version every process last ran; new servers boot it (set by the pipeline)",
         ReportValueOf=desired_name,
         Reporting=desired_settings,

@@ -146,6 +146,9 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
          "ghcr.io/a/b;reboot", "ghcr.io/a/-b", "12345.dkr.ecr.eu-west-1.amazonaws.com/m",
          "123456789012.dkr.ecr.eu-west-1.amazonaws.com", "ghcr.io/" + "a" * 248, "ghcr.io/a/b\n"])
        for name in ("WebImageRepository", "StreamingImageRepository")},
+    "InitialMastodonVersion": (
+        ["", "v4.7.6", "v4.7.6-glitch", "2026-12-01", "3f9c2e1", "x" * 128],
+        ["v4.7.6+glitch", "-rc1", ".x", "v4 7", "v4.7.6;reboot", "x" * 129, "v4.7.6\n"]),
 }
 
 

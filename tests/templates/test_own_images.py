@@ -194,3 +194,16 @@ def test_the_evaluator_reads_the_string_functions_and_knows_what_it_does_not_kno
     assert ev.value({"Fn::Sub": "${AWS::AccountId}.dkr"}) is None
     assert ev.value({"Fn::Equals": [host, {"Fn::Sub": "${AWS::AccountId}.dkr"}]}) is False
     assert ev.value({"Fn::Select": [5, {"Fn::Split": ["/", "a/b"]}]}) is None
+
+
+def test_a_new_stack_boots_the_initial_version_given_or_the_pinned_release(template):
+    """With images of your own the pinned upstream tag may not exist in your repositories:
+    InitialMastodonVersion names the first version, read only by the write-once resource."""
+    from templates.options import MASTODON_VERSION
+
+    value = template["Resources"]["DeployedVersionParameter"]["Properties"]["Value"]
+    chosen = {"Ref": "InitialMastodonVersion"}
+    assert value == {"Fn::If": ["HasInitialMastodonVersion", chosen, MASTODON_VERSION]}
+    assert template["Conditions"]["HasInitialMastodonVersion"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "InitialMastodonVersion"}, ""]}]
+    }
