@@ -10,10 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Template
+from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Select, Split, Sub, Template
 
 from templates import capacity, sidekiq
-from templates.options import IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
+from templates.options import (
+    IMAGE_PUSH_TAG_PATTERN_DEFAULT,
+    IMAGE_PUSH_TAG_PATTERN_RULE,
+    IMAGE_REPOSITORY_PATTERN,
+    MASTODON_IMAGE,
+    STREAMING_IMAGE,
+)
 
 # Console groups, in the order the console shows them.
 GROUP_REQUIRED = "Mastodon instance (required)"
@@ -60,6 +66,13 @@ HAS_MASTODON_SETTINGS_SECRET = "HasMastodonSettingsSecret"
 HAS_ANY_MASTODON_SETTINGS = "HasAnyMastodonSettings"
 # Your own images (issue 15): upstream's two repositories, or not.
 IMAGES_ARE_UPSTREAM = "ImagesAreUpstream"
+# 15a's conditions (the same expressions: the merge keeps one copy).
+WEB_IMAGE_IN_ECR = "WebImageInEcr"
+STREAMING_IMAGE_IN_ECR = "StreamingImageInEcr"
+# Upgrade on push (15c): a push to the web image's ECR repository starts the rollout.
+UPGRADES_ON_IMAGE_PUSH = "UpgradesOnImagePush"
+ROLLS_REPUSHED_TAGS = "RollsRepushedTags"
+IMAGE_PUSH_NEEDS_ECR_RULE = "UpgradeOnImagePushNeedsEcr"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -189,6 +202,9 @@ class Parameters:
     # Your own images (GROUP_IMAGES): upstream's ghcr.io repositories by default.
     web_image_repository: Parameter
     streaming_image_repository: Parameter
+    upgrade_on_image_push: Parameter
+    image_push_tag_pattern: Parameter
+    roll_repushed_tags: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -435,12 +451,14 @@ def create_parameters(t: Template) -> Parameters:
             ConstraintDescription="empty, or a Secrets Manager secret ARN",
         )),
         **_image_parameters(t),
+        **_image_push_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
     _add_rules(t, p)
     _add_queue_worker_rules(t, p)
     _add_database_growth_rules(t, p)
+    _add_image_push_conditions_and_rules(t, p)
     return p
 
 
@@ -467,6 +485,59 @@ def _image_parameters(t: Template) -> dict[str, Parameter]:
             ConstraintDescription=shape,
         )),
     }
+
+
+def _image_push_parameters(t: Template) -> dict[str, Parameter]:
+    return {
+        "upgrade_on_image_push": add_parameter(t, GROUP_IMAGES, "Upgrade when an image is pushed", Parameter(
+            "UpgradeOnImagePush", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="true: a push to the Mastodon image's ECR repository (in this account and "
+            "region) of a tag matching ImagePushTagPattern, once the streaming image has the same tag, "
+            "writes that tag into the desired-version parameter, which starts the usual rollout "
+            "(README, \"Upgrade when CI pushes\").",
+        )),
+        "image_push_tag_pattern": add_parameter(t, GROUP_IMAGES, "Tags a push upgrades to", Parameter(
+            "ImagePushTagPattern", Type="String", Default=IMAGE_PUSH_TAG_PATTERN_DEFAULT,
+            Description="A regular expression a pushed tag must match whole to start a rollout "
+            "(others are ignored): letters, digits, _ and -, . (any character), [classes], one level "
+            "of (alternatives|groups) that may be optional (?), and ? * + {n,m} after a character or "
+            "class, at most 100 characters. The default matches v4.7.6, v4.7.6-glitch, v4.8.0-rc.1.",
+            AllowedPattern=IMAGE_PUSH_TAG_PATTERN_RULE,
+            ConstraintDescription="a regular expression of the documented subset (no nested "
+            "repetition such as (a+)+, no ^ or $: the tag must match whole anyway)",
+        )),
+        "roll_repushed_tags": add_parameter(t, GROUP_IMAGES, "Roll a tag pushed again", Parameter(
+            "RollRepushedTags", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="With UpgradeOnImagePush: true rolls the servers again when a tag they run is "
+            "pushed with new content (a new digest); false only logs it.",
+        )),
+    }
+
+
+def _add_image_push_conditions_and_rules(t: Template, p: Parameters) -> None:
+    ecr_host = Sub("${AWS::AccountId}.dkr.ecr.${AWS::Region}.${AWS::URLSuffix}")
+    if WEB_IMAGE_IN_ECR not in t.conditions:  # 15a declares them; the same expressions
+        t.add_condition(WEB_IMAGE_IN_ECR, Equals(
+            Select(0, Split("/", Ref(p.web_image_repository))), ecr_host))
+        t.add_condition(STREAMING_IMAGE_IN_ECR, Equals(
+            Select(0, Split("/", Ref(p.streaming_image_repository))), ecr_host))
+    t.add_condition(UPGRADES_ON_IMAGE_PUSH, And(
+        Equals(Ref(p.upgrade_on_image_push), "true"), Condition(WEB_IMAGE_IN_ECR)))
+    t.add_condition(ROLLS_REPUSHED_TAGS, And(
+        Condition(UPGRADES_ON_IMAGE_PUSH), Equals(Ref(p.roll_repushed_tags), "true")))
+    # A rule cannot test where a repository is (rule functions compare whole strings only:
+    # no Split, no Sub); it refuses the case it can name, upstream's images, and the
+    # template creates the push rule only where the web image is in this account's ECR.
+    t.add_rule(IMAGE_PUSH_NEEDS_ECR_RULE, {
+        "RuleCondition": {"Fn::Equals": [Ref(p.upgrade_on_image_push), "true"]},
+        "Assertions": [{
+            "Assert": {"Fn::Not": [{"Fn::Contains": [[MASTODON_IMAGE, STREAMING_IMAGE],
+                                                     Ref(p.web_image_repository)]}]},
+            "AssertDescription": "UpgradeOnImagePush needs WebImageRepository in Amazon ECR in this "
+            "stack's account and region (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME): pushes elsewhere "
+            "send no event to this account.",
+        }],
+    })
 
 
 # --- Sidekiq queue workers (optional) ------------------------------------------------

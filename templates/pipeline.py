@@ -89,6 +89,7 @@ FUNCTION_TIMEOUT = 60
 class Pipeline:
     state_machine: stepfunctions.StateMachine
     rule: events.Rule
+    state_parameter: ssm.Parameter | None = None  # rollout-last: the handled record
 
 
 # ---------------------------------------------------------------- the state machine
@@ -550,4 +551,4 @@ def create_pipeline(
             Description="The last upgrade handled and its result",
         )
     )
-    return Pipeline(machine, rule)
+    return Pipeline(machine, rule, state_parameter)

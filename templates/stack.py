@@ -28,6 +28,7 @@ from templates.scaling import create_queue_worker_scaling, create_web_scaling
 from templates.search import create_search, create_search_alarms
 from templates.secrets import create_secrets
 from templates.settings import create_refusal_alarm
+from templates.image_push import create_image_push
 from templates.versions import Versions, create_versions
 from templates.waf import create_waf_conditions, create_web_acl
 
@@ -81,6 +82,8 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     pipeline = create_pipeline(
         t, p, versions, compute, load_balancing, edge, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
+    assert pipeline.state_parameter is not None
+    create_image_push(t, p, versions, pipeline.state_parameter, assets.lambdas["image_push"])
     failure_notice = create_rollout_failure_notice(t, p, pipeline.state_machine, alerts, compute.queue_group)
     # Every publisher the topic admits: the alarms, and the rules that target it.
     create_alert_topic_policy(t, alerts, [failure_notice])

@@ -105,4 +105,8 @@ ALL_OPTIONS_ON = {
     "MastodonSettings": "true",
     "MastodonSettingsSecretArn":
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-settings-AbC123",
+    # Upgrade on push (issue 15): the images in the stack's own ECR.
+    "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fork/mastodon",
+    "StreamingImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fork/mastodon-streaming",
+    "UpgradeOnImagePush": "true", "RollRepushedTags": "true",
 }

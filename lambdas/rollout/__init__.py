@@ -7,3 +7,7 @@ the build and the template read MODULES and names.py without boto3 or Powertools
 """
 
 MODULES = ("names", "plan", "state", "notices", "aws", "fleet", "steps", "handler")
+
+# Other functions made of some of these modules: {function: modules, the last one's
+# lambda_handler}. The push function shares plan.py's reading of versions and records.
+ENTRIES = {"image_push": ("names", "plan", "push")}

@@ -77,6 +77,7 @@ OPTION_RESOURCES = [
     "AWS::IAM::Policy.QueueMetricsPolicy",
     "AWS::ElastiCache::ReplicationGroup.RailsCache",
     "AWS::RDS::DBInstance.DatabaseReplica",
+    "AWS::Lambda::Function.ImagePushFunction",
 ]
 SCANNED = ("mastodon.json", "weakened.json", "options-on.json")
 
