@@ -1,15 +1,16 @@
 """Evaluate a built template's parameters, conditions and simple intrinsics for given values.
 
 Just enough of CloudFormation's semantics (Ref to a parameter, Fn::Equals, Not, And,
-Or, If, FindInMap, Condition, and the rule functions Contains, EachMemberEquals and
-EachMemberIn) to tell which resources a parameter set creates, what a property
-resolves to and whether a template Rule holds; anything else evaluates to None, or,
-for a Rule (`Evaluator.strict`), raises Unevaluable so that no rule is called checked
-that was not.
+Or, If, FindInMap, Condition, Select, Split, Join, Sub of known values, and the rule
+functions Contains, EachMemberEquals and EachMemberIn) to tell which resources a
+parameter set creates, what a property resolves to and whether a template Rule holds;
+anything else evaluates to None, or, for a Rule (`Evaluator.strict`), raises
+Unevaluable so that no rule is called checked that was not.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +91,39 @@ class Evaluator:
             members, allowed = self.value(argument[0]), self.value(argument[1])
             return {str(self.value(m)) for m in self._members(members)} <= {
                 str(self.value(m)) for m in self._members(allowed)}
+        if key in ("Fn::Select", "Fn::Split", "Fn::Join", "Fn::Sub"):
+            return self._string_function(key, argument)
+        if self.strict:
+            raise Unevaluable(f"{key} cannot be evaluated outside CloudFormation")
+        return None
+
+    def _string_function(self, key: str, argument: Any) -> Any:
+        """Fn::Select, Fn::Split, Fn::Join and Fn::Sub, on known values."""
+        if key == "Fn::Sub":
+            text, variables = (argument, {}) if isinstance(argument, str) else argument
+
+            def known(match: re.Match[str]) -> str:
+                name = match.group(1)
+                found = self.value(variables[name]) if name in variables else self.value({"Ref": name})
+                if found is None:
+                    raise Unevaluable(f"{name} is not known here")
+                return str(found)
+            try:
+                return re.sub(r"\$\{([A-Za-z0-9:]+)\}", known, text)
+            except Unevaluable:
+                if self.strict:
+                    raise
+                return None
+        if key == "Fn::Split":
+            delimiter, text = argument[0], self.value(argument[1])
+            return None if text is None else str(text).split(delimiter)
+        if key == "Fn::Join":
+            delimiter, parts = argument[0], [self.value(a) for a in self._members(self.value(argument[1]))]
+            return None if None in parts else delimiter.join(str(p) for p in parts)
+        if key == "Fn::Select":
+            index, members = int(self.value(argument[0])), self.value(argument[1])
+            listed = self._members(members) if members is not None else []
+            return self.value(listed[index]) if 0 <= index < len(listed) else None
         if self.strict:
             raise Unevaluable(f"{key} cannot be evaluated outside CloudFormation")
         return None

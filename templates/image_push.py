@@ -49,29 +49,40 @@ def _repository_arn(name: object) -> Sub:
 
 
 def _parameter_arn(parameter: object) -> Sub:
-    return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
-               f"${{{parameter.title}}}")  # type: ignore[attr-defined]
+    return Sub(
+        f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter${{{parameter.title}}}"
+    )  # type: ignore[attr-defined]
 
 
-def create_image_push(t: Template, p: Parameters, versions: Versions, handled: ssm.Parameter,
-                      code: str) -> awslambda.Function:
+def create_image_push(
+    t: Template, p: Parameters, versions: Versions, handled: ssm.Parameter, code: str
+) -> awslambda.Function:
     web = repository_name(Ref(p.web_image_repository))
     streaming = If(STREAMING_IMAGE_IN_ECR, repository_name(Ref(p.streaming_image_repository)), "")
-    repositories = If(STREAMING_IMAGE_IN_ECR, [web, repository_name(Ref(p.streaming_image_repository))], [web])
+    repositories = If(
+        STREAMING_IMAGE_IN_ECR, [web, repository_name(Ref(p.streaming_image_repository))], [web]
+    )
     repository_arns = If(
         STREAMING_IMAGE_IN_ECR,
         [_repository_arn(web), _repository_arn(repository_name(Ref(p.streaming_image_repository)))],
         [_repository_arn(web)],
     )
     function = functions.inline_function(
-        t, PUSH_FUNCTION, code,
+        t,
+        PUSH_FUNCTION,
+        code,
         [
-            Statement(Effect=Allow, Action=[awacs_ssm.GetParameter],
-                      Resource=[versions.desired_arn(), versions.deployed_arn(), _parameter_arn(handled)]),
+            Statement(
+                Effect=Allow,
+                Action=[awacs_ssm.GetParameter],
+                Resource=[versions.desired_arn(), versions.deployed_arn(), _parameter_arn(handled)],
+            ),
             Statement(Effect=Allow, Action=[awacs_ssm.PutParameter], Resource=[versions.desired_arn()]),
             Statement(Effect=Allow, Action=[awacs_ecr.DescribeImages], Resource=repository_arns),
         ],
-        Ref(p.log_retention), timeout=30, memory=128,
+        Ref(p.log_retention),
+        timeout=30,
+        memory=128,
         description="Writes a tag pushed to the stack's ECR repositories into desired-version.",
         environment={
             "DESIRED_PARAMETER": Ref(versions.desired),
@@ -87,30 +98,35 @@ def create_image_push(t: Template, p: Parameters, versions: Versions, handled: s
         },
         condition=UPGRADES_ON_IMAGE_PUSH,
     )
-    function.Metadata = {"checkov": {"skip": [_ASYNC_SKIP if s["id"] == "CKV_AWS_116" else s
-                                              for s in CHECKOV_SKIPS]}}
-    rule = t.add_resource(events.Rule(
-        PUSH_RULE,
-        Condition=UPGRADES_ON_IMAGE_PUSH,
-        Description="A tag pushed to the stack's ECR repositories may become the desired version",
-        EventPattern={
-            "source": ["aws.ecr"],
-            "detail-type": ["ECR Image Action"],
-            "detail": {
-                "action-type": ["PUSH"],
-                "result": ["SUCCESS"],
-                "repository-name": repositories,
-                "image-tag": [{"exists": True}],
+    function.Metadata = {
+        "checkov": {"skip": [_ASYNC_SKIP if s["id"] == "CKV_AWS_116" else s for s in CHECKOV_SKIPS]}
+    }
+    rule = t.add_resource(
+        events.Rule(
+            PUSH_RULE,
+            Condition=UPGRADES_ON_IMAGE_PUSH,
+            Description="A tag pushed to the stack's ECR repositories may become the desired version",
+            EventPattern={
+                "source": ["aws.ecr"],
+                "detail-type": ["ECR Image Action"],
+                "detail": {
+                    "action-type": ["PUSH"],
+                    "result": ["SUCCESS"],
+                    "repository-name": repositories,
+                    "image-tag": [{"exists": True}],
+                },
             },
-        },
-        Targets=[events.Target(Id="ImagePush", Arn=GetAtt(function, "Arn"))],
-    ))
-    t.add_resource(awslambda.Permission(
-        "ImagePushPermission",
-        Condition=UPGRADES_ON_IMAGE_PUSH,
-        Action="lambda:InvokeFunction",
-        FunctionName=Ref(function),
-        Principal="events.amazonaws.com",
-        SourceArn=GetAtt(rule, "Arn"),
-    ))
+            Targets=[events.Target(Id="ImagePush", Arn=GetAtt(function, "Arn"))],
+        )
+    )
+    t.add_resource(
+        awslambda.Permission(
+            "ImagePushPermission",
+            Condition=UPGRADES_ON_IMAGE_PUSH,
+            Action="lambda:InvokeFunction",
+            FunctionName=Ref(function),
+            Principal="events.amazonaws.com",
+            SourceArn=GetAtt(rule, "Arn"),
+        )
+    )
     return function

@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from troposphere import And, Condition, Equals, FindInMap, Not, Or, Parameter, Ref, Select, Split, Sub, Template
+from troposphere import (
+    And,
+    Condition,
+    Equals,
+    FindInMap,
+    Not,
+    Or,
+    Parameter,
+    Ref,
+    Select,
+    Split,
+    Sub,
+    Template,
+)
 
 from templates import capacity, sidekiq
 from templates.options import (

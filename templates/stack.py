@@ -16,6 +16,7 @@ from templates.alarms import create_alarms, create_dashboard, create_rollout_fai
 from templates.compute import create_compute, create_server_security_group
 from templates.data import create_data, create_database_settings
 from templates.edge import Edge, create_edge
+from templates.image_push import create_image_push
 from templates.keys import create_operations_key, encrypt_every_log_group
 from templates.load_balancing import create_load_balancing
 from templates.mail import DKIM_RECORDS, Mail, create_mail
@@ -28,7 +29,6 @@ from templates.scaling import create_queue_worker_scaling, create_web_scaling
 from templates.search import create_search, create_search_alarms
 from templates.secrets import create_secrets
 from templates.settings import create_refusal_alarm
-from templates.image_push import create_image_push
 from templates.versions import Versions, create_versions
 from templates.waf import create_waf_conditions, create_web_acl
 

@@ -542,9 +542,25 @@ def queue_position(executions: list[dict[str, Any]], mine: str) -> list[str]:
     return ahead
 
 
-def handled_record(desired_version: int, version: str, result: str, execution: str, reason: str) -> str:
-    """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds."""
+def handled_record(
+    desired_version: int,
+    version: str,
+    result: str,
+    execution: str,
+    reason: str,
+    deployed: str = "",
+    digests: dict[str, str] | None = None,
+) -> str:
+    """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds.
+
+    deployed, digests: the deployed version after the rollout and the images ({image:
+    sha256 digest}) the servers running it reported, when they all agree (upgrade on push
+    tells a tag pushed again with new images from the one that runs by them)."""
     reason = reason[:NOTICE_REASON]
+    extra: dict[str, Any] = {}
+    if deployed and digests:
+        kept = {k[:300]: v[:80] for k, v in list(digests.items())[:2]}
+        extra = {"deployed": deployed[:200], "digests": kept}
     while True:  # escapes can multiply a reason's length: shorten it until the record fits
         text = json.dumps(
             {
@@ -553,6 +569,7 @@ def handled_record(desired_version: int, version: str, result: str, execution: s
                 "result": result,
                 "execution": execution[-200:],
                 "reason": reason,
+                **extra,
             }
         )
         if len(text) <= 4096:

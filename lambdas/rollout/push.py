@@ -82,7 +82,11 @@ def read_push(event: Any, settings: Settings) -> Push | str:
         return "not an ECR event"
     if detail.get("action-type") != "PUSH" or detail.get("result") != "SUCCESS":
         return f"not a successful push ({detail.get('action-type')}, {detail.get('result')})"
-    repository, tag, digest = detail.get("repository-name"), detail.get("image-tag"), detail.get("image-digest")
+    repository, tag, digest = (
+        detail.get("repository-name"),
+        detail.get("image-tag"),
+        detail.get("image-digest"),
+    )
     if repository not in {settings.web_repository, settings.streaming_repository} - {""}:
         return f"a push to {str(repository)[:300]!r}, not one of this stack's repositories"
     if not isinstance(tag, str) or not tag:
@@ -96,8 +100,10 @@ def tag_refusal(tag: str, settings: Settings) -> str | None:
     """Why a pushed tag starts no rollout, or None."""
     shown = tag[:130]
     if not re.fullmatch(settings.tag_rule, tag, re.ASCII):
-        return (f"{shown!r} is not a version this stack can run (letters, digits, '_', '.' and '-', "
-                "as the stack's version rule says)")
+        return (
+            f"{shown!r} is not a version this stack can run (letters, digits, '_', '.' and '-', "
+            "as the stack's version rule says)"
+        )
     try:
         matches = re.fullmatch(settings.push_pattern, tag, re.ASCII)
     except re.error as error:
@@ -141,8 +147,9 @@ def decide(
     if refusal:
         return Decision(None, f"ignored: {refusal}")
     if not sibling_has_tag:
-        return Decision(None, f"{push.tag} is not in both repositories yet; the other image's push will start "
-                        "the rollout")
+        return Decision(
+            None, f"{push.tag} is not in both repositories yet; the other image's push will start the rollout"
+        )
     target, _ = parse_desired(desired)
     if push.tag != deployed:
         if target == push.tag:
@@ -152,23 +159,30 @@ def decide(
     if deployed_digests is not None and all(deployed_digests.get(i) == d for i, d in digests.items()):
         return Decision(None, f"{push.tag} was pushed with the images the servers run already")
     if target != push.tag:
-        return Decision(None, f"{push.tag}, which the servers run, was pushed again while {target} is "
-                        "desired: left to that rollout")
+        return Decision(
+            None,
+            f"{push.tag}, which the servers run, was pushed again while {target} is "
+            "desired: left to that rollout",
+        )
     if not settings.roll_repushed:
-        return Decision(None, f"{push.tag}, which the servers run, was pushed again with new images; "
-                        "RollRepushedTags is false: not rolled (put the tag into desired-version again "
-                        "to roll it)")
-    return Decision(push.tag, f"{push.tag}, which the servers run, was pushed again with new images: "
-                    "rolled again")
+        return Decision(
+            None,
+            f"{push.tag}, which the servers run, was pushed again with new images; "
+            "RollRepushedTags is false: not rolled (put the tag into desired-version again "
+            "to roll it)",
+        )
+    return Decision(
+        push.tag, f"{push.tag}, which the servers run, was pushed again with new images: rolled again"
+    )
 
 
 # ---------------------------------------------------------------- AWS calls
 def registry_digest(repository: str, tag: str) -> str | None:
     """The digest `repository` holds for `tag`, or None if it has no such tag."""
     try:
-        images = boto3.client("ecr").describe_images(
-            repositoryName=repository, imageIds=[{"imageTag": tag}]
-        )["imageDetails"]
+        images = boto3.client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])[
+            "imageDetails"
+        ]
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") == "ImageNotFoundException":
             return None
@@ -196,9 +210,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if isinstance(push, str):
         logger.info("Push ignored", extra={"reason": push})
         return {"written": None, "reason": push}
-    image = {settings.web_repository: settings.web_image, settings.streaming_repository: settings.streaming_image}
+    image = {
+        settings.web_repository: settings.web_image,
+        settings.streaming_repository: settings.streaming_image,
+    }
     digests = {image[push.repository]: push.digest}
-    sibling = settings.streaming_repository if push.repository == settings.web_repository else settings.web_repository
+    sibling = (
+        settings.streaming_repository
+        if push.repository == settings.web_repository
+        else settings.web_repository
+    )
     sibling_has_tag = True
     if sibling and tag_refusal(push.tag, settings) is None:
         found = registry_digest(sibling, push.tag)
@@ -209,16 +230,35 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     deployed = read_parameter(settings.deployed_parameter)
     handled = read_parameter(settings.handled_parameter) if push.tag == deployed else ""
     decision = decide(
-        push, settings, sibling_has_tag=sibling_has_tag, desired=desired, deployed=deployed,
-        deployed_digests=recorded_digests(handled, deployed), digests=digests,
+        push,
+        settings,
+        sibling_has_tag=sibling_has_tag,
+        desired=desired,
+        deployed=deployed,
+        deployed_digests=recorded_digests(handled, deployed),
+        digests=digests,
     )
     if decision.write is not None:
         boto3.client("ssm").put_parameter(
             Name=settings.desired_parameter, Value=decision.write, Overwrite=True
         )
-        logger.info("Desired version written", extra={"value": decision.write, "reason": decision.reason,
-                                                      "repository": push.repository, "digest": push.digest})
+        logger.info(
+            "Desired version written",
+            extra={
+                "value": decision.write,
+                "reason": decision.reason,
+                "repository": push.repository,
+                "digest": push.digest,
+            },
+        )
     else:
-        logger.info("Nothing written", extra={"reason": decision.reason, "repository": push.repository,
-                                              "tag": push.tag[:130], "digest": push.digest})
+        logger.info(
+            "Nothing written",
+            extra={
+                "reason": decision.reason,
+                "repository": push.repository,
+                "tag": push.tag[:130],
+                "digest": push.digest,
+            },
+        )
     return {"written": decision.write, "reason": decision.reason}
