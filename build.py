@@ -85,7 +85,7 @@ def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPT
         package = f"lambdas.{init.parent.name}"
         modules = [(name, (init.parent / f"{name}.py").read_text()) for name in order]
         functions[init.parent.name] = assemble(package, modules, order[-1])
-        entries = next((
+        entries: dict[str, tuple[str, ...]] = next((
             ast.literal_eval(node.value) for node in ast.parse(init.read_text()).body
             if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ENTRIES"
         ), {})

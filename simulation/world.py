@@ -148,6 +148,11 @@ class World:
             {"mastodon/mastodon": {OLD, NEW, NEWER}, "mastodon/mastodon-streaming": {OLD, NEW, NEWER}}
         )
     )
+    # Your own images (issue 15): the repositories, and RollRepushedTags. Images in ECR are
+    # made in moto's ECR with OLD, NEW and NEWER pushed (push() pushes again), a deploy
+    # reports the digests its tag names there, and the servers start recorded on OLD's.
+    images: list[str] = field(default_factory=lambda: list(IMAGES))
+    roll_repushed: bool = False
 
     # ------------------------------------------------------------ set-up
     def __enter__(self) -> World:
@@ -363,10 +368,17 @@ class World:
             "boot_grace": 900,
             "topic_arn": self.topic,
             "distribution_id": self.distribution,
-            "images": IMAGES,
+            "images": self.images,
             "tag_pattern": RELEASE_TAG_PATTERN,
             "deploy_script": "/opt/mastodon-aws/deploy.sh",
+            "roll_repushed": "true" if self.roll_repushed else "false",
         }
+        self._ecr = [i for i in self.images if rollout_aws.ecr_repository(i)]
+        for image in self._ecr:
+            self.aws("ecr").create_repository(repositoryName=image.split("/", 1)[1])
+            self.registry.tags[image.split("/", 1)[1]] = {OLD, NEW, NEWER}
+            for version in (OLD, NEW, NEWER):
+                self.push(version, "first", [image])
         self.definition = pipeline.definition(config, "rollout", "invalidate")
         sfn = self.aws("stepfunctions")
         self.state_machine = sfn.create_state_machine(
@@ -374,7 +386,7 @@ class World:
             definition=json.dumps(self.definition),
             roleArn="arn:aws:iam::123456789012:role/rollout",
         )["stateMachineArn"]
-        for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions"):
+        for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions", "ecr"):
             rollout_aws._clients[name] = self._client(name)
         invalidate._clients["cloudfront"] = self._client("cloudfront")
         self._throttling_cloudfront()
@@ -383,6 +395,35 @@ class World:
         for iid in self.servers():
             self.versions[iid] = OLD
         self.tag(self.servers(), OLD)
+        if self._ecr:
+            for iid in self.servers():
+                self.aws("ec2").create_tags(Resources=[iid], Tags=[
+                    {"Key": names.DIGEST_TAG, "Value": " ".join(self.digests_of(iid, OLD))}])
+
+    def push(self, version: str, content: str, images: list[str] | None = None) -> None:
+        """CI pushes `version` of the ECR images (all of them unless told) with `content`."""
+        import hashlib
+
+        for image in images or self._ecr:
+            name = image.split("/", 1)[1]
+            layer = {"digest": "sha256:" + hashlib.sha256(f"{name}:{version}:{content}".encode()).hexdigest(),
+                     "size": 1, "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip"}
+            manifest = {"schemaVersion": 2, "layers": [layer],
+                        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {**layer, "mediaType": "application/vnd.docker.container.image.v1+json"}}
+            self.aws("ecr").put_image(repositoryName=name, imageManifest=json.dumps(manifest),
+                                      imageTag=version)
+
+    def digest(self, image: str, version: str) -> str:
+        """The digest ECR holds for `image:version` now."""
+        found = self.aws("ecr").describe_images(repositoryName=image.split("/", 1)[1],
+                                                imageIds=[{"imageTag": version}])["imageDetails"]
+        return str(found[0]["imageDigest"])
+
+    def digests_of(self, iid: str, version: str) -> list[str]:
+        """What deploy.sh reports on `iid` for `version`: the digests its tag names now."""
+        images = self.images if iid in self.instances("web") else self.images[:1]
+        return [self.digest(i, version) if i in self._ecr else "-" for i in images]
 
     def _throttling_cloudfront(self) -> None:
         from botocore.exceptions import ClientError
@@ -524,11 +565,14 @@ class World:
                 if mode == "deploy":
                     self.versions[iid] = version
                 self.pulled.add((iid, version))
+                report = ""
+                if mode == "deploy" and self._ecr:
+                    report = "\nimage digests: " + " ".join(self.digests_of(iid, version))
                 self._outcomes[key] = {
                     "Status": "Success",
                     "StatusDetails": "Success",
                     "ResponseCode": 0,
-                    "StandardOutputContent": f"{mode} {version}",
+                    "StandardOutputContent": f"{mode} {version}{report}",
                 }
         return {**base, **self._outcomes[key]}
 

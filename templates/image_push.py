@@ -48,10 +48,9 @@ def _repository_arn(name: object) -> Sub:
     return Sub("arn:${AWS::Partition}:ecr:${AWS::Region}:${AWS::AccountId}:repository/${Name}", Name=name)
 
 
-def _parameter_arn(parameter: object) -> Sub:
-    return Sub(
-        f"arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter${{{parameter.title}}}"
-    )  # type: ignore[attr-defined]
+def _parameter_arn(parameter: ssm.Parameter) -> Sub:
+    return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
+               f"${{{parameter.title}}}")
 
 
 def create_image_push(

@@ -39,6 +39,7 @@ from awacs.aws import (
 from awacs.awslambda import InvokeFunction
 from troposphere import (
     GetAtt,
+    If,
     Output,
     Ref,
     Sub,
@@ -56,10 +57,12 @@ from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
 from templates.options import STACK_PREFIX
-from templates.parameters import HAS_QUEUE_WORKERS, Parameters
+from templates.parameters import HAS_QUEUE_WORKERS, ROLLS_REPUSHED_TAGS, Parameters
 from templates.versions import PARAMETER_PREFIX, Versions, tag_pattern
 
 STATE_MACHINE = "RolloutStateMachine"
+# What the rollout keeps on a server: its version, its images and the rollout's journal.
+SERVER_TAGS = [names.VERSION_TAG, names.JOURNAL_TAG, names.DIGEST_TAG]
 ROLLOUT_FUNCTION = "RolloutFunction"
 INVALIDATE_FUNCTION = "InvalidateFunction"
 ROLLOUT_STATE = "RolloutStateParameter"
@@ -268,7 +271,7 @@ def rollout_statements(
             Resource=[_arn("ec2", "instance/*")],
             Condition=Condition(StringEquals(f"ssm:resourceTag/{names.GROUP_TAG}", groups)),
         ),
-        # The version a server runs, and the rollout's journal on it.
+        # The version a server runs, its images, and the rollout's journal on it.
         Statement(
             Effect=Allow,
             Action=[awacs_ec2.CreateTags, awacs_ec2.DeleteTags],
@@ -276,7 +279,7 @@ def rollout_statements(
             Condition=Condition(
                 [
                     StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", groups),
-                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
+                    ForAllValuesStringEquals("aws:TagKeys", SERVER_TAGS),
                 ]
             ),
         ),
@@ -346,7 +349,7 @@ def queue_group_statements(compute: Compute) -> list[Statement]:
             Condition=Condition(
                 [
                     StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", [name]),
-                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
+                    ForAllValuesStringEquals("aws:TagKeys", SERVER_TAGS),
                 ]
             ),
         ),
@@ -459,6 +462,7 @@ def create_pipeline(
         "tag_pattern": "${TagPattern}",
         "deploy_script": DEPLOY_SCRIPT,
         "queue_group": "${QueueGroup}",  # "" while the stack has no queue workers
+        "roll_repushed": "${RollRepushed}",  # "true": a tag pushed again is rolled (upgrade on push)
     }
     machine = t.add_resource(
         stepfunctions.StateMachine(
@@ -483,6 +487,7 @@ def create_pipeline(
                 "WebImage": Ref(p.web_image_repository),
                 "StreamingImage": Ref(p.streaming_image_repository),
                 "TagPattern": tag_pattern(),
+                "RollRepushed": If(ROLLS_REPUSHED_TAGS, "true", "false"),
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",

@@ -91,7 +91,8 @@ def test_when_docker_cannot_tell_what_runs_the_tag_is_trusted(tmp_path):
 
 def test_a_web_deploy_reports_both_images_digests_in_the_units_order(tmp_path):
     proc, _ = run(tmp_path, "web", "v4.7.5", image_ids="", containers="",
-                  repo_digests=f"{WEB}:{V} {WEB}@{WEB_DIGEST}\n{STREAMING}:{V} {STREAMING}@{STREAMING_DIGEST}\n")
+                  repo_digests=f"{WEB}:{V} {WEB}@{WEB_DIGEST}\n"
+                  f"{STREAMING}:{V} {STREAMING}@{STREAMING_DIGEST}\n")
     assert proc.returncode == 0, proc.stderr
     assert f"image digests: {WEB_DIGEST} {STREAMING_DIGEST}" in proc.stdout.splitlines()
 
