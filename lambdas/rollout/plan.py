@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lambdas.rollout.names import DOWNGRADE_FLAG
+from lambdas.rollout.versions import order_key, parse_desired, read_handled
+
+__all__ = ["order_key", "parse_desired", "read_handled"]  # kept here too: read versions as before
 
 HEALTHY, DRAINING, UNUSED = "healthy", "draining", "unused"
 IN_LOAD_BALANCER = {HEALTHY, "initial", "unhealthy"}  # registered, taking or about to take requests
@@ -49,24 +52,6 @@ def check_tag(tag: object, pattern: str) -> str | None:
         shown = repr(tag)[:80] if isinstance(tag, str) else type(tag).__name__
         return f"{shown} is not a Mastodon release tag of 4.3 or later (e.g. v4.7.6); nothing was changed"
     return None
-
-
-def parse_desired(value: str) -> tuple[str, bool]:
-    """(tag, downgrade allowed) of the desired-version value: "v4.7.6" or "v4.7.5 allow-downgrade"."""
-    words = value.split(" ")
-    if len(words) == 2 and words[1] == DOWNGRADE_FLAG:
-        return words[0], True
-    return value, False
-
-
-def order_key(tag: str) -> tuple[int, ...] | None:
-    """A sort key for a release tag (a pre-release before its release), or None."""
-    match = re.fullmatch(r"v([0-9]+)\.([0-9]+)\.([0-9]+)(?:-(alpha|beta|rc)\.([0-9]+))?", tag, re.ASCII)
-    if not match:
-        return None
-    major, minor, patch, pre, number = match.groups()
-    rank = {"alpha": 0, "beta": 1, "rc": 2, None: 3}[pre]
-    return int(major), int(minor), int(patch), rank, int(number or 0)
 
 
 def downgrade_refusal(target: str, deployed: str, allowed: bool) -> str | None:
@@ -639,12 +624,3 @@ def same_handling(old: str, new: str) -> bool:
         return {k: v for k, v in read_handled(text).items() if k not in ("deployed", "digests")}
 
     return bool(read_handled(old)) and core(old) == core(new)
-
-
-def read_handled(text: str) -> dict[str, Any]:
-    """The rollout-last record; an unreadable one counts as none (nothing handled)."""
-    try:
-        record = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}

@@ -13,8 +13,8 @@ tag writes nothing (the sibling's push will), a tag the desired version already 
 nothing, and a write the rollout has handled already is recognised by the rollout (begin).
 
 Its own module of the rollout package, so that it orders tags and reads the desired
-version and the rollout's record exactly as the rollout does (plan.py); the build
-assembles it with names.py and plan.py only (lambdas/rollout/__init__.py, ENTRIES).
+version and the rollout's record exactly as the rollout does (versions.py); the build
+assembles it with names.py and versions.py only (lambdas/rollout/__init__.py, ENTRIES).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
 from lambdas.rollout.names import DOWNGRADE_FLAG
-from lambdas.rollout.plan import order_key, parse_desired, read_handled
+from lambdas.rollout.versions import order_key, parse_desired, read_handled
 
 logger = Logger()
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
