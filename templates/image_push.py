@@ -49,8 +49,8 @@ def _repository_arn(name: object) -> Sub:
 
 
 def _parameter_arn(parameter: ssm.Parameter) -> Sub:
-    return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
-               f"${{{parameter.title}}}")
+    return Sub("arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${Name}",
+               Name=Ref(parameter))
 
 
 def create_image_push(

@@ -136,6 +136,18 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:mastodon-settings-AbC123"],
         ["mastodon-settings", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:",
          "arn:aws:ssm:eu-west-1:123456789012:parameter/mastodon/x/settings"]),
+    # Your own images (issue 15).
+    "WebImageRepository": (
+        ["ghcr.io/mastodon/mastodon", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/fork/mastodon"],
+        ["ghcr.io/mastodon/mastodon:v4.7.6", "GHCR.io/mastodon/mastodon", "example.com/mastodon"]),
+    "StreamingImageRepository": (
+        ["ghcr.io/mastodon/mastodon-streaming", "docker.io/fork/mastodon-streaming"],
+        ["ghcr.io/mastodon/mastodon-streaming@sha256:abc", "ghcr.io/Fork/streaming", ""]),
+    "UpgradeOnImagePush": (["false", "true"], ["yes", ""]),
+    "RollRepushedTags": (["false", "true"], ["True", ""]),
+    "ImagePushTagPattern": (
+        [r"v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9_.-]+)?", "main-[0-9a-f]{7,40}", "x" * 100],
+        ["(a+)+", "v[0-9", "^v1$", ".*;rm", "x" * 101, ""]),
 }
 
 
@@ -238,6 +250,11 @@ RULE_CASES = [
      "us-east-1", None),
     ("many servers on a larger database", {"WebMaxSize": "10", "QueueWorkerMaxSize": "10",
                                            "DatabaseInstanceClass": "db.t4g.small"}, "us-east-1", None),
+    # Upgrade on push needs the web image in this account's ECR (upstream's cannot be).
+    ("upgrade on push with upstream's images", {"UpgradeOnImagePush": "true"}, "us-east-1", "Amazon ECR"),
+    ("upgrade on push with images in ECR",
+     {"UpgradeOnImagePush": "true",
+      "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fork/mastodon"}, "us-east-1", None),
 ]
 
 
