@@ -157,3 +157,33 @@ def test_a_retried_finish_knows_its_record_whatever_the_images_read_now():
     assert same_handling(first, plan.handled_record(3, "v1", "succeeded", "arn", "", "v1", {"web": B}))
     assert not same_handling(first, plan.handled_record(4, "v1", "succeeded", "arn", ""))
     assert not same_handling("{}", plan.handled_record(3, "v1", "succeeded", "arn", ""))
+
+
+def test_the_state_keeps_a_repushed_tags_images_and_drops_malformed_ones():
+    from lambdas.rollout.state import Config, State
+
+    config = {
+        "web_group": "web",
+        "worker_group": "worker",
+        "target_groups": [],
+        "desired_parameter": "d",
+        "deployed_parameter": "p",
+        "handled_parameter": "h",
+        "batch_size": 1,
+        "drain_seconds": 1,
+        "settle_seconds": 1,
+        "boot_grace": 1,
+        "topic_arn": "t",
+        "distribution_id": "x",
+        "images": ECR,
+        "tag_pattern": ".*",
+        "deploy_script": "/d.sh",
+    }
+    assert Config.parse(config).roll_repushed is False, "an execution from before the option"
+    assert Config.parse({**config, "roll_repushed": "true"}).roll_repushed is True
+    base = {"config": config, "execution": "arn:e", "state_machine": "arn:m"}
+    kept = State.parse({**base, "digests": {ECR[0]: A}, "renewed": ["i-1"]})
+    assert kept.digests == {ECR[0]: A} and kept.renewed == ["i-1"]
+    dropped = State.parse({**base, "digests": ["nonsense"], "renewed": "i-1"})
+    assert dropped.digests == {} and dropped.renewed == []
+    assert State.parse(kept.to_dict()).digests == kept.digests
