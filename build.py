@@ -85,6 +85,13 @@ def load_assets(lambdas_dir: Path = LAMBDAS, scripts_dir: Path = INSTANCE_SCRIPT
         package = f"lambdas.{init.parent.name}"
         modules = [(name, (init.parent / f"{name}.py").read_text()) for name in order]
         functions[init.parent.name] = assemble(package, modules, order[-1])
+        entries: dict[str, tuple[str, ...]] = next((
+            ast.literal_eval(node.value) for node in ast.parse(init.read_text()).body
+            if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ENTRIES"
+        ), {})
+        for function, names in entries.items():
+            parts = [(name, (init.parent / f"{name}.py").read_text()) for name in names]
+            functions[function] = assemble(package, parts, names[-1])
     scripts = {path.name: path.read_text() for path in sorted(scripts_dir.glob("*.sh"))}
     return Assets(lambdas=functions, instance_scripts=scripts)
 

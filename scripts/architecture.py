@@ -136,6 +136,13 @@ FLOWS: tuple[Flow, ...] = (
         (Step("scaling", "step scaling", "a server or two at a time", "QueueWorkerScaleOut"),),
         (Step("queue", "queue workers", "Sidekiq, no scheduler", "QueueWorkerAutoScalingGroup"),),
     )),
+    Flow("Upgrade on push (optional): CI pushes both images to ECR", (
+        (Step("ci", "your CI", "docker buildx --push"),),
+        (Step("ecr", "Amazon ECR", "the two repositories"),),
+        (Step("pushrule", "EventBridge rule", "ECR Image Action, PUSH", "ImagePushTrigger"),),
+        (Step("push", "push (Lambda)", "both images have the tag?", "ImagePushFunction"),),
+        (Step("desired", "desired-version", "then the upgrade above", "DesiredVersionParameter"),),
+    )),
     Flow("Daily cleanup of remote media", (
         (Step("daily", "daily cleanup", _prop("DailyCleanupRule", "ScheduleExpression"),
               "DailyCleanupRule"),),

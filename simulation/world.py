@@ -160,9 +160,12 @@ class World:
         )
     )
     # The stack's images (IMAGES, or ECR_IMAGES: repositories in moto's ECR holding OLD, NEW,
-    # NEWER and FORK) and its tag rule (the config's tag_pattern).
+    # NEWER and FORK), its tag rule (the config's tag_pattern), and RollRepushedTags: a deploy
+    # reports the digests its tag names in ECR, and the servers start recorded on OLD's
+    # (push() pushes a tag again).
     images: list[str] = field(default_factory=lambda: list(IMAGES))
     tag_pattern: str = RELEASE_TAG_PATTERN
+    roll_repushed: bool = False
 
     # ------------------------------------------------------------ set-up
     def __enter__(self) -> World:
@@ -381,7 +384,14 @@ class World:
             "images": self.images,
             "tag_pattern": self.tag_pattern,
             "deploy_script": "/opt/mastodon-aws/deploy.sh",
+            "roll_repushed": "true" if self.roll_repushed else "false",
         }
+        self._ecr = [i for i in self.images if rollout_aws.ecr_repository(i)]
+        for image in self._ecr:
+            self.aws("ecr").create_repository(repositoryName=image.split("/", 1)[1])
+            self.registry.tags[image.split("/", 1)[1]] = {OLD, NEW, NEWER}
+            for version in (OLD, NEW, NEWER):
+                self.push(version, "first", [image])
         self.definition = pipeline.definition(config, "rollout", "invalidate")
         sfn = self.aws("stepfunctions")
         self.state_machine = sfn.create_state_machine(
@@ -399,6 +409,35 @@ class World:
         for iid in self.servers():
             self.versions[iid] = OLD
         self.tag(self.servers(), OLD)
+        if self._ecr:
+            for iid in self.servers():
+                self.aws("ec2").create_tags(Resources=[iid], Tags=[
+                    {"Key": names.DIGEST_TAG, "Value": " ".join(self.digests_of(iid, OLD))}])
+
+    def push(self, version: str, content: str, images: list[str] | None = None) -> None:
+        """CI pushes `version` of the ECR images (all of them unless told) with `content`."""
+        import hashlib
+
+        for image in images or self._ecr:
+            name = image.split("/", 1)[1]
+            layer = {"digest": "sha256:" + hashlib.sha256(f"{name}:{version}:{content}".encode()).hexdigest(),
+                     "size": 1, "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip"}
+            manifest = {"schemaVersion": 2, "layers": [layer],
+                        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                        "config": {**layer, "mediaType": "application/vnd.docker.container.image.v1+json"}}
+            self.aws("ecr").put_image(repositoryName=name, imageManifest=json.dumps(manifest),
+                                      imageTag=version)
+
+    def digest(self, image: str, version: str) -> str:
+        """The digest ECR holds for `image:version` now."""
+        found = self.aws("ecr").describe_images(repositoryName=image.split("/", 1)[1],
+                                                imageIds=[{"imageTag": version}])["imageDetails"]
+        return str(found[0]["imageDigest"])
+
+    def digests_of(self, iid: str, version: str) -> list[str]:
+        """What deploy.sh reports on `iid` for `version`: the digests its tag names now."""
+        images = self.images if iid in self.instances("web") else self.images[:1]
+        return [self.digest(i, version) if i in self._ecr else "-" for i in images]
 
     def _push_images(self) -> None:
         """The images of ECR_IMAGES the stack names, in moto's ECR, tagged OLD, NEW, NEWER and FORK."""
@@ -562,11 +601,14 @@ class World:
                 if mode == "deploy":
                     self.versions[iid] = version
                 self.pulled.add((iid, version))
+                report = ""
+                if mode == "deploy" and self._ecr:
+                    report = "\nimage digests: " + " ".join(self.digests_of(iid, version))
                 self._outcomes[key] = {
                     "Status": "Success",
                     "StatusDetails": "Success",
                     "ResponseCode": 0,
-                    "StandardOutputContent": f"{mode} {version}",
+                    "StandardOutputContent": f"{mode} {version}{report}",
                 }
         return {**base, **self._outcomes[key]}
 

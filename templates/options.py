@@ -53,6 +53,17 @@ IMAGE_REPOSITORY_PATTERN = (
 # A tag of a repository that is not upstream's: CUSTOM_TAG_PATTERN (lambdas/rollout/names.py,
 # imported above), the OCI distribution spec's tag grammar.
 
+# Upgrade on push (ImagePushTagPattern): pushed tags that start a rollout. The pattern is
+# a subset of regular expressions that CloudFormation's AllowedPattern can check whole:
+# characters a tag may hold, "." (any character), [classes] of them, and one level of
+# (alternatives) that may be optional; ?, *, +, {n,m} only after a character or a class,
+# so no nested repetition (no catastrophic backtracking in the function).
+_PUSH_ATOM = r"([A-Za-z0-9_-]|\\[.dw-]|[.]|\[\^?[A-Za-z0-9_.\\-]+\])([?*+]|\{[0-9]{1,3}(,[0-9]{0,3})?\})?"
+IMAGE_PUSH_TAG_PATTERN_RULE = (
+    "^(?=.{1,100}$)(" + _PUSH_ATOM + "|\\((" + _PUSH_ATOM + ")*(\\|(" + _PUSH_ATOM + ")*)*\\)[?]?)+$"
+)
+IMAGE_PUSH_TAG_PATTERN_DEFAULT = r"v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9_.-]+)?"
+
 # The path every name the stack gives lives under, as a Sub template: its SSM
 # parameters, its log groups (servers, functions, the rollout) and its IAM users.
 STACK_PREFIX = "/mastodon/${AWS::StackName}"

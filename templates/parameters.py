@@ -27,7 +27,14 @@ from troposphere import (
 )
 
 from templates import capacity, sidekiq
-from templates.options import CUSTOM_TAG_PATTERN, IMAGE_REPOSITORY_PATTERN, MASTODON_IMAGE, STREAMING_IMAGE
+from templates.options import (
+    CUSTOM_TAG_PATTERN,
+    IMAGE_PUSH_TAG_PATTERN_DEFAULT,
+    IMAGE_PUSH_TAG_PATTERN_RULE,
+    IMAGE_REPOSITORY_PATTERN,
+    MASTODON_IMAGE,
+    STREAMING_IMAGE,
+)
 
 # Console groups, in the order the console shows them.
 GROUP_REQUIRED = "Mastodon instance (required)"
@@ -80,6 +87,10 @@ HAS_INITIAL_VERSION = "HasInitialMastodonVersion"
 WEB_IMAGE_IN_ECR = "WebImageInEcr"
 STREAMING_IMAGE_IN_ECR = "StreamingImageInEcr"
 ANY_IMAGE_IN_ECR = "AnyImageInEcr"
+# Upgrade on push (15c): a push to the web image's ECR repository starts the rollout.
+UPGRADES_ON_IMAGE_PUSH = "UpgradesOnImagePush"
+ROLLS_REPUSHED_TAGS = "RollsRepushedTags"
+IMAGE_PUSH_NEEDS_ECR_RULE = "UpgradeOnImagePushNeedsEcr"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -210,6 +221,9 @@ class Parameters:
     web_image_repository: Parameter
     streaming_image_repository: Parameter
     initial_version: Parameter
+    upgrade_on_image_push: Parameter
+    image_push_tag_pattern: Parameter
+    roll_repushed_tags: Parameter
 
 
 def add_parameter(t: Template, group: str, label: str, parameter: Parameter) -> Parameter:
@@ -456,6 +470,7 @@ def create_parameters(t: Template) -> Parameters:
             ConstraintDescription="empty, or a Secrets Manager secret ARN",
         )),
         **_image_parameters(t),
+        **_image_push_parameters(t),
     )
     _add_mappings(t)
     _add_conditions(t, p)
@@ -463,6 +478,7 @@ def create_parameters(t: Template) -> Parameters:
     _add_rules(t, p)
     _add_queue_worker_rules(t, p)
     _add_database_growth_rules(t, p)
+    _add_image_push_conditions_and_rules(t, p)
     return p
 
 
@@ -539,6 +555,51 @@ def _add_image_conditions(t: Template, p: Parameters) -> None:
     t.add_condition(WEB_IMAGE_IN_ECR, _in_own_ecr(p.web_image_repository))
     t.add_condition(STREAMING_IMAGE_IN_ECR, _in_own_ecr(p.streaming_image_repository))
     t.add_condition(ANY_IMAGE_IN_ECR, Or(Condition(WEB_IMAGE_IN_ECR), Condition(STREAMING_IMAGE_IN_ECR)))
+def _image_push_parameters(t: Template) -> dict[str, Parameter]:
+    return {
+        "upgrade_on_image_push": add_parameter(t, GROUP_IMAGES, "Upgrade when an image is pushed", Parameter(
+            "UpgradeOnImagePush", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="true: a push to the Mastodon image's ECR repository (in this account and "
+            "region) of a tag matching ImagePushTagPattern, once the streaming image has the same tag, "
+            "writes that tag into the desired-version parameter, which starts the usual rollout "
+            "(README, \"Upgrade when CI pushes\").",
+        )),
+        "image_push_tag_pattern": add_parameter(t, GROUP_IMAGES, "Tags a push upgrades to", Parameter(
+            "ImagePushTagPattern", Type="String", Default=IMAGE_PUSH_TAG_PATTERN_DEFAULT,
+            Description="A regular expression a pushed tag must match whole to start a rollout "
+            "(others are ignored): letters, digits, _ and -, . (any character), [classes], one level "
+            "of (alternatives|groups) that may be optional (?), and ? * + {n,m} after a character or "
+            "class, at most 100 characters. The default matches v4.7.6, v4.7.6-glitch, v4.8.0-rc.1.",
+            AllowedPattern=IMAGE_PUSH_TAG_PATTERN_RULE,
+            ConstraintDescription="a regular expression of the documented subset (no nested "
+            "repetition such as (a+)+, no ^ or $: the tag must match whole anyway)",
+        )),
+        "roll_repushed_tags": add_parameter(t, GROUP_IMAGES, "Roll a tag pushed again", Parameter(
+            "RollRepushedTags", Type="String", Default="false", AllowedValues=["false", "true"],
+            Description="With UpgradeOnImagePush: true rolls the servers again when a tag they run is "
+            "pushed with new content (a new digest); false only logs it.",
+        )),
+    }
+
+
+def _add_image_push_conditions_and_rules(t: Template, p: Parameters) -> None:
+    t.add_condition(UPGRADES_ON_IMAGE_PUSH, And(
+        Equals(Ref(p.upgrade_on_image_push), "true"), Condition(WEB_IMAGE_IN_ECR)))
+    t.add_condition(ROLLS_REPUSHED_TAGS, And(
+        Condition(UPGRADES_ON_IMAGE_PUSH), Equals(Ref(p.roll_repushed_tags), "true")))
+    # A rule cannot test where a repository is (rule functions compare whole strings only:
+    # no Split, no Sub); it refuses the case it can name, upstream's images, and the
+    # template creates the push rule only where the web image is in this account's ECR.
+    t.add_rule(IMAGE_PUSH_NEEDS_ECR_RULE, {
+        "RuleCondition": {"Fn::Equals": [Ref(p.upgrade_on_image_push), "true"]},
+        "Assertions": [{
+            "Assert": {"Fn::Not": [{"Fn::Contains": [[MASTODON_IMAGE, STREAMING_IMAGE],
+                                                     Ref(p.web_image_repository)]}]},
+            "AssertDescription": "UpgradeOnImagePush needs WebImageRepository in Amazon ECR in this "
+            "stack's account and region (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME): pushes elsewhere "
+            "send no event to this account.",
+        }],
+    })
 
 
 # --- Sidekiq queue workers (optional) ------------------------------------------------

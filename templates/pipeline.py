@@ -60,10 +60,12 @@ from templates.compute import BOOT_WORST_CASE_SECONDS, DEPLOY_SCRIPT, Compute
 from templates.edge import Edge
 from templates.load_balancing import DEREGISTRATION_DELAY_SECONDS, SETTLE_SECONDS, LoadBalancing
 from templates.options import STACK_PREFIX
-from templates.parameters import HAS_QUEUE_WORKERS, Parameters
+from templates.parameters import HAS_QUEUE_WORKERS, ROLLS_REPUSHED_TAGS, Parameters
 from templates.versions import PARAMETER_PREFIX, Versions, tag_pattern
 
 STATE_MACHINE = "RolloutStateMachine"
+# What the rollout keeps on a server: its version, its images and the rollout's journal.
+SERVER_TAGS = [names.VERSION_TAG, names.JOURNAL_TAG, names.DIGEST_TAG]
 ROLLOUT_FUNCTION = "RolloutFunction"
 INVALIDATE_FUNCTION = "InvalidateFunction"
 ROLLOUT_STATE = "RolloutStateParameter"
@@ -95,6 +97,7 @@ FUNCTION_TIMEOUT = 60
 class Pipeline:
     state_machine: stepfunctions.StateMachine
     rule: events.Rule
+    state_parameter: ssm.Parameter | None = None  # rollout-last: the handled record
 
 
 # ---------------------------------------------------------------- the state machine
@@ -277,7 +280,7 @@ def rollout_statements(
             Resource=[_arn("ec2", "instance/*")],
             Condition=Condition(StringEquals(f"ssm:resourceTag/{names.GROUP_TAG}", groups)),
         ),
-        # The version a server runs, and the rollout's journal on it.
+        # The version a server runs, its images, and the rollout's journal on it.
         Statement(
             Effect=Allow,
             Action=[awacs_ec2.CreateTags, awacs_ec2.DeleteTags],
@@ -285,7 +288,7 @@ def rollout_statements(
             Condition=Condition(
                 [
                     StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", groups),
-                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
+                    ForAllValuesStringEquals("aws:TagKeys", SERVER_TAGS),
                 ]
             ),
         ),
@@ -373,7 +376,7 @@ def queue_group_statements(compute: Compute) -> list[Statement]:
             Condition=Condition(
                 [
                     StringEquals(f"aws:ResourceTag/{names.GROUP_TAG}", [name]),
-                    ForAllValuesStringEquals("aws:TagKeys", [names.VERSION_TAG, names.JOURNAL_TAG]),
+                    ForAllValuesStringEquals("aws:TagKeys", SERVER_TAGS),
                 ]
             ),
         ),
@@ -486,6 +489,7 @@ def create_pipeline(
         "tag_pattern": "${TagPattern}",
         "deploy_script": DEPLOY_SCRIPT,
         "queue_group": "${QueueGroup}",  # "" while the stack has no queue workers
+        "roll_repushed": "${RollRepushed}",  # "true": a tag pushed again is rolled (upgrade on push)
     }
     machine = t.add_resource(
         stepfunctions.StateMachine(
@@ -510,6 +514,7 @@ def create_pipeline(
                 "WebImage": Ref(p.web_image_repository),
                 "StreamingImage": Ref(p.streaming_image_repository),
                 "TagPattern": tag_pattern(),
+                "RollRepushed": If(ROLLS_REPUSHED_TAGS, "true", "false"),
             },
             LoggingConfiguration=stepfunctions.LoggingConfiguration(
                 Level="ALL",
@@ -579,4 +584,4 @@ def create_pipeline(
             Description="The last upgrade handled and its result",
         )
     )
-    return Pipeline(machine, rule)
+    return Pipeline(machine, rule, state_parameter)

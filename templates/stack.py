@@ -16,6 +16,7 @@ from templates.alarms import create_alarms, create_dashboard, create_rollout_fai
 from templates.compute import create_compute, create_server_security_group
 from templates.data import create_data, create_database_settings
 from templates.edge import Edge, create_edge
+from templates.image_push import create_image_push
 from templates.keys import create_operations_key, encrypt_every_log_group
 from templates.load_balancing import create_load_balancing
 from templates.mail import DKIM_RECORDS, Mail, create_mail
@@ -81,6 +82,8 @@ def build_template(options: BuildOptions, assets: Assets) -> Template:
     pipeline = create_pipeline(
         t, p, versions, compute, load_balancing, edge, alerts, operations_key,
         assets.lambdas["rollout"], assets.lambdas["invalidate"])
+    assert pipeline.state_parameter is not None
+    create_image_push(t, p, versions, pipeline.state_parameter, assets.lambdas["image_push"])
     failure_notice = create_rollout_failure_notice(t, p, pipeline.state_machine, alerts, compute.queue_group)
     # Every publisher the topic admits: the alarms, and the rules that target it.
     create_alert_topic_policy(t, alerts, [failure_notice])

@@ -105,8 +105,9 @@ ALL_OPTIONS_ON = {
     "MastodonSettings": "true",
     "MastodonSettingsSecretArn":
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:mastodon-settings-AbC123",
-    # Your own images (issue 15), both in an ECR registry (the stack's own where the
-    # account and region match: the grants' conditions).
+    # Your own images (issue 15), both in the stack's own ECR registry (the grants'
+    # conditions), with upgrade on push.
     "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon",
     "StreamingImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon-streaming",
+    "UpgradeOnImagePush": "true", "RollRepushedTags": "true",
 }

@@ -86,7 +86,7 @@ def test_every_instance_script_and_lambda_is_embedded(template_json):
     assets = build.load_assets()
     assert set(assets.instance_scripts) >= {"bootstrap.sh", "pools.sh"}
     assert set(assets.lambdas) == {"app_secrets", "availability_zones", "cloudfront_certificate",
-                                   "prefix_list", "rollout", "invalidate", "initial_parameter",
+                                   "prefix_list", "rollout", "invalidate", "initial_parameter", "image_push",
                                    "database_settings"}
     for launch_template in ("WebLaunchTemplate", "WorkerLaunchTemplate"):
         embedded = json.loads(template_json)["Resources"][launch_template]["Metadata"]["Scripts"]

@@ -6,4 +6,8 @@ the Lambda runs exactly the modules the tests import. This file imports nothing:
 the build and the template read MODULES and names.py without boto3 or Powertools.
 """
 
-MODULES = ("names", "plan", "state", "notices", "aws", "fleet", "steps", "handler")
+MODULES = ("names", "versions", "plan", "state", "notices", "aws", "fleet", "steps", "handler")
+
+# Other functions made of some of these modules: {function: modules, the last one's
+# lambda_handler}. The push function shares plan.py's reading of versions and records.
+ENTRIES = {"image_push": ("names", "versions", "push")}

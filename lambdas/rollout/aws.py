@@ -21,8 +21,8 @@ from aws_lambda_powertools import Logger
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lambdas.rollout.names import ECR_HOST_PATTERN, JOURNAL_TAG, VERSION_TAG
-from lambdas.rollout.plan import Journal, Server
+from lambdas.rollout.names import DIGEST_TAG, ECR_HOST_PATTERN, JOURNAL_TAG, VERSION_TAG
+from lambdas.rollout.plan import Journal, Server, reported_digests
 
 logger = Logger()
 OPENER = urllib.request.build_opener()
@@ -126,6 +126,7 @@ def describe_group(name: str, target_groups: list[str], missing_ok: bool = False
                 journal=Journal.decode(tags.get(JOURNAL_TAG)),
                 health=tuple(health[iid]),
                 protected=bool(members[iid].get("ProtectedFromScaleIn")),
+                digests=tuple((tags.get(DIGEST_TAG) or "").split()),
             )
         )
     for iid in set(members) - seen:  # EC2 does not know it yet: a server about to boot
@@ -313,6 +314,40 @@ API_HOSTS = {"docker.io": "registry-1.docker.io"}
 def registry_url(host: str) -> str:
     """The base URL of a public registry's API (tests point it at a fake on loopback)."""
     return f"https://{API_HOSTS.get(host, host)}"
+def command_digests(command_id: str, instance: str) -> tuple[str, ...] | None:
+    """The image digests a finished deploy reported on `instance` (deploy.sh), or None."""
+    try:
+        invocation = client("ssm").get_command_invocation(CommandId=command_id, InstanceId=instance)
+    except ClientError as error:
+        if error_code(error) == "InvocationDoesNotExist":
+            return None
+        raise
+    return reported_digests(str(invocation.get("StandardOutputContent") or ""))
+
+
+# ---------------------------------------------------------------- the registry
+def ecr_repository(image: str) -> tuple[str, str] | None:
+    """(registry id, repository name) of an image in Amazon ECR, or None for another registry."""
+    host, _, repository = image.partition("/")
+    if ".dkr.ecr." not in host or not repository:
+        return None
+    return host.split(".", 1)[0], repository
+
+
+def registry_digest(image: str, tag: str) -> str | None:
+    """The digest ECR holds for `image:tag` now, or None (not in ECR, or no such tag)."""
+    where = ecr_repository(image)
+    if where is None:
+        return None
+    try:
+        found = client("ecr").describe_images(
+            registryId=where[0], repositoryName=where[1], imageIds=[{"imageTag": tag}]
+        )["imageDetails"]
+    except ClientError as error:
+        if error_code(error) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            return None
+        raise
+    return str(found[0]["imageDigest"]) if found else None
 
 
 def image_missing(image: str, tag: str) -> str | None:

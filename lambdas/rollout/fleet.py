@@ -11,14 +11,23 @@ not changed it since.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
 from lambdas.rollout import aws
 from lambdas.rollout.aws import Group, logger
-from lambdas.rollout.names import HOLD_TAG, JOURNAL_TAG, QUEUE, SURGE_TAG, VERSION_TAG, WEB, WORKER
+from lambdas.rollout.names import (
+    DIGEST_TAG,
+    HOLD_TAG,
+    JOURNAL_TAG,
+    QUEUE,
+    SURGE_TAG,
+    VERSION_TAG,
+    WEB,
+    WORKER,
+)
 from lambdas.rollout.plan import (
     DEPLOY_TIMEOUT,
     DEPLOYING,
@@ -30,7 +39,9 @@ from lambdas.rollout.plan import (
     Plan,
     Server,
     Surge,
+    agreed_digests,
     plan_group,
+    stale_servers,
 )
 from lambdas.rollout.state import Config, State
 
@@ -110,6 +121,7 @@ def tick(state: State, role: str, target: str) -> Tick:
         settle_seconds=config.settle_seconds,
         boot_grace=config.boot_grace,
         last_flight=state.flight.get(role, []),
+        stale=_stale(state, role, group.servers),
     )
     state.flight[role] = plan.flight
     state.lost += [i for i in plan.lost if i not in state.lost]
@@ -126,6 +138,73 @@ def tick(state: State, role: str, target: str) -> Tick:
     _apply(state, group, plan, balanced, target, moment)
     logger.info("Rollout tick", extra={"role": role, "target": target, "plan": plan.__dict__})
     return Tick("done" if plan.done else "wait", plan.wait, group, plan)
+
+
+def images_run(role: str) -> int:
+    """How many of config images a server of `role` runs: the web servers both, others Mastodon's."""
+    return 2 if role == WEB else 1
+
+
+def wanted_digests(config: Config, digests: dict[str, str]) -> dict[int, str]:
+    """{image index: digest} of the images a tag pushed again names now."""
+    return {i: digests[image] for i, image in enumerate(config.images) if image in digests}
+
+
+def _stale(state: State, role: str, servers: list[Server]) -> set[str]:
+    """Servers a rollout of a tag pushed again still has to deploy to (none for any other
+    rollout, and none while rolling back: the images a tag named before cannot be pulled
+    by it any more)."""
+    if not state.digests or state.rolling_back:
+        return set()
+    since = state.started if state.started is not None else aws.now()
+    return stale_servers(
+        servers, wanted_digests(state.config, state.digests), images_run(role), since, state.renewed
+    )
+
+
+def stale_anywhere(state: State, digests: dict[str, str]) -> list[str]:
+    """Servers of every group that do not run the images `digests` names (begin, for a tag pushed again)."""
+    found: list[str] = []
+    for role in roles(state.config):
+        group = aws.describe_group(group_name(state.config, role), [], missing_ok=role == QUEUE)
+        found += sorted(
+            stale_servers(
+                group.servers, wanted_digests(state.config, digests), images_run(role), aws.now(), []
+            )
+        )
+    return found
+
+
+def deployed_digests(state: State, version: str) -> dict[str, str]:
+    """{image: digest} every server settled on `version` reports running ({} if they disagree)."""
+    servers: list[tuple[Server, int]] = []
+    for role in roles(state.config):
+        group = aws.describe_group(group_name(state.config, role), [], missing_ok=role == QUEUE)
+        servers += [(s, images_run(role)) for s in group.servers]
+    return agreed_digests(servers, version, state.config.images)
+
+
+def _record_digests(state: State, ids: list[str], journals: Mapping[str, Journal | None]) -> None:
+    """Each finished server's images, as its deploy reported them; an unknown report removes
+    the record (the server then counts as running unknown images)."""
+    by_value: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for iid in ids:
+        journal = journals.get(iid)
+        digests = aws.command_digests(journal.command, iid) if journal and journal.command else None
+        if digests:
+            by_value.setdefault(" ".join(digests), []).append(iid)
+        else:
+            unknown.append(iid)
+    def tagger(value: str) -> Callable[[list[str]], None]:
+        return lambda batch: aws.tag_servers(batch, {DIGEST_TAG: value})
+
+    for value, servers in by_value.items():
+        per_server(tagger(value), servers, GOING)
+    if unknown:
+        per_server(lambda batch: aws.untag_servers(batch, [DIGEST_TAG]), unknown, GOING)
+    if state.digests:
+        state.renewed += [i for i in ids if i not in state.renewed]
 
 
 def batch_of(role: str, batch: int, servers: list[Server]) -> int:
@@ -161,9 +240,16 @@ def _apply(state: State, group: Group, plan: Plan, balanced: bool, target: str, 
         if balanced:
             per_server(lambda ids: aws.protect(group.name, ids, False), plan.finish, GOING)
         aws.tag_servers(plan.finish, {VERSION_TAG: target})
+        _record_digests(state, plan.finish, journals)
         aws.untag_servers(plan.finish, [JOURNAL_TAG])
     if plan.join:
-        aws.journal(plan.join, Journal(me, JOINING, target, moment))
+        # The deploy's command stays in the journal: its report of the images is read at the end.
+        by_command: dict[str, list[str]] = {}
+        for iid in plan.join:
+            old_journal = journals.get(iid)
+            by_command.setdefault(old_journal.command if old_journal else "", []).append(iid)
+        for command, ids in by_command.items():
+            aws.journal(ids, Journal(me, JOINING, target, moment, command))
         per_server(lambda ids: aws.set_targets(target_groups, ids, register=True), plan.join, GOING)
     surge = Surge.decode(group.tags.get(SURGE_TAG))
     if plan.retire and surge and surge.execution == me and not surge.retiring:

@@ -39,12 +39,15 @@ PRE = "pre"
 POST = "post"
 FINAL = "final"
 
-# Tags. The version a server runs (set once it is settled on it); on a server the
+# Tags. The version a server runs (set once it is settled on it) and its images; on a server the
 # rollout is working on, its journal (what it is doing to it, written before it does
 # it); on the web group (and the queue workers' group), the scaling processes a rollout
 # suspended, and on the web group the sizes it raised, written before it changes them,
 # so that whatever it changes is restored.
 VERSION_TAG = "mastodon:version"
+# The images a server runs, as registry digests in the order of config images (the
+# Mastodon image, then on a web server the streaming image), from its last deploy's report.
+DIGEST_TAG = "mastodon:images"
 JOURNAL_TAG = "mastodon:rollout"
 HOLD_TAG = "mastodon:rollout-hold"
 SURGE_TAG = "mastodon:rollout-surge"

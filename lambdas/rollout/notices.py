@@ -25,6 +25,8 @@ class Observed:
 def success(state: State, observed: Observed) -> tuple[str, str]:
     target = state.target
     message = f"Every server runs {target}; new servers boot it (deployed-version is {observed.deployed})."
+    if state.digests:
+        message += f" {target} had been pushed again: every server restarted with its new images."
     invalidation = state.other.get("invalidation") or {}
     if invalidation.get("done"):
         message += " CloudFront was invalidated."
@@ -45,6 +47,14 @@ def failure(state: State, reason: str, observed: Observed) -> tuple[str, str]:
     rollback_error = state.other.get("rollback_error")
     if state.switched:
         return _after_switch(state, reason, observed)
+    if state.digests and (state.rolling_back or rollback_error):
+        # A tag pushed again names only its new images: no way back to the ones it replaced.
+        return subject, (
+            f"The rollout of {target}, pushed again with new images, failed: {reason}. The images the "
+            f"tag named before cannot be pulled by it any more, so some servers may run them and others "
+            f"the new ones. Push images that work under a new tag (or again under {target}) to repair."
+            + _scaling(observed)
+        )
     if rollback_error or (state.rolling_back and not state.restored):
         why = (
             failure_reason(rollback_error) if rollback_error else "it did not end with every server restored"

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lambdas.rollout.names import CUSTOM_TAG_PATTERN, DOWNGRADE_FLAG
+from lambdas.rollout.versions import order_key, parse_desired, read_handled
+
+__all__ = ["order_key", "parse_desired", "read_handled"]  # kept here too: read versions as before
 
 HEALTHY, DRAINING, UNUSED = "healthy", "draining", "unused"
 IN_LOAD_BALANCER = {HEALTHY, "initial", "unhealthy"}  # registered, taking or about to take requests
@@ -61,24 +64,6 @@ def check_tag(tag: object, pattern: str) -> str | None:
         f"{shown} is not a Mastodon release tag of 4.3 or later (e.g. v4.7.6, v4.8.0-rc.1): "
         "the stack runs upstream's images, whose versions are release tags; nothing was changed"
     )
-
-
-def parse_desired(value: str) -> tuple[str, bool]:
-    """(tag, downgrade allowed) of the desired-version value: "v4.7.6" or "v4.7.5 allow-downgrade"."""
-    words = value.split(" ")
-    if len(words) == 2 and words[1] == DOWNGRADE_FLAG:
-        return words[0], True
-    return value, False
-
-
-def order_key(tag: str) -> tuple[int, ...] | None:
-    """A sort key for a release tag (a pre-release before its release), or None."""
-    match = re.fullmatch(r"v([0-9]+)\.([0-9]+)\.([0-9]+)(?:-(alpha|beta|rc)\.([0-9]+))?", tag, re.ASCII)
-    if not match:
-        return None
-    major, minor, patch, pre, number = match.groups()
-    rank = {"alpha": 0, "beta": 1, "rc": 2, None: 3}[pre]
-    return int(major), int(minor), int(patch), rank, int(number or 0)
 
 
 def downgrade_refusal(target: str, deployed: str, allowed: bool) -> str | None:
@@ -152,6 +137,7 @@ class Server:
     health: tuple[str, ...] = ()  # its state in each target group (web only)
     protected: bool = False  # from scale-in
     described: bool = True  # False: a member EC2 does not report yet (eventual consistency)
+    digests: tuple[str, ...] = ()  # the images it runs (DIGEST_TAG), as its last deploy reported
 
     @property
     def in_service(self) -> bool:
@@ -254,6 +240,7 @@ def plan_group(
     settle_seconds: int,
     boot_grace: int,
     last_flight: list[str] | tuple[str, ...] = (),
+    stale: set[str] | frozenset[str] = frozenset(),
 ) -> Plan:
     """The next actions for one group towards `target`.
 
@@ -262,7 +249,9 @@ def plan_group(
     behind the load balancer: healthy serving capacity never drops below
     max(1, size - batch), at least one server that has settled keeps serving while
     others settle, and a lone server is surged first. last_flight: the servers that
-    ran the target and failed health checks at the previous tick.
+    ran the target and failed health checks at the previous tick. stale: servers that run
+    the target's tag but not the images it names now (a tag pushed again): rolled as if
+    they ran another version.
 
     Batches overlap: once a batch is back in service and healthy, the next one drains
     while it settles (if a settled server still serves beside it), but is restarted only
@@ -374,8 +363,16 @@ def plan_group(
     finishing = set(plan.finish)
     serving = serving_now()
     stable = [s for s in serving if s.id not in settling]
-    pending = [s for s in present.values() if not mine(s) and (s.version != target or s.journal is not None)]
-    on_target = [s for s in serving if (s.version == target and s.journal is None) or s.id in finishing]
+    pending = [
+        s
+        for s in present.values()
+        if not mine(s) and (s.version != target or s.journal is not None or s.id in stale)
+    ]
+    on_target = [
+        s
+        for s in serving
+        if (s.version == target and s.journal is None and s.id not in stale) or s.id in finishing
+    ]
     # A batch is done once its servers have settled. The next one may drain meanwhile, once
     # every server of this one is back and healthy (its restart waits for the settling: above).
     if balanced and moving:
@@ -553,6 +550,49 @@ def plan_pulls(
     return plan
 
 
+# ---------------------------------------------------------------- images behind a tag
+DIGESTS_LINE = re.compile(r"^image digests:((?: (?:sha256:[0-9a-f]{64}|-))+)[ \t]*$", re.MULTILINE | re.ASCII)
+
+
+def reported_digests(output: str) -> tuple[str, ...] | None:
+    """The digests deploy.sh's last "image digests:" line reports, or None (absent, or one unknown)."""
+    found = DIGESTS_LINE.findall(output)
+    digests = tuple(found[-1].split()) if found else ()
+    return digests if digests and "-" not in digests else None
+
+
+def stale_servers(
+    servers: list[Server], wanted: dict[int, str], images_run: int, since: float, renewed: list[str]
+) -> set[str]:
+    """Servers of a group that run the tag of a rollout whose images changed (a tag pushed
+    again) without running the images it names now: wanted {image index: digest}.
+    images_run: how many of the images the group's servers run (web 2, others 1). A server
+    this rollout has deployed to (renewed), or launched since it began (it pulled the tag
+    after the push), is not stale: a digest it cannot report does not roll it again."""
+    stale = set()
+    for s in servers:
+        if s.id in renewed or s.launched > since or s.gone:
+            continue
+        for index, digest in wanted.items():
+            if index < images_run and (index >= len(s.digests) or s.digests[index] != digest):
+                stale.add(s.id)
+    return stale
+
+
+def agreed_digests(servers: list[tuple[Server, int]], version: str, images: list[str]) -> dict[str, str]:
+    """{image: digest} that every server settled on `version` reports, for each image some
+    server reports; {} when they disagree or none reports (servers: (server, images it runs))."""
+    seen: dict[int, set[str]] = {}
+    for s, images_run in servers:
+        if s.gone or s.journal is not None or s.version != version:
+            continue
+        for index in range(images_run):
+            seen.setdefault(index, set()).add(s.digests[index] if index < len(s.digests) else "")
+    if not seen or any(len(values) != 1 or "" in values for values in seen.values()):
+        return {}
+    return {images[index]: values.pop() for index, values in sorted(seen.items()) if index < len(images)}
+
+
 # ---------------------------------------------------------------- other decisions
 def failure_reason(error: Any) -> str:
     """A short reason from a Step Functions Catch output ({"Error", "Cause"})."""
@@ -577,9 +617,25 @@ def queue_position(executions: list[dict[str, Any]], mine: str) -> list[str]:
     return ahead
 
 
-def handled_record(desired_version: int, version: str, result: str, execution: str, reason: str) -> str:
-    """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds."""
+def handled_record(
+    desired_version: int,
+    version: str,
+    result: str,
+    execution: str,
+    reason: str,
+    deployed: str = "",
+    digests: dict[str, str] | None = None,
+) -> str:
+    """The rollout-last value: valid JSON within SSM's 4,096 characters, whatever it holds.
+
+    deployed, digests: the deployed version after the rollout and the images ({image:
+    sha256 digest}) the servers running it reported, when they all agree (upgrade on push
+    tells a tag pushed again with new images from the one that runs by them)."""
     reason = reason[:NOTICE_REASON]
+    extra: dict[str, Any] = {}
+    if deployed and digests:
+        kept = {k[:300]: v[:80] for k, v in list(digests.items())[:2]}
+        extra = {"deployed": deployed[:200], "digests": kept}
     while True:  # escapes can multiply a reason's length: shorten it until the record fits
         text = json.dumps(
             {
@@ -588,6 +644,7 @@ def handled_record(desired_version: int, version: str, result: str, execution: s
                 "result": result,
                 "execution": execution[-200:],
                 "reason": reason,
+                **extra,
             }
         )
         if len(text) <= 4096:
@@ -595,10 +652,10 @@ def handled_record(desired_version: int, version: str, result: str, execution: s
         reason = reason[: len(reason) // 2]
 
 
-def read_handled(text: str) -> dict[str, Any]:
-    """The rollout-last record; an unreadable one counts as none (nothing handled)."""
-    try:
-        record = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
+def same_handling(old: str, new: str) -> bool:
+    """Whether two rollout-last records tell the same handling (the images recorded aside)."""
+
+    def core(text: str) -> dict[str, Any]:
+        return {k: v for k, v in read_handled(text).items() if k not in ("deployed", "digests")}
+
+    return bool(read_handled(old)) and core(old) == core(new)

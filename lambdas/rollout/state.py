@@ -39,6 +39,9 @@ class Config:
     # The queue workers' group; "" when the option is off. A default, so that an execution
     # started before the stack gained the field goes on without it.
     queue_group: str = ""
+    # RollRepushedTags: a tag the servers run, pushed again with new images and put into
+    # desired-version again, is rolled as a new version (upgrade on push).
+    roll_repushed: bool = False
 
     @staticmethod
     def parse(raw: Any) -> Config:
@@ -55,6 +58,7 @@ class Config:
             raise ValueError(f"the state's config lacks {missing}") from None
         except (TypeError, ValueError):
             raise ValueError("the state's config has a size that is not a whole number") from None
+        values["roll_repushed"] = str(values["roll_repushed"]).lower() == "true"
         if not isinstance(values["queue_group"], str):
             raise ValueError("the state's config has a queue_group that is not a name")
         if not 1 <= values["batch_size"] <= 50:
@@ -103,6 +107,10 @@ class State:
     held: bool = False  # the web and queue groups' scaling is held (their hold tags are the record)
     worker_wait: float | None = None  # since when migrate has waited for a worker in service
     finish_tries: int = 0  # finish's attempts to resume scaling
+    # A tag pushed again: the images it names now ({image: digest}), and the servers this
+    # rollout has deployed them to. Empty for any other rollout.
+    digests: dict[str, str] = field(default_factory=dict)
+    renewed: list[str] = field(default_factory=list)
     other: dict[str, Any] = field(default_factory=dict)  # keys of others, passed through
 
     @staticmethod
@@ -119,6 +127,12 @@ class State:
                 done=bool(migration.get("done")),
             )
         values["wait"] = int(values.get("wait") or 0)
+        digests, renewed = values.get("digests"), values.get("renewed")
+        if digests is not None:
+            ok = isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())
+            values["digests"] = {str(k): v for k, v in digests.items()} if ok else {}
+        if renewed is not None:
+            values["renewed"] = [str(i) for i in renewed] if isinstance(renewed, list) else []
         return State(config=config, other={k: v for k, v in raw.items() if k not in OWN}, **values)
 
     def to_dict(self) -> dict[str, Any]:

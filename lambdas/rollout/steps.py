@@ -67,6 +67,7 @@ from lambdas.rollout.plan import (
     plan_pulls,
     queue_position,
     read_handled,
+    same_handling,
 )
 from lambdas.rollout.state import Migration, State
 
@@ -107,13 +108,31 @@ def begin(state: State) -> State:
         done_before = False
     # The deployed version put again after a failed rollback repairs what that left.
     repair = fleet.journalled(state) if target == deployed else []
-    if (target == deployed and not repair) or (done_before and target != deployed):
+    repushed = (
+        repushed_images(state, target)
+        if target == deployed and not repair and not done_before and config.roll_repushed
+        else {}
+    )
+    if (target == deployed and not repair and not repushed) or (done_before and target != deployed):
         logger.info("Nothing to roll out", extra={"desired": target, "deployed": deployed})
         fresh.next = NOOP
         return fresh
     fresh.target, fresh.previous, fresh.allow_downgrade = target, deployed, allowed
+    fresh.digests = repushed
     fresh.desired_version, fresh.started, fresh.next = desired_version, moment, GO
     return fresh
+
+
+def repushed_images(state: State, tag: str) -> dict[str, str]:
+    """The images `tag` names in ECR now ({image: digest}) when some server does not run them:
+    the tag the servers run was pushed again with new images (RollRepushedTags). {} when
+    nothing is to roll: a repeated event, or images no registry here reports."""
+    wanted = {image: digest for image in state.config.images if (digest := aws.registry_digest(image, tag))}
+    stale = fleet.stale_anywhere(state, wanted) if wanted else []
+    if stale:
+        logger.info("The running tag names new images", extra={"tag": tag, "images": wanted, "stale": stale})
+        return wanted
+    return {}
 
 
 def validate(state: State) -> State:
@@ -422,6 +441,7 @@ def finish(state: State) -> State:
     problems: list[str] = [scaling] if scaling else []
     stray: list[str] = []
     deployed = "unknown"
+    digests: dict[str, str] = {}
     try:
         group = aws.describe_group(config.web_group, [])
         undone = fleet.release_surge(group, state.short_execution)
@@ -429,6 +449,7 @@ def finish(state: State) -> State:
             logger.info("Surge undone", extra={"what": undone})
         stray = fleet.strays(state)
         deployed = aws.read_parameter(config.deployed_parameter)[0]
+        digests = fleet.deployed_digests(state, deployed)  # what upgrade on push compares a push with
     except Exception as error:  # the notice must still go out
         logger.exception("Could not tidy up after the rollout")
         problems.append(f"could not check the servers after the rollout ({error})")
@@ -445,8 +466,11 @@ def finish(state: State) -> State:
         aws.publish(config.topic_arn, subject, message)
         state.next = FAILED  # begin never completed: no version was handled, the last record stands
         return state
-    record = handled_record(state.desired_version, state.target or "", result, state.execution, failure or "")
-    if aws.read_parameter(config.handled_parameter)[0] != record:  # a retried finish: the notice went out
+    record = handled_record(
+        state.desired_version, state.target or "", result, state.execution, failure or "", deployed, digests
+    )
+    # A retried finish: the notice went out (the servers' images may read otherwise now).
+    if not same_handling(aws.read_parameter(config.handled_parameter)[0], record):
         aws.publish(config.topic_arn, subject, message)
         aws.write_parameter(config.handled_parameter, record)
     if result == "failed":

@@ -20,7 +20,9 @@
 # Prints what it did; on failure exits non-zero with the reason as the last line of
 # stderr (the rollout quotes it). One deploy at a time per server (flock), so a
 # retried command waits for the first instead of racing it. Deploying the version
-# that already runs healthy does nothing but pull. After a deploy that switched
+# that already runs healthy does nothing but pull, unless the tag was pushed again with
+# new images meanwhile: then the units restart with them. The last lines say which images
+# (registry digests) the units run. After a deploy that switched
 # versions and turned healthy, images of the role's repositories other than the new
 # version and the one it replaced (kept for a quick rollback) are removed, so the
 # root volume does not fill release after release; a removal that fails is logged.
@@ -165,12 +167,15 @@ deploy() {
       fail "not deploying $version: Mastodon's other settings: $SETTINGS_REFUSAL; nothing changed"
     fi
   fi
-  if [ "$previous" = "$version" ] && [ "$settings_changed" = false ] && healthy_now; then
+  if [ "$previous" = "$version" ] && [ "$settings_changed" = false ] && runs_pulled "$version" && healthy_now; then
     rm -f "$NEXT_SETTINGS_FILE"
     log "already running $version and healthy; nothing to restart"
+    report_digests "$version"
     echo "deployed $version on $ROLE (unchanged)"
     return 0
   fi
+  [ "$previous" != "$version" ] || runs_pulled "$version" ||
+    log "$version was pushed again with new images since the units started; they restart with them"
   local backup="$ETC_DIR/.settings.env.previous"
   if [ "$settings_changed" = true ]; then
     swap_in_settings "$backup"
@@ -198,7 +203,53 @@ deploy() {
   # New settings that ran healthy replace any record of failed ones; a put-back keeps it.
   [ "$settings_changed" = false ] || rm -f "$backup" "$FAILED_SETTINGS_FILE" "$FAILED_VERSION_FILE"
   remove_old_images "$version" "$previous"
+  report_digests "$version"
   echo "deployed $version on $ROLE (was ${previous:-none})"
+}
+
+# The image of each unit: the Mastodon image, and the streaming image for its unit.
+unit_image() {
+  if [ "$1" = mastodon-streaming ]; then printf '%s' "$STREAMING_IMAGE"; else printf '%s' "$MASTODON_IMAGE"; fi
+}
+
+# runs_pulled VERSION: whether every unit's container runs the image VERSION's tag names
+# here now, as far as docker tells. A tag pushed again with new images (upgrade on push,
+# RollRepushedTags) names another image after the pull: the units must restart, although
+# the version is the one they run. When docker cannot tell, the tag is trusted.
+runs_pulled() {
+  local unit want have
+  for unit in "${UNITS[@]}"; do
+    want=$(docker image inspect --format '{{.Id}}' "$(unit_image "$unit"):$1" 2>/dev/null) || want=""
+    have=$(docker inspect --format '{{.Image}}' "$unit" 2>/dev/null) || have=""
+    case "$want $have" in
+      "sha256:"*" sha256:"*) [ "$want" = "$have" ] || return 1 ;;
+    esac
+  done
+  return 0
+}
+
+# image_digest IMAGE:TAG: the registry's digest (sha256:...) of the image docker pulled
+# under that tag (its RepoDigests; Docker Hub's are recorded without docker.io/), or "-".
+image_digest() {
+  local repository=${1%:*} line
+  while IFS= read -r line; do
+    case $line in
+      "$repository@sha256:"* | "${repository#docker.io/}@sha256:"*)
+        printf '%s' "${line#*@}"
+        return 0
+        ;;
+    esac
+  done < <(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$1" 2>/dev/null || true)
+  printf -- '-'
+}
+
+# The images this server's units run, as registry digests, in the order of the units'
+# images (Mastodon's, then streaming's on a web server): the rollout records them on
+# the server (lambdas/rollout, DIGEST_TAG) from this line of the command's output.
+report_digests() {
+  local -a digests=("$(image_digest "$MASTODON_IMAGE:$1")")
+  [ "$ROLE" != web ] || digests+=("$(image_digest "$STREAMING_IMAGE:$1")")
+  echo "image digests: ${digests[*]}"
 }
 
 # The rollout pulls ahead on every server while it serves, so that its deploy later only

@@ -42,6 +42,7 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "SearchVolumeFitsT3Small": ({"SearchEnabled": "true", "SearchVolumeSize": "200"}, "eu-central-1"),
     "SearchVolumeFitsT3Medium": ({"SearchEnabled": "true", "SearchInstanceType": "t3.medium.search",
                                   "SearchVolumeSize": "500"}, "eu-central-1"),
+    "UpgradeOnImagePushNeedsEcr": ({"UpgradeOnImagePush": "true"}, "eu-central-1"),
 }
 
 

@@ -58,5 +58,5 @@ def test_the_queue_group_grants_exist_with_the_group_and_reach_that_group_only(t
     assert tags[0]["Condition"] == {"ForAllValues:StringEquals": {"aws:TagKeys": [names.HOLD_TAG]}}
     ec2 = [s for s in statements if "ec2:CreateTags" in s["Action"]]
     assert ec2[0]["Condition"]["ForAllValues:StringEquals"] == {
-        "aws:TagKeys": [names.VERSION_TAG, names.JOURNAL_TAG]
+        "aws:TagKeys": [names.VERSION_TAG, names.JOURNAL_TAG, names.DIGEST_TAG]
     }

@@ -80,11 +80,12 @@ def test_run_command_is_allowed_only_with_the_shell_document_on_this_stacks_serv
     assert groups == [{"Ref": "WebAutoScalingGroup"}, {"Ref": "WorkerAutoScalingGroup"}]
 
 
-def test_the_rollout_may_tag_only_the_version_and_its_journal_and_only_on_this_stacks_servers(template):
+def test_the_rollout_may_tag_only_the_version_its_images_and_its_journal_and_only_on_this_stacks_servers(
+        template):
     (tagging,) = [s for s in _statements(template, "RolloutFunctionRole") if "ec2:CreateTags" in s["Action"]]
     assert set(tagging["Action"]) == {"ec2:CreateTags", "ec2:DeleteTags"}
     assert tagging["Condition"]["ForAllValues:StringEquals"]["aws:TagKeys"] == [
-        "mastodon:version", "mastodon:rollout"]
+        "mastodon:version", "mastodon:rollout", "mastodon:images"]
     assert "aws:ResourceTag/aws:autoscaling:groupName" in tagging["Condition"]["StringEquals"]
 
 

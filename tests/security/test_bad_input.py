@@ -149,6 +149,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "InitialMastodonVersion": (
         ["", "v4.7.6", "v4.7.6-glitch", "2026-12-01", "3f9c2e1", "x" * 128],
         ["v4.7.6+glitch", "-rc1", ".x", "v4 7", "v4.7.6;reboot", "x" * 129, "v4.7.6\n"]),
+    "UpgradeOnImagePush": (["false", "true"], ["yes", ""]),
+    "RollRepushedTags": (["false", "true"], ["True", ""]),
+    "ImagePushTagPattern": (
+        [r"v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9_.-]+)?", "main-[0-9a-f]{7,40}", "x" * 100],
+        ["(a+)+", "v[0-9", "^v1$", ".*;rm", "x" * 101, ""]),
 }
 
 
@@ -251,6 +256,11 @@ RULE_CASES = [
      "us-east-1", None),
     ("many servers on a larger database", {"WebMaxSize": "10", "QueueWorkerMaxSize": "10",
                                            "DatabaseInstanceClass": "db.t4g.small"}, "us-east-1", None),
+    # Upgrade on push needs the web image in this account's ECR (upstream's cannot be).
+    ("upgrade on push with upstream's images", {"UpgradeOnImagePush": "true"}, "us-east-1", "Amazon ECR"),
+    ("upgrade on push with images in ECR",
+     {"UpgradeOnImagePush": "true",
+      "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fork/mastodon"}, "us-east-1", None),
 ]
 
 

@@ -80,6 +80,7 @@ OPTION_RESOURCES = [
     "AWS::IAM::Policy.WebServerImagePullPolicy",
     "AWS::IAM::Policy.ServerImagePullPolicy",
     "AWS::IAM::Policy.RolloutEcrImagesPolicy",
+    "AWS::Lambda::Function.ImagePushFunction",
 ]
 SCANNED = ("mastodon.json", "weakened.json", "options-on.json")
 

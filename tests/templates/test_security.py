@@ -153,12 +153,21 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
     assert "{{resolve:" not in scripts
 
 
+# Upgrade on push: parameter names, repositories, tag patterns and a switch, all public.
+IMAGE_PUSH_ENVIRONMENT = {"DESIRED_PARAMETER", "DEPLOYED_PARAMETER", "HANDLED_PARAMETER", "WEB_REPOSITORY",
+                          "STREAMING_REPOSITORY", "WEB_IMAGE", "STREAMING_IMAGE", "TAG_RULE",
+                          "PUSH_TAG_PATTERN", "ROLL_REPUSHED_TAGS"}
+
+
 def test_functions_carry_no_secret_in_their_environment(template):
     for name, function in resources(template, "AWS::Lambda::Function").items():
         variables = function["Properties"].get("Environment", {}).get("Variables", {})
         assert set(variables) <= {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE",
                                   "POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_LOG_LEVEL",
-                                  "QUEUE_URL", "DISTRIBUTION_ID"}, name
+                                  "QUEUE_URL", "DISTRIBUTION_ID", *IMAGE_PUSH_ENVIRONMENT}, name
+        assert refs({k: v for k, v in variables.items() if k in IMAGE_PUSH_ENVIRONMENT}) <= {
+            "DesiredVersionParameter", "DeployedVersionParameter", "RolloutStateParameter",
+            "WebImageRepository", "StreamingImageRepository", "ImagePushTagPattern"}, name
         # Resource identifiers, never a value read from a secret.
         assert refs({k: variables[k] for k in ("QUEUE_URL", "DISTRIBUTION_ID") if k in variables}) <= {
             "MediaDeletionQueue", "Distribution"}, name
