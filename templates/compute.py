@@ -478,6 +478,13 @@ def _image_registry_env() -> dict[str, object]:
     return {
         "ECR_REGISTRY": If(parameters.ANY_IMAGE_IN_ECR, Sub(parameters.ECR_REGISTRY), ""),
         "ECR_HOST_PATTERN": f"^{ECR_HOST_PATTERN}$",
+        # Not read by the scripts: the references make CloudFormation create the pull grants
+        # before any launch template that needs them (on an update from a public registry to
+        # ECR, the new servers would otherwise race IAM for their first pull).
+        "ECR_PULL_GRANTS": Join(" ", [
+            If(parameters.ANY_IMAGE_IN_ECR, Ref(WEB_IMAGE_PULL_POLICY), ""),
+            If(parameters.WEB_IMAGE_IN_ECR, Ref(WORKER_IMAGE_PULL_POLICY), ""),
+        ]),
     }
 
 

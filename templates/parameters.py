@@ -91,6 +91,8 @@ ANY_IMAGE_IN_ECR = "AnyImageInEcr"
 UPGRADES_ON_IMAGE_PUSH = "UpgradesOnImagePush"
 ROLLS_REPUSHED_TAGS = "RollsRepushedTags"
 IMAGE_PUSH_NEEDS_ECR_RULE = "UpgradeOnImagePushNeedsEcr"
+OWN_IMAGES_NEED_INITIAL_VERSION_RULE = "OwnImagesNameTheirFirstVersion"
+UPSTREAM_IMAGES_START_AT_THE_PIN_RULE = "UpstreamImagesStartAtThePinnedRelease"
 
 INSTANCE_ARCHITECTURE_MAP = "InstanceArchitecture"
 DATABASE_CONNECTIONS_MAP = "DatabaseConnections"
@@ -479,6 +481,7 @@ def create_parameters(t: Template) -> Parameters:
     _add_queue_worker_rules(t, p)
     _add_database_growth_rules(t, p)
     _add_image_push_conditions_and_rules(t, p)
+    _add_initial_version_rules(t, p)
     return p
 
 
@@ -580,6 +583,34 @@ def _image_push_parameters(t: Template) -> dict[str, Parameter]:
             "pushed with new content (a new digest); false only logs it.",
         )),
     }
+
+
+def _add_initial_version_rules(t: Template, p: Parameters) -> None:
+    """A stack with images of its own names the first version its repositories hold (the
+    pinned upstream release need not be there); one with upstream's boots the pinned release,
+    the one tag a rule can tell is a release (rules compare whole strings, no patterns)."""
+    upstream = {"Fn::And": [
+        {"Fn::Equals": [Ref(p.web_image_repository), MASTODON_IMAGE]},
+        {"Fn::Equals": [Ref(p.streaming_image_repository), STREAMING_IMAGE]},
+    ]}
+    t.add_rule(OWN_IMAGES_NEED_INITIAL_VERSION_RULE, {
+        "RuleCondition": {"Fn::Not": [upstream]},
+        "Assertions": [{
+            "Assert": {"Fn::Not": [{"Fn::Equals": [Ref(p.initial_version), ""]}]},
+            "AssertDescription": "With images of your own, InitialMastodonVersion must name the tag the "
+            "first servers boot (one both repositories hold, e.g. v4.7.6-glitch): the release this "
+            "template pins need not exist there. It is read only when the stack is created.",
+        }],
+    })
+    t.add_rule(UPSTREAM_IMAGES_START_AT_THE_PIN_RULE, {
+        "RuleCondition": upstream,
+        "Assertions": [{
+            "Assert": {"Fn::Equals": [Ref(p.initial_version), ""]},
+            "AssertDescription": "With upstream's images a new stack boots the release this template "
+            "pins: leave InitialMastodonVersion empty, and upgrade afterwards through the "
+            "desired-version parameter.",
+        }],
+    })
 
 
 def _add_image_push_conditions_and_rules(t: Template, p: Parameters) -> None:

@@ -109,5 +109,5 @@ ALL_OPTIONS_ON = {
     # conditions), with upgrade on push.
     "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon",
     "StreamingImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/mastodon-streaming",
-    "UpgradeOnImagePush": "true", "RollRepushedTags": "true",
+    "UpgradeOnImagePush": "true", "RollRepushedTags": "true", "InitialMastodonVersion": "v4.7.6-glitch",
 }

@@ -140,7 +140,7 @@ def stack_env(role: str, **overrides: str) -> dict[str, str]:
         "DB_POOLER": "false", "PGBOUNCER_IMAGE": "", "PGBOUNCER_PORT": "",
         "REPLICA_DB_HOST": "", "REPLICA_DB_PORT": "", "REPLICA_MAX_CONNECTIONS": "",
         # Your own images: public ones (templates/compute.py _image_registry_env).
-        "ECR_REGISTRY": "", "ECR_HOST_PATTERN": f"^{ECR_HOST_PATTERN}$",
+        "ECR_REGISTRY": "", "ECR_HOST_PATTERN": f"^{ECR_HOST_PATTERN}$", "ECR_PULL_GRANTS": " ",
         # Full-text search off, as templates/search.py writes it (tests/instance/test_instance_search.py).
         "ES_ENABLED": "false",
         **dict.fromkeys(("ES_HOST", "ES_PORT", "ES_USER", "ES_PRESET", "SEARCH_MARKER_INDEX",

@@ -43,6 +43,10 @@ BREAKERS: dict[str, tuple[dict[str, str], str]] = {
     "SearchVolumeFitsT3Medium": ({"SearchEnabled": "true", "SearchInstanceType": "t3.medium.search",
                                   "SearchVolumeSize": "500"}, "eu-central-1"),
     "UpgradeOnImagePushNeedsEcr": ({"UpgradeOnImagePush": "true"}, "eu-central-1"),
+    # Your own images with no first version named (the pinned upstream tag need not be there),
+    "OwnImagesNameTheirFirstVersion": ({"WebImageRepository": "ghcr.io/glitch-soc/mastodon"}, "eu-central-1"),
+    # and upstream's images with a first version a rule cannot tell from a release.
+    "UpstreamImagesStartAtThePinnedRelease": ({"InitialMastodonVersion": "latest"}, "eu-central-1"),
 }
 
 

@@ -259,8 +259,14 @@ RULE_CASES = [
     # Upgrade on push needs the web image in this account's ECR (upstream's cannot be).
     ("upgrade on push with upstream's images", {"UpgradeOnImagePush": "true"}, "us-east-1", "Amazon ECR"),
     ("upgrade on push with images in ECR",
-     {"UpgradeOnImagePush": "true",
+     {"UpgradeOnImagePush": "true", "InitialMastodonVersion": "v4.7.6-glitch",
       "WebImageRepository": "123456789012.dkr.ecr.us-east-1.amazonaws.com/fork/mastodon"}, "us-east-1", None),
+    # A new stack boots a version the repositories hold: named with images of one's own,
+    ("images of one's own without a first version",
+     {"WebImageRepository": "ghcr.io/glitch-soc/mastodon"}, "us-east-1", "InitialMastodonVersion must name"),
+    # and the pinned release with upstream's.
+    ("upstream's images with another first version",
+     {"InitialMastodonVersion": "v4.8.0"}, "us-east-1", "leave InitialMastodonVersion empty"),
 ]
 
 

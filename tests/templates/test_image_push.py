@@ -68,13 +68,14 @@ def test_with_the_streaming_image_elsewhere_only_the_web_repository_is_watched(t
     assert ev.value(env["STREAMING_REPOSITORY"]) == ""
 
 
-def test_a_china_region_repository_name_is_its_path(template):
+def test_a_china_region_repository_is_not_taken_for_the_stacks_ecr(template):
+    """China's partition: no repository counts as in ECR (docs/design.md, the ECR conditions),
+    so no push function is made there."""
     ev = Evaluator(template, {**parameter_values(template, {
         **ON, "WebImageRepository": "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/team/mastodon"}),
         **ACCOUNT, "AWS::Region": "cn-north-1", "AWS::URLSuffix": "amazonaws.com.cn"})
-    env = template["Resources"][PUSH_FUNCTION]["Properties"]["Environment"]["Variables"]
-    assert ev.condition("UpgradesOnImagePush")
-    assert ev.value(env["WEB_REPOSITORY"]) == "team/mastodon"
+    assert not ev.condition("WebImageInEcr")
+    assert not ev.condition("UpgradesOnImagePush")
 
 
 def statements(template: dict[str, Any]) -> list[dict[str, Any]]:

@@ -119,7 +119,9 @@ def test_the_default_stack_grants_nothing_of_ecr(template):
 
 def test_the_ecr_grants_live_only_in_their_conditional_policies(template):
     holders = {name for name, resource in template["Resources"].items() if ecr_actions(resource)}
-    assert holders == set(POLICIES)
+    # and the push function's role (upgrade on push: its own condition, tests/templates/test_image_push.py)
+    assert holders == set(POLICIES) | {"ImagePushFunctionRole"}
+    assert template["Resources"]["ImagePushFunctionRole"]["Condition"] == parameters.UPGRADES_ON_IMAGE_PUSH
     conditions = {name: template["Resources"][name]["Condition"] for name in POLICIES}
     assert conditions == {compute.WEB_IMAGE_PULL_POLICY: parameters.ANY_IMAGE_IN_ECR,
                           compute.WORKER_IMAGE_PULL_POLICY: parameters.WEB_IMAGE_IN_ECR,
@@ -207,3 +209,15 @@ def test_a_new_stack_boots_the_initial_version_given_or_the_pinned_release(templ
     assert template["Conditions"]["HasInitialMastodonVersion"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "InitialMastodonVersion"}, ""]}]
     }
+
+
+def test_every_launch_template_waits_for_the_pull_grants(template):
+    """On an update from a public registry to ECR the grants are new: CloudFormation creates
+    them before the launch templates that reference them, so no new server races IAM."""
+    import json
+
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::EC2::LaunchTemplate":
+            continue
+        text = json.dumps(resource["Properties"])
+        assert '"Ref": "WebServerImagePullPolicy"' in text and '"Ref": "ServerImagePullPolicy"' in text, name

@@ -149,6 +149,8 @@ def test_user_data_and_instance_scripts_hold_no_secret_only_where_to_fetch_them(
             "QueueWorkerMaxSize", "MainWorkerQueues", "QueueWorkerQueues",
             # Your own images: the repositories and the stack's own ECR registry, public names.
             "WebImageRepository", "StreamingImageRepository", "AWS::AccountId", "AWS::URLSuffix",
+            # and the pull grants' names (referenced only to order them before the servers)
+            "WebServerImagePullPolicy", "ServerImagePullPolicy",
         }
     assert "{{resolve:" not in scripts
 
