@@ -389,8 +389,8 @@ class World:
         self._ecr = [i for i in self.images if rollout_aws.ecr_repository(i)]
         for image in self._ecr:
             self.aws("ecr").create_repository(repositoryName=image.split("/", 1)[1])
-            self.registry.tags[image.split("/", 1)[1]] = {OLD, NEW, NEWER}
-            for version in (OLD, NEW, NEWER):
+            self.registry.tags[image.split("/", 1)[1]] = {OLD, NEW, NEWER, FORK}
+            for version in (OLD, NEW, NEWER, FORK):
                 self.push(version, "first", [image])
         self.definition = pipeline.definition(config, "rollout", "invalidate")
         sfn = self.aws("stepfunctions")
@@ -401,7 +401,6 @@ class World:
         )["stateMachineArn"]
         for name in ("ssm", "autoscaling", "elbv2", "ec2", "sns", "stepfunctions", "ecr"):
             rollout_aws._clients[name] = self._client(name)
-        self._push_images()
         invalidate._clients["cloudfront"] = self._client("cloudfront")
         self._throttling_cloudfront()
         self.observe()
@@ -438,21 +437,6 @@ class World:
         """What deploy.sh reports on `iid` for `version`: the digests its tag names now."""
         images = self.images if iid in self.instances("web") else self.images[:1]
         return [self.digest(i, version) if i in self._ecr else "-" for i in images]
-
-    def _push_images(self) -> None:
-        """The images of ECR_IMAGES the stack names, in moto's ECR, tagged OLD, NEW, NEWER and FORK."""
-        ecr = self.aws("ecr")
-        for image in self.images:
-            host, repository = image.split("/", 1)
-            if ".dkr.ecr." not in host:
-                continue
-            ecr.create_repository(repositoryName=repository)
-            for number, tag in enumerate((OLD, NEW, NEWER, FORK)):
-                config = {"mediaType": "application/vnd.oci.image.config.v1+json", "size": 2,
-                          "digest": f"sha256:{number:064x}"}
-                manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                            "config": config, "layers": []}
-                ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
 
     def _throttling_cloudfront(self) -> None:
         from botocore.exceptions import ClientError

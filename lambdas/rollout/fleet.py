@@ -78,13 +78,15 @@ class Tick:
     failure: str | None = None
 
 
-def tick(state: State, role: str, target: str) -> Tick:
+def tick(state: State, role: str, target: str, watch_settled: bool = False) -> Tick:
     """One step of the rolling planner for `role` (web, worker or queue) towards `target`.
 
     The web group is rolled in batches behind the load balancer; the worker (one server,
     the scheduler) in place; the queue workers in place, in batches of the same size as
     the web group's but never all of them at once (batch_of; no load balancer: a server is
-    settled once deploy.sh's Sidekiq stability watch passed and it is tagged on the version)."""
+    settled once deploy.sh's Sidekiq stability watch passed and it is tagged on the version).
+    watch_settled: web servers settled on the target that then fail their health checks are
+    timed (state.sick) and fail the release like a flap (the web step and its watch)."""
     config = state.config
     balanced = role == WEB
     name = group_name(config, role)
@@ -122,8 +124,11 @@ def tick(state: State, role: str, target: str) -> Tick:
         boot_grace=config.boot_grace,
         last_flight=state.flight.get(role, []),
         stale=_stale(state, role, group.servers),
+        sick_since=state.sick if watch_settled and balanced else None,
     )
     state.flight[role] = plan.flight
+    if watch_settled and balanced:
+        state.sick = plan.sick
     state.lost += [i for i in plan.lost if i not in state.lost]
     if len(state.lost) > MAX_LOST and not plan.failure:
         plan.failure = (

@@ -213,6 +213,7 @@ class Plan:
     redo_in: list[str] = field(default_factory=list)  # journalled joining but not registered
     flight: list[str] = field(default_factory=list)  # running the target, back in, failing health checks
     lost: list[str] = field(default_factory=list)  # of the last tick's flight, those that vanished
+    sick: dict[str, float] = field(default_factory=dict)  # settled on the target, failing checks since
     surge: bool = False
     end_surge: bool = False
     failure: str | None = None
@@ -241,6 +242,7 @@ def plan_group(
     boot_grace: int,
     last_flight: list[str] | tuple[str, ...] = (),
     stale: set[str] | frozenset[str] = frozenset(),
+    sick_since: dict[str, float] | None = None,
 ) -> Plan:
     """The next actions for one group towards `target`.
 
@@ -251,7 +253,10 @@ def plan_group(
     others settle, and a lone server is surged first. last_flight: the servers that
     ran the target and failed health checks at the previous tick. stale: servers that run
     the target's tag but not the images it names now (a tag pushed again): rolled as if
-    they ran another version.
+    they ran another version. sick_since: when given (the web step watches its settled
+    servers), since when each server settled on the target has failed its health checks,
+    as the previous tick found; a release whose settled servers fail for HEALTH_TIMEOUT
+    fails like one that flaps while settling.
 
     Batches overlap: once a batch is back in service and healthy, the next one drains
     while it settles (if a settled server still serves beside it), but is restarted only
@@ -333,6 +338,24 @@ def plan_group(
                         f"{s.id} runs {target} but did not stay healthy in every target group for "
                         f"{settle_seconds}s within {HEALTH_TIMEOUT}s of rejoining ({', '.join(s.health)})"
                     )
+    # Settled on the target and failing the load balancer's checks: capacity the release
+    # itself broke. Never surged for (the surge server would boot into the same failure or
+    # only hide it); watched, it fails the release once it has failed for HEALTH_TIMEOUT.
+    broken = [
+        s
+        for s in present.values()
+        if s.journal is None and s.version == target and s.in_service and "unhealthy" in s.health
+    ]
+    if sick_since is not None:
+        for s in broken:
+            since = sick_since.get(s.id, moment)
+            plan.sick[s.id] = since
+            plan.flight.append(s.id)  # should it vanish, Auto Scaling replaced it as unhealthy
+            if moment > since + HEALTH_TIMEOUT and not plan.failure:
+                plan.failure = (
+                    f"{s.id} runs {target} but did not stay healthy in every target group: it failed "
+                    f"its health checks for {HEALTH_TIMEOUT}s after it had settled ({', '.join(s.health)})"
+                )
     if plan.failure:
         return plan
     base = max(desired - 1, surge.desired) if surge else desired  # the size without the surge
@@ -381,7 +404,11 @@ def plan_group(
         room = max(batch - len(moving), 0)
 
     if surge and balanced and not moving and not settling:
-        if len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
+        # Once: with the surplus retired the group is back at its size without the surge,
+        # and a second retire (the floor allows it in a group larger than the batch) would
+        # take the operator's desired capacity below what it was.
+        surplus = len([s for s in present.values() if s.in_service]) > max(base, 1)
+        if surplus and len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
             # The lone server's replacement has settled: retire the surplus, other versions first.
             others = [
                 s
@@ -445,6 +472,7 @@ def plan_group(
         and not surge
         and not booting
         and not warming
+        and not broken
         and budget <= 0
     ):
         plan.surge = True

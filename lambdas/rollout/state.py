@@ -96,6 +96,9 @@ class State:
     pull_failure: str | None = None
     flight: dict[str, list[str]] = field(default_factory=dict)  # per group: on the target, failing checks
     lost: list[str] = field(default_factory=list)  # servers that vanished while failing on the target
+    # Web servers settled on the target that fail their health checks during the web step:
+    # {server: since when} (a failure of the release once HEALTH_TIMEOUT has passed).
+    sick: dict[str, float] = field(default_factory=dict)
     recorded: bool = False  # deployed-version was set to the target
     switched: bool = False  # the post-deployment migrations may have started: no way back
     verify_since: float | None = None

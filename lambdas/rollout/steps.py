@@ -298,7 +298,7 @@ def _watch_web(state: State) -> fleet.Tick:
     """One tick over the web group; verify's window starts at a look where every web server
     is back on the target and healthy, and starts again at one where any is not."""
     assert state.target is not None
-    result = fleet.tick(state, WEB, state.target)
+    result = fleet.tick(state, WEB, state.target, watch_settled=True)
     serving = [s for s in result.group.servers if s.in_service]
     if result.failure is None and (result.next == DONE or result.plan.back) and serving and all(
         s.healthy for s in serving
@@ -403,7 +403,7 @@ def rollback(state: State) -> State:
     if not state.rolling_back:
         state.failure = state.forward_failure() or "unknown failure"
         state.rolling_back, state.rollback_started = True, moment
-        state.flight, state.lost = {}, []
+        state.flight, state.lost, state.sick = {}, [], {}
         state.verify_started = state.verify_since = None
     assert state.previous is not None and state.rollback_started is not None
     if moment > state.rollback_started + ROLLBACK_TIMEOUT:
