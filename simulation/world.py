@@ -185,8 +185,13 @@ class World:
         self.replaced: list[str] = []
         _ACTIVE.append(self)
         self._outcomes: dict[tuple[str, str], dict[str, Any]] = {}
-        self._install_time()
-        self._build()
+        self._levels: list[tuple[Any, Any]] = []
+        try:
+            self._install_time()
+            self._build()
+        except BaseException:  # a world that could not be built leaves no mock behind for the next test
+            self.__exit__(None, None, None)
+            raise
         self._levels = [(m.logger, m.logger.log_level) for m in (rollout_aws, invalidate)]
         for logger, _ in self._levels:  # the tick log would dominate the run time
             logger.setLevel("WARNING")

@@ -21,7 +21,7 @@ TOKEN = "ecr-token-SECRET"
 def in_ecr(mastodon: str = ECR_MASTODON, streaming: str = ECR_STREAMING) -> dict[str, str]:
     # Not upstream's images: the version rule is the OCI tag rule (templates/versions.py).
     return {"MASTODON_IMAGE": mastodon, "STREAMING_IMAGE": streaming, "ECR_REGISTRY": OWN,
-            "RELEASE_TAG_PATTERN": CUSTOM_TAG_PATTERN}
+            "TAG_PATTERN": CUSTOM_TAG_PATTERN}
 
 
 def sequence(calls: list[dict]) -> list[tuple[str, str]]:

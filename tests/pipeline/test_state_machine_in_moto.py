@@ -96,6 +96,7 @@ RESOLVED = {
     "WebImage": MASTODON_IMAGE,
     "StreamingImage": STREAMING_IMAGE,
     "TagPattern": RELEASE_TAG_PATTERN,  # what Fn::If resolves to with upstream's images
+    "RollRepushed": "false",  # what Fn::If resolves to without upgrade on push
 }
 # The config every step must receive: each substitution in its own key.
 CONFIG = {
@@ -115,6 +116,7 @@ CONFIG = {
     "tag_pattern": RESOLVED["TagPattern"],
     "deploy_script": DEPLOY_SCRIPT,
     "queue_group": RESOLVED["QueueGroup"],
+    "roll_repushed": RESOLVED["RollRepushed"],
 }
 # What EventBridge hands the execution (Configure must not pass it on).
 EVENT = {
