@@ -19,8 +19,9 @@
   record    deployed-version := target: servers launched from now on boot it
   verify    the whole fleet converged on the target and healthy over a settling
             window: before the post-deployment migrations (a failure still rolls
-            back; the window began with the web step's end, so it runs beside the
-            worker's restart, and it waits for the last batch's own windows) and
+            back; the window runs from the last look, by the web step or the worker
+            step beside the worker's restart, at which every web server was back and
+            healthy, and it waits for the last batch's own windows) and
             after them (the last look before success is recorded); the CloudFront
             invalidation starts between the first and the migrations
   rollback  deployed-version back, then ticks towards the previous version over
