@@ -36,6 +36,10 @@ _ASYNC_SKIP = {
 }
 
 
+# Seconds a push event may wait for the function (EventBridge's retries and Lambda's
+# asynchronous queue): ECR's push events are news for minutes.
+PUSH_EVENT_MAX_AGE = 300
+
 def repository_name(repository: Ref) -> Select:
     """The ECR repository name of an image repository in this account's ECR: its path after
     the host (a name may hold "/"). Fn::Split takes only a literal delimiter: the China
@@ -115,7 +119,24 @@ def create_image_push(
                     "image-tag": [{"exists": True}],
                 },
             },
-            Targets=[events.Target(Id="ImagePush", Arn=GetAtt(function, "Arn"))],
+            # A push is news for minutes, not the day EventBridge would keep retrying by
+            # default: a late delivery must not bring back a tag the operator has since
+            # replaced in desired-version.
+            Targets=[events.Target(
+                Id="ImagePush", Arn=GetAtt(function, "Arn"),
+                RetryPolicy=events.RetryPolicy(
+                    MaximumEventAgeInSeconds=PUSH_EVENT_MAX_AGE, MaximumRetryAttempts=3),
+            )],
+        )
+    )
+    t.add_resource(
+        awslambda.EventInvokeConfig(
+            "ImagePushInvokeConfig",
+            Condition=UPGRADES_ON_IMAGE_PUSH,
+            FunctionName=Ref(function),
+            Qualifier="$LATEST",
+            MaximumEventAgeInSeconds=PUSH_EVENT_MAX_AGE,
+            MaximumRetryAttempts=1,
         )
     )
     t.add_resource(

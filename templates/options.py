@@ -57,12 +57,16 @@ IMAGE_REPOSITORY_PATTERN = (
 # a subset of regular expressions that CloudFormation's AllowedPattern can check whole:
 # characters a tag may hold, "." (any character), [classes] of them, and one level of
 # (alternatives) that may be optional; ?, *, +, {n,m} only after a character or a class,
-# so no nested repetition (no catastrophic backtracking in the function).
+# so no nested repetition; the function also refuses more than two long repetitions
+# (push.MAX_LONG_REPEATS), which would backtrack for hours on a long tag.
 _PUSH_ATOM = r"([A-Za-z0-9_-]|\\[.dw-]|[.]|\[\^?[A-Za-z0-9_.\\-]+\])([?*+]|\{[0-9]{1,3}(,[0-9]{0,3})?\})?"
 IMAGE_PUSH_TAG_PATTERN_RULE = (
     "^(?=.{1,100}$)(" + _PUSH_ATOM + "|\\((" + _PUSH_ATOM + ")*(\\|(" + _PUSH_ATOM + ")*)*\\)[?]?)+$"
 )
-IMAGE_PUSH_TAG_PATTERN_DEFAULT = r"v[0-9]+\.[0-9]+\.[0-9]+(-[A-Za-z0-9_.-]+)?"
+# Releases, release candidates and a fork's lowercase suffix (v4.7.6, v4.8.0-rc.1,
+# v4.7.6-glitch), not per-architecture tags (v4.7.6-arm64), which multi-architecture
+# builds push before their manifest list; bounded repetitions only (push.MAX_LONG_REPEATS).
+IMAGE_PUSH_TAG_PATTERN_DEFAULT = r"v[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(-rc\.[0-9]{1,3})?(-[a-z]{1,40})?"
 
 # The path every name the stack gives lives under, as a Sub template: its SSM
 # parameters, its log groups (servers, functions, the rollout) and its IAM users.

@@ -344,7 +344,11 @@ def plan_group(
     broken = [
         s
         for s in present.values()
-        if s.journal is None and s.version == target and s.in_service and "unhealthy" in s.health
+        if s.journal is None
+        and s.version == target
+        and s.id not in stale  # the tag's old images (a tag pushed again): to roll, not the release's
+        and s.in_service
+        and "unhealthy" in s.health
     ]
     if sick_since is not None:
         for s in broken:
@@ -407,7 +411,9 @@ def plan_group(
         # Once: with the surplus retired the group is back at its size without the surge,
         # and a second retire (the floor allows it in a group larger than the batch) would
         # take the operator's desired capacity below what it was.
-        surplus = len([s for s in present.values() if s.in_service]) > max(base, 1)
+        # (The surge record says when the surplus is being retired: an operator's scale-out
+        # meanwhile must not be taken for more surplus.)
+        surplus = not surge.retiring and len([s for s in present.values() if s.in_service]) > max(base, 1)
         if surplus and len(on_target) >= max(base, 1) and len(serving) - 1 >= floor:
             # The lone server's replacement has settled: retire the surplus, other versions first.
             others = [

@@ -104,6 +104,12 @@ def tag_refusal(tag: str, settings: Settings) -> str | None:
             f"{shown!r} is not a version this stack can run (letters, digits, '_', '.' and '-', "
             "as the stack's version rule says)"
         )
+    if long_repeats(settings.push_pattern) > MAX_LONG_REPEATS:
+        return (
+            f"ImagePushTagPattern {settings.push_pattern!r} has more than {MAX_LONG_REPEATS} long "
+            f"repetitions (* + {{n,}} or more than {LONG}), which can take hours to match: "
+            "bound them ({1,3})"
+        )
     try:
         matches = re.fullmatch(settings.push_pattern, tag, re.ASCII)
     except re.error as error:
@@ -113,13 +119,42 @@ def tag_refusal(tag: str, settings: Settings) -> str | None:
     return None
 
 
-def desired_value(tag: str, deployed: str) -> str:
-    """What to write for `tag`: with the confirmation flag when it cannot be ordered against
-    the running version (the push by the operator's CI is the operator's word), never for an
-    older release, which the rollout refuses as it would for an operator."""
-    if order_key(tag) is None or order_key(deployed) is None:
-        return f"{tag} {DOWNGRADE_FLAG}"
-    return tag
+RELEASE_PREFIX = re.compile(r"v[0-9]+\.[0-9]+\.[0-9]+", re.ASCII)
+
+
+def release_of(tag: str) -> tuple[int, ...] | None:
+    """The release a tag is built on (v4.7.6 of v4.7.6-glitch, as forks tag), or None."""
+    match = RELEASE_PREFIX.match(tag)
+    return order_key(match.group(0)) if match else None
+
+
+def desired_value(tag: str, deployed: str) -> str | None:
+    """What to write for `tag`, or None: nothing for a tag built on an older release than the
+    running one (a fork's maintenance line: the rollout would run its code against a newer
+    schema); the tag alone for release tags (the rollout refuses an older one, as for an
+    operator); with the confirmation flag only for tags that cannot be ordered at all (the
+    push by the operator's CI is the operator's word)."""
+    if order_key(tag) is not None and order_key(deployed) is not None:
+        return tag
+    new, old = release_of(tag), release_of(deployed)
+    if new is not None and old is not None and new < old:
+        return None
+    return f"{tag} {DOWNGRADE_FLAG}"
+
+
+# More than this many long repetitions (* + {n,} or {n,m} with m over LONG) in
+# ImagePushTagPattern can make Python's regular expressions backtrack for hours on a
+# 128-character tag (v.*.*.*.*x); the template's grammar refuses nested repetition but
+# cannot count. Two keep the worst case near 128^3 steps.
+MAX_LONG_REPEATS = 2
+LONG = 10
+REPEAT = re.compile(r"(?<!\\)[*+]|\{[0-9]+,([0-9]*)\}")
+
+
+def long_repeats(pattern: str) -> int:
+    return sum(
+        1 for m in REPEAT.finditer(pattern) if m.group(0) in "*+" or not m.group(1) or int(m.group(1)) > LONG
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +172,7 @@ def decide(
     deployed: str,
     deployed_digests: dict[str, str] | None,
     digests: dict[str, str],
+    failed: str | None = None,
 ) -> Decision:
     """What a push does to the desired version.
 
@@ -154,7 +190,22 @@ def decide(
     if push.tag != deployed:
         if target == push.tag:
             return Decision(None, f"the desired version is {push.tag} already (a repeated event)")
-        return Decision(desired_value(push.tag, deployed), f"pushed {push.tag}; the servers run {deployed}")
+        if failed == push.tag:
+            # A late or repeated event for a tag whose rollout failed, while the operator may
+            # have chosen another version since: not brought back behind their back.
+            return Decision(
+                None,
+                f"{push.tag}'s last rollout failed: a push does not start it again (push a new tag, "
+                "or put it into desired-version yourself)",
+            )
+        value = desired_value(push.tag, deployed)
+        if value is None:
+            return Decision(
+                None,
+                f"{push.tag} is built on an older release than {deployed}, which the servers run: not "
+                f"rolled (to go back on purpose, put '{push.tag} {DOWNGRADE_FLAG}' into desired-version)",
+            )
+        return Decision(value, f"pushed {push.tag}; the servers run {deployed}")
     # The tag the servers run, pushed again.
     if deployed_digests is not None and all(deployed_digests.get(i) == d for i, d in digests.items()):
         return Decision(None, f"{push.tag} was pushed with the images the servers run already")
@@ -194,6 +245,15 @@ def read_parameter(name: str) -> str:
     return str(boto3.client("ssm").get_parameter(Name=name)["Parameter"]["Value"])
 
 
+def failed_tag(handled: str) -> str | None:
+    """The tag whose rollout the rollout's last record says failed, or None."""
+    record = read_handled(handled)
+    if record.get("result") != "failed":
+        return None
+    version = record.get("version")
+    return str(version) if version else None
+
+
 def recorded_digests(handled: str, deployed: str) -> dict[str, str] | None:
     """The images the rollout recorded for the deployed version, or None."""
     record = read_handled(handled)
@@ -228,15 +288,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             digests[image[sibling]] = found
     desired = read_parameter(settings.desired_parameter)
     deployed = read_parameter(settings.deployed_parameter)
-    handled = read_parameter(settings.handled_parameter) if push.tag == deployed else ""
+    handled = read_parameter(settings.handled_parameter)
     decision = decide(
         push,
         settings,
         sibling_has_tag=sibling_has_tag,
         desired=desired,
         deployed=deployed,
-        deployed_digests=recorded_digests(handled, deployed),
+        deployed_digests=recorded_digests(handled, deployed) if push.tag == deployed else None,
         digests=digests,
+        failed=failed_tag(handled),
     )
     if decision.write is not None:
         boto3.client("ssm").put_parameter(

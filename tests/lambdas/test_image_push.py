@@ -347,3 +347,70 @@ def test_the_tag_pattern_parameter_refuses_bad_expressions(pattern, why):
 )
 def test_the_default_pattern_takes_release_looking_tags(tag, matches):
     assert bool(re.fullmatch(IMAGE_PUSH_TAG_PATTERN_DEFAULT, tag)) is matches
+
+
+# ---------------------------------------------------------------- review findings
+def test_a_fork_tag_built_on_an_older_release_is_not_written():
+    """The CI of a maintenance line pushes v4.6.9-glitch while v4.7.6-glitch runs: the flag
+    would switch the downgrade guard off, so nothing is written."""
+    from lambdas.rollout.push import desired_value
+
+    assert desired_value("v4.6.9-glitch", "v4.7.6-glitch") is None
+    assert desired_value("v4.7.7-glitch", "v4.7.6-glitch") == "v4.7.7-glitch allow-downgrade"
+    assert desired_value("2026-12-01", "v4.7.6-glitch") == "2026-12-01 allow-downgrade"
+    assert desired_value("v4.7.5", "v4.7.6") == "v4.7.5"  # the rollout refuses it, as for an operator
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"v.*.*.*.*.*.*.*.*-final", r"v[0-9]+[0-9]+[0-9]+x", "a{1,99}b{1,99}c{1,99}"]
+)
+def test_a_pattern_that_could_backtrack_for_hours_starts_nothing(pattern):
+    import time
+
+    from lambdas.rollout.push import Settings, tag_refusal
+    from templates.options import CUSTOM_TAG_PATTERN
+
+    settings = Settings("/d", "/p", "/h", "fork/mastodon", "fork/mastodon-streaming", "w", "s",
+                        CUSTOM_TAG_PATTERN, pattern, False)
+    started = time.process_time()
+    reason = tag_refusal("v" + "1" * 127, settings)
+    assert reason is not None and "long" in reason
+    assert time.process_time() - started < 1.0
+
+
+def test_the_default_pattern_takes_releases_and_a_forks_suffix_not_architecture_tags():
+    import re
+
+    from templates.options import IMAGE_PUSH_TAG_PATTERN_DEFAULT as DEFAULT
+
+    for tag in ("v4.7.6", "v4.7.6-glitch", "v4.8.0-rc.1", "v4.8.0-rc.1-glitch"):
+        assert re.fullmatch(DEFAULT, tag), tag
+    for tag in ("v4.7.6-arm64", "v4.7.6-amd64", "latest", "v4.7"):
+        assert not re.fullmatch(DEFAULT, tag), tag
+
+
+def test_a_late_event_for_a_tag_whose_rollout_failed_does_not_bring_it_back():
+    """v4.8.0-glitch failed and was rolled back; the operator has put v4.7.7-glitch since.
+    A retried or late delivery of v4.8.0-glitch's push writes nothing."""
+    from lambdas.rollout.push import Push, Settings, decide
+    from templates.options import CUSTOM_TAG_PATTERN, IMAGE_PUSH_TAG_PATTERN_DEFAULT
+
+    settings = Settings("/d", "/p", "/h", "fork/mastodon", "fork/mastodon-streaming", "w", "s",
+                        CUSTOM_TAG_PATTERN, IMAGE_PUSH_TAG_PATTERN_DEFAULT, False)
+    pushed = Push("fork/mastodon", "v4.8.0-glitch", "sha256:" + "a" * 64)
+    common = {"sibling_has_tag": True, "desired": "v4.7.7-glitch allow-downgrade",
+              "deployed": "v4.7.6-glitch", "deployed_digests": None, "digests": {"w": pushed.digest}}
+    late = decide(pushed, settings, failed="v4.8.0-glitch", **common)
+    assert late.write is None and "failed" in late.reason
+    assert decide(pushed, settings, failed=None, **common).write == "v4.8.0-glitch allow-downgrade"
+
+
+def test_the_push_events_are_news_for_minutes_not_a_day(template):
+    from templates.image_push import PUSH_EVENT_MAX_AGE
+
+    resources = template["Resources"]
+    (target,) = resources["ImagePushTrigger"]["Properties"]["Targets"]
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] == PUSH_EVENT_MAX_AGE <= 600
+    config = resources["ImagePushInvokeConfig"]["Properties"]
+    assert config["MaximumEventAgeInSeconds"] == PUSH_EVENT_MAX_AGE
+    assert resources["ImagePushInvokeConfig"]["Condition"] == "UpgradesOnImagePush"

@@ -77,3 +77,20 @@ def test_a_surge_retires_its_surplus_once():
     retired = Surge(ME, 3, 3, 4, 0.0, retiring=True)
     result = plan(four[1:], desired=3, surge=retired)
     assert result.retire == [] and result.end_surge
+
+
+def test_a_server_on_the_tags_old_images_is_rolled_not_blamed_on_the_release():
+    """A tag pushed again over a broken image: a server still on the old images, unhealthy,
+    is one to roll (stale), not capacity the release broke."""
+    servers = [server("a", NEW, SICK), server("b", NEW), server("c", NEW)]
+    result = plan(servers, stale={"a"}, sick_since={"a": 0.0})
+    assert result.failure is None
+    assert result.drain == ["a"]
+
+
+def test_an_operators_scale_out_during_the_retire_is_not_taken_for_more_surplus():
+    """A lone server's surge (1 -> 2); the operator raises the group to 4 meanwhile. Once the
+    surplus is being retired, nothing more is retired, whatever the desired capacity says."""
+    servers = [server("a", NEW), server("b", NEW), server("c", NEW)]
+    retiring = Surge(ME, 1, 1, 2, 0.0, retiring=True)
+    assert plan(servers, desired=3, surge=retiring).retire == []
