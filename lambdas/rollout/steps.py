@@ -259,14 +259,6 @@ def pull_ahead(state: State, busy: str) -> bool:
     return plan.pending or any(i in state.pulls for i in plan.send)
 
 
-def _group_step(state: State, role: str, target: str) -> State:
-    result = fleet.tick(state, role, target)
-    if result.failure:
-        return _failed(state, result.failure)
-    state.next, state.wait = result.next, result.wait
-    return state
-
-
 def _hold(state: State) -> None:
     """Scaling held while the rollout moves servers (recorded first: see fleet.hold_scaling)."""
     if not state.held:
